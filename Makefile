@@ -1,0 +1,40 @@
+# Two entry points (see README): `make run` and `make test`. Both set up .venv from
+# requirements.txt, build and install moekit into it, and need nothing installed by hand
+# beyond Debian's build tools (g++, cmake, ninja, libgtest-dev), which tools/install_deps.sh adds.
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+BUILD  := build/cpp
+JOBS   ?= $(shell nproc)
+
+.PHONY: setup install cpp test test-cpp test-python run clean
+
+$(VENV)/.installed: requirements.txt
+	bash tools/install_deps.sh
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+install: setup
+	$(PY) -m pip install -q --no-build-isolation --no-deps .
+
+cpp:
+	cmake -S . -B $(BUILD) -G Ninja -DMOEKIT_BUILD_TESTS=ON
+	cmake --build $(BUILD) -j $(JOBS)
+
+test-cpp: cpp
+	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+
+test-python: install
+	$(PY) -m pytest -q tests/python
+
+test: test-cpp test-python
+
+run: install
+	$(PY) -m moekit.demo
+
+clean:
+	rm -rf build $(VENV)

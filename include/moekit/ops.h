@@ -1,0 +1,89 @@
+// moekit's op entry points. Every op takes its outputs as views the caller allocated
+// (shapes: see each comment; src/core/problem.h computes them), validates every argument
+// before touching memory, and runs on the device its tensors live on.
+#pragma once
+
+#include <cstddef>
+
+#include "moekit/tensor.h"
+
+namespace moekit {
+
+// Expert weights [E, N, K]: either float (values f32/bf16 [E, N, K], scales absent) or
+// MXFP4 in the gpt-oss checkpoint layout (values uint8 [E, N, K/32, 16], two e2m1 codes per
+// byte, low nibble = even element; scales uint8 e8m0 [E, N, K/32]).
+struct ExpertWeights {
+  TensorView values;
+  TensorView scales;
+  bool is_mxfp4() const { return scales.present(); }
+};
+
+struct Swiglu {
+  bool enabled = false;
+  float alpha = 1.702f;
+  float limit = 7.0f;
+};
+
+// w [..., K] f32/bf16 -> blocks u8 [..., K/32, 16], scales u8 [..., K/32]; K % 32 == 0.
+void quantize_mxfp4(const TensorView& w, const TensorView& blocks, const TensorView& scales,
+                    const ExecContext& ctx = {});
+// blocks [..., K/32, 16], scales [..., K/32] -> out f32/bf16 [..., K].
+void dequantize_mxfp4(const TensorView& blocks, const TensorView& scales, const TensorView& out,
+                      const ExecContext& ctx = {});
+
+// Top-k routing of logits [T, E] (f32/bf16). Outputs (P = T*k):
+//   expert_idx     i32 [T, k]  chosen experts, best first (ties: lower index first)
+//   expert_weight  f32 [T, k]  softmax over the k chosen logits
+//   expert_counts  i32 [E]     token-slots per expert
+//   expert_offsets i32 [E+1]   exclusive prefix sum of counts; offsets[E] == P
+//   gather_idx     i32 [P]     token of each expert-grouped row (token order within an expert)
+//   scatter_idx    i32 [T, k]  expert-grouped row of each (token, slot)
+struct RouteOutputs {
+  TensorView expert_idx, expert_weight, expert_counts, expert_offsets, gather_idx, scatter_idx;
+};
+void route(const TensorView& logits, int k, const RouteOutputs& out, const ExecContext& ctx = {});
+
+// Grouped matmul over experts ("o"utput "g"ather "s"catter):
+//   row p of the problem reads x[gather_idx[p]] (or x[p] without gather) and belongs to the
+//   expert e with expert_offsets[e] <= p < expert_offsets[e+1] (without offsets: E == 1);
+//   h[p] = x_row @ W[e]^T + bias[e]                     (fp32 accumulation)
+//   with swiglu, h[p] becomes SwiGLU over its interleaved (glu, linear) column pairs (N/2 wide);
+//   without scatter: out[p] = h[p]                                   out [P, N']
+//   with scatter:    out[t] = sum_j combine_weight[t, j] * h[scatter_idx[t, j]]   out [T, N']
+// out has x's dtype or float32; combine_weight defaults to 1.
+struct MatmulOgsArgs {
+  TensorView x;  // [M, K] f32/bf16
+  ExpertWeights w;
+  TensorView bias;            // optional [E, N] f32/bf16
+  TensorView expert_offsets;  // optional i32 [E+1]
+  TensorView gather_idx;      // optional i32 [P]
+  TensorView scatter_idx;     // optional i32 [T, k]
+  TensorView combine_weight;  // optional f32 [T, k], only with scatter_idx
+  Swiglu swiglu;
+  TensorView out;
+};
+void matmul_ogs(const MatmulOgsArgs& args, const ExecContext& ctx = {});
+
+// The gpt-oss MoE layer: gate, route, mlp1 + SwiGLU, mlp2, combine (see docs/semantics.md).
+//   x [T, H] f32/bf16, gate_weight [E, H], gate_bias [E], mlp1 [E, 2I, H], mlp1_bias [E, 2I],
+//   mlp2 [E, H, I], mlp2_bias [E, H]; y [T, H] with x's dtype.
+// `workspace` is a uint8 buffer on the same device of at least moe_mlp_workspace_size() bytes.
+struct MoeMlpArgs {
+  TensorView x;
+  TensorView gate_weight;
+  TensorView gate_bias;  // optional
+  ExpertWeights mlp1;
+  TensorView mlp1_bias;  // optional
+  ExpertWeights mlp2;
+  TensorView mlp2_bias;  // optional
+  int experts_per_token = 4;
+  float swiglu_alpha = 1.702f;
+  float swiglu_limit = 7.0f;
+  TensorView y;
+  TensorView workspace;
+};
+// Validates everything but y and workspace, and returns the bytes moe_mlp needs.
+size_t moe_mlp_workspace_size(const MoeMlpArgs& args);
+void moe_mlp(const MoeMlpArgs& args, const ExecContext& ctx = {});
+
+}  // namespace moekit

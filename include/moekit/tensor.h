@@ -1,0 +1,61 @@
+// Non-owning tensor views and the execution context: the whole vocabulary of moekit's C++ API.
+// No torch here; the torch binding (python/csrc) translates at::Tensor into these.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+
+namespace moekit {
+
+enum class DType : uint8_t { kFloat32, kBFloat16, kUInt8, kInt32 };
+enum class DeviceType : uint8_t { kCPU, kCUDA };
+
+const char* dtype_name(DType dtype);
+int64_t dtype_size(DType dtype);
+
+struct Device {
+  DeviceType type = DeviceType::kCPU;
+  int index = 0;  // CUDA ordinal; 0 for the CPU
+  bool operator==(const Device& o) const { return type == o.type && index == o.index; }
+  bool operator!=(const Device& o) const { return !(*this == o); }
+  std::string str() const;  // "cpu" or "cuda:N", as torch prints it
+};
+
+constexpr int kMaxDims = 6;
+
+// A strided view of memory someone else owns. Ops read `data` only through the
+// dtype they validated; an absent optional argument is a default-constructed view.
+struct TensorView {
+  void* data = nullptr;
+  DType dtype = DType::kFloat32;
+  Device device;
+  int ndim = -1;  // -1: absent
+  int64_t shape[kMaxDims] = {};
+  int64_t stride[kMaxDims] = {};  // in elements
+
+  TensorView() = default;
+  // Contiguous view.
+  TensorView(void* data, DType dtype, std::initializer_list<int64_t> shape, Device device = {});
+
+  bool present() const { return ndim >= 0; }
+  int64_t size(int dim) const { return shape[dim < 0 ? dim + ndim : dim]; }
+  int64_t numel() const;
+  bool is_contiguous() const;
+  std::string shape_str() const;  // "[2, 3]"
+  // The same contiguous memory under another shape of equal numel; absent stays absent.
+  TensorView reshape(std::initializer_list<int64_t> new_shape) const;
+
+  template <class T>
+  T* ptr() const { return static_cast<T*>(data); }
+};
+
+// Where and how an op runs. `cuda_stream` is a cudaStream_t for the tensors' device
+// (never the legacy default stream); the CPU backend ignores it. `cpu_threads` <= 0
+// means one thread per hardware thread.
+struct ExecContext {
+  void* cuda_stream = nullptr;
+  int cpu_threads = 0;
+};
+
+}  // namespace moekit

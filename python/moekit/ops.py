@@ -1,0 +1,126 @@
+"""moekit's Python entry points: thin wrappers over torch.ops.moekit.
+
+Each op runs on the device its tensors live on (never the current device) and validates its
+arguments in C++; errors name the op, the argument, what was expected and what came.
+"""
+
+from typing import NamedTuple, Optional, Tuple, Union
+
+import torch
+
+Weights = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+
+
+class Routing(NamedTuple):
+    """Result of :func:`route` for T tokens, E experts and k experts per token (P = T*k)."""
+
+    expert_idx: torch.Tensor      # int32 [T, k], best first, ties to the lower expert index
+    expert_weight: torch.Tensor   # float32 [T, k], softmax over the k chosen logits
+    expert_counts: torch.Tensor   # int32 [E], token-slots per expert
+    expert_offsets: torch.Tensor  # int32 [E+1], exclusive prefix sum of the counts
+    gather_idx: torch.Tensor      # int32 [P], token of each expert-grouped row
+    scatter_idx: torch.Tensor     # int32 [T, k], expert-grouped row of each (token, slot)
+
+
+def _require_tensor(op: str, arg: str, value) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"moekit.{op}: '{arg}' expected a torch.Tensor, got {type(value).__name__}")
+
+
+def _normalize_axis(op: str, axis: int, ndim: int) -> int:
+    if not isinstance(axis, int) or not -ndim <= axis < ndim:
+        raise ValueError(f"moekit.{op}: 'axis' expected an int in [{-ndim}, {ndim}), got {axis!r}")
+    return axis % ndim
+
+
+def _split_weights(op: str, arg: str, w: Weights) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """A float tensor, or an MXFP4 (blocks, scales) pair in the checkpoint layout."""
+    if isinstance(w, (tuple, list)):
+        if len(w) != 2:
+            raise ValueError(f"moekit.{op}: '{arg}' expected a tensor or a (blocks, scales) pair, "
+                             f"got a sequence of {len(w)}")
+        _require_tensor(op, f"{arg}[0] (blocks)", w[0])
+        _require_tensor(op, f"{arg}[1] (scales)", w[1])
+        return w[0], w[1]
+    _require_tensor(op, arg, w)
+    return w, None
+
+
+def quantize_mxfp4(w: torch.Tensor, axis: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Quantizes ``w`` (float32/bfloat16) to MXFP4 along ``axis`` (its size a multiple of 32).
+
+    Returns ``(blocks, scales)`` as uint8: ``axis`` of size K becomes two axes (K/32, 16) in
+    ``blocks`` (two e2m1 codes per byte, low nibble = even element) and one axis K/32 in
+    ``scales`` (e8m0). For ``axis=-1`` this is the gpt-oss checkpoint layout. Each block's
+    scale is the smallest power of two that needs no saturation (see docs/mxfp4.md).
+    """
+    _require_tensor("quantize_mxfp4", "w", w)
+    axis = _normalize_axis("quantize_mxfp4", axis, max(w.ndim, 1))
+    last = axis == w.ndim - 1
+    blocks, scales = torch.ops.moekit.quantize_mxfp4(w if last else w.movedim(axis, -1).contiguous())
+    if last:
+        return blocks, scales
+    return blocks.movedim((-2, -1), (axis, axis + 1)).contiguous(), scales.movedim(-1, axis).contiguous()
+
+
+def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, axis: int = -1,
+                     dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Inverse of :func:`quantize_mxfp4`: ``axis`` names the quantized axis of the result."""
+    _require_tensor("dequantize_mxfp4", "blocks", blocks)
+    _require_tensor("dequantize_mxfp4", "scales", scales)
+    axis = _normalize_axis("dequantize_mxfp4", axis, max(scales.ndim, 1))
+    last = axis == scales.ndim - 1
+    if not last and blocks.ndim == scales.ndim + 1:
+        blocks = blocks.movedim((axis, axis + 1), (-2, -1)).contiguous()
+        scales = scales.movedim(axis, -1).contiguous()
+    out = torch.ops.moekit.dequantize_mxfp4(blocks, scales, dtype)
+    return out if last else out.movedim(-1, axis)
+
+
+def route(logits: torch.Tensor, k: int) -> Routing:
+    """Top-k routing of ``logits`` [T, E]; see :class:`Routing`."""
+    _require_tensor("route", "logits", logits)
+    return Routing(*torch.ops.moekit.route(logits, k))
+
+
+def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None, *,
+               expert_offsets: Optional[torch.Tensor] = None,
+               gather_idx: Optional[torch.Tensor] = None,
+               scatter_idx: Optional[torch.Tensor] = None,
+               combine_weight: Optional[torch.Tensor] = None,
+               swiglu: Optional[Tuple[float, float]] = None) -> torch.Tensor:
+    """Grouped matmul over experts with optional gather, scatter-combine and fused SwiGLU.
+
+    Row p of the problem reads ``x[gather_idx[p]]`` (or ``x[p]``) and belongs to expert e
+    where ``expert_offsets[e] <= p < expert_offsets[e+1]``; ``h[p] = row @ w[e].T + bias[e]``
+    with fp32 accumulation. ``w`` is float [E, N, K] or an MXFP4 pair ([E, N, K/32, 16],
+    [E, N, K/32]). ``swiglu=(alpha, limit)`` turns h's interleaved (glu, linear) column pairs
+    into SwiGLU (N/2 columns). With ``scatter_idx`` [T, k] the output row t is
+    ``sum_j combine_weight[t, j] * h[scatter_idx[t, j]]``. The output has x's dtype.
+    """
+    _require_tensor("matmul_ogs", "x", x)
+    values, scales = _split_weights("matmul_ogs", "w", w)
+    alpha, limit = swiglu if swiglu is not None else (0.0, 0.0)
+    return torch.ops.moekit.matmul_ogs(x, values, scales, bias, expert_offsets, gather_idx, scatter_idx,
+                                       combine_weight, swiglu is not None, float(alpha), float(limit))
+
+
+def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torch.Tensor],
+            mlp1_weight: Weights, mlp1_bias: Optional[torch.Tensor],
+            mlp2_weight: Weights, mlp2_bias: Optional[torch.Tensor], *,
+            experts_per_token: int = 4, swiglu_alpha: float = 1.702,
+            swiglu_limit: float = 7.0) -> torch.Tensor:
+    """The gpt-oss MoE layer: gate, top-k routing, mlp1 + SwiGLU, mlp2, weighted combine.
+
+    ``x`` is [..., H]; ``gate_weight`` [E, H]; ``mlp1_weight`` [E, 2I, H] and ``mlp2_weight``
+    [E, H, I], each float or an MXFP4 (blocks, scales) pair in the gpt-oss checkpoint layout.
+    Returns a tensor of x's shape and dtype.
+    """
+    _require_tensor("moe_mlp", "x", x)
+    w1, s1 = _split_weights("moe_mlp", "mlp1_weight", mlp1_weight)
+    w2, s2 = _split_weights("moe_mlp", "mlp2_weight", mlp2_weight)
+    if x.ndim < 1:
+        raise ValueError("moekit.moe_mlp: 'x' expected shape [..., H], got a 0-d tensor")
+    y = torch.ops.moekit.moe_mlp(x.reshape(-1, x.shape[-1]), gate_weight, gate_bias, w1, s1, mlp1_bias,
+                                 w2, s2, mlp2_bias, experts_per_token, float(swiglu_alpha), float(swiglu_limit))
+    return y.reshape(x.shape)

@@ -1,0 +1,74 @@
+#include "check.h"
+
+#include <sstream>
+
+namespace moekit::check {
+
+void fail(Error::Kind kind, const char* op, const char* arg, const std::string& expected, const std::string& got) {
+  throw Error(kind, std::string("moekit.") + op + ": '" + arg + "' expected " + expected + ", got " + got);
+}
+
+void present(const char* op, const char* arg, const TensorView& t) {
+  if (!t.present()) fail(Error::Kind::kValue, op, arg, "a tensor", "None");
+}
+
+void dtype(const char* op, const char* arg, const TensorView& t, std::initializer_list<DType> allowed) {
+  std::string names;
+  for (DType d : allowed) {
+    if (t.dtype == d) return;
+    names += (names.empty() ? "" : " or ") + std::string(dtype_name(d));
+  }
+  fail(Error::Kind::kType, op, arg, "dtype " + names, dtype_name(t.dtype));
+}
+
+void ndim(const char* op, const char* arg, const TensorView& t, int n) {
+  if (t.ndim != n) {
+    fail(Error::Kind::kValue, op, arg, std::to_string(n) + " dimensions",
+         std::to_string(t.ndim) + " (shape " + t.shape_str() + ")");
+  }
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::ostringstream s;
+  s << '[';
+  for (size_t d = 0; d < shape.size(); ++d) {
+    s << (d ? ", " : "");
+    if (shape[d] < 0) s << '*'; else s << shape[d];
+  }
+  s << ']';
+  return s.str();
+}
+
+void shape(const char* op, const char* arg, const TensorView& t, const std::vector<int64_t>& expected) {
+  bool ok = t.ndim == static_cast<int>(expected.size());
+  for (int d = 0; ok && d < t.ndim; ++d) ok = expected[d] < 0 || expected[d] == t.shape[d];
+  if (!ok) fail(Error::Kind::kValue, op, arg, "shape " + shape_str(expected), t.shape_str());
+}
+
+void contiguous(const char* op, const char* arg, const TensorView& t) {
+  if (!t.is_contiguous()) fail(Error::Kind::kValue, op, arg, "a contiguous tensor", "strides that are not");
+}
+
+Device same_device(const char* op, std::initializer_list<std::pair<const char*, const TensorView*>> tensors) {
+  const char* first_name = nullptr;
+  Device dev;
+  for (const auto& [name, t] : tensors) {
+    if (!t->present()) continue;
+    if (!first_name) {
+      first_name = name;
+      dev = t->device;
+    } else if (t->device != dev) {
+      fail(Error::Kind::kDevice, op, name, "device " + dev.str() + " (the device of '" + first_name + "')",
+           t->device.str());
+    }
+  }
+  return dev;
+}
+
+void on_device(const char* op, const char* arg, const TensorView& t, const Device& device, const char* reference) {
+  if (t.device != device) {
+    fail(Error::Kind::kDevice, op, arg, "device " + device.str() + " (the device of '" + reference + "')", t.device.str());
+  }
+}
+
+}  // namespace moekit::check

@@ -1,0 +1,267 @@
+#include "problem.h"
+
+#include <string>
+
+#include "check.h"
+#include "mxfp4.h"
+
+namespace moekit {
+namespace {
+
+using check::fail;
+constexpr auto kValue = Error::Kind::kValue;
+const std::initializer_list<DType> kFloatTypes = {DType::kFloat32, DType::kBFloat16};
+
+std::vector<int64_t> dims(const TensorView& t, int from, int to) {
+  return std::vector<int64_t>(t.shape + from, t.shape + to);
+}
+
+std::vector<int64_t> concat(std::vector<int64_t> a, std::initializer_list<int64_t> b) {
+  a.insert(a.end(), b);
+  return a;
+}
+
+void check_tensor(const char* op, const char* arg, const TensorView& t, std::initializer_list<DType> types,
+                  const std::vector<int64_t>& shape) {
+  check::present(op, arg, t);
+  check::dtype(op, arg, t, types);
+  check::shape(op, arg, t, shape);
+  check::contiguous(op, arg, t);
+}
+
+void check_optional(const char* op, const char* arg, const TensorView& t, std::initializer_list<DType> types,
+                    const std::vector<int64_t>& shape) {
+  if (t.present()) check_tensor(op, arg, t, types, shape);
+}
+
+void check_k_multiple_of_block(const char* op, const char* arg, int64_t K, const char* why) {
+  if (K % mxfp4::kBlock != 0) {
+    fail(kValue, op, arg, std::string("a reduction dimension that is a multiple of 32 (") + why + ")",
+         std::to_string(K));
+  }
+}
+
+struct WeightDims {
+  int64_t E = 0, N = 0, K = 0;
+};
+
+// Expert weights [E, N, K], float or MXFP4 in the checkpoint layout. `K` < 0: any.
+WeightDims check_expert_weights(const char* op, const char* values_arg, const char* scales_arg,
+                                const ExpertWeights& w, int64_t K) {
+  check::present(op, values_arg, w.values);
+  WeightDims d;
+  if (w.is_mxfp4()) {
+    check::dtype(op, values_arg, w.values, {DType::kUInt8});
+    check::dtype(op, scales_arg, w.scales, {DType::kUInt8});
+    if (K >= 0) check_k_multiple_of_block(op, values_arg, K, "MXFP4 weights");
+    const int64_t kb = K >= 0 ? K / mxfp4::kBlock : -1;
+    check::shape(op, values_arg, w.values, {-1, -1, kb, mxfp4::kBytesPerBlock});
+    check::contiguous(op, values_arg, w.values);
+    d = {w.values.shape[0], w.values.shape[1], w.values.shape[2] * mxfp4::kBlock};
+    check::shape(op, scales_arg, w.scales, {d.E, d.N, d.K / mxfp4::kBlock});
+    check::contiguous(op, scales_arg, w.scales);
+  } else {
+    check::dtype(op, values_arg, w.values, kFloatTypes);
+    check::shape(op, values_arg, w.values, {-1, -1, K});
+    check::contiguous(op, values_arg, w.values);
+    d = {w.values.shape[0], w.values.shape[1], w.values.shape[2]};
+  }
+  if (d.E < 1) fail(kValue, op, values_arg, "at least one expert", "E = 0");
+  return d;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------- mxfp4
+
+MxProblem check_quantize_mxfp4_inputs(const TensorView& w) {
+  const char* op = "quantize_mxfp4";
+  check::present(op, "w", w);
+  check::dtype(op, "w", w, kFloatTypes);
+  if (w.ndim < 1 || w.ndim > kMaxDims - 1) {
+    fail(kValue, op, "w", "1 to " + std::to_string(kMaxDims - 1) + " dimensions", std::to_string(w.ndim));
+  }
+  check::contiguous(op, "w", w);
+  MxProblem p;
+  p.K = w.shape[w.ndim - 1];
+  check_k_multiple_of_block(op, "w", p.K, "the quantized axis");
+  p.lead = dims(w, 0, w.ndim - 1);
+  p.rows = w.numel() / (p.K ? p.K : 1);
+  if (p.K == 0) p.rows = 0;
+  p.device = w.device;
+  return p;
+}
+
+void check_quantize_mxfp4_outputs(const MxProblem& p, const TensorView& blocks, const TensorView& scales) {
+  const char* op = "quantize_mxfp4";
+  check_tensor(op, "blocks", blocks, {DType::kUInt8}, concat(p.lead, {p.K / mxfp4::kBlock, mxfp4::kBytesPerBlock}));
+  check_tensor(op, "scales", scales, {DType::kUInt8}, concat(p.lead, {p.K / mxfp4::kBlock}));
+  check::on_device(op, "blocks", blocks, p.device, "w");
+  check::on_device(op, "scales", scales, p.device, "w");
+}
+
+MxProblem check_dequantize_mxfp4_inputs(const TensorView& blocks, const TensorView& scales) {
+  const char* op = "dequantize_mxfp4";
+  check::present(op, "blocks", blocks);
+  check::present(op, "scales", scales);
+  check::dtype(op, "blocks", blocks, {DType::kUInt8});
+  check::dtype(op, "scales", scales, {DType::kUInt8});
+  if (blocks.ndim < 2 || blocks.shape[blocks.ndim - 1] != mxfp4::kBytesPerBlock) {
+    fail(kValue, op, "blocks", "shape [..., K/32, 16]", blocks.shape_str());
+  }
+  check::shape(op, "scales", scales, dims(blocks, 0, blocks.ndim - 1));
+  check::contiguous(op, "blocks", blocks);
+  check::contiguous(op, "scales", scales);
+  MxProblem p;
+  p.device = check::same_device(op, {{"blocks", &blocks}, {"scales", &scales}});
+  p.K = blocks.shape[blocks.ndim - 2] * mxfp4::kBlock;
+  p.lead = dims(blocks, 0, blocks.ndim - 2);
+  p.rows = scales.numel() / (p.K ? p.K / mxfp4::kBlock : 1);
+  if (p.K == 0) p.rows = 0;
+  return p;
+}
+
+void check_dequantize_mxfp4_outputs(const MxProblem& p, const TensorView& out) {
+  const char* op = "dequantize_mxfp4";
+  check_tensor(op, "out", out, kFloatTypes, concat(p.lead, {p.K}));
+  check::on_device(op, "out", out, p.device, "blocks");
+}
+
+// ---------------------------------------------------------------------------------------- route
+
+RouteProblem check_route_inputs(const TensorView& logits, int k) {
+  const char* op = "route";
+  check_tensor(op, "logits", logits, kFloatTypes, {-1, -1});
+  RouteProblem p{logits.shape[0], logits.shape[1], k, logits.device};
+  if (p.E < 1) fail(kValue, op, "logits", "at least one expert column", logits.shape_str());
+  if (k < 1 || k > p.E) {
+    fail(kValue, op, "k", "1 <= k <= " + std::to_string(p.E) + " (the number of experts)", std::to_string(k));
+  }
+  return p;
+}
+
+void check_route_outputs(const RouteProblem& p, const RouteOutputs& o) {
+  const char* op = "route";
+  check_tensor(op, "expert_idx", o.expert_idx, {DType::kInt32}, {p.T, p.k});
+  check_tensor(op, "expert_weight", o.expert_weight, {DType::kFloat32}, {p.T, p.k});
+  check_tensor(op, "expert_counts", o.expert_counts, {DType::kInt32}, {p.E});
+  check_tensor(op, "expert_offsets", o.expert_offsets, {DType::kInt32}, {p.E + 1});
+  check_tensor(op, "gather_idx", o.gather_idx, {DType::kInt32}, {p.T * p.k});
+  check_tensor(op, "scatter_idx", o.scatter_idx, {DType::kInt32}, {p.T, p.k});
+  for (const auto& [name, t] : {std::pair{"expert_idx", &o.expert_idx}, {"expert_weight", &o.expert_weight},
+                                {"expert_counts", &o.expert_counts}, {"expert_offsets", &o.expert_offsets},
+                                {"gather_idx", &o.gather_idx}, {"scatter_idx", &o.scatter_idx}}) {
+    check::on_device(op, name, *t, p.device, "logits");
+  }
+}
+
+// ----------------------------------------------------------------------------------- matmul_ogs
+
+MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a) {
+  const char* op = "matmul_ogs";
+  check_tensor(op, "x", a.x, kFloatTypes, {-1, -1});
+  MatmulOgsProblem p;
+  p.M = a.x.shape[0];
+  p.K = a.x.shape[1];
+  p.mxfp4 = a.w.is_mxfp4();
+  const WeightDims w = check_expert_weights(op, "w", "w_scales", a.w, p.K);
+  p.E = w.E;
+  p.N = w.N;
+  check_optional(op, "bias", a.bias, kFloatTypes, {p.E, p.N});
+  if (a.expert_offsets.present()) {
+    check_tensor(op, "expert_offsets", a.expert_offsets, {DType::kInt32}, {p.E + 1});
+  } else if (p.E != 1) {
+    fail(kValue, op, "expert_offsets", "a tensor when w has " + std::to_string(p.E) + " experts", "None");
+  }
+  p.gather = a.gather_idx.present();
+  if (p.gather) check_tensor(op, "gather_idx", a.gather_idx, {DType::kInt32}, {-1});
+  p.P = p.gather ? a.gather_idx.shape[0] : p.M;
+  p.scatter = a.scatter_idx.present();
+  if (p.scatter) {
+    check_tensor(op, "scatter_idx", a.scatter_idx, {DType::kInt32}, {-1, -1});
+    p.T = a.scatter_idx.shape[0];
+    p.k = a.scatter_idx.shape[1];
+    if (p.T * p.k != p.P) {
+      fail(kValue, op, "scatter_idx", "T * k == " + std::to_string(p.P) + " (the rows of the grouped problem)",
+           a.scatter_idx.shape_str());
+    }
+    check_optional(op, "combine_weight", a.combine_weight, {DType::kFloat32}, {p.T, p.k});
+  } else if (a.combine_weight.present()) {
+    fail(kValue, op, "combine_weight", "None without scatter_idx", "a tensor");
+  }
+  p.swiglu = a.swiglu.enabled;
+  if (p.swiglu && p.N % 2 != 0) {
+    fail(kValue, op, "w", "an even number of output columns for swiglu", std::to_string(p.N));
+  }
+  p.out_rows = p.scatter ? p.T : p.P;
+  p.out_cols = p.swiglu ? p.N / 2 : p.N;
+  p.device = check::same_device(op, {{"x", &a.x}, {"w", &a.w.values}, {"w_scales", &a.w.scales}, {"bias", &a.bias},
+                                     {"expert_offsets", &a.expert_offsets}, {"gather_idx", &a.gather_idx},
+                                     {"scatter_idx", &a.scatter_idx}, {"combine_weight", &a.combine_weight}});
+  return p;
+}
+
+void check_matmul_ogs_outputs(const MatmulOgsProblem& p, const MatmulOgsArgs& a) {
+  const char* op = "matmul_ogs";
+  check_tensor(op, "out", a.out, {a.x.dtype, DType::kFloat32}, {p.out_rows, p.out_cols});
+  check::on_device(op, "out", a.out, p.device, "x");
+}
+
+// -------------------------------------------------------------------------------------- moe_mlp
+
+MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a) {
+  const char* op = "moe_mlp";
+  check_tensor(op, "x", a.x, kFloatTypes, {-1, -1});
+  MoeMlpProblem p;
+  p.T = a.x.shape[0];
+  p.H = a.x.shape[1];
+  check_tensor(op, "gate_weight", a.gate_weight, kFloatTypes, {-1, p.H});
+  p.E = a.gate_weight.shape[0];
+  if (p.E < 1) fail(kValue, op, "gate_weight", "at least one expert row", a.gate_weight.shape_str());
+  check_optional(op, "gate_bias", a.gate_bias, kFloatTypes, {p.E});
+  const WeightDims w1 = check_expert_weights(op, "mlp1_weight", "mlp1_scales", a.mlp1, p.H);
+  if (w1.E != p.E) fail(kValue, op, "mlp1_weight", std::to_string(p.E) + " experts (rows of gate_weight)", std::to_string(w1.E));
+  if (w1.N % 2 != 0) fail(kValue, op, "mlp1_weight", "an even number of rows 2I (interleaved SwiGLU pairs)", std::to_string(w1.N));
+  p.I = w1.N / 2;
+  check_optional(op, "mlp1_bias", a.mlp1_bias, kFloatTypes, {p.E, 2 * p.I});
+  const WeightDims w2 = check_expert_weights(op, "mlp2_weight", "mlp2_scales", a.mlp2, p.I);
+  if (w2.E != p.E || w2.N != p.H) {
+    fail(kValue, op, "mlp2_weight", "shape [" + std::to_string(p.E) + ", " + std::to_string(p.H) + ", " +
+         std::to_string(p.I) + "] (E, H, I)", a.mlp2.values.shape_str());
+  }
+  check_optional(op, "mlp2_bias", a.mlp2_bias, kFloatTypes, {p.E, p.H});
+  if (a.experts_per_token < 1 || a.experts_per_token > p.E) {
+    fail(kValue, op, "experts_per_token", "1 <= k <= " + std::to_string(p.E) + " (the number of experts)",
+         std::to_string(a.experts_per_token));
+  }
+  p.k = a.experts_per_token;
+  p.device = check::same_device(op, {{"x", &a.x}, {"gate_weight", &a.gate_weight}, {"gate_bias", &a.gate_bias},
+                                     {"mlp1_weight", &a.mlp1.values}, {"mlp1_scales", &a.mlp1.scales},
+                                     {"mlp1_bias", &a.mlp1_bias}, {"mlp2_weight", &a.mlp2.values},
+                                     {"mlp2_scales", &a.mlp2.scales}, {"mlp2_bias", &a.mlp2_bias},
+                                     {"y", &a.y}, {"workspace", &a.workspace}});
+  return p;
+}
+
+MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype) {
+  MoeMlpWorkspace w;
+  size_t at = 0;
+  auto take = [&at](size_t bytes) {
+    const size_t here = at;
+    at += (bytes + 255) / 256 * 256;
+    return here;
+  };
+  const size_t T = p.T, E = p.E, k = p.k, I = p.I;
+  w.logits = take(T * E * 4);
+  w.expert_idx = take(T * k * 4);
+  w.expert_weight = take(T * k * 4);
+  w.expert_counts = take(E * 4);
+  w.expert_offsets = take((E + 1) * 4);
+  w.gather_idx = take(T * k * 4);
+  w.scatter_idx = take(T * k * 4);
+  w.act = take(T * k * I * static_cast<size_t>(dtype_size(x_dtype)));
+  w.total = at;
+  return w;
+}
+
+}  // namespace moekit

@@ -1,0 +1,67 @@
+// Per-op validation and shape math, shared by every backend and by the torch binding (which
+// sizes outputs from these before allocating them). check_*_inputs validate everything but
+// the outputs; check_*_outputs validate the outputs against the problem.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "moekit/ops.h"
+
+namespace moekit {
+
+struct MxProblem {
+  int64_t rows = 0;  // product of the leading dims
+  int64_t K = 0;     // quantized axis
+  Device device;
+  std::vector<int64_t> lead;  // leading dims
+};
+MxProblem check_quantize_mxfp4_inputs(const TensorView& w);
+void check_quantize_mxfp4_outputs(const MxProblem& p, const TensorView& blocks, const TensorView& scales);
+MxProblem check_dequantize_mxfp4_inputs(const TensorView& blocks, const TensorView& scales);
+void check_dequantize_mxfp4_outputs(const MxProblem& p, const TensorView& out);
+
+struct RouteProblem {
+  int64_t T = 0, E = 0;
+  int k = 0;
+  Device device;
+};
+RouteProblem check_route_inputs(const TensorView& logits, int k);
+void check_route_outputs(const RouteProblem& p, const RouteOutputs& out);
+
+struct MatmulOgsProblem {
+  int64_t M = 0;  // rows of x
+  int64_t K = 0, N = 0, E = 0;
+  int64_t P = 0;  // rows of the grouped problem
+  int64_t T = 0;  // output rows with scatter
+  int64_t k = 0;  // slots per output row with scatter
+  bool mxfp4 = false, gather = false, scatter = false, swiglu = false;
+  int64_t out_rows = 0, out_cols = 0;
+  Device device;
+};
+MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a);
+void check_matmul_ogs_outputs(const MatmulOgsProblem& p, const MatmulOgsArgs& a);
+
+struct MoeMlpProblem {
+  int64_t T = 0, H = 0, E = 0, I = 0;
+  int k = 0;
+  Device device;
+};
+MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a);
+
+// Where moe_mlp keeps its intermediates inside the workspace (byte offsets, 256-aligned).
+struct MoeMlpWorkspace {
+  size_t logits = 0;         // f32 [T, E]
+  size_t expert_idx = 0;     // i32 [T, k]
+  size_t expert_weight = 0;  // f32 [T, k]
+  size_t expert_counts = 0;  // i32 [E]
+  size_t expert_offsets = 0; // i32 [E+1]
+  size_t gather_idx = 0;     // i32 [T*k]
+  size_t scatter_idx = 0;    // i32 [T, k]
+  size_t act = 0;            // x dtype [T*k, I]
+  size_t total = 0;
+};
+MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype);
+
+}  // namespace moekit

@@ -1,0 +1,70 @@
+#include "moekit/tensor.h"
+
+#include <sstream>
+
+namespace moekit {
+
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return "float32";
+    case DType::kBFloat16: return "bfloat16";
+    case DType::kUInt8: return "uint8";
+    case DType::kInt32: return "int32";
+  }
+  return "unknown";
+}
+
+int64_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return 4;
+    case DType::kBFloat16: return 2;
+    case DType::kUInt8: return 1;
+    case DType::kInt32: return 4;
+  }
+  return 0;
+}
+
+std::string Device::str() const {
+  return type == DeviceType::kCPU ? std::string("cpu") : "cuda:" + std::to_string(index);
+}
+
+TensorView::TensorView(void* data_, DType dtype_, std::initializer_list<int64_t> shape_, Device device_)
+    : data(data_), dtype(dtype_), device(device_), ndim(static_cast<int>(shape_.size())) {
+  int d = 0;
+  for (int64_t s : shape_) shape[d++] = s;
+  int64_t st = 1;
+  for (d = ndim - 1; d >= 0; --d) {
+    stride[d] = st;
+    st *= shape[d];
+  }
+}
+
+int64_t TensorView::numel() const {
+  int64_t n = 1;
+  for (int d = 0; d < ndim; ++d) n *= shape[d];
+  return n;
+}
+
+bool TensorView::is_contiguous() const {
+  int64_t st = 1;
+  for (int d = ndim - 1; d >= 0; --d) {
+    if (shape[d] != 1 && stride[d] != st) return false;
+    st *= shape[d];
+  }
+  return true;
+}
+
+TensorView TensorView::reshape(std::initializer_list<int64_t> new_shape) const {
+  if (!present()) return *this;
+  return TensorView(data, dtype, new_shape, device);
+}
+
+std::string TensorView::shape_str() const {
+  std::ostringstream s;
+  s << '[';
+  for (int d = 0; d < ndim; ++d) s << (d ? ", " : "") << shape[d];
+  s << ']';
+  return s.str();
+}
+
+}  // namespace moekit

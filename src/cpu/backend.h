@@ -1,0 +1,16 @@
+// The CPU backend: the readable specification of every op, and the oracle of every test.
+// Entry points take arguments already validated by src/core/problem.h.
+#pragma once
+
+#include "../core/problem.h"
+
+namespace moekit::cpu {
+
+void quantize_mxfp4(const MxProblem& p, const TensorView& w, const TensorView& blocks, const TensorView& scales,
+                    const ExecContext& ctx);
+void dequantize_mxfp4(const MxProblem& p, const TensorView& blocks, const TensorView& scales, const TensorView& out,
+                      const ExecContext& ctx);
+void route(const RouteProblem& p, const TensorView& logits, const RouteOutputs& out, const ExecContext& ctx);
+void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecContext& ctx);
+
+}  // namespace moekit::cpu

@@ -1,0 +1,62 @@
+#include "../core/mxfp4.h"
+
+#include <cmath>
+
+#include "backend.h"
+#include "element.h"
+#include "parallel.h"
+
+namespace moekit::cpu {
+
+void quantize_mxfp4(const MxProblem& p, const TensorView& w, const TensorView& blocks, const TensorView& scales,
+                    const ExecContext& ctx) {
+  const int64_t n_blocks = p.rows * (p.K / mxfp4::kBlock);
+  uint8_t* codes = blocks.ptr<uint8_t>();
+  uint8_t* scale_out = scales.ptr<uint8_t>();
+  parallel_for(n_blocks, 1024, ctx.cpu_threads, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      float v[mxfp4::kBlock];
+      float amax = 0.0f;
+      bool finite = true;
+      for (int i = 0; i < mxfp4::kBlock; ++i) {
+        v[i] = load_float(w.data, w.dtype, b * mxfp4::kBlock + i);
+        finite = finite && std::isfinite(v[i]);
+        amax = std::fmax(amax, std::fabs(v[i]));
+      }
+      uint8_t* out = codes + b * mxfp4::kBytesPerBlock;
+      if (!finite) {
+        scale_out[b] = mxfp4::kNanScale;
+        for (int i = 0; i < mxfp4::kBytesPerBlock; ++i) out[i] = 0;
+        continue;
+      }
+      const uint8_t s = mxfp4::scale_for_amax(amax);
+      scale_out[b] = s;
+      const int shift = 127 - static_cast<int>(s);  // multiply by 2^-e: exact for powers of two
+      for (int i = 0; i < mxfp4::kBytesPerBlock; ++i) {
+        const uint8_t lo = mxfp4::float_to_e2m1(std::ldexp(v[2 * i], shift));
+        const uint8_t hi = mxfp4::float_to_e2m1(std::ldexp(v[2 * i + 1], shift));
+        out[i] = static_cast<uint8_t>(lo | (hi << 4));
+      }
+    }
+  });
+}
+
+void dequantize_mxfp4(const MxProblem& p, const TensorView& blocks, const TensorView& scales, const TensorView& out,
+                      const ExecContext& ctx) {
+  const int64_t n_blocks = p.rows * (p.K / mxfp4::kBlock);
+  const uint8_t* codes = blocks.ptr<uint8_t>();
+  const uint8_t* scale_in = scales.ptr<uint8_t>();
+  parallel_for(n_blocks, 1024, ctx.cpu_threads, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const float scale = mxfp4::e8m0_to_float(scale_in[b]);
+      for (int i = 0; i < mxfp4::kBytesPerBlock; ++i) {
+        const uint8_t byte = codes[b * mxfp4::kBytesPerBlock + i];
+        const int64_t at = b * mxfp4::kBlock + 2 * i;
+        store_float(out.data, out.dtype, at, mxfp4::e2m1_to_float(byte & 0xf) * scale);
+        store_float(out.data, out.dtype, at + 1, mxfp4::e2m1_to_float(byte >> 4) * scale);
+      }
+    }
+  });
+}
+
+}  // namespace moekit::cpu
