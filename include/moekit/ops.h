@@ -61,7 +61,12 @@ struct MatmulOgsArgs {
   TensorView combine_weight;  // optional f32 [T, k], only with scatter_idx
   Swiglu swiglu;
   TensorView out;
+  // uint8 buffer of at least matmul_ogs_workspace_size() bytes on the tensors' device; the
+  // CUDA backend needs it with scatter_idx (float32 rows before the combine).
+  TensorView workspace;
 };
+// Validates everything but out and workspace, and returns the workspace bytes needed.
+size_t matmul_ogs_workspace_size(const MatmulOgsArgs& args);
 void matmul_ogs(const MatmulOgsArgs& args, const ExecContext& ctx = {});
 
 // The gpt-oss MoE layer: gate, route, mlp1 + SwiGLU, mlp2, combine (see docs/semantics.md).
@@ -76,13 +81,14 @@ struct MoeMlpArgs {
   TensorView mlp1_bias;  // optional
   ExpertWeights mlp2;
   TensorView mlp2_bias;  // optional
-  int experts_per_token = 4;
+  int64_t experts_per_token = 4;
   float swiglu_alpha = 1.702f;
   float swiglu_limit = 7.0f;
   TensorView y;
   TensorView workspace;
 };
-// Validates everything but y and workspace, and returns the bytes moe_mlp needs.
+// Validates the inputs (and the devices of y and workspace where given), and returns the
+// workspace bytes moe_mlp needs.
 size_t moe_mlp_workspace_size(const MoeMlpArgs& args);
 void moe_mlp(const MoeMlpArgs& args, const ExecContext& ctx = {});
 

@@ -50,12 +50,23 @@ struct TensorView {
   T* ptr() const { return static_cast<T*>(data); }
 };
 
-// Where and how an op runs. `cuda_stream` is a cudaStream_t for the tensors' device
-// (never the legacy default stream); the CPU backend ignores it. `cpu_threads` <= 0
-// means one thread per hardware thread.
+// Where and how an op runs. CUDA ops launch on `cuda_stream`, a cudaStream_t of the tensors'
+// device that the caller must name (set `cuda_stream_given`, or use on_stream); the torch
+// binding names the current stream of that device, which may be torch's default stream.
+// `cpu_threads` <= 0 means one thread per hardware thread. `sync_after_launch` is a debug
+// switch: synchronise after every CUDA launch so a fault is reported by the op that caused it.
 struct ExecContext {
   void* cuda_stream = nullptr;
+  bool cuda_stream_given = false;
   int cpu_threads = 0;
+  bool sync_after_launch = false;
+
+  static ExecContext on_stream(void* stream) {
+    ExecContext ctx;
+    ctx.cuda_stream = stream;
+    ctx.cuda_stream_given = true;
+    return ctx;
+  }
 };
 
 }  // namespace moekit

@@ -10,6 +10,11 @@
 #include <optional>
 #include <tuple>
 
+#if defined(MOEKIT_WITH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 #include "../../src/core/problem.h"
 #include "moekit/moekit.h"
 
@@ -79,11 +84,28 @@ at::TensorOptions options(const moekit::Device& d, at::ScalarType dtype) {
   return at::TensorOptions().device(torch_device(d)).dtype(dtype);
 }
 
-moekit::ExecContext context() {
-  moekit::ExecContext ctx;
-  ctx.cpu_threads = at::get_num_threads();
-  return ctx;
-}
+// Makes the op's device current (restored on scope exit, so the caller's current device never
+// changes) and names the stream to launch on: the current stream of *that* device.
+class OnDevice {
+ public:
+  explicit OnDevice(const moekit::Device& device) {
+    ctx_.cpu_threads = at::get_num_threads();
+#if defined(MOEKIT_WITH_CUDA)
+    if (device.type == moekit::DeviceType::kCUDA) {
+      guard_.emplace(torch_device(device));
+      ctx_.cuda_stream = c10::cuda::getCurrentCUDAStream(device.index).stream();
+      ctx_.cuda_stream_given = true;
+    }
+#endif
+  }
+  const moekit::ExecContext& ctx() const { return ctx_; }
+
+ private:
+#if defined(MOEKIT_WITH_CUDA)
+  std::optional<c10::cuda::CUDAGuard> guard_;
+#endif
+  moekit::ExecContext ctx_;
+};
 
 std::vector<int64_t> with(std::vector<int64_t> lead, std::initializer_list<int64_t> tail) {
   lead.insert(lead.end(), tail);
@@ -94,10 +116,11 @@ std::tuple<Tensor, Tensor> quantize_mxfp4(const Tensor& w) {
   return translate_errors([&] {
     const TensorView wv = view("quantize_mxfp4", "w", w);
     const moekit::MxProblem p = moekit::check_quantize_mxfp4_inputs(wv);
+    const OnDevice on(p.device);
     Tensor blocks = at::empty(with(p.lead, {p.K / 32, 16}), options(p.device, at::kByte));
     Tensor scales = at::empty(with(p.lead, {p.K / 32}), options(p.device, at::kByte));
     moekit::quantize_mxfp4(wv, view("quantize_mxfp4", "blocks", blocks), view("quantize_mxfp4", "scales", scales),
-                           context());
+                           on.ctx());
     return std::make_tuple(blocks, scales);
   });
 }
@@ -111,8 +134,9 @@ Tensor dequantize_mxfp4(const Tensor& blocks, const Tensor& scales, at::ScalarTy
       throw moekit::Error(moekit::Error::Kind::kType, std::string("moekit.dequantize_mxfp4: 'dtype' expected "
                                                                   "float32 or bfloat16, got ") + c10::toString(dtype));
     }
+    const OnDevice on(p.device);
     Tensor out = at::empty(with(p.lead, {p.K}), options(p.device, dtype));
-    moekit::dequantize_mxfp4(bv, sv, view(op, "out", out), context());
+    moekit::dequantize_mxfp4(bv, sv, view(op, "out", out), on.ctx());
     return out;
   });
 }
@@ -121,8 +145,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> route(const Tensor& l
   return translate_errors([&] {
     const char* op = "route";
     const TensorView lv = view(op, "logits", logits);
-    const int k32 = static_cast<int>(std::clamp<int64_t>(k, -1, INT32_MAX));
-    const moekit::RouteProblem p = moekit::check_route_inputs(lv, k32);
+    const moekit::RouteProblem p = moekit::check_route_inputs(lv, k);
+    const OnDevice on(p.device);
     const auto i32 = options(p.device, at::kInt);
     Tensor idx = at::empty({p.T, p.k}, i32), weight = at::empty({p.T, p.k}, options(p.device, at::kFloat));
     Tensor counts = at::empty({p.E}, i32), offsets = at::empty({p.E + 1}, i32);
@@ -131,7 +155,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> route(const Tensor& l
                   {view(op, "expert_idx", idx), view(op, "expert_weight", weight), view(op, "expert_counts", counts),
                    view(op, "expert_offsets", offsets), view(op, "gather_idx", gather),
                    view(op, "scatter_idx", scatter)},
-                  context());
+                  on.ctx());
     return std::make_tuple(idx, weight, counts, offsets, gather, scatter);
   });
 }
@@ -151,9 +175,15 @@ Tensor matmul_ogs(const Tensor& x, const Tensor& w, const OptTensor& w_scales, c
     a.combine_weight = view(op, "combine_weight", combine_weight);
     a.swiglu = {swiglu, static_cast<float>(swiglu_alpha), static_cast<float>(swiglu_limit)};
     const moekit::MatmulOgsProblem p = moekit::check_matmul_ogs_inputs(a);
+    const OnDevice on(p.device);
     Tensor out = at::empty({p.out_rows, p.out_cols}, options(p.device, x.scalar_type()));
     a.out = view(op, "out", out);
-    moekit::matmul_ogs(a, context());
+    Tensor workspace;  // only the CUDA backend needs one
+    if (p.device.type == moekit::DeviceType::kCUDA) {
+      workspace = at::empty({static_cast<int64_t>(moekit::matmul_ogs_workspace_bytes(p))}, options(p.device, at::kByte));
+      a.workspace = view(op, "workspace", workspace);
+    }
+    moekit::matmul_ogs(a, on.ctx());
     return out;
   });
 }
@@ -172,16 +202,17 @@ Tensor moe_mlp(const Tensor& x, const Tensor& gate_weight, const OptTensor& gate
     a.mlp1_bias = view(op, "mlp1_bias", mlp1_bias);
     a.mlp2 = {view(op, "mlp2_weight", mlp2_weight), view(op, "mlp2_scales", mlp2_scales)};
     a.mlp2_bias = view(op, "mlp2_bias", mlp2_bias);
-    a.experts_per_token = static_cast<int>(std::clamp<int64_t>(experts_per_token, -1, INT32_MAX));
+    a.experts_per_token = experts_per_token;
     a.swiglu_alpha = static_cast<float>(swiglu_alpha);
     a.swiglu_limit = static_cast<float>(swiglu_limit);
     const moekit::MoeMlpProblem p = moekit::check_moe_mlp_inputs(a);
+    const OnDevice on(p.device);
     Tensor y = at::empty({p.T, p.H}, options(p.device, x.scalar_type()));
     Tensor workspace = at::empty({static_cast<int64_t>(moekit::moe_mlp_workspace_size(a))},
                                  options(p.device, at::kByte));
     a.y = view(op, "y", y);
     a.workspace = view(op, "workspace", workspace);
-    moekit::moe_mlp(a, context());
+    moekit::moe_mlp(a, on.ctx());
     return y;
   });
 }
@@ -201,10 +232,15 @@ TORCH_LIBRARY(moekit, m) {
         "float swiglu_alpha, float swiglu_limit) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(moekit, CPU, m) {
-  m.impl("quantize_mxfp4", &quantize_mxfp4);
-  m.impl("dequantize_mxfp4", &dequantize_mxfp4);
-  m.impl("route", &route);
-  m.impl("matmul_ogs", &matmul_ogs);
-  m.impl("moe_mlp", &moe_mlp);
-}
+// One implementation per op serves every device: it reads the device from the tensors.
+#define MOEKIT_REGISTER_IMPLS(m)                     \
+  m.impl("quantize_mxfp4", &quantize_mxfp4);         \
+  m.impl("dequantize_mxfp4", &dequantize_mxfp4);     \
+  m.impl("route", &route);                           \
+  m.impl("matmul_ogs", &matmul_ogs);                 \
+  m.impl("moe_mlp", &moe_mlp)
+
+TORCH_LIBRARY_IMPL(moekit, CPU, m) { MOEKIT_REGISTER_IMPLS(m); }
+#if defined(MOEKIT_WITH_CUDA)
+TORCH_LIBRARY_IMPL(moekit, CUDA, m) { MOEKIT_REGISTER_IMPLS(m); }
+#endif

@@ -22,13 +22,27 @@ class Routing(NamedTuple):
     scatter_idx: torch.Tensor     # int32 [T, k], expert-grouped row of each (token, slot)
 
 
-def _require_tensor(op: str, arg: str, value) -> None:
+def _require_tensor(op: str, arg: str, value, optional: bool = False) -> None:
+    if value is None and optional:
+        return
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"moekit.{op}: '{arg}' expected a torch.Tensor, got {type(value).__name__}")
+        what = "a torch.Tensor or None" if optional else "a torch.Tensor"
+        raise TypeError(f"moekit.{op}: '{arg}' expected {what}, got {type(value).__name__}")
+
+
+def _require_int(op: str, arg: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"moekit.{op}: '{arg}' expected an int, got {type(value).__name__} {value!r}")
+
+
+def _require_float(op: str, arg: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"moekit.{op}: '{arg}' expected a float, got {type(value).__name__} {value!r}")
 
 
 def _normalize_axis(op: str, axis: int, ndim: int) -> int:
-    if not isinstance(axis, int) or not -ndim <= axis < ndim:
+    _require_int(op, "axis", axis)
+    if not -ndim <= axis < ndim:
         raise ValueError(f"moekit.{op}: 'axis' expected an int in [{-ndim}, {ndim}), got {axis!r}")
     return axis % ndim
 
@@ -68,6 +82,8 @@ def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, axis: int = -1,
     """Inverse of :func:`quantize_mxfp4`: ``axis`` names the quantized axis of the result."""
     _require_tensor("dequantize_mxfp4", "blocks", blocks)
     _require_tensor("dequantize_mxfp4", "scales", scales)
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"moekit.dequantize_mxfp4: 'dtype' expected a torch.dtype, got {type(dtype).__name__} {dtype!r}")
     axis = _normalize_axis("dequantize_mxfp4", axis, max(scales.ndim, 1))
     last = axis == scales.ndim - 1
     if not last and blocks.ndim == scales.ndim + 1:
@@ -80,6 +96,7 @@ def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, axis: int = -1,
 def route(logits: torch.Tensor, k: int) -> Routing:
     """Top-k routing of ``logits`` [T, E]; see :class:`Routing`."""
     _require_tensor("route", "logits", logits)
+    _require_int("route", "k", k)
     return Routing(*torch.ops.moekit.route(logits, k))
 
 
@@ -100,7 +117,14 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
     """
     _require_tensor("matmul_ogs", "x", x)
     values, scales = _split_weights("matmul_ogs", "w", w)
+    for name, value in (("bias", bias), ("expert_offsets", expert_offsets), ("gather_idx", gather_idx),
+                        ("scatter_idx", scatter_idx), ("combine_weight", combine_weight)):
+        _require_tensor("matmul_ogs", name, value, optional=True)
+    if swiglu is not None and (not isinstance(swiglu, (tuple, list)) or len(swiglu) != 2):
+        raise TypeError(f"moekit.matmul_ogs: 'swiglu' expected None or an (alpha, limit) pair, got {swiglu!r}")
     alpha, limit = swiglu if swiglu is not None else (0.0, 0.0)
+    _require_float("matmul_ogs", "swiglu[0] (alpha)", alpha)
+    _require_float("matmul_ogs", "swiglu[1] (limit)", limit)
     return torch.ops.moekit.matmul_ogs(x, values, scales, bias, expert_offsets, gather_idx, scatter_idx,
                                        combine_weight, swiglu is not None, float(alpha), float(limit))
 
@@ -117,8 +141,14 @@ def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torc
     Returns a tensor of x's shape and dtype.
     """
     _require_tensor("moe_mlp", "x", x)
+    _require_tensor("moe_mlp", "gate_weight", gate_weight)
+    for name, value in (("gate_bias", gate_bias), ("mlp1_bias", mlp1_bias), ("mlp2_bias", mlp2_bias)):
+        _require_tensor("moe_mlp", name, value, optional=True)
     w1, s1 = _split_weights("moe_mlp", "mlp1_weight", mlp1_weight)
     w2, s2 = _split_weights("moe_mlp", "mlp2_weight", mlp2_weight)
+    _require_int("moe_mlp", "experts_per_token", experts_per_token)
+    _require_float("moe_mlp", "swiglu_alpha", swiglu_alpha)
+    _require_float("moe_mlp", "swiglu_limit", swiglu_limit)
     if x.ndim < 1:
         raise ValueError("moekit.moe_mlp: 'x' expected shape [..., H], got a 0-d tensor")
     y = torch.ops.moekit.moe_mlp(x.reshape(-1, x.shape[-1]), gate_weight, gate_bias, w1, s1, mlp1_bias,

@@ -10,13 +10,17 @@ void fail(Error::Kind kind, const char* op, const char* arg, const std::string& 
 
 void present(const char* op, const char* arg, const TensorView& t) {
   if (!t.present()) fail(Error::Kind::kValue, op, arg, "a tensor", "None");
+  for (int d = 0; d < t.ndim; ++d) {
+    if (t.shape[d] < 0) fail(Error::Kind::kValue, op, arg, "non-negative sizes", "shape " + t.shape_str());
+  }
 }
 
 void dtype(const char* op, const char* arg, const TensorView& t, std::initializer_list<DType> allowed) {
   std::string names;
   for (DType d : allowed) {
     if (t.dtype == d) return;
-    names += (names.empty() ? "" : " or ") + std::string(dtype_name(d));
+    const std::string name = dtype_name(d);
+    if (names.find(name) == std::string::npos) names += (names.empty() ? "" : " or ") + name;
   }
   fail(Error::Kind::kType, op, arg, "dtype " + names, dtype_name(t.dtype));
 }

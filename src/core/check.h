@@ -15,6 +15,7 @@ namespace moekit::check {
 [[noreturn]] void fail(Error::Kind kind, const char* op, const char* arg, const std::string& expected,
                        const std::string& got);
 
+// A tensor was given, and its sizes are not negative.
 void present(const char* op, const char* arg, const TensorView& t);
 void dtype(const char* op, const char* arg, const TensorView& t, std::initializer_list<DType> allowed);
 void ndim(const char* op, const char* arg, const TensorView& t, int n);

@@ -27,6 +27,7 @@ void moe_mlp(const MoeMlpArgs& a, const ExecContext& ctx) {
     check::fail(Error::Kind::kValue, op, "workspace", "a 1-D buffer of at least " + std::to_string(ws.total) + " bytes",
                 a.workspace.shape_str());
   }
+  check_backend(op, p.device);
   if (p.T == 0) return;
 
   char* base = a.workspace.ptr<char>();
@@ -40,6 +41,7 @@ void moe_mlp(const MoeMlpArgs& a, const ExecContext& ctx) {
                        TensorView(base + ws.gather_idx, DType::kInt32, {T * k}, dev),
                        TensorView(base + ws.scatter_idx, DType::kInt32, {T, k}, dev)};
   const TensorView act(base + ws.act, a.x.dtype, {T * k, p.I}, dev);
+  const TensorView mlp2_ws(base + ws.mlp2, DType::kUInt8, {static_cast<int64_t>(ws.total - ws.mlp2)}, dev);
 
   MatmulOgsArgs gate;
   gate.x = a.x;
@@ -68,6 +70,7 @@ void moe_mlp(const MoeMlpArgs& a, const ExecContext& ctx) {
   mlp2.scatter_idx = r.scatter_idx;
   mlp2.combine_weight = r.expert_weight;
   mlp2.out = a.y;
+  mlp2.workspace = mlp2_ws;
   matmul_ogs(mlp2, ctx);
 }
 

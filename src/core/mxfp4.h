@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "host_device.h"
 
@@ -21,6 +22,16 @@ namespace moekit::mxfp4 {
 constexpr int kBlock = 32;            // values per scale
 constexpr int kBytesPerBlock = 16;    // two codes per byte
 constexpr uint8_t kNanScale = 255;
+
+MOEKIT_HD uint32_t float_bits(float v) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(v);
+#else
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  return u;
+#endif
+}
 
 // e2m1 code -> value: 0, .5, 1, 1.5, 2, 3, 4, 6 and their negatives (code 8 is -0).
 MOEKIT_HD float e2m1_to_float(uint8_t code) {
@@ -33,8 +44,8 @@ MOEKIT_HD float e2m1_to_float(uint8_t code) {
 // Nearest e2m1 code, ties to the even mantissa, |v| > 6 saturating to 6; the sign of zero
 // is kept. NaN maps to +-6 (callers give NaN blocks the NaN scale instead).
 MOEKIT_HD uint8_t float_to_e2m1(float v) {
-  const uint8_t sign = std::signbit(v) ? 8 : 0;
-  const float a = std::fabs(v);
+  const uint8_t sign = (float_bits(v) >> 31) ? 8 : 0;
+  const float a = fabsf(v);
   uint8_t mag;
   if (a <= 0.25f) mag = 0;        // tie 0.25 -> 0
   else if (a < 0.75f) mag = 1;    // 0.5; tie 0.75 -> 1.0
@@ -48,14 +59,14 @@ MOEKIT_HD uint8_t float_to_e2m1(float v) {
 }
 
 MOEKIT_HD float e8m0_to_float(uint8_t s) {
-  return s == kNanScale ? NAN : std::ldexp(1.0f, static_cast<int>(s) - 127);
+  return s == kNanScale ? NAN : ldexpf(1.0f, static_cast<int>(s) - 127);
 }
 
 // The scale byte for a block whose largest magnitude is `amax` (finite, >= 0).
 MOEKIT_HD uint8_t scale_for_amax(float amax) {
   if (!(amax > 0.0f)) return 0;
   int q;
-  const float fr = std::frexp(amax, &q);  // amax = fr * 2^q, fr in [0.5, 1)
+  const float fr = frexpf(amax, &q);  // amax = fr * 2^q, fr in [0.5, 1)
   // smallest e with amax <= 6 * 2^e = 0.75 * 2^(e + 3)
   const int e = fr <= 0.75f ? q - 3 : q - 2;
   const int s = e + 127;

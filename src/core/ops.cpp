@@ -4,21 +4,23 @@
 
 #include "../cpu/backend.h"
 #include "problem.h"
-#if MOEKIT_WITH_CUDA
+#if defined(MOEKIT_WITH_CUDA)
 #include "../cuda/launch/backend.h"
 #endif
 
 namespace moekit {
-namespace {
-
-[[noreturn]] void no_backend(const char* op, const Device& device) {
-  throw Error(Error::Kind::kDevice, std::string("moekit.") + op + ": tensors are on " + device.str() +
-                                        ", but this build of moekit has no CUDA backend");
+void check_backend(const char* op, const Device& device) {
+#if !defined(MOEKIT_WITH_CUDA)
+  if (device.type == DeviceType::kCUDA) {
+    throw Error(Error::Kind::kDevice, std::string("moekit.") + op + ": tensors are on " + device.str() +
+                                          ", but this build of moekit has no CUDA backend");
+  }
+#endif
+  (void)op;
+  (void)device;
 }
 
-}  // namespace
-
-#if MOEKIT_WITH_CUDA
+#if defined(MOEKIT_WITH_CUDA)
 #define MOEKIT_DISPATCH(op, device, ...)                          \
   do {                                                            \
     if ((device).type == DeviceType::kCPU) cpu::op(__VA_ARGS__);  \
@@ -27,8 +29,8 @@ namespace {
 #else
 #define MOEKIT_DISPATCH(op, device, ...)                          \
   do {                                                            \
-    if ((device).type == DeviceType::kCPU) cpu::op(__VA_ARGS__);  \
-    else no_backend(#op, device);                                 \
+    check_backend(#op, device);                                   \
+    cpu::op(__VA_ARGS__);                                         \
   } while (0)
 #endif
 
@@ -52,6 +54,10 @@ void route(const TensorView& logits, int k, const RouteOutputs& out, const ExecC
   check_route_outputs(p, out);
   // T == 0 still writes the (all-zero) counts and offsets.
   MOEKIT_DISPATCH(route, p.device, p, logits, out, ctx);
+}
+
+size_t matmul_ogs_workspace_size(const MatmulOgsArgs& args) {
+  return matmul_ogs_workspace_bytes(check_matmul_ogs_inputs(args));
 }
 
 void matmul_ogs(const MatmulOgsArgs& args, const ExecContext& ctx) {

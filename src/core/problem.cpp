@@ -129,14 +129,15 @@ void check_dequantize_mxfp4_outputs(const MxProblem& p, const TensorView& out) {
 
 // ---------------------------------------------------------------------------------------- route
 
-RouteProblem check_route_inputs(const TensorView& logits, int k) {
+RouteProblem check_route_inputs(const TensorView& logits, int64_t k) {
   const char* op = "route";
   check_tensor(op, "logits", logits, kFloatTypes, {-1, -1});
-  RouteProblem p{logits.shape[0], logits.shape[1], k, logits.device};
+  RouteProblem p{logits.shape[0], logits.shape[1], 0, logits.device};
   if (p.E < 1) fail(kValue, op, "logits", "at least one expert column", logits.shape_str());
   if (k < 1 || k > p.E) {
     fail(kValue, op, "k", "1 <= k <= " + std::to_string(p.E) + " (the number of experts)", std::to_string(k));
   }
+  p.k = static_cast<int>(k);
   return p;
 }
 
@@ -201,6 +202,10 @@ MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a) {
   return p;
 }
 
+size_t matmul_ogs_workspace_bytes(const MatmulOgsProblem& p) {
+  return p.scatter ? static_cast<size_t>(p.P) * static_cast<size_t>(p.out_cols) * sizeof(float) : 0;
+}
+
 void check_matmul_ogs_outputs(const MatmulOgsProblem& p, const MatmulOgsArgs& a) {
   const char* op = "matmul_ogs";
   check_tensor(op, "out", a.out, {a.x.dtype, DType::kFloat32}, {p.out_rows, p.out_cols});
@@ -234,7 +239,7 @@ MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a) {
     fail(kValue, op, "experts_per_token", "1 <= k <= " + std::to_string(p.E) + " (the number of experts)",
          std::to_string(a.experts_per_token));
   }
-  p.k = a.experts_per_token;
+  p.k = static_cast<int>(a.experts_per_token);
   p.device = check::same_device(op, {{"x", &a.x}, {"gate_weight", &a.gate_weight}, {"gate_bias", &a.gate_bias},
                                      {"mlp1_weight", &a.mlp1.values}, {"mlp1_scales", &a.mlp1.scales},
                                      {"mlp1_bias", &a.mlp1_bias}, {"mlp2_weight", &a.mlp2.values},
@@ -260,6 +265,7 @@ MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype) 
   w.gather_idx = take(T * k * 4);
   w.scatter_idx = take(T * k * 4);
   w.act = take(T * k * I * static_cast<size_t>(dtype_size(x_dtype)));
+  w.mlp2 = take(T * k * static_cast<size_t>(p.H) * sizeof(float));
   w.total = at;
   return w;
 }

@@ -11,6 +11,9 @@
 
 namespace moekit {
 
+// Throws if this build has no backend for `device` (names `op`).
+void check_backend(const char* op, const Device& device);
+
 struct MxProblem {
   int64_t rows = 0;  // product of the leading dims
   int64_t K = 0;     // quantized axis
@@ -27,7 +30,7 @@ struct RouteProblem {
   int k = 0;
   Device device;
 };
-RouteProblem check_route_inputs(const TensorView& logits, int k);
+RouteProblem check_route_inputs(const TensorView& logits, int64_t k);
 void check_route_outputs(const RouteProblem& p, const RouteOutputs& out);
 
 struct MatmulOgsProblem {
@@ -41,6 +44,8 @@ struct MatmulOgsProblem {
   Device device;
 };
 MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a);
+// Float32 rows [P, out_cols] that a scattered problem combines (0 without scatter).
+size_t matmul_ogs_workspace_bytes(const MatmulOgsProblem& p);
 void check_matmul_ogs_outputs(const MatmulOgsProblem& p, const MatmulOgsArgs& a);
 
 struct MoeMlpProblem {
@@ -60,6 +65,7 @@ struct MoeMlpWorkspace {
   size_t gather_idx = 0;     // i32 [T*k]
   size_t scatter_idx = 0;    // i32 [T, k]
   size_t act = 0;            // x dtype [T*k, I]
+  size_t mlp2 = 0;           // mlp2's workspace (float32 [T*k, H] before the combine)
   size_t total = 0;
 };
 MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype);

@@ -1,0 +1,163 @@
+// matmul_ogs, portable version: one 64x64 output tile of one expert per block, fp32 FMA on
+// CUDA cores, weights (float, bf16 or MXFP4) decoded to float in shared memory. Each block
+// finds its (expert, row tile) from expert_offsets, so the grid is sized from shapes alone
+// (no host sync). Output: rows of the grouped problem, with bias and optional SwiGLU.
+#pragma once
+
+#include <cstdint>
+
+#include "../../../core/mxfp4.h"
+#include "../activation/swiglu.cuh"
+#include "../element.cuh"
+
+namespace moekit::cuda {
+
+enum class WeightKind { kFloat32, kBFloat16, kMxfp4 };
+
+struct MatmulOgsParams {
+  const void* x;  // [M, K]
+  int64_t M, K;
+  const void* w;              // [E, N, K] float, or [E, N, K/2] bytes
+  const uint8_t* w_scales;    // [E, N, K/32] for MXFP4
+  const void* bias;           // [E, N] or null
+  bool bias_bf16;
+  const int32_t* expert_offsets;  // [E+1] or null (one expert)
+  int E;
+  int64_t N;
+  const int32_t* gather_idx;  // [P] or null
+  int64_t P;
+  bool swiglu;
+  float alpha, limit;
+  void* out;  // [P, out_cols]
+  bool out_bf16;
+  int64_t out_cols;
+};
+
+namespace simt {
+constexpr int kBM = 64, kBN = 64, kBK = 32, kThreads = 256;
+}
+
+// Finds the block's expert and row range; false if the block has no work.
+__device__ __forceinline__ bool locate_tile(const MatmulOgsParams& p, int& expert, int64_t& row_begin,
+                                            int64_t& row_end) {
+  int64_t tile = blockIdx.x;
+  if (p.expert_offsets == nullptr) {
+    expert = 0;
+    row_begin = tile * simt::kBM;
+    row_end = min(p.P, row_begin + simt::kBM);
+    return row_begin < p.P;
+  }
+  for (int e = 0; e < p.E; ++e) {
+    // Offsets are clamped to [0, P] so malformed ones cannot send a block out of bounds.
+    const int64_t lo = min(max(static_cast<int64_t>(p.expert_offsets[e]), int64_t{0}), p.P);
+    const int64_t hi = min(max(static_cast<int64_t>(p.expert_offsets[e + 1]), lo), p.P);
+    const int64_t tiles = (hi - lo + simt::kBM - 1) / simt::kBM;
+    if (tile < tiles) {
+      expert = e;
+      row_begin = lo + tile * simt::kBM;
+      row_end = min(hi, row_begin + simt::kBM);
+      return true;
+    }
+    tile -= tiles;
+  }
+  return false;
+}
+
+template <class XT, WeightKind WK>
+__global__ void __launch_bounds__(simt::kThreads) matmul_ogs_simt_kernel(const MatmulOgsParams p) {
+  using namespace simt;
+  int e;
+  int64_t row_begin, row_end;
+  if (!locate_tile(p, e, row_begin, row_end)) return;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kBN;
+
+  __shared__ __align__(16) float As[kBK][kBM + 4];  // k-major, so the inner loop reads float4s
+  __shared__ __align__(16) float Bs[kBK][kBN + 4];
+
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  // Loads: thread -> one row (of x or of W) and 8 consecutive k.
+  const int lr = tid / 4, lk = (tid % 4) * 8;
+  const int64_t prow = row_begin + lr;
+  int64_t src = -1;  // -1: no row (zeros); -2: out-of-range gather index (NaN)
+  if (prow < row_end) {
+    src = p.gather_idx ? p.gather_idx[prow] : prow;
+    if (src < 0 || src >= p.M) src = -2;
+  }
+  const XT* x = static_cast<const XT*>(p.x);
+  const int64_t wrow = n0 + lr;
+  const bool wvalid = wrow < p.N;
+  const int64_t wrow_global = static_cast<int64_t>(e) * p.N + wrow;
+
+  float acc[4][4] = {};
+  for (int64_t k0 = 0; k0 < p.K; k0 += kBK) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int64_t kk = k0 + lk + i;
+      float v = 0.0f;
+      if (src >= 0 && kk < p.K) v = to_float(x[src * p.K + kk]);
+      else if (src == -2) v = __int_as_float(0x7fc00000);
+      As[lk + i][lr] = v;
+    }
+    if constexpr (WK == WeightKind::kMxfp4) {
+      // K % 32 == 0: the tile's 32 k of a row are one MXFP4 block; this thread decodes 8 of them.
+      float scale = 0.0f;
+      uint32_t codes = 0;
+      if (wvalid) {
+        scale = mxfp4::e8m0_to_float(p.w_scales[wrow_global * (p.K / 32) + k0 / 32]);
+        codes = *reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(p.w) + wrow_global * (p.K / 2) +
+                                                   k0 / 2 + lk / 2);
+      }
+#pragma unroll
+      for (int i = 0; i < 8; ++i) Bs[lk + i][lr] = wvalid ? mxfp4::e2m1_to_float((codes >> (4 * i)) & 0xf) * scale : 0.0f;
+    } else {
+      using WT = std::conditional_t<WK == WeightKind::kBFloat16, bf16, float>;
+      const WT* w = static_cast<const WT*>(p.w);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int64_t kk = k0 + lk + i;
+        Bs[lk + i][lr] = (wvalid && kk < p.K) ? to_float(w[wrow_global * p.K + kk]) : 0.0f;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kBK; ++kk) {
+      const float4 a = *reinterpret_cast<const float4*>(&As[kk][ty * 4]);
+      const float4 b = *reinterpret_cast<const float4*>(&Bs[kk][tx * 4]);
+      const float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+
+  // Epilogue: bias, SwiGLU over the thread's two column pairs, store.
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t r = row_begin + ty * 4 + i;
+    if (r >= row_end) continue;
+    float h[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t n = n0 + tx * 4 + j;
+      h[j] = acc[i][j];
+      if (p.bias && n < p.N) h[j] += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + n);
+    }
+    if (p.swiglu) {
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int64_t n = n0 + tx * 4 + 2 * q;  // N is even, so n < N implies n + 1 < N
+        if (n < p.N) store_float(p.out, p.out_bf16, r * p.out_cols + n / 2, swiglu(h[2 * q], h[2 * q + 1], p.alpha, p.limit));
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int64_t n = n0 + tx * 4 + j;
+        if (n < p.N) store_float(p.out, p.out_bf16, r * p.out_cols + n, h[j]);
+      }
+    }
+  }
+}
+
+}  // namespace moekit::cuda

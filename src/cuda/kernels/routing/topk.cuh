@@ -1,0 +1,64 @@
+// Top-k per token, one warp per token: k rounds of a warp-wide arg-max over the experts not
+// yet chosen, ranked as the CPU backend ranks them (larger first, NaN above numbers, ties to
+// the lower index); then the softmax over the chosen logits.
+#pragma once
+
+#include <cstdint>
+
+#include "../element.cuh"
+
+namespace moekit::cuda {
+
+constexpr int kTopkMaxExperts = 64 * 32;  // each lane marks its chosen experts in one uint64
+
+__device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {
+  const bool na = isnan(a), nb = isnan(b);
+  if (na != nb) return na;
+  if (!na && a != b) return a > b;
+  return ia < ib;
+}
+
+template <class T>
+__global__ void topk_softmax_kernel(const T* __restrict__ logits, int64_t n_tokens, int n_experts, int k,
+                                    int32_t* __restrict__ expert_idx, float* __restrict__ expert_weight) {
+  const int lane = threadIdx.x % 32;
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  if (t >= n_tokens) return;
+  const T* row = logits + t * n_experts;
+  uint64_t chosen = 0;  // bit i: expert lane + 32 * i
+  for (int j = 0; j < k; ++j) {
+    float best = 0.0f;
+    int best_idx = -1;
+    for (int i = 0, e = lane; e < n_experts; ++i, e += 32) {
+      if ((chosen >> i) & 1) continue;
+      const float v = to_float(row[e]);
+      if (best_idx < 0 || ranks_before(v, e, best, best_idx)) {
+        best = v;
+        best_idx = e;
+      }
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) {
+      const float other = __shfl_xor_sync(0xffffffffu, best, offset);
+      const int other_idx = __shfl_xor_sync(0xffffffffu, best_idx, offset);
+      if (other_idx >= 0 && (best_idx < 0 || ranks_before(other, other_idx, best, best_idx))) {
+        best = other;
+        best_idx = other_idx;
+      }
+    }
+    if (best_idx % 32 == lane) chosen |= uint64_t{1} << (best_idx / 32);
+    if (lane == 0) {
+      expert_idx[t * k + j] = best_idx;
+      expert_weight[t * k + j] = best;  // the logit, until the softmax below
+    }
+  }
+  if (lane == 0) {
+    float* w = expert_weight + t * k;
+    const float top = w[0];
+    float sum = 0.0f;
+    for (int j = 0; j < k; ++j) sum += expf(w[j] - top);
+    for (int j = 0; j < k; ++j) w[j] = expf(w[j] - top) / sum;
+  }
+}
+
+}  // namespace moekit::cuda

@@ -1,0 +1,82 @@
+#include <string>
+
+#include "../../core/check.h"
+#include "../kernels/gemm/combine.cuh"
+#include "../kernels/gemm/matmul_ogs_simt.cuh"
+#include "../runtime/device_guard.h"
+#include "../runtime/stream.h"
+#include "backend.h"
+#include "launch_util.h"
+
+namespace moekit::cuda {
+namespace {
+
+template <class XT>
+void launch_simt(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const MatmulOgsParams& params, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.P, simt::kBM) + (a.expert_offsets.present() ? p.E : 0)),
+                  static_cast<unsigned>(ceil_div(p.N, simt::kBN)));
+  if (p.mxfp4) {
+    matmul_ogs_simt_kernel<XT, WeightKind::kMxfp4><<<grid, simt::kThreads, 0, stream>>>(params);
+  } else if (a.w.values.dtype == DType::kBFloat16) {
+    matmul_ogs_simt_kernel<XT, WeightKind::kBFloat16><<<grid, simt::kThreads, 0, stream>>>(params);
+  } else {
+    matmul_ogs_simt_kernel<XT, WeightKind::kFloat32><<<grid, simt::kThreads, 0, stream>>>(params);
+  }
+}
+
+}  // namespace
+
+void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecContext& ctx) {
+  const char* op = "matmul_ogs";
+  const size_t ws_bytes = matmul_ogs_workspace_bytes(p);
+  if (ws_bytes > 0) {
+    check::present(op, "workspace", a.workspace);
+    check::dtype(op, "workspace", a.workspace, {DType::kUInt8});
+    check::on_device(op, "workspace", a.workspace, p.device, "x");
+    if (static_cast<size_t>(a.workspace.numel()) < ws_bytes || !a.workspace.is_contiguous()) {
+      check::fail(Error::Kind::kValue, op, "workspace", "a contiguous buffer of at least " + std::to_string(ws_bytes) + " bytes",
+                  a.workspace.shape_str());
+    }
+    require_aligned(op, "workspace", a.workspace, 16);
+  }
+  if (p.mxfp4) require_aligned(op, "w", a.w.values, 16);
+  DeviceGuard guard(p.device.index);
+  const cudaStream_t stream = stream_of(op, p.device, ctx);
+
+  MatmulOgsParams params{};
+  params.x = a.x.data;
+  params.M = p.M;
+  params.K = p.K;
+  params.w = a.w.values.data;
+  params.w_scales = p.mxfp4 ? a.w.scales.ptr<uint8_t>() : nullptr;
+  params.bias = a.bias.present() ? a.bias.data : nullptr;
+  params.bias_bf16 = a.bias.present() && a.bias.dtype == DType::kBFloat16;
+  params.expert_offsets = a.expert_offsets.present() ? a.expert_offsets.ptr<int32_t>() : nullptr;
+  params.E = static_cast<int>(p.E);
+  params.N = p.N;
+  params.gather_idx = p.gather ? a.gather_idx.ptr<int32_t>() : nullptr;
+  params.P = p.P;
+  params.swiglu = p.swiglu;
+  params.alpha = a.swiglu.alpha;
+  params.limit = a.swiglu.limit;
+  params.out_cols = p.out_cols;
+  // With scatter, rows go to the workspace as float32 and the combine writes `out`.
+  params.out = p.scatter ? a.workspace.data : a.out.data;
+  params.out_bf16 = !p.scatter && a.out.dtype == DType::kBFloat16;
+
+  if (p.P > 0) {
+    if (a.x.dtype == DType::kBFloat16) launch_simt<bf16>(p, a, params, stream);
+    else launch_simt<float>(p, a, params, stream);
+    MOEKIT_CHECK_LAUNCH(ctx, stream, "matmul_ogs_simt_kernel");
+  }
+  if (p.scatter) {
+    const int64_t n = p.T * p.out_cols;
+    combine_kernel<<<static_cast<unsigned>(ceil_div(n, kElementwiseThreads)), kElementwiseThreads, 0, stream>>>(
+        static_cast<const float*>(a.workspace.data), a.scatter_idx.ptr<int32_t>(),
+        a.combine_weight.present() ? a.combine_weight.ptr<float>() : nullptr, p.T, static_cast<int>(p.k), p.out_cols,
+        p.P, a.out.data, a.out.dtype == DType::kBFloat16);
+    MOEKIT_CHECK_LAUNCH(ctx, stream, "combine_kernel");
+  }
+}
+
+}  // namespace moekit::cuda

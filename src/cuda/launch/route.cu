@@ -1,0 +1,38 @@
+#include <string>
+
+#include "../kernels/routing/group.cuh"
+#include "../kernels/routing/topk.cuh"
+#include "../runtime/device_guard.h"
+#include "../runtime/stream.h"
+#include "backend.h"
+#include "launch_util.h"
+
+namespace moekit::cuda {
+
+void route(const RouteProblem& p, const TensorView& logits, const RouteOutputs& out, const ExecContext& ctx) {
+  if (p.E > kTopkMaxExperts) {
+    throw Error(Error::Kind::kValue, "moekit.route: 'logits' expected at most " + std::to_string(kTopkMaxExperts) +
+                                         " experts on CUDA, got " + std::to_string(p.E));
+  }
+  DeviceGuard guard(p.device.index);
+  const cudaStream_t stream = stream_of("route", p.device, ctx);
+  if (p.T > 0) {
+    constexpr int kWarpsPerBlock = 8;
+    const unsigned grid = static_cast<unsigned>(ceil_div(p.T, kWarpsPerBlock));
+    if (logits.dtype == DType::kBFloat16) {
+      topk_softmax_kernel<<<grid, 32 * kWarpsPerBlock, 0, stream>>>(logits.ptr<bf16>(), p.T, p.E, p.k,
+                                                                    out.expert_idx.ptr<int32_t>(), out.expert_weight.ptr<float>());
+    } else {
+      topk_softmax_kernel<<<grid, 32 * kWarpsPerBlock, 0, stream>>>(logits.ptr<float>(), p.T, p.E, p.k,
+                                                                    out.expert_idx.ptr<int32_t>(), out.expert_weight.ptr<float>());
+    }
+    MOEKIT_CHECK_LAUNCH(ctx, stream, "topk_softmax_kernel");
+  }
+  const size_t smem = 2 * static_cast<size_t>(p.E) * sizeof(int32_t);
+  group_by_expert_kernel<<<1, kGroupThreads, smem, stream>>>(
+      out.expert_idx.ptr<int32_t>(), p.T * p.k, p.k, static_cast<int>(p.E), out.expert_counts.ptr<int32_t>(),
+      out.expert_offsets.ptr<int32_t>(), out.gather_idx.ptr<int32_t>(), out.scatter_idx.ptr<int32_t>());
+  MOEKIT_CHECK_LAUNCH(ctx, stream, "group_by_expert_kernel");
+}
+
+}  // namespace moekit::cuda

@@ -1,0 +1,133 @@
+"""The device rules of DESIGN.md on one GPU: current device and stream untouched, the caller's
+stream honoured, threads with their own streams, CUDA-graph capture, torch.compile, and two
+torchrun processes sharing the GPU. Skips without a CUDA GPU."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import moekit
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+E, H, I, K = 32, 96, 160, 4
+
+
+def make_layer(seed: int, device="cuda"):
+    g = torch.Generator().manual_seed(seed)
+    def w(n, k):
+        return moekit.quantize_mxfp4(torch.randn(E, n, k, generator=g) / k ** 0.5)
+    layer = dict(gate_weight=torch.randn(E, H, generator=g).bfloat16(), gate_bias=torch.randn(E, generator=g).bfloat16(),
+                 mlp1_weight=w(2 * I, H), mlp1_bias=torch.randn(E, 2 * I, generator=g).bfloat16(),
+                 mlp2_weight=w(H, I), mlp2_bias=torch.randn(E, H, generator=g).bfloat16())
+    return torch.utils._pytree.tree_map(lambda t: t.to(device), layer)
+
+
+def moe(x, layer):
+    return moekit.moe_mlp(x, **layer, experts_per_token=K)
+
+
+def test_current_device_and_stream_unchanged():
+    layer = make_layer(0)
+    x = torch.randn(7, H, device="cuda").bfloat16()
+    device_before = torch.cuda.current_device()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        stream_before = torch.cuda.current_stream()
+        moe(x, layer)
+        r = moekit.route(torch.randn(7, E, device="cuda"), K)
+        moekit.matmul_ogs(x, layer["mlp1_weight"], expert_offsets=r.expert_offsets, gather_idx=r.gather_idx)
+        moekit.dequantize_mxfp4(*moekit.quantize_mxfp4(torch.randn(4, 64, device="cuda")))
+        assert torch.cuda.current_stream() == stream_before
+    side.synchronize()
+    assert torch.cuda.current_device() == device_before
+    with pytest.raises(ValueError):  # an error leaves the device alone too
+        moekit.route(torch.randn(7, E, device="cuda"), E + 1)
+    assert torch.cuda.current_device() == device_before
+
+
+def test_inputs_from_a_delayed_side_stream():
+    """Inputs written on a side stream after a long sleep, handed over with wait_stream."""
+    layer = make_layer(1)
+    x_cpu = torch.randn(64, H).bfloat16()
+    want = moe(x_cpu, torch.utils._pytree.tree_map(lambda t: t.cpu(), layer))
+    producer = torch.cuda.Stream()
+    consumer = torch.cuda.Stream()
+    x = torch.empty(64, H, device="cuda", dtype=torch.bfloat16)
+    with torch.cuda.stream(producer):
+        torch.cuda._sleep(50_000_000)  # ~tens of ms of GPU time before the copy lands
+        x.copy_(x_cpu, non_blocking=False)
+    consumer.wait_stream(producer)
+    with torch.cuda.stream(consumer):
+        y = moe(x, layer)
+    consumer.synchronize()
+    rel = float((y.cpu().double() - want.double()).norm() / want.double().norm())
+    assert rel < 5e-3
+
+
+def test_threads_with_own_streams_match_single_thread():
+    layer = make_layer(2)
+    inputs = [torch.randn(1 + 13 * i, H, device="cuda").bfloat16() for i in range(8)]
+    expected = [moe(x, layer) for x in inputs]
+    torch.cuda.synchronize()
+    failures = []
+
+    def worker(i):
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            for _ in range(100):
+                y = moe(inputs[i], layer)
+                stream.synchronize()
+                if not torch.equal(y, expected[i]):
+                    failures.append(i)
+                    return
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
+def test_cuda_graph_capture_and_replay_equals_eager():
+    layer = make_layer(3)
+    x = torch.randn(16, H, device="cuda").bfloat16()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        moe(x, layer)  # warm-up outside capture
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y_graph = moe(x, layer)
+    for trial in range(3):
+        x.copy_(torch.randn(16, H, device="cuda").bfloat16())
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y_graph, moe(x, layer)), f"replay {trial}"
+
+
+def test_torch_compile_on_cuda():
+    layer = make_layer(4)
+    x = torch.randn(9, H, device="cuda").bfloat16()
+    compiled = torch.compile(moe, fullgraph=True)
+    assert torch.equal(compiled(x, layer), moe(x, layer))
+
+
+def test_two_torchrun_processes_share_one_gpu(tmp_path: Path):
+    worker = Path(__file__).with_name("cuda_shared_gpu_worker.py")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(worker), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for rank in range(2):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert result["rel_err_vs_cpu"] < 5e-3, result
+        assert result["device"] == "cuda:0"

@@ -1,0 +1,148 @@
+"""Every op on the GPU against the CPU backend (the oracle) on fresh random inputs.
+
+Grid: T in {0, 1, 7, 128, 1000}, E in {1, 32, 128}, k in {1, 4}, N and K multiples of 32 that
+are not multiples of 64, bf16 and MXFP4 weights. Each GPU op also runs 3 times and must give
+bitwise identical results. Skips without a CUDA GPU.
+"""
+
+import itertools
+import zlib
+
+import pytest
+import torch
+
+import moekit
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+TS = [0, 1, 7, 128, 1000]
+ES = [1, 32, 128]
+KS = [1, 4]
+H, I = 96, 160  # multiples of 32, not of 64
+
+
+def generator(*key) -> torch.Generator:
+    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    got, want = got.double().cpu(), want.double().cpu()
+    return float((got - want).norm() / want.norm().clamp_min(1e-30))
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes, so NaNs compare equal to themselves."""
+    return t.contiguous().view(torch.uint8)
+
+
+def run3(fn):
+    """Runs a GPU op 3 times; all results must be bitwise identical. Returns the first."""
+    outs = [fn() for _ in range(3)]
+    for other in outs[1:]:
+        for a, b in zip(torch.utils._pytree.tree_leaves(outs[0]), torch.utils._pytree.tree_leaves(other)):
+            assert torch.equal(bits(a), bits(b)), "not deterministic"
+    return outs[0]
+
+
+def to_cuda(obj):
+    return torch.utils._pytree.tree_map(lambda t: t.cuda() if isinstance(t, torch.Tensor) else t, obj)
+
+
+def layer(gen, E, mxfp4, dtype=torch.bfloat16):
+    def w(n, k):
+        dense = torch.randn(E, n, k, generator=gen) / k ** 0.5
+        return moekit.quantize_mxfp4(dense) if mxfp4 else dense.to(dtype)
+    return dict(gate_weight=torch.randn(E, H, generator=gen).to(dtype),
+                gate_bias=torch.randn(E, generator=gen).to(dtype),
+                mlp1_weight=w(2 * I, H), mlp1_bias=torch.randn(E, 2 * I, generator=gen).to(dtype),
+                mlp2_weight=w(H, I), mlp2_bias=torch.randn(E, H, generator=gen).to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [0, 1, 7, 1000])
+def test_mxfp4_roundtrip_matches_cpu(rows, dtype):
+    w = torch.randn(rows, 3, 96, generator=generator(rows, dtype)).to(dtype)
+    w[0:1, 0, 5] = float("nan") if rows else 0.0  # one NaN block when there are rows
+    blocks, scales = moekit.quantize_mxfp4(w)
+    gb, gs = run3(lambda: moekit.quantize_mxfp4(w.cuda()))
+    assert torch.equal(gb.cpu(), blocks) and torch.equal(gs.cpu(), scales)
+    for out_dtype in (torch.float32, torch.bfloat16):
+        want = moekit.dequantize_mxfp4(blocks, scales, dtype=out_dtype)
+        got = run3(lambda: moekit.dequantize_mxfp4(blocks.cuda(), scales.cuda(), dtype=out_dtype))
+        got = got.cpu()
+        assert torch.equal(got.isnan(), want.isnan())  # NaN payloads may differ between CPU and GPU
+        assert torch.equal(bits(got.masked_fill(got.isnan(), 0)), bits(want.masked_fill(want.isnan(), 0)))
+
+
+@pytest.mark.parametrize("T,E,k", [(t, e, k) for t, e, k in itertools.product(TS, ES, KS) if k <= e])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_route_matches_cpu(T, E, k, dtype):
+    logits = torch.randn(T, E, generator=generator(T, E, k, dtype)).to(dtype)
+    want = moekit.route(logits, k)
+    got = run3(lambda: moekit.route(logits.cuda(), k))
+    for name in ("expert_idx", "expert_counts", "expert_offsets", "gather_idx", "scatter_idx"):
+        assert torch.equal(getattr(got, name).cpu(), getattr(want, name)), name
+    torch.testing.assert_close(got.expert_weight.cpu(), want.expert_weight, rtol=1e-6, atol=1e-7)
+
+
+def test_route_ties_and_nan_match_cpu():
+    logits = torch.zeros(5, 32)
+    logits[1, 7] = float("nan")
+    logits[2] = torch.arange(32) % 3  # many equal values
+    logits[3, :] = float("-inf")
+    logits[4, 31] = float("inf")
+    want = moekit.route(logits, 4)
+    got = moekit.route(logits.cuda(), 4)
+    assert torch.equal(got.expert_idx.cpu(), want.expert_idx)
+    assert torch.equal(got.expert_weight.cpu().isnan(), want.expert_weight.isnan())
+
+
+@pytest.mark.parametrize("T,E,k", [(t, e, k) for t, e, k in itertools.product(TS, ES, KS) if k <= e])
+@pytest.mark.parametrize("mxfp4", [False, True], ids=["bf16", "mxfp4"])
+def test_matmul_ogs_matches_cpu(T, E, k, mxfp4):
+    gen = generator(T, E, k, mxfp4)
+    x = torch.randn(T, H, generator=gen).bfloat16()
+    r = moekit.route(torch.randn(T, E, generator=gen), k)
+    L = layer(gen, E, mxfp4)
+    # mlp1: gather + bias + SwiGLU
+    args1 = dict(expert_offsets=r.expert_offsets, gather_idx=r.gather_idx, swiglu=(1.702, 7.0))
+    want1 = moekit.matmul_ogs(x, L["mlp1_weight"], L["mlp1_bias"], **args1)
+    got1 = run3(lambda: moekit.matmul_ogs(x.cuda(), to_cuda(L["mlp1_weight"]), L["mlp1_bias"].cuda(), **to_cuda(args1)))
+    assert got1.shape == want1.shape and got1.dtype == want1.dtype
+    if want1.numel():
+        assert rel_err(got1, want1) < 5e-3  # both fp32 accumulation; bf16 output rounding may differ by 1 ulp
+    # mlp2: scatter + combine
+    a = torch.randn(T * k, I, generator=gen).bfloat16()
+    args2 = dict(expert_offsets=r.expert_offsets, scatter_idx=r.scatter_idx, combine_weight=r.expert_weight)
+    want2 = moekit.matmul_ogs(a, L["mlp2_weight"], L["mlp2_bias"], **args2)
+    got2 = run3(lambda: moekit.matmul_ogs(a.cuda(), to_cuda(L["mlp2_weight"]), L["mlp2_bias"].cuda(), **to_cuda(args2)))
+    assert got2.shape == want2.shape == (T, H)
+    if want2.numel():
+        assert rel_err(got2, want2) < 5e-3
+        assert torch.isfinite(got2).all()
+
+
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16])
+def test_matmul_ogs_plain_float32(wdtype):
+    """One expert, no gather/scatter, float32 x and K not a multiple of 32: tight tolerance."""
+    gen = generator("plain", wdtype)
+    x = torch.randn(77, 33, generator=gen)
+    w = torch.randn(1, 45, 33, generator=gen).to(wdtype)
+    b = torch.randn(1, 45, generator=gen)
+    want = moekit.matmul_ogs(x, w, b)
+    got = run3(lambda: moekit.matmul_ogs(x.cuda(), w.cuda(), b.cuda()))
+    assert rel_err(got, want) < 1e-6
+
+
+@pytest.mark.parametrize("T,E,k", [(t, e, k) for t, e, k in itertools.product(TS, ES, KS) if k <= e])
+@pytest.mark.parametrize("mxfp4", [False, True], ids=["bf16", "mxfp4"])
+def test_moe_mlp_matches_cpu(T, E, k, mxfp4):
+    gen = generator("moe", T, E, k, mxfp4)
+    x = torch.randn(T, H, generator=gen).bfloat16()
+    L = layer(gen, E, mxfp4)
+    want = moekit.moe_mlp(x, **L, experts_per_token=k)
+    got = run3(lambda: moekit.moe_mlp(x.cuda(), **to_cuda(L), experts_per_token=k))
+    assert got.shape == x.shape and got.dtype == x.dtype and got.device.type == "cuda"
+    if T:
+        assert torch.isfinite(got).all()
+        assert rel_err(got, want) < 5e-3

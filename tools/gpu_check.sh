@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build the CUDA extension, run every test (CPU and GPU), the
+# sanitizers on the GPU tests, and the main job on the GPU. Logs go to $OUT (or ./gpu_logs).
+#   bash tools/gpu_check.sh [quick]
+set -uo pipefail
+OUT=${OUT:-gpu_logs}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python:$PWD/tests/python"
+PY=${PY:-python3}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+
+echo "== build"
+cmake -S . -B build/gpu -G Ninja -DMOEKIT_BUILD_PYTHON=ON -DMOEKIT_BUILD_TESTS=OFF -DMOEKIT_ENABLE_CUDA=ON \
+  -DPython3_EXECUTABLE="$(command -v $PY)" > "$OUT/build.log" 2>&1 &&
+  cmake --build build/gpu -j 16 >> "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
+cp build/gpu/python/csrc/_moekit_ops.so python/moekit/
+
+echo "== pytest (all)"
+$PY -m pytest -q -rs tests/python tests/multigpu -p no:cacheprovider --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.log" | tail -15
+
+if [ "${1:-}" != "quick" ]; then
+  echo "== compute-sanitizer"
+  SUB=(tests/python/test_cuda_ops.py -k "mxfp4_roundtrip or plain or 7-32-4 or 128-32-4 or ties")
+  for tool in memcheck racecheck; do
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool $tool --error-exitcode 99 --print-limit 20 \
+      $PY -m pytest -q -p no:cacheprovider "${SUB[@]}" > "$OUT/sanitizer_$tool.log" 2>&1
+    echo "$tool: exit $? ; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed|failed' "$OUT/sanitizer_$tool.log" | tail -3 | tr '\n' ' ')"
+  done
+  echo "== main job on the GPU"
+  $PY -m moekit.demo --device cuda 2>&1 | tee "$OUT/demo.log"
+fi
