@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the CUDA extension, run every test (CPU and GPU), the
 # sanitizers on the GPU tests, and the main job on the GPU. Logs go to $OUT (or ./gpu_logs).
-#   bash tools/gpu_check.sh [quick]
+#   bash tools/gpu_check.sh [quick]        (TESTS="paths..." narrows the pytest run)
 set -uo pipefail
 OUT=${OUT:-gpu_logs}
 mkdir -p "$OUT"
@@ -16,7 +16,7 @@ cmake -S . -B build/gpu -G Ninja -DMOEKIT_BUILD_PYTHON=ON -DMOEKIT_BUILD_TESTS=O
 cp build/gpu/python/csrc/_moekit_ops.so python/moekit/
 
 echo "== pytest (all)"
-$PY -m pytest -q -rs tests/python tests/multigpu -p no:cacheprovider --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.log" | tail -15
+$PY -m pytest -q -rs ${TESTS:-tests/python tests/multigpu} -p no:cacheprovider --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.log" | tail -15
 
 if [ "${1:-}" != "quick" ]; then
   echo "== compute-sanitizer"
