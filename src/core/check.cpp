@@ -1,6 +1,5 @@
 #include "check.h"
 
-#include <sstream>
 
 namespace moekit::check {
 
@@ -33,14 +32,9 @@ void ndim(const char* op, const char* arg, const TensorView& t, int n) {
 }
 
 std::string shape_str(const std::vector<int64_t>& shape) {
-  std::ostringstream s;
-  s << '[';
-  for (size_t d = 0; d < shape.size(); ++d) {
-    s << (d ? ", " : "");
-    if (shape[d] < 0) s << '*'; else s << shape[d];
-  }
-  s << ']';
-  return s.str();
+  std::string s = "[";
+  for (size_t d = 0; d < shape.size(); ++d) s += (d ? ", " : "") + (shape[d] < 0 ? "*" : std::to_string(shape[d]));
+  return s + "]";
 }
 
 void shape(const char* op, const char* arg, const TensorView& t, const std::vector<int64_t>& expected) {

@@ -1,6 +1,6 @@
 #include "moekit/tensor.h"
 
-#include <sstream>
+#include <string>
 
 namespace moekit {
 
@@ -61,11 +61,9 @@ TensorView TensorView::reshape(std::initializer_list<int64_t> new_shape) const {
 }
 
 std::string TensorView::shape_str() const {
-  std::ostringstream s;
-  s << '[';
-  for (int d = 0; d < ndim; ++d) s << (d ? ", " : "") << shape[d];
-  s << ']';
-  return s.str();
+  std::string s = "[";
+  for (int d = 0; d < ndim; ++d) s += (d ? ", " : "") + std::to_string(shape[d]);
+  return s + "]";
 }
 
 }  // namespace moekit
