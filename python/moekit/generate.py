@@ -1,0 +1,194 @@
+"""Generate text with a gpt-oss checkpoint, on one process or tensor-parallel under torchrun.
+
+    python -m moekit.generate [--checkpoint DIR] [--prompt TEXT] [--max-new-tokens N]
+        [--device cpu|cuda] [--temperature T] [--top-p P] [--seed S] [--no-set-device]
+    torchrun --nproc-per-node N -m moekit.generate ...
+
+Every rank loads its shard (see moekit.models.TensorParallel) and generates; rank 0 prints its
+text, then for each other rank whether it produced the same tokens, then tokens per second.
+On CUDA each rank uses cuda:LOCAL_RANK, passed explicitly everywhere; --no-set-device skips
+torch.cuda.set_device to show nothing depends on the current device. Backend: NCCL on CUDA,
+gloo on CPU. The default checkpoint is the tiny model shipped in moekit/models/tiny_gpt_oss.
+Exit status: 0, 1 if ranks disagree, 2 for bad arguments or a checkpoint that cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, NoReturn, Optional
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "models" / "tiny_gpt_oss"
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m moekit.generate", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                   help="gpt-oss checkpoint directory (config.json, *.safetensors, tokenizer.json); "
+                        "default: the shipped tiny model")
+    p.add_argument("--prompt", default="The quick brown fox", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="default: cuda if available and moekit has its CUDA backend, else cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
+                   help="activations and dense weights (experts stay MXFP4)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (the same on every rank)")
+    p.add_argument("--no-set-device", action="store_true",
+                   help="do not call torch.cuda.set_device (the model never relies on it)")
+    p.add_argument("--no-progress", action="store_true", help="no loading progress bar")
+    p.add_argument("--output-json", type=Path, default=None,
+                   help="rank 0 writes every rank's prompt and generated token ids here")
+    args = p.parse_args(argv)
+    if args.max_new_tokens < 0:
+        p.error(f"--max-new-tokens expected >= 0, got {args.max_new_tokens}")
+    if not args.temperature >= 0:
+        p.error(f"--temperature expected >= 0, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        p.error(f"--top-p expected in (0, 1], got {args.top_p}")
+    return args
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    print(f"moekit.generate: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _cuda_backend_available() -> bool:
+    import moekit  # noqa: F401  (registers torch.ops.moekit)
+    return torch._C._dispatch_has_kernel_for_dispatch_key("moekit::moe_mlp", "CUDA")
+
+
+def pick_device(requested: Optional[str], local_rank: int) -> torch.device:
+    kind = requested or ("cuda" if torch.cuda.is_available() and _cuda_backend_available() else "cpu")
+    if kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        _fail("--device cuda: CUDA is not available")
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        _fail(f"LOCAL_RANK {local_rank} needs cuda:{local_rank}, but only {count} CUDA device(s) are visible")
+    return torch.device("cuda", local_rank)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+
+    ckpt: Path = args.checkpoint
+    if not ckpt.is_dir():
+        hint = " (the shipped tiny model is missing: pass --checkpoint DIR)" if ckpt == DEFAULT_CHECKPOINT else ""
+        _fail(f"checkpoint directory not found: {ckpt}{hint}")
+    tokenizer_path = ckpt / "tokenizer.json"
+    if not tokenizer_path.is_file():
+        _fail(f"checkpoint {ckpt}: tokenizer.json not found")
+
+    device = pick_device(args.device, local_rank)
+    if device.type == "cuda" and not args.no_set_device:
+        torch.cuda.set_device(device)
+
+    from tokenizers import Tokenizer
+
+    from moekit.models import CheckpointError, load_model
+
+    try:
+        tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    except Exception as e:
+        _fail(f"{tokenizer_path}: cannot read the tokenizer: {e}")
+    prompt_ids = tokenizer.encode(args.prompt).ids
+    if not prompt_ids:
+        _fail(f"the prompt {args.prompt!r} encodes to no tokens")
+
+    if world > 1:
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+    try:
+        try:
+            model = load_model(ckpt, device, rank=rank, world_size=world, progress=not args.no_progress,
+                               dtype=DTYPES[args.dtype])
+        except (CheckpointError, FileNotFoundError) as e:
+            _fail(str(e))
+        vocab = model.config.vocab_size
+        if max(prompt_ids) >= vocab:
+            _fail(f"the tokenizer gives id {max(prompt_ids)}, outside the model's vocabulary of {vocab}")
+
+        _sync(device)
+        start = time.perf_counter()
+        new_ids = model.generate(prompt_ids, args.max_new_tokens, temperature=args.temperature,
+                                 top_p=args.top_p, seed=args.seed)
+        _sync(device)
+        seconds = time.perf_counter() - start
+
+        all_ids = [new_ids]
+        if world > 1:
+            all_ids = gather_ids(new_ids, args.max_new_tokens, world, device)
+        status = 0
+        if rank == 0:
+            status = report(tokenizer, args.prompt, prompt_ids, all_ids, seconds, world, device)
+            if args.output_json is not None:
+                args.output_json.write_text(json.dumps({
+                    "world_size": world, "device": str(device), "dtype": args.dtype,
+                    "prompt_ids": prompt_ids, "ranks": all_ids,
+                    "text": tokenizer.decode(new_ids), "tokens_per_second": len(new_ids) / max(seconds, 1e-9),
+                }) + "\n")
+        return status
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def gather_ids(ids: List[int], max_len: int, world: int, device: torch.device) -> List[List[int]]:
+    """Every rank's ids (padded to ``max_len`` with -1 for the collective) on every rank. Uses
+    tensors on this rank's device, so the NCCL backend never consults the current device."""
+    mine = torch.full((max_len + 1,), -1, dtype=torch.int64, device=device)
+    mine[0] = len(ids)
+    if ids:
+        mine[1:len(ids) + 1] = torch.tensor(ids, dtype=torch.int64, device=device)
+    out = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(out, mine)
+    result = []
+    for t in out:
+        t = t.cpu()
+        result.append(t[1:int(t[0]) + 1].tolist())
+    return result
+
+
+def report(tokenizer, prompt: str, prompt_ids: List[int], all_ids: List[List[int]], seconds: float,
+           world: int, device: torch.device) -> int:
+    mine = all_ids[0]
+    print(f"prompt ({len(prompt_ids)} tokens): {prompt}")
+    print(f"rank 0: {tokenizer.decode(mine)}")
+    status = 0
+    for r in range(1, world):
+        other = all_ids[r]
+        if other == mine:
+            print(f"rank {r}: agrees with rank 0 token for token ({len(other)} tokens)")
+        else:
+            status = 1
+            at = next((i for i, (a, b) in enumerate(zip(mine, other)) if a != b), min(len(mine), len(other)))
+            print(f"rank {r}: DIFFERS from rank 0 from token {at} on: {tokenizer.decode(other)}")
+    print(f"{len(mine)} tokens in {seconds:.3f} s: {len(mine) / max(seconds, 1e-9):.1f} tokens/s "
+          f"(world size {world}, {device})", flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""The published gpt-oss checkpoint layout: read it into :class:`GptOss`, write it from floats.
+
+A checkpoint is a directory with ``config.json`` (:class:`GptOssConfig`'s keys), one or more
+``*.safetensors`` files and, for the runner, ``tokenizer.json`` (HF ``tokenizers`` format).
+Tensor names and layouts (see :func:`checkpoint_tensors`): the MoE weights are MXFP4 pairs
+``block.N.mlp.mlp1_weight.blocks`` [E, 2I, H/32, 16] / ``.scales`` [E, 2I, H/32] (uint8) and
+``mlp2_weight`` [E, H, I/32, 16] / [E, H, I/32]; everything else is bfloat16.
+
+Every problem is reported as :class:`CheckpointError` (a ValueError; the not-found cases are
+also FileNotFoundError) naming the file and tensor, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import sys
+from pathlib import Path
+from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+
+import torch
+
+from moekit.models.gpt_oss import MXFP4_BLOCK, GptOss, GptOssConfig, TensorParallel
+
+PathLike = Union[str, Path]
+
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+WEIGHTS_FILE = "model.safetensors"
+
+class CheckpointError(ValueError):
+    """A gpt-oss checkpoint that cannot be loaded or written; the message says what and where."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint directory, its config.json or its safetensors files are missing."""
+
+
+class TensorSpec(NamedTuple):
+    shape: Tuple[int, ...]
+    dtype: str          # safetensors dtype name: "BF16" or "U8"
+    dims: str           # how the shape follows from config.json, for messages
+
+
+def checkpoint_tensors(config: GptOssConfig) -> Dict[str, TensorSpec]:
+    """Every tensor a checkpoint of ``config`` holds, in loading order, with shape and dtype."""
+    c = config
+    E, H, I, V, d = c.num_experts, c.hidden_size, c.intermediate_size, c.vocab_size, c.head_dim
+    nq, nkv, B = c.num_attention_heads, c.num_key_value_heads, MXFP4_BLOCK
+    bf16 = lambda shape, dims: TensorSpec(tuple(shape), "BF16", dims)  # noqa: E731
+    u8 = lambda shape, dims: TensorSpec(tuple(shape), "U8", dims)  # noqa: E731
+    specs = {"embedding.weight": bf16((V, H), "vocab_size, hidden_size")}
+    for n in range(c.num_hidden_layers):
+        p = f"block.{n}."
+        specs.update({
+            p + "attn.norm.scale": bf16((H,), "hidden_size"),
+            p + "attn.qkv.weight": bf16((d * (nq + 2 * nkv), H),
+                                        "head_dim*(num_attention_heads+2*num_key_value_heads), hidden_size"),
+            p + "attn.qkv.bias": bf16((d * (nq + 2 * nkv),), "head_dim*(num_attention_heads+2*num_key_value_heads)"),
+            p + "attn.sinks": bf16((nq,), "num_attention_heads"),
+            p + "attn.out.weight": bf16((H, d * nq), "hidden_size, head_dim*num_attention_heads"),
+            p + "attn.out.bias": bf16((H,), "hidden_size"),
+            p + "mlp.norm.scale": bf16((H,), "hidden_size"),
+            p + "mlp.gate.weight": bf16((E, H), "num_experts, hidden_size"),
+            p + "mlp.gate.bias": bf16((E,), "num_experts"),
+            p + "mlp.mlp1_weight.blocks": u8((E, 2 * I, H // B, 16),
+                                             "num_experts, 2*intermediate_size, hidden_size/32, 16"),
+            p + "mlp.mlp1_weight.scales": u8((E, 2 * I, H // B), "num_experts, 2*intermediate_size, hidden_size/32"),
+            p + "mlp.mlp1_bias": bf16((E, 2 * I), "num_experts, 2*intermediate_size"),
+            p + "mlp.mlp2_weight.blocks": u8((E, H, I // B, 16), "num_experts, hidden_size, intermediate_size/32, 16"),
+            p + "mlp.mlp2_weight.scales": u8((E, H, I // B), "num_experts, hidden_size, intermediate_size/32"),
+            p + "mlp.mlp2_bias": bf16((E, H), "num_experts, hidden_size"),
+        })
+    specs["norm.scale"] = bf16((H,), "hidden_size")
+    specs["unembedding.weight"] = bf16((V, H), "vocab_size, hidden_size")
+    return specs
+
+
+def float_tensor_shapes(config: GptOssConfig) -> Dict[str, Tuple[int, ...]]:
+    """The float state dict :func:`save_checkpoint` takes (ReferenceGptOss's parameter names):
+    the checkpoint's names with ``mlp1_weight`` [E, 2I, H] / ``mlp2_weight`` [E, H, I] unquantized."""
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    for name, spec in checkpoint_tensors(config).items():
+        if name.endswith("_weight.scales"):
+            continue
+        if name.endswith("_weight.blocks"):
+            *lead, groups, _ = spec.shape
+            shapes[name[: -len(".blocks")]] = (*lead, groups * MXFP4_BLOCK)
+        else:
+            shapes[name] = spec.shape
+    return shapes
+
+
+def _fmt_shape(shape) -> str:
+    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
+
+
+def _names(names: List[str], limit: int = 6) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+# ------------------------------------------------------------------------------------- saving
+
+def save_checkpoint(path: PathLike, config: GptOssConfig, float_state_dict: Mapping[str, torch.Tensor],
+                    tokenizer_path: Optional[PathLike] = None) -> Path:
+    """Writes a gpt-oss checkpoint directory from float weights.
+
+    ``float_state_dict`` has the names of :func:`float_tensor_shapes` (a ReferenceGptOss's
+    ``state_dict()``): ``block.N.mlp.mlp1_weight`` [E, 2I, H] and ``mlp2_weight`` [E, H, I] are
+    quantized with :func:`moekit.quantize_mxfp4` into ``.blocks``/``.scales``; every other tensor
+    is cast to bfloat16. Writes config.json, model.safetensors and (if given) a copy of
+    ``tokenizer_path`` as tokenizer.json. Returns the directory.
+    """
+    import moekit
+    from safetensors.torch import save_file
+
+    if not isinstance(config, GptOssConfig):
+        raise TypeError(f"save_checkpoint: config expected a GptOssConfig, got {type(config).__name__}")
+    config.validate()
+    expected = float_tensor_shapes(config)
+    given = set(float_state_dict)
+    missing = [n for n in expected if n not in given]
+    extra = sorted(given - set(expected))
+    if missing:
+        raise CheckpointError(f"save_checkpoint: float_state_dict lacks tensor(s) {_names(missing)}")
+    if extra:
+        raise CheckpointError(f"save_checkpoint: float_state_dict has unexpected tensor(s) {_names(extra)}")
+    tensors: Dict[str, torch.Tensor] = {}
+    for name, shape in expected.items():
+        t = float_state_dict[name]
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise CheckpointError(f"save_checkpoint: tensor {name!r} expected a float tensor, got "
+                                  f"{getattr(t, 'dtype', type(t).__name__)}")
+        if tuple(t.shape) != shape:
+            raise CheckpointError(f"save_checkpoint: tensor {name!r} expected shape {_fmt_shape(shape)}, "
+                                  f"got {_fmt_shape(t.shape)}")
+        t = t.detach().to("cpu")
+        if not torch.isfinite(t).all():
+            raise CheckpointError(f"save_checkpoint: tensor {name!r} holds non-finite values")
+        if name.endswith(("mlp1_weight", "mlp2_weight")):
+            blocks, scales = moekit.quantize_mxfp4(t.float().contiguous())
+            tensors[name + ".blocks"] = blocks.contiguous()
+            tensors[name + ".scales"] = scales.contiguous()
+        else:
+            tensors[name] = t.to(torch.bfloat16).contiguous()
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    config.to_json(out / CONFIG_FILE)
+    if tokenizer_path is not None:
+        src = Path(tokenizer_path)
+        if not src.is_file():
+            raise CheckpointNotFoundError(f"save_checkpoint: tokenizer file not found: {src}")
+        if src.resolve() != (out / TOKENIZER_FILE).resolve():
+            shutil.copyfile(src, out / TOKENIZER_FILE)
+    return out
+
+
+# ------------------------------------------------------------------------------------ reading
+
+def read_config(path: PathLike) -> GptOssConfig:
+    """The config of checkpoint directory ``path`` (errors name the directory or file)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"gpt-oss checkpoint directory not found: {path}")
+    if not path.is_dir():
+        raise CheckpointNotFoundError(f"gpt-oss checkpoint {path} is not a directory")
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointNotFoundError(f"gpt-oss checkpoint {path}: {CONFIG_FILE} not found")
+    try:
+        return GptOssConfig.from_json(config_path)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"gpt-oss checkpoint: invalid {CONFIG_FILE}: {e}") from None
+
+
+class _Index:
+    """Open safetensors files of one checkpoint: tensor name -> (file, handle), validated."""
+
+    def __init__(self, path: Path, stack: contextlib.ExitStack):
+        from safetensors import safe_open
+
+        self.files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
+        if not self.files:
+            raise CheckpointNotFoundError(f"gpt-oss checkpoint {path}: no *.safetensors file")
+        self.where: Dict[str, Tuple[Path, object]] = {}
+        for file in self.files:
+            try:
+                handle = stack.enter_context(safe_open(str(file), framework="pt", device="cpu"))
+                keys = list(handle.keys())
+            except Exception as e:  # safetensors raises its own SafetensorError, or OSError
+                raise CheckpointError(f"{file}: not a readable safetensors file (corrupt or truncated?): "
+                                      f"{e}") from None
+            for key in keys:
+                if key in self.where:
+                    raise CheckpointError(f"tensor {key!r} is in two files: {self.where[key][0]} and {file}")
+                self.where[key] = (file, handle)
+
+    def meta(self, name: str) -> Tuple[Tuple[int, ...], str]:
+        file, handle = self.where[name]
+        try:
+            s = handle.get_slice(name)
+            return tuple(s.get_shape()), s.get_dtype()
+        except Exception as e:
+            raise CheckpointError(f"{file}: cannot read tensor {name!r}: {e}") from None
+
+    def read(self, name: str, index: tuple) -> torch.Tensor:
+        file, handle = self.where[name]
+        try:
+            return handle.get_slice(name)[index]
+        except Exception as e:
+            raise CheckpointError(f"{file}: cannot read tensor {name!r}: {e}") from None
+
+
+def _check_tensors(path: Path, config: GptOssConfig, index: _Index, specs: Dict[str, TensorSpec]) -> None:
+    present = set(index.where)
+    missing = [n for n in specs if n not in present]
+    extra = sorted(present - set(specs))
+    blocks_present = {int(n.split(".")[1]) for n in present if n.startswith("block.") and n.split(".")[1].isdigit()}
+    n_layers = max(blocks_present) + 1 if blocks_present else 0
+    if n_layers != config.num_hidden_layers and blocks_present:
+        raise CheckpointError(
+            f"gpt-oss checkpoint {path}: config.json does not match the tensors: config.json says "
+            f"num_hidden_layers={config.num_hidden_layers}, the safetensors files hold blocks 0..{n_layers - 1}")
+    if missing:
+        raise CheckpointError(f"gpt-oss checkpoint {path}: missing tensor(s) {_names(missing)} "
+                              f"(looked in {', '.join(f.name for f in index.files)})")
+    if extra:
+        where = sorted({index.where[n][0].name for n in extra})
+        raise CheckpointError(f"gpt-oss checkpoint {path}: unexpected tensor(s) {_names(extra)} in "
+                              f"{', '.join(where)}")
+    for name, spec in specs.items():
+        shape, dtype = index.meta(name)
+        file = index.where[name][0]
+        if dtype != spec.dtype:
+            raise CheckpointError(f"{file}: tensor {name!r} expected dtype {spec.dtype}, got {dtype}")
+        if shape != spec.shape:
+            raise CheckpointError(
+                f"{file}: tensor {name!r} expected shape {_fmt_shape(spec.shape)} ({spec.dims} from config.json), "
+                f"got {_fmt_shape(shape)}: the tensor or config.json is wrong")
+
+
+def load_model(path: PathLike, device: Union[str, torch.device], *, rank: Optional[int] = None,
+               world_size: Optional[int] = None, progress: bool = True, dtype: torch.dtype = torch.bfloat16,
+               group=None) -> GptOss:
+    """Loads the checkpoint directory ``path`` as a :class:`GptOss` on ``device``.
+
+    ``rank``/``world_size`` default to torch.distributed's when it is initialised (else 0 and 1);
+    with world_size > 1 only this rank's shard of each tensor is read (safetensors slices), as
+    :class:`TensorParallel` describes. ``dtype`` is the dense weights' and activations' dtype
+    (bfloat16 as stored, or float32). A progress bar goes to stderr on rank 0 if ``progress``.
+    Tensors are read on the CPU and copied to ``device`` one at a time.
+    """
+    import torch.distributed as dist
+    from tqdm import tqdm
+
+    path = Path(path)
+    config = read_config(path)
+    initialised = dist.is_available() and dist.is_initialized()
+    if world_size is None:
+        world_size = dist.get_world_size(group) if initialised else 1
+    if rank is None:
+        rank = dist.get_rank(group) if initialised else 0
+    try:
+        tp = TensorParallel.plan(config, rank, world_size)
+    except ValueError as e:
+        raise CheckpointError(f"gpt-oss checkpoint {path}: {e}") from None
+    specs = checkpoint_tensors(config)
+    with contextlib.ExitStack() as stack:
+        index = _Index(path, stack)
+        _check_tensors(path, config, index, specs)
+        model = GptOss(config, device, dtype=dtype, tp=tp, group=group)
+        dest = model.state_dict()
+        plan = [(name, tp.slices(config, name)) for name in specs]
+        plan = [(name, slices) for name, slices in plan if slices is not None]
+        total = sum(math.prod(specs[n].shape) * (2 if specs[n].dtype == "BF16" else 1) for n, _ in plan)
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"loading {path.name}", file=sys.stderr,
+                   disable=not (progress and tp.rank == 0), leave=False)
+        with bar, torch.no_grad():
+            for name, slices in plan:
+                parts = [index.read(name, s) for s in slices]
+                t = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+                target = dest[name]
+                if tuple(t.shape) != tuple(target.shape):  # cannot happen for a checked checkpoint
+                    raise CheckpointError(f"tensor {name!r}: rank {tp.rank} shard has shape {_fmt_shape(t.shape)}, "
+                                          f"the model expects {_fmt_shape(target.shape)}")
+                if t.is_floating_point() and not torch.isfinite(t).all():
+                    raise CheckpointError(f"{index.where[name][0]}: tensor {name!r} holds non-finite values "
+                                          f"(corrupt file?)")
+                if name.endswith(".scales") and (t == 255).any():
+                    raise CheckpointError(f"{index.where[name][0]}: tensor {name!r} holds the MXFP4 NaN scale 255 "
+                                          f"(corrupt file?)")
+                target.copy_(t)
+                bar.update(math.prod(specs[name].shape) * (2 if specs[name].dtype == "BF16" else 1))
+    model.eval()
+    return model

@@ -1,0 +1,585 @@
+"""The gpt-oss architecture for inference, with its MoE layers run by :func:`moekit.moe_mlp`.
+
+The model follows OpenAI's reference (gpt_oss/torch/model.py): pre-norm residual blocks
+``x + attn(norm(x))`` and ``x + mlp(norm(x))``; attention with grouped K/V heads, YaRN rotary
+embeddings, a learned per-head "sink" logit and a sliding window on even layers; MoE layers
+with MXFP4 experts and SwiGLU; untied embedding and unembedding.
+
+Device rule (docs/design.md): the model lives on the one device given to it and every tensor it
+creates names that device explicitly; nothing depends on the current CUDA device.
+
+Tensor parallelism (when built for world size W > 1, see :class:`TensorParallel`): every rank
+holds 1/W of each expert's intermediate dimension (and of the attention heads when both head
+counts divide by W); partial outputs are summed with ``all_reduce`` after the attention output
+projection and after ``moe_mlp``. All ranks must run the same calls in the same order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+import moekit
+
+SWIGLU_ALPHA = 1.702
+RMS_NORM_EPS = 1e-5
+MXFP4_BLOCK = 32
+
+
+# --------------------------------------------------------------------------------------- config
+
+@dataclass
+class GptOssConfig:
+    """gpt-oss hyper-parameters, with the key names of the published ``config.json``.
+
+    Defaults after ``num_key_value_heads`` are gpt-oss's own (both published sizes share them).
+    """
+
+    num_hidden_layers: int
+    num_experts: int
+    experts_per_token: int
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    head_dim: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    swiglu_limit: float = 7.0
+    sliding_window: int = 128
+    initial_context_length: int = 4096
+    rope_theta: float = 150000.0
+    rope_scaling_factor: float = 32.0
+    rope_ntk_alpha: float = 1.0
+    rope_ntk_beta: float = 32.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ----------------------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Raises ValueError (TypeError for a value of the wrong type) naming the bad field."""
+        ints = ("num_hidden_layers", "num_experts", "experts_per_token", "vocab_size", "hidden_size",
+                "intermediate_size", "head_dim", "num_attention_heads", "num_key_value_heads",
+                "sliding_window", "initial_context_length")
+        floats = ("swiglu_limit", "rope_theta", "rope_scaling_factor", "rope_ntk_alpha", "rope_ntk_beta")
+        for name in ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"GptOssConfig.{name}: expected an int, got {type(value).__name__} {value!r}")
+            if value < (0 if name == "sliding_window" else 1):
+                what = ">= 0 (0: no sliding window)" if name == "sliding_window" else ">= 1"
+                raise ValueError(f"GptOssConfig.{name}: expected {what}, got {value}")
+        for name in floats:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"GptOssConfig.{name}: expected a number, got {type(value).__name__} {value!r}")
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"GptOssConfig.{name}: expected a finite number > 0, got {value}")
+            setattr(self, name, float(value))
+        if self.experts_per_token > self.num_experts:
+            raise ValueError(f"GptOssConfig.experts_per_token: expected <= num_experts ({self.num_experts}), "
+                             f"got {self.experts_per_token}")
+        for name in ("hidden_size", "intermediate_size"):
+            value = getattr(self, name)
+            if value % MXFP4_BLOCK:
+                raise ValueError(f"GptOssConfig.{name}: expected a multiple of {MXFP4_BLOCK} (the MXFP4 block "
+                                 f"size along the experts' reduction axis), got {value}")
+        if self.head_dim % 2:
+            raise ValueError(f"GptOssConfig.head_dim: expected an even number (rotary embedding rotates "
+                             f"the two halves), got {self.head_dim}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"GptOssConfig.num_attention_heads ({self.num_attention_heads}) must be a multiple "
+                             f"of num_key_value_heads ({self.num_key_value_heads})")
+        if self.rope_theta <= 1.0:
+            raise ValueError(f"GptOssConfig.rope_theta: expected > 1, got {self.rope_theta}")
+        if self.rope_scaling_factor > 1.0 and not self.rope_ntk_alpha < self.rope_ntk_beta:
+            raise ValueError(f"GptOssConfig.rope_ntk_alpha ({self.rope_ntk_alpha}) must be smaller than "
+                             f"rope_ntk_beta ({self.rope_ntk_beta}) when rope_scaling_factor > 1 (YaRN ramp)")
+
+    # ------------------------------------------------------------------------------- json i/o
+    @classmethod
+    def field_names(cls) -> List[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "GptOssConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"{source}: expected a JSON object, got {type(d).__name__}")
+        known = cls.field_names()
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"{source}: unknown gpt-oss config key(s) {unknown}; known keys are {known}")
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ValueError(f"{source}: missing gpt-oss config key(s) {missing}")
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{source}: {e}") from None
+
+    @classmethod
+    def from_json(cls, path: Union[str, Path]) -> "GptOssConfig":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"gpt-oss config file not found: {path}") from None
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(d, source=str(path))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: Union[str, Path]) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @property
+    def qkv_dim(self) -> int:
+        return self.head_dim * (self.num_attention_heads + 2 * self.num_key_value_heads)
+
+
+def layer_sliding_window(config: GptOssConfig, layer_idx: int) -> int:
+    """The window of layer ``layer_idx``: ``sliding_window`` on even layers, 0 (none) on odd ones."""
+    return config.sliding_window if layer_idx % 2 == 0 else 0
+
+
+# ---------------------------------------------------------------------------- tensor parallel
+
+@dataclass(frozen=True)
+class TensorParallel:
+    """What rank ``rank`` of ``world_size`` holds (see the module docstring).
+
+    MoE: rows ``[r*2I/W, (r+1)*2I/W)`` of every expert's mlp1 (whole interleaved glu/linear
+    pairs), the matching mlp1_bias slice and K-blocks ``[r*I/W/32, (r+1)*I/W/32)`` of mlp2;
+    mlp2_bias on rank 0 only. Attention, when both head counts divide by W: the rank's q heads
+    and kv heads (qkv rows and bias), its sinks, the matching out columns; out bias on rank 0
+    only. Otherwise attention is replicated on every rank (and not all-reduced).
+    """
+
+    rank: int
+    world_size: int
+    shard_heads: bool
+
+    @classmethod
+    def plan(cls, config: GptOssConfig, rank: int = 0, world_size: int = 1) -> "TensorParallel":
+        for name, value in (("rank", rank), ("world_size", world_size)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"moekit gpt-oss: {name} expected an int, got {type(value).__name__} {value!r}")
+        if world_size < 1:
+            raise ValueError(f"moekit gpt-oss: world_size expected >= 1, got {world_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"moekit gpt-oss: rank expected in [0, {world_size}), got {rank}")
+        I = config.intermediate_size
+        if I % world_size or (I // world_size) % MXFP4_BLOCK:
+            raise ValueError(
+                f"moekit gpt-oss: world size {world_size} cannot shard the MoE intermediate size {I}: each rank "
+                f"needs intermediate_size / world_size to be a whole multiple of {MXFP4_BLOCK} (the MXFP4 block), "
+                f"got {I} / {world_size} = {I / world_size:g}")
+        shard_heads = (world_size > 1 and config.num_attention_heads % world_size == 0
+                       and config.num_key_value_heads % world_size == 0)
+        return cls(rank, world_size, shard_heads)
+
+    # per-rank ranges
+    def _range(self, n: int) -> Tuple[int, int]:
+        return self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size
+
+    def q_heads(self, config: GptOssConfig) -> Tuple[int, int]:
+        return self._range(config.num_attention_heads) if self.shard_heads else (0, config.num_attention_heads)
+
+    def kv_heads(self, config: GptOssConfig) -> Tuple[int, int]:
+        return self._range(config.num_key_value_heads) if self.shard_heads else (0, config.num_key_value_heads)
+
+    def owns_replicated_bias(self, sharded: bool) -> bool:
+        """A bias added after a sharded sum lives on rank 0 only."""
+        return not sharded or self.rank == 0
+
+    def slices(self, config: GptOssConfig, name: str) -> Optional[List[tuple]]:
+        """How this rank reads checkpoint tensor ``name``: a list of index tuples whose results
+        are concatenated along dim 0, or None if this rank holds none of it."""
+        all_ = (slice(None),)
+        short = name.split(".", 2)[-1] if name.startswith("block.") else name
+        if self.world_size == 1:
+            return [all_]
+        if short in ("mlp.mlp1_weight.blocks", "mlp.mlp1_weight.scales", "mlp.mlp1_bias"):
+            lo, hi = self._range(2 * config.intermediate_size)
+            return [(slice(None), slice(lo, hi))]
+        if short in ("mlp.mlp2_weight.blocks", "mlp.mlp2_weight.scales"):
+            lo, hi = self._range(config.intermediate_size // MXFP4_BLOCK)
+            return [(slice(None), slice(None), slice(lo, hi))]
+        if short == "mlp.mlp2_bias":
+            return [all_] if self.rank == 0 else None
+        if not self.shard_heads:
+            return [all_]
+        d = config.head_dim
+        (q0, q1), (k0, k1) = self.q_heads(config), self.kv_heads(config)
+        nq, nkv = config.num_attention_heads, config.num_key_value_heads
+        if short in ("attn.qkv.weight", "attn.qkv.bias"):
+            return [(slice(q0 * d, q1 * d),), (slice((nq + k0) * d, (nq + k1) * d),),
+                    (slice((nq + nkv + k0) * d, (nq + nkv + k1) * d),)]
+        if short == "attn.sinks":
+            return [(slice(q0, q1),)]
+        if short == "attn.out.weight":
+            return [(slice(None), slice(q0 * d, q1 * d))]
+        if short == "attn.out.bias":
+            return [all_] if self.rank == 0 else None
+        return [all_]
+
+
+# ------------------------------------------------------------------------------------- layers
+
+def _empty(shape, device, dtype) -> torch.Tensor:
+    return torch.empty(shape, device=device, dtype=dtype)
+
+
+class RMSNorm(nn.Module):
+    """``x / rms(x) * scale`` computed in float32, returned in x's dtype (eps 1e-5)."""
+
+    def __init__(self, num_features: int, device: torch.device, eps: float = RMS_NORM_EPS):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("scale", torch.ones(num_features, device=device, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.float()
+        t = t * torch.rsqrt(t.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (t * self.scale).to(x.dtype)
+
+
+class Linear(nn.Module):
+    """``x @ weight.T + bias`` with uninitialised storage (the loader fills it)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, device, dtype):
+        super().__init__()
+        self.register_buffer("weight", _empty((out_features, in_features), device, dtype))
+        self.register_buffer("bias", _empty((out_features,), device, dtype) if bias else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class MXFP4Weight(nn.Module):
+    """Experts' weights [E, N, K] as the checkpoint stores them: ``blocks`` [E, N, K/32, 16] and
+    ``scales`` [E, N, K/32], both uint8."""
+
+    def __init__(self, experts: int, rows: int, cols: int, device):
+        super().__init__()
+        self.register_buffer("blocks", _empty((experts, rows, cols // MXFP4_BLOCK, 16), device, torch.uint8))
+        self.register_buffer("scales", _empty((experts, rows, cols // MXFP4_BLOCK), device, torch.uint8))
+
+    def pair(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.blocks, self.scales
+
+
+class Rotary(nn.Module):
+    """YaRN rotary embedding exactly as gpt-oss's reference computes it (float32): concentration
+    ``0.1 ln(s) + 1`` scales cos and sin; inv_freq blends interpolation ``1/(s f)`` and
+    extrapolation ``1/f`` by NTK-by-parts with a linear ramp between the dims whose wavelengths
+    fit ``ntk_beta`` and ``ntk_alpha`` times into ``initial_context_length``."""
+
+    def __init__(self, config: GptOssConfig, device: torch.device):
+        super().__init__()
+        self.head_dim = config.head_dim
+        concentration, inv_freq = yarn_concentration_and_inv_freq(config, device)
+        self.concentration = concentration
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def cos_sin(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]
+        return freqs.cos() * self.concentration, freqs.sin() * self.concentration
+
+    @staticmethod
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [T, heads, head_dim]; cos/sin [T, head_dim/2]; rotates (first half, second half)."""
+        cos, sin = cos[:, None, :], sin[:, None, :]
+        x1, x2 = x.float().chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+
+
+def yarn_concentration_and_inv_freq(config: GptOssConfig, device=None) -> Tuple[float, torch.Tensor]:
+    d, base, factor = config.head_dim, config.rope_theta, config.rope_scaling_factor
+    freq = base ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d)
+    if factor <= 1.0:
+        return 1.0, 1.0 / freq
+    concentration = 0.1 * math.log(factor) + 1.0
+    d_half = d / 2
+    low = d_half * math.log(config.initial_context_length / (config.rope_ntk_beta * 2 * math.pi)) / math.log(base)
+    high = d_half * math.log(config.initial_context_length / (config.rope_ntk_alpha * 2 * math.pi)) / math.log(base)
+    interpolation = 1.0 / (factor * freq)
+    extrapolation = 1.0 / freq
+    ramp = (torch.arange(d_half, dtype=torch.float32, device=device) - low) / (high - low)
+    mask = 1 - ramp.clamp(0, 1)
+    return concentration, interpolation * (1 - mask) + extrapolation * mask
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for ``max_len`` positions.
+
+    ``pos`` is the number of positions already written; :meth:`GptOss.forward` appends the tokens
+    it is given at ``pos`` and advances it (prefill: many tokens, then one token per step).
+    """
+
+    def __init__(self, model: "GptOss", max_len: int):
+        if max_len < 1:
+            raise ValueError(f"KVCache: max_len expected >= 1, got {max_len}")
+        self.max_len = max_len
+        self.pos = 0
+        shape = (max_len, model.attn_local_kv_heads, model.config.head_dim)
+        n = model.config.num_hidden_layers
+        self.k = [torch.zeros(shape, device=model.device, dtype=model.dtype) for _ in range(n)]
+        self.v = [torch.zeros(shape, device=model.device, dtype=model.dtype) for _ in range(n)]
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, config: GptOssConfig, layer_idx: int, tp: TensorParallel, device, dtype, group):
+        super().__init__()
+        q0, q1 = tp.q_heads(config)
+        k0, k1 = tp.kv_heads(config)
+        self.n_q, self.n_kv, self.d = q1 - q0, k1 - k0, config.head_dim
+        self.layer_idx = layer_idx
+        self.sliding_window = layer_sliding_window(config, layer_idx)
+        self.sm_scale = 1.0 / math.sqrt(config.head_dim)
+        self.reduce = tp.shard_heads
+        self.group = group
+        self.norm = RMSNorm(config.hidden_size, device)
+        self.qkv = Linear(config.hidden_size, (self.n_q + 2 * self.n_kv) * self.d, True, device, dtype)
+        self.register_buffer("sinks", _empty((self.n_q,), device, torch.float32))
+        self.out = Linear(self.n_q * self.d, config.hidden_size, tp.owns_replicated_bias(self.reduce), device, dtype)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary,
+                cache: Optional[KVCache]) -> torch.Tensor:
+        T, nq, nkv, d = x.shape[0], self.n_q, self.n_kv, self.d
+        qkv = self.qkv(self.norm(x))
+        q = qkv[:, : nq * d].reshape(T, nq, d)
+        k = qkv[:, nq * d: (nq + nkv) * d].reshape(T, nkv, d)
+        v = qkv[:, (nq + nkv) * d:].reshape(T, nkv, d)
+        cos, sin = rotary.cos_sin(positions)
+        q, k = Rotary.rotate(q, cos, sin), Rotary.rotate(k, cos, sin)
+        key_pos = positions
+        if cache is not None:
+            start = int(cache.pos)
+            ck, cv = cache.k[self.layer_idx], cache.v[self.layer_idx]
+            ck[start:start + T] = k
+            cv[start:start + T] = v
+            lo = max(0, start - self.sliding_window + 1) if self.sliding_window else 0
+            k, v = ck[lo:start + T], cv[lo:start + T]
+            key_pos = torch.arange(lo, start + T, device=x.device)
+        # scores [kv head, q per kv, query, key] in float32
+        qg = q.float().reshape(T, nkv, nq // nkv, d)
+        scores = torch.einsum("tgmd,sgd->gmts", qg, k.float()) * self.sm_scale
+        allowed = key_pos[None, :] <= positions[:, None]
+        if self.sliding_window:
+            allowed &= key_pos[None, :] > positions[:, None] - self.sliding_window
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        sinks = self.sinks.reshape(nkv, nq // nkv, 1, 1).expand(-1, -1, T, 1)
+        weights = torch.softmax(torch.cat([scores, sinks], dim=-1), dim=-1)[..., :-1]
+        attn = torch.einsum("gmts,sgd->tgmd", weights, v.float()).reshape(T, nq * d).to(x.dtype)
+        out = self.out(attn)
+        if self.reduce:
+            dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
+        return x + out
+
+
+class MLPBlock(nn.Module):
+    def __init__(self, config: GptOssConfig, tp: TensorParallel, device, dtype, group):
+        super().__init__()
+        E, H, I = config.num_experts, config.hidden_size, config.intermediate_size // tp.world_size
+        self.k = config.experts_per_token
+        self.swiglu_limit = config.swiglu_limit
+        self.reduce = tp.world_size > 1
+        self.group = group
+        self.norm = RMSNorm(H, device)
+        self.gate = Linear(H, E, True, device, dtype)
+        self.mlp1_weight = MXFP4Weight(E, 2 * I, H, device)
+        self.register_buffer("mlp1_bias", _empty((E, 2 * I), device, dtype))
+        self.mlp2_weight = MXFP4Weight(E, H, I, device)
+        self.register_buffer("mlp2_bias", _empty((E, H), device, dtype) if tp.rank == 0 else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = moekit.moe_mlp(self.norm(x), self.gate.weight, self.gate.bias, self.mlp1_weight.pair(), self.mlp1_bias,
+                           self.mlp2_weight.pair(), self.mlp2_bias, experts_per_token=self.k,
+                           swiglu_alpha=SWIGLU_ALPHA, swiglu_limit=self.swiglu_limit)
+        if self.reduce:
+            dist.all_reduce(y, op=dist.ReduceOp.SUM, group=self.group)
+        return x + y
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config, layer_idx, tp, device, dtype, group):
+        super().__init__()
+        self.attn = AttentionBlock(config, layer_idx, tp, device, dtype, group)
+        self.mlp = MLPBlock(config, tp, device, dtype, group)
+
+    def forward(self, x, positions, rotary, cache):
+        return self.mlp(self.attn(x, positions, rotary, cache))
+
+
+# -------------------------------------------------------------------------------------- model
+
+class GptOss(nn.Module):
+    """gpt-oss for inference on one device. Build it with :func:`moekit.models.load_model`.
+
+    Its state_dict names are the checkpoint's (``block.N.mlp.mlp1_weight.blocks`` ...), each
+    holding this rank's shard. ``dtype`` (bfloat16 like the checkpoint, or float32) is the
+    activations' and the dense weights' dtype; norms and sinks are float32, experts MXFP4.
+    """
+
+    def __init__(self, config: GptOssConfig, device: Union[str, torch.device], *,
+                 dtype: torch.dtype = torch.bfloat16, tp: Optional[TensorParallel] = None,
+                 group: Optional["dist.ProcessGroup"] = None):
+        super().__init__()
+        if dtype not in (torch.bfloat16, torch.float32):
+            raise TypeError(f"GptOss: dtype expected torch.bfloat16 or torch.float32, got {dtype}")
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            raise ValueError("GptOss: give the CUDA device with its index (e.g. cuda:0); the model never "
+                             "uses the current device")
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+        self.tp = tp or TensorParallel.plan(config)
+        self.group = group
+        self.embedding = nn.Module()
+        self.embedding.register_buffer("weight", _empty((config.vocab_size, config.hidden_size), device, dtype))
+        self.block = nn.ModuleList(TransformerBlock(config, i, self.tp, device, dtype, group)
+                                   for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, device)
+        self.unembedding = Linear(config.hidden_size, config.vocab_size, False, device, dtype)
+        self.rotary = Rotary(config, device)
+        self.attn_local_kv_heads = self.block[0].attn.n_kv if config.num_hidden_layers else 0
+
+    # ----------------------------------------------------------------------------- forward
+    def _check_distributed(self) -> None:
+        if self.tp.world_size > 1:
+            if not (dist.is_available() and dist.is_initialized()):
+                raise RuntimeError(f"GptOss: this model holds shard {self.tp.rank} of {self.tp.world_size}; "
+                                   "torch.distributed must be initialised to run it")
+            world = dist.get_world_size(self.group)
+            if world != self.tp.world_size:
+                raise RuntimeError(f"GptOss: built for world size {self.tp.world_size}, but the process group "
+                                   f"has {world} ranks")
+
+    def forward(self, tokens: torch.Tensor, cache: Optional[KVCache] = None, *,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits (float32) of ``tokens`` (int [T]): [T, vocab], or [1, vocab] with ``last_only``.
+
+        Without ``cache`` the tokens are a whole sequence from position 0; with it they continue
+        the cached sequence at ``cache.pos``, which then advances by T.
+        """
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 1 or tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"GptOss.forward: tokens expected a 1-d int64 tensor, got "
+                             f"{getattr(tokens, 'shape', type(tokens).__name__)} {getattr(tokens, 'dtype', '')}")
+        T = tokens.shape[0]
+        if T == 0:
+            raise ValueError("GptOss.forward: tokens is empty")
+        start = 0 if cache is None else cache.pos
+        if cache is not None and start + T > cache.max_len:
+            raise ValueError(f"GptOss.forward: {T} more tokens would exceed the KV cache's {cache.max_len} "
+                             f"positions ({start} used)")
+        self._check_distributed()
+        tokens = tokens.to(self.device)
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise ValueError(f"GptOss.forward: token ids expected in [0, {self.config.vocab_size}), "
+                             f"got values in [{lo}, {hi}]")
+        positions = torch.arange(start, start + T, device=self.device)
+        x = F.embedding(tokens, self.embedding.weight)
+        for block in self.block:
+            x = block(x, positions, self.rotary, cache)
+        if cache is not None:
+            cache.pos = start + T
+        if last_only:
+            x = x[-1:]
+        return self.unembedding(self.norm(x)).float()
+
+    # ---------------------------------------------------------------------------- generate
+    @torch.inference_mode()
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: Optional[int] = None,
+                 stop_ids: Iterable[int] = (), prefill_chunk: int = 512) -> List[int]:
+        """New token ids after ``prompt_ids``: greedy for ``temperature == 0``, else sampled from
+        softmax(logits / temperature) restricted to the top-p nucleus, with a CPU generator
+        seeded by ``seed`` (the same on every rank; drawn on rank 0 and broadcast if None).
+        Stops after ``max_new_tokens`` or after emitting a token of ``stop_ids``. The prompt is
+        prefilled ``prefill_chunk`` tokens at a time (bounds the attention scores' memory)."""
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise ValueError("GptOss.generate: prompt_ids is empty")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"GptOss.generate: max_new_tokens expected an int >= 0, got {max_new_tokens!r}")
+        check_sampling(temperature, top_p)
+        stop = set(int(s) for s in stop_ids)
+        generator = None
+        if temperature > 0:
+            if seed is None:
+                seed = self._shared_seed()
+            generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        if max_new_tokens == 0:
+            return []
+        if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1:
+            raise ValueError(f"GptOss.generate: prefill_chunk expected an int >= 1, got {prefill_chunk!r}")
+        cache = KVCache(self, len(prompt) + max_new_tokens)
+        ids = torch.tensor(prompt, dtype=torch.int64, device=self.device)
+        for begin in range(0, len(prompt), prefill_chunk):
+            logits = self(ids[begin:begin + prefill_chunk], cache, last_only=True)
+        out: List[int] = []
+        while True:
+            token = sample_next(logits[-1], temperature, top_p, generator)
+            out.append(token)
+            if len(out) == max_new_tokens or token in stop:
+                return out
+            logits = self(torch.tensor([token], dtype=torch.int64, device=self.device), cache, last_only=True)
+
+    def _shared_seed(self) -> int:
+        seed = random.SystemRandom().randrange(2 ** 62)
+        if self.tp.world_size > 1:
+            self._check_distributed()
+            t = torch.tensor([seed], dtype=torch.int64, device=self.device)
+            dist.broadcast(t, src=dist.get_global_rank(self.group, 0) if self.group is not None else 0,
+                           group=self.group)
+            seed = int(t.item())
+        return seed
+
+
+def check_sampling(temperature: float, top_p: float) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0 \
+            or not math.isfinite(temperature):
+        raise ValueError(f"temperature expected a finite number >= 0 (0: greedy), got {temperature!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p expected a number in (0, 1], got {top_p!r}")
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float = 1.0,
+                generator: Optional[torch.Generator] = None) -> int:
+    """One token from ``logits`` [vocab]: argmax (first on ties) when ``temperature == 0``;
+    otherwise from softmax(logits / temperature) over the smallest set of most likely tokens
+    whose probability reaches ``top_p`` (nucleus). Sampling runs on the CPU in float32 so the
+    same generator state gives the same token on any device."""
+    check_sampling(temperature, top_p)
+    logits = logits.detach().float().reshape(-1)
+    if temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.cpu() / temperature, dim=-1)
+    sorted_probs, order = torch.sort(probs, descending=True, stable=True)
+    if top_p < 1.0:
+        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs   # mass of the more likely tokens
+        sorted_probs = sorted_probs.masked_fill(before >= top_p, 0.0)
+        sorted_probs[0] = torch.clamp(sorted_probs[0], min=torch.finfo(torch.float32).tiny)
+    choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
+    return int(order[choice])
