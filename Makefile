@@ -6,6 +6,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 BUILD  := build/cpp
 JOBS   ?= $(shell nproc)
+NPROC  ?= 2
+PROMPT ?= The old man walked into the city and
 
 .PHONY: setup install cpp test test-cpp test-python run clean
 
@@ -33,8 +35,11 @@ test-python: install
 
 test: test-cpp test-python
 
+# The main job: the shipped tiny gpt-oss model, tensor-parallel over NPROC ranks (gloo on CPU,
+# NCCL on GPUs; each rank needs its own GPU, or pass DEVICE=cuda:0 BACKEND=gloo to share one).
 run: install
-	$(PY) -m moekit.demo
+	$(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m moekit.generate --prompt "$(PROMPT)" \
+	  $(if $(DEVICE),--device $(DEVICE)) $(if $(BACKEND),--backend $(BACKEND))
 
 clean:
 	rm -rf build $(VENV)

@@ -1,7 +1,8 @@
 """Generate text with a gpt-oss checkpoint, on one process or tensor-parallel under torchrun.
 
     python -m moekit.generate [--checkpoint DIR] [--prompt TEXT] [--max-new-tokens N]
-        [--device cpu|cuda] [--temperature T] [--top-p P] [--seed S] [--no-set-device]
+        [--device cpu|cuda|cuda:N] [--backend nccl|gloo] [--temperature T] [--top-p P] [--seed S]
+        [--no-set-device]
     torchrun --nproc-per-node N -m moekit.generate ...
 
 Every rank loads its shard (see moekit.models.TensorParallel) and generates; rank 0 prints its
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -36,8 +38,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "default: the shipped tiny model")
     p.add_argument("--prompt", default="The quick brown fox", help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                   help="default: cuda if available and moekit has its CUDA backend, else cpu")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda (each rank on cuda:LOCAL_RANK) or cuda:N (every rank on GPU N, e.g. to "
+                        "share one GPU); default: cuda if available and moekit has its CUDA backend, else cpu")
+    p.add_argument("--backend", choices=["nccl", "gloo"], default=None,
+                   help="torch.distributed backend; default: nccl on CUDA, gloo on CPU")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
                    help="activations and dense weights (experts stay MXFP4)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
@@ -49,6 +54,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--output-json", type=Path, default=None,
                    help="rank 0 writes every rank's prompt and generated token ids here")
     args = p.parse_args(argv)
+    if args.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        p.error(f"--device expected cpu, cuda or cuda:N, got {args.device!r}")
     if args.max_new_tokens < 0:
         p.error(f"--max-new-tokens expected >= 0, got {args.max_new_tokens}")
     if not args.temperature >= 0:
@@ -73,11 +80,13 @@ def pick_device(requested: Optional[str], local_rank: int) -> torch.device:
     if kind == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        _fail("--device cuda: CUDA is not available")
+        _fail(f"--device {kind}: CUDA is not available")
+    index = int(kind.split(":")[1]) if ":" in kind else local_rank
     count = torch.cuda.device_count()
-    if local_rank >= count:
-        _fail(f"LOCAL_RANK {local_rank} needs cuda:{local_rank}, but only {count} CUDA device(s) are visible")
-    return torch.device("cuda", local_rank)
+    if index >= count:
+        source = f"--device {kind}" if ":" in kind else f"LOCAL_RANK {local_rank}"
+        _fail(f"{source} needs cuda:{index}, but only {count} CUDA device(s) are visible")
+    return torch.device("cuda", index)
 
 
 def _sync(device: torch.device) -> None:
@@ -116,7 +125,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         _fail(f"the prompt {args.prompt!r} encodes to no tokens")
 
     if world > 1:
-        if device.type == "cuda":
+        backend = args.backend or ("nccl" if device.type == "cuda" else "gloo")
+        if backend == "nccl":
+            if device.type != "cuda":
+                _fail("--backend nccl needs --device cuda")
             dist.init_process_group("nccl", device_id=device)
         else:
             dist.init_process_group("gloo")

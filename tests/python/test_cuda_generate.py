@@ -1,0 +1,46 @@
+"""The gpt-oss runner on a GPU: the model against the plain-torch reference, the CLI on one GPU
+against the CPU, and two torchrun processes sharing one GPU (gloo). Skips without a CUDA GPU.
+
+Cross-device and cross-rank comparisons run in float32 (see test_generate_torchrun.py)."""
+
+import pytest
+import torch
+
+from gpt_oss_fixtures import make_checkpoint
+from moekit.models import ReferenceGptOss, load_model
+from test_generate_torchrun import run_generate
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gpu_ckpt")
+    make_checkpoint(path, seed=31, num_hidden_layers=4)
+    return path
+
+
+def test_gpu_model_greedy_32_tokens_and_logits_match_reference(ckpt):
+    model = load_model(ckpt, "cuda:0", dtype=torch.float32, progress=False)
+    ref = ReferenceGptOss.from_checkpoint(ckpt)
+    prompt = torch.randint(0, 97, (5,), generator=torch.Generator().manual_seed(3)).tolist()
+    got = model.generate(prompt, 32)
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(32):
+            seq.append(int(ref(torch.tensor(seq))[-1].argmax()))
+        want = ref(torch.tensor(seq))
+        logits = model(torch.tensor(seq, device="cuda:0")).cpu()
+    assert got == seq[len(prompt):]
+    assert float((logits.double() - want.double()).norm() / want.double().norm()) < 1e-4
+
+
+@pytest.mark.parametrize("set_device", [True, False], ids=["set_device", "no_set_device"])
+def test_cli_on_one_gpu_and_two_processes_sharing_it(ckpt, tmp_path, set_device):
+    extra = ("--dtype", "float32") + (() if set_device else ("--no-set-device",))
+    _, cpu = run_generate(ckpt, tmp_path / "cpu.json", "--dtype", "float32")
+    _, gpu = run_generate(ckpt, tmp_path / "gpu.json", "--device", "cuda:0", *extra)
+    _, two = run_generate(ckpt, tmp_path / "two.json", "--device", "cuda:0", "--backend", "gloo", *extra, nproc=2)
+    assert gpu["device"] == "cuda:0" and two["device"] == "cuda:0"
+    assert gpu["ranks"][0] == cpu["ranks"][0]
+    assert two["ranks"][0] == two["ranks"][1] == cpu["ranks"][0]
