@@ -1,0 +1,195 @@
+"""The BENCH.md sweep: one gpt-oss MoE layer (x -> y) on the GPU it finds.
+
+    python bench/moe_layer.py [--experts 32 128] [--tokens 1 8 ...] [--out bench/results/NAME.json]
+
+Measures both ceilings in the same run (device-to-device copy counting read + write; an
+8192^3 bf16 matmul), times moekit.moe_mlp captured in a CUDA graph (median of replays, L2 flushed
+before each) and eager, times the peer a user without moekit would write (bf16
+torch._grouped_mm on dequantized weights, eager), checks numerics against a float32 reference on
+the same dequantized weights, prints a table, writes JSON and a PNG of floor/time per row.
+"""
+
+import argparse
+import datetime
+import json
+import statistics
+import subprocess
+from pathlib import Path
+
+import torch
+
+import moekit
+
+H = I = 2880
+K = 4
+ALPHA, LIMIT = 1.702, 7.0
+
+
+def median_ms(fn, reps, flush=None):
+    times = []
+    for _ in range(reps):
+        if flush is not None:
+            flush()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def ceilings(dev):
+    src = torch.empty(2 << 30, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    copy_ms = median_ms(lambda: dst.copy_(src), 10)
+    a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    mm_ms = median_ms(lambda: a @ b, 10)
+    del src, dst, a, b
+    return {"copy_GBps": 2 * (2 << 30) / copy_ms / 1e6, "bf16_gemm_TFLOPs": 2 * 8192 ** 3 / mm_ms / 1e9}
+
+
+def make_layer(E, dev, gen):
+    def mx(n, k):
+        blocks, scales = [], []
+        for _ in range(E):
+            w = torch.randn(n, k, device=dev, generator=gen) / k ** 0.5
+            b, s = moekit.quantize_mxfp4(w)
+            blocks.append(b)
+            scales.append(s)
+        return torch.stack(blocks), torch.stack(scales)
+    return dict(gate_weight=(torch.randn(E, H, device=dev, generator=gen) / H ** 0.5).bfloat16(),
+                gate_bias=torch.zeros(E, device=dev, dtype=torch.bfloat16) + 0.01,
+                mlp1_weight=mx(2 * I, H), mlp1_bias=(0.1 * torch.randn(E, 2 * I, device=dev, generator=gen)).bfloat16(),
+                mlp2_weight=mx(H, I), mlp2_bias=(0.1 * torch.randn(E, H, device=dev, generator=gen)).bfloat16())
+
+
+def dequantized(layer):
+    w1 = moekit.dequantize_mxfp4(*layer["mlp1_weight"], dtype=torch.bfloat16)  # [E, 2I, H]
+    w2 = moekit.dequantize_mxfp4(*layer["mlp2_weight"], dtype=torch.bfloat16)  # [E, H, I]
+    return w1, w2
+
+
+def swiglu(h):
+    g, l = h[..., 0::2].clamp(max=LIMIT), h[..., 1::2].clamp(-LIMIT, LIMIT)
+    return g * torch.sigmoid(ALPHA * g) * (l + 1)
+
+
+def grouped_mm_layer(x, layer, w1t, w2t):
+    """The peer: top-k in torch, tokens sorted by expert, two bf16 torch._grouped_mm calls."""
+    E = w1t.shape[0]
+    logits = x.float() @ layer["gate_weight"].float().T + layer["gate_bias"].float()
+    top = torch.topk(logits, K, dim=-1)
+    weights = torch.softmax(top.values, dim=-1)
+    flat = top.indices.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    offs = torch.cumsum(torch.bincount(flat, minlength=E), 0).to(torch.int32)
+    xs = x[order // K]
+    h = torch._grouped_mm(xs, w1t, offs=offs) + layer["mlp1_bias"][flat[order]]
+    o = torch._grouped_mm(swiglu(h.float()).bfloat16(), w2t, offs=offs) + layer["mlp2_bias"][flat[order]]
+    y = torch.zeros(x.shape[0], H, device=x.device, dtype=torch.float32)
+    y.index_add_(0, order // K, o.float() * weights.reshape(-1)[order, None])
+    return y.bfloat16(), top.indices
+
+
+def reference_f32(x, layer, w1, w2):
+    logits = x.float() @ layer["gate_weight"].float().T + layer["gate_bias"].float()
+    top = torch.topk(logits, K, dim=-1)
+    weights = torch.softmax(top.values, dim=-1)
+    y = torch.zeros(x.shape[0], H, device=x.device)
+    for e in torch.unique(top.indices).tolist():
+        t, j = torch.nonzero(top.indices == e, as_tuple=True)
+        h = x[t].float() @ w1[e].float().T + layer["mlp1_bias"][e].float()
+        o = swiglu(h) @ w2[e].float().T + layer["mlp2_bias"][e].float()
+        y.index_add_(0, t, o * weights[t, j, None])
+    return y, top.indices
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--experts", type=int, nargs="+", default=[32, 128])
+    p.add_argument("--tokens", type=int, nargs="+", default=[1, 8, 32, 128, 512, 2048, 8192])
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--commit", default=None, help="the commit measured (default: git rev-parse HEAD; the "
+                                                  "device machine's copy of the tree has no .git)")
+    args = p.parse_args()
+    dev = torch.device("cuda", torch.cuda.current_device())
+    props = torch.cuda.get_device_properties(dev)
+    ceil = ceilings(dev)
+    flush_buf = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+    flush = lambda: flush_buf.zero_()  # noqa: E731  (evicts L2 before each timed replay)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    rows = []
+    for E in args.experts:
+        layer = make_layer(E, dev, gen)
+        w1, w2 = dequantized(layer)
+        w1t, w2t = w1.transpose(1, 2), w2.transpose(1, 2)  # [E, H, 2I], [E, I, H] views for grouped_mm
+        for T in args.tokens:
+            x = torch.randn(T, H, device=dev, generator=gen).bfloat16()
+            run = lambda: moekit.moe_mlp(x, **layer, experts_per_token=K)  # noqa: E731
+            y = run()
+            torch.cuda.synchronize(dev)
+            reps = args.reps if T <= 512 else max(3, args.reps // 4)
+            eager_ms = median_ms(run, reps, flush)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                y_graph = run()
+            graph_ms = median_ms(graph.replay, reps, flush)
+            peer_y, _ = grouped_mm_layer(x, layer, w1t, w2t)
+            peer_ms = median_ms(lambda: grouped_mm_layer(x, layer, w1t, w2t), reps, flush)
+            ref, top = reference_f32(x, layer, w1, w2)
+            err = float((y_graph.float() - ref).norm() / ref.norm())
+            peer_err = float((peer_y.float() - ref).norm() / ref.norm())
+            hit = int(torch.unique(top).numel())
+            bytes_ = hit * (H * 2 * I + I * H) * (0.5 + 1 / 32)
+            flops = 2 * T * K * (H * 2 * I + I * H)
+            floor_us = max(bytes_ / (ceil["copy_GBps"] * 1e3), flops / (ceil["bf16_gemm_TFLOPs"] * 1e6))
+            row = dict(E=E, T=T, experts_hit=hit, floor_us=floor_us, moekit_graph_us=graph_ms * 1e3,
+                       moekit_eager_us=eager_ms * 1e3, grouped_mm_eager_us=peer_ms * 1e3,
+                       floor_over_time=floor_us / (graph_ms * 1e3), rel_err=err, grouped_mm_rel_err=peer_err)
+            rows.append(row)
+            print(f"E={E:4d} T={T:5d} floor {floor_us:9.1f} us  moekit graph {graph_ms * 1e3:10.1f} us "
+                  f"eager {eager_ms * 1e3:10.1f} us  grouped_mm {peer_ms * 1e3:9.1f} us  "
+                  f"floor/time {row['floor_over_time']:.3f}  err {err:.2e} (peer {peer_err:.2e})", flush=True)
+            del graph, y_graph
+        del layer, w1, w2
+    git = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], capture_output=True, text=True)
+    commit = args.commit or (git.stdout.strip() if git.returncode == 0 else None)
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip()
+    result = dict(gpu=props.name, driver=smi, commit=commit, date=datetime.date.today().isoformat(),
+                  torch=torch.__version__, ceilings=ceil, H=H, I=I, k=K, rows=rows)
+    out = args.out or Path("bench/results") / f"moe_layer_{props.name.replace(' ', '_')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, out.with_suffix(".png"))
+    print(f"ceilings: copy {ceil['copy_GBps']:.0f} GB/s, bf16 GEMM {ceil['bf16_gemm_TFLOPs']:.0f} TFLOP/s; wrote {out}")
+
+
+def plot(result, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, E in zip(axes, sorted({r["E"] for r in result["rows"]})):
+        rows = [r for r in result["rows"] if r["E"] == E]
+        ts = [r["T"] for r in rows]
+        ax.plot(ts, [r["floor_over_time"] for r in rows], "o-", label="moekit (CUDA graph)")
+        ax.plot(ts, [r["floor_us"] / r["grouped_mm_eager_us"] for r in rows], "s--", label="bf16 grouped_mm (eager)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_title(f"E={E}, {result['gpu']}")
+        ax.set_xlabel("tokens T")
+    axes[0].set_ylabel("floor / time (1 = physical limit)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
