@@ -1,9 +1,12 @@
 #include <string>
 
 #include "../../core/check.h"
+#include "../../core/matmul_ogs_config.h"
 #include "../kernels/gemm/combine.cuh"
 #include "../kernels/gemm/matmul_ogs_simt.cuh"
+#include "../kernels/gemm/matmul_ogs_wmma.cuh"
 #include "../runtime/device_guard.h"
+#include "../runtime/device_info.h"
 #include "../runtime/stream.h"
 #include "backend.h"
 #include "launch_util.h"
@@ -23,6 +26,17 @@ void launch_simt(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const Matmul
     matmul_ogs_simt_kernel<XT, WeightKind::kFloat32><<<grid, simt::kThreads, 0, stream>>>(params);
   }
 }
+
+template <int BM>
+void launch_tensor_core(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const MatmulOgsParams& params,
+                        cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0)),
+                  static_cast<unsigned>(ceil_div(p.N, tc::kBN)));
+  if (p.mxfp4) matmul_ogs_wmma_kernel<BM, true><<<grid, tc::kThreads, 0, stream>>>(params);
+  else matmul_ogs_wmma_kernel<BM, false><<<grid, tc::kThreads, 0, stream>>>(params);
+}
+
+bool aligned_16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 }  // namespace
 
@@ -65,9 +79,17 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
   params.out_bf16 = !p.scatter && a.out.dtype == DType::kBFloat16;
 
   if (p.P > 0) {
-    if (a.x.dtype == DType::kBFloat16) launch_simt<bf16>(p, a, params, stream);
-    else launch_simt<float>(p, a, params, stream);
-    MOEKIT_CHECK_LAUNCH(ctx, stream, "matmul_ogs_simt_kernel");
+    const MatmulOgsOperands operands{a.x.dtype == DType::kBFloat16, a.w.values.dtype == DType::kBFloat16,
+                                     aligned_16(a.x.data) && aligned_16(a.w.values.data)};
+    switch (choose_matmul_ogs_kernel(p, operands, device_info(p.device.index))) {
+      case MatmulOgsKernel::kTensorCore16: launch_tensor_core<16>(p, a, params, stream); break;
+      case MatmulOgsKernel::kTensorCore64: launch_tensor_core<64>(p, a, params, stream); break;
+      case MatmulOgsKernel::kSimt:
+        if (a.x.dtype == DType::kBFloat16) launch_simt<bf16>(p, a, params, stream);
+        else launch_simt<float>(p, a, params, stream);
+        break;
+    }
+    MOEKIT_CHECK_LAUNCH(ctx, stream, "matmul_ogs kernel");
   }
   if (p.scatter) {
     const int64_t n = p.T * p.out_cols;

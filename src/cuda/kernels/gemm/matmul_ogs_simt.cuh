@@ -9,58 +9,13 @@
 #include "../../../core/mxfp4.h"
 #include "../activation/swiglu.cuh"
 #include "../element.cuh"
+#include "matmul_ogs_params.cuh"
+#include "tile_locate.cuh"
 
 namespace moekit::cuda {
 
-enum class WeightKind { kFloat32, kBFloat16, kMxfp4 };
-
-struct MatmulOgsParams {
-  const void* x;  // [M, K]
-  int64_t M, K;
-  const void* w;              // [E, N, K] float, or [E, N, K/2] bytes
-  const uint8_t* w_scales;    // [E, N, K/32] for MXFP4
-  const void* bias;           // [E, N] or null
-  bool bias_bf16;
-  const int32_t* expert_offsets;  // [E+1] or null (one expert)
-  int E;
-  int64_t N;
-  const int32_t* gather_idx;  // [P] or null
-  int64_t P;
-  bool swiglu;
-  float alpha, limit;
-  void* out;  // [P, out_cols]
-  bool out_bf16;
-  int64_t out_cols;
-};
-
 namespace simt {
 constexpr int kBM = 64, kBN = 64, kBK = 32, kThreads = 256;
-}
-
-// Finds the block's expert and row range; false if the block has no work.
-__device__ __forceinline__ bool locate_tile(const MatmulOgsParams& p, int& expert, int64_t& row_begin,
-                                            int64_t& row_end) {
-  int64_t tile = blockIdx.x;
-  if (p.expert_offsets == nullptr) {
-    expert = 0;
-    row_begin = tile * simt::kBM;
-    row_end = min(p.P, row_begin + simt::kBM);
-    return row_begin < p.P;
-  }
-  for (int e = 0; e < p.E; ++e) {
-    // Offsets are clamped to [0, P] so malformed ones cannot send a block out of bounds.
-    const int64_t lo = min(max(static_cast<int64_t>(p.expert_offsets[e]), int64_t{0}), p.P);
-    const int64_t hi = min(max(static_cast<int64_t>(p.expert_offsets[e + 1]), lo), p.P);
-    const int64_t tiles = (hi - lo + simt::kBM - 1) / simt::kBM;
-    if (tile < tiles) {
-      expert = e;
-      row_begin = lo + tile * simt::kBM;
-      row_end = min(hi, row_begin + simt::kBM);
-      return true;
-    }
-    tile -= tiles;
-  }
-  return false;
 }
 
 template <class XT, WeightKind WK>
@@ -68,7 +23,7 @@ __global__ void __launch_bounds__(simt::kThreads) matmul_ogs_simt_kernel(const M
   using namespace simt;
   int e;
   int64_t row_begin, row_end;
-  if (!locate_tile(p, e, row_begin, row_end)) return;
+  if (!locate_tile<kBM>(p, e, row_begin, row_end)) return;
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kBN;
 
   __shared__ __align__(16) float As[kBK][kBM + 4];  // k-major, so the inner loop reads float4s

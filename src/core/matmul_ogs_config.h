@@ -1,0 +1,35 @@
+// Which matmul_ogs kernel runs: a pure function of the problem and the device's facts, so it
+// is tested on the CPU (tests/cpp/matmul_ogs_config_test.cpp).
+#pragma once
+
+#include <cstdint>
+
+#include "device_info.h"
+#include "problem.h"
+
+namespace moekit {
+
+enum class MatmulOgsKernel {
+  kSimt,           // fp32 FMA; any dtypes, any K
+  kTensorCore16,   // bf16 HMMA, 16-row tiles: few rows per expert (decode)
+  kTensorCore64,   // bf16 HMMA, 64-row tiles
+};
+
+struct MatmulOgsOperands {
+  bool x_bf16 = false;
+  bool w_bf16 = false;         // float weights in bf16 (MXFP4 is in the problem)
+  bool aligned_16 = false;     // x and w data start on 16-byte boundaries
+};
+
+inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const MatmulOgsOperands& o,
+                                                const DeviceInfo& device) {
+  // Tensor cores take bf16 operands exactly: bf16 x, and bf16 or MXFP4 weights (an e2m1 value
+  // times a power of two is a bf16). 16-byte vector loads need K % 8 == 0 and aligned data.
+  const bool tensor_cores = device.major >= 8 && o.x_bf16 && (p.mxfp4 || o.w_bf16) && p.K % 8 == 0 && o.aligned_16;
+  if (!tensor_cores) return MatmulOgsKernel::kSimt;
+  const int64_t groups = p.E < p.P ? p.E : (p.P > 0 ? p.P : 1);
+  const int64_t rows_per_expert = p.P / groups;
+  return rows_per_expert <= 16 ? MatmulOgsKernel::kTensorCore16 : MatmulOgsKernel::kTensorCore64;
+}
+
+}  // namespace moekit

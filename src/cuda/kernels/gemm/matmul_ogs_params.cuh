@@ -1,0 +1,29 @@
+// The arguments every matmul_ogs kernel takes (one struct, passed by value).
+#pragma once
+
+#include <cstdint>
+
+namespace moekit::cuda {
+
+enum class WeightKind { kFloat32, kBFloat16, kMxfp4 };
+
+struct MatmulOgsParams {
+  const void* x;  // [M, K]
+  int64_t M, K;
+  const void* w;              // [E, N, K] float, or [E, N, K/2] bytes
+  const uint8_t* w_scales;    // [E, N, K/32] for MXFP4
+  const void* bias;           // [E, N] or null
+  bool bias_bf16;
+  const int32_t* expert_offsets;  // [E+1] or null (one expert)
+  int E;
+  int64_t N;
+  const int32_t* gather_idx;  // [P] or null
+  int64_t P;
+  bool swiglu;
+  float alpha, limit;
+  void* out;  // [P, out_cols]
+  bool out_bf16;
+  int64_t out_cols;
+};
+
+}  // namespace moekit::cuda

@@ -1,0 +1,47 @@
+// The matmul_ogs kernel choice: a pure function of problem and device facts.
+#include <gtest/gtest.h>
+
+#include "core/matmul_ogs_config.h"
+
+namespace {
+
+using moekit::MatmulOgsKernel;
+
+moekit::MatmulOgsProblem problem(int64_t P, int64_t E, int64_t K, bool mxfp4) {
+  moekit::MatmulOgsProblem p;
+  p.P = P;
+  p.E = E;
+  p.K = K;
+  p.N = 64;
+  p.mxfp4 = mxfp4;
+  return p;
+}
+
+moekit::DeviceInfo device(int major) {
+  moekit::DeviceInfo d;
+  d.major = major;
+  d.sm_count = 132;
+  return d;
+}
+
+const moekit::MatmulOgsOperands kBf16{true, true, true};
+
+TEST(MatmulOgsConfig, TensorCoresOnlyForExactBf16OperandsOnSm80Plus) {
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(4, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kTensorCore16);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(4, 32, 2880, true), kBf16, device(7)), MatmulOgsKernel::kSimt);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(4, 32, 2880, true), {false, false, true}, device(9)), MatmulOgsKernel::kSimt);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(4, 32, 2880, false), {true, false, true}, device(9)), MatmulOgsKernel::kSimt)
+      << "float32 weights would be rounded on tensor cores";
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(4, 1, 33, false), kBf16, device(9)), MatmulOgsKernel::kSimt) << "K % 8";
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(4, 1, 64, false), {true, true, false}, device(9)), MatmulOgsKernel::kSimt)
+      << "unaligned data";
+}
+
+TEST(MatmulOgsConfig, TileHeightFollowsRowsPerExpert) {
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(512, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kTensorCore16);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(2048, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kTensorCore64);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(1000, 1, 96, true), kBf16, device(9)), MatmulOgsKernel::kTensorCore64);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(0, 128, 96, true), kBf16, device(9)), MatmulOgsKernel::kTensorCore16);
+}
+
+}  // namespace
