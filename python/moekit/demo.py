@@ -1,4 +1,4 @@
-"""The main job until the gpt-oss runner lands: one gpt-oss-20b-shaped MoE layer.
+"""One gpt-oss-20b-shaped MoE layer, timed, with its error against float64.
 
 Builds random MXFP4 expert weights of gpt-oss-20b's shape (E=32, H=I=2880, k=4), runs
 moekit.moe_mlp on the best available device, and prints its time and its error against a
