@@ -61,8 +61,8 @@ struct MatmulOgsArgs {
   TensorView combine_weight;  // optional f32 [T, k], only with scatter_idx
   Swiglu swiglu;
   TensorView out;
-  // uint8 buffer of at least matmul_ogs_workspace_size() bytes on the tensors' device; the
-  // CUDA backend needs it with scatter_idx (float32 rows before the combine).
+  // uint8 buffer of at least matmul_ogs_workspace_size() bytes on the tensors' device, which
+  // the CUDA backend needs (its list of row tiles; float32 rows before a scatter's combine).
   TensorView workspace;
 };
 // Validates everything but out and workspace, and returns the workspace bytes needed.

@@ -41,13 +41,14 @@ void moe_mlp(const MoeMlpArgs& a, const ExecContext& ctx) {
                        TensorView(base + ws.gather_idx, DType::kInt32, {T * k}, dev),
                        TensorView(base + ws.scatter_idx, DType::kInt32, {T, k}, dev)};
   const TensorView act(base + ws.act, a.x.dtype, {T * k, p.I}, dev);
-  const TensorView mlp2_ws(base + ws.mlp2, DType::kUInt8, {static_cast<int64_t>(ws.total - ws.mlp2)}, dev);
+  const TensorView matmul_ws(base + ws.matmul, DType::kUInt8, {static_cast<int64_t>(ws.total - ws.matmul)}, dev);
 
   MatmulOgsArgs gate;
   gate.x = a.x;
   gate.w.values = a.gate_weight.reshape({1, E, p.H});
   gate.bias = a.gate_bias.reshape({1, E});
   gate.out = logits;
+  gate.workspace = matmul_ws;
   matmul_ogs(gate, ctx);
 
   route(logits, p.k, r, ctx);
@@ -60,6 +61,7 @@ void moe_mlp(const MoeMlpArgs& a, const ExecContext& ctx) {
   mlp1.gather_idx = r.gather_idx;
   mlp1.swiglu = {true, a.swiglu_alpha, a.swiglu_limit};
   mlp1.out = act;
+  mlp1.workspace = matmul_ws;
   matmul_ogs(mlp1, ctx);
 
   MatmulOgsArgs mlp2;
@@ -70,7 +72,7 @@ void moe_mlp(const MoeMlpArgs& a, const ExecContext& ctx) {
   mlp2.scatter_idx = r.scatter_idx;
   mlp2.combine_weight = r.expert_weight;
   mlp2.out = a.y;
-  mlp2.workspace = mlp2_ws;
+  mlp2.workspace = matmul_ws;
   matmul_ogs(mlp2, ctx);
 }
 

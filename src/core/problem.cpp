@@ -202,9 +202,23 @@ MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a) {
   return p;
 }
 
-size_t matmul_ogs_workspace_bytes(const MatmulOgsProblem& p) {
-  return p.scatter ? static_cast<size_t>(p.P) * static_cast<size_t>(p.out_cols) * sizeof(float) : 0;
+MatmulOgsWorkspace matmul_ogs_workspace_layout(const MatmulOgsProblem& p) {
+  MatmulOgsWorkspace w;
+  size_t at = 0;
+  auto take = [&at](size_t bytes) {
+    const size_t here = at;
+    at += (bytes + 255) / 256 * 256;
+    return here;
+  };
+  const size_t P = static_cast<size_t>(p.P);
+  w.tiles = take(((P + 15) / 16 + static_cast<size_t>(p.E)) * 2 * sizeof(int32_t));
+  w.tile_count = take(sizeof(int32_t));
+  w.combine = take(p.scatter ? P * static_cast<size_t>(p.out_cols) * sizeof(float) : 0);
+  w.total = at;
+  return w;
 }
+
+size_t matmul_ogs_workspace_bytes(const MatmulOgsProblem& p) { return matmul_ogs_workspace_layout(p).total; }
 
 void check_matmul_ogs_outputs(const MatmulOgsProblem& p, const MatmulOgsArgs& a) {
   const char* op = "matmul_ogs";
@@ -265,7 +279,32 @@ MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype) 
   w.gather_idx = take(T * k * 4);
   w.scatter_idx = take(T * k * 4);
   w.act = take(T * k * I * static_cast<size_t>(dtype_size(x_dtype)));
-  w.mlp2 = take(T * k * static_cast<size_t>(p.H) * sizeof(float));
+  // The three matmuls of the layer run one after another on one stream: one region serves all.
+  MatmulOgsProblem gate, mlp1, mlp2;
+  gate.M = gate.P = gate.out_rows = p.T;
+  gate.K = p.H;
+  gate.N = gate.out_cols = p.E;
+  gate.E = 1;
+  mlp1.M = p.T;
+  mlp1.P = mlp1.out_rows = p.T * p.k;
+  mlp1.K = p.H;
+  mlp1.N = 2 * p.I;
+  mlp1.E = p.E;
+  mlp1.gather = mlp1.swiglu = true;
+  mlp1.out_cols = p.I;
+  mlp2.M = mlp2.P = p.T * p.k;
+  mlp2.K = p.I;
+  mlp2.N = mlp2.out_cols = p.H;
+  mlp2.E = p.E;
+  mlp2.scatter = true;
+  mlp2.T = mlp2.out_rows = p.T;
+  mlp2.k = p.k;
+  size_t matmul = 0;
+  for (const MatmulOgsProblem* m : {&gate, &mlp1, &mlp2}) {
+    const size_t bytes = matmul_ogs_workspace_bytes(*m);
+    matmul = bytes > matmul ? bytes : matmul;
+  }
+  w.matmul = take(matmul);
   w.total = at;
   return w;
 }

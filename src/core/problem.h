@@ -44,7 +44,13 @@ struct MatmulOgsProblem {
   Device device;
 };
 MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a);
-// Float32 rows [P, out_cols] that a scattered problem combines (0 without scatter).
+// matmul_ogs's workspace (CUDA backend; byte offsets, 256-aligned): the list of row tiles
+// (int2 per tile of at least 16 rows, and their count) and, with scatter, the float32 rows
+// [P, out_cols] that the combine sums. A function of shapes alone.
+struct MatmulOgsWorkspace {
+  size_t tiles = 0, tile_count = 0, combine = 0, total = 0;
+};
+MatmulOgsWorkspace matmul_ogs_workspace_layout(const MatmulOgsProblem& p);
 size_t matmul_ogs_workspace_bytes(const MatmulOgsProblem& p);
 void check_matmul_ogs_outputs(const MatmulOgsProblem& p, const MatmulOgsArgs& a);
 
@@ -65,7 +71,7 @@ struct MoeMlpWorkspace {
   size_t gather_idx = 0;     // i32 [T*k]
   size_t scatter_idx = 0;    // i32 [T, k]
   size_t act = 0;            // x dtype [T*k, I]
-  size_t mlp2 = 0;           // mlp2's workspace (float32 [T*k, H] before the combine)
+  size_t matmul = 0;         // the workspace of each matmul_ogs (gate, mlp1, mlp2; one at a time)
   size_t total = 0;
 };
 MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype);

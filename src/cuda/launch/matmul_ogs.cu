@@ -14,8 +14,23 @@
 namespace moekit::cuda {
 namespace {
 
+// With expert offsets, lists the row tiles of height BM before the matmul kernel runs.
+template <int BM>
+void plan_tiles(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams& params, cudaStream_t stream,
+                const ExecContext& ctx) {
+  if (!a.expert_offsets.present()) return;
+  const MatmulOgsWorkspace ws = matmul_ogs_workspace_layout(p);
+  char* base = static_cast<char*>(a.workspace.data);
+  params.tile_items = reinterpret_cast<int2*>(base + ws.tiles);
+  params.tile_count = reinterpret_cast<int*>(base + ws.tile_count);
+  plan_tiles_kernel<BM><<<1, kPlanThreads, 0, stream>>>(params);
+  MOEKIT_CHECK_LAUNCH(ctx, stream, "plan_tiles_kernel");
+}
+
 template <class XT>
-void launch_simt(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const MatmulOgsParams& params, cudaStream_t stream) {
+void launch_simt(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
+                 const ExecContext& ctx) {
+  plan_tiles<simt::kBM>(p, a, params, stream, ctx);
   const dim3 grid(static_cast<unsigned>(ceil_div(p.P, simt::kBM) + (a.expert_offsets.present() ? p.E : 0)),
                   static_cast<unsigned>(ceil_div(p.N, simt::kBN)));
   if (p.mxfp4) {
@@ -28,8 +43,9 @@ void launch_simt(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const Matmul
 }
 
 template <int BM>
-void launch_tensor_core(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const MatmulOgsParams& params,
-                        cudaStream_t stream) {
+void launch_tensor_core(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params,
+                        cudaStream_t stream, const ExecContext& ctx) {
+  plan_tiles<BM>(p, a, params, stream, ctx);
   const dim3 grid(static_cast<unsigned>(ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0)),
                   static_cast<unsigned>(ceil_div(p.N, tc::kBN)));
   if (p.mxfp4) matmul_ogs_wmma_kernel<BM, true><<<grid, tc::kThreads, 0, stream>>>(params);
@@ -75,18 +91,20 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
   params.limit = a.swiglu.limit;
   params.out_cols = p.out_cols;
   // With scatter, rows go to the workspace as float32 and the combine writes `out`.
-  params.out = p.scatter ? a.workspace.data : a.out.data;
+  const MatmulOgsWorkspace ws = matmul_ogs_workspace_layout(p);
+  float* combine_rows = reinterpret_cast<float*>(static_cast<char*>(a.workspace.data) + ws.combine);
+  params.out = p.scatter ? static_cast<void*>(combine_rows) : a.out.data;
   params.out_bf16 = !p.scatter && a.out.dtype == DType::kBFloat16;
 
   if (p.P > 0) {
     const MatmulOgsOperands operands{a.x.dtype == DType::kBFloat16, a.w.values.dtype == DType::kBFloat16,
                                      aligned_16(a.x.data) && aligned_16(a.w.values.data)};
     switch (choose_matmul_ogs_kernel(p, operands, device_info(p.device.index))) {
-      case MatmulOgsKernel::kTensorCore16: launch_tensor_core<16>(p, a, params, stream); break;
-      case MatmulOgsKernel::kTensorCore64: launch_tensor_core<64>(p, a, params, stream); break;
+      case MatmulOgsKernel::kTensorCore16: launch_tensor_core<16>(p, a, params, stream, ctx); break;
+      case MatmulOgsKernel::kTensorCore64: launch_tensor_core<64>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kSimt:
-        if (a.x.dtype == DType::kBFloat16) launch_simt<bf16>(p, a, params, stream);
-        else launch_simt<float>(p, a, params, stream);
+        if (a.x.dtype == DType::kBFloat16) launch_simt<bf16>(p, a, params, stream, ctx);
+        else launch_simt<float>(p, a, params, stream, ctx);
         break;
     }
     MOEKIT_CHECK_LAUNCH(ctx, stream, "matmul_ogs kernel");
@@ -94,7 +112,7 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
   if (p.scatter) {
     const int64_t n = p.T * p.out_cols;
     combine_kernel<<<static_cast<unsigned>(ceil_div(n, kElementwiseThreads)), kElementwiseThreads, 0, stream>>>(
-        static_cast<const float*>(a.workspace.data), a.scatter_idx.ptr<int32_t>(),
+        combine_rows, a.scatter_idx.ptr<int32_t>(),
         a.combine_weight.present() ? a.combine_weight.ptr<float>() : nullptr, p.T, static_cast<int>(p.k), p.out_cols,
         p.P, a.out.data, a.out.dtype == DType::kBFloat16);
     MOEKIT_CHECK_LAUNCH(ctx, stream, "combine_kernel");

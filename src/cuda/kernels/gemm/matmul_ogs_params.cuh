@@ -1,6 +1,8 @@
 // The arguments every matmul_ogs kernel takes (one struct, passed by value).
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstdint>
 
 namespace moekit::cuda {
@@ -24,6 +26,10 @@ struct MatmulOgsParams {
   void* out;  // [P, out_cols]
   bool out_bf16;
   int64_t out_cols;
+  // With expert_offsets: the (expert, first row) of each row tile, and their number, written by
+  // plan_tiles_kernel into the workspace (see tile_locate.cuh).
+  int2* tile_items;
+  int* tile_count;
 };
 
 }  // namespace moekit::cuda

@@ -1,6 +1,10 @@
-// Which (expert, row range) a matmul_ogs block computes: block x enumerates the row tiles of the
-// experts in order, so the grid can be sized from shapes alone (P / BM + E tiles at most).
+// Which (expert, row range) a matmul_ogs block computes. With expert offsets, plan_tiles_kernel
+// first lists the row tiles of the experts in order (one item per tile of BM rows), so block x
+// reads item x, and the blocks past the list (the grid is sized from shapes alone: P / BM + E
+// tiles at most) exit after one load instead of scanning every expert's offsets.
 #pragma once
+
+#include <cub/block/block_scan.cuh>
 
 #include <cstdint>
 
@@ -8,31 +12,55 @@
 
 namespace moekit::cuda {
 
-// False if the block has no work. Offsets are clamped to [0, P] so malformed ones cannot send a
-// block out of bounds.
+constexpr int kPlanThreads = 1024;
+
+// Offsets clamped to [0, P], so malformed ones cannot send a block out of bounds.
+__device__ __forceinline__ void expert_rows(const MatmulOgsParams& p, int e, int64_t& lo, int64_t& hi) {
+  lo = min(max(static_cast<int64_t>(p.expert_offsets[e]), int64_t{0}), p.P);
+  hi = min(max(static_cast<int64_t>(p.expert_offsets[e + 1]), lo), p.P);
+}
+
+// One block: thread t takes a contiguous run of experts; a block scan places their tiles.
+template <int BM>
+__global__ void __launch_bounds__(kPlanThreads) plan_tiles_kernel(const MatmulOgsParams p) {
+  using Scan = cub::BlockScan<int64_t, kPlanThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  const int chunk = (p.E + kPlanThreads - 1) / kPlanThreads;
+  const int first = min(static_cast<int>(threadIdx.x) * chunk, p.E), last = min(first + chunk, p.E);
+  int64_t tiles = 0;
+  for (int e = first; e < last; ++e) {
+    int64_t lo, hi;
+    expert_rows(p, e, lo, hi);
+    tiles += (hi - lo + BM - 1) / BM;
+  }
+  int64_t at, total;
+  Scan(scan_storage).ExclusiveSum(tiles, at, total);
+  for (int e = first; e < last; ++e) {
+    int64_t lo, hi;
+    expert_rows(p, e, lo, hi);
+    for (int64_t row = lo; row < hi; row += BM) p.tile_items[at++] = make_int2(e, static_cast<int>(row));
+  }
+  if (threadIdx.x == 0) *p.tile_count = static_cast<int>(total);
+}
+
+// False if the block has no work.
 template <int BM>
 __device__ __forceinline__ bool locate_tile(const MatmulOgsParams& p, int& expert, int64_t& row_begin,
                                             int64_t& row_end) {
-  int64_t tile = blockIdx.x;
   if (p.expert_offsets == nullptr) {
     expert = 0;
-    row_begin = tile * BM;
+    row_begin = static_cast<int64_t>(blockIdx.x) * BM;
     row_end = min(p.P, row_begin + BM);
     return row_begin < p.P;
   }
-  for (int e = 0; e < p.E; ++e) {
-    const int64_t lo = min(max(static_cast<int64_t>(p.expert_offsets[e]), int64_t{0}), p.P);
-    const int64_t hi = min(max(static_cast<int64_t>(p.expert_offsets[e + 1]), lo), p.P);
-    const int64_t tiles = (hi - lo + BM - 1) / BM;
-    if (tile < tiles) {
-      expert = e;
-      row_begin = lo + tile * BM;
-      row_end = min(hi, row_begin + BM);
-      return true;
-    }
-    tile -= tiles;
-  }
-  return false;
+  if (static_cast<int>(blockIdx.x) >= *p.tile_count) return false;
+  const int2 item = p.tile_items[blockIdx.x];
+  int64_t lo, hi;
+  expert_rows(p, item.x, lo, hi);
+  expert = item.x;
+  row_begin = item.y;
+  row_end = min(hi, row_begin + BM);
+  return true;
 }
 
 }  // namespace moekit::cuda
