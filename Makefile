@@ -23,7 +23,7 @@ setup: $(VENV)/.installed
 install: setup
 	$(PY) -m pip install -q --no-build-isolation --no-deps .
 
-cpp:
+cpp: setup
 	cmake -S . -B $(BUILD) -G Ninja -DMOEKIT_BUILD_TESTS=ON
 	cmake --build $(BUILD) -j $(JOBS)
 
