@@ -34,6 +34,20 @@ void check_optional(const char* op, const char* arg, const TensorView& t, std::i
   if (t.present()) check_tensor(op, arg, t, types, shape);
 }
 
+// Carves a workspace into regions, each starting on a 256-byte boundary.
+class ByteLayout {
+ public:
+  size_t take(size_t bytes) {
+    const size_t here = size_;
+    size_ += (bytes + 255) / 256 * 256;
+    return here;
+  }
+  size_t size() const { return size_; }
+
+ private:
+  size_t size_ = 0;
+};
+
 void check_k_multiple_of_block(const char* op, const char* arg, int64_t K, const char* why) {
   if (K % mxfp4::kBlock != 0) {
     fail(kValue, op, arg, std::string("a reduction dimension that is a multiple of 32 (") + why + ")",
@@ -204,17 +218,12 @@ MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a) {
 
 MatmulOgsWorkspace matmul_ogs_workspace_layout(const MatmulOgsProblem& p) {
   MatmulOgsWorkspace w;
-  size_t at = 0;
-  auto take = [&at](size_t bytes) {
-    const size_t here = at;
-    at += (bytes + 255) / 256 * 256;
-    return here;
-  };
+  ByteLayout layout;
   const size_t P = static_cast<size_t>(p.P);
-  w.tiles = take(((P + 15) / 16 + static_cast<size_t>(p.E)) * 2 * sizeof(int32_t));
-  w.tile_count = take(sizeof(int32_t));
-  w.combine = take(p.scatter ? P * static_cast<size_t>(p.out_cols) * sizeof(float) : 0);
-  w.total = at;
+  w.tiles = layout.take(((P + 15) / 16 + static_cast<size_t>(p.E)) * 2 * sizeof(int32_t));
+  w.tile_count = layout.take(sizeof(int32_t));
+  w.combine = layout.take(p.scatter ? P * static_cast<size_t>(p.out_cols) * sizeof(float) : 0);
+  w.total = layout.size();
   return w;
 }
 
@@ -264,21 +273,16 @@ MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a) {
 
 MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype) {
   MoeMlpWorkspace w;
-  size_t at = 0;
-  auto take = [&at](size_t bytes) {
-    const size_t here = at;
-    at += (bytes + 255) / 256 * 256;
-    return here;
-  };
+  ByteLayout layout;
   const size_t T = p.T, E = p.E, k = p.k, I = p.I;
-  w.logits = take(T * E * 4);
-  w.expert_idx = take(T * k * 4);
-  w.expert_weight = take(T * k * 4);
-  w.expert_counts = take(E * 4);
-  w.expert_offsets = take((E + 1) * 4);
-  w.gather_idx = take(T * k * 4);
-  w.scatter_idx = take(T * k * 4);
-  w.act = take(T * k * I * static_cast<size_t>(dtype_size(x_dtype)));
+  w.logits = layout.take(T * E * 4);
+  w.expert_idx = layout.take(T * k * 4);
+  w.expert_weight = layout.take(T * k * 4);
+  w.expert_counts = layout.take(E * 4);
+  w.expert_offsets = layout.take((E + 1) * 4);
+  w.gather_idx = layout.take(T * k * 4);
+  w.scatter_idx = layout.take(T * k * 4);
+  w.act = layout.take(T * k * I * static_cast<size_t>(dtype_size(x_dtype)));
   // The three matmuls of the layer run one after another on one stream: one region serves all.
   MatmulOgsProblem gate, mlp1, mlp2;
   gate.M = gate.P = gate.out_rows = p.T;
@@ -304,8 +308,8 @@ MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype) 
     const size_t bytes = matmul_ogs_workspace_bytes(*m);
     matmul = bytes > matmul ? bytes : matmul;
   }
-  w.matmul = take(matmul);
-  w.total = at;
+  w.matmul = layout.take(matmul);
+  w.total = layout.size();
   return w;
 }
 
