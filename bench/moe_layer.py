@@ -9,7 +9,6 @@ torch._grouped_mm on dequantized weights, eager), checks numerics against a floa
 the same dequantized weights, prints a table, writes JSON and a PNG of floor/time per row.
 """
 
-import argparse
 import datetime
 import json
 import statistics
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 import moekit
+from common import commit_of, sweep_arguments
 
 H = I = 2880
 K = 4
@@ -109,14 +109,7 @@ def reference_f32(x, layer, w1, w2):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--experts", type=int, nargs="+", default=[32, 128])
-    p.add_argument("--tokens", type=int, nargs="+", default=[1, 8, 32, 128, 512, 2048, 8192])
-    p.add_argument("--reps", type=int, default=20)
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--commit", default=None, help="the commit measured (default: git rev-parse HEAD; the "
-                                                  "device machine's copy of the tree has no .git)")
-    args = p.parse_args()
+    args = sweep_arguments(__doc__.splitlines()[0]).parse_args()
     dev = torch.device("cuda", torch.cuda.current_device())
     props = torch.cuda.get_device_properties(dev)
     ceil = ceilings(dev)
@@ -131,7 +124,7 @@ def main():
         for T in args.tokens:
             x = torch.randn(T, H, device=dev, generator=gen).bfloat16()
             run = lambda: moekit.moe_mlp(x, **layer, experts_per_token=K)  # noqa: E731
-            y = run()
+            run()  # warm-up, outside the timings
             torch.cuda.synchronize(dev)
             reps = args.reps if T <= 512 else max(3, args.reps // 4)
             eager_ms = median_ms(run, reps, flush)
@@ -157,8 +150,7 @@ def main():
                   f"floor/time {row['floor_over_time']:.3f}  err {err:.2e} (peer {peer_err:.2e})", flush=True)
             del graph, y_graph
         del layer, w1, w2
-    git = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], capture_output=True, text=True)
-    commit = args.commit or (git.stdout.strip() if git.returncode == 0 else None)
+    commit = commit_of(args)
     smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                          capture_output=True, text=True).stdout.strip()
     result = dict(gpu=props.name, driver=smi, commit=commit, date=datetime.date.today().isoformat(),

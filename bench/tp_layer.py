@@ -9,18 +9,17 @@ before each: the shard's moe_mlp, the all_reduce of y alone, and both together. 
 JSON (GPU, world size, commit, every row).
 """
 
-import argparse
 import datetime
 import json
 import os
 import statistics
-import subprocess
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 import moekit
+from common import commit_of, sweep_arguments
 
 H = I = 2880
 K = 4
@@ -50,13 +49,7 @@ def graph_of(fn):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--experts", type=int, nargs="+", default=[32, 128])
-    p.add_argument("--tokens", type=int, nargs="+", default=[1, 8, 32, 128, 512, 2048, 8192])
-    p.add_argument("--reps", type=int, default=20)
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--commit", default=None)
-    args = p.parse_args()
+    args = sweep_arguments(__doc__.splitlines()[0]).parse_args()
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group("nccl", device_id=dev)
@@ -98,9 +91,8 @@ def main():
                       f"{times['all_reduce_us']:8.1f} us  layer {times['layer_us']:9.1f} us", flush=True)
         del layer
     if rank == 0:
-        git = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], capture_output=True, text=True)
         result = dict(gpu=torch.cuda.get_device_name(dev), world_size=world, date=datetime.date.today().isoformat(),
-                      commit=args.commit or (git.stdout.strip() if git.returncode == 0 else None),
+                      commit=commit_of(args),
                       torch=torch.__version__, H=H, I=I, k=K, rows=rows)
         out = args.out or Path("bench/results") / f"tp_layer_W{world}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
