@@ -20,7 +20,8 @@ $PY -m pytest -q -rs ${TESTS:-tests/python tests/multigpu} -p no:cacheprovider -
 
 if [ "${1:-}" != "quick" ]; then
   echo "== compute-sanitizer"
-  SUB=(tests/python/test_cuda_ops.py -k "mxfp4_roundtrip or plain or 7-32-4 or 128-32-4 or 1000-1-1 or ties")
+  SUB=(tests/python/test_cuda_ops.py tests/python/test_cuda_matmul_kernels.py
+       -k "mxfp4_roundtrip or plain or 7-32-4 or 128-32-4 or 1000-1-1 or ties or extreme or bad_gather or (scatter and mxfp4)")
   for tool in memcheck racecheck; do
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool $tool --error-exitcode 99 --print-limit 20 \
       $PY -m pytest -q -p no:cacheprovider "${SUB[@]}" > "$OUT/sanitizer_$tool.log" 2>&1

@@ -11,8 +11,10 @@ namespace moekit {
 
 enum class MatmulOgsKernel {
   kSimt,           // fp32 FMA; any dtypes, any K
-  kTensorCore16,   // bf16 HMMA, 16-row tiles: few rows per expert (decode)
-  kTensorCore64,   // bf16 HMMA, 64-row tiles
+  kStream8,        // bf16 MMA with weights streamed into fragments, 8-token tiles (decode)
+  kStream16,       //   the same, 16-token tiles
+  kStream32,       //   the same, 32-token tiles
+  kTensorCore64,   // bf16 HMMA, 64-row tiles staged in shared memory
 };
 
 struct MatmulOgsOperands {
@@ -28,8 +30,13 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   const bool tensor_cores = device.major >= 8 && o.x_bf16 && (p.mxfp4 || o.w_bf16) && p.K % 8 == 0 && o.aligned_16;
   if (!tensor_cores) return MatmulOgsKernel::kSimt;
   const int64_t groups = p.E < p.P ? p.E : (p.P > 0 ? p.P : 1);
-  const int64_t rows_per_expert = p.P / groups;
-  return rows_per_expert <= 16 ? MatmulOgsKernel::kTensorCore16 : MatmulOgsKernel::kTensorCore64;
+  const int64_t rows_per_expert = (p.P + groups - 1) / groups;  // rounded up
+  // Up to 32 rows per expert the weights dominate the traffic: stream them once, in token tiles
+  // that cover an average expert.
+  if (rows_per_expert <= 8) return MatmulOgsKernel::kStream8;
+  if (rows_per_expert <= 16) return MatmulOgsKernel::kStream16;
+  if (rows_per_expert <= 32) return MatmulOgsKernel::kStream32;
+  return MatmulOgsKernel::kTensorCore64;
 }
 
 }  // namespace moekit

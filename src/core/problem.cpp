@@ -220,7 +220,7 @@ MatmulOgsWorkspace matmul_ogs_workspace_layout(const MatmulOgsProblem& p) {
   MatmulOgsWorkspace w;
   ByteLayout layout;
   const size_t P = static_cast<size_t>(p.P);
-  w.tiles = layout.take(((P + 15) / 16 + static_cast<size_t>(p.E)) * 2 * sizeof(int32_t));
+  w.tiles = layout.take(((P + 7) / 8 + static_cast<size_t>(p.E)) * 2 * sizeof(int32_t));
   w.tile_count = layout.take(sizeof(int32_t));
   w.combine = layout.take(p.scatter ? P * static_cast<size_t>(p.out_cols) * sizeof(float) : 0);
   w.total = layout.size();

@@ -45,7 +45,7 @@ struct MatmulOgsProblem {
 };
 MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a);
 // matmul_ogs's workspace (CUDA backend; byte offsets, 256-aligned): the list of row tiles
-// (int2 per tile of at least 16 rows, and their count) and, with scatter, the float32 rows
+// (int2 per tile of at least 8 rows, and their count) and, with scatter, the float32 rows
 // [P, out_cols] that the combine sums. A function of shapes alone.
 struct MatmulOgsWorkspace {
   size_t tiles = 0, tile_count = 0, combine = 0, total = 0;

@@ -27,7 +27,7 @@ moekit::DeviceInfo device(int major) {
 const moekit::MatmulOgsOperands kBf16{true, true, true};
 
 TEST(MatmulOgsConfig, TensorCoresOnlyForExactBf16OperandsOnSm80Plus) {
-  EXPECT_EQ(choose_matmul_ogs_kernel(problem(4, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kTensorCore16);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(4, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kStream8);
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(4, 32, 2880, true), kBf16, device(7)), MatmulOgsKernel::kSimt);
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(4, 32, 2880, true), {false, false, true}, device(9)), MatmulOgsKernel::kSimt);
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(4, 32, 2880, false), {true, false, true}, device(9)), MatmulOgsKernel::kSimt)
@@ -38,10 +38,15 @@ TEST(MatmulOgsConfig, TensorCoresOnlyForExactBf16OperandsOnSm80Plus) {
 }
 
 TEST(MatmulOgsConfig, TileHeightFollowsRowsPerExpert) {
-  EXPECT_EQ(choose_matmul_ogs_kernel(problem(512, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kTensorCore16);
-  EXPECT_EQ(choose_matmul_ogs_kernel(problem(2048, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kTensorCore64);
+  // Average rows per expert: P / min(E, P).
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(256, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kStream8);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(257, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kStream16);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(512, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kStream16);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(1024, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kStream32);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(1025, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kTensorCore64);
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(1000, 1, 96, true), kBf16, device(9)), MatmulOgsKernel::kTensorCore64);
-  EXPECT_EQ(choose_matmul_ogs_kernel(problem(0, 128, 96, true), kBf16, device(9)), MatmulOgsKernel::kTensorCore16);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(3, 128, 96, true), kBf16, device(9)), MatmulOgsKernel::kStream8);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(0, 128, 96, true), kBf16, device(9)), MatmulOgsKernel::kStream8);
 }
 
 }  // namespace

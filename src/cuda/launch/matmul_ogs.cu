@@ -1,9 +1,11 @@
+#include <algorithm>
 #include <string>
 
 #include "../../core/check.h"
 #include "../../core/matmul_ogs_config.h"
 #include "../kernels/gemm/combine.cuh"
 #include "../kernels/gemm/matmul_ogs_simt.cuh"
+#include "../kernels/gemm/matmul_ogs_stream.cuh"
 #include "../kernels/gemm/matmul_ogs_wmma.cuh"
 #include "../runtime/device_guard.h"
 #include "../runtime/device_info.h"
@@ -50,6 +52,21 @@ void launch_tensor_core(const MatmulOgsProblem& p, const MatmulOgsArgs& a, Matmu
                   static_cast<unsigned>(ceil_div(p.N, tc::kBN)));
   if (p.mxfp4) matmul_ogs_wmma_kernel<BM, true><<<grid, tc::kThreads, 0, stream>>>(params);
   else matmul_ogs_wmma_kernel<BM, false><<<grid, tc::kThreads, 0, stream>>>(params);
+}
+
+// A persistent grid over (token tile, 16 output columns) work items: as many blocks as fit on
+// the device at once, never more than there can be items.
+template <int NT>
+void launch_stream(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
+                   const ExecContext& ctx) {
+  constexpr int BM = 8 * NT;
+  plan_tiles<BM>(p, a, params, stream, ctx);
+  const int64_t max_tiles = ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0);
+  const int64_t max_items = max_tiles * ceil_div(p.N, stream::kCols);
+  const int64_t resident = static_cast<int64_t>(device_info(p.device.index).sm_count) * stream::min_blocks(NT);
+  const dim3 grid(static_cast<unsigned>(std::min(max_items, resident)));
+  if (p.mxfp4) matmul_ogs_stream_kernel<NT, true><<<grid, stream::kThreads, 0, stream>>>(params);
+  else matmul_ogs_stream_kernel<NT, false><<<grid, stream::kThreads, 0, stream>>>(params);
 }
 
 bool aligned_16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
@@ -100,7 +117,9 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
     const MatmulOgsOperands operands{a.x.dtype == DType::kBFloat16, a.w.values.dtype == DType::kBFloat16,
                                      aligned_16(a.x.data) && aligned_16(a.w.values.data)};
     switch (choose_matmul_ogs_kernel(p, operands, device_info(p.device.index))) {
-      case MatmulOgsKernel::kTensorCore16: launch_tensor_core<16>(p, a, params, stream, ctx); break;
+      case MatmulOgsKernel::kStream8: launch_stream<1>(p, a, params, stream, ctx); break;
+      case MatmulOgsKernel::kStream16: launch_stream<2>(p, a, params, stream, ctx); break;
+      case MatmulOgsKernel::kStream32: launch_stream<4>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kTensorCore64: launch_tensor_core<64>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kSimt:
         if (a.x.dtype == DType::kBFloat16) launch_simt<bf16>(p, a, params, stream, ctx);

@@ -1,7 +1,8 @@
 // Which (expert, row range) a matmul_ogs block computes. With expert offsets, plan_tiles_kernel
-// first lists the row tiles of the experts in order (one item per tile of BM rows), so block x
+// first lists the row tiles of the experts in order (one item per tile of BM rows). Block x then
 // reads item x, and the blocks past the list (the grid is sized from shapes alone: P / BM + E
-// tiles at most) exit after one load instead of scanning every expert's offsets.
+// tiles at most) exit after one load instead of scanning every expert's offsets; a persistent
+// grid walks the list instead.
 #pragma once
 
 #include <cub/block/block_scan.cuh>
@@ -43,23 +44,36 @@ __global__ void __launch_bounds__(kPlanThreads) plan_tiles_kernel(const MatmulOg
   if (threadIdx.x == 0) *p.tile_count = static_cast<int>(total);
 }
 
-// False if the block has no work.
+// The number of row tiles: listed by plan_tiles_kernel with expert offsets, else P / BM.
 template <int BM>
-__device__ __forceinline__ bool locate_tile(const MatmulOgsParams& p, int& expert, int64_t& row_begin,
-                                            int64_t& row_end) {
+__device__ __forceinline__ int64_t tile_count(const MatmulOgsParams& p) {
+  return p.expert_offsets ? *p.tile_count : (p.P + BM - 1) / BM;
+}
+
+// The expert and row range of tile `index` < tile_count<BM>(p).
+template <int BM>
+__device__ __forceinline__ void tile_at(const MatmulOgsParams& p, int64_t index, int& expert, int64_t& row_begin,
+                                        int64_t& row_end) {
   if (p.expert_offsets == nullptr) {
     expert = 0;
-    row_begin = static_cast<int64_t>(blockIdx.x) * BM;
+    row_begin = index * BM;
     row_end = min(p.P, row_begin + BM);
-    return row_begin < p.P;
+    return;
   }
-  if (static_cast<int>(blockIdx.x) >= *p.tile_count) return false;
-  const int2 item = p.tile_items[blockIdx.x];
+  const int2 item = p.tile_items[index];
   int64_t lo, hi;
   expert_rows(p, item.x, lo, hi);
   expert = item.x;
   row_begin = item.y;
   row_end = min(hi, row_begin + BM);
+}
+
+// The tile of block x; false if the block has no work.
+template <int BM>
+__device__ __forceinline__ bool locate_tile(const MatmulOgsParams& p, int& expert, int64_t& row_begin,
+                                            int64_t& row_end) {
+  if (static_cast<int64_t>(blockIdx.x) >= tile_count<BM>(p)) return false;
+  tile_at<BM>(p, blockIdx.x, expert, row_begin, row_end);
   return true;
 }
 

@@ -1,0 +1,231 @@
+// matmul_ogs for few rows per expert (decode), where the weights are the whole cost: every
+// weight byte is read once, straight from global memory into tensor-core fragments, with no
+// shared-memory staging and no barrier in the k loop.
+//
+// The MMA's roles are swapped: mma.sync m16n8k16 takes 16 weight rows (output columns n) as
+// its M and 8 tokens as its N, so one token still fills the MMA with weights. A block of 4 warps
+// owns one work item, (16 output columns) x (a tile of 8*NT tokens of one expert); its warps
+// split K and add their partial sums in a fixed order (deterministic). The grid is persistent
+// and walks the work items, so blocks never idle on empty tiles.
+//
+// k order: an MMA's k positions may hold any k as long as the weight (A) and token (B) fragments
+// agree. Lane (g, t) owns the 32-wide k block t of every 4 consecutive blocks, so each weight row
+// is one 16-byte load per lane (a whole MXFP4 block with one scale). Within 8 consecutive k, the
+// lane puts elements (0,4), (1,5), (2,6), (3,7) in its four bf16x2 fragment registers: that pairs
+// nibbles 16 bits apart in a code word, which decodes with shifts and masks, and the bf16 token
+// values are paired the same way with one byte permute each.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "../activation/swiglu.cuh"
+#include "../element.cuh"
+#include "matmul_ogs_params.cuh"
+#include "tile_locate.cuh"
+
+namespace moekit::cuda {
+
+namespace stream {
+constexpr int kWarps = 4, kThreads = 32 * kWarps;
+constexpr int kCols = 16;       // output columns (weight rows) per work item: the MMA's M
+// Resident blocks per SM (launch bounds cap the registers to fit them): the grid's size.
+constexpr int min_blocks(int NT) { return NT == 1 ? 6 : 4; }
+}  // namespace stream
+
+// Weight loads bypass L1: each byte is used once, and L1 is better spent on the token rows.
+__device__ __forceinline__ uint4 load_streaming(const void* ptr) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(ptr));
+  return v;
+}
+
+// 8 consecutive bf16 -> bf16x2 registers holding elements (0,4), (1,5), (2,6), (3,7).
+__device__ __forceinline__ void pair_bf16x8(const uint4 v, uint32_t (&r)[4]) {
+  r[0] = __byte_perm(v.x, v.z, 0x5410);
+  r[1] = __byte_perm(v.x, v.z, 0x7632);
+  r[2] = __byte_perm(v.y, v.w, 0x5410);
+  r[3] = __byte_perm(v.y, v.w, 0x7632);
+}
+
+// The bf16 multipliers that turn the decoded codes of one MXFP4 block into its values. A code's
+// magnitude bits placed at bf16 bits 8..6 read as (e2m1 value) * 2^-126 (exactly, subnormals
+// included), so value = that * 2^(s - 1) for scale byte s. 2^(s-1) is a bf16 up to s = 128;
+// larger scales take two exact steps, 2^126 then 2^(s-127) (s = 255, NaN, stays NaN).
+struct Mxfp4Multiplier {
+  uint32_t first, second;  // bf16x2 bit patterns; second is used only when needed
+  bool two_steps;
+};
+
+__device__ __forceinline__ Mxfp4Multiplier mxfp4_multiplier(uint32_t s) {
+  Mxfp4Multiplier m;
+  m.two_steps = s > 128;
+  const uint32_t first = m.two_steps ? 253u : s + 126u;  // bf16 exponent field
+  const uint32_t second = s == 255 ? 0x7fc0u : s << 7;
+  m.first = (first << 7) * 0x10001u;
+  m.second = second * 0x10001u;
+  return m;
+}
+
+__device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
+  __nv_bfloat162 r = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&a), *reinterpret_cast<const __nv_bfloat162*>(&b));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+
+// 8 e2m1 codes (one 32-bit word, low nibble first) -> registers as pair_bf16x8 lays them out.
+__device__ __forceinline__ void decode_e2m1x8(uint32_t c, const Mxfp4Multiplier& m, uint32_t (&r)[4]) {
+  constexpr uint32_t kMag = 0x01c001c0u, kSign = 0x80008000u;
+  r[0] = ((c << 6) & kMag) | ((c << 12) & kSign);  // nibbles 0 and 4
+  r[1] = ((c << 2) & kMag) | ((c << 8) & kSign);   // nibbles 1 and 5
+  r[2] = ((c >> 2) & kMag) | ((c << 4) & kSign);   // nibbles 2 and 6
+  r[3] = ((c >> 6) & kMag) | (c & kSign);          // nibbles 3 and 7
+#pragma unroll
+  for (int i = 0; i < 4; ++i) r[i] = bf16x2_mul(r[i], m.first);
+  if (m.two_steps) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) r[i] = bf16x2_mul(r[i], m.second);
+  }
+}
+
+// d += a (16x16, row) * b (16x8, col), bf16 in, float32 accumulation.
+__device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <int NT, bool kMxfp4>
+__global__ void __launch_bounds__(stream::kThreads, stream::min_blocks(NT)) matmul_ogs_stream_kernel(const MatmulOgsParams p) {
+  using namespace stream;
+  constexpr int BM = 8 * NT;  // tokens per work item
+  __shared__ float partial[kWarps][kCols][BM + 1];
+
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, t = lane % 4;  // the MMA's row group and k/column slot
+  const int64_t tiles = tile_count<BM>(p);
+  const int64_t work = tiles * ((p.N + kCols - 1) / kCols);
+  const int64_t k_blocks = (p.K + 31) / 32;
+  const bf16* x = static_cast<const bf16*>(p.x);
+  const uint4 nan8 = make_uint4(0x7fc07fc0u, 0x7fc07fc0u, 0x7fc07fc0u, 0x7fc07fc0u);
+
+  // Work items run column slab by column slab, so the token tiles of one expert that read the
+  // same weights run side by side and the second read comes from L2.
+  for (int64_t item = blockIdx.x; item < work; item += gridDim.x) {
+    int e;
+    int64_t row_begin, row_end;
+    tile_at<BM>(p, item % tiles, e, row_begin, row_end);
+    const int64_t n0 = item / tiles * kCols;
+
+    int64_t src[NT];  // x row of this lane's token in each 8-token group; -1: none; -2: bad index
+#pragma unroll
+    for (int s = 0; s < NT; ++s) {
+      const int64_t row = row_begin + s * 8 + g;
+      src[s] = -1;
+      if (row < row_end) {
+        src[s] = p.gather_idx ? p.gather_idx[row] : row;
+        if (src[s] < 0 || src[s] >= p.M) src[s] = -2;
+      }
+    }
+    const int64_t n_lo = n0 + g, n_hi = n0 + g + 8;  // this lane's two weight rows
+    const int64_t w_lo = static_cast<int64_t>(e) * p.N + n_lo, w_hi = static_cast<int64_t>(e) * p.N + n_hi;
+
+    float acc[NT][4] = {};
+    for (int64_t kb0 = 4 * warp; kb0 < k_blocks; kb0 += 4 * kWarps) {
+      const int64_t kb = kb0 + t, k0 = kb * 32;
+      uint32_t a[2][4][4];  // [row lo/hi][8-element word][fragment register]
+      if constexpr (kMxfp4) {
+        const uint8_t* codes = static_cast<const uint8_t*>(p.w);
+        uint4 c[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
+        uint32_t s[2] = {127, 127};
+        if (kb < k_blocks && n_lo < p.N) {
+          c[0] = load_streaming(codes + (w_lo * k_blocks + kb) * 16);
+          s[0] = p.w_scales[w_lo * k_blocks + kb];
+        }
+        if (kb < k_blocks && n_hi < p.N) {
+          c[1] = load_streaming(codes + (w_hi * k_blocks + kb) * 16);
+          s[1] = p.w_scales[w_hi * k_blocks + kb];
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const Mxfp4Multiplier m = mxfp4_multiplier(s[r]);
+          decode_e2m1x8(c[r].x, m, a[r][0]);
+          decode_e2m1x8(c[r].y, m, a[r][1]);
+          decode_e2m1x8(c[r].z, m, a[r][2]);
+          decode_e2m1x8(c[r].w, m, a[r][3]);
+        }
+      } else {
+        const bf16* w = static_cast<const bf16*>(p.w);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int64_t n = r ? n_hi : n_lo, row = r ? w_hi : w_lo;
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (n < p.N && k0 + 8 * i < p.K) v = load_streaming(w + row * p.K + k0 + 8 * i);
+            pair_bf16x8(v, a[r][i]);
+          }
+        }
+      }
+      uint32_t b[NT][4][4];  // [token group][8-element word][register]
+#pragma unroll
+      for (int s = 0; s < NT; ++s) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          uint4 v = make_uint4(0, 0, 0, 0);
+          if (src[s] >= 0 && k0 + 8 * i < p.K) v = __ldg(reinterpret_cast<const uint4*>(x + src[s] * p.K + k0 + 8 * i));
+          else if (src[s] == -2) v = nan8;
+          pair_bf16x8(v, b[s][i]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t frag[4] = {a[0][i][2 * h], a[1][i][2 * h], a[0][i][2 * h + 1], a[1][i][2 * h + 1]};
+#pragma unroll
+          for (int s = 0; s < NT; ++s) mma_bf16_m16n8k16(acc[s], frag, b[s][i][2 * h], b[s][i][2 * h + 1]);
+        }
+      }
+    }
+
+    // acc[s]: (column g, tokens 2t and 2t+1) and (column g+8, same tokens) of group s.
+#pragma unroll
+    for (int s = 0; s < NT; ++s) {
+      partial[warp][g][s * 8 + 2 * t] = acc[s][0];
+      partial[warp][g][s * 8 + 2 * t + 1] = acc[s][1];
+      partial[warp][g + 8][s * 8 + 2 * t] = acc[s][2];
+      partial[warp][g + 8][s * 8 + 2 * t + 1] = acc[s][3];
+    }
+    __syncthreads();
+    auto column = [&](int c, int token) {
+      float h = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) h += partial[w][c][token];
+      if (p.bias) h += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + n0 + c);
+      return h;
+    };
+    if (p.swiglu) {  // column pairs (glu, linear); N is even
+      for (int v = threadIdx.x; v < BM * kCols / 2; v += kThreads) {
+        const int token = v / (kCols / 2), c = 2 * (v % (kCols / 2));
+        const int64_t row = row_begin + token, n = n0 + c;
+        if (row < row_end && n < p.N) {
+          store_float(p.out, p.out_bf16, row * p.out_cols + n / 2,
+                      swiglu(column(c, token), column(c + 1, token), p.alpha, p.limit));
+        }
+      }
+    } else {
+      for (int v = threadIdx.x; v < BM * kCols; v += kThreads) {
+        const int token = v / kCols, c = v % kCols;
+        const int64_t row = row_begin + token, n = n0 + c;
+        if (row < row_end && n < p.N) store_float(p.out, p.out_bf16, row * p.out_cols + n, column(c, token));
+      }
+    }
+    __syncthreads();  // `partial` is reused by the next item
+  }
+}
+
+}  // namespace moekit::cuda

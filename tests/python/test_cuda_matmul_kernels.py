@@ -1,0 +1,180 @@
+"""Each CUDA matmul_ogs kernel, element by element, against the float64 reference.
+
+The shapes pick the kernel (src/core/matmul_ogs_config.h; tests/cpp/matmul_ogs_config_test.cpp
+pins the choice): with bf16 x, rows per expert (rounded-up average) <= 8, 16 or 32 run the
+weight-streaming kernel with 8-, 16- or 32-token tiles, more run 64-row shared-memory tiles.
+Expert sizes are uneven on purpose: empty experts, and experts spanning several tiles.
+
+Every output element must lie within its own bound: the bf16 rounding of the result (2^-8
+relative, one unit in the last place) plus the fp32 accumulation error, at most 2 * K * 2^-24
+times the sum of |terms| that made the element (the reference run on absolute values; the 2
+allows tensor cores' truncating adds). SwiGLU outputs get twice the largest change SwiGLU makes
+when its two inputs move by their accumulation bounds. Skips without a CUDA GPU.
+"""
+
+import pytest
+import torch
+
+import moekit
+import reference as ref
+from conftest import SWIGLU_ALPHA, SWIGLU_LIMIT, checkpoint_mxfp4, make_weights, randn
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+ROWS_PER_EXPERT = {  # kernel -> rows of each expert
+    "stream8": [1, 0, 3, 8, 2, 0, 5, 1],  # 20 rows / 8 experts: 3 on average
+    "stream16": [16, 9, 12, 0, 30, 14, 15, 16],  # 14
+    "stream32": [32, 20, 45, 31, 0, 28],  # 26
+    "tensor_core64": [70, 33, 100, 0],  # 51
+}
+
+
+def accumulation(K: int) -> float:
+    return 2 * K * 2.0 ** -24
+
+
+def swiglu_bound(h: torch.Tensor, dh: torch.Tensor) -> torch.Tensor:
+    """Twice the largest |SwiGLU change| over the corners of h +- dh (float64 [P, N] -> [P, N/2])."""
+    at = ref.swiglu(h, SWIGLU_ALPHA, SWIGLU_LIMIT)
+    worst = torch.zeros_like(at)
+    for sg in (-1, 1):
+        for sl in (-1, 1):
+            moved = h.clone()
+            moved[:, 0::2] += sg * dh[:, 0::2]
+            moved[:, 1::2] += sl * dh[:, 1::2]
+            worst = torch.maximum(worst, (ref.swiglu(moved, SWIGLU_ALPHA, SWIGLU_LIMIT) - at).abs())
+    return 2 * worst
+
+
+def extreme_mxfp4(gen: torch.Generator, E: int, N: int, K: int):
+    """Checkpoint bytes with the scale bytes that take the decoder's other paths: 0 and 1
+    (values that are bf16 subnormals on the way), 129..200 (two-step multipliers), one NaN block
+    (255); and column 3 of every expert made of tiny scales only, so its result is all
+    subnormal-path values (x is scaled up so the products stay normal floats)."""
+    blocks, scales = checkpoint_mxfp4(gen, E, N, K)
+    special = torch.tensor([0, 1, 129, 160, 200], dtype=torch.uint8)
+    pick = torch.rand(scales.shape, generator=gen) < 0.1
+    scales[pick] = special[torch.randint(0, len(special), (int(pick.sum()),), generator=gen)]
+    scales[:, 3] = torch.randint(0, 2, scales[:, 3].shape, generator=gen).to(torch.uint8)
+    scales[0, 1, 0] = 255
+    return (blocks, scales), ref.dequantize_mxfp4(blocks, scales)
+
+
+def weights(gen, kind, E, N, K):
+    w = make_weights(gen, kind, E, N, K)
+    return w.arg, w.dense
+
+
+def to_cuda(arg):
+    return tuple(t.cuda() for t in arg) if isinstance(arg, tuple) else arg.cuda()
+
+
+def assert_elementwise(got: torch.Tensor, want: torch.Tensor, bound: torch.Tensor) -> None:
+    got = got.cpu().double()
+    assert got.shape == want.shape
+    nan = want.isnan()
+    assert torch.equal(got.isnan(), nan), "NaN positions differ"
+    assert nan.sum() < nan.numel() or nan.numel() == 0, "the test's inputs left nothing to compare"
+    diff = (got - want).abs()
+    tol = 2.0 ** -8 * want.abs() + bound
+    bad = (diff > tol) & ~nan
+    if bad.any():
+        i = tuple(torch.nonzero(bad)[0].tolist())
+        raise AssertionError(f"{int(bad.sum())} of {bad.numel()} elements out of bounds; first {i}: "
+                             f"got {got[i].item()!r}, want {want[i].item()!r}, bound {tol[i].item():.3g}")
+
+
+def problem(gen, kernel):
+    counts = torch.tensor(ROWS_PER_EXPERT[kernel])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).to(torch.int32)
+    return len(counts), int(counts.sum()), offsets
+
+
+@pytest.mark.parametrize("kernel", list(ROWS_PER_EXPERT))
+@pytest.mark.parametrize("kind,K", [("mxfp4", 544), ("checkpoint", 544), ("bfloat16", 544), ("bfloat16", 40)])
+def test_gather_bias_swiglu(gen, kernel, kind, K):
+    """mlp1's shape: rows gathered from x, bias, SwiGLU over column pairs; N = 80 (5 column
+    slabs of 16), K = 544 (17 blocks of 32, split unevenly over 4 warps) or 40 (bf16 only)."""
+    E, P, offsets = problem(gen, kernel)
+    N, M = 80, P // 2 + 3
+    x = randn(gen, M, K, dtype=torch.bfloat16)
+    w, dense = weights(gen, kind, E, N, K)
+    bias = randn(gen, E, N, dtype=torch.bfloat16, scale=0.5)
+    gather = torch.randint(0, M, (P,), generator=gen, dtype=torch.int32)
+    swiglu = (SWIGLU_ALPHA, SWIGLU_LIMIT)
+    got = moekit.matmul_ogs(x.cuda(), to_cuda(w), bias.cuda(), expert_offsets=offsets.cuda(), gather_idx=gather.cuda(),
+                            swiglu=swiglu)
+    h = ref.matmul_ogs(x, dense, bias, expert_offsets=offsets, gather_idx=gather)
+    terms = ref.matmul_ogs(x.abs(), dense.abs(), bias.abs(), expert_offsets=offsets, gather_idx=gather)
+    assert_elementwise(got, ref.swiglu(h, *swiglu), swiglu_bound(h, accumulation(K) * terms))
+
+
+@pytest.mark.parametrize("kernel", list(ROWS_PER_EXPERT))
+def test_extreme_scales(gen, kernel):
+    """MXFP4 scale bytes far from a normal layer's (see extreme_mxfp4), gathered rows, no bias:
+    each column is checked against its own size, the all-tiny column 3 included."""
+    E, P, offsets = problem(gen, kernel)
+    N, K, M = 48, 544, P + 1
+    x = randn(gen, M, K, dtype=torch.bfloat16, scale=2.0 ** 20)
+    w, dense = extreme_mxfp4(gen, E, N, K)
+    gather = torch.randint(0, M, (P,), generator=gen, dtype=torch.int32)
+    got = moekit.matmul_ogs(x.cuda(), to_cuda(w), expert_offsets=offsets.cuda(), gather_idx=gather.cuda())
+    want = ref.matmul_ogs(x, dense, expert_offsets=offsets, gather_idx=gather)
+    terms = ref.matmul_ogs(x.abs(), dense.abs(), expert_offsets=offsets, gather_idx=gather)
+    assert (want[:, 3].abs() < 1e-20).all() and (want[:, 3] != 0).any(), "column 3 should be tiny, not zero"
+    assert_elementwise(got, want, accumulation(K) * terms)
+
+
+@pytest.mark.parametrize("kernel", list(ROWS_PER_EXPERT))
+@pytest.mark.parametrize("kind", ["mxfp4", "checkpoint", "bfloat16"])
+def test_scatter_combine(gen, kernel, kind):
+    """mlp2's shape: expert-grouped rows, bias, then the weighted combine of each token's rows;
+    N = 48, K = 544."""
+    E, P, offsets = problem(gen, kernel)
+    k = 2 if P % 2 == 0 else 1
+    N, K = 48, 544
+    x = randn(gen, P, K, dtype=torch.bfloat16)
+    w, dense = weights(gen, kind, E, N, K)
+    bias = randn(gen, E, N, dtype=torch.bfloat16, scale=0.5)
+    scatter = torch.randperm(P, generator=gen).to(torch.int32).reshape(P // k, k)
+    combine = torch.rand(P // k, k, generator=gen)
+    got = moekit.matmul_ogs(x.cuda(), to_cuda(w), bias.cuda(), expert_offsets=offsets.cuda(),
+                            scatter_idx=scatter.cuda(), combine_weight=combine.cuda())
+    want = ref.matmul_ogs(x, dense, bias, expert_offsets=offsets, scatter_idx=scatter, combine_weight=combine)
+    terms = ref.matmul_ogs(x.abs(), dense.abs(), bias.abs(), expert_offsets=offsets, scatter_idx=scatter,
+                           combine_weight=combine)
+    assert_elementwise(got, want, accumulation(K) * terms)
+
+
+@pytest.mark.parametrize("P", [1, 5, 16, 27, 100])
+@pytest.mark.parametrize("kind", ["mxfp4", "bfloat16"])
+def test_one_expert_without_offsets(gen, P, kind):
+    """The gate's shape: one expert, no offsets, x rows in order; N = 33 (a partial column slab),
+    K = 2880 (gpt-oss's hidden size). P picks the kernel as rows per expert do."""
+    N, K = 33, 2880
+    x = randn(gen, P, K, dtype=torch.bfloat16)
+    w, dense = weights(gen, kind, 1, N, K)
+    bias = randn(gen, 1, N, dtype=torch.float32, scale=0.5)
+    got = moekit.matmul_ogs(x.cuda(), to_cuda(w), bias.cuda())
+    want = ref.matmul_ogs(x, dense, bias)
+    terms = ref.matmul_ogs(x.abs(), dense.abs(), bias.abs())
+    assert_elementwise(got, want, accumulation(K) * terms)
+
+
+def test_bad_gather_index_gives_nan_rows(gen):
+    """The GPU cannot raise from a kernel: a gather index outside [0, M) makes that row NaN
+    (docs/design.md), in the streaming kernel as in the others; other rows stay exact."""
+    E, P, offsets = problem(gen, "stream8")
+    N, K, M = 32, 96, 7
+    x = randn(gen, M, K, dtype=torch.bfloat16)
+    w, dense = weights(gen, "mxfp4", E, N, K)
+    gather = torch.randint(0, M, (P,), generator=gen, dtype=torch.int32)
+    good = gather.clone()
+    gather[[2, 11]] = torch.tensor([-1, M], dtype=torch.int32)
+    got = moekit.matmul_ogs(x.cuda(), to_cuda(w), expert_offsets=offsets.cuda(), gather_idx=gather.cuda()).cpu()
+    assert got[[2, 11]].isnan().all()
+    keep = torch.ones(P, dtype=torch.bool)
+    keep[[2, 11]] = False
+    want = ref.matmul_ogs(x, dense, expert_offsets=offsets, gather_idx=good)
+    terms = ref.matmul_ogs(x.abs(), dense.abs(), expert_offsets=offsets, gather_idx=good)
+    assert_elementwise(got[keep], want[keep], accumulation(K) * terms[keep])
