@@ -14,7 +14,9 @@ enum class MatmulOgsKernel {
   kStream8,        // bf16 MMA with weights streamed into fragments, 8-token tiles (decode)
   kStream16,       //   the same, 16-token tiles
   kStream32,       //   the same, 32-token tiles
-  kTensorCore64,   // bf16 HMMA, 64-row tiles staged in shared memory
+  kTiled64,        // MXFP4 weights: bf16 MMA on 64 x 128 tiles, cp.async pipeline (prefill)
+  kTiled128,       //   the same, 128 x 128 tiles
+  kTensorCore64,   // bf16 weights: bf16 HMMA, 64-row tiles staged in shared memory
 };
 
 struct MatmulOgsOperands {
@@ -36,7 +38,8 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   if (rows_per_expert <= 8) return MatmulOgsKernel::kStream8;
   if (rows_per_expert <= 16) return MatmulOgsKernel::kStream16;
   if (rows_per_expert <= 32) return MatmulOgsKernel::kStream32;
-  return MatmulOgsKernel::kTensorCore64;
+  if (!p.mxfp4) return MatmulOgsKernel::kTensorCore64;
+  return rows_per_expert <= 64 ? MatmulOgsKernel::kTiled64 : MatmulOgsKernel::kTiled128;
 }
 
 }  // namespace moekit

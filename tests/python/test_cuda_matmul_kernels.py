@@ -2,7 +2,8 @@
 
 The shapes pick the kernel (src/core/matmul_ogs_config.h; tests/cpp/matmul_ogs_config_test.cpp
 pins the choice): with bf16 x, rows per expert (rounded-up average) <= 8, 16 or 32 run the
-weight-streaming kernel with 8-, 16- or 32-token tiles, more run 64-row shared-memory tiles.
+weight-streaming kernel with 8-, 16- or 32-token tiles; more run the pipelined tiled kernel
+with 64- or 128-row tiles for MXFP4 weights, and 64-row wmma tiles for bf16 weights.
 Expert sizes are uneven on purpose: empty experts, and experts spanning several tiles.
 
 Every output element must lie within its own bound: the bf16 rounding of the result (2^-8
@@ -25,7 +26,8 @@ ROWS_PER_EXPERT = {  # kernel -> rows of each expert
     "stream8": [1, 0, 3, 8, 2, 0, 5, 1],  # 20 rows / 8 experts: 3 on average
     "stream16": [16, 9, 12, 0, 30, 14, 15, 16],  # 14
     "stream32": [32, 20, 45, 31, 0, 28],  # 26
-    "tensor_core64": [70, 33, 100, 0],  # 51
+    "tiled64": [70, 33, 100, 0],  # 51
+    "tiled128": [130, 70, 200, 0, 129],  # 106
 }
 
 
@@ -146,7 +148,7 @@ def test_scatter_combine(gen, kernel, kind):
     assert_elementwise(got, want, accumulation(K) * terms)
 
 
-@pytest.mark.parametrize("P", [1, 5, 16, 27, 100])
+@pytest.mark.parametrize("P", [1, 5, 16, 27, 60, 300])
 @pytest.mark.parametrize("kind", ["mxfp4", "bfloat16"])
 def test_one_expert_without_offsets(gen, P, kind):
     """The gate's shape: one expert, no offsets, x rows in order; N = 33 (a partial column slab),
@@ -161,10 +163,11 @@ def test_one_expert_without_offsets(gen, P, kind):
     assert_elementwise(got, want, accumulation(K) * terms)
 
 
-def test_bad_gather_index_gives_nan_rows(gen):
+@pytest.mark.parametrize("kernel", ["stream8", "tiled128"])
+def test_bad_gather_index_gives_nan_rows(gen, kernel):
     """The GPU cannot raise from a kernel: a gather index outside [0, M) makes that row NaN
-    (docs/design.md), in the streaming kernel as in the others; other rows stay exact."""
-    E, P, offsets = problem(gen, "stream8")
+    (docs/design.md), in every kernel; other rows stay exact."""
+    E, P, offsets = problem(gen, kernel)
     N, K, M = 32, 96, 7
     x = randn(gen, M, K, dtype=torch.bfloat16)
     w, dense = weights(gen, "mxfp4", E, N, K)

@@ -6,6 +6,7 @@
 #include "../kernels/gemm/combine.cuh"
 #include "../kernels/gemm/matmul_ogs_simt.cuh"
 #include "../kernels/gemm/matmul_ogs_stream.cuh"
+#include "../kernels/gemm/matmul_ogs_tiled.cuh"
 #include "../kernels/gemm/matmul_ogs_wmma.cuh"
 #include "../runtime/device_guard.h"
 #include "../runtime/device_info.h"
@@ -52,6 +53,15 @@ void launch_tensor_core(const MatmulOgsProblem& p, const MatmulOgsArgs& a, Matmu
                   static_cast<unsigned>(ceil_div(p.N, tc::kBN)));
   if (p.mxfp4) matmul_ogs_wmma_kernel<BM, true><<<grid, tc::kThreads, 0, stream>>>(params);
   else matmul_ogs_wmma_kernel<BM, false><<<grid, tc::kThreads, 0, stream>>>(params);
+}
+
+template <int BM>
+void launch_tiled(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
+                  const ExecContext& ctx) {
+  plan_tiles<BM>(p, a, params, stream, ctx);
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0)),
+                  static_cast<unsigned>(ceil_div(p.N, tiled::kBN)));
+  matmul_ogs_tiled_kernel<BM><<<grid, tiled::kThreads, 0, stream>>>(params);
 }
 
 // A persistent grid over (token tile, 16 output columns) work items: as many blocks as fit on
@@ -120,6 +130,8 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
       case MatmulOgsKernel::kStream8: launch_stream<1>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kStream16: launch_stream<2>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kStream32: launch_stream<4>(p, a, params, stream, ctx); break;
+      case MatmulOgsKernel::kTiled64: launch_tiled<64>(p, a, params, stream, ctx); break;
+      case MatmulOgsKernel::kTiled128: launch_tiled<128>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kTensorCore64: launch_tensor_core<64>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kSimt:
         if (a.x.dtype == DType::kBFloat16) launch_simt<bf16>(p, a, params, stream, ctx);

@@ -21,8 +21,10 @@
 #include <cstdint>
 
 #include "../activation/swiglu.cuh"
+#include "../quant/e2m1_bf16.cuh"
 #include "../element.cuh"
 #include "matmul_ogs_params.cuh"
+#include "mma.cuh"
 #include "tile_locate.cuh"
 
 namespace moekit::cuda {
@@ -34,68 +36,13 @@ constexpr int kCols = 16;       // output columns (weight rows) per work item: t
 constexpr int min_blocks(int NT) { return NT == 1 ? 6 : 4; }
 }  // namespace stream
 
-// Weight loads bypass L1: each byte is used once, and L1 is better spent on the token rows.
-__device__ __forceinline__ uint4 load_streaming(const void* ptr) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(ptr));
-  return v;
-}
-
-// 8 consecutive bf16 -> bf16x2 registers holding elements (0,4), (1,5), (2,6), (3,7).
+// 8 consecutive bf16 -> bf16x2 registers holding elements (0,4), (1,5), (2,6), (3,7), the
+// pairing decode_e2m1x8_strided gives the weights.
 __device__ __forceinline__ void pair_bf16x8(const uint4 v, uint32_t (&r)[4]) {
   r[0] = __byte_perm(v.x, v.z, 0x5410);
   r[1] = __byte_perm(v.x, v.z, 0x7632);
   r[2] = __byte_perm(v.y, v.w, 0x5410);
   r[3] = __byte_perm(v.y, v.w, 0x7632);
-}
-
-// The bf16 multipliers that turn the decoded codes of one MXFP4 block into its values. A code's
-// magnitude bits placed at bf16 bits 8..6 read as (e2m1 value) * 2^-126 (exactly, subnormals
-// included), so value = that * 2^(s - 1) for scale byte s. 2^(s-1) is a bf16 up to s = 128;
-// larger scales take two exact steps, 2^126 then 2^(s-127) (s = 255, NaN, stays NaN).
-struct Mxfp4Multiplier {
-  uint32_t first, second;  // bf16x2 bit patterns; second is used only when needed
-  bool two_steps;
-};
-
-__device__ __forceinline__ Mxfp4Multiplier mxfp4_multiplier(uint32_t s) {
-  Mxfp4Multiplier m;
-  m.two_steps = s > 128;
-  const uint32_t first = m.two_steps ? 253u : s + 126u;  // bf16 exponent field
-  const uint32_t second = s == 255 ? 0x7fc0u : s << 7;
-  m.first = (first << 7) * 0x10001u;
-  m.second = second * 0x10001u;
-  return m;
-}
-
-__device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
-  __nv_bfloat162 r = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&a), *reinterpret_cast<const __nv_bfloat162*>(&b));
-  return *reinterpret_cast<uint32_t*>(&r);
-}
-
-// 8 e2m1 codes (one 32-bit word, low nibble first) -> registers as pair_bf16x8 lays them out.
-__device__ __forceinline__ void decode_e2m1x8(uint32_t c, const Mxfp4Multiplier& m, uint32_t (&r)[4]) {
-  constexpr uint32_t kMag = 0x01c001c0u, kSign = 0x80008000u;
-  r[0] = ((c << 6) & kMag) | ((c << 12) & kSign);  // nibbles 0 and 4
-  r[1] = ((c << 2) & kMag) | ((c << 8) & kSign);   // nibbles 1 and 5
-  r[2] = ((c >> 2) & kMag) | ((c << 4) & kSign);   // nibbles 2 and 6
-  r[3] = ((c >> 6) & kMag) | (c & kSign);          // nibbles 3 and 7
-#pragma unroll
-  for (int i = 0; i < 4; ++i) r[i] = bf16x2_mul(r[i], m.first);
-  if (m.two_steps) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) r[i] = bf16x2_mul(r[i], m.second);
-  }
-}
-
-// d += a (16x16, row) * b (16x8, col), bf16 in, float32 accumulation.
-__device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 template <int NT, bool kMxfp4>
@@ -152,10 +99,10 @@ __global__ void __launch_bounds__(stream::kThreads, stream::min_blocks(NT)) matm
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const Mxfp4Multiplier m = mxfp4_multiplier(s[r]);
-          decode_e2m1x8(c[r].x, m, a[r][0]);
-          decode_e2m1x8(c[r].y, m, a[r][1]);
-          decode_e2m1x8(c[r].z, m, a[r][2]);
-          decode_e2m1x8(c[r].w, m, a[r][3]);
+          decode_e2m1x8_strided(c[r].x, m, a[r][0]);
+          decode_e2m1x8_strided(c[r].y, m, a[r][1]);
+          decode_e2m1x8_strided(c[r].z, m, a[r][2]);
+          decode_e2m1x8_strided(c[r].w, m, a[r][3]);
         }
       } else {
         const bf16* w = static_cast<const bf16*>(p.w);
