@@ -10,10 +10,7 @@ PY=${PY:-python3}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 
 echo "== build"
-cmake -S . -B build/gpu -G Ninja -DMOEKIT_BUILD_PYTHON=ON -DMOEKIT_BUILD_TESTS=OFF -DMOEKIT_ENABLE_CUDA=ON \
-  -DPython3_EXECUTABLE="$(command -v $PY)" > "$OUT/build.log" 2>&1 &&
-  cmake --build build/gpu -j 16 >> "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
-cp build/gpu/python/csrc/_moekit_ops.so python/moekit/
+bash tools/gpu_build.sh || exit 1
 
 echo "== pytest (all)"
 $PY -m pytest -q -rs ${TESTS:-tests/python tests/multigpu} -p no:cacheprovider --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.log" | tail -15

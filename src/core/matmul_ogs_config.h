@@ -9,6 +9,10 @@
 
 namespace moekit {
 
+// Shared memory the tiled kernels may use per block (dynamic, opted in; every sm_80+ GPU allows
+// 99 KB or more).
+constexpr int kTiledSharedMemoryBytes = 60 * 1024;
+
 enum class MatmulOgsKernel {
   kSimt,           // fp32 FMA; any dtypes, any K
   kStream8,        // bf16 MMA with weights streamed into fragments, 8-token tiles (decode)
@@ -38,7 +42,7 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   if (rows_per_expert <= 8) return MatmulOgsKernel::kStream8;
   if (rows_per_expert <= 16) return MatmulOgsKernel::kStream16;
   if (rows_per_expert <= 32) return MatmulOgsKernel::kStream32;
-  if (!p.mxfp4) return MatmulOgsKernel::kTensorCore64;
+  if (!p.mxfp4 || device.max_smem_per_block_optin < kTiledSharedMemoryBytes) return MatmulOgsKernel::kTensorCore64;
   return rows_per_expert <= 64 ? MatmulOgsKernel::kTiled64 : MatmulOgsKernel::kTiled128;
 }
 

@@ -21,6 +21,7 @@ moekit::DeviceInfo device(int major) {
   moekit::DeviceInfo d;
   d.major = major;
   d.sm_count = 132;
+  d.max_smem_per_block_optin = 227 * 1024;
   return d;
 }
 
@@ -49,6 +50,9 @@ TEST(MatmulOgsConfig, TileHeightFollowsRowsPerExpert) {
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(1000, 1, 96, true), kBf16, device(9)), MatmulOgsKernel::kTiled128);
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(1025, 32, 2880, false), kBf16, device(9)), MatmulOgsKernel::kTensorCore64)
       << "bf16 weights";
+  moekit::DeviceInfo small_smem = device(9);
+  small_smem.max_smem_per_block_optin = 48 * 1024;
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(2049, 32, 2880, true), kBf16, small_smem), MatmulOgsKernel::kTensorCore64);
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(3, 128, 96, true), kBf16, device(9)), MatmulOgsKernel::kStream8);
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(0, 128, 96, true), kBf16, device(9)), MatmulOgsKernel::kStream8);
 }

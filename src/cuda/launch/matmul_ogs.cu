@@ -1,4 +1,6 @@
 #include <algorithm>
+#include <array>
+#include <mutex>
 #include <string>
 
 #include "../../core/check.h"
@@ -55,13 +57,26 @@ void launch_tensor_core(const MatmulOgsProblem& p, const MatmulOgsArgs& a, Matmu
   else matmul_ogs_wmma_kernel<BM, false><<<grid, tc::kThreads, 0, stream>>>(params);
 }
 
+// Lets kKernel use `bytes` of dynamic shared memory on the current device. The attribute is per
+// device, so it is set once for each device (a failure is retried on the next launch).
+template <auto* kKernel>
+void allow_dynamic_smem(int bytes, int device) {
+  static std::array<std::once_flag, DeviceInfoCache::kMaxDevices> once;
+  std::call_once(once.at(static_cast<size_t>(device)), [&] {
+    MOEKIT_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  });
+}
+
 template <int BM>
 void launch_tiled(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
                   const ExecContext& ctx) {
   plan_tiles<BM>(p, a, params, stream, ctx);
   const dim3 grid(static_cast<unsigned>(ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0)),
                   static_cast<unsigned>(ceil_div(p.N, tiled::kBN)));
-  matmul_ogs_tiled_kernel<BM><<<grid, tiled::kThreads, 0, stream>>>(params);
+  constexpr int smem = tiled::smem_bytes<BM>();
+  static_assert(smem + BM * 8 <= kTiledSharedMemoryBytes, "the kernel choice assumes this budget");
+  allow_dynamic_smem<matmul_ogs_tiled_kernel<BM>>(smem, p.device.index);
+  matmul_ogs_tiled_kernel<BM><<<grid, tiled::kThreads, smem, stream>>>(params);
 }
 
 // A persistent grid over (token tile, 16 output columns) work items: as many blocks as fit on
@@ -73,7 +88,7 @@ void launch_stream(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsP
   plan_tiles<BM>(p, a, params, stream, ctx);
   const int64_t max_tiles = ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0);
   const int64_t max_items = max_tiles * ceil_div(p.N, stream::kCols);
-  const int64_t resident = static_cast<int64_t>(device_info(p.device.index).sm_count) * stream::min_blocks(NT);
+  const int64_t resident = static_cast<int64_t>(device_info(p.device.index).sm_count) * stream::kMinBlocks;
   const dim3 grid(static_cast<unsigned>(std::min(max_items, resident)));
   if (p.mxfp4) matmul_ogs_stream_kernel<NT, true><<<grid, stream::kThreads, 0, stream>>>(params);
   else matmul_ogs_stream_kernel<NT, false><<<grid, stream::kThreads, 0, stream>>>(params);

@@ -32,8 +32,7 @@ namespace moekit::cuda {
 namespace stream {
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
 constexpr int kCols = 16;       // output columns (weight rows) per work item: the MMA's M
-// Resident blocks per SM (launch bounds cap the registers to fit them): the grid's size.
-constexpr int min_blocks(int NT) { return NT == 1 ? 6 : 4; }
+constexpr int kMinBlocks = 4;   // resident blocks per SM (launch bounds cap registers to fit): the grid
 }  // namespace stream
 
 // 8 consecutive bf16 -> bf16x2 registers holding elements (0,4), (1,5), (2,6), (3,7), the
@@ -46,9 +45,10 @@ __device__ __forceinline__ void pair_bf16x8(const uint4 v, uint32_t (&r)[4]) {
 }
 
 template <int NT, bool kMxfp4>
-__global__ void __launch_bounds__(stream::kThreads, stream::min_blocks(NT)) matmul_ogs_stream_kernel(const MatmulOgsParams p) {
+__global__ void __launch_bounds__(stream::kThreads, stream::kMinBlocks) matmul_ogs_stream_kernel(const MatmulOgsParams p) {
   using namespace stream;
   constexpr int BM = 8 * NT;  // tokens per work item
+  constexpr int kUnroll = kMxfp4 ? 4 / NT : 1;  // k steps loaded ahead, as registers allow
   __shared__ float partial[kWarps][kCols][BM + 1];
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -80,41 +80,51 @@ __global__ void __launch_bounds__(stream::kThreads, stream::min_blocks(NT)) matm
     const int64_t n_lo = n0 + g, n_hi = n0 + g + 8;  // this lane's two weight rows
     const int64_t w_lo = static_cast<int64_t>(e) * p.N + n_lo, w_hi = static_cast<int64_t>(e) * p.N + n_hi;
 
-    float acc[NT][4] = {};
-    for (int64_t kb0 = 4 * warp; kb0 < k_blocks; kb0 += 4 * kWarps) {
-      const int64_t kb = kb0 + t, k0 = kb * 32;
-      uint32_t a[2][4][4];  // [row lo/hi][8-element word][fragment register]
-      if constexpr (kMxfp4) {
-        const uint8_t* codes = static_cast<const uint8_t*>(p.w);
-        uint4 c[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
-        uint32_t s[2] = {127, 127};
-        if (kb < k_blocks && n_lo < p.N) {
-          c[0] = load_streaming(codes + (w_lo * k_blocks + kb) * 16);
-          s[0] = p.w_scales[w_lo * k_blocks + kb];
-        }
-        if (kb < k_blocks && n_hi < p.N) {
-          c[1] = load_streaming(codes + (w_hi * k_blocks + kb) * 16);
-          s[1] = p.w_scales[w_hi * k_blocks + kb];
-        }
+    // Raw weights of this lane's two rows for one k block: loaded for several k steps ahead
+    // (kUnroll) before any is used, so each warp keeps several 16-byte loads in flight.
+    struct Raw {
+      uint4 v[2][kMxfp4 ? 1 : 4];  // [row lo/hi][16-byte word]: MXFP4 codes, or bf16
+      uint32_t scale[2];
+    };
+    auto load = [&](int64_t kb) {
+      Raw raw;
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const Mxfp4Multiplier m = mxfp4_multiplier(s[r]);
-          decode_e2m1x8_strided(c[r].x, m, a[r][0]);
-          decode_e2m1x8_strided(c[r].y, m, a[r][1]);
-          decode_e2m1x8_strided(c[r].z, m, a[r][2]);
-          decode_e2m1x8_strided(c[r].w, m, a[r][3]);
-        }
-      } else {
-        const bf16* w = static_cast<const bf16*>(p.w);
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int64_t n = r ? n_hi : n_lo, row = r ? w_hi : w_lo;
+      for (int r = 0; r < 2; ++r) {
+        const int64_t n = r ? n_hi : n_lo, row = r ? w_hi : w_lo;
+        const bool valid = n < p.N && kb < k_blocks;
+        raw.scale[r] = 127;
+        if constexpr (kMxfp4) {
+          raw.v[r][0] = make_uint4(0, 0, 0, 0);
+          if (valid) {
+            raw.v[r][0] = load_streaming(static_cast<const uint8_t*>(p.w) + (row * k_blocks + kb) * 16);
+            raw.scale[r] = p.w_scales[row * k_blocks + kb];
+          }
+        } else {
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
-            uint4 v = make_uint4(0, 0, 0, 0);
-            if (n < p.N && k0 + 8 * i < p.K) v = load_streaming(w + row * p.K + k0 + 8 * i);
-            pair_bf16x8(v, a[r][i]);
+            raw.v[r][i] = make_uint4(0, 0, 0, 0);
+            if (valid && kb * 32 + 8 * i < p.K) raw.v[r][i] = load_streaming(static_cast<const bf16*>(p.w) + row * p.K + kb * 32 + 8 * i);
           }
+        }
+      }
+      return raw;
+    };
+
+    float acc[NT][4] = {};
+    auto compute = [&](int64_t kb, const Raw& raw) {
+      const int64_t k0 = kb * 32;
+      uint32_t a[2][4][4];  // [row lo/hi][8-element word][fragment register]
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        if constexpr (kMxfp4) {
+          const Mxfp4Multiplier m = mxfp4_multiplier(raw.scale[r]);
+          decode_e2m1x8_strided(raw.v[r][0].x, m, a[r][0]);
+          decode_e2m1x8_strided(raw.v[r][0].y, m, a[r][1]);
+          decode_e2m1x8_strided(raw.v[r][0].z, m, a[r][2]);
+          decode_e2m1x8_strided(raw.v[r][0].w, m, a[r][3]);
+        } else {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) pair_bf16x8(raw.v[r][i], a[r][i]);
         }
       }
       uint32_t b[NT][4][4];  // [token group][8-element word][register]
@@ -136,6 +146,17 @@ __global__ void __launch_bounds__(stream::kThreads, stream::min_blocks(NT)) matm
 #pragma unroll
           for (int s = 0; s < NT; ++s) mma_bf16_m16n8k16(acc[s], frag, b[s][i][2 * h], b[s][i][2 * h + 1]);
         }
+      }
+    };
+
+    constexpr int kStride = 4 * kWarps;  // k blocks between a warp's consecutive steps
+    for (int64_t kb0 = 4 * warp; kb0 < k_blocks; kb0 += kStride * kUnroll) {
+      Raw raw[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) raw[u] = load(kb0 + kStride * u + t);
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (kb0 + kStride * u < k_blocks) compute(kb0 + kStride * u + t, raw[u]);
       }
     }
 

@@ -2,11 +2,12 @@
 // (tokens x weight rows) of one expert per block, 8 warps of mma.sync m16n8k16.
 //
 // Per 32-wide k step: the gathered x rows and the raw MXFP4 codes arrive by cp.async in a
-// 3-stage ring, so loads run two steps ahead of the math; scale bytes come with ordinary loads
-// issued before the math and stored after it. Each step decodes its codes once into a bf16 tile
-// (one block of 32 per row, one scale) that all warps then read with ldmatrix. The epilogue
-// applies bias and SwiGLU straight from the accumulators: a lane holds columns 2t and 2t+1,
-// which are a (glu, linear) pair.
+// 3-stage ring, so loads run two steps ahead of the math. After its MMAs of step s, each thread
+// decodes the codes it copied itself for step s + 1 (half a weight row: 16 codes, one scale) into
+// the other half of a double-buffered bf16 tile, so one barrier per step publishes both the x
+// tile and the decoded weights that all warps then read with ldmatrix. The epilogue applies bias
+// and SwiGLU straight from the accumulators: a lane holds columns 2t and 2t+1, a (glu, linear)
+// pair.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -26,6 +27,12 @@ namespace tiled {
 constexpr int kBN = 128, kBK = 32, kStages = 3, kThreads = 256;
 constexpr int kLd = kBK + 8;  // bf16 row pitch of the x and decoded tiles: 80 bytes, so the 8
                               // rows of an ldmatrix hit distinct banks
+
+// Dynamic shared memory: x ring, code ring, two decoded weight tiles.
+template <int BM>
+constexpr int smem_bytes() {
+  return (kStages * BM * kLd + 2 * kBN * kLd) * 2 + kStages * kBN * 16;
+}
 }  // namespace tiled
 
 template <int BM>
@@ -40,10 +47,10 @@ __global__ void __launch_bounds__(tiled::kThreads) matmul_ogs_tiled_kernel(const
   if (!locate_tile<BM>(p, e, row_begin, row_end)) return;
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kBN;
 
-  __shared__ __align__(128) bf16 xs[kStages][BM][kLd];
-  __shared__ __align__(128) uint8_t codes_s[kStages][kBN][16];
-  __shared__ uint8_t scales_s[kStages][kBN];
-  __shared__ __align__(128) bf16 ws[kBN][kLd];
+  extern __shared__ __align__(128) unsigned char smem[];
+  auto xs = reinterpret_cast<bf16(*)[BM][kLd]>(smem);                                   // [kStages]
+  auto ws = reinterpret_cast<bf16(*)[kBN][kLd]>(smem + kStages * BM * kLd * 2);          // [2]
+  auto codes_s = reinterpret_cast<uint8_t(*)[kBN][16]>(smem + (kStages * BM + 2 * kBN) * kLd * 2);  // [kStages]
   __shared__ int64_t src_row[BM];  // x row of each tile row; -1: none; -2: bad gather index
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
@@ -62,61 +69,54 @@ __global__ void __launch_bounds__(tiled::kThreads) matmul_ogs_tiled_kernel(const
   const bf16* x = static_cast<const bf16*>(p.x);
   const uint8_t* codes = static_cast<const uint8_t*>(p.w);
   const int64_t k_steps = p.K / kBK;  // K % 32 == 0 for MXFP4
-  // This thread's share of each stage: x chunks (BM rows x 4 chunks of 16 bytes) and, for the
-  // first 128 threads, one weight row's 16 code bytes and its scale.
-  const int64_t w_row = static_cast<int64_t>(e) * p.N + n0 + tid;
-  const bool w_valid = tid < kBN && n0 + tid < p.N;
+  // This thread's weight share: half (8 code bytes) of row w_r; it copies, waits for and decodes
+  // exactly those bytes, so no barrier sits between the copy and the decode.
+  const int w_r = tid / 2, w_half = tid % 2;
+  const int64_t w_row = static_cast<int64_t>(e) * p.N + n0 + w_r;
+  const bool w_valid = n0 + w_r < p.N;
 
-  auto issue = [&](int64_t step, int stage) {
+  auto issue = [&](int64_t step) {
+    const int stage = static_cast<int>(step % kStages);
     const int64_t k0 = step * kBK;
 #pragma unroll
     for (int v = tid; v < BM * 4; v += kThreads) {
       const int r = v / 4, c = v % 4;
       const int64_t src = src_row[r];
-      const bf16* from = src >= 0 ? x + src * p.K + k0 + c * 8 : x;
-      cp_async_16(&xs[stage][r][c * 8], from, src >= 0 ? 16 : 0);
+      cp_async_16(&xs[stage][r][c * 8], src >= 0 ? x + src * p.K + k0 + c * 8 : x, src >= 0 ? 16 : 0);
     }
-    if (tid < kBN) cp_async_16(&codes_s[stage][tid][0], w_valid ? codes + (w_row * k_steps + step) * 16 : codes, w_valid ? 16 : 0);
+    cp_async_8(&codes_s[stage][w_r][w_half * 8], w_valid ? codes + (w_row * k_steps + step) * 16 + w_half * 8 : codes,
+               w_valid ? 8 : 0);
   };
-  auto load_scale = [&](int64_t step) -> uint8_t { return w_valid ? p.w_scales[w_row * k_steps + step] : 127; };
+  auto load_scale = [&](int64_t step) -> uint32_t { return w_valid ? p.w_scales[w_row * k_steps + step] : 127; };
+  auto decode = [&](int64_t step, uint32_t scale) {
+    const uint2 c = *reinterpret_cast<const uint2*>(&codes_s[step % kStages][w_r][w_half * 8]);
+    const Mxfp4Multiplier m = mxfp4_multiplier(scale);
+    uint32_t lo[4], hi[4];
+    decode_e2m1x8(c.x, m, lo);
+    decode_e2m1x8(c.y, m, hi);
+    bf16* to = &ws[step % 2][w_r][w_half * 16];
+    *reinterpret_cast<uint4*>(to) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+    *reinterpret_cast<uint4*>(to + 8) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+  };
 
-  // Prologue: the first kStages - 1 steps in flight (always commit, so group counts line up).
+  // Prologue: steps 0 .. kStages-2 in flight (always commit, so group counts line up); decode step 0.
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < k_steps) {
-      issue(s, s);
-      if (tid < kBN) scales_s[s][tid] = load_scale(s);
-    }
+    if (s < k_steps) issue(s);
     cp_async_commit();
   }
+  cp_async_wait<kStages - 2>();
+  decode(0, load_scale(0));
 
   float acc[kFragsM][kFragsN][4] = {};
   for (int64_t step = 0; step < k_steps; ++step) {
-    const int stage = static_cast<int>(step % kStages);
-    cp_async_wait<kStages - 2>();
-    __syncthreads();  // this step's stage has landed; every warp is done with the last step's tiles
-
-    const int64_t ahead = step + kStages - 1;
-    const int ahead_stage = static_cast<int>(ahead % kStages);
-    uint8_t ahead_scale = 127;
-    if (ahead < k_steps) {
-      issue(ahead, ahead_stage);
-      if (tid < kBN) ahead_scale = load_scale(ahead);
-    }
+    __syncthreads();  // x and decoded weights of this step are in; last step's tiles are free
+    const bool next = step + 1 < k_steps;
+    const uint32_t next_scale = next ? load_scale(step + 1) : 127;  // in flight during the MMAs
+    if (step + kStages - 1 < k_steps) issue(step + kStages - 1);
     cp_async_commit();
 
-    {  // decode: thread -> (weight row tid / 2, codes 16 * (tid % 2) .. + 16)
-      const int r = tid / 2, half = tid % 2;
-      const uint2 c = *reinterpret_cast<const uint2*>(&codes_s[stage][r][half * 8]);
-      const Mxfp4Multiplier m = mxfp4_multiplier(scales_s[stage][r]);
-      uint32_t lo[4], hi[4];
-      decode_e2m1x8(c.x, m, lo);
-      decode_e2m1x8(c.y, m, hi);
-      *reinterpret_cast<uint4*>(&ws[r][half * 16]) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
-      *reinterpret_cast<uint4*>(&ws[r][half * 16 + 8]) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
-    }
-    __syncthreads();
-
+    const int stage = static_cast<int>(step % kStages), buf = static_cast<int>(step % 2);
 #pragma unroll
     for (int kk = 0; kk < kBK; kk += 16) {
       uint32_t a[kFragsM][4], b[kFragsN][2];
@@ -127,7 +127,7 @@ __global__ void __launch_bounds__(tiled::kThreads) matmul_ogs_tiled_kernel(const
 #pragma unroll
       for (int j = 0; j < kFragsN; j += 2) {
         uint32_t r[4];
-        ldmatrix_x4(r, &ws[wn * 32 + j * 8 + (lane / 16) * 8 + lane % 8][kk + ((lane / 8) % 2) * 8]);
+        ldmatrix_x4(r, &ws[buf][wn * 32 + j * 8 + (lane / 16) * 8 + lane % 8][kk + ((lane / 8) % 2) * 8]);
         b[j][0] = r[0];
         b[j][1] = r[1];
         b[j + 1][0] = r[2];
@@ -138,7 +138,10 @@ __global__ void __launch_bounds__(tiled::kThreads) matmul_ogs_tiled_kernel(const
 #pragma unroll
         for (int j = 0; j < kFragsN; ++j) mma_bf16_m16n8k16(acc[i][j], a[i], b[j][0], b[j][1]);
     }
-    if (tid < kBN && ahead < k_steps) scales_s[ahead_stage][tid] = ahead_scale;
+    if (next) {
+      cp_async_wait<kStages - 2>();  // this thread's copies for step + 1
+      decode(step + 1, next_scale);
+    }
   }
   cp_async_wait<0>();
 
