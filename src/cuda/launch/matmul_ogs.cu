@@ -71,8 +71,8 @@ template <int BM>
 void launch_tiled(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
                   const ExecContext& ctx) {
   plan_tiles<BM>(p, a, params, stream, ctx);
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0)),
-                  static_cast<unsigned>(ceil_div(p.N, tiled::kBN)));
+  const int64_t max_tiles = ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0);
+  const dim3 grid(static_cast<unsigned>(max_tiles * ceil_div(p.N, tiled::kBN)));
   constexpr int smem = tiled::smem_bytes<BM>();
   static_assert(smem + BM * 8 <= kTiledSharedMemoryBytes, "the kernel choice assumes this budget");
   allow_dynamic_smem<matmul_ogs_tiled_kernel<BM>>(smem, p.device.index);
@@ -88,7 +88,7 @@ void launch_stream(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsP
   plan_tiles<BM>(p, a, params, stream, ctx);
   const int64_t max_tiles = ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0);
   const int64_t max_items = max_tiles * ceil_div(p.N, stream::kCols);
-  const int64_t resident = static_cast<int64_t>(device_info(p.device.index).sm_count) * stream::kMinBlocks;
+  const int64_t resident = static_cast<int64_t>(device_info(p.device.index).sm_count) * stream::min_blocks(NT, p.mxfp4);
   const dim3 grid(static_cast<unsigned>(std::min(max_items, resident)));
   if (p.mxfp4) matmul_ogs_stream_kernel<NT, true><<<grid, stream::kThreads, 0, stream>>>(params);
   else matmul_ogs_stream_kernel<NT, false><<<grid, stream::kThreads, 0, stream>>>(params);

@@ -1,9 +1,11 @@
 // matmul_ogs for many rows per expert (prefill), MXFP4 weights and bf16 x: BM x 128 output tiles
-// (tokens x weight rows) of one expert per block, 8 warps of mma.sync m16n8k16.
+// (tokens x weight rows) of one expert per block; 4 warps of mma.sync m16n8k16, each owning a
+// (BM/2) x 64 sub-tile. Tiles that wide keep shared-memory reads per MMA low enough for the MMA
+// rate: with 64 x 32 warp tiles, ldmatrix traffic alone matched shared memory's bandwidth.
 //
 // Per 32-wide k step: the gathered x rows and the raw MXFP4 codes arrive by cp.async in a
 // 3-stage ring, so loads run two steps ahead of the math. After its MMAs of step s, each thread
-// decodes the codes it copied itself for step s + 1 (half a weight row: 16 codes, one scale) into
+// decodes the codes it copied itself for step s + 1 (one weight row: 32 codes, one scale) into
 // the other half of a double-buffered bf16 tile, so one barrier per step publishes both the x
 // tile and the decoded weights that all warps then read with ldmatrix. The epilogue applies bias
 // and SwiGLU straight from the accumulators: a lane holds columns 2t and 2t+1, a (glu, linear)
@@ -24,7 +26,7 @@
 namespace moekit::cuda {
 
 namespace tiled {
-constexpr int kBN = 128, kBK = 32, kStages = 3, kThreads = 256;
+constexpr int kBN = 128, kBK = 32, kStages = 3, kThreads = 128;
 constexpr int kLd = kBK + 8;  // bf16 row pitch of the x and decoded tiles: 80 bytes, so the 8
                               // rows of an ldmatrix hit distinct banks
 
@@ -36,16 +38,21 @@ constexpr int smem_bytes() {
 }  // namespace tiled
 
 template <int BM>
-__global__ void __launch_bounds__(tiled::kThreads) matmul_ogs_tiled_kernel(const MatmulOgsParams p) {
+__global__ void __launch_bounds__(tiled::kThreads, 2) matmul_ogs_tiled_kernel(const MatmulOgsParams p) {
   using namespace tiled;
   constexpr int kFragsM = BM / 32;  // 2 warps along M, each BM/2 rows = kFragsM x 16
-  constexpr int kFragsN = 4;        // 4 warps along N, each 32 columns = 4 x 8
+  constexpr int kFragsN = 8;        // 2 warps along N, each 64 columns = 8 x 8
   static_assert(BM == 64 || BM == 128, "tile height");
 
+  // Block x -> (row tile, column tile), column tiles fastest: the blocks of one row tile run
+  // together and read its gathered x rows from L2, not DRAM (one x tile per column tile, with
+  // row tiles fastest, made mlp1 at T = 8192 read 3.8 GB from DRAM).
+  const int64_t n_tiles = (p.N + kBN - 1) / kBN, tile = blockIdx.x / n_tiles;
+  if (tile >= tile_count<BM>(p)) return;
   int e;
   int64_t row_begin, row_end;
-  if (!locate_tile<BM>(p, e, row_begin, row_end)) return;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kBN;
+  tile_at<BM>(p, tile, e, row_begin, row_end);
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x % n_tiles) * kBN;
 
   extern __shared__ __align__(128) unsigned char smem[];
   auto xs = reinterpret_cast<bf16(*)[BM][kLd]>(smem);                                   // [kStages]
@@ -54,7 +61,7 @@ __global__ void __launch_bounds__(tiled::kThreads) matmul_ogs_tiled_kernel(const
   __shared__ int64_t src_row[BM];  // x row of each tile row; -1: none; -2: bad gather index
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int wm = warp / 4, wn = warp % 4;
+  const int wm = warp / 2, wn = warp % 2;
   for (int r = tid; r < BM; r += kThreads) {
     const int64_t prow = row_begin + r;
     int64_t src = -1;
@@ -69,9 +76,9 @@ __global__ void __launch_bounds__(tiled::kThreads) matmul_ogs_tiled_kernel(const
   const bf16* x = static_cast<const bf16*>(p.x);
   const uint8_t* codes = static_cast<const uint8_t*>(p.w);
   const int64_t k_steps = p.K / kBK;  // K % 32 == 0 for MXFP4
-  // This thread's weight share: half (8 code bytes) of row w_r; it copies, waits for and decodes
-  // exactly those bytes, so no barrier sits between the copy and the decode.
-  const int w_r = tid / 2, w_half = tid % 2;
+  // This thread's weight share: row w_r (16 code bytes); it copies, waits for and decodes exactly
+  // those bytes, so no barrier sits between the copy and the decode.
+  const int w_r = tid;
   const int64_t w_row = static_cast<int64_t>(e) * p.N + n0 + w_r;
   const bool w_valid = n0 + w_r < p.N;
 
@@ -84,19 +91,19 @@ __global__ void __launch_bounds__(tiled::kThreads) matmul_ogs_tiled_kernel(const
       const int64_t src = src_row[r];
       cp_async_16(&xs[stage][r][c * 8], src >= 0 ? x + src * p.K + k0 + c * 8 : x, src >= 0 ? 16 : 0);
     }
-    cp_async_8(&codes_s[stage][w_r][w_half * 8], w_valid ? codes + (w_row * k_steps + step) * 16 + w_half * 8 : codes,
-               w_valid ? 8 : 0);
+    cp_async_16(&codes_s[stage][w_r][0], w_valid ? codes + (w_row * k_steps + step) * 16 : codes, w_valid ? 16 : 0);
   };
   auto load_scale = [&](int64_t step) -> uint32_t { return w_valid ? p.w_scales[w_row * k_steps + step] : 127; };
   auto decode = [&](int64_t step, uint32_t scale) {
-    const uint2 c = *reinterpret_cast<const uint2*>(&codes_s[step % kStages][w_r][w_half * 8]);
+    const uint4 c = *reinterpret_cast<const uint4*>(&codes_s[step % kStages][w_r][0]);
+    const uint32_t words[4] = {c.x, c.y, c.z, c.w};
     const Mxfp4Multiplier m = mxfp4_multiplier(scale);
-    uint32_t lo[4], hi[4];
-    decode_e2m1x8(c.x, m, lo);
-    decode_e2m1x8(c.y, m, hi);
-    bf16* to = &ws[step % 2][w_r][w_half * 16];
-    *reinterpret_cast<uint4*>(to) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
-    *reinterpret_cast<uint4*>(to + 8) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      uint32_t v[4];
+      decode_e2m1x8(words[i], m, v);
+      *reinterpret_cast<uint4*>(&ws[step % 2][w_r][8 * i]) = make_uint4(v[0], v[1], v[2], v[3]);
+    }
   };
 
   // Prologue: steps 0 .. kStages-2 in flight (always commit, so group counts line up); decode step 0.
@@ -117,27 +124,32 @@ __global__ void __launch_bounds__(tiled::kThreads) matmul_ogs_tiled_kernel(const
     cp_async_commit();
 
     const int stage = static_cast<int>(step % kStages), buf = static_cast<int>(step % 2);
+    // Both 16-wide halves' fragments first, then all the MMAs: the second half's loads are in
+    // flight while the first half's MMAs issue.
+    uint32_t a[2][kFragsM][4], b[2][kFragsN][2];
 #pragma unroll
-    for (int kk = 0; kk < kBK; kk += 16) {
-      uint32_t a[kFragsM][4], b[kFragsN][2];
+    for (int h = 0; h < 2; ++h) {
+      const int kk = 16 * h;
 #pragma unroll
       for (int i = 0; i < kFragsM; ++i) {
-        ldmatrix_x4(a[i], &xs[stage][wm * (BM / 2) + i * 16 + lane % 16][kk + (lane / 16) * 8]);
+        ldmatrix_x4(a[h][i], &xs[stage][wm * (BM / 2) + i * 16 + lane % 16][kk + (lane / 16) * 8]);
       }
 #pragma unroll
       for (int j = 0; j < kFragsN; j += 2) {
         uint32_t r[4];
-        ldmatrix_x4(r, &ws[buf][wn * 32 + j * 8 + (lane / 16) * 8 + lane % 8][kk + ((lane / 8) % 2) * 8]);
-        b[j][0] = r[0];
-        b[j][1] = r[1];
-        b[j + 1][0] = r[2];
-        b[j + 1][1] = r[3];
+        ldmatrix_x4(r, &ws[buf][wn * 64 + j * 8 + (lane / 16) * 8 + lane % 8][kk + ((lane / 8) % 2) * 8]);
+        b[h][j][0] = r[0];
+        b[h][j][1] = r[1];
+        b[h][j + 1][0] = r[2];
+        b[h][j + 1][1] = r[3];
       }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int i = 0; i < kFragsM; ++i)
 #pragma unroll
-        for (int j = 0; j < kFragsN; ++j) mma_bf16_m16n8k16(acc[i][j], a[i], b[j][0], b[j][1]);
-    }
+        for (int j = 0; j < kFragsN; ++j) mma_bf16_m16n8k16(acc[i][j], a[h][i], b[h][j][0], b[h][j][1]);
     if (next) {
       cp_async_wait<kStages - 2>();  // this thread's copies for step + 1
       decode(step + 1, next_scale);
@@ -158,7 +170,7 @@ __global__ void __launch_bounds__(tiled::kThreads) matmul_ogs_tiled_kernel(const
       const bool bad = src_row[r] == -2;
 #pragma unroll
       for (int j = 0; j < kFragsN; ++j) {
-        const int64_t n = n0 + wn * 32 + j * 8 + 2 * t;
+        const int64_t n = n0 + wn * 64 + j * 8 + 2 * t;
         if (n >= p.N) continue;
         float h0 = acc[i][j][2 * half], h1 = acc[i][j][2 * half + 1];
         if (p.bias) {

@@ -23,14 +23,10 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_r
                : "r"(addr));
 }
 
-// 16 (or 8) bytes global -> shared without registers; src_bytes = 0 writes zeros (reads nothing).
+// 16 bytes global -> shared without registers; src_bytes = 0 writes zeros (and reads nothing).
 __device__ __forceinline__ void cp_async_16(void* smem, const void* global, int src_bytes) {
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(addr), "l"(global), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_8(void* smem, const void* global, int src_bytes) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(addr), "l"(global), "r"(src_bytes));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N>
