@@ -73,38 +73,54 @@ __global__ void __launch_bounds__(tiled::kThreads, 2) matmul_ogs_tiled_kernel(co
   }
   __syncthreads();
 
-  const bf16* x = static_cast<const bf16*>(p.x);
-  const uint8_t* codes = static_cast<const uint8_t*>(p.w);
-  const int64_t k_steps = p.K / kBK;  // K % 32 == 0 for MXFP4
-  // This thread's weight share: row w_r (16 code bytes); it copies, waits for and decodes exactly
-  // those bytes, so no barrier sits between the copy and the decode.
-  const int w_r = tid;
-  const int64_t w_row = static_cast<int64_t>(e) * p.N + n0 + w_r;
-  const bool w_valid = n0 + w_r < p.N;
-
-  auto issue = [&](int64_t step) {
-    const int stage = static_cast<int>(step % kStages);
-    const int64_t k0 = step * kBK;
+  // This thread's copies, fixed for the block, so a step only advances pointers: kXChunks 16-byte
+  // pieces of x rows, and weight row w_r (16 code bytes, one scale), which it also waits for and
+  // decodes itself, so no barrier sits between the copy and the decode.
+  constexpr int kXChunks = BM * 4 / kThreads;
+  const bf16* x_from[kXChunks];
+  bf16* x_to[kXChunks];  // in stage 0
+  int x_bytes[kXChunks];
 #pragma unroll
-    for (int v = tid; v < BM * 4; v += kThreads) {
-      const int r = v / 4, c = v % 4;
-      const int64_t src = src_row[r];
-      cp_async_16(&xs[stage][r][c * 8], src >= 0 ? x + src * p.K + k0 + c * 8 : x, src >= 0 ? 16 : 0);
+  for (int c = 0; c < kXChunks; ++c) {
+    const int v = tid + c * kThreads, r = v / 4, piece = v % 4;
+    const int64_t src = src_row[r];
+    x_from[c] = static_cast<const bf16*>(p.x) + (src >= 0 ? src * p.K + piece * 8 : 0);
+    x_bytes[c] = src >= 0 ? 16 : 0;
+    x_to[c] = &xs[0][r][piece * 8];
+  }
+  const int w_r = tid;
+  const bool w_valid = n0 + w_r < p.N;
+  const int k_steps = static_cast<int>(p.K / kBK);  // K % 32 == 0 for MXFP4
+  const int64_t w_row = static_cast<int64_t>(e) * p.N + n0 + w_r;
+  const uint8_t* code_from = static_cast<const uint8_t*>(p.w) + (w_valid ? w_row * k_steps * 16 : 0);
+  const uint8_t* scale_from = p.w_scales + (w_valid ? w_row * k_steps : 0);
+
+  auto issue = [&](int stage) {  // the next step's copies into `stage`; then advance
+#pragma unroll
+    for (int c = 0; c < kXChunks; ++c) {
+      cp_async_16(x_to[c] + stage * BM * kLd, x_from[c], x_bytes[c]);
+      if (x_bytes[c]) x_from[c] += kBK;  // pieces with no source stay put
     }
-    cp_async_16(&codes_s[stage][w_r][0], w_valid ? codes + (w_row * k_steps + step) * 16 : codes, w_valid ? 16 : 0);
+    cp_async_16(&codes_s[stage][w_r][0], code_from, w_valid ? 16 : 0);
+    if (w_valid) code_from += 16;
   };
-  auto load_scale = [&](int64_t step) -> uint32_t { return w_valid ? p.w_scales[w_row * k_steps + step] : 127; };
-  auto decode = [&](int64_t step, uint32_t scale) {
-    const uint4 c = *reinterpret_cast<const uint4*>(&codes_s[step % kStages][w_r][0]);
+  auto next_scale = [&]() -> uint32_t {
+    const uint32_t s = w_valid ? *scale_from : 127;
+    if (w_valid) ++scale_from;
+    return s;
+  };
+  auto decode = [&](int stage, int buf, uint32_t scale) {
+    const uint4 c = *reinterpret_cast<const uint4*>(&codes_s[stage][w_r][0]);
     const uint32_t words[4] = {c.x, c.y, c.z, c.w};
     const Mxfp4Multiplier m = mxfp4_multiplier(scale);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       uint32_t v[4];
       decode_e2m1x8(words[i], m, v);
-      *reinterpret_cast<uint4*>(&ws[step % 2][w_r][8 * i]) = make_uint4(v[0], v[1], v[2], v[3]);
+      *reinterpret_cast<uint4*>(&ws[buf][w_r][8 * i]) = make_uint4(v[0], v[1], v[2], v[3]);
     }
   };
+  auto wrap = [](int stage) { return stage + 1 == kStages ? 0 : stage + 1; };
 
   // Prologue: steps 0 .. kStages-2 in flight (always commit, so group counts line up); decode step 0.
 #pragma unroll
@@ -113,17 +129,18 @@ __global__ void __launch_bounds__(tiled::kThreads, 2) matmul_ogs_tiled_kernel(co
     cp_async_commit();
   }
   cp_async_wait<kStages - 2>();
-  decode(0, load_scale(0));
+  decode(0, 0, next_scale());
 
   float acc[kFragsM][kFragsN][4] = {};
-  for (int64_t step = 0; step < k_steps; ++step) {
+  int stage = 0, ahead_stage = kStages - 1;  // stages of this step and of step + kStages - 1
+  for (int step = 0; step < k_steps; ++step) {
     __syncthreads();  // x and decoded weights of this step are in; last step's tiles are free
     const bool next = step + 1 < k_steps;
-    const uint32_t next_scale = next ? load_scale(step + 1) : 127;  // in flight during the MMAs
-    if (step + kStages - 1 < k_steps) issue(step + kStages - 1);
+    const uint32_t scale = next ? next_scale() : 127;  // step + 1's, in flight during the MMAs
+    if (step + kStages - 1 < k_steps) issue(ahead_stage);
     cp_async_commit();
+    const int buf = step & 1;
 
-    const int stage = static_cast<int>(step % kStages), buf = static_cast<int>(step % 2);
     // Both 16-wide halves' fragments first, then all the MMAs: the second half's loads are in
     // flight while the first half's MMAs issue.
     uint32_t a[2][kFragsM][4], b[2][kFragsN][2];
@@ -152,8 +169,10 @@ __global__ void __launch_bounds__(tiled::kThreads, 2) matmul_ogs_tiled_kernel(co
         for (int j = 0; j < kFragsN; ++j) mma_bf16_m16n8k16(acc[i][j], a[h][i], b[h][j][0], b[h][j][1]);
     if (next) {
       cp_async_wait<kStages - 2>();  // this thread's copies for step + 1
-      decode(step + 1, next_scale);
+      decode(wrap(stage), buf ^ 1, scale);
     }
+    stage = wrap(stage);
+    ahead_stage = wrap(ahead_stage);
   }
   cp_async_wait<0>();
 
