@@ -4,7 +4,7 @@
 // rate: with 64 x 32 warp tiles, ldmatrix traffic alone matched shared memory's bandwidth.
 //
 // Per 32-wide k step: the gathered x rows and the raw MXFP4 codes arrive by cp.async in a
-// 3-stage ring, so loads run two steps ahead of the math. After its MMAs of step s, each thread
+// 3-stage ring, so loads run two steps ahead of the math. Alongside its MMAs of step s, each thread
 // decodes the codes it copied itself for step s + 1 (one weight row: 32 codes, one scale) into
 // the other half of a double-buffered bf16 tile, so one barrier per step publishes both the x
 // tile and the decoded weights that all warps then read with ldmatrix. The epilogue applies bias
@@ -82,7 +82,9 @@ __global__ void __launch_bounds__(tiled::kThreads, 2) matmul_ogs_tiled_kernel(co
   int x_bytes[kXChunks];
 #pragma unroll
   for (int c = 0; c < kXChunks; ++c) {
-    const int v = tid + c * kThreads, r = v / 4, piece = v % 4;
+    // Consecutive threads take consecutive rows: with the 80-byte pitch, 8 of them hit 8
+    // distinct bank groups (row-major pieces collided 2-way).
+    const int v = tid + c * kThreads, r = v % BM, piece = v / BM;
     const int64_t src = src_row[r];
     x_from[c] = static_cast<const bf16*>(p.x) + (src >= 0 ? src * p.K + piece * 8 : 0);
     x_bytes[c] = src >= 0 ? 16 : 0;
@@ -130,13 +132,14 @@ __global__ void __launch_bounds__(tiled::kThreads, 2) matmul_ogs_tiled_kernel(co
   }
   cp_async_wait<kStages - 2>();
   decode(0, 0, next_scale());
+  uint32_t scale_ahead = k_steps > 1 ? next_scale() : 127;  // step + 1's scale, loaded a step early
 
   float acc[kFragsM][kFragsN][4] = {};
   int stage = 0, ahead_stage = kStages - 1;  // stages of this step and of step + kStages - 1
   for (int step = 0; step < k_steps; ++step) {
     __syncthreads();  // x and decoded weights of this step are in; last step's tiles are free
-    const bool next = step + 1 < k_steps;
-    const uint32_t scale = next ? next_scale() : 127;  // step + 1's, in flight during the MMAs
+    const uint32_t scale = scale_ahead;
+    scale_ahead = step + 2 < k_steps ? next_scale() : 127;
     if (step + kStages - 1 < k_steps) issue(ahead_stage);
     cp_async_commit();
     const int buf = step & 1;
@@ -161,16 +164,17 @@ __global__ void __launch_bounds__(tiled::kThreads, 2) matmul_ogs_tiled_kernel(co
         b[h][j + 1][1] = r[3];
       }
     }
+    // Decode step + 1 (into the other buffer) before this step's MMAs in program order and with no
+    // branch, so the compiler interleaves its integer work with the MMAs instead of running it
+    // after them. The last step decodes a stale stage that nothing reads.
+    cp_async_wait<kStages - 2>();  // this thread's copies for step + 1
+    decode(wrap(stage), buf ^ 1, scale);
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int i = 0; i < kFragsM; ++i)
 #pragma unroll
         for (int j = 0; j < kFragsN; ++j) mma_bf16_m16n8k16(acc[i][j], a[h][i], b[h][j][0], b[h][j][1]);
-    if (next) {
-      cp_async_wait<kStages - 2>();  // this thread's copies for step + 1
-      decode(wrap(stage), buf ^ 1, scale);
-    }
     stage = wrap(stage);
     ahead_stage = wrap(ahead_stage);
   }

@@ -31,7 +31,7 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* global, int 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N));
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");  // later shared loads stay after it
 }
 
 // Weight loads that bypass L1: each byte is used once, and L1 is better spent on token rows.
