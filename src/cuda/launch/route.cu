@@ -28,9 +28,9 @@ void route(const RouteProblem& p, const TensorView& logits, const RouteOutputs& 
     }
     MOEKIT_CHECK_LAUNCH(ctx, stream, "topk_softmax_kernel");
   }
-  const size_t smem = 2 * static_cast<size_t>(p.E) * sizeof(int32_t);
-  group_by_expert_kernel<<<1, kGroupThreads, smem, stream>>>(
-      out.expert_idx.ptr<int32_t>(), p.T * p.k, p.k, static_cast<int>(p.E), out.expert_counts.ptr<int32_t>(),
+  const int E = static_cast<int>(p.E);
+  group_by_expert_kernel<<<1, kGroupThreads, group_smem_bytes(E), stream>>>(
+      out.expert_idx.ptr<int32_t>(), p.T * p.k, p.k, E, group_chunks(E), out.expert_counts.ptr<int32_t>(),
       out.expert_offsets.ptr<int32_t>(), out.gather_idx.ptr<int32_t>(), out.scatter_idx.ptr<int32_t>());
   MOEKIT_CHECK_LAUNCH(ctx, stream, "group_by_expert_kernel");
 }

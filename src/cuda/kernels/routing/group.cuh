@@ -1,6 +1,10 @@
-// Groups token-slots by expert in one block: per-expert counts (shared-memory histogram),
-// offsets (warp scan), then a stable placement by one warp that walks the slots in order,
-// so rows of an expert keep token order. Integer-only, so the result is deterministic.
+// Groups token-slots by expert in one block, stably (rows of an expert keep token order), with
+// integer work only, so the result is deterministic:
+//   1. W warps each take a contiguous chunk of the slots and count its experts (hist[w][e]);
+//   2. per-expert totals, their exclusive scan (offsets), and each chunk's first row per expert
+//      (offset[e] + the counts of the chunks before it);
+//   3. each warp places its chunk in slot order, 32 slots at a time.
+// W is as large as shared memory allows (32 for E <= 128), so placement runs W chunks at once.
 #pragma once
 
 #include <cstdint>
@@ -8,26 +12,49 @@
 namespace moekit::cuda {
 
 constexpr int kGroupThreads = 1024;
+constexpr int kGroupSmemBytes = 48 * 1024;
 
-// Dynamic shared memory: 2 * n_experts ints.
+// Chunks (warps) the placement uses for n_experts: hist needs chunks * n_experts ints, plus
+// 2 * n_experts for totals and offsets.
+inline int group_chunks(int n_experts) {
+  const int fit = (kGroupSmemBytes / 4 - 2 * n_experts) / (n_experts > 0 ? n_experts : 1);
+  return fit < 1 ? 1 : (fit > kGroupThreads / 32 ? kGroupThreads / 32 : fit);
+}
+inline size_t group_smem_bytes(int n_experts) {
+  return (static_cast<size_t>(group_chunks(n_experts)) + 2) * static_cast<size_t>(n_experts) * sizeof(int32_t);
+}
+
 __global__ void group_by_expert_kernel(const int32_t* __restrict__ expert_idx, int64_t n_slots, int k, int n_experts,
-                                       int32_t* __restrict__ counts, int32_t* __restrict__ offsets,
+                                       int chunks, int32_t* __restrict__ counts, int32_t* __restrict__ offsets,
                                        int32_t* __restrict__ gather_idx, int32_t* __restrict__ scatter_idx) {
   extern __shared__ int32_t smem[];
-  int32_t* count_s = smem;
-  int32_t* next_s = smem + n_experts;
-  for (int e = threadIdx.x; e < n_experts; e += blockDim.x) count_s[e] = 0;
+  int32_t* hist = smem;                                  // [chunks][n_experts]
+  int32_t* total_s = smem + chunks * n_experts;          // [n_experts]
+  int32_t* offset_s = total_s + n_experts;               // [n_experts]
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t chunk_len = (n_slots + chunks - 1) / chunks;
+  const int64_t begin = min(static_cast<int64_t>(warp) * chunk_len, n_slots);
+  const int64_t end = min(begin + chunk_len, n_slots);
+
+  for (int i = threadIdx.x; i < chunks * n_experts; i += blockDim.x) hist[i] = 0;
   __syncthreads();
-  for (int64_t s = threadIdx.x; s < n_slots; s += blockDim.x) atomicAdd(&count_s[expert_idx[s]], 1);
+  if (warp < chunks) {
+    for (int64_t s = begin + lane; s < end; s += 32) atomicAdd(&hist[warp * n_experts + expert_idx[s]], 1);
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < n_experts; e += blockDim.x) {
+    int32_t sum = 0;
+    for (int w = 0; w < chunks; ++w) sum += hist[w * n_experts + e];
+    total_s[e] = sum;
+  }
   __syncthreads();
 
-  const int lane = threadIdx.x % 32;
-  if (threadIdx.x < 32) {
-    // Exclusive scan: lane l sums a contiguous chunk of experts, then a warp scan of the sums.
-    const int chunk = (n_experts + 31) / 32;
-    const int begin = min(lane * chunk, n_experts), end = min(begin + chunk, n_experts);
+  if (warp == 0) {
+    // Exclusive scan: lane l sums a contiguous run of experts, then a warp scan of the sums.
+    const int run = (n_experts + 31) / 32;
+    const int first = min(lane * run, n_experts), last = min(first + run, n_experts);
     int32_t local = 0;
-    for (int e = begin; e < end; ++e) local += count_s[e];
+    for (int e = first; e < last; ++e) local += total_s[e];
     int32_t inclusive = local;
 #pragma unroll
     for (int offset = 1; offset < 32; offset *= 2) {
@@ -35,29 +62,40 @@ __global__ void group_by_expert_kernel(const int32_t* __restrict__ expert_idx, i
       if (lane >= offset) inclusive += up;
     }
     int32_t running = inclusive - local;
-    for (int e = begin; e < end; ++e) {
+    for (int e = first; e < last; ++e) {
       offsets[e] = running;
-      counts[e] = count_s[e];
-      next_s[e] = running;
-      running += count_s[e];
+      counts[e] = total_s[e];
+      offset_s[e] = running;
+      running += total_s[e];
     }
     if (lane == 31) offsets[n_experts] = inclusive;
-    __syncwarp();
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < n_experts; e += blockDim.x) {  // hist becomes each chunk's next row
+    int32_t row = offset_s[e];
+    for (int w = 0; w < chunks; ++w) {
+      const int32_t c = hist[w * n_experts + e];
+      hist[w * n_experts + e] = row;
+      row += c;
+    }
+  }
+  __syncthreads();
 
-    // Stable placement, 32 slots at a time in slot order.
+  if (warp < chunks) {
+    int32_t* next = hist + warp * n_experts;
     const unsigned lanes_below = (1u << lane) - 1;
-    for (int64_t base = 0; base < n_slots; base += 32) {
+    for (int64_t base = begin; base < end; base += 32) {
       const int64_t s = base + lane;
-      const bool valid = s < n_slots;
+      const bool valid = s < end;
       const int e = valid ? expert_idx[s] : -1;
       const unsigned peers = __match_any_sync(0xffffffffu, e);
       if (valid) {
-        const int32_t row = next_s[e] + __popc(peers & lanes_below);
+        const int32_t row = next[e] + __popc(peers & lanes_below);
         gather_idx[row] = static_cast<int32_t>(s / k);
         scatter_idx[s] = row;
       }
       __syncwarp();
-      if (valid && (peers & lanes_below) == 0) next_s[e] += __popc(peers);
+      if (valid && (peers & lanes_below) == 0) next[e] += __popc(peers);
       __syncwarp();
     }
   }
