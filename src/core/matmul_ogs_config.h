@@ -11,7 +11,7 @@ namespace moekit {
 
 // Shared memory the tiled kernels may use per block (dynamic, opted in; every sm_80+ GPU allows
 // 99 KB or more).
-constexpr int kTiledSharedMemoryBytes = 60 * 1024;
+constexpr int kTiledSharedMemoryBytes = 72 * 1024;
 
 enum class MatmulOgsKernel {
   kSimt,           // fp32 FMA; any dtypes, any K

@@ -4,7 +4,7 @@
 // rate: with 64 x 32 warp tiles, ldmatrix traffic alone matched shared memory's bandwidth.
 //
 // Per 32-wide k step: the gathered x rows and the raw MXFP4 codes arrive by cp.async in a
-// 3-stage ring, so loads run two steps ahead of the math. Alongside its MMAs of step s, each thread
+// 4-stage ring, so loads run three steps ahead of the math. Alongside its MMAs of step s, each thread
 // decodes the codes it copied itself for step s + 1 (one weight row: 32 codes, one scale) into
 // the other half of a double-buffered bf16 tile, so one barrier per step publishes both the x
 // tile and the decoded weights that all warps then read with ldmatrix. The epilogue applies bias
@@ -26,7 +26,7 @@
 namespace moekit::cuda {
 
 namespace tiled {
-constexpr int kBN = 128, kBK = 32, kStages = 3, kThreads = 128;
+constexpr int kBN = 128, kBK = 32, kStages = 4, kThreads = 128;
 constexpr int kLd = kBK + 8;  // bf16 row pitch of the x and decoded tiles: 80 bytes, so the 8
                               // rows of an ldmatrix hit distinct banks
 
