@@ -12,14 +12,15 @@ namespace moekit {
 // Shared memory the tiled kernels may use per block (dynamic, opted in; every sm_80+ GPU allows
 // 99 KB or more).
 constexpr int kTiledSharedMemoryBytes = 72 * 1024;
+constexpr int kWgmmaSharedMemoryBytes = 96 * 1024;
 
 enum class MatmulOgsKernel {
   kSimt,           // fp32 FMA; any dtypes, any K
   kStream8,        // bf16 MMA with weights streamed into fragments, 8-token tiles (decode)
   kStream16,       //   the same, 16-token tiles
   kStream32,       //   the same, 32-token tiles
-  kTiled64,        // MXFP4 weights: bf16 MMA on 64 x 128 tiles, cp.async pipeline (prefill)
-  kTiled128,       //   the same, 128 x 128 tiles
+  kTiled64,        // MXFP4 weights: bf16 mma.sync on 64 x 128 tiles, cp.async pipeline (prefill)
+  kWgmma128,       // MXFP4 weights on sm_90: wgmma on 128 x 128 tiles, decode overlapping the MMAs
   kTensorCore64,   // bf16 weights: bf16 HMMA, 64-row tiles staged in shared memory
 };
 
@@ -43,7 +44,10 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   if (rows_per_expert <= 16) return MatmulOgsKernel::kStream16;
   if (rows_per_expert <= 32) return MatmulOgsKernel::kStream32;
   if (!p.mxfp4 || device.max_smem_per_block_optin < kTiledSharedMemoryBytes) return MatmulOgsKernel::kTensorCore64;
-  return rows_per_expert <= 64 ? MatmulOgsKernel::kTiled64 : MatmulOgsKernel::kTiled128;
+  // wgmma exists on sm_90 alone (the library carries sm_90a code for it); elsewhere, and for
+  // experts too small for 128-row tiles, mma.sync on 64-row tiles.
+  const bool wgmma = device.major == 9 && device.minor == 0 && device.max_smem_per_block_optin >= kWgmmaSharedMemoryBytes;
+  return wgmma && rows_per_expert > 64 ? MatmulOgsKernel::kWgmma128 : MatmulOgsKernel::kTiled64;
 }
 
 }  // namespace moekit

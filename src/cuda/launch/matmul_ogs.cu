@@ -9,6 +9,7 @@
 #include "../kernels/gemm/matmul_ogs_simt.cuh"
 #include "../kernels/gemm/matmul_ogs_stream.cuh"
 #include "../kernels/gemm/matmul_ogs_tiled.cuh"
+#include "../kernels/gemm/matmul_ogs_wgmma.cuh"
 #include "../kernels/gemm/matmul_ogs_wmma.cuh"
 #include "../runtime/device_guard.h"
 #include "../runtime/device_info.h"
@@ -79,6 +80,16 @@ void launch_tiled(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsPa
   matmul_ogs_tiled_kernel<BM><<<grid, tiled::kThreads, smem, stream>>>(params);
 }
 
+void launch_wgmma(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
+                  const ExecContext& ctx) {
+  plan_tiles<wg::kBM>(p, a, params, stream, ctx);
+  const int64_t max_tiles = ceil_div(p.P, wg::kBM) + (a.expert_offsets.present() ? p.E : 0);
+  const dim3 grid(static_cast<unsigned>(max_tiles * ceil_div(p.N, wg::kBN)));
+  static_assert(wg::kSmemBytes + wg::kBM * 8 <= kWgmmaSharedMemoryBytes, "the kernel choice assumes this budget");
+  allow_dynamic_smem<matmul_ogs_wgmma_kernel>(wg::kSmemBytes, p.device.index);
+  matmul_ogs_wgmma_kernel<<<grid, wg::kThreads, wg::kSmemBytes, stream>>>(params);
+}
+
 // A persistent grid over (token tile, 16 output columns) work items: as many blocks as fit on
 // the device at once, never more than there can be items.
 template <int NT>
@@ -146,7 +157,7 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
       case MatmulOgsKernel::kStream16: launch_stream<2>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kStream32: launch_stream<4>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kTiled64: launch_tiled<64>(p, a, params, stream, ctx); break;
-      case MatmulOgsKernel::kTiled128: launch_tiled<128>(p, a, params, stream, ctx); break;
+      case MatmulOgsKernel::kWgmma128: launch_wgmma(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kTensorCore64: launch_tensor_core<64>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kSimt:
         if (a.x.dtype == DType::kBFloat16) launch_simt<bf16>(p, a, params, stream, ctx);

@@ -21,6 +21,7 @@
 #include "../quant/e2m1_bf16.cuh"
 #include "matmul_ogs_params.cuh"
 #include "mma.cuh"
+#include "tile_io.cuh"
 #include "tile_locate.cuh"
 
 namespace moekit::cuda {
@@ -42,7 +43,7 @@ __global__ void __launch_bounds__(tiled::kThreads, 2) matmul_ogs_tiled_kernel(co
   using namespace tiled;
   constexpr int kFragsM = BM / 32;  // 2 warps along M, each BM/2 rows = kFragsM x 16
   constexpr int kFragsN = 8;        // 2 warps along N, each 64 columns = 8 x 8
-  static_assert(BM == 64 || BM == 128, "tile height");
+  static_assert(BM == 64, "tile height: kFragsM and the copy plan assume 64 rows");
 
   // Block x -> (row tile, column tile), column tiles fastest: the blocks of one row tile run
   // together and read its gathered x rows from L2, not DRAM (one x tile per column tile, with
@@ -58,19 +59,11 @@ __global__ void __launch_bounds__(tiled::kThreads, 2) matmul_ogs_tiled_kernel(co
   auto xs = reinterpret_cast<bf16(*)[BM][kLd]>(smem);                                   // [kStages]
   auto ws = reinterpret_cast<bf16(*)[kBN][kLd]>(smem + kStages * BM * kLd * 2);          // [2]
   auto codes_s = reinterpret_cast<uint8_t(*)[kBN][16]>(smem + (kStages * BM + 2 * kBN) * kLd * 2);  // [kStages]
-  __shared__ int64_t src_row[BM];  // x row of each tile row; -1: none; -2: bad gather index
+  __shared__ int64_t src_row[BM];  // x row of each tile row, or kNoRow / kBadRow
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int wm = warp / 2, wn = warp % 2;
-  for (int r = tid; r < BM; r += kThreads) {
-    const int64_t prow = row_begin + r;
-    int64_t src = -1;
-    if (prow < row_end) {
-      src = p.gather_idx ? p.gather_idx[prow] : prow;
-      if (src < 0 || src >= p.M) src = -2;
-    }
-    src_row[r] = src;
-  }
+  gather_rows<BM>(p, row_begin, row_end, src_row);
   __syncthreads();
 
   // This thread's copies, fixed for the block, so a step only advances pointers: kXChunks 16-byte
@@ -182,30 +175,17 @@ __global__ void __launch_bounds__(tiled::kThreads, 2) matmul_ogs_tiled_kernel(co
 
   // Epilogue: acc[i][j] holds rows (g, g + 8) x columns (2t, 2t + 1) of its 16 x 8 fragment.
   const int g = lane / 4, t = lane % 4;
-  const float nan = __int_as_float(0x7fc00000);
 #pragma unroll
   for (int i = 0; i < kFragsM; ++i) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int r = wm * (BM / 2) + i * 16 + g + half * 8;
-      const int64_t row = row_begin + r;
-      if (row >= row_end) continue;
-      const bool bad = src_row[r] == -2;
+      if (row_begin + r >= row_end) continue;
 #pragma unroll
       for (int j = 0; j < kFragsN; ++j) {
         const int64_t n = n0 + wn * 64 + j * 8 + 2 * t;
-        if (n >= p.N) continue;
-        float h0 = acc[i][j][2 * half], h1 = acc[i][j][2 * half + 1];
-        if (p.bias) {
-          h0 += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + n);
-          if (n + 1 < p.N) h1 += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + n + 1);
-        }
-        if (bad) h0 = h1 = nan;
-        if (p.swiglu) {
-          store_float(p.out, p.out_bf16, row * p.out_cols + n / 2, swiglu(h0, h1, p.alpha, p.limit));
-        } else {
-          store_float(p.out, p.out_bf16, row * p.out_cols + n, h0);
-          if (n + 1 < p.N) store_float(p.out, p.out_bf16, row * p.out_cols + n + 1, h1);
+        if (n < p.N) {
+          store_output_pair(p, e, row_begin + r, n, src_row[r] == kBadRow, acc[i][j][2 * half], acc[i][j][2 * half + 1]);
         }
       }
     }

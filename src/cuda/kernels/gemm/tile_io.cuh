@@ -1,0 +1,47 @@
+// What the tiled matmul_ogs kernels share at either end of the k loop: which x row each tile row
+// reads, and how a pair of adjacent output columns is finished and stored.
+#pragma once
+
+#include <cstdint>
+
+#include "../activation/swiglu.cuh"
+#include "../element.cuh"
+#include "matmul_ogs_params.cuh"
+
+namespace moekit::cuda {
+
+constexpr int64_t kNoRow = -1, kBadRow = -2;  // past the tile's rows; gather index out of range
+
+// src_row[r] for the BM rows of a tile (all threads of the block; sync before reading it).
+template <int BM>
+__device__ __forceinline__ void gather_rows(const MatmulOgsParams& p, int64_t row_begin, int64_t row_end,
+                                            int64_t* src_row) {
+  for (int r = threadIdx.x; r < BM; r += blockDim.x) {
+    const int64_t prow = row_begin + r;
+    int64_t src = kNoRow;
+    if (prow < row_end) {
+      src = p.gather_idx ? p.gather_idx[prow] : prow;
+      if (src < 0 || src >= p.M) src = kBadRow;
+    }
+    src_row[r] = src;
+  }
+}
+
+// Output columns n and n + 1 (n even) of problem row `row` of expert e: bias, then SwiGLU over
+// the (glu, linear) pair or two plain columns; a bad gather index makes them NaN.
+__device__ __forceinline__ void store_output_pair(const MatmulOgsParams& p, int e, int64_t row, int64_t n, bool bad,
+                                                  float h0, float h1) {
+  if (p.bias) {
+    h0 += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + n);
+    if (n + 1 < p.N) h1 += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + n + 1);
+  }
+  if (bad) h0 = h1 = __int_as_float(0x7fc00000);
+  if (p.swiglu) {
+    store_float(p.out, p.out_bf16, row * p.out_cols + n / 2, swiglu(h0, h1, p.alpha, p.limit));
+  } else {
+    store_float(p.out, p.out_bf16, row * p.out_cols + n, h0);
+    if (n + 1 < p.N) store_float(p.out, p.out_bf16, row * p.out_cols + n + 1, h1);
+  }
+}
+
+}  // namespace moekit::cuda
