@@ -12,7 +12,7 @@ namespace moekit {
 // Shared memory the tiled kernels may use per block (dynamic, opted in; every sm_80+ GPU allows
 // 99 KB or more).
 constexpr int kTiledSharedMemoryBytes = 72 * 1024;
-constexpr int kWgmmaSharedMemoryBytes = 96 * 1024;
+constexpr int kWgmmaSharedMemoryBytes = 112 * 1024;
 
 enum class MatmulOgsKernel {
   kSimt,           // fp32 FMA; any dtypes, any K
@@ -47,7 +47,7 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   // wgmma exists on sm_90 alone (the library carries sm_90a code for it); elsewhere, and for
   // experts too small for 128-row tiles, mma.sync on 64-row tiles.
   const bool wgmma = device.major == 9 && device.minor == 0 && device.max_smem_per_block_optin >= kWgmmaSharedMemoryBytes;
-  return wgmma && rows_per_expert > 64 ? MatmulOgsKernel::kWgmma128 : MatmulOgsKernel::kTiled64;
+  return wgmma ? MatmulOgsKernel::kWgmma128 : MatmulOgsKernel::kTiled64;
 }
 
 }  // namespace moekit

@@ -1,13 +1,18 @@
 // matmul_ogs for many rows per expert on Hopper (sm_90a): MXFP4 weights, bf16 x, 128 x 128 output
 // tiles (tokens x weight rows) of one expert per block, two warpgroups each issuing
-// wgmma.m64n128k16 from shared memory.
+// wgmma.m64n128k16 from shared memory for its 64 rows.
 //
-// Per 64-wide k step: gathered x rows and raw MXFP4 codes arrive by cp.async in a 3-stage ring.
-// The step's wgmmas run asynchronously while every thread decodes the codes it copied itself for
-// the next step (one 32-code MXFP4 block: one scale) into the other half of a double-buffered bf16
-// weight tile, so decoding overlaps the tensor cores. Tiles use wgmma's no-swizzle K-major layout:
-// 8 x 8 core matrices of 128 contiguous bytes, consecutive along K, 8-row groups 1 KB apart.
-// The epilogue (bias, SwiGLU, NaN for bad gather indices) is the tiled kernels'.
+// Per 64-wide k step s, in every thread:
+//   barrier; issue the wgmmas of step s (asynchronous); wait for its warpgroup's step s - 1
+//   wgmmas (so one step stays in flight across the loop); copy x rows and MXFP4 codes for step
+//   s + 2 by cp.async into the stages step s - 1 used; decode the codes it copied itself for step
+//   s + 1 (one 32-code block, one scale) into a bf16 weight tile; fence for the async proxy.
+// So the tensor cores run while the threads copy and decode. Rings: 3 x tiles (each warpgroup
+// copies its own rows, so it can refill them once its own wgmmas are done), 3 decoded weight
+// tiles (shared by both warpgroups: tile s + 1 was last read by step s - 2, which every thread
+// has waited for before the barrier of step s), 3 code stages. Tiles use wgmma's no-swizzle
+// K-major layout: 8 x 8 core matrices of 128 contiguous bytes, consecutive along K, 8-row groups
+// 1 KB apart. The epilogue (bias, SwiGLU, NaN for bad gather indices) is the tiled kernels'.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -28,8 +33,8 @@ constexpr int kBM = 128, kBN = 128, kBK = 64, kStages = 3, kThreads = 256;
 constexpr int kCoreBytes = 128;                    // one 8 x 8 bf16 core matrix
 constexpr int kGroupBytes = kBK / 8 * kCoreBytes;  // one 8-row group of a tile: 1 KB
 constexpr int kXTileBytes = kBM * kBK * 2, kWTileBytes = kBN * kBK * 2, kCodeTileBytes = kBN * kBK / 2;
-// Dynamic shared memory: x ring, two decoded weight tiles, code ring.
-constexpr int kSmemBytes = kStages * kXTileBytes + 2 * kWTileBytes + kStages * kCodeTileBytes;
+// Dynamic shared memory: the x, decoded-weight and code rings.
+constexpr int kSmemBytes = kStages * (kXTileBytes + kWTileBytes + kCodeTileBytes);
 
 // Byte offset of element (row, k) in a tile, and of the 8 elements at k .. k + 7 (k % 8 == 0).
 __device__ __forceinline__ int core_offset(int row, int k) {
@@ -49,84 +54,80 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
   const int64_t n0 = static_cast<int64_t>(blockIdx.x % n_tiles) * kBN;
 
   extern __shared__ __align__(1024) unsigned char smem[];
-  unsigned char* xs = smem;                                             // [kStages][kXTileBytes]
-  unsigned char* ws = smem + kStages * kXTileBytes;                     // [2][kWTileBytes]
-  unsigned char* codes_s = ws + 2 * kWTileBytes;                        // [kStages][kBN][32]
+  unsigned char* xs = smem;                             // [kStages][kXTileBytes]
+  unsigned char* ws = smem + kStages * kXTileBytes;     // [kStages][kWTileBytes]
+  unsigned char* codes_s = ws + kStages * kWTileBytes;  // [kStages][kBN][32]
   __shared__ int64_t src_row[kBM];
   gather_rows<kBM>(p, row_begin, row_end, src_row);
   __syncthreads();
 
-  const int tid = threadIdx.x;
+  const int tid = threadIdx.x, warpgroup = tid / 128, local = tid % 128;
   const int k_steps = static_cast<int>((p.K + kBK - 1) / kBK);
   const int k_blocks = static_cast<int>(p.K / 32);  // MXFP4 blocks per weight row; K % 32 == 0
-  // This thread's copies, fixed for the block: x row `r`, 16-byte pieces r_piece + 2j (so 8
-  // consecutive threads write 8 rows of one core-matrix column: distinct banks), and the MXFP4
-  // block `b` of weight row `r` (16 code bytes), which it also waits for and decodes itself.
-  const int r = tid % kBM, half = tid / kBM;
-  const int64_t src = src_row[r];
+  // This thread's copies, fixed for the block. x: row xr of its warpgroup's 64, 16-byte pieces
+  // x_half + 2j (8 consecutive threads write 8 rows of one core-matrix column: distinct banks).
+  // Weights: MXFP4 block w_half of each step's two in weight row wr (16 code bytes), which it
+  // also waits for and decodes itself.
+  const int xr = warpgroup * 64 + local % 64, x_half = local / 64;
+  const int64_t src = src_row[xr];
   const bf16* x_from = static_cast<const bf16*>(p.x) + (src >= 0 ? src * p.K : 0);
-  const bool w_valid = n0 + r < p.N;
-  const int64_t w_row = static_cast<int64_t>(e) * p.N + n0 + r;
+  const int wr = local, w_half = warpgroup;
+  const bool w_valid = n0 + wr < p.N;
+  const int64_t w_row = static_cast<int64_t>(e) * p.N + n0 + wr;
   const uint8_t* code_from = static_cast<const uint8_t*>(p.w) + (w_valid ? w_row * k_blocks * 16 : 0);
   const uint8_t* scale_from = p.w_scales + (w_valid ? w_row * k_blocks : 0);
 
-  auto issue = [&](int step, int stage) {
+  auto issue = [&](int step) {  // x rows and codes of `step`, one commit group
+    const int stage = step % kStages;
     const int64_t k0 = static_cast<int64_t>(step) * kBK;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const int piece = half + 2 * j;
+      const int piece = x_half + 2 * j;
       const bool valid = src >= 0 && k0 + piece * 8 < p.K;
-      cp_async_16(xs + stage * kXTileBytes + core_offset(r, piece * 8), valid ? x_from + k0 + piece * 8 : x_from,
+      cp_async_16(xs + stage * kXTileBytes + core_offset(xr, piece * 8), valid ? x_from + k0 + piece * 8 : x_from,
                   valid ? 16 : 0);
     }
-    const int block = 2 * step + half;
+    const int block = 2 * step + w_half;
     const bool valid = w_valid && block < k_blocks;
-    cp_async_16(codes_s + stage * kCodeTileBytes + r * 32 + half * 16, valid ? code_from + block * 16 : code_from,
+    cp_async_16(codes_s + stage * kCodeTileBytes + wr * 32 + w_half * 16, valid ? code_from + block * 16 : code_from,
                 valid ? 16 : 0);
   };
   auto load_scale = [&](int step) -> uint32_t {
-    const int block = 2 * step + half;
+    const int block = 2 * step + w_half;
     return w_valid && block < k_blocks ? scale_from[block] : 127;
   };
-  auto decode = [&](int stage, int buf, uint32_t scale) {
-    const uint4 c = *reinterpret_cast<const uint4*>(codes_s + stage * kCodeTileBytes + r * 32 + half * 16);
+  auto decode = [&](int step, uint32_t scale) {
+    const int stage = step % kStages;
+    const uint4 c = *reinterpret_cast<const uint4*>(codes_s + stage * kCodeTileBytes + wr * 32 + w_half * 16);
     const uint32_t words[4] = {c.x, c.y, c.z, c.w};
     const Mxfp4Multiplier m = mxfp4_multiplier(scale);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       uint32_t v[4];
       decode_e2m1x8(words[i], m, v);
-      *reinterpret_cast<uint4*>(ws + buf * kWTileBytes + core_offset(r, half * 32 + i * 8)) = make_uint4(v[0], v[1], v[2], v[3]);
+      *reinterpret_cast<uint4*>(ws + stage * kWTileBytes + core_offset(wr, w_half * 32 + i * 8)) =
+          make_uint4(v[0], v[1], v[2], v[3]);
     }
   };
-  auto wrap = [](int stage) { return stage + 1 == kStages ? 0 : stage + 1; };
 
-  // Prologue: steps 0 .. kStages-2 in flight (always commit, so group counts line up); decode step 0.
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < k_steps) issue(s, s);
-    cp_async_commit();
-  }
-  cp_async_wait<kStages - 2>();
-  decode(0, 0, load_scale(0));
+  // Prologue: steps 0 and 1 in flight, step 0 decoded.
+  issue(0);
+  cp_async_commit();
+  if (k_steps > 1) issue(1);
+  cp_async_commit();
+  cp_async_wait<1>();
+  decode(0, load_scale(0));
   fence_proxy_async_shared();
-  uint32_t scale_ahead = k_steps > 1 ? load_scale(1) : 127;
+  uint32_t scale1 = k_steps > 1 ? load_scale(1) : 127, scale2 = k_steps > 2 ? load_scale(2) : 127;
 
-  const int warpgroup = tid / 128;
   float acc[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
-  int stage = 0, ahead_stage = kStages - 1;
   for (int step = 0; step < k_steps; ++step) {
-    __syncthreads();  // this step's x and decoded weights are in; every wgmma of the last step is done
-    const uint32_t scale = scale_ahead;
-    scale_ahead = step + 2 < k_steps ? load_scale(step + 2) : 127;
-    if (step + kStages - 1 < k_steps) issue(step + kStages - 1, ahead_stage);
-    cp_async_commit();
-
-    const int buf = step & 1;
+    __syncthreads();  // x and weights of this step are in (each thread waited and fenced its own)
+    const int stage = step % kStages;
     const unsigned char* a_tile = xs + stage * kXTileBytes + warpgroup * (64 / 8) * kGroupBytes;
-    const unsigned char* b_tile = ws + buf * kWTileBytes;
+    const unsigned char* b_tile = ws + stage * kWTileBytes;
     wgmma_fence();
 #pragma unroll
     for (int j = 0; j < kBK / 16; ++j) {
@@ -134,16 +135,18 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
                             wgmma_descriptor(b_tile + 2 * j * kCoreBytes, kCoreBytes, kGroupBytes));
     }
     wgmma_commit();
+    wgmma_wait<1>();  // this warpgroup's step - 1: its x rows and codes stage are free again
 
-    // While the tensor cores work: the next step's weights (a stale stage on the last step,
-    // which nothing reads).
-    cp_async_wait<kStages - 2>();
-    decode(wrap(stage), buf ^ 1, scale);
+    if (step + 2 < k_steps) issue(step + 2);
+    cp_async_commit();
+    const uint32_t scale = scale1;
+    scale1 = scale2;
+    scale2 = step + 3 < k_steps ? load_scale(step + 3) : 127;
+    cp_async_wait<1>();  // this thread's copies for step + 1
+    if (step + 1 < k_steps) decode(step + 1, scale);
     fence_proxy_async_shared();
-    wgmma_wait<0>();
-    stage = wrap(stage);
-    ahead_stage = wrap(ahead_stage);
   }
+  wgmma_wait<0>();
   cp_async_wait<0>();
 
   // Epilogue: warp w of the warpgroup holds rows 16w + g and 16w + g + 8; acc[4j ..] columns 8j + 2t.
