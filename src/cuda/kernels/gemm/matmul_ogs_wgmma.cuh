@@ -118,12 +118,11 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
   cp_async_wait<1>();
   decode(0, load_scale(0));
   fence_proxy_async_shared();
-  uint32_t scale1 = k_steps > 1 ? load_scale(1) : 127, scale2 = k_steps > 2 ? load_scale(2) : 127;
 
   float acc[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
-  for (int step = 0; step < k_steps; ++step) {
+  auto run_step = [&](int step, uint32_t& scale) {  // scale: step + 1's on entry, step + 3's on exit
     __syncthreads();  // x and weights of this step are in (each thread waited and fenced its own)
     const int stage = step % kStages;
     const unsigned char* a_tile = xs + stage * kXTileBytes + warpgroup * (64 / 8) * kGroupBytes;
@@ -139,19 +138,38 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
 
     if (step + 2 < k_steps) issue(step + 2);
     cp_async_commit();
-    const uint32_t scale = scale1;
-    scale1 = scale2;
-    scale2 = step + 3 < k_steps ? load_scale(step + 3) : 127;
     cp_async_wait<1>();  // this thread's copies for step + 1
     if (step + 1 < k_steps) decode(step + 1, scale);
     fence_proxy_async_shared();
+    scale = step + 3 < k_steps ? load_scale(step + 3) : 127;
+  };
+  // Two scale registers, one for even and one for odd steps, each loaded two steps before its
+  // decode (a single register handed along would wait for its load after one step).
+  uint32_t scale_even = k_steps > 1 ? load_scale(1) : 127, scale_odd = k_steps > 2 ? load_scale(2) : 127;
+  for (int step = 0; step < k_steps; step += 2) {
+    run_step(step, scale_even);
+    if (step + 1 < k_steps) run_step(step + 1, scale_odd);
   }
   wgmma_wait<0>();
   cp_async_wait<0>();
 
-  // Epilogue: warp w of the warpgroup holds rows 16w + g and 16w + g + 8; acc[4j ..] columns 8j + 2t.
+  // Epilogue: warp w of the warpgroup holds rows 16w + g and 16w + g + 8; acc[4j ..] columns
+  // 8j + 2t. The bias is read before any store (the compiler cannot move loads above stores that
+  // might alias them, and one round trip per column pair stalled every block's end).
   const int lane = tid % 32, g = lane / 4, t = lane % 4;
   const int row0 = warpgroup * 64 + (tid / 32 % 4) * 16 + g;
+  if (p.bias) {
+#pragma unroll
+    for (int j = 0; j < kBN / 8; ++j) {
+      const int64_t n = n0 + 8 * j + 2 * t;
+      const float b0 = n < p.N ? load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + n) : 0.0f;
+      const float b1 = n + 1 < p.N ? load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + n + 1) : 0.0f;
+      acc[4 * j] += b0;
+      acc[4 * j + 1] += b1;
+      acc[4 * j + 2] += b0;
+      acc[4 * j + 3] += b1;
+    }
+  }
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int rr = row0 + 8 * h;
@@ -159,7 +177,10 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
 #pragma unroll
     for (int j = 0; j < kBN / 8; ++j) {
       const int64_t n = n0 + 8 * j + 2 * t;
-      if (n < p.N) store_output_pair(p, e, row_begin + rr, n, src_row[rr] == kBadRow, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+      if (n < p.N) {
+        store_output_pair(p, e, row_begin + rr, n, src_row[rr] == kBadRow, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1],
+                          /*add_bias=*/false);
+      }
     }
   }
 #endif

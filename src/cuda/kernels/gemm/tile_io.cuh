@@ -27,11 +27,12 @@ __device__ __forceinline__ void gather_rows(const MatmulOgsParams& p, int64_t ro
   }
 }
 
-// Output columns n and n + 1 (n even) of problem row `row` of expert e: bias, then SwiGLU over
-// the (glu, linear) pair or two plain columns; a bad gather index makes them NaN.
+// Output columns n and n + 1 (n even) of problem row `row` of expert e: bias (unless the caller
+// added it), then SwiGLU over the (glu, linear) pair or two plain columns; a bad gather index
+// makes them NaN.
 __device__ __forceinline__ void store_output_pair(const MatmulOgsParams& p, int e, int64_t row, int64_t n, bool bad,
-                                                  float h0, float h1) {
-  if (p.bias) {
+                                                  float h0, float h1, bool add_bias = true) {
+  if (add_bias && p.bias) {
     h0 += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + n);
     if (n + 1 < p.N) h1 += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + n + 1);
   }
