@@ -12,7 +12,7 @@ namespace moekit {
 // Shared memory the tiled kernels may use per block (dynamic, opted in; every sm_80+ GPU allows
 // 99 KB or more).
 constexpr int kTiledSharedMemoryBytes = 72 * 1024;
-constexpr int kWgmmaSharedMemoryBytes = 112 * 1024;
+constexpr int kWgmmaSharedMemoryBytes = 113 * 1024;
 
 enum class MatmulOgsKernel {
   kSimt,           // fp32 FMA; any dtypes, any K

@@ -10,9 +10,12 @@
 // So the tensor cores run while the threads copy and decode. Rings: 3 x tiles (each warpgroup
 // copies its own rows, so it can refill them once its own wgmmas are done), 3 decoded weight
 // tiles (shared by both warpgroups: tile s + 1 was last read by step s - 2, which every thread
-// has waited for before the barrier of step s), 3 code stages. Tiles use wgmma's no-swizzle
-// K-major layout: 8 x 8 core matrices of 128 contiguous bytes, consecutive along K, 8-row groups
-// 1 KB apart. The epilogue (bias, SwiGLU, NaN for bad gather indices) is the tiled kernels'.
+// has waited for before the barrier of step s), 3 code stages. Tiles use wgmma's 128-byte swizzle
+// K-major layout (a row's 64 elements in one 128-byte line, chunks XOR-permuted by row), so 8
+// threads copy one row's line from global memory whole and write 8 distinct banks. (The
+// no-swizzle layout, 16 bytes per row per core matrix, made each warp's copy touch 32 rows and
+// ran the kernel at a third of the speed.) The epilogue (bias, SwiGLU, NaN for bad gather
+// indices) is the tiled kernels'.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -30,16 +33,10 @@ namespace moekit::cuda {
 
 namespace wg {
 constexpr int kBM = 128, kBN = 128, kBK = 64, kStages = 3, kThreads = 256;
-constexpr int kCoreBytes = 128;                    // one 8 x 8 bf16 core matrix
-constexpr int kGroupBytes = kBK / 8 * kCoreBytes;  // one 8-row group of a tile: 1 KB
+static_assert(kBK * 2 == 128, "one 128-byte swizzle line per tile row");
 constexpr int kXTileBytes = kBM * kBK * 2, kWTileBytes = kBN * kBK * 2, kCodeTileBytes = kBN * kBK / 2;
-// Dynamic shared memory: the x, decoded-weight and code rings.
-constexpr int kSmemBytes = kStages * (kXTileBytes + kWTileBytes + kCodeTileBytes);
-
-// Byte offset of element (row, k) in a tile, and of the 8 elements at k .. k + 7 (k % 8 == 0).
-__device__ __forceinline__ int core_offset(int row, int k) {
-  return (row / 8) * kGroupBytes + (k / 8) * kCoreBytes + (row % 8) * 16 + (k % 8) * 2;
-}
+// Dynamic shared memory: the x, decoded-weight and code rings, plus slack to align them to 1 KB.
+constexpr int kSmemBytes = kStages * (kXTileBytes + kWTileBytes + kCodeTileBytes) + 1024;
 }  // namespace wg
 
 __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const MatmulOgsParams p) {
@@ -53,7 +50,8 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
   tile_at<kBM>(p, tile, e, row_begin, row_end);
   const int64_t n0 = static_cast<int64_t>(blockIdx.x % n_tiles) * kBN;
 
-  extern __shared__ __align__(1024) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + (1024 - static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) % 1024) % 1024;
   unsigned char* xs = smem;                             // [kStages][kXTileBytes]
   unsigned char* ws = smem + kStages * kXTileBytes;     // [kStages][kWTileBytes]
   unsigned char* codes_s = ws + kStages * kWTileBytes;  // [kStages][kBN][32]
@@ -64,14 +62,20 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
   const int tid = threadIdx.x, warpgroup = tid / 128, local = tid % 128;
   const int k_steps = static_cast<int>((p.K + kBK - 1) / kBK);
   const int k_blocks = static_cast<int>(p.K / 32);  // MXFP4 blocks per weight row; K % 32 == 0
-  // This thread's copies, fixed for the block. x: row xr of its warpgroup's 64, 16-byte pieces
-  // x_half + 2j (8 consecutive threads write 8 rows of one core-matrix column: distinct banks).
-  // Weights: MXFP4 block w_half of each step's two in weight row wr (16 code bytes), which it
-  // also waits for and decodes itself.
-  const int xr = warpgroup * 64 + local % 64, x_half = local / 64;
-  const int64_t src = src_row[xr];
-  const bf16* x_from = static_cast<const bf16*>(p.x) + (src >= 0 ? src * p.K : 0);
-  const int wr = local, w_half = warpgroup;
+  // This thread's copies, fixed for the block. x: chunk xc of rows xr + 16j (j < 4) of its
+  // warpgroup's 64, so 8 consecutive threads copy one row's 128-byte line. Weights: MXFP4 block
+  // w_half of each step's two in weight row wr (16 code bytes; a thread pair reads the row's 32),
+  // which it also waits for and decodes itself.
+  const int xc = local % 8, xr = warpgroup * 64 + local / 8;
+  const bf16* x_from[4];
+  bool x_valid[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int64_t src = src_row[xr + 16 * j];
+    x_valid[j] = src >= 0;
+    x_from[j] = static_cast<const bf16*>(p.x) + (src >= 0 ? src * p.K : 0) + xc * 8;
+  }
+  const int wr = tid / 2, w_half = tid % 2;
   const bool w_valid = n0 + wr < p.N;
   const int64_t w_row = static_cast<int64_t>(e) * p.N + n0 + wr;
   const uint8_t* code_from = static_cast<const uint8_t*>(p.w) + (w_valid ? w_row * k_blocks * 16 : 0);
@@ -80,11 +84,11 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
   auto issue = [&](int step) {  // x rows and codes of `step`, one commit group
     const int stage = step % kStages;
     const int64_t k0 = static_cast<int64_t>(step) * kBK;
+    const bool k_valid = k0 + xc * 8 < p.K;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const int piece = x_half + 2 * j;
-      const bool valid = src >= 0 && k0 + piece * 8 < p.K;
-      cp_async_16(xs + stage * kXTileBytes + core_offset(xr, piece * 8), valid ? x_from + k0 + piece * 8 : x_from,
+      const bool valid = x_valid[j] && k_valid;
+      cp_async_16(xs + stage * kXTileBytes + sw128_offset(xr + 16 * j, xc), valid ? x_from[j] + k0 : x_from[j],
                   valid ? 16 : 0);
     }
     const int block = 2 * step + w_half;
@@ -105,7 +109,7 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
     for (int i = 0; i < 4; ++i) {
       uint32_t v[4];
       decode_e2m1x8(words[i], m, v);
-      *reinterpret_cast<uint4*>(ws + stage * kWTileBytes + core_offset(wr, w_half * 32 + i * 8)) =
+      *reinterpret_cast<uint4*>(ws + stage * kWTileBytes + sw128_offset(wr, w_half * 4 + i)) =
           make_uint4(v[0], v[1], v[2], v[3]);
     }
   };
@@ -125,13 +129,12 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
   auto run_step = [&](int step, uint32_t& scale) {  // scale: step + 1's on entry, step + 3's on exit
     __syncthreads();  // x and weights of this step are in (each thread waited and fenced its own)
     const int stage = step % kStages;
-    const unsigned char* a_tile = xs + stage * kXTileBytes + warpgroup * (64 / 8) * kGroupBytes;
+    const unsigned char* a_tile = xs + stage * kXTileBytes + warpgroup * 64 * 128;
     const unsigned char* b_tile = ws + stage * kWTileBytes;
     wgmma_fence();
 #pragma unroll
-    for (int j = 0; j < kBK / 16; ++j) {
-      wgmma_m64n128k16_bf16(acc, wgmma_descriptor(a_tile + 2 * j * kCoreBytes, kCoreBytes, kGroupBytes),
-                            wgmma_descriptor(b_tile + 2 * j * kCoreBytes, kCoreBytes, kGroupBytes));
+    for (int j = 0; j < kBK / 16; ++j) {  // k16 sub-step j starts 32 bytes into each row
+      wgmma_m64n128k16_bf16(acc, wgmma_descriptor_sw128(a_tile + 32 * j), wgmma_descriptor_sw128(b_tile + 32 * j));
     }
     wgmma_commit();
     wgmma_wait<1>();  // this warpgroup's step - 1: its x rows and codes stage are free again

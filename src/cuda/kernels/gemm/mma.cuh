@@ -51,14 +51,18 @@ __device__ __forceinline__ uint4 load_streaming(const void* ptr) {
 #define MOEKIT_WGMMA 0
 #endif
 
-// A shared-memory matrix descriptor for a K-major bf16 operand without swizzling: 8 x 8 core
-// matrices of 128 contiguous bytes, `k_stride` bytes apart along K and `mn_stride` bytes apart
-// along M (or N).
-__device__ __forceinline__ uint64_t wgmma_descriptor(const void* smem, uint32_t k_stride, uint32_t mn_stride) {
+// A shared-memory matrix descriptor for a K-major bf16 operand in the 128-byte swizzle layout:
+// rows of 64 elements (128 bytes) one after another, the 16-byte chunk c of row r stored at chunk
+// c ^ (r % 8), 8-row groups 1 KB apart; groups must start 1 KB-aligned. A k offset within the
+// 64 is added to the start address unswizzled (the hardware applies the swizzle).
+__device__ __forceinline__ uint64_t wgmma_descriptor_sw128(const void* smem) {
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  return static_cast<uint64_t>((addr & 0x3ffff) >> 4) | (static_cast<uint64_t>(k_stride >> 4) << 16) |
-         (static_cast<uint64_t>(mn_stride >> 4) << 32);
+  return static_cast<uint64_t>((addr & 0x3ffff) >> 4) | (static_cast<uint64_t>(16 >> 4) << 16) |
+         (static_cast<uint64_t>(1024 >> 4) << 32) | (static_cast<uint64_t>(1) << 62);
 }
+
+// Byte offset of 16-byte chunk `chunk` (0..7) of row `row` in that layout.
+__device__ __forceinline__ int sw128_offset(int row, int chunk) { return row * 128 + ((chunk ^ (row % 8)) * 16); }
 
 #if MOEKIT_WGMMA
 // d (64 x 128 per warpgroup, float32) += a (64 x 16) * b (16 x 128), both K-major in shared memory.
