@@ -20,8 +20,7 @@ enum class MatmulOgsKernel {
   kStream16,       //   the same, 16-token tiles
   kStream32,       //   the same, 32-token tiles
   kTiled64,        // MXFP4 weights: bf16 mma.sync on 64 x 128 tiles, cp.async pipeline (prefill)
-  kWgmma64,        // MXFP4 weights on sm_90: wgmma on 64 x 128 tiles, decode overlapping the MMAs
-  kWgmma128,       //   the same, 128 x 128 tiles
+  kWgmma128,       // MXFP4 weights on sm_90: wgmma on 128 x 128 tiles, decode overlapping the MMAs
   kTensorCore64,   // bf16 weights: bf16 HMMA, 64-row tiles staged in shared memory
 };
 
@@ -39,18 +38,16 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   if (!tensor_cores) return MatmulOgsKernel::kSimt;
   const int64_t groups = p.E < p.P ? p.E : (p.P > 0 ? p.P : 1);
   const int64_t rows_per_expert = (p.P + groups - 1) / groups;  // rounded up
-  // sm_90 with MXFP4 weights: beyond 8 rows per expert, wgmma tiles (the library carries sm_90a
-  // code for them; measured faster than the streaming kernel's 16- and 32-token tiles).
-  const bool wgmma = p.mxfp4 && device.major == 9 && device.minor == 0 &&
-                     device.max_smem_per_block_optin >= kWgmmaSharedMemoryBytes;
+  // Up to 32 rows per expert the weights dominate the traffic: stream them once, in token tiles
+  // that cover an average expert.
   if (rows_per_expert <= 8) return MatmulOgsKernel::kStream8;
-  if (wgmma) return rows_per_expert <= 64 ? MatmulOgsKernel::kWgmma64 : MatmulOgsKernel::kWgmma128;
-  // Elsewhere: up to 32 rows per expert the weights dominate the traffic, so stream them once,
-  // in token tiles that cover an average expert; then shared-memory tiles.
   if (rows_per_expert <= 16) return MatmulOgsKernel::kStream16;
   if (rows_per_expert <= 32) return MatmulOgsKernel::kStream32;
   if (!p.mxfp4 || device.max_smem_per_block_optin < kTiledSharedMemoryBytes) return MatmulOgsKernel::kTensorCore64;
-  return MatmulOgsKernel::kTiled64;
+  // wgmma exists on sm_90 alone (the library carries sm_90a code for it); elsewhere, and for
+  // experts too small for 128-row tiles, mma.sync on 64-row tiles.
+  const bool wgmma = device.major == 9 && device.minor == 0 && device.max_smem_per_block_optin >= kWgmmaSharedMemoryBytes;
+  return wgmma ? MatmulOgsKernel::kWgmma128 : MatmulOgsKernel::kTiled64;
 }
 
 }  // namespace moekit

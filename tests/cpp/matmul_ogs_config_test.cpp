@@ -39,30 +39,26 @@ TEST(MatmulOgsConfig, TensorCoresOnlyForExactBf16OperandsOnSm80Plus) {
 }
 
 TEST(MatmulOgsConfig, TileHeightFollowsRowsPerExpert) {
-  // Average rows per expert, rounded up: P / min(E, P). On sm_90 with MXFP4 weights, wgmma tiles
-  // beyond 8 rows.
+  // Average rows per expert: P / min(E, P).
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(256, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kStream8);
-  EXPECT_EQ(choose_matmul_ogs_kernel(problem(257, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kWgmma64);
-  EXPECT_EQ(choose_matmul_ogs_kernel(problem(2048, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kWgmma64);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(257, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kStream16);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(512, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kStream16);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(1024, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kStream32);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(1025, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kTiled64);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(2048, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kTiled64);
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(2049, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kWgmma128);
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(1000, 1, 96, true), kBf16, device(9)), MatmulOgsKernel::kWgmma128);
-  EXPECT_EQ(choose_matmul_ogs_kernel(problem(3, 128, 96, true), kBf16, device(9)), MatmulOgsKernel::kStream8);
-  EXPECT_EQ(choose_matmul_ogs_kernel(problem(0, 128, 96, true), kBf16, device(9)), MatmulOgsKernel::kStream8);
-  // Elsewhere, and for bf16 weights: the streaming kernel up to 32 rows, then 64-row tiles.
-  for (const bool mxfp4 : {true, false}) {
-    const moekit::DeviceInfo dev = device(mxfp4 ? 8 : 9);
-    EXPECT_EQ(choose_matmul_ogs_kernel(problem(256, 32, 2880, mxfp4), kBf16, dev), MatmulOgsKernel::kStream8);
-    EXPECT_EQ(choose_matmul_ogs_kernel(problem(257, 32, 2880, mxfp4), kBf16, dev), MatmulOgsKernel::kStream16);
-    EXPECT_EQ(choose_matmul_ogs_kernel(problem(512, 32, 2880, mxfp4), kBf16, dev), MatmulOgsKernel::kStream16);
-    EXPECT_EQ(choose_matmul_ogs_kernel(problem(1024, 32, 2880, mxfp4), kBf16, dev), MatmulOgsKernel::kStream32);
-    EXPECT_EQ(choose_matmul_ogs_kernel(problem(1025, 32, 2880, mxfp4), kBf16, dev),
-              mxfp4 ? MatmulOgsKernel::kTiled64 : MatmulOgsKernel::kTensorCore64);
-  }
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(2049, 32, 2880, true), kBf16, device(8)), MatmulOgsKernel::kTiled64)
+      << "wgmma is sm_90 only";
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(1025, 32, 2880, false), kBf16, device(9)), MatmulOgsKernel::kTensorCore64)
+      << "bf16 weights";
   moekit::DeviceInfo small_smem = device(9);
   small_smem.max_smem_per_block_optin = 48 * 1024;
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(2049, 32, 2880, true), kBf16, small_smem), MatmulOgsKernel::kTensorCore64);
   small_smem.max_smem_per_block_optin = 80 * 1024;
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(2049, 32, 2880, true), kBf16, small_smem), MatmulOgsKernel::kTiled64);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(3, 128, 96, true), kBf16, device(9)), MatmulOgsKernel::kStream8);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(0, 128, 96, true), kBf16, device(9)), MatmulOgsKernel::kStream8);
 }
 
 }  // namespace

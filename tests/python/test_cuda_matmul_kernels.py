@@ -1,12 +1,10 @@
 """Each CUDA matmul_ogs kernel, element by element, against the float64 reference.
 
 The shapes pick the kernel (src/core/matmul_ogs_config.h; tests/cpp/matmul_ogs_config_test.cpp
-pins the choice), by rows per expert (rounded-up average) with bf16 x. Up to 8: the
-weight-streaming kernel with 8-token tiles. Beyond, MXFP4 weights on sm_90 run wgmma tiles of 64
-rows (up to 64 per expert) or 128; elsewhere MXFP4 weights run the streaming kernel with 16- or
-32-token tiles up to 32, then 64-row mma.sync tiles; bf16 weights run the streaming kernel up to
-32, then 64-row wmma tiles. So on an H100 the cases named after the 16- and 32-token streaming
-kernels exercise them with bf16 weights, and wgmma with MXFP4 weights.
+pins the choice): with bf16 x, rows per expert (rounded-up average) <= 8, 16 or 32 run the
+weight-streaming kernel with 8-, 16- or 32-token tiles. With more, MXFP4 weights run the
+mma.sync kernel with 64-row tiles (up to 64 rows per expert, or on GPUs other than sm_90) or the
+wgmma kernel with 128-row tiles (sm_90), and bf16 weights run 64-row wmma tiles.
 Expert sizes are uneven on purpose: empty experts, and experts spanning several tiles.
 
 Every output element must lie within its own bound: the bf16 rounding of the result (2^-8
@@ -29,8 +27,8 @@ ROWS_PER_EXPERT = {  # kernel -> rows of each expert
     "stream8": [1, 0, 3, 8, 2, 0, 5, 1],  # 20 rows / 8 experts: 3 on average
     "stream16": [16, 9, 12, 0, 30, 14, 15, 16],  # 14
     "stream32": [32, 20, 45, 31, 0, 28],  # 26
-    "tiles64": [70, 33, 100, 0],  # 51
-    "tiles128": [130, 70, 200, 0, 129],  # 106
+    "tiled64": [70, 33, 100, 0],  # 51
+    "wgmma128": [130, 70, 200, 0, 129],  # 106 (tiled64 on GPUs other than sm_90)
 }
 
 
@@ -166,7 +164,7 @@ def test_one_expert_without_offsets(gen, P, kind):
     assert_elementwise(got, want, accumulation(K) * terms)
 
 
-@pytest.mark.parametrize("kernel", ["stream8", "stream16", "tiles64", "tiles128"])
+@pytest.mark.parametrize("kernel", ["stream8", "tiled64", "wgmma128"])
 def test_bad_gather_index_gives_nan_rows(gen, kernel):
     """The GPU cannot raise from a kernel: a gather index outside [0, M) makes that row NaN
     (docs/design.md), in every kernel; other rows stay exact."""

@@ -80,16 +80,14 @@ void launch_tiled(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsPa
   matmul_ogs_tiled_kernel<BM><<<grid, tiled::kThreads, smem, stream>>>(params);
 }
 
-template <int BM>
 void launch_wgmma(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
                   const ExecContext& ctx) {
-  plan_tiles<BM>(p, a, params, stream, ctx);
-  const int64_t max_tiles = ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0);
+  plan_tiles<wg::kBM>(p, a, params, stream, ctx);
+  const int64_t max_tiles = ceil_div(p.P, wg::kBM) + (a.expert_offsets.present() ? p.E : 0);
   const dim3 grid(static_cast<unsigned>(max_tiles * ceil_div(p.N, wg::kBN)));
-  constexpr int smem = wg::smem_bytes<BM>();
-  static_assert(smem + BM * 8 <= kWgmmaSharedMemoryBytes, "the kernel choice assumes this budget");
-  allow_dynamic_smem<matmul_ogs_wgmma_kernel<BM>>(smem, p.device.index);
-  matmul_ogs_wgmma_kernel<BM><<<grid, wg::kThreads, smem, stream>>>(params);
+  static_assert(wg::kSmemBytes + wg::kBM * 8 <= kWgmmaSharedMemoryBytes, "the kernel choice assumes this budget");
+  allow_dynamic_smem<matmul_ogs_wgmma_kernel>(wg::kSmemBytes, p.device.index);
+  matmul_ogs_wgmma_kernel<<<grid, wg::kThreads, wg::kSmemBytes, stream>>>(params);
 }
 
 // A persistent grid over (token tile, 16 output columns) work items: as many blocks as fit on
@@ -159,8 +157,7 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
       case MatmulOgsKernel::kStream16: launch_stream<2>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kStream32: launch_stream<4>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kTiled64: launch_tiled<64>(p, a, params, stream, ctx); break;
-      case MatmulOgsKernel::kWgmma64: launch_wgmma<64>(p, a, params, stream, ctx); break;
-      case MatmulOgsKernel::kWgmma128: launch_wgmma<128>(p, a, params, stream, ctx); break;
+      case MatmulOgsKernel::kWgmma128: launch_wgmma(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kTensorCore64: launch_tensor_core<64>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kSimt:
         if (a.x.dtype == DType::kBFloat16) launch_simt<bf16>(p, a, params, stream, ctx);

@@ -1,23 +1,21 @@
-// matmul_ogs for many rows per expert on Hopper (sm_90a): MXFP4 weights, bf16 x, BM x 128 output
-// tiles (tokens x weight rows) of one expert per block, two warpgroups issuing wgmma from shared
-// memory: with BM = 128 each takes 64 rows (m64n128k16); with BM = 64, for experts with fewer
-// rows, each takes 64 of the 128 columns (m64n64k16).
+// matmul_ogs for many rows per expert on Hopper (sm_90a): MXFP4 weights, bf16 x, 128 x 128 output
+// tiles (tokens x weight rows) of one expert per block, two warpgroups each issuing
+// wgmma.m64n128k16 from shared memory for its 64 rows.
 //
 // Per 64-wide k step s, in every thread:
 //   barrier; issue the wgmmas of step s (asynchronous); wait for its warpgroup's step s - 1
 //   wgmmas (so one step stays in flight across the loop); copy x rows and MXFP4 codes for step
-//   s + 2 by cp.async; decode the codes it copied itself for step s + 1 (one 32-code block, one
-//   scale) into a bf16 weight tile; fence for the async proxy.
-// So the tensor cores run while the threads copy and decode. Rings: x tiles (3 with BM = 128,
-// where each warpgroup copies its own rows and so can refill them once its own wgmmas are done;
-// 4 with BM = 64, where both warpgroups read every row, so the stage refilled at step s was last
-// read at step s - 2), 3 decoded weight tiles (tile s + 1 was last read by step s - 2, which every
-// thread has waited for before the barrier of step s), 3 code stages (each thread's own). Tiles
-// use wgmma's 128-byte swizzle K-major layout (a row's 64 elements in one 128-byte line, chunks
-// XOR-permuted by row), so 8 threads copy one row's line from global memory whole and write 8
-// distinct banks. (The no-swizzle layout, 16 bytes per row per core matrix, made each warp's copy
-// touch 32 rows and ran the kernel at a third of the speed.) The epilogue (bias, SwiGLU, NaN for
-// bad gather indices) is the tiled kernels'.
+//   s + 2 by cp.async into the stages step s - 1 used; decode the codes it copied itself for step
+//   s + 1 (one 32-code block, one scale) into a bf16 weight tile; fence for the async proxy.
+// So the tensor cores run while the threads copy and decode. Rings: 3 x tiles (each warpgroup
+// copies its own rows, so it can refill them once its own wgmmas are done), 3 decoded weight
+// tiles (shared by both warpgroups: tile s + 1 was last read by step s - 2, which every thread
+// has waited for before the barrier of step s), 3 code stages. Tiles use wgmma's 128-byte swizzle
+// K-major layout (a row's 64 elements in one 128-byte line, chunks XOR-permuted by row), so 8
+// threads copy one row's line from global memory whole and write 8 distinct banks. (The
+// no-swizzle layout, 16 bytes per row per core matrix, made each warp's copy touch 32 rows and
+// ran the kernel at a third of the speed.) The epilogue (bias, SwiGLU, NaN for bad gather
+// indices) is the tiled kernels'.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -34,26 +32,16 @@
 namespace moekit::cuda {
 
 namespace wg {
-constexpr int kBN = 128, kBK = 64, kStages = 3, kThreads = 256;
+constexpr int kBM = 128, kBN = 128, kBK = 64, kStages = 3, kThreads = 256;
 static_assert(kBK * 2 == 128, "one 128-byte swizzle line per tile row");
-constexpr int kWTileBytes = kBN * kBK * 2, kCodeTileBytes = kBN * kBK / 2;
-template <int BM>
-__host__ __device__ constexpr int x_stages() { return BM == 128 ? 3 : 4; }
+constexpr int kXTileBytes = kBM * kBK * 2, kWTileBytes = kBN * kBK * 2, kCodeTileBytes = kBN * kBK / 2;
 // Dynamic shared memory: the x, decoded-weight and code rings, plus slack to align them to 1 KB.
-template <int BM>
-__host__ __device__ constexpr int smem_bytes() {
-  return x_stages<BM>() * BM * kBK * 2 + kStages * (kWTileBytes + kCodeTileBytes) + 1024;
-}
+constexpr int kSmemBytes = kStages * (kXTileBytes + kWTileBytes + kCodeTileBytes) + 1024;
 }  // namespace wg
 
-template <int BM>
 __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const MatmulOgsParams p) {
 #if MOEKIT_WGMMA
   using namespace wg;
-  static_assert(BM == 64 || BM == 128, "tile height");
-  constexpr int kBM = BM, kXStages = x_stages<BM>(), kXTileBytes = BM * kBK * 2;
-  constexpr int kWarpgroupN = BM == 128 ? 128 : 64;  // columns of each warpgroup's wgmma
-  constexpr int kAcc = kWarpgroupN / 2;
   // Block x -> (row tile, column tile), column tiles fastest (see matmul_ogs_tiled.cuh).
   const int64_t n_tiles = (p.N + kBN - 1) / kBN, tile = blockIdx.x / n_tiles;
   if (tile >= tile_count<kBM>(p)) return;
@@ -64,8 +52,8 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + (1024 - static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) % 1024) % 1024;
-  unsigned char* xs = smem;                             // [kXStages][kXTileBytes]
-  unsigned char* ws = smem + kXStages * kXTileBytes;    // [kStages][kWTileBytes]
+  unsigned char* xs = smem;                             // [kStages][kXTileBytes]
+  unsigned char* ws = smem + kStages * kXTileBytes;     // [kStages][kWTileBytes]
   unsigned char* codes_s = ws + kStages * kWTileBytes;  // [kStages][kBN][32]
   __shared__ int64_t src_row[kBM];
   gather_rows<kBM>(p, row_begin, row_end, src_row);
@@ -74,19 +62,16 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
   const int tid = threadIdx.x, warpgroup = tid / 128, local = tid % 128;
   const int k_steps = static_cast<int>((p.K + kBK - 1) / kBK);
   const int k_blocks = static_cast<int>(p.K / 32);  // MXFP4 blocks per weight row; K % 32 == 0
-  // This thread's copies, fixed for the block. x: chunk xc of rows xr + 16j (BM = 128: of its
-  // warpgroup's 64) or xr + 32j (BM = 64), so 8 consecutive threads copy one row's 128-byte line.
-  // Weights: MXFP4 block
+  // This thread's copies, fixed for the block. x: chunk xc of rows xr + 16j (j < 4) of its
+  // warpgroup's 64, so 8 consecutive threads copy one row's 128-byte line. Weights: MXFP4 block
   // w_half of each step's two in weight row wr (16 code bytes; a thread pair reads the row's 32),
   // which it also waits for and decodes itself.
-  constexpr int kXRows = BM / 32;  // x rows per thread
-  constexpr int kXRowStep = BM == 128 ? 16 : 32;
-  const int xc = local % 8, xr = (BM == 128 ? warpgroup * 64 : warpgroup * 16) + local / 8;
-  const bf16* x_from[kXRows];
-  bool x_valid[kXRows];
+  const int xc = local % 8, xr = warpgroup * 64 + local / 8;
+  const bf16* x_from[4];
+  bool x_valid[4];
 #pragma unroll
-  for (int j = 0; j < kXRows; ++j) {
-    const int64_t src = src_row[xr + kXRowStep * j];
+  for (int j = 0; j < 4; ++j) {
+    const int64_t src = src_row[xr + 16 * j];
     x_valid[j] = src >= 0;
     x_from[j] = static_cast<const bf16*>(p.x) + (src >= 0 ? src * p.K : 0) + xc * 8;
   }
@@ -101,10 +86,10 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
     const int64_t k0 = static_cast<int64_t>(step) * kBK;
     const bool k_valid = k0 + xc * 8 < p.K;
 #pragma unroll
-    for (int j = 0; j < kXRows; ++j) {
+    for (int j = 0; j < 4; ++j) {
       const bool valid = x_valid[j] && k_valid;
-      cp_async_16(xs + step % kXStages * kXTileBytes + sw128_offset(xr + kXRowStep * j, xc),
-                  valid ? x_from[j] + k0 : x_from[j], valid ? 16 : 0);
+      cp_async_16(xs + stage * kXTileBytes + sw128_offset(xr + 16 * j, xc), valid ? x_from[j] + k0 : x_from[j],
+                  valid ? 16 : 0);
     }
     const int block = 2 * step + w_half;
     const bool valid = w_valid && block < k_blocks;
@@ -138,24 +123,21 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
   decode(0, load_scale(0));
   fence_proxy_async_shared();
 
-  float acc[kAcc];
+  float acc[64];
 #pragma unroll
-  for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
+  for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
   auto run_step = [&](int step, uint32_t& scale) {  // scale: step + 1's on entry, step + 3's on exit
     __syncthreads();  // x and weights of this step are in (each thread waited and fenced its own)
-    const unsigned char* a_tile = xs + step % kXStages * kXTileBytes + (BM == 128 ? warpgroup * 64 * 128 : 0);
-    const unsigned char* b_tile = ws + step % kStages * kWTileBytes + (BM == 128 ? 0 : warpgroup * 64 * 128);
+    const int stage = step % kStages;
+    const unsigned char* a_tile = xs + stage * kXTileBytes + warpgroup * 64 * 128;
+    const unsigned char* b_tile = ws + stage * kWTileBytes;
     wgmma_fence();
 #pragma unroll
     for (int j = 0; j < kBK / 16; ++j) {  // k16 sub-step j starts 32 bytes into each row
-      if constexpr (BM == 128) {
-        wgmma_m64n128k16_bf16(acc, wgmma_descriptor_sw128(a_tile + 32 * j), wgmma_descriptor_sw128(b_tile + 32 * j));
-      } else {
-        wgmma_m64n64k16_bf16(acc, wgmma_descriptor_sw128(a_tile + 32 * j), wgmma_descriptor_sw128(b_tile + 32 * j));
-      }
+      wgmma_m64n128k16_bf16(acc, wgmma_descriptor_sw128(a_tile + 32 * j), wgmma_descriptor_sw128(b_tile + 32 * j));
     }
     wgmma_commit();
-    wgmma_wait<1>();  // this warpgroup's step - 1 (see the rings above)
+    wgmma_wait<1>();  // this warpgroup's step - 1: its x rows and codes stage are free again
 
     if (step + 2 < k_steps) issue(step + 2);
     cp_async_commit();
@@ -178,12 +160,11 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
   // 8j + 2t. The bias is read before any store (the compiler cannot move loads above stores that
   // might alias them, and one round trip per column pair stalled every block's end).
   const int lane = tid % 32, g = lane / 4, t = lane % 4;
-  const int row0 = (BM == 128 ? warpgroup * 64 : 0) + (tid / 32 % 4) * 16 + g;
-  const int64_t col0 = n0 + (BM == 128 ? 0 : warpgroup * 64) + 2 * t;
+  const int row0 = warpgroup * 64 + (tid / 32 % 4) * 16 + g;
   if (p.bias) {
 #pragma unroll
-    for (int j = 0; j < kWarpgroupN / 8; ++j) {
-      const int64_t n = col0 + 8 * j;
+    for (int j = 0; j < kBN / 8; ++j) {
+      const int64_t n = n0 + 8 * j + 2 * t;
       const float b0 = n < p.N ? load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + n) : 0.0f;
       const float b1 = n + 1 < p.N ? load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + n + 1) : 0.0f;
       acc[4 * j] += b0;
@@ -197,8 +178,8 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
     const int rr = row0 + 8 * h;
     if (row_begin + rr >= row_end) continue;
 #pragma unroll
-    for (int j = 0; j < kWarpgroupN / 8; ++j) {
-      const int64_t n = col0 + 8 * j;
+    for (int j = 0; j < kBN / 8; ++j) {
+      const int64_t n = n0 + 8 * j + 2 * t;
       if (n < p.N) {
         store_output_pair(p, e, row_begin + rr, n, src_row[rr] == kBadRow, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1],
                           /*add_bias=*/false);
