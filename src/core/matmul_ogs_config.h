@@ -40,6 +40,9 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   const int64_t rows_per_expert = (p.P + groups - 1) / groups;  // rounded up
   // Up to 32 rows per expert the weights dominate the traffic: stream them once, in token tiles
   // that cover an average expert.
+  // Few output columns of bf16 weights (the gate: N = E): 64-row tiles would make a handful of
+  // blocks (180 us for T = 128 on an H100); 8-token work items make the most.
+  if (!p.mxfp4 && p.N <= 256) return MatmulOgsKernel::kStream8;
   if (rows_per_expert <= 8) return MatmulOgsKernel::kStream8;
   if (rows_per_expert <= 16) return MatmulOgsKernel::kStream16;
   if (rows_per_expert <= 32) return MatmulOgsKernel::kStream32;

@@ -44,14 +44,20 @@ TEST(MatmulOgsConfig, TileHeightFollowsRowsPerExpert) {
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(257, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kStream16);
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(512, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kStream16);
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(1024, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kStream32);
-  EXPECT_EQ(choose_matmul_ogs_kernel(problem(1025, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kTiled64);
-  EXPECT_EQ(choose_matmul_ogs_kernel(problem(2048, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kTiled64);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(1025, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kWgmma128);
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(1025, 32, 2880, true), kBf16, device(8)), MatmulOgsKernel::kTiled64);
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(2049, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kWgmma128);
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(1000, 1, 96, true), kBf16, device(9)), MatmulOgsKernel::kWgmma128);
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(2049, 32, 2880, true), kBf16, device(8)), MatmulOgsKernel::kTiled64)
       << "wgmma is sm_90 only";
-  EXPECT_EQ(choose_matmul_ogs_kernel(problem(1025, 32, 2880, false), kBf16, device(9)), MatmulOgsKernel::kTensorCore64)
-      << "bf16 weights";
+  moekit::MatmulOgsProblem wide = problem(1025, 32, 2880, false);
+  wide.N = 5760;
+  EXPECT_EQ(choose_matmul_ogs_kernel(wide, kBf16, device(9)), MatmulOgsKernel::kTensorCore64) << "bf16 weights";
+  moekit::MatmulOgsProblem gate = problem(8192, 1, 2880, false);
+  gate.N = 32;
+  EXPECT_EQ(choose_matmul_ogs_kernel(gate, kBf16, device(9)), MatmulOgsKernel::kStream8) << "few bf16 columns";
+  gate.N = 257;
+  EXPECT_EQ(choose_matmul_ogs_kernel(gate, kBf16, device(9)), MatmulOgsKernel::kTensorCore64);
   moekit::DeviceInfo small_smem = device(9);
   small_smem.max_smem_per_block_optin = 48 * 1024;
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(2049, 32, 2880, true), kBf16, small_smem), MatmulOgsKernel::kTensorCore64);
