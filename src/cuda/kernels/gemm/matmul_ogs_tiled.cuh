@@ -107,11 +107,11 @@ __global__ void __launch_bounds__(tiled::kThreads, 2) matmul_ogs_tiled_kernel(co
   auto decode = [&](int stage, int buf, uint32_t scale) {
     const uint4 c = *reinterpret_cast<const uint4*>(&codes_s[stage][w_r][0]);
     const uint32_t words[4] = {c.x, c.y, c.z, c.w};
-    const Mxfp4Multiplier m = mxfp4_multiplier(scale);
+    const E2m1Table table = e2m1_table(scale);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       uint32_t v[4];
-      decode_e2m1x8(words[i], m, v);
+      decode_e2m1x8(words[i], table, v);
       *reinterpret_cast<uint4*>(&ws[buf][w_r][8 * i]) = make_uint4(v[0], v[1], v[2], v[3]);
     }
   };

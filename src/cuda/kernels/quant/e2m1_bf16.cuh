@@ -1,7 +1,10 @@
-// MXFP4 -> bf16 in registers by bit manipulation. An e2m1 code's magnitude bits placed at bf16
-// bits 8..6 (sign at 15) read as (e2m1 value) * 2^-126, exactly, subnormals included; one or two
-// power-of-two multiplies then apply the 2^-126 and the block's e8m0 scale, also exactly (or to
-// the same inf/NaN as the CPU's float math). Hopper has no e2m1 conversion instruction.
+// MXFP4 -> bf16 in registers (Hopper has no e2m1 conversion instruction), two ways:
+// - strided pairs for kernels free to permute k: an e2m1 code's magnitude bits placed at bf16 bits
+//   8..6 (sign at 15) read as (e2m1 value) * 2^-126, exactly, subnormals included; one or two
+//   power-of-two multiplies then apply the 2^-126 and the block's e8m0 scale, also exactly (or to
+//   the same inf/NaN as the CPU's float math);
+// - memory order, through a per-block table of the 8 scaled magnitudes and byte permutes: fewer
+//   instructions per code when a thread decodes a whole block.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -56,14 +59,38 @@ __device__ __forceinline__ void decode_e2m1x8_strided(uint32_t c, const Mxfp4Mul
   apply_multiplier(r, m);
 }
 
-// 8 codes -> bf16x2 registers holding elements (0,1), (2,3), (4,5), (6,7): memory order.
-__device__ __forceinline__ void decode_e2m1x8(uint32_t c, const Mxfp4Multiplier& m, uint32_t (&r)[4]) {
-  const uint32_t lo = c & 0x0f0f0f0fu, hi = (c >> 4) & 0x0f0f0f0fu;  // even and odd elements
-  r[0] = e2m1_pair_bits(__byte_perm(lo, hi, 0x4400));
-  r[1] = e2m1_pair_bits(__byte_perm(lo, hi, 0x5511));
-  r[2] = e2m1_pair_bits(__byte_perm(lo, hi, 0x6622));
-  r[3] = e2m1_pair_bits(__byte_perm(lo, hi, 0x7733));
-  apply_multiplier(r, m);
+// For decoding a whole block in memory order: the 8 e2m1 magnitudes times the block's scale,
+// split into the low and high bytes of their bf16 patterns, so one byte permute looks up 4 codes.
+// The products are exact (or the same inf/NaN as the CPU's float math): magnitudes are small
+// normals and the scale a power of two (a bf16 subnormal for byte 0).
+struct E2m1Table {
+  uint32_t lo0, lo1, hi0, hi1;  // bytes of magnitudes 0..3 and 4..7
+};
+
+__device__ __forceinline__ E2m1Table e2m1_table(uint32_t s) {
+  const uint32_t scale = (s == 255 ? 0x7fc0u : (s == 0 ? 0x0040u : s << 7)) * 0x10001u;  // 2^(s-127)
+  const uint32_t m01 = bf16x2_mul(0x3f000000u, scale);  // (0, 0.5)
+  const uint32_t m23 = bf16x2_mul(0x3fc03f80u, scale);  // (1, 1.5)
+  const uint32_t m45 = bf16x2_mul(0x40404000u, scale);  // (2, 3)
+  const uint32_t m67 = bf16x2_mul(0x40c04080u, scale);  // (4, 6)
+  return {__byte_perm(m01, m23, 0x6420), __byte_perm(m45, m67, 0x6420), __byte_perm(m01, m23, 0x7531),
+          __byte_perm(m45, m67, 0x7531)};
+}
+
+// 8 codes (one word, low nibble first) -> bf16x2 registers holding elements (0,1), (2,3), (4,5),
+// (6,7): memory order. Magnitudes are looked up 4 at a time (selector nibbles 0..7: bit 3 of a
+// byte_perm selector would replicate a sign); the code's sign bit becomes bit 7 of the high byte.
+__device__ __forceinline__ void decode_e2m1x8(uint32_t c, const E2m1Table& t, uint32_t (&r)[4]) {
+  const uint32_t c4 = c << 4;  // puts the signs of even elements at bit 7 of their byte
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const uint32_t sel = (half ? c >> 16 : c) & 0x7777u;
+    const uint32_t lo = __byte_perm(t.lo0, t.lo1, sel);
+    const uint32_t signs = __byte_perm(c4, c, half ? 0x7362 : 0x5140);
+    const uint32_t hi = __byte_perm(t.hi0, t.hi1, sel) | (signs & 0x80808080u);
+    r[2 * half] = __byte_perm(lo, hi, 0x5140);
+    r[2 * half + 1] = __byte_perm(lo, hi, 0x7362);
+  }
 }
 
 }  // namespace moekit::cuda
