@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(stream::kThreads, stream::min_blocks(NT, kMxfp
   // k steps whose weights are loaded before any is used. Measured on an H100: loading MXFP4 steps
   // ahead (4 / NT, at 4 blocks per SM) was 5-10% slower than one step at 6 blocks per SM; the
   // bf16 gate (one 8-token tile), with few blocks and a long k loop, takes 2.
-  constexpr int kUnroll = NT == 1 ? 2 : 1;
+  constexpr int kUnroll = kMxfp4 || NT > 1 ? 1 : 2;
   __shared__ float partial[kWarps][kCols][BM + 1];
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
