@@ -17,6 +17,7 @@ constexpr int kWgmmaSharedMemoryBytes = 113 * 1024;
 enum class MatmulOgsKernel {
   kSimt,           // fp32 FMA; any dtypes, any K
   kStream8,        // bf16 MMA with weights streamed into fragments, 8-token tiles (decode)
+  kStream8Wide,    //   the same with 16 warps splitting K: few, long work items (the gate)
   kStream16,       //   the same, 16-token tiles
   kStream32,       //   the same, 32-token tiles
   kTiled64,        // MXFP4 weights: bf16 mma.sync on 64 x 128 tiles, cp.async pipeline (prefill)
@@ -41,8 +42,9 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   // Up to 32 rows per expert the weights dominate the traffic: stream them once, in token tiles
   // that cover an average expert.
   // Few output columns of bf16 weights (the gate: N = E): 64-row tiles would make a handful of
-  // blocks (180 us for T = 128 on an H100); 8-token work items make the most.
-  if (!p.mxfp4 && p.N <= 256) return MatmulOgsKernel::kStream8;
+  // blocks (180 us for T = 128 on an H100); 8-token work items make the most, and 16 warps per
+  // item split its long k loop.
+  if (!p.mxfp4 && p.N <= 256) return MatmulOgsKernel::kStream8Wide;
   if (rows_per_expert <= 8) return MatmulOgsKernel::kStream8;
   if (rows_per_expert <= 16) return MatmulOgsKernel::kStream16;
   if (rows_per_expert <= 32) return MatmulOgsKernel::kStream32;

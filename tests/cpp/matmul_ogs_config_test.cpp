@@ -55,7 +55,7 @@ TEST(MatmulOgsConfig, TileHeightFollowsRowsPerExpert) {
   EXPECT_EQ(choose_matmul_ogs_kernel(wide, kBf16, device(9)), MatmulOgsKernel::kTensorCore64) << "bf16 weights";
   moekit::MatmulOgsProblem gate = problem(8192, 1, 2880, false);
   gate.N = 32;
-  EXPECT_EQ(choose_matmul_ogs_kernel(gate, kBf16, device(9)), MatmulOgsKernel::kStream8) << "few bf16 columns";
+  EXPECT_EQ(choose_matmul_ogs_kernel(gate, kBf16, device(9)), MatmulOgsKernel::kStream8Wide) << "few bf16 columns";
   gate.N = 257;
   EXPECT_EQ(choose_matmul_ogs_kernel(gate, kBf16, device(9)), MatmulOgsKernel::kTensorCore64);
   moekit::DeviceInfo small_smem = device(9);

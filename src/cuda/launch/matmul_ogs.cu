@@ -92,17 +92,18 @@ void launch_wgmma(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsPa
 
 // A persistent grid over (token tile, 16 output columns) work items: as many blocks as fit on
 // the device at once, never more than there can be items.
-template <int NT>
+template <int NT, int kWarps = 4>
 void launch_stream(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
                    const ExecContext& ctx) {
   constexpr int BM = 8 * NT;
   plan_tiles<BM>(p, a, params, stream, ctx);
   const int64_t max_tiles = ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0);
   const int64_t max_items = max_tiles * ceil_div(p.N, stream::kCols);
-  const int64_t resident = static_cast<int64_t>(device_info(p.device.index).sm_count) * stream::min_blocks(NT, p.mxfp4);
+  const int64_t resident =
+      static_cast<int64_t>(device_info(p.device.index).sm_count) * stream::min_blocks(NT, p.mxfp4, kWarps);
   const dim3 grid(static_cast<unsigned>(std::min(max_items, resident)));
-  if (p.mxfp4) matmul_ogs_stream_kernel<NT, true><<<grid, stream::kThreads, 0, stream>>>(params);
-  else matmul_ogs_stream_kernel<NT, false><<<grid, stream::kThreads, 0, stream>>>(params);
+  if (p.mxfp4) matmul_ogs_stream_kernel<NT, true, kWarps><<<grid, 32 * kWarps, 0, stream>>>(params);
+  else matmul_ogs_stream_kernel<NT, false, kWarps><<<grid, 32 * kWarps, 0, stream>>>(params);
 }
 
 bool aligned_16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
@@ -154,6 +155,7 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
                                      aligned_16(a.x.data) && aligned_16(a.w.values.data)};
     switch (choose_matmul_ogs_kernel(p, operands, device_info(p.device.index))) {
       case MatmulOgsKernel::kStream8: launch_stream<1>(p, a, params, stream, ctx); break;
+      case MatmulOgsKernel::kStream8Wide: launch_stream<1, 16>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kStream16: launch_stream<2>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kStream32: launch_stream<4>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kTiled64: launch_tiled<64>(p, a, params, stream, ctx); break;

@@ -30,10 +30,12 @@
 namespace moekit::cuda {
 
 namespace stream {
-constexpr int kWarps = 4, kThreads = 32 * kWarps;
+// Warps per block, splitting K: 4, or 16 for problems with few, long work items (the gate).
 constexpr int kCols = 16;       // output columns (weight rows) per work item: the MMA's M
 // Resident blocks per SM (launch bounds cap the registers to fit them): the persistent grid's size.
-constexpr int min_blocks(int NT, bool mxfp4) { return NT == 1 && mxfp4 ? 6 : 4; }
+__host__ __device__ constexpr int min_blocks(int NT, bool mxfp4, int warps) {
+  return warps == 16 ? 1 : (NT == 1 && mxfp4 ? 6 : 4);
+}
 }  // namespace stream
 
 // 8 consecutive bf16 -> bf16x2 registers holding elements (0,4), (1,5), (2,6), (3,7), the
@@ -45,14 +47,16 @@ __device__ __forceinline__ void pair_bf16x8(const uint4 v, uint32_t (&r)[4]) {
   r[3] = __byte_perm(v.y, v.w, 0x7632);
 }
 
-template <int NT, bool kMxfp4>
-__global__ void __launch_bounds__(stream::kThreads, stream::min_blocks(NT, kMxfp4)) matmul_ogs_stream_kernel(const MatmulOgsParams p) {
+template <int NT, bool kMxfp4, int kWarps = 4>
+__global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kWarps))
+    matmul_ogs_stream_kernel(const MatmulOgsParams p) {
   using namespace stream;
   constexpr int BM = 8 * NT;  // tokens per work item
   // k steps whose weights are loaded before any is used. Measured on an H100: loading MXFP4 steps
   // ahead (4 / NT, at 4 blocks per SM) was 5-10% slower than one step at 6 blocks per SM; the
   // bf16 gate (one 8-token tile), with few blocks and a long k loop, takes 2.
   constexpr int kUnroll = kMxfp4 || NT > 1 ? 1 : 2;
+  constexpr int kThreads = 32 * kWarps;
   __shared__ float partial[kWarps][kCols][BM + 1];
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
