@@ -4,8 +4,9 @@ The shapes pick the kernel (src/core/matmul_ogs_config.h; tests/cpp/matmul_ogs_c
 pins the choice), by rows per expert (rounded-up average) with bf16 x: up to 8, 16 or 32 the
 weight-streaming kernel with 8-, 16- or 32-token tiles; beyond, MXFP4 weights run wgmma tiles of
 128 rows on sm_90 (64-row mma.sync tiles elsewhere) and bf16 weights 64-row wmma tiles. bf16
-weights with at most 256 output columns (the gate) always take 8-token tiles with 16 warps. On
-an H100 the 16- and 32-token streaming kernels run with bf16 weights only (N = 288 below).
+weights with at most 256 output columns (the gate) always take 8-token tiles with 16 warps, so
+the bf16 cases of the gather and scatter tests run that kernel, and N = 288 below the others. On
+an H100 the 64-row mma.sync tiles (GPUs other than sm_90) do not run.
 Expert sizes are uneven on purpose: empty experts, and experts spanning several tiles.
 
 Every output element must lie within its own bound: the bf16 rounding of the result (2^-8
