@@ -3,6 +3,9 @@
 Run: python -m pytest -rs tests/multigpu
 """
 
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
@@ -77,3 +80,27 @@ def test_one_thread_per_gpu(set_device):
         t.join()
     for d in range(N_GPUS):
         assert errors[d][1] == d and errors[d][0] < 5e-3, (d, errors[d])
+
+
+def test_shared_memory_limit_is_raised_per_device():
+    """The tiled matmul kernels need more than 48 KB of shared memory, a limit raised per device.
+    In a fresh process (so no earlier test raised it), run a many-rows-per-expert layer first on
+    cuda:1, then on cuda:0: both must be right, so cuda:0 got its own raise."""
+    script = textwrap.dedent("""
+        import torch, moekit
+        g = torch.Generator().manual_seed(3)
+        E, H, I = 4, 256, 256
+        w = lambda n, k: moekit.quantize_mxfp4(torch.randn(E, n, k, generator=g) / k ** 0.5)
+        layer = dict(gate_weight=torch.randn(E, H, generator=g).bfloat16(), gate_bias=None,
+                     mlp1_weight=w(2 * I, H), mlp1_bias=None, mlp2_weight=w(H, I), mlp2_bias=None)
+        x = torch.randn(2000, H, generator=g).bfloat16()  # 2000 rows per expert: tiled kernels
+        want = moekit.moe_mlp(x, **layer, experts_per_token=4).double()
+        for d in (1, 0):
+            on = torch.utils._pytree.tree_map(lambda t: t.to(f"cuda:{d}") if t is not None else t, layer)
+            y = moekit.moe_mlp(x.to(f"cuda:{d}"), **on, experts_per_token=4).cpu().double()
+            err = float((y - want).norm() / want.norm())
+            assert err < 5e-3, (d, err)
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
