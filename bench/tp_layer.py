@@ -69,7 +69,7 @@ def main():
             gate_weight=(torch.randn(E, H, device=dev, generator=gen) / H ** 0.5).bfloat16(), gate_bias=None,
             mlp1_weight=mx([w[rank * 2 * i_shard:(rank + 1) * 2 * i_shard] for w in w1]),
             mlp1_bias=(0.1 * torch.randn(E, 2 * I, device=dev, generator=gen))[:, rank * 2 * i_shard:(rank + 1) * 2 * i_shard].bfloat16(),
-            mlp2_weight=mx([w[:, rank * i_shard:(rank + 1) * i_shard] for w in w2]),
+            mlp2_weight=mx([w[:, rank * i_shard:(rank + 1) * i_shard].contiguous() for w in w2]),
             mlp2_bias=(0.1 * torch.randn(E, H, device=dev, generator=gen)).bfloat16() if rank == 0 else None)
         del w1, w2
         for T in args.tokens:
