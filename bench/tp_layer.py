@@ -52,6 +52,10 @@ def main():
     args = sweep_arguments(__doc__.splitlines()[0]).parse_args()
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    # moekit runs on its tensors' device whatever the current one is, but torch.cuda.graph
+    # captures the current device's stream: without this, rank 1 captured an empty graph and its
+    # replays never joined rank 0's all_reduce (the first 2-GPU run hung).
+    torch.cuda.set_device(dev)
     dist.init_process_group("nccl", device_id=dev)
     if (2 * I) % (2 * world) or (I // world) % 32:
         raise SystemExit(f"world size {world} does not split I={I} into MXFP4 blocks of 32")
