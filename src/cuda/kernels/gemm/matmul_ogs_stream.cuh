@@ -1,11 +1,12 @@
-// matmul_ogs for few rows per expert (decode), where the weights are the whole cost: every
-// weight byte is read once, straight from global memory into tensor-core fragments, with no
-// shared-memory staging and no barrier in the k loop.
+// matmul_ogs for few rows per expert (decode), where the weights are the whole cost: each token
+// tile reads its expert's weights once, straight from global memory into tensor-core fragments,
+// with no shared-memory staging and no barrier in the k loop.
 //
 // The MMA's roles are swapped: mma.sync m16n8k16 takes 16 weight rows (output columns n) as
-// its M and 8 tokens as its N, so one token still fills the MMA with weights. A block of 4 warps
-// owns one work item, (16 output columns) x (a tile of 8*NT tokens of one expert); its warps
-// split K and add their partial sums in a fixed order (deterministic). The grid is persistent
+// its M and 8 tokens as its N, so one token still fills the MMA with weights. A block of kWarps
+// warps (4; 16 for the gate's few, long items) owns one work item, (16 output columns) x (a tile
+// of 8*NT tokens of one expert); its warps split K and add their partial sums in a fixed order
+// (deterministic). The grid is persistent
 // and walks the work items, so blocks never idle on empty tiles.
 //
 // k order: an MMA's k positions may hold any k as long as the weight (A) and token (B) fragments
@@ -30,7 +31,6 @@
 namespace moekit::cuda {
 
 namespace stream {
-// Warps per block, splitting K: 4, or 16 for problems with few, long work items (the gate).
 constexpr int kCols = 16;       // output columns (weight rows) per work item: the MMA's M
 // Resident blocks per SM (launch bounds cap the registers to fit them): the persistent grid's size.
 __host__ __device__ constexpr int min_blocks(int NT, bool mxfp4, int warps) {
