@@ -39,18 +39,18 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   if (!tensor_cores) return MatmulOgsKernel::kSimt;
   const int64_t groups = p.E < p.P ? p.E : (p.P > 0 ? p.P : 1);
   const int64_t rows_per_expert = (p.P + groups - 1) / groups;  // rounded up
-  // Up to 32 rows per expert the weights dominate the traffic: stream them once, in token tiles
-  // that cover an average expert.
   // Few output columns of bf16 weights (the gate: N = E): 64-row tiles would make a handful of
   // blocks (180 us for T = 128 on an H100); 8-token work items make the most, and 16 warps per
   // item split its long k loop.
   if (!p.mxfp4 && p.N <= 256) return MatmulOgsKernel::kStream8Wide;
+  // Up to 32 rows per expert the weights dominate the traffic: stream them once, in token tiles
+  // that cover an average expert.
   if (rows_per_expert <= 8) return MatmulOgsKernel::kStream8;
   if (rows_per_expert <= 16) return MatmulOgsKernel::kStream16;
   if (rows_per_expert <= 32) return MatmulOgsKernel::kStream32;
   if (!p.mxfp4 || device.max_smem_per_block_optin < kTiledSharedMemoryBytes) return MatmulOgsKernel::kTensorCore64;
-  // wgmma exists on sm_90 alone (the library carries sm_90a code for it); elsewhere, and for
-  // experts too small for 128-row tiles, mma.sync on 64-row tiles.
+  // wgmma exists on sm_90 alone (the library carries sm_90a code for it); elsewhere, mma.sync
+  // on 64-row tiles.
   const bool wgmma = device.major == 9 && device.minor == 0 && device.max_smem_per_block_optin >= kWgmmaSharedMemoryBytes;
   return wgmma ? MatmulOgsKernel::kWgmma128 : MatmulOgsKernel::kTiled64;
 }
