@@ -89,7 +89,8 @@ def assert_elementwise(got: torch.Tensor, want: torch.Tensor, bound: torch.Tenso
                              f"got {got[i].item()!r}, want {want[i].item()!r}, bound {tol[i].item():.3g}")
 
 
-def problem(gen, kernel):
+def problem(kernel):
+    """Expert count, rows and expert offsets of a ROWS_PER_EXPERT case."""
     counts = torch.tensor(ROWS_PER_EXPERT[kernel])
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).to(torch.int32)
     return len(counts), int(counts.sum()), offsets
@@ -100,7 +101,7 @@ def problem(gen, kernel):
 def test_gather_bias_swiglu(gen, kernel, kind, K):
     """mlp1's shape: rows gathered from x, bias, SwiGLU over column pairs; N = 80 (5 column
     slabs of 16), K = 544 (17 blocks of 32, split unevenly over 4 warps) or 40 (bf16 only)."""
-    E, P, offsets = problem(gen, kernel)
+    E, P, offsets = problem(kernel)
     N, M = 80, P // 2 + 3
     x = randn(gen, M, K, dtype=torch.bfloat16)
     w, dense = weights(gen, kind, E, N, K)
@@ -118,7 +119,7 @@ def test_gather_bias_swiglu(gen, kernel, kind, K):
 def test_extreme_scales(gen, kernel):
     """MXFP4 scale bytes far from a normal layer's (see extreme_mxfp4), gathered rows, no bias:
     each column is checked against its own size, the all-tiny column 3 included."""
-    E, P, offsets = problem(gen, kernel)
+    E, P, offsets = problem(kernel)
     N, K, M = 48, 544, P + 1
     x = randn(gen, M, K, dtype=torch.bfloat16, scale=2.0 ** 20)
     w, dense = extreme_mxfp4(gen, E, N, K)
@@ -135,7 +136,7 @@ def test_extreme_scales(gen, kernel):
 def test_scatter_combine(gen, kernel, kind):
     """mlp2's shape: expert-grouped rows, bias, then the weighted combine of each token's rows;
     N = 48, K = 544."""
-    E, P, offsets = problem(gen, kernel)
+    E, P, offsets = problem(kernel)
     k = 2 if P % 2 == 0 else 1
     N, K = 48, 544
     x = randn(gen, P, K, dtype=torch.bfloat16)
@@ -171,7 +172,7 @@ def test_one_expert_without_offsets(gen, P, kind, N):
 def test_bad_gather_index_gives_nan_rows(gen, kernel):
     """The GPU cannot raise from a kernel: a gather index outside [0, M) makes that row NaN
     (docs/design.md), in every kernel; other rows stay exact."""
-    E, P, offsets = problem(gen, kernel)
+    E, P, offsets = problem(kernel)
     N, K, M = 32, 96, 7
     x = randn(gen, M, K, dtype=torch.bfloat16)
     w, dense = weights(gen, "mxfp4", E, N, K)
