@@ -97,10 +97,13 @@ def problem(kernel):
 
 
 @pytest.mark.parametrize("kernel", list(ROWS_PER_EXPERT))
-@pytest.mark.parametrize("kind,K", [("mxfp4", 544), ("checkpoint", 544), ("bfloat16", 544), ("bfloat16", 40)])
+@pytest.mark.parametrize("kind,K", [("mxfp4", 544), ("checkpoint", 544), ("mxfp4", 6176), ("bfloat16", 544),
+                                    ("bfloat16", 40)])
 def test_gather_bias_swiglu(gen, kernel, kind, K):
     """mlp1's shape: rows gathered from x, bias, SwiGLU over column pairs; N = 80 (5 column
-    slabs of 16), K = 544 (17 blocks of 32, split unevenly over 4 warps) or 40 (bf16 only)."""
+    slabs of 16), K = 544 (17 blocks of 32, split unevenly over 4 warps), 6176 (193 blocks: the
+    streaming kernel stages MXFP4 weights 96 blocks at a time, so 3 steps, the last of one
+    block) or 40 (bf16 only)."""
     E, P, offsets = problem(kernel)
     N, M = 80, P // 2 + 3
     x = randn(gen, M, K, dtype=torch.bfloat16)
@@ -150,6 +153,47 @@ def test_scatter_combine(gen, kernel, kind):
     terms = ref.matmul_ogs(x.abs(), dense.abs(), bias.abs(), expert_offsets=offsets, scatter_idx=scatter,
                            combine_weight=combine)
     assert_elementwise(got, want, accumulation(K) * terms)
+
+
+@pytest.mark.parametrize("kernel", ["stream8", "stream16", "stream32"])
+@pytest.mark.parametrize("kind", ["mxfp4", "bfloat16"])
+def test_stream_blocks_walk_many_items(gen, kernel, kind):
+    """N = 4000 makes 250 column slabs, 1500-2000 work items: more than twice the persistent
+    grid of an H100 (132 SMs x 4 blocks), so each block computes several items and (MXFP4)
+    refills both staging buffers; x is gathered, K = 544."""
+    E, P, offsets = problem(kernel)
+    N, K, M = 4000, 544, P + 5
+    x = randn(gen, M, K, dtype=torch.bfloat16)
+    w, dense = weights(gen, kind, E, N, K)
+    bias = randn(gen, E, N, dtype=torch.bfloat16, scale=0.5)
+    gather = torch.randint(0, M, (P,), generator=gen, dtype=torch.int32)
+    got = moekit.matmul_ogs(x.cuda(), to_cuda(w), bias.cuda(), expert_offsets=offsets.cuda(), gather_idx=gather.cuda())
+    want = ref.matmul_ogs(x, dense, bias, expert_offsets=offsets, gather_idx=gather)
+    terms = ref.matmul_ogs(x.abs(), dense.abs(), bias.abs(), expert_offsets=offsets, gather_idx=gather)
+    assert_elementwise(got, want, accumulation(K) * terms)
+
+
+def misaligned_copy(t: torch.Tensor, offset: int) -> torch.Tensor:
+    """The same values in a view that starts `offset` bytes past an allocation's start."""
+    raw = torch.empty(t.numel() * t.element_size() + offset, dtype=torch.uint8, device=t.device)
+    view = raw[offset:].view(t.dtype).view(t.shape)
+    view.copy_(t)
+    return view
+
+
+@pytest.mark.parametrize("arg,offset", [("w", 8), ("w.scales", 2)])
+def test_misaligned_mxfp4_weights_are_refused(gen, arg, offset):
+    """On CUDA, MXFP4 codes are read as 16-byte words and scales as 4-byte words: views off
+    those boundaries (torch's own allocations never are) get a ValueError naming the argument."""
+    E, P, offsets = problem("stream8")
+    x = randn(gen, P, 64, dtype=torch.bfloat16).cuda()
+    blocks, scales = to_cuda(weights(gen, "mxfp4", E, 32, 64)[0])
+    if arg == "w":
+        blocks = misaligned_copy(blocks, offset)
+    else:
+        scales = misaligned_copy(scales, offset)
+    with pytest.raises(ValueError, match=f"'{arg}' expected data aligned to"):
+        moekit.matmul_ogs(x, (blocks, scales), expert_offsets=offsets.cuda())
 
 
 @pytest.mark.parametrize("P", [1, 5, 16, 27, 60, 300])
