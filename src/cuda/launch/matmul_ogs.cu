@@ -8,6 +8,7 @@
 #include "../kernels/gemm/combine.cuh"
 #include "../kernels/gemm/matmul_ogs_simt.cuh"
 #include "../kernels/gemm/matmul_ogs_stream.cuh"
+#include "../kernels/gemm/matmul_ogs_stream_mxfp4.cuh"
 #include "../kernels/gemm/matmul_ogs_tiled.cuh"
 #include "../kernels/gemm/matmul_ogs_wgmma.cuh"
 #include "../kernels/gemm/matmul_ogs_wmma.cuh"
@@ -106,27 +107,27 @@ int resident_blocks_per_sm(int threads, int smem, int device) {
 // A persistent grid over (token tile, 16 output columns) work items: as many blocks as fit on
 // the device at once (up to the count the kernel's registers were capped for), never more than
 // there can be items.
-template <int NT, bool kMxfp4, int kWarps>
-void launch_stream_kernel(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
-                   const ExecContext& ctx) {
-  constexpr int BM = 8 * NT;
-  constexpr auto* kernel = matmul_ogs_stream_kernel<NT, kMxfp4, kWarps>;
-  constexpr int smem = stream::smem_bytes(kMxfp4);
-  plan_tiles<BM>(p, a, params, stream, ctx);
+template <int BM, auto* kKernel>
+void launch_persistent(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const MatmulOgsParams& params,
+                       cudaStream_t stream, int threads, int smem, int max_per_sm) {
   const int64_t max_tiles = ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0);
   const int64_t max_items = max_tiles * ceil_div(p.N, stream::kCols);
-  const int per_sm = std::min(resident_blocks_per_sm<kernel>(32 * kWarps, smem, p.device.index),
-                              stream::min_blocks(NT, kMxfp4, kWarps));
+  const int per_sm = std::min(resident_blocks_per_sm<kKernel>(threads, smem, p.device.index), max_per_sm);
   const int64_t resident = static_cast<int64_t>(device_info(p.device.index).sm_count) * per_sm;
-  const dim3 grid(static_cast<unsigned>(std::min(max_items, resident)));
-  kernel<<<grid, 32 * kWarps, smem, stream>>>(params);
+  kKernel<<<static_cast<unsigned>(std::min(max_items, resident)), threads, smem, stream>>>(params);
 }
 
 template <int NT, int kWarps = 4>
 void launch_stream(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
                    const ExecContext& ctx) {
-  if (p.mxfp4) launch_stream_kernel<NT, true, kWarps>(p, a, params, stream, ctx);
-  else launch_stream_kernel<NT, false, kWarps>(p, a, params, stream, ctx);
+  plan_tiles<8 * NT>(p, a, params, stream, ctx);
+  if (p.mxfp4) {
+    launch_persistent<8 * NT, matmul_ogs_stream_mxfp4_kernel<NT>>(p, a, params, stream, stream::kMxfp4Threads,
+                                                                  stream::kMxfp4SmemBytes, stream::mxfp4_min_blocks(NT));
+  } else {
+    launch_persistent<8 * NT, matmul_ogs_stream_kernel<NT, kWarps>>(p, a, params, stream, 32 * kWarps, 0,
+                                                                    stream::min_blocks(kWarps));
+  }
 }
 
 bool aligned_16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
