@@ -167,41 +167,48 @@ __global__ void __launch_bounds__(stream::kMxfp4Threads, stream::mxfp4_min_block
       uint4 xn[kGroup][NT];
 #pragma unroll
       for (int u = 0; u < kGroup; ++u) load_x(b0 + kWarps * (kGroup + u), xn[u]);
+      // The group's codes and scales (a block past the step: zero codes, unit scale; its token
+      // values are zeros or, for a bad index, NaN like the rest of that token's row).
+      uint32_t code[kGroup][2], scale[kGroup][2];
+      bool big = false;
 #pragma unroll
       for (int u = 0; u < kGroup; ++u) {
         const int b = b0 + kWarps * u;
-        if (b < nkb) {
-          const uint32_t c_lo = *reinterpret_cast<const uint32_t*>(codes_lo + b * 16);
-          const uint32_t c_hi = *reinterpret_cast<const uint32_t*>(codes_hi + b * 16);
-          const uint32_t s_lo = scales_lo[b], s_hi = scales_hi[b];
-          uint32_t a_lo[4], a_hi[4];
-          float m_lo, m_hi;
-          if (s_lo < 254 && s_hi < 254) {
-            decode_e2m1x8(c_lo, unit, a_lo);
-            decode_e2m1x8(c_hi, unit, a_hi);
-            m_lo = e8m0_to_float(s_lo);
-            m_hi = e8m0_to_float(s_hi);
-          } else {
-            // Scales of 2^127 and NaN go into the weights, as the CPU's float math dequantizes
-            // them (overflowing to inf), and the result is not scaled again. All 4 lanes of a
-            // row take the same branch for it (they read the same scale).
-            decode_e2m1x8(c_lo, s_lo >= 254 ? e2m1_table(s_lo) : unit, a_lo);
-            decode_e2m1x8(c_hi, s_hi >= 254 ? e2m1_table(s_hi) : unit, a_hi);
-            m_lo = s_lo >= 254 ? 1.0f : e8m0_to_float(s_lo);
-            m_hi = s_hi >= 254 ? 1.0f : e8m0_to_float(s_hi);
+        const bool in_step = b < nkb;
+        code[u][0] = in_step ? *reinterpret_cast<const uint32_t*>(codes_lo + b * 16) : 0u;
+        code[u][1] = in_step ? *reinterpret_cast<const uint32_t*>(codes_hi + b * 16) : 0u;
+        scale[u][0] = in_step ? scales_lo[b] : 127u;
+        scale[u][1] = in_step ? scales_hi[b] : 127u;
+        big |= scale[u][0] >= 254 || scale[u][1] >= 254;
+      }
+      // Straight-line code over the group, so the blocks' decodes and MMAs interleave. Scales of
+      // 2^127 and NaN (never in a real checkpoint) go into the weights instead, as the CPU's
+      // float math dequantizes them (overflowing to inf), and the result is not scaled again.
+      auto run_group = [&](const bool huge_scales) {
+#pragma unroll
+        for (int u = 0; u < kGroup; ++u) {
+          uint32_t a[2][4];
+          float m[2];
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const bool in_weights = huge_scales && scale[u][r] >= 254;
+            decode_e2m1x8(code[u][r], in_weights ? e2m1_table(scale[u][r]) : unit, a[r]);
+            m[r] = in_weights ? 1.0f : e8m0_to_float(scale[u][r]);
           }
 #pragma unroll
           for (int i = 0; i < NT; ++i) {
             float d[4] = {};
-            mma_bf16_m16n8k16(d, {a_lo[0], a_hi[0], a_lo[1], a_hi[1]}, xv[u][i].x, xv[u][i].y);
-            mma_bf16_m16n8k16(d, {a_lo[2], a_hi[2], a_lo[3], a_hi[3]}, xv[u][i].z, xv[u][i].w);
-            acc[i][0] = fmaf(d[0], m_lo, acc[i][0]);
-            acc[i][1] = fmaf(d[1], m_lo, acc[i][1]);
-            acc[i][2] = fmaf(d[2], m_hi, acc[i][2]);
-            acc[i][3] = fmaf(d[3], m_hi, acc[i][3]);
+            mma_bf16_m16n8k16(d, {a[0][0], a[1][0], a[0][1], a[1][1]}, xv[u][i].x, xv[u][i].y);
+            mma_bf16_m16n8k16(d, {a[0][2], a[1][2], a[0][3], a[1][3]}, xv[u][i].z, xv[u][i].w);
+            acc[i][0] = fmaf(d[0], m[0], acc[i][0]);
+            acc[i][1] = fmaf(d[1], m[0], acc[i][1]);
+            acc[i][2] = fmaf(d[2], m[1], acc[i][2]);
+            acc[i][3] = fmaf(d[3], m[1], acc[i][3]);
           }
         }
-      }
+      };
+      if (__any_sync(0xffffffffu, big)) run_group(true);
+      else run_group(false);
 #pragma unroll
       for (int u = 0; u < kGroup; ++u) {
 #pragma unroll
