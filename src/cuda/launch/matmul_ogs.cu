@@ -8,7 +8,6 @@
 #include "../kernels/gemm/combine.cuh"
 #include "../kernels/gemm/matmul_ogs_simt.cuh"
 #include "../kernels/gemm/matmul_ogs_stream.cuh"
-#include "../kernels/gemm/matmul_ogs_stream_mxfp4.cuh"
 #include "../kernels/gemm/matmul_ogs_tiled.cuh"
 #include "../kernels/gemm/matmul_ogs_wgmma.cuh"
 #include "../kernels/gemm/matmul_ogs_wmma.cuh"
@@ -91,43 +90,20 @@ void launch_wgmma(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsPa
   matmul_ogs_wgmma_kernel<<<grid, wg::kThreads, wg::kSmemBytes, stream>>>(params);
 }
 
-// Resident blocks of kKernel per SM on the current device at `smem` bytes of dynamic shared
-// memory (raising the kernel's limit first): found once per device.
-template <auto* kKernel>
-int resident_blocks_per_sm(int threads, int smem, int device) {
-  static std::array<std::once_flag, DeviceInfoCache::kMaxDevices> once;
-  static std::array<int, DeviceInfoCache::kMaxDevices> blocks{};
-  std::call_once(once.at(static_cast<size_t>(device)), [&] {
-    MOEKIT_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    MOEKIT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks[device], kKernel, threads, smem));
-  });
-  return std::max(blocks[device], 1);
-}
-
 // A persistent grid over (token tile, 16 output columns) work items: as many blocks as fit on
-// the device at once (up to the count the kernel's registers were capped for), never more than
-// there can be items.
-template <int BM, auto* kKernel>
-void launch_persistent(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const MatmulOgsParams& params,
-                       cudaStream_t stream, int threads, int smem, int max_per_sm) {
-  const int64_t max_tiles = ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0);
-  const int64_t max_items = max_tiles * ceil_div(p.N, stream::kCols);
-  const int per_sm = std::min(resident_blocks_per_sm<kKernel>(threads, smem, p.device.index), max_per_sm);
-  const int64_t resident = static_cast<int64_t>(device_info(p.device.index).sm_count) * per_sm;
-  kKernel<<<static_cast<unsigned>(std::min(max_items, resident)), threads, smem, stream>>>(params);
-}
-
+// the device at once, never more than there can be items.
 template <int NT, int kWarps = 4>
 void launch_stream(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
                    const ExecContext& ctx) {
-  plan_tiles<8 * NT>(p, a, params, stream, ctx);
-  if (p.mxfp4) {
-    launch_persistent<8 * NT, matmul_ogs_stream_mxfp4_kernel<NT>>(p, a, params, stream, stream::kMxfp4Threads,
-                                                                  stream::kMxfp4SmemBytes, stream::mxfp4_min_blocks(NT));
-  } else {
-    launch_persistent<8 * NT, matmul_ogs_stream_kernel<NT, kWarps>>(p, a, params, stream, 32 * kWarps, 0,
-                                                                    stream::min_blocks(kWarps));
-  }
+  constexpr int BM = 8 * NT;
+  plan_tiles<BM>(p, a, params, stream, ctx);
+  const int64_t max_tiles = ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0);
+  const int64_t max_items = max_tiles * ceil_div(p.N, stream::kCols);
+  const int64_t resident =
+      static_cast<int64_t>(device_info(p.device.index).sm_count) * stream::min_blocks(NT, p.mxfp4, kWarps);
+  const dim3 grid(static_cast<unsigned>(std::min(max_items, resident)));
+  if (p.mxfp4) matmul_ogs_stream_kernel<NT, true, kWarps><<<grid, 32 * kWarps, 0, stream>>>(params);
+  else matmul_ogs_stream_kernel<NT, false, kWarps><<<grid, 32 * kWarps, 0, stream>>>(params);
 }
 
 bool aligned_16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
@@ -147,10 +123,7 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
     }
     require_aligned(op, "workspace", a.workspace, 16);
   }
-  if (p.mxfp4) {
-    require_aligned(op, "w", a.w.values, 16);
-    require_aligned(op, "w.scales", a.w.scales, 4);  // copied to shared memory in 4-byte words
-  }
+  if (p.mxfp4) require_aligned(op, "w", a.w.values, 16);
   DeviceGuard guard(p.device.index);
   const cudaStream_t stream = stream_of(op, p.device, ctx);
 

@@ -1,36 +1,45 @@
-// matmul_ogs for few rows per expert with bf16 weights (the gate, in practice): each token tile
-// reads its expert's weights once, straight from global memory into tensor-core fragments, with
-// no shared-memory staging and no barrier in the k loop. (MXFP4 weights:
-// matmul_ogs_stream_mxfp4.cuh.)
+// matmul_ogs for few rows per expert (decode), where the weights are the whole cost: each token
+// tile reads its expert's weights once, straight from global memory into tensor-core fragments,
+// with no shared-memory staging and no barrier in the k loop.
 //
-// The MMA's roles are swapped: mma.sync m16n8k16 takes 16 weight rows (output columns n) as its
-// M and 8 tokens as its N, so one token still fills the MMA with weights. A block of kWarps warps
-// (4; 16 for the gate's few, long items) owns one work item (stream_common.cuh); its warps split
-// K. The grid is persistent and walks the work items, so blocks never idle on empty tiles.
+// The MMA's roles are swapped: mma.sync m16n8k16 takes 16 weight rows (output columns n) as
+// its M and 8 tokens as its N, so one token still fills the MMA with weights. A block of kWarps
+// warps (4; 16 for the gate's few, long items) owns one work item, (16 output columns) x (a tile
+// of 8*NT tokens of one expert); its warps split K and add their partial sums in a fixed order
+// (deterministic). The grid is persistent
+// and walks the work items, so blocks never idle on empty tiles.
 //
 // k order: an MMA's k positions may hold any k as long as the weight (A) and token (B) fragments
-// agree. Lane (g, t) owns the 32-wide k block t of every 4 consecutive blocks (four 16-byte
-// words per weight row); within 8 consecutive k it puts elements (0,4), (1,5), (2,6), (3,7) in
-// its four bf16x2 fragment registers, pairing weights and token values with byte permutes.
+// agree. Lane (g, t) owns the 32-wide k block t of every 4 consecutive blocks, so each weight row
+// is one 16-byte load per lane (a whole MXFP4 block with one scale). Within 8 consecutive k, the
+// lane puts elements (0,4), (1,5), (2,6), (3,7) in its four bf16x2 fragment registers: that pairs
+// nibbles 16 bits apart in a code word, which decodes with shifts and masks, and the bf16 token
+// values are paired the same way with one byte permute each.
 #pragma once
 
 #include <cuda_bf16.h>
 
 #include <cstdint>
 
+#include "../activation/swiglu.cuh"
+#include "../quant/e2m1_bf16.cuh"
+#include "../element.cuh"
 #include "matmul_ogs_params.cuh"
 #include "mma.cuh"
-#include "stream_common.cuh"
 #include "tile_locate.cuh"
 
 namespace moekit::cuda {
 
 namespace stream {
+constexpr int kCols = 16;       // output columns (weight rows) per work item: the MMA's M
 // Resident blocks per SM (launch bounds cap the registers to fit them): the persistent grid's size.
-__host__ __device__ constexpr int min_blocks(int warps) { return warps == 16 ? 1 : 4; }
+__host__ __device__ constexpr int min_blocks(int NT, bool mxfp4, int warps) {
+  return warps == 16 ? 1 : (NT == 1 && mxfp4 ? 6 : 4);
+}
 }  // namespace stream
 
-// 8 consecutive bf16 -> bf16x2 registers holding elements (0,4), (1,5), (2,6), (3,7).
+// 8 consecutive bf16 -> bf16x2 registers holding elements (0,4), (1,5), (2,6), (3,7), the
+// pairing decode_e2m1x8_strided gives the weights.
 __device__ __forceinline__ void pair_bf16x8(const uint4 v, uint32_t (&r)[4]) {
   r[0] = __byte_perm(v.x, v.z, 0x5410);
   r[1] = __byte_perm(v.x, v.z, 0x7632);
@@ -38,24 +47,24 @@ __device__ __forceinline__ void pair_bf16x8(const uint4 v, uint32_t (&r)[4]) {
   r[3] = __byte_perm(v.y, v.w, 0x7632);
 }
 
-template <int NT, int kWarps = 4>
-__global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(kWarps))
+template <int NT, bool kMxfp4, int kWarps = 4>
+__global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kWarps))
     matmul_ogs_stream_kernel(const MatmulOgsParams p) {
   using namespace stream;
   constexpr int BM = 8 * NT;  // tokens per work item
-  // Weights loaded before any is used: the gate (one 8-token tile, few blocks, a long k loop)
-  // takes 2 k steps.
-  constexpr int kUnroll = NT > 1 ? 1 : 2;
-  constexpr int kStride = 4 * kWarps;  // k blocks between a warp's consecutive steps
-  __shared__ Partial<BM> partial[kWarps];
+  // k steps whose weights are loaded before any is used. Measured on an H100: loading MXFP4 steps
+  // ahead (4 / NT, at 4 blocks per SM) was 5-10% slower than one step at 6 blocks per SM; the
+  // bf16 gate (one 8-token tile), with few blocks and a long k loop, takes 2.
+  constexpr int kUnroll = kMxfp4 || NT > 1 ? 1 : 2;
+  constexpr int kThreads = 32 * kWarps;
+  __shared__ float partial[kWarps][kCols][BM + 1];
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;  // the MMA's row group and k/column slot
   const int64_t tiles = tile_count<BM>(p);
   const int64_t work = tiles * ((p.N + kCols - 1) / kCols);
-  const int64_t k_blocks = (p.K + 31) / 32;
+  const int k_blocks = static_cast<int>((p.K + 31) / 32);
   const bf16* x = static_cast<const bf16*>(p.x);
-  const bf16* w = static_cast<const bf16*>(p.w);
   const uint4 nan8 = make_uint4(0x7fc07fc0u, 0x7fc07fc0u, 0x7fc07fc0u, 0x7fc07fc0u);
 
   // Work items run column slab by column slab, so the token tiles of one expert that read the
@@ -65,33 +74,60 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(kWarps))
     int64_t row_begin, row_end;
     tile_at<BM>(p, item % tiles, e, row_begin, row_end);
     const int64_t n0 = item / tiles * kCols;
-    int32_t gathered[NT];
-#pragma unroll
-    for (int i = 0; i < NT; ++i) {
-      const int64_t row = row_begin + i * 8 + g;
-      gathered[i] = row < row_end && p.gather_idx ? p.gather_idx[row] : static_cast<int32_t>(row);
-    }
-    int64_t src[NT];
-    token_sources<NT>(p, row_begin, row_end, g, gathered, src);
-    const int64_t n_lo = n0 + g, n_hi = n0 + g + 8;  // this lane's two weight rows
-    const int64_t w_lo = static_cast<int64_t>(e) * p.N + n_lo, w_hi = static_cast<int64_t>(e) * p.N + n_hi;
 
-    // Raw weights of this lane's two rows for one k block: [row lo/hi][16-byte word].
+    int64_t src[NT];  // x row of this lane's token in each 8-token group; -1: none; -2: bad index
+#pragma unroll
+    for (int s = 0; s < NT; ++s) {
+      const int64_t row = row_begin + s * 8 + g;
+      src[s] = -1;
+      if (row < row_end) {
+        src[s] = p.gather_idx ? p.gather_idx[row] : row;
+        if (src[s] < 0 || src[s] >= p.M) src[s] = -2;
+      }
+    }
+    // This lane's two weight rows (n0 + g and n0 + g + 8; null past N) and token rows (null for
+    // none or a bad index), hoisted out of the k loop, which then adds 32-bit offsets.
+    const uint8_t* codes[2] = {};
+    const uint8_t* scales[2] = {};
+    const bf16* w_rows[2] = {};
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t n = n0 + g + 8 * r, row = static_cast<int64_t>(e) * p.N + n;
+      if (n < p.N) {
+        codes[r] = static_cast<const uint8_t*>(p.w) + row * k_blocks * 16;
+        scales[r] = p.w_scales + row * k_blocks;
+        w_rows[r] = static_cast<const bf16*>(p.w) + row * p.K;
+      }
+    }
+    const bf16* x_rows[NT];
+#pragma unroll
+    for (int s = 0; s < NT; ++s) x_rows[s] = src[s] >= 0 ? x + src[s] * p.K : nullptr;
+
+    // Raw weights of this lane's two rows for one k block.
     struct Raw {
-      uint4 v[2][4];
+      uint4 v[2][kMxfp4 ? 1 : 4];  // [row lo/hi][16-byte word]: MXFP4 codes, or bf16
+      uint32_t scale[2];
     };
-    auto load = [&](int64_t kb) {
+    auto load = [&](int kb) {
       Raw raw;
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const int64_t n = r ? n_hi : n_lo, row = r ? w_hi : w_lo;
+        const bool valid = codes[r] != nullptr && kb < k_blocks;
+        raw.scale[r] = 127;
+        if constexpr (kMxfp4) {
+          raw.v[r][0] = make_uint4(0, 0, 0, 0);
+          if (valid) {
+            raw.v[r][0] = load_streaming(codes[r] + kb * 16);
+            raw.scale[r] = scales[r][kb];
+          }
+        } else {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          raw.v[r][i] = make_uint4(0, 0, 0, 0);
-          // Read through L1, where a block's next items find them (streamed past L1, the gate
-          // took 396 us for E = 128, T = 8192 on an H100).
-          if (n < p.N && kb < k_blocks && kb * 32 + 8 * i < p.K) {
-            raw.v[r][i] = __ldg(reinterpret_cast<const uint4*>(w + row * p.K + kb * 32 + 8 * i));
+          for (int i = 0; i < 4; ++i) {
+            raw.v[r][i] = make_uint4(0, 0, 0, 0);
+            // bf16 weights (the gate's, in practice) are read once per token tile: through L1,
+            // where a block's next items find them (streamed past L1, the gate took 396 us for
+            // E = 128, T = 8192 on an H100).
+            if (valid && kb * 32 + 8 * i < p.K) raw.v[r][i] = __ldg(reinterpret_cast<const uint4*>(w_rows[r] + kb * 32 + 8 * i));
           }
         }
       }
@@ -99,13 +135,27 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(kWarps))
     };
 
     float acc[NT][4] = {};
-    auto compute = [&](int64_t kb, const Raw& raw) {
-      const int64_t k0 = kb * 32;
+    auto compute = [&](int kb, const Raw& raw) {
+      const int k0 = kb * 32;
       uint32_t a[2][4][4];  // [row lo/hi][8-element word][fragment register]
+      if constexpr (kMxfp4) {
+        const Mxfp4Multiplier m[2] = {mxfp4_multiplier(raw.scale[0]), mxfp4_multiplier(raw.scale[1])};
+        // Scales above 2^1 need a second multiply; one vote lets the warp skip it (real
+        // checkpoints have none).
+        const bool two_steps = __any_sync(0xffffffffu, m[0].two_steps || m[1].two_steps);
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
+        for (int r = 0; r < 2; ++r) {
+          decode_e2m1x8_strided(raw.v[r][0].x, m[r], a[r][0], two_steps);
+          decode_e2m1x8_strided(raw.v[r][0].y, m[r], a[r][1], two_steps);
+          decode_e2m1x8_strided(raw.v[r][0].z, m[r], a[r][2], two_steps);
+          decode_e2m1x8_strided(raw.v[r][0].w, m[r], a[r][3], two_steps);
+        }
+      } else {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) pair_bf16x8(raw.v[r][i], a[r][i]);
+        for (int r = 0; r < 2; ++r) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) pair_bf16x8(raw.v[r][i], a[r][i]);
+        }
       }
       uint32_t b[NT][4][4];  // [token group][8-element word][register]
 #pragma unroll
@@ -113,7 +163,7 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(kWarps))
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           uint4 v = make_uint4(0, 0, 0, 0);
-          if (src[s] >= 0 && k0 + 8 * i < p.K) v = __ldg(reinterpret_cast<const uint4*>(x + src[s] * p.K + k0 + 8 * i));
+          if (x_rows[s] && k0 + 8 * i < p.K) v = __ldg(reinterpret_cast<const uint4*>(x_rows[s] + k0 + 8 * i));
           else if (src[s] == -2) v = nan8;
           pair_bf16x8(v, b[s][i]);
         }
@@ -129,7 +179,8 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(kWarps))
       }
     };
 
-    for (int64_t kb0 = 4 * warp; kb0 < k_blocks; kb0 += kStride * kUnroll) {
+    constexpr int kStride = 4 * kWarps;  // k blocks between a warp's consecutive steps
+    for (int kb0 = 4 * warp; kb0 < k_blocks; kb0 += kStride * kUnroll) {
       Raw raw[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) raw[u] = load(kb0 + kStride * u + t);
@@ -138,7 +189,40 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(kWarps))
         if (kb0 + kStride * u < k_blocks) compute(kb0 + kStride * u + t, raw[u]);
       }
     }
-    finish_item<NT, kWarps>(p, partial, acc, e, row_begin, row_end, n0);
+
+    // acc[s]: (column g, tokens 2t and 2t+1) and (column g+8, same tokens) of group s.
+#pragma unroll
+    for (int s = 0; s < NT; ++s) {
+      partial[warp][g][s * 8 + 2 * t] = acc[s][0];
+      partial[warp][g][s * 8 + 2 * t + 1] = acc[s][1];
+      partial[warp][g + 8][s * 8 + 2 * t] = acc[s][2];
+      partial[warp][g + 8][s * 8 + 2 * t + 1] = acc[s][3];
+    }
+    __syncthreads();
+    auto column = [&](int c, int token) {
+      float h = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) h += partial[w][c][token];
+      if (p.bias) h += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + n0 + c);
+      return h;
+    };
+    if (p.swiglu) {  // column pairs (glu, linear); N is even
+      for (int v = threadIdx.x; v < BM * kCols / 2; v += kThreads) {
+        const int token = v / (kCols / 2), c = 2 * (v % (kCols / 2));
+        const int64_t row = row_begin + token, n = n0 + c;
+        if (row < row_end && n < p.N) {
+          store_float(p.out, p.out_bf16, row * p.out_cols + n / 2,
+                      swiglu(column(c, token), column(c + 1, token), p.alpha, p.limit));
+        }
+      }
+    } else {
+      for (int v = threadIdx.x; v < BM * kCols; v += kThreads) {
+        const int token = v / kCols, c = v % kCols;
+        const int64_t row = row_begin + token, n = n0 + c;
+        if (row < row_end && n < p.N) store_float(p.out, p.out_bf16, row * p.out_cols + n, column(c, token));
+      }
+    }
+    __syncthreads();  // `partial` is reused by the next item
   }
 }
 

@@ -28,12 +28,6 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* global, int 
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(addr), "l"(global), "r"(src_bytes));
 }
-// 4 bytes global -> shared (through L1: the 16-byte form alone may skip it); reads src_bytes <= 4
-// of them and zero-fills the rest.
-__device__ __forceinline__ void cp_async_4(void* smem, const void* global, int src_bytes) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(addr), "l"(global), "r"(src_bytes));
-}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
