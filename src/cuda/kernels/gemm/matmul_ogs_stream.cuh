@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
   const int g = lane / 4, t = lane % 4;  // the MMA's row group and k/column slot
   const int64_t tiles = tile_count<BM>(p);
   const int64_t work = tiles * ((p.N + kCols - 1) / kCols);
-  const int k_blocks = static_cast<int>((p.K + 31) / 32);
+  const int64_t k_blocks = (p.K + 31) / 32;
   const bf16* x = static_cast<const bf16*>(p.x);
   const uint4 nan8 = make_uint4(0x7fc07fc0u, 0x7fc07fc0u, 0x7fc07fc0u, 0x7fc07fc0u);
 
@@ -85,40 +85,26 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
         if (src[s] < 0 || src[s] >= p.M) src[s] = -2;
       }
     }
-    // This lane's two weight rows (n0 + g and n0 + g + 8; null past N) and token rows (null for
-    // none or a bad index), hoisted out of the k loop, which then adds 32-bit offsets.
-    const uint8_t* codes[2] = {};
-    const uint8_t* scales[2] = {};
-    const bf16* w_rows[2] = {};
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int64_t n = n0 + g + 8 * r, row = static_cast<int64_t>(e) * p.N + n;
-      if (n < p.N) {
-        codes[r] = static_cast<const uint8_t*>(p.w) + row * k_blocks * 16;
-        scales[r] = p.w_scales + row * k_blocks;
-        w_rows[r] = static_cast<const bf16*>(p.w) + row * p.K;
-      }
-    }
-    const bf16* x_rows[NT];
-#pragma unroll
-    for (int s = 0; s < NT; ++s) x_rows[s] = src[s] >= 0 ? x + src[s] * p.K : nullptr;
+    const int64_t n_lo = n0 + g, n_hi = n0 + g + 8;  // this lane's two weight rows
+    const int64_t w_lo = static_cast<int64_t>(e) * p.N + n_lo, w_hi = static_cast<int64_t>(e) * p.N + n_hi;
 
     // Raw weights of this lane's two rows for one k block.
     struct Raw {
       uint4 v[2][kMxfp4 ? 1 : 4];  // [row lo/hi][16-byte word]: MXFP4 codes, or bf16
       uint32_t scale[2];
     };
-    auto load = [&](int kb) {
+    auto load = [&](int64_t kb) {
       Raw raw;
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const bool valid = codes[r] != nullptr && kb < k_blocks;
+        const int64_t n = r ? n_hi : n_lo, row = r ? w_hi : w_lo;
+        const bool valid = n < p.N && kb < k_blocks;
         raw.scale[r] = 127;
         if constexpr (kMxfp4) {
           raw.v[r][0] = make_uint4(0, 0, 0, 0);
           if (valid) {
-            raw.v[r][0] = load_streaming(codes[r] + kb * 16);
-            raw.scale[r] = scales[r][kb];
+            raw.v[r][0] = load_streaming(static_cast<const uint8_t*>(p.w) + (row * k_blocks + kb) * 16);
+            raw.scale[r] = p.w_scales[row * k_blocks + kb];
           }
         } else {
 #pragma unroll
@@ -127,7 +113,9 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
             // bf16 weights (the gate's, in practice) are read once per token tile: through L1,
             // where a block's next items find them (streamed past L1, the gate took 396 us for
             // E = 128, T = 8192 on an H100).
-            if (valid && kb * 32 + 8 * i < p.K) raw.v[r][i] = __ldg(reinterpret_cast<const uint4*>(w_rows[r] + kb * 32 + 8 * i));
+            if (valid && kb * 32 + 8 * i < p.K) {
+              raw.v[r][i] = __ldg(reinterpret_cast<const uint4*>(static_cast<const bf16*>(p.w) + row * p.K + kb * 32 + 8 * i));
+            }
           }
         }
       }
@@ -135,24 +123,18 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
     };
 
     float acc[NT][4] = {};
-    auto compute = [&](int kb, const Raw& raw) {
-      const int k0 = kb * 32;
+    auto compute = [&](int64_t kb, const Raw& raw) {
+      const int64_t k0 = kb * 32;
       uint32_t a[2][4][4];  // [row lo/hi][8-element word][fragment register]
-      if constexpr (kMxfp4) {
-        const Mxfp4Multiplier m[2] = {mxfp4_multiplier(raw.scale[0]), mxfp4_multiplier(raw.scale[1])};
-        // Scales above 2^1 need a second multiply; one vote lets the warp skip it (real
-        // checkpoints have none).
-        const bool two_steps = __any_sync(0xffffffffu, m[0].two_steps || m[1].two_steps);
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          decode_e2m1x8_strided(raw.v[r][0].x, m[r], a[r][0], two_steps);
-          decode_e2m1x8_strided(raw.v[r][0].y, m[r], a[r][1], two_steps);
-          decode_e2m1x8_strided(raw.v[r][0].z, m[r], a[r][2], two_steps);
-          decode_e2m1x8_strided(raw.v[r][0].w, m[r], a[r][3], two_steps);
-        }
-      } else {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
+      for (int r = 0; r < 2; ++r) {
+        if constexpr (kMxfp4) {
+          const Mxfp4Multiplier m = mxfp4_multiplier(raw.scale[r]);
+          decode_e2m1x8_strided(raw.v[r][0].x, m, a[r][0]);
+          decode_e2m1x8_strided(raw.v[r][0].y, m, a[r][1]);
+          decode_e2m1x8_strided(raw.v[r][0].z, m, a[r][2]);
+          decode_e2m1x8_strided(raw.v[r][0].w, m, a[r][3]);
+        } else {
 #pragma unroll
           for (int i = 0; i < 4; ++i) pair_bf16x8(raw.v[r][i], a[r][i]);
         }
@@ -163,7 +145,7 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           uint4 v = make_uint4(0, 0, 0, 0);
-          if (x_rows[s] && k0 + 8 * i < p.K) v = __ldg(reinterpret_cast<const uint4*>(x_rows[s] + k0 + 8 * i));
+          if (src[s] >= 0 && k0 + 8 * i < p.K) v = __ldg(reinterpret_cast<const uint4*>(x + src[s] * p.K + k0 + 8 * i));
           else if (src[s] == -2) v = nan8;
           pair_bf16x8(v, b[s][i]);
         }
@@ -180,7 +162,7 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
     };
 
     constexpr int kStride = 4 * kWarps;  // k blocks between a warp's consecutive steps
-    for (int kb0 = 4 * warp; kb0 < k_blocks; kb0 += kStride * kUnroll) {
+    for (int64_t kb0 = 4 * warp; kb0 < k_blocks; kb0 += kStride * kUnroll) {
       Raw raw[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) raw[u] = load(kb0 + kStride * u + t);

@@ -40,12 +40,10 @@ __device__ __forceinline__ uint32_t e2m1_pair_bits(uint32_t c) {
   return ((c << 6) & 0x01c001c0u) | ((c << 12) & 0x80008000u);
 }
 
-// `any_two_steps`: whether any lane of the warp may need the second multiply (a warp vote), so
-// warps without such scales skip it.
-__device__ __forceinline__ void apply_multiplier(uint32_t (&r)[4], const Mxfp4Multiplier& m, bool any_two_steps = true) {
+__device__ __forceinline__ void apply_multiplier(uint32_t (&r)[4], const Mxfp4Multiplier& m) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) r[i] = bf16x2_mul(r[i], m.first);
-  if (any_two_steps && m.two_steps) {
+  if (m.two_steps) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) r[i] = bf16x2_mul(r[i], m.second);
   }
@@ -53,13 +51,12 @@ __device__ __forceinline__ void apply_multiplier(uint32_t (&r)[4], const Mxfp4Mu
 
 // 8 codes (one word, low nibble first) -> bf16x2 registers holding elements (0,4), (1,5),
 // (2,6), (3,7): the cheapest pairing, for kernels free to permute k.
-__device__ __forceinline__ void decode_e2m1x8_strided(uint32_t c, const Mxfp4Multiplier& m, uint32_t (&r)[4],
-                                                      bool any_two_steps = true) {
+__device__ __forceinline__ void decode_e2m1x8_strided(uint32_t c, const Mxfp4Multiplier& m, uint32_t (&r)[4]) {
   r[0] = e2m1_pair_bits(c);
   r[1] = e2m1_pair_bits(c >> 4);
   r[2] = e2m1_pair_bits(c >> 8);
   r[3] = e2m1_pair_bits(c >> 12);
-  apply_multiplier(r, m, any_two_steps);
+  apply_multiplier(r, m);
 }
 
 // For decoding a whole block in memory order: the 8 e2m1 magnitudes times the block's scale,
