@@ -98,7 +98,7 @@ void launch_stream(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsP
   constexpr int BM = 8 * NT;
   plan_tiles<BM>(p, a, params, stream, ctx);
   const int64_t max_tiles = ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0);
-  const int64_t max_items = max_tiles * ceil_div(p.N, stream::kCols);
+  const int64_t max_items = max_tiles * ceil_div(p.N, stream::kCols * stream::slabs(NT, p.mxfp4));
   const int64_t resident =
       static_cast<int64_t>(device_info(p.device.index).sm_count) * stream::min_blocks(NT, p.mxfp4, kWarps);
   const dim3 grid(static_cast<unsigned>(std::min(max_items, resident)));

@@ -31,10 +31,14 @@
 namespace moekit::cuda {
 
 namespace stream {
-constexpr int kCols = 16;       // output columns (weight rows) per work item: the MMA's M
+constexpr int kCols = 16;       // output columns (weight rows) per slab: the MMA's M
+// Slabs per work item: MXFP4 items of 8 or 16 tokens take two, so each token-value load and
+// permute, address and epilogue serves twice the weight bytes, and each lane has 4 weight loads
+// in flight.
+__host__ __device__ constexpr int slabs(int NT, bool mxfp4) { return mxfp4 && NT <= 2 ? 2 : 1; }
 // Resident blocks per SM (launch bounds cap the registers to fit them): the persistent grid's size.
 __host__ __device__ constexpr int min_blocks(int NT, bool mxfp4, int warps) {
-  return warps == 16 ? 1 : (NT == 1 && mxfp4 ? 6 : 4);
+  return warps == 16 ? 1 : (NT == 1 && mxfp4 ? 5 : 4);
 }
 }  // namespace stream
 
@@ -57,12 +61,13 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
   // bf16 gate (one 8-token tile), with few blocks and a long k loop, takes 2.
   constexpr int kUnroll = kMxfp4 || NT > 1 ? 1 : 2;
   constexpr int kThreads = 32 * kWarps;
-  __shared__ float partial[kWarps][kCols][BM + 1];
+  constexpr int kSlabs = slabs(NT, kMxfp4), kItemCols = kCols * kSlabs;
+  __shared__ float partial[kWarps][kItemCols][BM + 1];
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;  // the MMA's row group and k/column slot
   const int64_t tiles = tile_count<BM>(p);
-  const int64_t work = tiles * ((p.N + kCols - 1) / kCols);
+  const int64_t work = tiles * ((p.N + kItemCols - 1) / kItemCols);
   const int64_t k_blocks = (p.K + 31) / 32;
   const bf16* x = static_cast<const bf16*>(p.x);
   const uint4 nan8 = make_uint4(0x7fc07fc0u, 0x7fc07fc0u, 0x7fc07fc0u, 0x7fc07fc0u);
@@ -73,7 +78,7 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
     int e;
     int64_t row_begin, row_end;
     tile_at<BM>(p, item % tiles, e, row_begin, row_end);
-    const int64_t n0 = item / tiles * kCols;
+    const int64_t n0 = item / tiles * kItemCols;
 
     int64_t src[NT];  // x row of this lane's token in each 8-token group; -1: none; -2: bad index
 #pragma unroll
@@ -85,19 +90,25 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
         if (src[s] < 0 || src[s] >= p.M) src[s] = -2;
       }
     }
-    const int64_t n_lo = n0 + g, n_hi = n0 + g + 8;  // this lane's two weight rows
-    const int64_t w_lo = static_cast<int64_t>(e) * p.N + n_lo, w_hi = static_cast<int64_t>(e) * p.N + n_hi;
+    // This lane's weight rows: n0 + 16j + g and n0 + 16j + g + 8 of slab j (r = 2j and 2j + 1).
+    constexpr int kRows = 2 * kSlabs;
+    int64_t n_of[kRows], w_of[kRows];  // output column, weight row
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      n_of[r] = n0 + 16 * (r / 2) + 8 * (r % 2) + g;
+      w_of[r] = static_cast<int64_t>(e) * p.N + n_of[r];
+    }
 
-    // Raw weights of this lane's two rows for one k block.
+    // Raw weights of this lane's rows for one k block.
     struct Raw {
-      uint4 v[2][kMxfp4 ? 1 : 4];  // [row lo/hi][16-byte word]: MXFP4 codes, or bf16
-      uint32_t scale[2];
+      uint4 v[kRows][kMxfp4 ? 1 : 4];  // [row][16-byte word]: MXFP4 codes, or bf16
+      uint32_t scale[kRows];
     };
     auto load = [&](int64_t kb) {
       Raw raw;
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int64_t n = r ? n_hi : n_lo, row = r ? w_hi : w_lo;
+      for (int r = 0; r < kRows; ++r) {
+        const int64_t n = n_of[r], row = w_of[r];
         const bool valid = n < p.N && kb < k_blocks;
         raw.scale[r] = 127;
         if constexpr (kMxfp4) {
@@ -122,23 +133,9 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
       return raw;
     };
 
-    float acc[NT][4] = {};
+    float acc[kSlabs][NT][4] = {};
     auto compute = [&](int64_t kb, const Raw& raw) {
       const int64_t k0 = kb * 32;
-      uint32_t a[2][4][4];  // [row lo/hi][8-element word][fragment register]
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        if constexpr (kMxfp4) {
-          const Mxfp4Multiplier m = mxfp4_multiplier(raw.scale[r]);
-          decode_e2m1x8_strided(raw.v[r][0].x, m, a[r][0]);
-          decode_e2m1x8_strided(raw.v[r][0].y, m, a[r][1]);
-          decode_e2m1x8_strided(raw.v[r][0].z, m, a[r][2]);
-          decode_e2m1x8_strided(raw.v[r][0].w, m, a[r][3]);
-        } else {
-#pragma unroll
-          for (int i = 0; i < 4; ++i) pair_bf16x8(raw.v[r][i], a[r][i]);
-        }
-      }
       uint32_t b[NT][4][4];  // [token group][8-element word][register]
 #pragma unroll
       for (int s = 0; s < NT; ++s) {
@@ -151,12 +148,29 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
         }
       }
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
+      for (int j = 0; j < kSlabs; ++j) {  // slab by slab: one slab's weight fragments live at a time
+        uint32_t a[2][4][4];  // [row lo/hi][8-element word][fragment register]
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const uint32_t frag[4] = {a[0][i][2 * h], a[1][i][2 * h], a[0][i][2 * h + 1], a[1][i][2 * h + 1]};
+        for (int r = 0; r < 2; ++r) {
+          if constexpr (kMxfp4) {
+            const Mxfp4Multiplier m = mxfp4_multiplier(raw.scale[2 * j + r]);
+            decode_e2m1x8_strided(raw.v[2 * j + r][0].x, m, a[r][0]);
+            decode_e2m1x8_strided(raw.v[2 * j + r][0].y, m, a[r][1]);
+            decode_e2m1x8_strided(raw.v[2 * j + r][0].z, m, a[r][2]);
+            decode_e2m1x8_strided(raw.v[2 * j + r][0].w, m, a[r][3]);
+          } else {
 #pragma unroll
-          for (int s = 0; s < NT; ++s) mma_bf16_m16n8k16(acc[s], frag, b[s][i][2 * h], b[s][i][2 * h + 1]);
+            for (int i = 0; i < 4; ++i) pair_bf16x8(raw.v[2 * j + r][i], a[r][i]);
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const uint32_t frag[4] = {a[0][i][2 * h], a[1][i][2 * h], a[0][i][2 * h + 1], a[1][i][2 * h + 1]};
+#pragma unroll
+            for (int s = 0; s < NT; ++s) mma_bf16_m16n8k16(acc[j][s], frag, b[s][i][2 * h], b[s][i][2 * h + 1]);
+          }
         }
       }
     };
@@ -172,13 +186,17 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
       }
     }
 
-    // acc[s]: (column g, tokens 2t and 2t+1) and (column g+8, same tokens) of group s.
+    // acc[j][s]: (column 16j + g, tokens 2t and 2t+1) and (column 16j + g + 8, same tokens) of
+    // group s.
 #pragma unroll
-    for (int s = 0; s < NT; ++s) {
-      partial[warp][g][s * 8 + 2 * t] = acc[s][0];
-      partial[warp][g][s * 8 + 2 * t + 1] = acc[s][1];
-      partial[warp][g + 8][s * 8 + 2 * t] = acc[s][2];
-      partial[warp][g + 8][s * 8 + 2 * t + 1] = acc[s][3];
+    for (int j = 0; j < kSlabs; ++j) {
+#pragma unroll
+      for (int s = 0; s < NT; ++s) {
+        partial[warp][16 * j + g][s * 8 + 2 * t] = acc[j][s][0];
+        partial[warp][16 * j + g][s * 8 + 2 * t + 1] = acc[j][s][1];
+        partial[warp][16 * j + g + 8][s * 8 + 2 * t] = acc[j][s][2];
+        partial[warp][16 * j + g + 8][s * 8 + 2 * t + 1] = acc[j][s][3];
+      }
     }
     __syncthreads();
     auto column = [&](int c, int token) {
@@ -189,8 +207,8 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
       return h;
     };
     if (p.swiglu) {  // column pairs (glu, linear); N is even
-      for (int v = threadIdx.x; v < BM * kCols / 2; v += kThreads) {
-        const int token = v / (kCols / 2), c = 2 * (v % (kCols / 2));
+      for (int v = threadIdx.x; v < BM * kItemCols / 2; v += kThreads) {
+        const int token = v / (kItemCols / 2), c = 2 * (v % (kItemCols / 2));
         const int64_t row = row_begin + token, n = n0 + c;
         if (row < row_end && n < p.N) {
           store_float(p.out, p.out_bf16, row * p.out_cols + n / 2,
@@ -198,8 +216,8 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
         }
       }
     } else {
-      for (int v = threadIdx.x; v < BM * kCols; v += kThreads) {
-        const int token = v / kCols, c = v % kCols;
+      for (int v = threadIdx.x; v < BM * kItemCols; v += kThreads) {
+        const int token = v / kItemCols, c = v % kItemCols;
         const int64_t row = row_begin + token, n = n0 + c;
         if (row < row_end && n < p.N) store_float(p.out, p.out_bf16, row * p.out_cols + n, column(c, token));
       }
