@@ -32,13 +32,13 @@ namespace moekit::cuda {
 
 namespace stream {
 constexpr int kCols = 16;       // output columns (weight rows) per slab: the MMA's M
-// Slabs per work item: MXFP4 items of 8 tokens take four and of 16 tokens two, so each
-// token-value load and permute, address and epilogue serves more weight bytes, and each lane has
-// 8 or 4 weight loads in flight.
-__host__ __device__ constexpr int slabs(int NT, bool mxfp4) { return mxfp4 ? (NT == 1 ? 4 : NT == 2 ? 2 : 1) : 1; }
+// Slabs per work item: MXFP4 items of 8 or 16 tokens take two, so each token-value load and
+// permute, address and epilogue serves twice the weight bytes, and each lane has 4 weight loads
+// in flight.
+__host__ __device__ constexpr int slabs(int NT, bool mxfp4) { return mxfp4 && NT <= 2 ? 2 : 1; }
 // Resident blocks per SM (launch bounds cap the registers to fit them): the persistent grid's size.
 __host__ __device__ constexpr int min_blocks(int NT, bool mxfp4, int warps) {
-  return warps == 16 ? 1 : (NT == 1 && mxfp4 ? 3 : 4);
+  return warps == 16 ? 1 : (NT == 1 && mxfp4 ? 5 : 4);
 }
 }  // namespace stream
 
