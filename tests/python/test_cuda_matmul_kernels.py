@@ -172,6 +172,25 @@ def test_stream_blocks_walk_many_items(gen, kernel, kind):
     assert_elementwise(got, want, accumulation(K) * terms)
 
 
+@pytest.mark.parametrize("E", [1024, 1025])
+def test_streaming_with_many_experts(gen, E):
+    """The streaming kernel lists its tiles itself (each block scans the experts' tile counts)
+    for up to 1024 experts, and reads plan_tiles_kernel's list beyond: rows in the first, a
+    middle and the last expert, all other experts empty; 8-token tiles, mlp1's shape."""
+    counts = torch.zeros(E, dtype=torch.int64)
+    counts[[0, 500, E - 1]] = torch.tensor([3, 9, 2])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).to(torch.int32)
+    P = int(counts.sum())
+    N, K, M = 32, 64, P + 2
+    x = randn(gen, M, K, dtype=torch.bfloat16)
+    w, dense = weights(gen, "mxfp4", E, N, K)
+    gather = torch.randint(0, M, (P,), generator=gen, dtype=torch.int32)
+    got = moekit.matmul_ogs(x.cuda(), to_cuda(w), expert_offsets=offsets.cuda(), gather_idx=gather.cuda())
+    want = ref.matmul_ogs(x, dense, expert_offsets=offsets, gather_idx=gather)
+    terms = ref.matmul_ogs(x.abs(), dense.abs(), expert_offsets=offsets, gather_idx=gather)
+    assert_elementwise(got, want, accumulation(K) * terms)
+
+
 def misaligned_copy(t: torch.Tensor, offset: int) -> torch.Tensor:
     """The same values in a view that starts `offset` bytes past an allocation's start."""
     raw = torch.empty(t.numel() * t.element_size() + offset, dtype=torch.uint8, device=t.device)

@@ -1,6 +1,7 @@
 #include <string>
 
 #include "../kernels/routing/group.cuh"
+#include "../kernels/routing/route_one_block.cuh"
 #include "../kernels/routing/topk.cuh"
 #include "../runtime/device_guard.h"
 #include "../runtime/stream.h"
@@ -16,6 +17,19 @@ void route(const RouteProblem& p, const TensorView& logits, const RouteOutputs& 
   }
   DeviceGuard guard(p.device.index);
   const cudaStream_t stream = stream_of("route", p.device, ctx);
+  const int E = static_cast<int>(p.E);
+  if (p.T > 0 && p.T <= kRouteOneBlockTokens) {
+    auto launch = [&](const auto* typed_logits) {
+      route_one_block_kernel<<<1, kGroupThreads, group_smem_bytes(E), stream>>>(
+          typed_logits, p.T, E, static_cast<int>(p.k), group_chunks(E), out.expert_idx.ptr<int32_t>(),
+          out.expert_weight.ptr<float>(), out.expert_counts.ptr<int32_t>(), out.expert_offsets.ptr<int32_t>(),
+          out.gather_idx.ptr<int32_t>(), out.scatter_idx.ptr<int32_t>());
+    };
+    if (logits.dtype == DType::kBFloat16) launch(logits.ptr<bf16>());
+    else launch(logits.ptr<float>());
+    MOEKIT_CHECK_LAUNCH(ctx, stream, "route_one_block_kernel");
+    return;
+  }
   if (p.T > 0) {
     constexpr int kWarpsPerBlock = 8;
     const unsigned grid = static_cast<unsigned>(ceil_div(p.T, kWarpsPerBlock));
@@ -28,7 +42,6 @@ void route(const RouteProblem& p, const TensorView& logits, const RouteOutputs& 
     }
     MOEKIT_CHECK_LAUNCH(ctx, stream, "topk_softmax_kernel");
   }
-  const int E = static_cast<int>(p.E);
   group_by_expert_kernel<<<1, kGroupThreads, group_smem_bytes(E), stream>>>(
       out.expert_idx.ptr<int32_t>(), p.T * p.k, p.k, E, group_chunks(E), out.expert_counts.ptr<int32_t>(),
       out.expert_offsets.ptr<int32_t>(), out.gather_idx.ptr<int32_t>(), out.scatter_idx.ptr<int32_t>());

@@ -66,7 +66,11 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;  // the MMA's row group and k/column slot
-  const int64_t tiles = tile_count<BM>(p);
+  // With expert offsets and few enough experts, the block lists the tiles itself (tile_locate.cuh).
+  __shared__ int tile_start[kScanMaxExperts + 1];
+  const bool scanned = p.expert_offsets && p.E <= kScanMaxExperts;
+  if (scanned) scan_expert_tiles<kThreads>(p, BM, tile_start);
+  const int64_t tiles = scanned ? tile_start[p.E] : tile_count<BM>(p);
   const int64_t work = tiles * ((p.N + kItemCols - 1) / kItemCols);
   const int64_t k_blocks = (p.K + 31) / 32;
   const bf16* x = static_cast<const bf16*>(p.x);
@@ -77,7 +81,8 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
   for (int64_t item = blockIdx.x; item < work; item += gridDim.x) {
     int e;
     int64_t row_begin, row_end;
-    tile_at<BM>(p, item % tiles, e, row_begin, row_end);
+    if (scanned) scanned_tile_at<BM>(p, tile_start, item % tiles, e, row_begin, row_end);
+    else tile_at<BM>(p, item % tiles, e, row_begin, row_end);
     const int64_t n0 = item / tiles * kItemCols;
 
     int64_t src[NT];  // x row of this lane's token in each 8-token group; -1: none; -2: bad index

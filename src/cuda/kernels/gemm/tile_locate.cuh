@@ -68,6 +68,53 @@ __device__ __forceinline__ void tile_at(const MatmulOgsParams& p, int64_t index,
   row_end = min(hi, row_begin + BM);
 }
 
+// A persistent kernel can list the tiles itself instead: each block scans the experts' tile
+// counts once into shared memory (tile_start[e]: expert e's first tile; tile_start[E]: all),
+// which saves plan_tiles_kernel's launch where that launch is a good part of the time (decode).
+constexpr int kScanMaxExperts = 1024;  // tile_start's size; beyond, plan_tiles_kernel lists them
+
+template <int kThreads>
+__device__ __forceinline__ void scan_expert_tiles(const MatmulOgsParams& p, int BM, int* tile_start) {
+  using Scan = cub::BlockScan<int, kThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  const int chunk = (p.E + kThreads - 1) / kThreads;
+  const int first = min(static_cast<int>(threadIdx.x) * chunk, p.E), last = min(first + chunk, p.E);
+  int tiles = 0;
+  for (int e = first; e < last; ++e) {
+    int64_t lo, hi;
+    expert_rows(p, e, lo, hi);
+    tiles += static_cast<int>((hi - lo + BM - 1) / BM);
+  }
+  int at, total;
+  Scan(scan_storage).ExclusiveSum(tiles, at, total);
+  for (int e = first; e < last; ++e) {
+    tile_start[e] = at;
+    int64_t lo, hi;
+    expert_rows(p, e, lo, hi);
+    at += static_cast<int>((hi - lo + BM - 1) / BM);
+  }
+  if (threadIdx.x == 0) tile_start[p.E] = total;
+  __syncthreads();
+}
+
+// tile_at for a scanned list: the expert is the last one whose first tile is at most `index`
+// (experts without tiles share their successor's first tile).
+template <int BM>
+__device__ __forceinline__ void scanned_tile_at(const MatmulOgsParams& p, const int* tile_start, int64_t index,
+                                                int& expert, int64_t& row_begin, int64_t& row_end) {
+  int lo = 0, hi = p.E - 1;  // tile_start[lo] <= index < tile_start[hi + 1]
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (tile_start[mid] <= index) lo = mid;
+    else hi = mid - 1;
+  }
+  int64_t first, last;
+  expert_rows(p, lo, first, last);
+  expert = lo;
+  row_begin = first + (index - tile_start[lo]) * BM;
+  row_end = min(last, row_begin + BM);
+}
+
 // The tile of block x; false if the block has no work.
 template <int BM>
 __device__ __forceinline__ bool locate_tile(const MatmulOgsParams& p, int& expert, int64_t& row_begin,

@@ -24,10 +24,13 @@ inline size_t group_smem_bytes(int n_experts) {
   return (static_cast<size_t>(group_chunks(n_experts)) + 2) * static_cast<size_t>(n_experts) * sizeof(int32_t);
 }
 
-__global__ void group_by_expert_kernel(const int32_t* __restrict__ expert_idx, int64_t n_slots, int k, int n_experts,
-                                       int chunks, int32_t* __restrict__ counts, int32_t* __restrict__ offsets,
-                                       int32_t* __restrict__ gather_idx, int32_t* __restrict__ scatter_idx) {
-  extern __shared__ int32_t smem[];
+// The grouping by one whole block (kGroupThreads threads) with group_smem_bytes(n_experts) of
+// shared memory at `smem`. expert_idx is read with coherent loads: the block may have written it.
+__device__ __forceinline__ void group_by_expert_block(const int32_t* expert_idx, int64_t n_slots, int k,
+                                                      int n_experts, int chunks, int32_t* smem,
+                                                      int32_t* __restrict__ counts, int32_t* __restrict__ offsets,
+                                                      int32_t* __restrict__ gather_idx,
+                                                      int32_t* __restrict__ scatter_idx) {
   int32_t* hist = smem;                                  // [chunks][n_experts]
   int32_t* total_s = smem + chunks * n_experts;          // [n_experts]
   int32_t* offset_s = total_s + n_experts;               // [n_experts]
@@ -99,6 +102,14 @@ __global__ void group_by_expert_kernel(const int32_t* __restrict__ expert_idx, i
       __syncwarp();
     }
   }
+}
+
+__global__ void __launch_bounds__(kGroupThreads)
+    group_by_expert_kernel(const int32_t* __restrict__ expert_idx, int64_t n_slots, int k, int n_experts, int chunks,
+                           int32_t* __restrict__ counts, int32_t* __restrict__ offsets,
+                           int32_t* __restrict__ gather_idx, int32_t* __restrict__ scatter_idx) {
+  extern __shared__ int32_t smem[];
+  group_by_expert_block(expert_idx, n_slots, k, n_experts, chunks, smem, counts, offsets, gather_idx, scatter_idx);
 }
 
 }  // namespace moekit::cuda

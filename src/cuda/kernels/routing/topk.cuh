@@ -18,12 +18,12 @@ __device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {
   return ia < ib;
 }
 
+// Token t's choices, by one whole warp.
 template <class T>
-__global__ void topk_softmax_kernel(const T* __restrict__ logits, int64_t n_tokens, int n_experts, int k,
-                                    int32_t* __restrict__ expert_idx, float* __restrict__ expert_weight) {
+__device__ __forceinline__ void topk_softmax_token(const T* __restrict__ logits, int64_t t, int n_experts, int k,
+                                                   int32_t* __restrict__ expert_idx,
+                                                   float* __restrict__ expert_weight) {
   const int lane = threadIdx.x % 32;
-  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
-  if (t >= n_tokens) return;
   const T* row = logits + t * n_experts;
   uint64_t chosen = 0;  // bit i: expert lane + 32 * i
   for (int j = 0; j < k; ++j) {
@@ -59,6 +59,13 @@ __global__ void topk_softmax_kernel(const T* __restrict__ logits, int64_t n_toke
     for (int j = 0; j < k; ++j) sum += expf(w[j] - top);
     for (int j = 0; j < k; ++j) w[j] = expf(w[j] - top) / sum;
   }
+}
+
+template <class T>
+__global__ void topk_softmax_kernel(const T* __restrict__ logits, int64_t n_tokens, int n_experts, int k,
+                                    int32_t* __restrict__ expert_idx, float* __restrict__ expert_weight) {
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  if (t < n_tokens) topk_softmax_token(logits, t, n_experts, k, expert_idx, expert_weight);
 }
 
 }  // namespace moekit::cuda
