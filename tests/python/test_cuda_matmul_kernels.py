@@ -175,8 +175,10 @@ def test_stream_blocks_walk_many_items(gen, kernel, kind):
 @pytest.mark.parametrize("E", [1024, 1025])
 def test_streaming_with_many_experts(gen, E):
     """The streaming kernel lists its tiles itself (each block scans the experts' tile counts)
-    for up to 1024 experts, and reads plan_tiles_kernel's list beyond: rows in the first, a
-    middle and the last expert, all other experts empty; 8-token tiles, mlp1's shape."""
+    for up to 1024 experts and 128 rows, and reads plan_tiles_kernel's list beyond: rows in the
+    first, a middle and the last expert, all other experts empty; 8-token tiles, mlp1's shape.
+    (Elsewhere here the stream8 and stream16 cases scan, and stream32's 156 rows read the
+    listed tiles, as do the 1000-token layers of tests/python/test_cuda_ops.py.)"""
     counts = torch.zeros(E, dtype=torch.int64)
     counts[[0, 500, E - 1]] = torch.tensor([3, 9, 2])
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).to(torch.int32)

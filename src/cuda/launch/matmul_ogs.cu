@@ -96,7 +96,7 @@ template <int NT, int kWarps = 4>
 void launch_stream(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
                    const ExecContext& ctx) {
   constexpr int BM = 8 * NT;
-  if (p.E > kScanMaxExperts) plan_tiles<BM>(p, a, params, stream, ctx);  // else each block scans
+  if (!blocks_scan_tiles(a.expert_offsets.present(), p.E, p.P)) plan_tiles<BM>(p, a, params, stream, ctx);
   const int64_t max_tiles = ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0);
   const int64_t max_items = max_tiles * ceil_div(p.N, stream::kCols * stream::slabs(NT, p.mxfp4));
   const int64_t resident =

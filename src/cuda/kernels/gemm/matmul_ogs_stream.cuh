@@ -66,9 +66,9 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;  // the MMA's row group and k/column slot
-  // With expert offsets and few enough experts, the block lists the tiles itself (tile_locate.cuh).
+  // With expert offsets and few rows and experts, the block lists the tiles itself (tile_locate.cuh).
   __shared__ int tile_start[kScanMaxExperts + 1];
-  const bool scanned = p.expert_offsets && p.E <= kScanMaxExperts;
+  const bool scanned = blocks_scan_tiles(p.expert_offsets != nullptr, p.E, p.P);
   if (scanned) scan_expert_tiles<kThreads>(p, BM, tile_start);
   const int64_t tiles = scanned ? tile_start[p.E] : tile_count<BM>(p);
   const int64_t work = tiles * ((p.N + kItemCols - 1) / kItemCols);

@@ -70,8 +70,15 @@ __device__ __forceinline__ void tile_at(const MatmulOgsParams& p, int64_t index,
 
 // A persistent kernel can list the tiles itself instead: each block scans the experts' tile
 // counts once into shared memory (tile_start[e]: expert e's first tile; tile_start[E]: all),
-// which saves plan_tiles_kernel's launch where that launch is a good part of the time (decode).
-constexpr int kScanMaxExperts = 1024;  // tile_start's size; beyond, plan_tiles_kernel lists them
+// which saves plan_tiles_kernel's launch (~4 us) where that is a good part of the time: few
+// rows. With many items per block, the binary search per item cost more than the launch
+// (measured on an H100: E=128, T=128, mlp1 545 vs 532 + 4 us).
+constexpr int kScanMaxExperts = 1024;  // tile_start's size
+constexpr int64_t kScanMaxRows = 128;  // P up to this: the blocks scan; beyond, plan_tiles_kernel lists
+
+__host__ __device__ constexpr bool blocks_scan_tiles(bool offsets, int64_t n_experts, int64_t rows) {
+  return offsets && n_experts <= kScanMaxExperts && rows <= kScanMaxRows;
+}
 
 template <int kThreads>
 __device__ __forceinline__ void scan_expert_tiles(const MatmulOgsParams& p, int BM, int* tile_start) {
