@@ -38,7 +38,7 @@ constexpr int kCols = 16;       // output columns (weight rows) per slab: the MM
 __host__ __device__ constexpr int slabs(int NT, bool mxfp4) { return mxfp4 && NT <= 2 ? 2 : 1; }
 // Resident blocks per SM (launch bounds cap the registers to fit them): the persistent grid's size.
 __host__ __device__ constexpr int min_blocks(int NT, bool mxfp4, int warps) {
-  return warps == 16 ? 1 : (NT <= 2 && mxfp4 ? 5 : 4);
+  return warps == 16 ? 1 : (NT == 1 && mxfp4 ? 5 : 4);
 }
 }  // namespace stream
 
