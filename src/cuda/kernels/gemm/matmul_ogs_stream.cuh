@@ -2,12 +2,13 @@
 // tile reads its expert's weights once, straight from global memory into tensor-core fragments,
 // with no shared-memory staging and no barrier in the k loop.
 //
-// The MMA's roles are swapped: mma.sync m16n8k16 takes 16 weight rows (output columns n) as
-// its M and 8 tokens as its N, so one token still fills the MMA with weights. A block of kWarps
-// warps (4; 16 for the gate's few, long items) owns one work item, (16 output columns) x (a tile
-// of 8*NT tokens of one expert); its warps split K and add their partial sums in a fixed order
-// (deterministic). The grid is persistent
-// and walks the work items, so blocks never idle on empty tiles.
+// The MMA's roles are swapped: mma.sync m16n8k16 takes 16 weight rows (output columns n, a
+// slab) as its M and 8 tokens as its N, so one token still fills the MMA with weights. A block
+// of kWarps warps (4; 16 for the gate's few, long items) owns one work item, (1 or 2 slabs of
+// 16 output columns) x (a tile of 8*NT tokens of one expert); its warps split K and add their
+// partial sums in a fixed order (deterministic). The grid is persistent and walks the work
+// items, so blocks never idle on empty tiles; for few rows the blocks list the tiles themselves
+// (tile_locate.cuh).
 //
 // k order: an MMA's k positions may hold any k as long as the weight (A) and token (B) fragments
 // agree. Lane (g, t) owns the 32-wide k block t of every 4 consecutive blocks, so each weight row
