@@ -56,6 +56,10 @@ TEST(MatmulOgsConfig, TileHeightFollowsRowsPerExpert) {
   moekit::MatmulOgsProblem gate = problem(8192, 1, 2880, false);
   gate.N = 32;
   EXPECT_EQ(choose_matmul_ogs_kernel(gate, kBf16, device(9)), MatmulOgsKernel::kStream8Wide) << "few bf16 columns";
+  gate.N = 128;
+  EXPECT_EQ(choose_matmul_ogs_kernel(gate, kBf16, device(9)), MatmulOgsKernel::kTensorCore64) << "many rows, 128 columns";
+  gate.P = 8191;
+  EXPECT_EQ(choose_matmul_ogs_kernel(gate, kBf16, device(9)), MatmulOgsKernel::kStream8Wide) << "fewer rows";
   gate.N = 257;
   EXPECT_EQ(choose_matmul_ogs_kernel(gate, kBf16, device(9)), MatmulOgsKernel::kTensorCore64);
   moekit::DeviceInfo small_smem = device(9);
