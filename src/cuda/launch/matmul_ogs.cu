@@ -92,35 +92,18 @@ void launch_wgmma(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsPa
 
 // A persistent grid over (token tile, 16 output columns) work items: as many blocks as fit on
 // the device at once, never more than there can be items.
-template <int NT, bool kMxfp4, int kWarps, bool kFewItems>
-void launch_stream_kernel(const MatmulOgsProblem& p, MatmulOgsParams params, cudaStream_t stream, int64_t max_items) {
-  const int64_t resident = static_cast<int64_t>(device_info(p.device.index).sm_count) *
-                           stream::min_blocks(NT, kMxfp4, kWarps, kFewItems);
-  const dim3 grid(static_cast<unsigned>(std::min(max_items, resident)));
-  matmul_ogs_stream_kernel<NT, kMxfp4, kWarps, kFewItems><<<grid, 32 * kWarps, 0, stream>>>(params);
-}
-
 template <int NT, int kWarps = 4>
 void launch_stream(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
                    const ExecContext& ctx) {
   constexpr int BM = 8 * NT;
   if (!blocks_scan_tiles(a.expert_offsets.present(), p.E, p.P)) plan_tiles<BM>(p, a, params, stream, ctx);
-  // Every tile holds at least one row, so there are at most min(P, P / BM + E) of them.
-  const int64_t max_tiles = std::min(p.P, ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0));
+  const int64_t max_tiles = ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0);
   const int64_t max_items = max_tiles * ceil_div(p.N, stream::kCols * stream::slabs(NT, p.mxfp4));
-  if (!p.mxfp4) {
-    launch_stream_kernel<NT, false, kWarps, false>(p, params, stream, max_items);
-    return;
-  }
-  if constexpr (NT == 1 && kWarps == 4) {
-    const int64_t few_blocks =
-        static_cast<int64_t>(device_info(p.device.index).sm_count) * stream::min_blocks(NT, true, kWarps, true);
-    if (max_items <= stream::kFewItemsPerBlock * few_blocks) {
-      launch_stream_kernel<NT, true, kWarps, true>(p, params, stream, max_items);
-      return;
-    }
-  }
-  launch_stream_kernel<NT, true, kWarps, false>(p, params, stream, max_items);
+  const int64_t resident =
+      static_cast<int64_t>(device_info(p.device.index).sm_count) * stream::min_blocks(NT, p.mxfp4, kWarps);
+  const dim3 grid(static_cast<unsigned>(std::min(max_items, resident)));
+  if (p.mxfp4) matmul_ogs_stream_kernel<NT, true, kWarps><<<grid, 32 * kWarps, 0, stream>>>(params);
+  else matmul_ogs_stream_kernel<NT, false, kWarps><<<grid, 32 * kWarps, 0, stream>>>(params);
 }
 
 bool aligned_16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }

@@ -37,12 +37,9 @@ constexpr int kCols = 16;       // output columns (weight rows) per slab: the MM
 // permute, address and epilogue serves twice the weight bytes, and each lane has 4 weight loads
 // in flight.
 __host__ __device__ constexpr int slabs(int NT, bool mxfp4) { return mxfp4 && NT <= 2 ? 2 : 1; }
-// Few items per block (decode of a few tokens): each item's k loop is then latency-bound, and
-// 8-token MXFP4 items load two k steps before using either (more registers, fewer blocks).
-constexpr int64_t kFewItemsPerBlock = 12;
 // Resident blocks per SM (launch bounds cap the registers to fit them): the persistent grid's size.
-__host__ __device__ constexpr int min_blocks(int NT, bool mxfp4, int warps, bool few_items = false) {
-  return warps == 16 ? 1 : (NT == 1 && mxfp4 && !few_items ? 5 : 4);
+__host__ __device__ constexpr int min_blocks(int NT, bool mxfp4, int warps) {
+  return warps == 16 ? 1 : (NT == 1 && mxfp4 ? 5 : 4);
 }
 }  // namespace stream
 
@@ -55,16 +52,15 @@ __device__ __forceinline__ void pair_bf16x8(const uint4 v, uint32_t (&r)[4]) {
   r[3] = __byte_perm(v.y, v.w, 0x7632);
 }
 
-template <int NT, bool kMxfp4, int kWarps = 4, bool kFewItems = false>
-__global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kWarps, kFewItems))
+template <int NT, bool kMxfp4, int kWarps = 4>
+__global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kWarps))
     matmul_ogs_stream_kernel(const MatmulOgsParams p) {
   using namespace stream;
   constexpr int BM = 8 * NT;  // tokens per work item
   // k steps whose weights are loaded before any is used. Measured on an H100: loading MXFP4 steps
-  // ahead (one-slab items, 4 blocks per SM) was 5-10% slower than one step at 6 blocks per SM
-  // with many items per block; the bf16 gate (one 8-token tile), with few blocks and a long k
-  // loop, takes 2, and so do 8-token MXFP4 items when there are few per block.
-  constexpr int kUnroll = NT > 1 ? 1 : (kMxfp4 && !kFewItems ? 1 : 2);
+  // ahead (4 / NT, at 4 blocks per SM) was 5-10% slower than one step at 6 blocks per SM; the
+  // bf16 gate (one 8-token tile), with few blocks and a long k loop, takes 2.
+  constexpr int kUnroll = kMxfp4 || NT > 1 ? 1 : 2;
   constexpr int kThreads = 32 * kWarps;
   constexpr int kSlabs = slabs(NT, kMxfp4), kItemCols = kCols * kSlabs;
   __shared__ float partial[kWarps][kItemCols][BM + 1];
