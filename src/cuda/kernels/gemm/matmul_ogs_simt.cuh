@@ -7,9 +7,9 @@
 #include <cstdint>
 
 #include "../../../core/mxfp4.h"
-#include "../activation/swiglu.cuh"
 #include "../element.cuh"
 #include "matmul_ogs_params.cuh"
+#include "tile_io.cuh"
 #include "tile_locate.cuh"
 
 namespace moekit::cuda {
@@ -32,12 +32,7 @@ __global__ void __launch_bounds__(simt::kThreads) matmul_ogs_simt_kernel(const M
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   // Loads: thread -> one row (of x or of W) and 8 consecutive k.
   const int lr = tid / 4, lk = (tid % 4) * 8;
-  const int64_t prow = row_begin + lr;
-  int64_t src = -1;  // -1: no row (zeros); -2: out-of-range gather index (NaN)
-  if (prow < row_end) {
-    src = p.gather_idx ? p.gather_idx[prow] : prow;
-    if (src < 0 || src >= p.M) src = -2;
-  }
+  const int64_t src = source_row(p, row_begin + lr, row_end);  // kNoRow: zeros; kBadRow: NaN
   const XT* x = static_cast<const XT*>(p.x);
   const int64_t wrow = n0 + lr;
   const bool wvalid = wrow < p.N;
@@ -50,7 +45,7 @@ __global__ void __launch_bounds__(simt::kThreads) matmul_ogs_simt_kernel(const M
       const int64_t kk = k0 + lk + i;
       float v = 0.0f;
       if (src >= 0 && kk < p.K) v = to_float(x[src * p.K + kk]);
-      else if (src == -2) v = __int_as_float(0x7fc00000);
+      else if (src == kBadRow) v = __int_as_float(0x7fc00000);
       As[lk + i][lr] = v;
     }
     if constexpr (WK == WeightKind::kMxfp4) {
@@ -87,30 +82,15 @@ __global__ void __launch_bounds__(simt::kThreads) matmul_ogs_simt_kernel(const M
     __syncthreads();
   }
 
-  // Epilogue: bias, SwiGLU over the thread's two column pairs, store.
+  // Epilogue: the thread's two column pairs of each of its rows (a bad row is NaN already).
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int64_t r = row_begin + ty * 4 + i;
     if (r >= row_end) continue;
-    float h[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t n = n0 + tx * 4 + j;
-      h[j] = acc[i][j];
-      if (p.bias && n < p.N) h[j] += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + n);
-    }
-    if (p.swiglu) {
-#pragma unroll
-      for (int q = 0; q < 2; ++q) {
-        const int64_t n = n0 + tx * 4 + 2 * q;  // N is even, so n < N implies n + 1 < N
-        if (n < p.N) store_float(p.out, p.out_bf16, r * p.out_cols + n / 2, swiglu(h[2 * q], h[2 * q + 1], p.alpha, p.limit));
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int64_t n = n0 + tx * 4 + j;
-        if (n < p.N) store_float(p.out, p.out_bf16, r * p.out_cols + n, h[j]);
-      }
+    for (int q = 0; q < 2; ++q) {
+      const int64_t n = n0 + tx * 4 + 2 * q;
+      if (n < p.N) store_output_pair(p, e, r, n, false, acc[i][2 * q], acc[i][2 * q + 1]);
     }
   }
 }

@@ -22,11 +22,10 @@
 
 #include <cstdint>
 
-#include "../activation/swiglu.cuh"
 #include "../quant/e2m1_bf16.cuh"
-#include "../element.cuh"
 #include "matmul_ogs_params.cuh"
 #include "mma.cuh"
+#include "tile_io.cuh"
 #include "tile_locate.cuh"
 
 namespace moekit::cuda {
@@ -86,16 +85,9 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
     else tile_at<BM>(p, item % tiles, e, row_begin, row_end);
     const int64_t n0 = item / tiles * kItemCols;
 
-    int64_t src[NT];  // x row of this lane's token in each 8-token group; -1: none; -2: bad index
+    int64_t src[NT];  // x row of this lane's token in each 8-token group (or kNoRow, kBadRow)
 #pragma unroll
-    for (int s = 0; s < NT; ++s) {
-      const int64_t row = row_begin + s * 8 + g;
-      src[s] = -1;
-      if (row < row_end) {
-        src[s] = p.gather_idx ? p.gather_idx[row] : row;
-        if (src[s] < 0 || src[s] >= p.M) src[s] = -2;
-      }
-    }
+    for (int s = 0; s < NT; ++s) src[s] = source_row(p, row_begin + s * 8 + g, row_end);
     // This lane's weight rows: n0 + 16j + g and n0 + 16j + g + 8 of slab j (r = 2j and 2j + 1).
     constexpr int kRows = 2 * kSlabs;
     int64_t n_of[kRows], w_of[kRows];  // output column, weight row
@@ -149,7 +141,7 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
         for (int i = 0; i < 4; ++i) {
           uint4 v = make_uint4(0, 0, 0, 0);
           if (src[s] >= 0 && k0 + 8 * i < p.K) v = __ldg(reinterpret_cast<const uint4*>(x + src[s] * p.K + k0 + 8 * i));
-          else if (src[s] == -2) v = nan8;
+          else if (src[s] == kBadRow) v = nan8;
           pair_bf16x8(v, b[s][i]);
         }
       }
@@ -205,28 +197,17 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
       }
     }
     __syncthreads();
-    auto column = [&](int c, int token) {
+    auto column = [&](int c, int token) {  // the warps' partial sums, in a fixed order
       float h = 0.0f;
 #pragma unroll
       for (int w = 0; w < kWarps; ++w) h += partial[w][c][token];
-      if (p.bias) h += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + n0 + c);
       return h;
     };
-    if (p.swiglu) {  // column pairs (glu, linear); N is even
-      for (int v = threadIdx.x; v < BM * kItemCols / 2; v += kThreads) {
-        const int token = v / (kItemCols / 2), c = 2 * (v % (kItemCols / 2));
-        const int64_t row = row_begin + token, n = n0 + c;
-        if (row < row_end && n < p.N) {
-          store_float(p.out, p.out_bf16, row * p.out_cols + n / 2,
-                      swiglu(column(c, token), column(c + 1, token), p.alpha, p.limit));
-        }
-      }
-    } else {
-      for (int v = threadIdx.x; v < BM * kItemCols; v += kThreads) {
-        const int token = v / kItemCols, c = v % kItemCols;
-        const int64_t row = row_begin + token, n = n0 + c;
-        if (row < row_end && n < p.N) store_float(p.out, p.out_bf16, row * p.out_cols + n, column(c, token));
-      }
+    // Column pairs (a bad row is NaN already).
+    for (int v = threadIdx.x; v < BM * kItemCols / 2; v += kThreads) {
+      const int token = v / (kItemCols / 2), c = 2 * (v % (kItemCols / 2));
+      const int64_t row = row_begin + token, n = n0 + c;
+      if (row < row_end && n < p.N) store_output_pair(p, e, row, n, false, column(c, token), column(c + 1, token));
     }
     __syncthreads();  // `partial` is reused by the next item
   }

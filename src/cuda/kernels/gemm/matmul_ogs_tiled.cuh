@@ -45,15 +45,9 @@ __global__ void __launch_bounds__(tiled::kThreads, 2) matmul_ogs_tiled_kernel(co
   constexpr int kFragsN = 8;        // 2 warps along N, each 64 columns = 8 x 8
   static_assert(BM == 64, "tile height: kFragsM and the copy plan assume 64 rows");
 
-  // Block x -> (row tile, column tile), column tiles fastest: the blocks of one row tile run
-  // together and read its gathered x rows from L2, not DRAM (one x tile per column tile, with
-  // row tiles fastest, made mlp1 at T = 8192 read 3.8 GB from DRAM).
-  const int64_t n_tiles = (p.N + kBN - 1) / kBN, tile = blockIdx.x / n_tiles;
-  if (tile >= tile_count<BM>(p)) return;
   int e;
-  int64_t row_begin, row_end;
-  tile_at<BM>(p, tile, e, row_begin, row_end);
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x % n_tiles) * kBN;
+  int64_t row_begin, row_end, n0;
+  if (!locate_column_tile<BM, kBN>(p, e, row_begin, row_end, n0)) return;
 
   extern __shared__ __align__(128) unsigned char smem[];
   auto xs = reinterpret_cast<bf16(*)[BM][kLd]>(smem);                                   // [kStages]

@@ -42,13 +42,9 @@ constexpr int kSmemBytes = kStages * (kXTileBytes + kWTileBytes + kCodeTileBytes
 __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const MatmulOgsParams p) {
 #if MOEKIT_WGMMA
   using namespace wg;
-  // Block x -> (row tile, column tile), column tiles fastest (see matmul_ogs_tiled.cuh).
-  const int64_t n_tiles = (p.N + kBN - 1) / kBN, tile = blockIdx.x / n_tiles;
-  if (tile >= tile_count<kBM>(p)) return;
   int e;
-  int64_t row_begin, row_end;
-  tile_at<kBM>(p, tile, e, row_begin, row_end);
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x % n_tiles) * kBN;
+  int64_t row_begin, row_end, n0;
+  if (!locate_column_tile<kBM, kBN>(p, e, row_begin, row_end, n0)) return;
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + (1024 - static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) % 1024) % 1024;

@@ -9,9 +9,9 @@
 #include <cstdint>
 
 #include "../../../core/mxfp4.h"
-#include "../activation/swiglu.cuh"
 #include "../element.cuh"
 #include "matmul_ogs_params.cuh"
+#include "tile_io.cuh"
 #include "tile_locate.cuh"
 
 namespace moekit::cuda {
@@ -24,7 +24,8 @@ template <int BM, bool kMxfp4>
 __global__ void __launch_bounds__(tc::kThreads) matmul_ogs_wmma_kernel(const MatmulOgsParams p) {
   using namespace nvcuda;
   using namespace tc;
-  constexpr int kWarpsM = BM >= 32 ? 2 : 1, kWarpsN = 4 / kWarpsM;
+  static_assert(BM % 32 == 0, "2 x 2 warps of 16-row fragments");
+  constexpr int kWarpsM = 2, kWarpsN = 2;
   constexpr int kFragsM = BM / kWarpsM / 16, kFragsN = kBN / kWarpsN / 16;
   constexpr int kLd = kBK + kPad;
 
@@ -36,18 +37,10 @@ __global__ void __launch_bounds__(tc::kThreads) matmul_ogs_wmma_kernel(const Mat
   __shared__ __align__(32) bf16 As[BM][kLd];
   __shared__ __align__(32) bf16 Bs[kBN][kLd];
   __shared__ __align__(32) float Cs[BM][kBN + 4];
-  __shared__ int64_t src_row[BM];  // x row of each tile row; -1: none (zeros); -2: bad gather index (NaN)
+  __shared__ int64_t src_row[BM];  // x row of each tile row; kNoRow: zeros; kBadRow: NaN
 
   const int tid = threadIdx.x, warp = tid / 32;
-  for (int r = tid; r < BM; r += kThreads) {
-    const int64_t prow = row_begin + r;
-    int64_t src = -1;
-    if (prow < row_end) {
-      src = p.gather_idx ? p.gather_idx[prow] : prow;
-      if (src < 0 || src >= p.M) src = -2;
-    }
-    src_row[r] = src;
-  }
+  gather_rows<BM>(p, row_begin, row_end, src_row);
   __syncthreads();
 
   const bf16* x = static_cast<const bf16*>(p.x);
@@ -66,7 +59,7 @@ __global__ void __launch_bounds__(tc::kThreads) matmul_ogs_wmma_kernel(const Mat
       const int64_t src = src_row[r];
       uint4 val = make_uint4(0, 0, 0, 0);
       if (src >= 0 && k0 + c < p.K) val = *reinterpret_cast<const uint4*>(x + src * p.K + k0 + c);
-      else if (src == -2) val = nan8;
+      else if (src == kBadRow) val = nan8;
       *reinterpret_cast<uint4*>(&As[r][c]) = val;
     }
     // B: 64 weight rows x 32 k, decoded to bf16.
@@ -123,22 +116,11 @@ __global__ void __launch_bounds__(tc::kThreads) matmul_ogs_wmma_kernel(const Mat
                               wmma::mem_row_major);
   __syncthreads();
 
-  // Epilogue over column pairs: bias, SwiGLU (pairs are (glu, linear)), store.
+  // Epilogue over column pairs (a bad row is NaN already).
   for (int v = tid; v < BM * (kBN / 2); v += kThreads) {
     const int r = v / (kBN / 2), c = (v % (kBN / 2)) * 2;
     const int64_t row = row_begin + r, n = n0 + c;
-    if (row >= row_end || n >= p.N) continue;
-    float h0 = Cs[r][c], h1 = Cs[r][c + 1];
-    if (p.bias) {
-      h0 += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + n);
-      if (n + 1 < p.N) h1 += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + n + 1);
-    }
-    if (p.swiglu) {
-      store_float(p.out, p.out_bf16, row * p.out_cols + n / 2, swiglu(h0, h1, p.alpha, p.limit));
-    } else {
-      store_float(p.out, p.out_bf16, row * p.out_cols + n, h0);
-      if (n + 1 < p.N) store_float(p.out, p.out_bf16, row * p.out_cols + n + 1, h1);
-    }
+    if (row < row_end && n < p.N) store_output_pair(p, e, row, n, false, Cs[r][c], Cs[r][c + 1]);
   }
 }
 

@@ -1,4 +1,4 @@
-// What the tiled matmul_ogs kernels share at either end of the k loop: which x row each tile row
+// What the matmul_ogs kernels share at either end of the k loop: which x row each tile row
 // reads, and how a pair of adjacent output columns is finished and stored.
 #pragma once
 
@@ -12,19 +12,19 @@ namespace moekit::cuda {
 
 constexpr int64_t kNoRow = -1, kBadRow = -2;  // past the tile's rows; gather index out of range
 
+// The x row that problem row `prow` reads: kNoRow at or past row_end, kBadRow for a gather
+// index outside [0, M).
+__device__ __forceinline__ int64_t source_row(const MatmulOgsParams& p, int64_t prow, int64_t row_end) {
+  if (prow >= row_end) return kNoRow;
+  const int64_t src = p.gather_idx ? p.gather_idx[prow] : prow;
+  return src < 0 || src >= p.M ? kBadRow : src;
+}
+
 // src_row[r] for the BM rows of a tile (all threads of the block; sync before reading it).
 template <int BM>
 __device__ __forceinline__ void gather_rows(const MatmulOgsParams& p, int64_t row_begin, int64_t row_end,
                                             int64_t* src_row) {
-  for (int r = threadIdx.x; r < BM; r += blockDim.x) {
-    const int64_t prow = row_begin + r;
-    int64_t src = kNoRow;
-    if (prow < row_end) {
-      src = p.gather_idx ? p.gather_idx[prow] : prow;
-      if (src < 0 || src >= p.M) src = kBadRow;
-    }
-    src_row[r] = src;
-  }
+  for (int r = threadIdx.x; r < BM; r += blockDim.x) src_row[r] = source_row(p, row_begin + r, row_end);
 }
 
 // Output columns n and n + 1 (n even) of problem row `row` of expert e: bias (unless the caller
