@@ -20,25 +20,26 @@
 namespace moekit::cuda {
 namespace {
 
-// With expert offsets, lists the row tiles of height BM before the matmul kernel runs.
+// With expert offsets, lists the row tiles of height BM (into params.tile_items) before the
+// matmul kernel runs.
 template <int BM>
-void plan_tiles(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams& params, cudaStream_t stream,
-                const ExecContext& ctx) {
+void plan_tiles(const MatmulOgsArgs& a, const MatmulOgsParams& params, cudaStream_t stream, const ExecContext& ctx) {
   if (!a.expert_offsets.present()) return;
-  const MatmulOgsWorkspace ws = matmul_ogs_workspace_layout(p);
-  char* base = static_cast<char*>(a.workspace.data);
-  params.tile_items = reinterpret_cast<int2*>(base + ws.tiles);
-  params.tile_count = reinterpret_cast<int*>(base + ws.tile_count);
   plan_tiles_kernel<BM><<<1, kPlanThreads, 0, stream>>>(params);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "plan_tiles_kernel");
+}
+
+// The row tiles of height BM a grid sized from shapes alone must allow for: P / BM, plus a
+// partial tile per expert.
+int64_t max_row_tiles(const MatmulOgsProblem& p, const MatmulOgsArgs& a, int BM) {
+  return ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0);
 }
 
 template <class XT>
 void launch_simt(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
                  const ExecContext& ctx) {
-  plan_tiles<simt::kBM>(p, a, params, stream, ctx);
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.P, simt::kBM) + (a.expert_offsets.present() ? p.E : 0)),
-                  static_cast<unsigned>(ceil_div(p.N, simt::kBN)));
+  plan_tiles<simt::kBM>(a, params, stream, ctx);
+  const dim3 grid(static_cast<unsigned>(max_row_tiles(p, a, simt::kBM)), static_cast<unsigned>(ceil_div(p.N, simt::kBN)));
   if (p.mxfp4) {
     matmul_ogs_simt_kernel<XT, WeightKind::kMxfp4><<<grid, simt::kThreads, 0, stream>>>(params);
   } else if (a.w.values.dtype == DType::kBFloat16) {
@@ -51,9 +52,8 @@ void launch_simt(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsPar
 template <int BM>
 void launch_tensor_core(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params,
                         cudaStream_t stream, const ExecContext& ctx) {
-  plan_tiles<BM>(p, a, params, stream, ctx);
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0)),
-                  static_cast<unsigned>(ceil_div(p.N, tc::kBN)));
+  plan_tiles<BM>(a, params, stream, ctx);
+  const dim3 grid(static_cast<unsigned>(max_row_tiles(p, a, BM)), static_cast<unsigned>(ceil_div(p.N, tc::kBN)));
   if (p.mxfp4) matmul_ogs_wmma_kernel<BM, true><<<grid, tc::kThreads, 0, stream>>>(params);
   else matmul_ogs_wmma_kernel<BM, false><<<grid, tc::kThreads, 0, stream>>>(params);
 }
@@ -71,9 +71,8 @@ void allow_dynamic_smem(int bytes, int device) {
 template <int BM>
 void launch_tiled(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
                   const ExecContext& ctx) {
-  plan_tiles<BM>(p, a, params, stream, ctx);
-  const int64_t max_tiles = ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0);
-  const dim3 grid(static_cast<unsigned>(max_tiles * ceil_div(p.N, tiled::kBN)));
+  plan_tiles<BM>(a, params, stream, ctx);
+  const dim3 grid(static_cast<unsigned>(max_row_tiles(p, a, BM) * ceil_div(p.N, tiled::kBN)));
   constexpr int smem = tiled::smem_bytes<BM>();
   static_assert(smem + BM * 8 <= kTiledSharedMemoryBytes, "the kernel choice assumes this budget");
   allow_dynamic_smem<matmul_ogs_tiled_kernel<BM>>(smem, p.device.index);
@@ -82,9 +81,8 @@ void launch_tiled(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsPa
 
 void launch_wgmma(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
                   const ExecContext& ctx) {
-  plan_tiles<wg::kBM>(p, a, params, stream, ctx);
-  const int64_t max_tiles = ceil_div(p.P, wg::kBM) + (a.expert_offsets.present() ? p.E : 0);
-  const dim3 grid(static_cast<unsigned>(max_tiles * ceil_div(p.N, wg::kBN)));
+  plan_tiles<wg::kBM>(a, params, stream, ctx);
+  const dim3 grid(static_cast<unsigned>(max_row_tiles(p, a, wg::kBM) * ceil_div(p.N, wg::kBN)));
   static_assert(wg::kSmemBytes + wg::kBM * 8 <= kWgmmaSharedMemoryBytes, "the kernel choice assumes this budget");
   allow_dynamic_smem<matmul_ogs_wgmma_kernel>(wg::kSmemBytes, p.device.index);
   matmul_ogs_wgmma_kernel<<<grid, wg::kThreads, wg::kSmemBytes, stream>>>(params);
@@ -96,14 +94,18 @@ template <int NT, int kWarps = 4>
 void launch_stream(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
                    const ExecContext& ctx) {
   constexpr int BM = 8 * NT;
-  if (!blocks_scan_tiles(a.expert_offsets.present(), p.E, p.P)) plan_tiles<BM>(p, a, params, stream, ctx);
-  const int64_t max_tiles = ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0);
-  const int64_t max_items = max_tiles * ceil_div(p.N, stream::kCols * stream::slabs(NT, p.mxfp4));
+  if (!blocks_scan_tiles(a.expert_offsets.present(), p.E, p.P)) plan_tiles<BM>(a, params, stream, ctx);
+  const int64_t max_items = max_row_tiles(p, a, BM) * ceil_div(p.N, stream::kCols * stream::slabs(NT, p.mxfp4));
   const int64_t resident =
       static_cast<int64_t>(device_info(p.device.index).sm_count) * stream::min_blocks(NT, p.mxfp4, kWarps);
   const dim3 grid(static_cast<unsigned>(std::min(max_items, resident)));
-  if (p.mxfp4) matmul_ogs_stream_kernel<NT, true, kWarps><<<grid, 32 * kWarps, 0, stream>>>(params);
-  else matmul_ogs_stream_kernel<NT, false, kWarps><<<grid, 32 * kWarps, 0, stream>>>(params);
+  if (!p.mxfp4) {
+    matmul_ogs_stream_kernel<NT, false, kWarps><<<grid, 32 * kWarps, 0, stream>>>(params);
+  } else if constexpr (kWarps == 4) {  // the 16-warp form is the gate's (bf16 weights)
+    matmul_ogs_stream_kernel<NT, true, kWarps><<<grid, 32 * kWarps, 0, stream>>>(params);
+  } else {
+    throw Error(Error::Kind::kRuntime, "moekit.matmul_ogs: internal error: the 16-warp streaming kernel takes bf16 weights");
+  }
 }
 
 bool aligned_16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
@@ -112,7 +114,8 @@ bool aligned_16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 
 
 void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecContext& ctx) {
   const char* op = "matmul_ogs";
-  const size_t ws_bytes = matmul_ogs_workspace_bytes(p);
+  const MatmulOgsWorkspace ws = matmul_ogs_workspace_layout(p);
+  const size_t ws_bytes = ws.total;
   if (ws_bytes > 0) {
     check::present(op, "workspace", a.workspace);
     check::dtype(op, "workspace", a.workspace, {DType::kUInt8});
@@ -144,9 +147,11 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
   params.alpha = a.swiglu.alpha;
   params.limit = a.swiglu.limit;
   params.out_cols = p.out_cols;
+  char* ws_base = static_cast<char*>(a.workspace.data);
+  params.tile_items = reinterpret_cast<int2*>(ws_base + ws.tiles);  // written by plan_tiles_kernel
+  params.tile_count = reinterpret_cast<int*>(ws_base + ws.tile_count);
   // With scatter, rows go to the workspace as float32 and the combine writes `out`.
-  const MatmulOgsWorkspace ws = matmul_ogs_workspace_layout(p);
-  float* combine_rows = reinterpret_cast<float*>(static_cast<char*>(a.workspace.data) + ws.combine);
+  float* combine_rows = reinterpret_cast<float*>(ws_base + ws.combine);
   params.out = p.scatter ? static_cast<void*>(combine_rows) : a.out.data;
   params.out_bf16 = !p.scatter && a.out.dtype == DType::kBFloat16;
 
