@@ -18,10 +18,12 @@ void route(const RouteProblem& p, const TensorView& logits, const RouteOutputs& 
   DeviceGuard guard(p.device.index);
   const cudaStream_t stream = stream_of("route", p.device, ctx);
   const int E = static_cast<int>(p.E);
+  const int chunks = group_chunks(E, p.T * p.k);
+  const size_t group_smem = group_smem_bytes(E, chunks);
   if (p.T > 0 && p.T <= kRouteOneBlockTokens) {
     auto launch = [&](const auto* typed_logits) {
-      route_one_block_kernel<<<1, kGroupThreads, group_smem_bytes(E), stream>>>(
-          typed_logits, p.T, E, static_cast<int>(p.k), group_chunks(E), out.expert_idx.ptr<int32_t>(),
+      route_one_block_kernel<<<1, kGroupThreads, group_smem, stream>>>(
+          typed_logits, p.T, E, static_cast<int>(p.k), chunks, out.expert_idx.ptr<int32_t>(),
           out.expert_weight.ptr<float>(), out.expert_counts.ptr<int32_t>(), out.expert_offsets.ptr<int32_t>(),
           out.gather_idx.ptr<int32_t>(), out.scatter_idx.ptr<int32_t>());
     };
@@ -42,8 +44,8 @@ void route(const RouteProblem& p, const TensorView& logits, const RouteOutputs& 
     }
     MOEKIT_CHECK_LAUNCH(ctx, stream, "topk_softmax_kernel");
   }
-  group_by_expert_kernel<<<1, kGroupThreads, group_smem_bytes(E), stream>>>(
-      out.expert_idx.ptr<int32_t>(), p.T * p.k, p.k, E, group_chunks(E), out.expert_counts.ptr<int32_t>(),
+  group_by_expert_kernel<<<1, kGroupThreads, group_smem, stream>>>(
+      out.expert_idx.ptr<int32_t>(), p.T * p.k, p.k, E, chunks, out.expert_counts.ptr<int32_t>(),
       out.expert_offsets.ptr<int32_t>(), out.gather_idx.ptr<int32_t>(), out.scatter_idx.ptr<int32_t>());
   MOEKIT_CHECK_LAUNCH(ctx, stream, "group_by_expert_kernel");
 }

@@ -81,11 +81,11 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
     const int stage = step % kStages;
     const int64_t k0 = static_cast<int64_t>(step) * kBK;
     const bool k_valid = k0 + xc * 8 < p.K;
+    const int64_t k_from = k_valid ? k0 : 0;  // rows without a source read row 0 (or nothing)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const bool valid = x_valid[j] && k_valid;
-      cp_async_16(xs + stage * kXTileBytes + sw128_offset(xr + 16 * j, xc), valid ? x_from[j] + k0 : x_from[j],
-                  valid ? 16 : 0);
+      cp_async_16(xs + stage * kXTileBytes + sw128_offset(xr + 16 * j, xc), x_from[j] + k_from,
+                  x_valid[j] && k_valid ? 16 : 0);
     }
     const int block = 2 * step + w_half;
     const bool valid = w_valid && block < k_blocks;
@@ -119,18 +119,20 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
   decode(0, load_scale(0));
   fence_proxy_async_shared();
 
+  // Stage 0's descriptors, built once (a step adds its offsets).
+  const uint64_t a_desc = wgmma_descriptor_sw128(xs + warpgroup * 64 * 128);
+  const uint64_t b_desc = wgmma_descriptor_sw128(ws);
   float acc[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
   auto run_step = [&](int step, uint32_t& scale) {  // scale: step + 1's on entry, step + 3's on exit
     __syncthreads();  // x and weights of this step are in (each thread waited and fenced its own)
     const int stage = step % kStages;
-    const unsigned char* a_tile = xs + stage * kXTileBytes + warpgroup * 64 * 128;
-    const unsigned char* b_tile = ws + stage * kWTileBytes;
     wgmma_fence();
 #pragma unroll
     for (int j = 0; j < kBK / 16; ++j) {  // k16 sub-step j starts 32 bytes into each row
-      wgmma_m64n128k16_bf16(acc, wgmma_descriptor_sw128(a_tile + 32 * j), wgmma_descriptor_sw128(b_tile + 32 * j));
+      wgmma_m64n128k16_bf16(acc, wgmma_descriptor_advance(a_desc, stage * kXTileBytes + 32 * j),
+                            wgmma_descriptor_advance(b_desc, stage * kWTileBytes + 32 * j));
     }
     wgmma_commit();
     wgmma_wait<1>();  // this warpgroup's step - 1: its x rows and codes stage are free again

@@ -61,6 +61,10 @@ __device__ __forceinline__ uint64_t wgmma_descriptor_sw128(const void* smem) {
          (static_cast<uint64_t>(1024 >> 4) << 32) | (static_cast<uint64_t>(1) << 62);
 }
 
+// The descriptor of the operand `bytes` (a multiple of 16) further on: the start address field,
+// bits 0..13, holds address / 16, and shared memory ends below 2^18 bytes, so nothing carries.
+__device__ __forceinline__ uint64_t wgmma_descriptor_advance(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
+
 // Byte offset of 16-byte chunk `chunk` (0..7) of row `row` in that layout.
 __device__ __forceinline__ int sw128_offset(int row, int chunk) { return row * 128 + ((chunk ^ (row % 8)) * 16); }
 

@@ -14,14 +14,19 @@ namespace moekit::cuda {
 constexpr int kGroupThreads = 1024;
 constexpr int kGroupSmemBytes = 48 * 1024;
 
-// Chunks (warps) the placement uses for n_experts: hist needs chunks * n_experts ints, plus
-// 2 * n_experts for totals and offsets.
-inline int group_chunks(int n_experts) {
+// Chunks (warps) the placement uses for n_slots slots of n_experts experts: as many as shared
+// memory holds (hist needs chunks * n_experts ints, plus 2 * n_experts for totals and offsets),
+// one per warp at most, and one per 32 slots at most: a warp places 32 slots at a time, and every
+// further chunk lengthens the per-expert loops over chunks (at T = 8, k = 4: 1 chunk, not 32).
+inline int group_chunks(int n_experts, int64_t n_slots) {
   const int fit = (kGroupSmemBytes / 4 - 2 * n_experts) / (n_experts > 0 ? n_experts : 1);
-  return fit < 1 ? 1 : (fit > kGroupThreads / 32 ? kGroupThreads / 32 : fit);
+  const int64_t useful = (n_slots + 31) / 32;
+  int chunks = fit < kGroupThreads / 32 ? fit : kGroupThreads / 32;
+  if (useful < chunks) chunks = static_cast<int>(useful);
+  return chunks < 1 ? 1 : chunks;
 }
-inline size_t group_smem_bytes(int n_experts) {
-  return (static_cast<size_t>(group_chunks(n_experts)) + 2) * static_cast<size_t>(n_experts) * sizeof(int32_t);
+inline size_t group_smem_bytes(int n_experts, int chunks) {
+  return (static_cast<size_t>(chunks) + 2) * static_cast<size_t>(n_experts) * sizeof(int32_t);
 }
 
 // The grouping by one whole block (kGroupThreads threads) with group_smem_bytes(n_experts) of

@@ -1,6 +1,7 @@
 // Top-k per token, one warp per token: k rounds of a warp-wide arg-max over the experts not
 // yet chosen, ranked as the CPU backend ranks them (larger first, NaN above numbers, ties to
-// the lower index); then the softmax over the chosen logits.
+// the lower index); then the softmax over the chosen logits (lane j holds the j-th for k <= 32,
+// so no value makes a round trip through global memory).
 #pragma once
 
 #include <cstdint>
@@ -26,6 +27,7 @@ __device__ __forceinline__ void topk_softmax_token(const T* __restrict__ logits,
   const int lane = threadIdx.x % 32;
   const T* row = logits + t * n_experts;
   uint64_t chosen = 0;  // bit i: expert lane + 32 * i
+  float mine = 0.0f;    // the lane-th chosen logit (k <= 32)
   for (int j = 0; j < k; ++j) {
     float best = 0.0f;
     int best_idx = -1;
@@ -47,12 +49,20 @@ __device__ __forceinline__ void topk_softmax_token(const T* __restrict__ logits,
       }
     }
     if (best_idx % 32 == lane) chosen |= uint64_t{1} << (best_idx / 32);
+    if (j == lane) mine = best;
     if (lane == 0) {
       expert_idx[t * k + j] = best_idx;
-      expert_weight[t * k + j] = best;  // the logit, until the softmax below
+      if (k > 32) expert_weight[t * k + j] = best;  // the logit, until the softmax below
     }
   }
-  if (lane == 0) {
+  if (k <= 32) {
+    const float top = __shfl_sync(0xffffffffu, mine, 0);  // the first chosen is the largest
+    const float ex = lane < k ? expf(mine - top) : 0.0f;
+    float sum = ex;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (lane < k) expert_weight[t * k + lane] = ex / sum;
+  } else if (lane == 0) {
     float* w = expert_weight + t * k;
     const float top = w[0];
     float sum = 0.0f;
