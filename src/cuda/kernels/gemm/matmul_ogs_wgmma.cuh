@@ -55,7 +55,9 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
   gather_rows<kBM>(p, row_begin, row_end, src_row);
   __syncthreads();
 
-  const int tid = threadIdx.x, warpgroup = tid / 128, local = tid % 128;
+  // The warpgroup index broadcast from lane 0, so the compiler sees it is warp-uniform and builds
+  // the x descriptor in uniform registers.
+  const int tid = threadIdx.x, warpgroup = __shfl_sync(0xffffffffu, tid / 128, 0), local = tid % 128;
   const int k_steps = static_cast<int>((p.K + kBK - 1) / kBK);
   const int k_blocks = static_cast<int>(p.K / 32);  // MXFP4 blocks per weight row; K % 32 == 0
   // This thread's copies, fixed for the block. x: chunk xc of rows xr + 16j (j < 4) of its
