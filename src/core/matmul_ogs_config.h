@@ -13,6 +13,8 @@ namespace moekit {
 // 99 KB or more).
 constexpr int kTiledSharedMemoryBytes = 72 * 1024;
 constexpr int kWgmmaSharedMemoryBytes = 113 * 1024;
+// Rows from which the gate (bf16 weights, at most 256 columns) takes 32-token streaming items.
+constexpr int64_t kGateTallRows = 4096;
 
 enum class MatmulOgsKernel {
   kSimt,           // fp32 FMA; any dtypes, any K
@@ -41,11 +43,10 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   const int64_t rows_per_expert = (p.P + groups - 1) / groups;  // rounded up
   // Few output columns of bf16 weights (the gate: N = E): 64-row tiles would make a handful of
   // blocks (180 us for T = 128 on an H100); 8-token work items make the most, and 16 warps per
-  // item split its long k loop. Except for very many rows of 128 columns or more, where 64-row
-  // tiles make enough blocks and read the weights once per 64 rows, not 8 (measured on an H100,
-  // E = 128: T = 8192, the layer 5686 -> 5513 us; T = 2048, 2209 -> 2364 us, so not there).
-  const bool many_rows_wide = p.N >= 128 && p.P >= 8192;
-  if (!p.mxfp4 && p.N <= 256 && !many_rows_wide) return MatmulOgsKernel::kStream8Wide;
+  // item split its long k loop. From 4096 rows, 32-token items with 4 warps: enough items, each
+  // weight read once per 32 rows (measured on an H100 at T = 8192, the layer: E = 32, 4101 ->
+  // 4046 us; E = 128, 4787 -> 4698 us, where 64-row wmma tiles had taken it).
+  if (!p.mxfp4 && p.N <= 256) return p.P >= kGateTallRows ? MatmulOgsKernel::kStream32 : MatmulOgsKernel::kStream8Wide;
   // Up to 32 rows per expert the weights dominate the traffic: stream them once, in token tiles
   // that cover an average expert.
   if (rows_per_expert <= 8) return MatmulOgsKernel::kStream8;

@@ -4,8 +4,9 @@ The shapes pick the kernel (src/core/matmul_ogs_config.h; tests/cpp/matmul_ogs_c
 pins the choice), by rows per expert (rounded-up average) with bf16 x: up to 8, 16 or 32 the
 weight-streaming kernel with 8-, 16- or 32-token tiles; beyond, MXFP4 weights run wgmma tiles of
 128 rows on sm_90 (64-row mma.sync tiles elsewhere) and bf16 weights 64-row wmma tiles. bf16
-weights with at most 256 output columns (the gate) always take 8-token tiles with 16 warps, so
-the bf16 cases of the gather and scatter tests run that kernel, and N = 288 below the others. On
+weights with at most 256 output columns (the gate) take 8-token tiles with 16 warps (32-token
+tiles from 4096 rows), so the bf16 cases of the gather and scatter tests run that kernel, and
+N = 288 below the others. On
 an H100 the 64-row mma.sync tiles (GPUs other than sm_90) do not run.
 Expert sizes are uneven on purpose: empty experts, and experts spanning several tiles.
 
@@ -219,12 +220,13 @@ def test_misaligned_mxfp4_codes_are_refused_scales_are_not(gen, kernel):
     assert_elementwise(got, want, accumulation(K) * terms)
 
 
-@pytest.mark.parametrize("P", [1, 5, 16, 27, 60, 300])
+@pytest.mark.parametrize("P", [1, 5, 16, 27, 60, 300, 4097])
 @pytest.mark.parametrize("kind,N", [("mxfp4", 33), ("bfloat16", 33), ("bfloat16", 288)])
 def test_one_expert_without_offsets(gen, P, kind, N):
     """The gate's shape: one expert, no offsets, x rows in order, K = 2880 (gpt-oss's hidden
-    size); N = 33 (a partial column slab) or, for bf16 weights, 288 (past the few-columns rule,
-    so P picks the kernel as rows per expert do)."""
+    size); N = 33 (a partial column slab; bf16 weights from 4096 rows take 32-token tiles) or,
+    for bf16 weights, 288 (past the few-columns rule, so P picks the kernel as rows per expert
+    do)."""
     K = 2880
     x = randn(gen, P, K, dtype=torch.bfloat16)
     w, dense = weights(gen, kind, 1, N, K)
