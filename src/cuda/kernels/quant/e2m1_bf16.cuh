@@ -14,20 +14,15 @@
 namespace moekit::cuda {
 
 // The bf16 multipliers for scale byte s: value = decoded * 2^(s-1), and 2^(s-1) is a bf16 up to
-// s = 128; larger scales take two steps, 2^126 then 2^(s-127) (s = 255, NaN, stays NaN).
-struct Mxfp4Multiplier {
-  uint32_t first, second;  // bf16x2 bit patterns; second is used only when two_steps
-  bool two_steps;
-};
-
-__device__ __forceinline__ Mxfp4Multiplier mxfp4_multiplier(uint32_t s) {
-  Mxfp4Multiplier m;
-  m.two_steps = s > 128;
-  const uint32_t first = m.two_steps ? 253u : s + 126u;  // bf16 exponent field
-  const uint32_t second = s == 255 ? 0x7fc0u : s << 7;
-  m.first = (first << 7) * 0x10001u;
-  m.second = second * 0x10001u;
-  return m;
+// s = 128; larger scales take two steps, 2^126 then 2^(s-127) (s = 255, NaN, stays NaN). For
+// s <= 128 the second multiplier is 1 (exact, subnormals included), so a warp may apply it to
+// all its lanes when any needs it, and skip it, uniformly, when none does. bf16x2 bit patterns.
+__device__ __forceinline__ uint32_t mxfp4_first_multiplier(uint32_t s) {
+  const uint32_t exponent = s > 128 ? 253u : s + 126u;
+  return (exponent << 7) * 0x10001u;
+}
+__device__ __forceinline__ uint32_t mxfp4_second_multiplier(uint32_t s) {
+  return (s <= 128 ? 0x3f80u : (s == 255 ? 0x7fc0u : s << 7)) * 0x10001u;
 }
 
 __device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
@@ -40,23 +35,22 @@ __device__ __forceinline__ uint32_t e2m1_pair_bits(uint32_t c) {
   return ((c << 6) & 0x01c001c0u) | ((c << 12) & 0x80008000u);
 }
 
-__device__ __forceinline__ void apply_multiplier(uint32_t (&r)[4], const Mxfp4Multiplier& m) {
-#pragma unroll
-  for (int i = 0; i < 4; ++i) r[i] = bf16x2_mul(r[i], m.first);
-  if (m.two_steps) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) r[i] = bf16x2_mul(r[i], m.second);
-  }
+// 8 codes (one word, low nibble first) -> bf16x2 registers holding elements (0,4), (1,5),
+// (2,6), (3,7): the cheapest pairing, for kernels free to permute k. Only the first multiply:
+// the caller applies the second (apply_second_step) when a lane of its warp needs it.
+__device__ __forceinline__ void decode_e2m1x8_strided(uint32_t c, uint32_t first, uint32_t (&r)[4]) {
+  r[0] = bf16x2_mul(e2m1_pair_bits(c), first);
+  r[1] = bf16x2_mul(e2m1_pair_bits(c >> 4), first);
+  r[2] = bf16x2_mul(e2m1_pair_bits(c >> 8), first);
+  r[3] = bf16x2_mul(e2m1_pair_bits(c >> 12), first);
 }
 
-// 8 codes (one word, low nibble first) -> bf16x2 registers holding elements (0,4), (1,5),
-// (2,6), (3,7): the cheapest pairing, for kernels free to permute k.
-__device__ __forceinline__ void decode_e2m1x8_strided(uint32_t c, const Mxfp4Multiplier& m, uint32_t (&r)[4]) {
-  r[0] = e2m1_pair_bits(c);
-  r[1] = e2m1_pair_bits(c >> 4);
-  r[2] = e2m1_pair_bits(c >> 8);
-  r[3] = e2m1_pair_bits(c >> 12);
-  apply_multiplier(r, m);
+// True for every lane when any lane of the warp holds a scale above 128 (two multiplies).
+__device__ __forceinline__ bool warp_needs_second_step(bool lane_needs) { return __any_sync(0xffffffffu, lane_needs); }
+
+__device__ __forceinline__ void apply_second_step(uint32_t (&r)[4], uint32_t second) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) r[i] = bf16x2_mul(r[i], second);
 }
 
 // For decoding a whole block in memory order: the 8 e2m1 magnitudes times the block's scale,
