@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
     const int stage = step % kStages;
     const int64_t k0 = static_cast<int64_t>(step) * kBK;
     const bool k_valid = k0 + xc * 8 < p.K;
-    const int64_t k_from = k_valid ? k0 : 0;  // rows without a source read row 0 (or nothing)
+    const int64_t k_from = k_valid ? k0 : 0;  // past K a copy reads nothing; its address stays in the row
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       cp_async_16(xs + stage * kXTileBytes + sw128_offset(xr + 16 * j, xc), x_from[j] + k_from,
