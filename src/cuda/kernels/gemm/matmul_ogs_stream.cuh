@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kW
     // scales, so 16-token tiles let a warp run a copy without it unless a lane needs it.
     enum Second { kPerLane, kNone, kAll };
     auto compute = [&](int64_t kb, const Raw& raw, auto second_step) {
-      constexpr Second kSecond = decltype(second_step)::value;
+      [[maybe_unused]] constexpr Second kSecond = decltype(second_step)::value;  // MXFP4 only
       const int64_t k0 = kb * 32;
       uint32_t b[NT][4][4];  // [token group][8-element word][register]
 #pragma unroll

@@ -30,7 +30,8 @@ inline size_t group_smem_bytes(int n_experts, int chunks) {
 }
 
 // The grouping by one whole block (kGroupThreads threads) with group_smem_bytes(n_experts,
-// chunks) of shared memory at `smem`. expert_idx is read with coherent loads: the block may have written it.
+// chunks) of shared memory at `smem`. expert_idx is read with coherent loads: the block may
+// have written it.
 __device__ __forceinline__ void group_by_expert_block(const int32_t* expert_idx, int64_t n_slots, int k,
                                                       int n_experts, int chunks, int32_t* smem,
                                                       int32_t* __restrict__ counts, int32_t* __restrict__ offsets,
