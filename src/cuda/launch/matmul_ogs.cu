@@ -68,15 +68,13 @@ void allow_dynamic_smem(int bytes, int device) {
   });
 }
 
-template <int BM>
 void launch_tiled(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
                   const ExecContext& ctx) {
-  plan_tiles<BM>(a, params, stream, ctx);
-  const dim3 grid(static_cast<unsigned>(max_row_tiles(p, a, BM) * ceil_div(p.N, tiled::kBN)));
-  constexpr int smem = tiled::smem_bytes<BM>();
-  static_assert(smem + BM * 8 <= kTiledSharedMemoryBytes, "the kernel choice assumes this budget");
-  allow_dynamic_smem<matmul_ogs_tiled_kernel<BM>>(smem, p.device.index);
-  matmul_ogs_tiled_kernel<BM><<<grid, tiled::kThreads, smem, stream>>>(params);
+  plan_tiles<tiled::kBM>(a, params, stream, ctx);
+  const dim3 grid(static_cast<unsigned>(max_row_tiles(p, a, tiled::kBM) * ceil_div(p.N, tiled::kBN)));
+  static_assert(tiled::kSmemBytes + tiled::kBM * 8 <= kTiledSharedMemoryBytes, "the kernel choice assumes this budget");
+  allow_dynamic_smem<matmul_ogs_tiled_kernel>(tiled::kSmemBytes, p.device.index);
+  matmul_ogs_tiled_kernel<<<grid, tiled::kThreads, tiled::kSmemBytes, stream>>>(params);
 }
 
 void launch_wgmma(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
@@ -163,7 +161,7 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
       case MatmulOgsKernel::kStream8Wide: launch_stream<1, 16>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kStream16: launch_stream<2>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kStream32: launch_stream<4>(p, a, params, stream, ctx); break;
-      case MatmulOgsKernel::kTiled64: launch_tiled<64>(p, a, params, stream, ctx); break;
+      case MatmulOgsKernel::kTiled64: launch_tiled(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kWgmma128: launch_wgmma(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kTensorCore64: launch_tensor_core<64>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kSimt:

@@ -1,6 +1,6 @@
-// matmul_ogs for many rows per expert (prefill), MXFP4 weights and bf16 x: BM x 128 output tiles
+// matmul_ogs for many rows per expert (prefill), MXFP4 weights and bf16 x: 64 x 128 output tiles
 // (tokens x weight rows) of one expert per block; 4 warps of mma.sync m16n8k16, each owning a
-// (BM/2) x 64 sub-tile. Tiles that wide keep shared-memory reads per MMA low enough for the MMA
+// 32 x 64 sub-tile. Tiles that wide keep shared-memory reads per MMA low enough for the MMA
 // rate: with 64 x 32 warp tiles, ldmatrix traffic alone matched shared memory's bandwidth.
 //
 // Per 32-wide k step: the gathered x rows and the raw MXFP4 codes arrive by cp.async in a
@@ -16,7 +16,6 @@
 
 #include <cstdint>
 
-#include "../activation/swiglu.cuh"
 #include "../element.cuh"
 #include "../quant/e2m1_bf16.cuh"
 #include "matmul_ogs_params.cuh"
@@ -27,23 +26,19 @@
 namespace moekit::cuda {
 
 namespace tiled {
-constexpr int kBN = 128, kBK = 32, kStages = 4, kThreads = 128;
+constexpr int kBM = 64, kBN = 128, kBK = 32, kStages = 4, kThreads = 128;
 constexpr int kLd = kBK + 8;  // bf16 row pitch of the x and decoded tiles: 80 bytes, so the 8
                               // rows of an ldmatrix hit distinct banks
 
 // Dynamic shared memory: x ring, code ring, two decoded weight tiles.
-template <int BM>
-constexpr int smem_bytes() {
-  return (kStages * BM * kLd + 2 * kBN * kLd) * 2 + kStages * kBN * 16;
-}
+constexpr int kSmemBytes = (kStages * kBM * kLd + 2 * kBN * kLd) * 2 + kStages * kBN * 16;
 }  // namespace tiled
 
-template <int BM>
 __global__ void __launch_bounds__(tiled::kThreads, 2) matmul_ogs_tiled_kernel(const MatmulOgsParams p) {
   using namespace tiled;
+  constexpr int BM = kBM;
   constexpr int kFragsM = BM / 32;  // 2 warps along M, each BM/2 rows = kFragsM x 16
   constexpr int kFragsN = 8;        // 2 warps along N, each 64 columns = 8 x 8
-  static_assert(BM == 64, "tile height: kFragsM and the copy plan assume 64 rows");
 
   int e;
   int64_t row_begin, row_end, n0;
@@ -99,15 +94,8 @@ __global__ void __launch_bounds__(tiled::kThreads, 2) matmul_ogs_tiled_kernel(co
     return s;
   };
   auto decode = [&](int stage, int buf, uint32_t scale) {
-    const uint4 c = *reinterpret_cast<const uint4*>(&codes_s[stage][w_r][0]);
-    const uint32_t words[4] = {c.x, c.y, c.z, c.w};
-    const E2m1Table table = e2m1_table(scale);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      uint32_t v[4];
-      decode_e2m1x8(words[i], table, v);
-      *reinterpret_cast<uint4*>(&ws[buf][w_r][8 * i]) = make_uint4(v[0], v[1], v[2], v[3]);
-    }
+    const uint4 codes = *reinterpret_cast<const uint4*>(&codes_s[stage][w_r][0]);
+    decode_e2m1_block(codes, scale, [&](int i, uint4 v) { *reinterpret_cast<uint4*>(&ws[buf][w_r][8 * i]) = v; });
   };
   auto wrap = [](int stage) { return stage + 1 == kStages ? 0 : stage + 1; };
 

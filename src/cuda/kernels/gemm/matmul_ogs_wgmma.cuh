@@ -100,16 +100,10 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
   };
   auto decode = [&](int step, uint32_t scale) {
     const int stage = step % kStages;
-    const uint4 c = *reinterpret_cast<const uint4*>(codes_s + stage * kCodeTileBytes + wr * 32 + w_half * 16);
-    const uint32_t words[4] = {c.x, c.y, c.z, c.w};
-    const E2m1Table table = e2m1_table(scale);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      uint32_t v[4];
-      decode_e2m1x8(words[i], table, v);
-      *reinterpret_cast<uint4*>(ws + stage * kWTileBytes + sw128_offset(wr, w_half * 4 + i)) =
-          make_uint4(v[0], v[1], v[2], v[3]);
-    }
+    const uint4 codes = *reinterpret_cast<const uint4*>(codes_s + stage * kCodeTileBytes + wr * 32 + w_half * 16);
+    decode_e2m1_block(codes, scale, [&](int i, uint4 v) {
+      *reinterpret_cast<uint4*>(ws + stage * kWTileBytes + sw128_offset(wr, w_half * 4 + i)) = v;
+    });
   };
 
   // Prologue: steps 0 and 1 in flight, step 0 decoded.

@@ -87,4 +87,19 @@ __device__ __forceinline__ void decode_e2m1x8(uint32_t c, const E2m1Table& t, ui
   }
 }
 
+// One whole MXFP4 block (16 code bytes: 32 codes, low nibble first) and its scale byte -> 32
+// bf16 in memory order: store(i, word) takes elements 8i .. 8i + 7 as one 16-byte word, each as
+// soon as it is decoded (for kernels that decode into a shared-memory weight tile).
+template <class Store>
+__device__ __forceinline__ void decode_e2m1_block(const uint4 codes, uint32_t scale, Store&& store) {
+  const uint32_t words[4] = {codes.x, codes.y, codes.z, codes.w};
+  const E2m1Table table = e2m1_table(scale);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    uint32_t v[4];
+    decode_e2m1x8(words[i], table, v);
+    store(i, make_uint4(v[0], v[1], v[2], v[3]));
+  }
+}
+
 }  // namespace moekit::cuda
