@@ -9,7 +9,9 @@
 namespace moekit {
 
 enum class DType : uint8_t { kFloat32, kBFloat16, kUInt8, kInt32 };
-enum class DeviceType : uint8_t { kCPU, kCUDA };
+// kMeta: shapes and dtypes without data (torch's meta tensors); ops validate such calls but run
+// none of them.
+enum class DeviceType : uint8_t { kCPU, kCUDA, kMeta };
 
 const char* dtype_name(DType dtype);
 int64_t dtype_size(DType dtype);
@@ -19,7 +21,7 @@ struct Device {
   int index = 0;  // CUDA ordinal; 0 for the CPU
   bool operator==(const Device& o) const { return type == o.type && index == o.index; }
   bool operator!=(const Device& o) const { return !(*this == o); }
-  std::string str() const;  // "cpu" or "cuda:N", as torch prints it
+  std::string str() const;  // "cpu", "cuda:N" or "meta", as torch prints it
 };
 
 constexpr int kMaxDims = 6;
@@ -40,7 +42,7 @@ struct TensorView {
 
   bool present() const { return ndim >= 0; }
   int64_t size(int dim) const { return shape[dim < 0 ? dim + ndim : dim]; }
-  int64_t numel() const;
+  int64_t numel() const;  // throws moekit::Error if it does not fit in int64
   bool is_contiguous() const;
   std::string shape_str() const;  // "[2, 3]"
   // The same contiguous memory under another shape of equal numel; absent stays absent.

@@ -1,13 +1,21 @@
 // The torch binding: registers moekit's ops under torch.ops.moekit. It only translates:
 // at::Tensor <-> moekit::TensorView, output allocation on the inputs' device, and
-// moekit::Error -> the matching Python exception. Fake (meta) kernels live in
-// python/moekit/_fake.py.
+// moekit::Error -> the matching Python exception. Calls on meta tensors are validated by the
+// same C++ checks and return meta outputs without running (python/moekit/_fake.py sends fake
+// and meta calls here). The ops are inference-only: an Autograd kernel refuses inputs that
+// require grad while grad mode is on, and tensors of other layouts (sparse) are refused by name.
 #include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
+#include <c10/core/GradMode.h>
 #include <torch/library.h>
 
+#include <cfloat>
+#include <cmath>
 #include <optional>
+#include <sstream>
 #include <tuple>
 
 #if defined(MOEKIT_WITH_CUDA)
@@ -15,6 +23,7 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include "../../src/core/check.h"
 #include "../../src/core/problem.h"
 #include "moekit/moekit.h"
 
@@ -40,7 +49,18 @@ auto translate_errors(Fn&& fn) -> decltype(fn()) {
   }
 }
 
+[[noreturn]] void refuse(moekit::Error::Kind kind, const std::string& op, const std::string& arg,
+                        const std::string& expected, const std::string& got) {
+  throw moekit::Error(kind, "moekit." + op + ": '" + arg + "' expected " + expected + ", got " + got);
+}
+
 TensorView view(const char* op, const char* arg, const Tensor& t) {
+  if (!t.defined()) refuse(moekit::Error::Kind::kValue, op, arg, "a tensor", "an undefined tensor");
+  if (t.layout() != at::kStrided) {
+    std::ostringstream layout;
+    layout << t.layout();
+    refuse(moekit::Error::Kind::kType, op, arg, "a dense (strided) tensor", "layout " + layout.str());
+  }
   TensorView v;
   switch (t.scalar_type()) {
     case at::kFloat: v.dtype = DType::kFloat32; break;
@@ -58,17 +78,17 @@ TensorView view(const char* op, const char* arg, const Tensor& t) {
                                                          std::to_string(moekit::kMaxDims) + " dimensions, got " +
                                                          std::to_string(t.dim()));
   }
-  v.data = t.data_ptr();
+  if (!t.is_cpu() && !t.is_cuda() && !t.is_meta()) {
+    refuse(moekit::Error::Kind::kDevice, op, arg, "a CPU, CUDA or meta tensor", t.device().str());
+  }
+  v.data = t.is_meta() ? nullptr : t.data_ptr();
   v.ndim = static_cast<int>(t.dim());
   for (int d = 0; d < v.ndim; ++d) {
     v.shape[d] = t.size(d);
     v.stride[d] = t.stride(d);
   }
-  v.device = t.is_cuda() ? moekit::Device{moekit::DeviceType::kCUDA, t.get_device()} : moekit::Device{};
-  if (!t.is_cpu() && !t.is_cuda()) {
-    throw moekit::Error(moekit::Error::Kind::kDevice, std::string("moekit.") + op + ": '" + arg +
-                                                          "' expected a CPU or CUDA tensor, got " + t.device().str());
-  }
+  if (t.is_cuda()) v.device = {moekit::DeviceType::kCUDA, t.get_device()};
+  else if (t.is_meta()) v.device = {moekit::DeviceType::kMeta, 0};
   return v;
 }
 
@@ -77,7 +97,26 @@ TensorView view(const char* op, const char* arg, const OptTensor& t) {
 }
 
 at::Device torch_device(const moekit::Device& d) {
-  return d.type == moekit::DeviceType::kCPU ? at::Device(at::kCPU) : at::Device(at::kCUDA, d.index);
+  switch (d.type) {
+    case moekit::DeviceType::kCUDA: return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(d.index));
+    case moekit::DeviceType::kMeta: return at::Device(at::kMeta);
+    case moekit::DeviceType::kCPU: break;
+  }
+  return at::Device(at::kCPU);
+}
+
+// Calls on meta tensors stop after validation and output allocation: there is nothing to run.
+bool shapes_only(const moekit::Device& d) { return d.type == moekit::DeviceType::kMeta; }
+
+// A Python float for a float32 parameter: values beyond float32's range are refused here, where
+// they are still doubles (NaN and infinities pass on, for the op's own checks).
+float to_float(const char* op, const char* arg, double v) {
+  if (std::isfinite(v) && std::fabs(v) > FLT_MAX) {
+    std::ostringstream got;
+    got << v;
+    refuse(moekit::Error::Kind::kValue, op, arg, "a value within float32's range", got.str());
+  }
+  return static_cast<float>(v);
 }
 
 at::TensorOptions options(const moekit::Device& d, at::ScalarType dtype) {
@@ -119,6 +158,7 @@ std::tuple<Tensor, Tensor> quantize_mxfp4(const Tensor& w) {
     const OnDevice on(p.device);
     Tensor blocks = at::empty(with(p.lead, {p.K / 32, 16}), options(p.device, at::kByte));
     Tensor scales = at::empty(with(p.lead, {p.K / 32}), options(p.device, at::kByte));
+    if (shapes_only(p.device)) return std::make_tuple(blocks, scales);
     moekit::quantize_mxfp4(wv, view("quantize_mxfp4", "blocks", blocks), view("quantize_mxfp4", "scales", scales),
                            on.ctx());
     return std::make_tuple(blocks, scales);
@@ -136,6 +176,7 @@ Tensor dequantize_mxfp4(const Tensor& blocks, const Tensor& scales, at::ScalarTy
     }
     const OnDevice on(p.device);
     Tensor out = at::empty(with(p.lead, {p.K}), options(p.device, dtype));
+    if (shapes_only(p.device)) return out;
     moekit::dequantize_mxfp4(bv, sv, view(op, "out", out), on.ctx());
     return out;
   });
@@ -151,6 +192,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> route(const Tensor& l
     Tensor idx = at::empty({p.T, p.k}, i32), weight = at::empty({p.T, p.k}, options(p.device, at::kFloat));
     Tensor counts = at::empty({p.E}, i32), offsets = at::empty({p.E + 1}, i32);
     Tensor gather = at::empty({p.T * p.k}, i32), scatter = at::empty({p.T, p.k}, i32);
+    if (shapes_only(p.device)) return std::make_tuple(idx, weight, counts, offsets, gather, scatter);
     moekit::route(lv, p.k,
                   {view(op, "expert_idx", idx), view(op, "expert_weight", weight), view(op, "expert_counts", counts),
                    view(op, "expert_offsets", offsets), view(op, "gather_idx", gather),
@@ -173,10 +215,11 @@ Tensor matmul_ogs(const Tensor& x, const Tensor& w, const OptTensor& w_scales, c
     a.gather_idx = view(op, "gather_idx", gather_idx);
     a.scatter_idx = view(op, "scatter_idx", scatter_idx);
     a.combine_weight = view(op, "combine_weight", combine_weight);
-    a.swiglu = {swiglu, static_cast<float>(swiglu_alpha), static_cast<float>(swiglu_limit)};
+    a.swiglu = {swiglu, to_float(op, "swiglu_alpha", swiglu_alpha), to_float(op, "swiglu_limit", swiglu_limit)};
     const moekit::MatmulOgsProblem p = moekit::check_matmul_ogs_inputs(a);
     const OnDevice on(p.device);
     Tensor out = at::empty({p.out_rows, p.out_cols}, options(p.device, x.scalar_type()));
+    if (shapes_only(p.device)) return out;
     a.out = view(op, "out", out);
     Tensor workspace;  // only the CUDA backend needs one
     if (p.device.type == moekit::DeviceType::kCUDA) {
@@ -203,11 +246,12 @@ Tensor moe_mlp(const Tensor& x, const Tensor& gate_weight, const OptTensor& gate
     a.mlp2 = {view(op, "mlp2_weight", mlp2_weight), view(op, "mlp2_scales", mlp2_scales)};
     a.mlp2_bias = view(op, "mlp2_bias", mlp2_bias);
     a.experts_per_token = experts_per_token;
-    a.swiglu_alpha = static_cast<float>(swiglu_alpha);
-    a.swiglu_limit = static_cast<float>(swiglu_limit);
+    a.swiglu_alpha = to_float(op, "swiglu_alpha", swiglu_alpha);
+    a.swiglu_limit = to_float(op, "swiglu_limit", swiglu_limit);
     const moekit::MoeMlpProblem p = moekit::check_moe_mlp_inputs(a);
     const OnDevice on(p.device);
     Tensor y = at::empty({p.T, p.H}, options(p.device, x.scalar_type()));
+    if (shapes_only(p.device)) return y;
     Tensor workspace = at::empty({static_cast<int64_t>(moekit::moe_mlp_workspace_size(a))},
                                  options(p.device, at::kByte));
     a.y = view(op, "y", y);
@@ -216,6 +260,82 @@ Tensor moe_mlp(const Tensor& x, const Tensor& gate_weight, const OptTensor& gate
     return y;
   });
 }
+
+// ---------------------------------------------------------------------- around every op
+
+// "moekit.<op>" from the schema's "moekit::<op>".
+std::string op_name(const c10::OperatorHandle& op) { return "moekit." + op.schema().name().substr(8); }
+
+// The op's arguments on a boxed stack, with their schema names.
+template <class Fn>  // Fn(const std::string& name, const c10::IValue& value)
+void for_each_argument(const c10::OperatorHandle& op, const torch::jit::Stack* stack, Fn&& fn) {
+  const auto& args = op.schema().arguments();
+  for (size_t i = 0; i < args.size(); ++i) fn(args[i].name(), (*stack)[stack->size() - args.size() + i]);
+}
+
+// The Autograd kernel: moekit has no backward, so with grad mode on an input that requires grad
+// is refused at the call (instead of outputs that silently carry no gradient).
+void inference_only(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+  if (c10::GradMode::is_enabled()) {
+    for_each_argument(op, stack, [&](const std::string& name, const c10::IValue& v) {
+      TORCH_CHECK(!(v.isTensor() && v.toTensor().requires_grad()), op_name(op), ": '", name,
+                  "' requires grad, but moekit ops are inference-only (they have no backward); call them under "
+                  "torch.no_grad() or torch.inference_mode(), or pass ", name, ".detach()");
+    });
+  }
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
+}
+
+// The kernel of the sparse dispatch keys: names the argument that is not a dense tensor.
+void dense_only(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
+  for_each_argument(op, stack, [&](const std::string& name, const c10::IValue& v) {
+    if (v.isTensor() && v.toTensor().layout() != at::kStrided) {
+      std::ostringstream got;
+      got << "layout " << v.toTensor().layout();
+      TORCH_CHECK_TYPE(false, op_name(op), ": '", name, "' expected a dense (strided) tensor, got ", got.str());
+    }
+  });
+  TORCH_CHECK(false, op_name(op), ": expected dense (strided) tensors");
+}
+
+// The kernel of calls no backend kernel takes: no tensor at all (None for a required tensor), or
+// tensors of a device moekit has no backend for.
+void unsupported_call(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
+  const auto& args = op.schema().arguments();
+  for (size_t i = 0; i < args.size(); ++i) {
+    const c10::IValue& v = (*stack)[stack->size() - args.size() + i];
+    const bool optional = args[i].type()->kind() == c10::TypeKind::OptionalType;
+    const bool absent = v.isNone() || (v.isTensor() && !v.toTensor().defined());
+    TORCH_CHECK_VALUE(!(absent && !optional && args[i].type()->kind() == c10::TypeKind::TensorType), op_name(op),
+                      ": '", args[i].name(), "' expected a tensor, got None");
+    TORCH_CHECK_VALUE(!(v.isTensor() && v.toTensor().defined()), op_name(op), ": '", args[i].name(),
+                      "' expected a CPU, CUDA or meta tensor, got ", v.isTensor() ? v.toTensor().device().str() : "");
+  }
+  TORCH_CHECK(false, op_name(op), ": no kernel for these arguments");
+}
+
+// check_devices(op, names, devices): the device rule of every op (all tensors on one device),
+// for fake tensors, whose devices python/moekit/_fake.py passes here by name ("cpu", "cuda:1").
+void check_devices(c10::string_view op, const std::vector<std::string>& names, const std::vector<std::string>& devices) {
+  translate_errors([&] {
+    TORCH_CHECK(names.size() == devices.size(), "moekit.check_devices: one device per name expected");
+    const std::string op_str(op);
+    std::vector<TensorView> views(names.size());
+    std::vector<std::pair<const char*, const TensorView*>> named;
+    for (size_t i = 0; i < names.size(); ++i) {
+      const at::Device d(devices[i]);
+      views[i].ndim = 0;
+      if (d.is_cuda()) views[i].device = {moekit::DeviceType::kCUDA, d.has_index() ? d.index() : 0};
+      else if (d.is_meta()) views[i].device = {moekit::DeviceType::kMeta, 0};
+      named.emplace_back(names[i].c_str(), &views[i]);
+    }
+    moekit::check::same_device(op_str.c_str(), named);
+    return 0;
+  });
+}
+
+constexpr const char* kOps[] = {"quantize_mxfp4", "dequantize_mxfp4", "route", "matmul_ogs", "moe_mlp"};
 
 }  // namespace
 
@@ -230,6 +350,7 @@ TORCH_LIBRARY(moekit, m) {
   m.def("moe_mlp(Tensor x, Tensor gate_weight, Tensor? gate_bias, Tensor mlp1_weight, Tensor? mlp1_scales, "
         "Tensor? mlp1_bias, Tensor mlp2_weight, Tensor? mlp2_scales, Tensor? mlp2_bias, int experts_per_token, "
         "float swiglu_alpha, float swiglu_limit) -> Tensor");
+  m.def("check_devices(str op, str[] names, str[] devices) -> ()", &check_devices);
 }
 
 // One implementation per op serves every device: it reads the device from the tensors.
@@ -244,3 +365,20 @@ TORCH_LIBRARY_IMPL(moekit, CPU, m) { MOEKIT_REGISTER_IMPLS(m); }
 #if defined(MOEKIT_WITH_CUDA)
 TORCH_LIBRARY_IMPL(moekit, CUDA, m) { MOEKIT_REGISTER_IMPLS(m); }
 #endif
+
+TORCH_LIBRARY_IMPL(moekit, Autograd, m) {
+  for (const char* op : kOps) m.impl(op, torch::CppFunction::makeFromBoxedFunction<&inference_only>());
+}
+
+TORCH_LIBRARY_IMPL(moekit, CompositeExplicitAutograd, m) {
+  for (const char* op : kOps) m.impl(op, torch::CppFunction::makeFromBoxedFunction<&unsupported_call>());
+}
+
+#define MOEKIT_REFUSE_LAYOUT(key)                                                                          \
+  TORCH_LIBRARY_IMPL(moekit, key, m) {                                                                     \
+    for (const char* op : kOps) m.impl(op, torch::CppFunction::makeFromBoxedFunction<&dense_only>());      \
+  }
+MOEKIT_REFUSE_LAYOUT(SparseCPU)
+MOEKIT_REFUSE_LAYOUT(SparseCUDA)
+MOEKIT_REFUSE_LAYOUT(SparseCsrCPU)
+MOEKIT_REFUSE_LAYOUT(SparseCsrCUDA)

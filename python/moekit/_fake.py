@@ -1,43 +1,70 @@
-"""Fake kernels: output shapes and dtypes of each op, so torch.compile can trace them.
+"""Fake kernels: the output shapes and dtypes of each op, so torch.compile can trace them.
 
-They also serve as the ops' Meta kernels, which the dispatcher picks whenever any argument is
-on the meta device, so they check devices as the C++ ops do.
+They also serve as the ops' Meta kernels, which the dispatcher picks whenever an argument is on
+the meta device. They restate no rule: every call is first checked by the C++ op itself, run on
+meta tensors of the arguments' shapes and strides (it validates and returns without running),
+and the devices by ``torch.ops.moekit.check_devices``, the C++ device rule. So fake, meta and
+real calls are accepted and refused alike, with the same messages. Sizes that torch.compile made
+symbolic are checked at the values it traced with.
 """
 
+from typing import List, Optional
+
 import torch
+from torch._subclasses.fake_tensor import unset_fake_temporarily
+from torch.fx.experimental.symbolic_shapes import size_hint
+
+# The C++ implementation serves every device; called on meta tensors it only validates.
+_IMPLEMENTATION = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
 
 
-def _same_device(op: str, **tensors) -> None:
-    first = None
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if first is None:
-            first = (name, t.device)
-        elif t.device != first[1]:
-            raise ValueError(f"moekit.{op}: '{name}' expected device {first[1]} (the device of '{first[0]}'), "
-                             f"got {t.device}")
+def _hints(sizes) -> Optional[List[int]]:
+    """Concrete values of (possibly symbolic) sizes; None where one has no hint (data-dependent)."""
+    try:
+        return [size_hint(s) for s in sizes]
+    except Exception:  # an unbacked size: nothing to check it against until the real call
+        return None
+
+
+def _check(op: torch._ops.OpOverload, *args) -> None:
+    """Runs the C++ op's own checks on a call with fake or meta tensors."""
+    names = [a.name for a in op._schema.arguments]
+    tensors = [(name, a) for name, a in zip(names, args) if isinstance(a, torch.Tensor)]
+    shaped = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            sizes, strides = _hints(a.shape), _hints(a.stride())
+            if sizes is None or strides is None:
+                return
+            shaped.append((sizes, strides, a.dtype))
+        else:
+            shaped.append(a)
+    with unset_fake_temporarily():
+        torch.ops.moekit.check_devices(op._schema.name.split("::")[1], [n for n, _ in tensors],
+                                       [str(t.device) for _, t in tensors])
+        metas = [torch.empty_strided(a[0], a[1], dtype=a[2], device="meta") if isinstance(a, tuple) else a
+                 for a in shaped]
+        op.redispatch(_IMPLEMENTATION, *metas)
 
 
 @torch.library.register_fake("moekit::quantize_mxfp4")
 def _quantize_mxfp4(w):
+    _check(torch.ops.moekit.quantize_mxfp4.default, w)
     lead, k = w.shape[:-1], w.shape[-1]
-    torch._check(k % 32 == 0, lambda: f"moekit.quantize_mxfp4: 'w' expected a last dimension that is a multiple of 32, got {k}")
     return (w.new_empty((*lead, k // 32, 16), dtype=torch.uint8),
             w.new_empty((*lead, k // 32), dtype=torch.uint8))
 
 
 @torch.library.register_fake("moekit::dequantize_mxfp4")
 def _dequantize_mxfp4(blocks, scales, dtype):
-    _same_device("dequantize_mxfp4", blocks=blocks, scales=scales)
+    _check(torch.ops.moekit.dequantize_mxfp4.default, blocks, scales, dtype)
     return blocks.new_empty((*blocks.shape[:-2], blocks.shape[-2] * 32), dtype=dtype)
 
 
 @torch.library.register_fake("moekit::route")
 def _route(logits, k):
+    _check(torch.ops.moekit.route.default, logits, k)
     t, e = logits.shape
-    if not 1 <= k <= e:
-        raise ValueError(f"moekit.route: 'k' expected 1 <= k <= {e} (the number of experts), got {k}")
     i32 = dict(dtype=torch.int32)
     return (logits.new_empty((t, k), **i32), logits.new_empty((t, k), dtype=torch.float32),
             logits.new_empty((e,), **i32), logits.new_empty((e + 1,), **i32),
@@ -47,8 +74,8 @@ def _route(logits, k):
 @torch.library.register_fake("moekit::matmul_ogs")
 def _matmul_ogs(x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx, combine_weight,
                 swiglu, swiglu_alpha, swiglu_limit):
-    _same_device("matmul_ogs", x=x, w=w, w_scales=w_scales, bias=bias, expert_offsets=expert_offsets,
-                 gather_idx=gather_idx, scatter_idx=scatter_idx, combine_weight=combine_weight)
+    _check(torch.ops.moekit.matmul_ogs.default, x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx,
+           combine_weight, swiglu, swiglu_alpha, swiglu_limit)
     rows = scatter_idx.shape[0] if scatter_idx is not None else (
         gather_idx.shape[0] if gather_idx is not None else x.shape[0])
     n = w.shape[1]
@@ -58,11 +85,6 @@ def _matmul_ogs(x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx, c
 @torch.library.register_fake("moekit::moe_mlp")
 def _moe_mlp(x, gate_weight, gate_bias, mlp1_weight, mlp1_scales, mlp1_bias, mlp2_weight, mlp2_scales,
              mlp2_bias, experts_per_token, swiglu_alpha, swiglu_limit):
-    _same_device("moe_mlp", x=x, gate_weight=gate_weight, gate_bias=gate_bias, mlp1_weight=mlp1_weight,
-                 mlp1_scales=mlp1_scales, mlp1_bias=mlp1_bias, mlp2_weight=mlp2_weight, mlp2_scales=mlp2_scales,
-                 mlp2_bias=mlp2_bias)
-    e = gate_weight.shape[0]
-    if not 1 <= experts_per_token <= e:
-        raise ValueError(f"moekit.moe_mlp: 'experts_per_token' expected 1 <= k <= {e} (the number of experts), "
-                         f"got {experts_per_token}")
+    _check(torch.ops.moekit.moe_mlp.default, x, gate_weight, gate_bias, mlp1_weight, mlp1_scales, mlp1_bias,
+           mlp2_weight, mlp2_scales, mlp2_bias, experts_per_token, swiglu_alpha, swiglu_limit)
     return torch.empty_like(x)

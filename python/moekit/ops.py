@@ -4,6 +4,7 @@ Each op runs on the device its tensors live on (never the current device) and va
 arguments in C++; errors name the op, the argument, what was expected and what came.
 """
 
+import math
 from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -22,22 +23,39 @@ class Routing(NamedTuple):
     scatter_idx: torch.Tensor     # int32 [T, k], expert-grouped row of each (token, slot)
 
 
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _require_tensor(op: str, arg: str, value, optional: bool = False) -> None:
     if value is None and optional:
         return
     if not isinstance(value, torch.Tensor):
         what = "a torch.Tensor or None" if optional else "a torch.Tensor"
         raise TypeError(f"moekit.{op}: '{arg}' expected {what}, got {type(value).__name__}")
+    if value.layout != torch.strided:
+        raise TypeError(f"moekit.{op}: '{arg}' expected a dense (strided) tensor, got layout {value.layout}")
 
 
 def _require_int(op: str, arg: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"moekit.{op}: '{arg}' expected an int, got {type(value).__name__} {value!r}")
+        raise TypeError(f"moekit.{op}: '{arg}' expected an int, got {type(value).__name__} {_short(value)}")
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise ValueError(f"moekit.{op}: '{arg}' expected an int in int64's range, got {_short(value)}")
 
 
-def _require_float(op: str, arg: str, value) -> None:
+def _require_float(op: str, arg: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"moekit.{op}: '{arg}' expected a float, got {type(value).__name__} {value!r}")
+        raise TypeError(f"moekit.{op}: '{arg}' expected a float, got {type(value).__name__} {_short(value)}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"moekit.{op}: '{arg}' expected a float, got an int too large for one: "
+                         f"{_short(value)}") from None
 
 
 def _normalize_axis(op: str, axis: int, ndim: int) -> int:
@@ -123,10 +141,10 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
     if swiglu is not None and (not isinstance(swiglu, (tuple, list)) or len(swiglu) != 2):
         raise TypeError(f"moekit.matmul_ogs: 'swiglu' expected None or an (alpha, limit) pair, got {swiglu!r}")
     alpha, limit = swiglu if swiglu is not None else (0.0, 0.0)
-    _require_float("matmul_ogs", "swiglu[0] (alpha)", alpha)
-    _require_float("matmul_ogs", "swiglu[1] (limit)", limit)
+    alpha = _require_float("matmul_ogs", "swiglu_alpha", alpha)
+    limit = _require_float("matmul_ogs", "swiglu_limit", limit)
     return torch.ops.moekit.matmul_ogs(x, values, scales, bias, expert_offsets, gather_idx, scatter_idx,
-                                       combine_weight, swiglu is not None, float(alpha), float(limit))
+                                       combine_weight, swiglu is not None, alpha, limit)
 
 
 def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torch.Tensor],
@@ -147,10 +165,11 @@ def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torc
     w1, s1 = _split_weights("moe_mlp", "mlp1_weight", mlp1_weight)
     w2, s2 = _split_weights("moe_mlp", "mlp2_weight", mlp2_weight)
     _require_int("moe_mlp", "experts_per_token", experts_per_token)
-    _require_float("moe_mlp", "swiglu_alpha", swiglu_alpha)
-    _require_float("moe_mlp", "swiglu_limit", swiglu_limit)
+    alpha = _require_float("moe_mlp", "swiglu_alpha", swiglu_alpha)
+    limit = _require_float("moe_mlp", "swiglu_limit", swiglu_limit)
     if x.ndim < 1:
         raise ValueError("moekit.moe_mlp: 'x' expected shape [..., H], got a 0-d tensor")
-    y = torch.ops.moekit.moe_mlp(x.reshape(-1, x.shape[-1]), gate_weight, gate_bias, w1, s1, mlp1_bias,
-                                 w2, s2, mlp2_bias, experts_per_token, float(swiglu_alpha), float(swiglu_limit))
+    # math.prod, not -1: a reshape cannot infer -1 for a tensor without elements (H = 0).
+    y = torch.ops.moekit.moe_mlp(x.reshape(math.prod(x.shape[:-1]), x.shape[-1]), gate_weight, gate_bias, w1, s1,
+                                 mlp1_bias, w2, s2, mlp2_bias, experts_per_token, alpha, limit)
     return y.reshape(x.shape)

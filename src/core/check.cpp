@@ -1,5 +1,7 @@
 #include "check.h"
 
+#include <cmath>
+#include <sstream>
 
 namespace moekit::check {
 
@@ -9,9 +11,48 @@ void fail(Error::Kind kind, const char* op, const char* arg, const std::string& 
 
 void present(const char* op, const char* arg, const TensorView& t) {
   if (!t.present()) fail(Error::Kind::kValue, op, arg, "a tensor", "None");
+  bool empty = false;
   for (int d = 0; d < t.ndim; ++d) {
     if (t.shape[d] < 0) fail(Error::Kind::kValue, op, arg, "non-negative sizes", "shape " + t.shape_str());
+    empty = empty || t.shape[d] == 0;
   }
+  int64_t bytes = dtype_size(t.dtype);
+  for (int d = 0; d < t.ndim && !empty; ++d) {
+    if (__builtin_mul_overflow(bytes, t.shape[d], &bytes)) {
+      fail(Error::Kind::kValue, op, arg, "a size in bytes that fits in 64 bits", "shape " + t.shape_str());
+    }
+  }
+}
+
+int64_t mul(const char* op, const char* arg, int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r)) {
+    fail(Error::Kind::kValue, op, arg, "sizes whose product fits in 64 bits",
+         std::to_string(a) + " * " + std::to_string(b));
+  }
+  return r;
+}
+
+int64_t add(const char* op, const char* arg, int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_add_overflow(a, b, &r)) {
+    fail(Error::Kind::kValue, op, arg, "sizes whose sum fits in 64 bits", std::to_string(a) + " + " + std::to_string(b));
+  }
+  return r;
+}
+
+void at_most(const char* op, const char* arg, const char* what, int64_t value, int64_t limit, const char* why) {
+  if (value > limit) {
+    fail(Error::Kind::kValue, op, arg, std::string("at most ") + std::to_string(limit) + " " + what + " (" + why + ")",
+         std::to_string(value));
+  }
+}
+
+void finite(const char* op, const char* arg, float value, bool positive) {
+  if (std::isfinite(value) && (!positive || value > 0.0f)) return;
+  std::ostringstream got;
+  got << value;
+  fail(Error::Kind::kValue, op, arg, positive ? "a finite number > 0" : "a finite number", got.str());
 }
 
 void dtype(const char* op, const char* arg, const TensorView& t, std::initializer_list<DType> allowed) {
@@ -47,7 +88,7 @@ void contiguous(const char* op, const char* arg, const TensorView& t) {
   if (!t.is_contiguous()) fail(Error::Kind::kValue, op, arg, "a contiguous tensor", "strides that are not");
 }
 
-Device same_device(const char* op, std::initializer_list<std::pair<const char*, const TensorView*>> tensors) {
+Device same_device(const char* op, const std::vector<std::pair<const char*, const TensorView*>>& tensors) {
   const char* first_name = nullptr;
   Device dev;
   for (const auto& [name, t] : tensors) {

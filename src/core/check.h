@@ -15,7 +15,7 @@ namespace moekit::check {
 [[noreturn]] void fail(Error::Kind kind, const char* op, const char* arg, const std::string& expected,
                        const std::string& got);
 
-// A tensor was given, and its sizes are not negative.
+// A tensor was given, its sizes are not negative, and its element and byte counts fit in int64.
 void present(const char* op, const char* arg, const TensorView& t);
 void dtype(const char* op, const char* arg, const TensorView& t, std::initializer_list<DType> allowed);
 void ndim(const char* op, const char* arg, const TensorView& t, int n);
@@ -23,11 +23,22 @@ void ndim(const char* op, const char* arg, const TensorView& t, int n);
 void shape(const char* op, const char* arg, const TensorView& t, const std::vector<int64_t>& expected);
 void contiguous(const char* op, const char* arg, const TensorView& t);
 // All present tensors on one device; returns it. The first tensor sets the device.
-Device same_device(const char* op, std::initializer_list<std::pair<const char*, const TensorView*>> tensors);
+Device same_device(const char* op, const std::vector<std::pair<const char*, const TensorView*>>& tensors);
 
 // `t` must be on `device`, the device of argument `reference`.
 void on_device(const char* op, const char* arg, const TensorView& t, const Device& device, const char* reference);
 
 std::string shape_str(const std::vector<int64_t>& shape);
+
+// Size arithmetic that refuses overflow: every element count, byte size, offset and workspace
+// size goes through these, so a shape too large to count is refused (naming the op and the
+// argument it came from) instead of wrapping around.
+int64_t mul(const char* op, const char* arg, int64_t a, int64_t b);
+int64_t add(const char* op, const char* arg, int64_t a, int64_t b);
+// `value` <= `limit`, where `what` says what value counts (e.g. "T * k token-slots") and `why`
+// why the limit exists.
+void at_most(const char* op, const char* arg, const char* what, int64_t value, int64_t limit, const char* why);
+// A finite float (the name says which), and with `positive`, one > 0.
+void finite(const char* op, const char* arg, float value, bool positive);
 
 }  // namespace moekit::check

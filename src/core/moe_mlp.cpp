@@ -1,11 +1,28 @@
 // The gpt-oss MoE layer as a composition of moekit's ops, the same on every backend:
 // gate (a one-expert matmul_ogs into float32 logits), route, mlp1 with gather and SwiGLU,
-// mlp2 with the weighted scatter-combine. Intermediates live in the caller's workspace.
-#include "check.h"
+// mlp2 with the weighted scatter-combine. Intermediates live in the caller's workspace. All
+// four calls are accepted (src/core/accept.h) before the first one runs.
+#include <string>
+
+#include "accept.h"
+#include "moekit/error.h"
 #include "moekit/ops.h"
-#include "problem.h"
 
 namespace moekit {
+namespace {
+
+// Accepts one step of the layer; a refusal is reported as the layer's, naming the layer's
+// argument the step reads (the backend's limits are checked per step, e.g. on mlp1's codes).
+template <class Accept>
+auto accept_step(const char* step, const char* arg, Accept&& accept) -> decltype(accept()) {
+  try {
+    return accept();
+  } catch (const Error& e) {
+    throw Error(e.kind(), std::string("moekit.moe_mlp: '") + arg + "' refused by the layer's " + step + " step: " + e.what());
+  }
+}
+
+}  // namespace
 
 size_t moe_mlp_workspace_size(const MoeMlpArgs& args) {
   const MoeMlpProblem p = check_moe_mlp_inputs(args);
@@ -13,23 +30,12 @@ size_t moe_mlp_workspace_size(const MoeMlpArgs& args) {
 }
 
 void moe_mlp(const MoeMlpArgs& a, const ExecContext& ctx) {
-  const char* op = "moe_mlp";
   const MoeMlpProblem p = check_moe_mlp_inputs(a);
-  check::present(op, "y", a.y);
-  check::dtype(op, "y", a.y, {a.x.dtype});
-  check::shape(op, "y", a.y, {p.T, p.H});
-  check::contiguous(op, "y", a.y);
-  const MoeMlpWorkspace ws = moe_mlp_workspace_layout(p, a.x.dtype);
-  check::present(op, "workspace", a.workspace);
-  check::dtype(op, "workspace", a.workspace, {DType::kUInt8});
-  check::contiguous(op, "workspace", a.workspace);
-  if (a.workspace.ndim != 1 || static_cast<size_t>(a.workspace.numel()) < ws.total) {
-    check::fail(Error::Kind::kValue, op, "workspace", "a 1-D buffer of at least " + std::to_string(ws.total) + " bytes",
-                a.workspace.shape_str());
-  }
-  check_backend(op, p.device);
+  check_moe_mlp_outputs(p, a);
+  check_backend("moe_mlp", p.device);
   if (p.T == 0) return;
 
+  const MoeMlpWorkspace ws = moe_mlp_workspace_layout(p, a.x.dtype);
   char* base = a.workspace.ptr<char>();
   const Device dev = p.device;
   const int64_t T = p.T, E = p.E, k = p.k;
@@ -49,9 +55,6 @@ void moe_mlp(const MoeMlpArgs& a, const ExecContext& ctx) {
   gate.bias = a.gate_bias.reshape({1, E});
   gate.out = logits;
   gate.workspace = matmul_ws;
-  matmul_ogs(gate, ctx);
-
-  route(logits, p.k, r, ctx);
 
   MatmulOgsArgs mlp1;
   mlp1.x = a.x;
@@ -62,7 +65,6 @@ void moe_mlp(const MoeMlpArgs& a, const ExecContext& ctx) {
   mlp1.swiglu = {true, a.swiglu_alpha, a.swiglu_limit};
   mlp1.out = act;
   mlp1.workspace = matmul_ws;
-  matmul_ogs(mlp1, ctx);
 
   MatmulOgsArgs mlp2;
   mlp2.x = act;
@@ -73,7 +75,16 @@ void moe_mlp(const MoeMlpArgs& a, const ExecContext& ctx) {
   mlp2.combine_weight = r.expert_weight;
   mlp2.out = a.y;
   mlp2.workspace = matmul_ws;
-  matmul_ogs(mlp2, ctx);
+
+  const auto gate_p = accept_step("gate", "gate_weight", [&] { return accept_matmul_ogs(gate); });
+  const auto route_p = accept_step("route", "gate_weight", [&] { return accept_route(logits, p.k, r); });
+  const auto mlp1_p = accept_step("mlp1", "mlp1_weight", [&] { return accept_matmul_ogs(mlp1); });
+  const auto mlp2_p = accept_step("mlp2", "mlp2_weight", [&] { return accept_matmul_ogs(mlp2); });
+
+  run_matmul_ogs(gate_p, gate, ctx);
+  run_route(route_p, logits, r, ctx);
+  run_matmul_ogs(mlp1_p, mlp1, ctx);
+  run_matmul_ogs(mlp2_p, mlp2, ctx);
 }
 
 }  // namespace moekit

@@ -1,70 +1,121 @@
-// Public entry points: validate, then hand the op to the backend of the tensors' device.
+// Public entry points: accept the call (every check, the backend's limits included), then hand
+// it to the backend of the tensors' device.
+#include "accept.h"
+
 #include "moekit/error.h"
 #include "moekit/ops.h"
 
 #include "../cpu/backend.h"
-#include "problem.h"
 #if defined(MOEKIT_WITH_CUDA)
 #include "../cuda/launch/backend.h"
 #endif
 
-namespace moekit {
-void check_backend(const char* op, const Device& device) {
-#if !defined(MOEKIT_WITH_CUDA)
-  if (device.type == DeviceType::kCUDA) {
-    throw Error(Error::Kind::kDevice, std::string("moekit.") + op + ": tensors are on " + device.str() +
-                                          ", but this build of moekit has no CUDA backend");
-  }
-#endif
-  (void)op;
-  (void)device;
-}
-
+// `cpu_call` on the CPU, `cuda_call` on CUDA (accepted calls only: check_backend has refused the
+// devices this build has no backend for).
 #if defined(MOEKIT_WITH_CUDA)
-#define MOEKIT_DISPATCH(op, device, ...)                          \
-  do {                                                            \
-    if ((device).type == DeviceType::kCPU) cpu::op(__VA_ARGS__);  \
-    else cuda::op(__VA_ARGS__);                                   \
+#define MOEKIT_ON_BACKEND(device, cpu_call, cuda_call) \
+  do {                                                 \
+    if ((device).type == DeviceType::kCUDA) {          \
+      cuda_call;                                       \
+    } else {                                           \
+      cpu_call;                                        \
+    }                                                  \
   } while (0)
 #else
-#define MOEKIT_DISPATCH(op, device, ...)                          \
-  do {                                                            \
-    check_backend(#op, device);                                   \
-    cpu::op(__VA_ARGS__);                                         \
+#define MOEKIT_ON_BACKEND(device, cpu_call, cuda_call) \
+  do {                                                 \
+    cpu_call;                                          \
   } while (0)
 #endif
 
-void quantize_mxfp4(const TensorView& w, const TensorView& blocks, const TensorView& scales, const ExecContext& ctx) {
+namespace moekit {
+
+void check_backend(const char* op, const Device& device) {
+  const std::string where = std::string("moekit.") + op + ": tensors are on " + device.str();
+  if (device.type == DeviceType::kMeta) {
+    throw Error(Error::Kind::kDevice, where + ", which holds no data: moekit validates calls on meta tensors "
+                                              "but runs none");
+  }
+#if !defined(MOEKIT_WITH_CUDA)
+  if (device.type == DeviceType::kCUDA) {
+    throw Error(Error::Kind::kDevice, where + ", but this build of moekit has no CUDA backend");
+  }
+#endif
+}
+
+MxProblem accept_quantize_mxfp4(const TensorView& w, const TensorView& blocks, const TensorView& scales) {
   const MxProblem p = check_quantize_mxfp4_inputs(w);
   check_quantize_mxfp4_outputs(p, blocks, scales);
+  check_backend("quantize_mxfp4", p.device);
+  MOEKIT_ON_BACKEND(p.device, (void)0, cuda::can_implement_quantize_mxfp4(p, blocks));
+  return p;
+}
+
+void run_quantize_mxfp4(const MxProblem& p, const TensorView& w, const TensorView& blocks, const TensorView& scales,
+                        const ExecContext& ctx) {
   if (p.rows == 0) return;
-  MOEKIT_DISPATCH(quantize_mxfp4, p.device, p, w, blocks, scales, ctx);
+  MOEKIT_ON_BACKEND(p.device, cpu::quantize_mxfp4(p, w, blocks, scales, ctx),
+                    cuda::quantize_mxfp4(p, w, blocks, scales, ctx));
+}
+
+MxProblem accept_dequantize_mxfp4(const TensorView& blocks, const TensorView& scales, const TensorView& out) {
+  const MxProblem p = check_dequantize_mxfp4_inputs(blocks, scales);
+  check_dequantize_mxfp4_outputs(p, out);
+  check_backend("dequantize_mxfp4", p.device);
+  MOEKIT_ON_BACKEND(p.device, (void)0, cuda::can_implement_dequantize_mxfp4(p, blocks));
+  return p;
+}
+
+void run_dequantize_mxfp4(const MxProblem& p, const TensorView& blocks, const TensorView& scales,
+                          const TensorView& out, const ExecContext& ctx) {
+  if (p.rows == 0) return;
+  MOEKIT_ON_BACKEND(p.device, cpu::dequantize_mxfp4(p, blocks, scales, out, ctx),
+                    cuda::dequantize_mxfp4(p, blocks, scales, out, ctx));
+}
+
+RouteProblem accept_route(const TensorView& logits, int64_t k, const RouteOutputs& out) {
+  const RouteProblem p = check_route_inputs(logits, k);
+  check_route_outputs(p, out);
+  check_backend("route", p.device);
+  MOEKIT_ON_BACKEND(p.device, (void)0, cuda::can_implement_route(p));
+  return p;
+}
+
+void run_route(const RouteProblem& p, const TensorView& logits, const RouteOutputs& out, const ExecContext& ctx) {
+  // T == 0 still writes the (all-zero) counts and offsets.
+  MOEKIT_ON_BACKEND(p.device, cpu::route(p, logits, out, ctx), cuda::route(p, logits, out, ctx));
+}
+
+MatmulOgsProblem accept_matmul_ogs(const MatmulOgsArgs& args) {
+  const MatmulOgsProblem p = check_matmul_ogs_inputs(args);
+  check_matmul_ogs_outputs(p, args);
+  check_backend("matmul_ogs", p.device);
+  MOEKIT_ON_BACKEND(p.device, (void)0, cuda::can_implement_matmul_ogs(p, args));
+  return p;
+}
+
+void run_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& args, const ExecContext& ctx) {
+  if (p.out_rows == 0 || p.out_cols == 0) return;
+  MOEKIT_ON_BACKEND(p.device, cpu::matmul_ogs(p, args, ctx), cuda::matmul_ogs(p, args, ctx));
+}
+
+void quantize_mxfp4(const TensorView& w, const TensorView& blocks, const TensorView& scales, const ExecContext& ctx) {
+  run_quantize_mxfp4(accept_quantize_mxfp4(w, blocks, scales), w, blocks, scales, ctx);
 }
 
 void dequantize_mxfp4(const TensorView& blocks, const TensorView& scales, const TensorView& out,
                       const ExecContext& ctx) {
-  const MxProblem p = check_dequantize_mxfp4_inputs(blocks, scales);
-  check_dequantize_mxfp4_outputs(p, out);
-  if (p.rows == 0) return;
-  MOEKIT_DISPATCH(dequantize_mxfp4, p.device, p, blocks, scales, out, ctx);
+  run_dequantize_mxfp4(accept_dequantize_mxfp4(blocks, scales, out), blocks, scales, out, ctx);
 }
 
 void route(const TensorView& logits, int k, const RouteOutputs& out, const ExecContext& ctx) {
-  const RouteProblem p = check_route_inputs(logits, k);
-  check_route_outputs(p, out);
-  // T == 0 still writes the (all-zero) counts and offsets.
-  MOEKIT_DISPATCH(route, p.device, p, logits, out, ctx);
+  run_route(accept_route(logits, k, out), logits, out, ctx);
 }
 
 size_t matmul_ogs_workspace_size(const MatmulOgsArgs& args) {
   return matmul_ogs_workspace_bytes(check_matmul_ogs_inputs(args));
 }
 
-void matmul_ogs(const MatmulOgsArgs& args, const ExecContext& ctx) {
-  const MatmulOgsProblem p = check_matmul_ogs_inputs(args);
-  check_matmul_ogs_outputs(p, args);
-  if (p.out_rows == 0 || p.out_cols == 0) return;
-  MOEKIT_DISPATCH(matmul_ogs, p.device, p, args, ctx);
-}
+void matmul_ogs(const MatmulOgsArgs& args, const ExecContext& ctx) { run_matmul_ogs(accept_matmul_ogs(args), args, ctx); }
 
 }  // namespace moekit

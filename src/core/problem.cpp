@@ -34,18 +34,23 @@ void check_optional(const char* op, const char* arg, const TensorView& t, std::i
   if (t.present()) check_tensor(op, arg, t, types, shape);
 }
 
-// Carves a workspace into regions, each starting on a 256-byte boundary.
+// Carves a workspace into regions, each starting on a 256-byte boundary; sizes that do not fit
+// in int64 are refused, naming the op and the argument whose size they come from.
 class ByteLayout {
  public:
-  size_t take(size_t bytes) {
-    const size_t here = size_;
-    size_ += (bytes + 255) / 256 * 256;
-    return here;
+  explicit ByteLayout(const char* op) : op_(op) {}
+  // count * element_bytes bytes, for argument `arg`.
+  size_t take(const char* arg, int64_t count, int64_t element_bytes) {
+    const int64_t bytes = check::mul(op_, arg, count, element_bytes);
+    const int64_t here = size_;
+    size_ = check::add(op_, arg, size_, check::add(op_, arg, bytes, 255) / 256 * 256);
+    return static_cast<size_t>(here);
   }
-  size_t size() const { return size_; }
+  size_t size() const { return static_cast<size_t>(size_); }
 
  private:
-  size_t size_ = 0;
+  const char* op_;
+  int64_t size_ = 0;
 };
 
 void check_k_multiple_of_block(const char* op, const char* arg, int64_t K, const char* why) {
@@ -148,10 +153,13 @@ RouteProblem check_route_inputs(const TensorView& logits, int64_t k) {
   check_tensor(op, "logits", logits, kFloatTypes, {-1, -1});
   RouteProblem p{logits.shape[0], logits.shape[1], 0, logits.device};
   if (p.E < 1) fail(kValue, op, "logits", "at least one expert column", logits.shape_str());
+  check::at_most(op, "logits", "experts", p.E, kMaxIndex - 1, "int32 expert offsets");
   if (k < 1 || k > p.E) {
     fail(kValue, op, "k", "1 <= k <= " + std::to_string(p.E) + " (the number of experts)", std::to_string(k));
   }
   p.k = static_cast<int>(k);
+  check::at_most(op, "logits", "token-slots T * k", check::mul(op, "logits", p.T, k), kMaxIndex,
+                 "int32 routing indices");
   return p;
 }
 
@@ -182,6 +190,7 @@ MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a) {
   const WeightDims w = check_expert_weights(op, "w", "w_scales", a.w, p.K);
   p.E = w.E;
   p.N = w.N;
+  check::at_most(op, "w", "experts", p.E, kMaxIndex - 1, "int32 expert offsets");
   check_optional(op, "bias", a.bias, kFloatTypes, {p.E, p.N});
   if (a.expert_offsets.present()) {
     check_tensor(op, "expert_offsets", a.expert_offsets, {DType::kInt32}, {p.E + 1});
@@ -191,12 +200,13 @@ MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a) {
   p.gather = a.gather_idx.present();
   if (p.gather) check_tensor(op, "gather_idx", a.gather_idx, {DType::kInt32}, {-1});
   p.P = p.gather ? a.gather_idx.shape[0] : p.M;
+  check::at_most(op, p.gather ? "gather_idx" : "x", "rows", p.P, kMaxIndex, "int32 row indices");
   p.scatter = a.scatter_idx.present();
   if (p.scatter) {
     check_tensor(op, "scatter_idx", a.scatter_idx, {DType::kInt32}, {-1, -1});
     p.T = a.scatter_idx.shape[0];
     p.k = a.scatter_idx.shape[1];
-    if (p.T * p.k != p.P) {
+    if (check::mul(op, "scatter_idx", p.T, p.k) != p.P) {
       fail(kValue, op, "scatter_idx", "T * k == " + std::to_string(p.P) + " (the rows of the grouped problem)",
            a.scatter_idx.shape_str());
     }
@@ -205,24 +215,29 @@ MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a) {
     fail(kValue, op, "combine_weight", "None without scatter_idx", "a tensor");
   }
   p.swiglu = a.swiglu.enabled;
-  if (p.swiglu && p.N % 2 != 0) {
-    fail(kValue, op, "w", "an even number of output columns for swiglu", std::to_string(p.N));
+  if (p.swiglu) {
+    if (p.N % 2 != 0) fail(kValue, op, "w", "an even number of output columns for swiglu", std::to_string(p.N));
+    check::finite(op, "swiglu_alpha", a.swiglu.alpha, false);
+    check::finite(op, "swiglu_limit", a.swiglu.limit, true);
   }
   p.out_rows = p.scatter ? p.T : p.P;
   p.out_cols = p.swiglu ? p.N / 2 : p.N;
+  check::mul(op, "w", check::mul(op, "w", p.out_rows, p.out_cols), sizeof(float));  // the output's bytes
   p.device = check::same_device(op, {{"x", &a.x}, {"w", &a.w.values}, {"w_scales", &a.w.scales}, {"bias", &a.bias},
                                      {"expert_offsets", &a.expert_offsets}, {"gather_idx", &a.gather_idx},
                                      {"scatter_idx", &a.scatter_idx}, {"combine_weight", &a.combine_weight}});
+  matmul_ogs_workspace_layout(p);  // refuses a workspace too large to count
   return p;
 }
 
 MatmulOgsWorkspace matmul_ogs_workspace_layout(const MatmulOgsProblem& p) {
+  const char* op = "matmul_ogs";
   MatmulOgsWorkspace w;
-  ByteLayout layout;
-  const size_t P = static_cast<size_t>(p.P);
-  w.tiles = layout.take(((P + 7) / 8 + static_cast<size_t>(p.E)) * 2 * sizeof(int32_t));
-  w.tile_count = layout.take(sizeof(int32_t));
-  w.combine = layout.take(p.scatter ? P * static_cast<size_t>(p.out_cols) * sizeof(float) : 0);
+  ByteLayout layout(op);
+  const int64_t max_tiles = check::add(op, "x", (p.P + kMinTileRows - 1) / kMinTileRows, p.E);
+  w.tiles = layout.take("x", max_tiles, 2 * sizeof(int32_t));
+  w.tile_count = layout.take("x", 1, sizeof(int32_t));
+  w.combine = layout.take("w", p.scatter ? check::mul(op, "w", p.P, p.out_cols) : 0, sizeof(float));
   w.total = layout.size();
   return w;
 }
@@ -258,31 +273,50 @@ MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a) {
          std::to_string(p.I) + "] (E, H, I)", a.mlp2.values.shape_str());
   }
   check_optional(op, "mlp2_bias", a.mlp2_bias, kFloatTypes, {p.E, p.H});
+  check::at_most(op, "gate_weight", "experts", p.E, kMaxIndex - 1, "int32 expert offsets");
   if (a.experts_per_token < 1 || a.experts_per_token > p.E) {
     fail(kValue, op, "experts_per_token", "1 <= k <= " + std::to_string(p.E) + " (the number of experts)",
          std::to_string(a.experts_per_token));
   }
   p.k = static_cast<int>(a.experts_per_token);
+  check::at_most(op, "x", "token-slots T * k", check::mul(op, "x", p.T, p.k), kMaxIndex, "int32 routing indices");
+  check::finite(op, "swiglu_alpha", a.swiglu_alpha, false);
+  check::finite(op, "swiglu_limit", a.swiglu_limit, true);
   p.device = check::same_device(op, {{"x", &a.x}, {"gate_weight", &a.gate_weight}, {"gate_bias", &a.gate_bias},
                                      {"mlp1_weight", &a.mlp1.values}, {"mlp1_scales", &a.mlp1.scales},
                                      {"mlp1_bias", &a.mlp1_bias}, {"mlp2_weight", &a.mlp2.values},
                                      {"mlp2_scales", &a.mlp2.scales}, {"mlp2_bias", &a.mlp2_bias},
                                      {"y", &a.y}, {"workspace", &a.workspace}});
+  moe_mlp_workspace_layout(p, a.x.dtype);  // refuses a workspace too large to count
   return p;
 }
 
+void check_moe_mlp_outputs(const MoeMlpProblem& p, const MoeMlpArgs& a) {
+  const char* op = "moe_mlp";
+  check_tensor(op, "y", a.y, {a.x.dtype}, {p.T, p.H});
+  check::present(op, "workspace", a.workspace);
+  check::dtype(op, "workspace", a.workspace, {DType::kUInt8});
+  check::contiguous(op, "workspace", a.workspace);
+  const size_t need = moe_mlp_workspace_layout(p, a.x.dtype).total;
+  if (a.workspace.ndim != 1 || static_cast<size_t>(a.workspace.numel()) < need) {
+    fail(kValue, op, "workspace", "a 1-D buffer of at least " + std::to_string(need) + " bytes",
+         a.workspace.shape_str());
+  }
+}
+
 MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype) {
+  const char* op = "moe_mlp";
   MoeMlpWorkspace w;
-  ByteLayout layout;
-  const size_t T = p.T, E = p.E, k = p.k, I = p.I;
-  w.logits = layout.take(T * E * 4);
-  w.expert_idx = layout.take(T * k * 4);
-  w.expert_weight = layout.take(T * k * 4);
-  w.expert_counts = layout.take(E * 4);
-  w.expert_offsets = layout.take((E + 1) * 4);
-  w.gather_idx = layout.take(T * k * 4);
-  w.scatter_idx = layout.take(T * k * 4);
-  w.act = layout.take(T * k * I * static_cast<size_t>(dtype_size(x_dtype)));
+  ByteLayout layout(op);
+  const int64_t slots = p.T * p.k;  // checked by check_moe_mlp_inputs
+  w.logits = layout.take("gate_weight", check::mul(op, "gate_weight", p.T, p.E), 4);
+  w.expert_idx = layout.take("x", slots, 4);
+  w.expert_weight = layout.take("x", slots, 4);
+  w.expert_counts = layout.take("gate_weight", p.E, 4);
+  w.expert_offsets = layout.take("gate_weight", p.E + 1, 4);
+  w.gather_idx = layout.take("x", slots, 4);
+  w.scatter_idx = layout.take("x", slots, 4);
+  w.act = layout.take("mlp1_weight", check::mul(op, "mlp1_weight", slots, p.I), dtype_size(x_dtype));
   // The three matmuls of the layer run one after another on one stream: one region serves all.
   MatmulOgsProblem gate, mlp1, mlp2;
   gate.M = gate.P = gate.out_rows = p.T;
@@ -290,25 +324,26 @@ MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype) 
   gate.N = gate.out_cols = p.E;
   gate.E = 1;
   mlp1.M = p.T;
-  mlp1.P = mlp1.out_rows = p.T * p.k;
+  mlp1.P = mlp1.out_rows = slots;
   mlp1.K = p.H;
   mlp1.N = 2 * p.I;
   mlp1.E = p.E;
   mlp1.gather = mlp1.swiglu = true;
   mlp1.out_cols = p.I;
-  mlp2.M = mlp2.P = p.T * p.k;
+  mlp2.M = mlp2.P = slots;
   mlp2.K = p.I;
   mlp2.N = mlp2.out_cols = p.H;
   mlp2.E = p.E;
   mlp2.scatter = true;
   mlp2.T = mlp2.out_rows = p.T;
   mlp2.k = p.k;
-  size_t matmul = 0;
+  check::mul(op, "mlp2_weight", check::mul(op, "mlp2_weight", slots, p.H), sizeof(float));  // mlp2's combine rows
+  int64_t matmul = 0;
   for (const MatmulOgsProblem* m : {&gate, &mlp1, &mlp2}) {
-    const size_t bytes = matmul_ogs_workspace_bytes(*m);
+    const int64_t bytes = static_cast<int64_t>(matmul_ogs_workspace_bytes(*m));
     matmul = bytes > matmul ? bytes : matmul;
   }
-  w.matmul = layout.take(matmul);
+  w.matmul = layout.take("x", matmul, 1);
   w.total = layout.size();
   return w;
 }

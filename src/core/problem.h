@@ -11,7 +11,14 @@
 
 namespace moekit {
 
-// Throws if this build has no backend for `device` (names `op`).
+// Row indices, expert offsets and token indices are int32 tensors: the rows of a problem, its
+// token-slots and its experts are bounded by this.
+constexpr int64_t kMaxIndex = 2147483647;
+// No matmul_ogs kernel has row tiles shorter than this (each launcher static_asserts it): the
+// tile list in the workspace is sized by it.
+constexpr int64_t kMinTileRows = 8;
+
+// Throws if this build has no backend for `device` (names `op`); meta tensors have none.
 void check_backend(const char* op, const Device& device);
 
 struct MxProblem {
@@ -45,8 +52,9 @@ struct MatmulOgsProblem {
 };
 MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a);
 // matmul_ogs's workspace (CUDA backend; byte offsets, 256-aligned): the list of row tiles
-// (int2 per tile of at least 8 rows, and their count) and, with scatter, the float32 rows
-// [P, out_cols] that the combine sums. A function of shapes alone.
+// (int2 per tile of at least kMinTileRows rows, and their count) and, with scatter, the float32
+// rows [P, out_cols] that the combine sums. A function of shapes alone; check_matmul_ogs_inputs
+// has made sure its sizes fit.
 struct MatmulOgsWorkspace {
   size_t tiles = 0, tile_count = 0, combine = 0, total = 0;
 };
@@ -60,6 +68,8 @@ struct MoeMlpProblem {
   Device device;
 };
 MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a);
+// y and the workspace (at least moe_mlp_workspace_layout(...).total bytes).
+void check_moe_mlp_outputs(const MoeMlpProblem& p, const MoeMlpArgs& a);
 
 // Where moe_mlp keeps its intermediates inside the workspace (byte offsets, 256-aligned).
 struct MoeMlpWorkspace {

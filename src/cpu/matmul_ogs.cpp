@@ -12,7 +12,7 @@
 namespace moekit::cpu {
 namespace {
 
-constexpr int kColsPerItem = 16;  // weight rows decoded together, then reused by every token row
+constexpr int kColsPerItem = 16;  // weight rows decoded together, then reused by every token row; even (SwiGLU pairs)
 
 // Index tensors are data, so their values are checked here, where reading them is free.
 void check_indices(const MatmulOgsProblem& p, const MatmulOgsArgs& a) {
@@ -78,65 +78,68 @@ float swiglu(float glu, float lin, const Swiglu& s) {
 
 }  // namespace
 
+// Memory stays bounded by the output: each work item decodes its weight rows and converts one
+// x row at a time (never a copy of all gathered rows, which can be far larger than the output:
+// P rows of K for an output of P or T rows of N). Only a scatter keeps its activated rows
+// [P, out_cols] to combine them, k times the output.
 void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecContext& ctx) {
   check_indices(p, a);
-  const int64_t P = p.P, K = p.K, N = p.N;
+  const int64_t K = p.K, N = p.N, cols = p.out_cols;
 
-  // x rows in problem order, as floats.
-  std::vector<float> xs(static_cast<size_t>(P * K));
-  const int32_t* gather = p.gather ? a.gather_idx.ptr<int32_t>() : nullptr;
-  parallel_for(P, 16, ctx.cpu_threads, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t src = gather ? gather[r] : r;
-      for (int64_t i = 0; i < K; ++i) xs[r * K + i] = load_float(a.x.data, a.x.dtype, src * K + i);
-    }
-  });
-
-  // h = x_row @ W[e]^T + bias[e]: one work item per (expert, block of columns).
   std::vector<int64_t> row_begin(p.E + 1, 0);
   if (a.expert_offsets.present()) {
     for (int64_t e = 0; e <= p.E; ++e) row_begin[e] = a.expert_offsets.ptr<int32_t>()[e];
   } else {
-    row_begin[1] = P;
+    row_begin[1] = p.P;
   }
+  // Activated rows go straight to `out`, or with a scatter to `rows` for the combine below.
+  std::vector<float> rows(p.scatter ? static_cast<size_t>(p.P * cols) : 0);
+  auto store_row_value = [&](int64_t r, int64_t c, float v) {
+    if (p.scatter) rows[r * cols + c] = v;
+    else store_float(a.out.data, a.out.dtype, r * cols + c, v);
+  };
+
+  // h = x_row @ W[e]^T + bias[e], then SwiGLU over (glu, linear) column pairs: one work item
+  // per (expert, block of columns); a block holds whole pairs.
   struct Item { int64_t e, n0; };
   std::vector<Item> items;
   for (int64_t e = 0; e < p.E; ++e) {
     if (row_begin[e + 1] == row_begin[e]) continue;
     for (int64_t n0 = 0; n0 < N; n0 += kColsPerItem) items.push_back({e, n0});
   }
-  std::vector<float> h(static_cast<size_t>(P * N));
   parallel_for(static_cast<int64_t>(items.size()), 1, ctx.cpu_threads, [&](int64_t begin, int64_t end) {
-    std::vector<float> wrows(static_cast<size_t>(kColsPerItem * K));
+    std::vector<float> wrows(static_cast<size_t>(kColsPerItem * K)), xrow(static_cast<size_t>(K));
+    float h[kColsPerItem];
     for (int64_t it = begin; it < end; ++it) {
       const auto [e, n0] = items[it];
-      const int64_t cols = std::min<int64_t>(kColsPerItem, N - n0);
-      for (int64_t c = 0; c < cols; ++c) decode_weight_row(p, a.w, e, n0 + c, wrows.data() + c * K);
+      const int64_t n_cols = std::min<int64_t>(kColsPerItem, N - n0);
+      for (int64_t c = 0; c < n_cols; ++c) decode_weight_row(p, a.w, e, n0 + c, wrows.data() + c * K);
       for (int64_t r = row_begin[e]; r < row_begin[e + 1]; ++r) {
-        for (int64_t c = 0; c < cols; ++c) {
+        const int64_t src = p.gather ? a.gather_idx.ptr<int32_t>()[r] : r;
+        for (int64_t i = 0; i < K; ++i) xrow[i] = load_float(a.x.data, a.x.dtype, src * K + i);
+        for (int64_t c = 0; c < n_cols; ++c) {
           const float b = a.bias.present() ? load_float(a.bias.data, a.bias.dtype, e * N + n0 + c) : 0.0f;
-          h[r * N + n0 + c] = dot(xs.data() + r * K, wrows.data() + c * K, K) + b;
+          h[c] = dot(xrow.data(), wrows.data() + c * K, K) + b;
+        }
+        if (p.swiglu) {
+          for (int64_t c = 0; c < n_cols; c += 2) store_row_value(r, (n0 + c) / 2, swiglu(h[c], h[c + 1], a.swiglu));
+        } else {
+          for (int64_t c = 0; c < n_cols; ++c) store_row_value(r, n0 + c, h[c]);
         }
       }
     }
   });
+  if (!p.scatter) return;
 
-  // Epilogue: SwiGLU, then the weighted combine of each output row's k slots (in slot order).
-  const int64_t cols = p.out_cols;
-  auto activated = [&](int64_t r, int64_t c) {
-    return p.swiglu ? swiglu(h[r * N + 2 * c], h[r * N + 2 * c + 1], a.swiglu) : h[r * N + c];
-  };
-  const int32_t* scatter = p.scatter ? a.scatter_idx.ptr<int32_t>() : nullptr;
-  const float* cw = a.combine_weight.present() ? a.combine_weight.ptr<float>() : nullptr;
+  // The weighted combine of each output row's k slots, in slot order.
+  const int32_t* scatter = a.scatter_idx.ptr<int32_t>();
+  const bool weighted = a.combine_weight.present();
   parallel_for(p.out_rows, 16, ctx.cpu_threads, [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
       for (int64_t c = 0; c < cols; ++c) {
-        float v;
-        if (scatter) {
-          v = 0.0f;
-          for (int64_t j = 0; j < p.k; ++j) v += (cw ? cw[o * p.k + j] : 1.0f) * activated(scatter[o * p.k + j], c);
-        } else {
-          v = activated(o, c);
+        float v = 0.0f;
+        for (int64_t j = 0; j < p.k; ++j) {
+          v += (weighted ? a.combine_weight.ptr<float>()[o * p.k + j] : 1.0f) * rows[scatter[o * p.k + j] * cols + c];
         }
         store_float(a.out.data, a.out.dtype, o * cols + c, v);
       }

@@ -477,13 +477,12 @@ TEST(MatmulOgsCases, EmptyProblemWritesNothing) {
   HostTensor x(DType::kFloat32, {0, 64});
   Weights w = make_weights(WKind::kMxfp4, 1, 16, 64, rng);
   HostTensor out(DType::kFloat32, {0, 16});
-  out.poison();
   MatmulOgsArgs a;
   a.x = x.view();
   a.w = w.view();
   a.out = out.view();
-  matmul_ogs(a);
-  EXPECT_TRUE(std::isnan(out.ptr<float>()[0]));  // the spare element
+  ASSERT_EQ(a.out.data, nullptr);  // as torch gives an empty tensor: any write would fault
+  EXPECT_NO_THROW(matmul_ogs(a));
 }
 
 // ------------------------------------------------------------------------------------ moe_mlp

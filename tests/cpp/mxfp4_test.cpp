@@ -376,16 +376,12 @@ TEST(DequantizeMxfp4, EveryScaleByte) {
 }
 
 TEST(QuantizeMxfp4, EmptyTensorsAreANoOp) {
+  // Empty tensors have null data pointers, as torch gives them: any access would fault.
   HostTensor w(DType::kFloat32, {0, 64}), blocks(DType::kUInt8, {0, 2, 16}), scales(DType::kUInt8, {0, 2});
-  blocks.poison();
-  scales.poison();
-  const auto before = blocks.bytes();
-  quantize_mxfp4(w.view(), blocks.view(), scales.view());
-  EXPECT_EQ(blocks.bytes(), before);
+  ASSERT_EQ(blocks.view().data, nullptr);
+  EXPECT_NO_THROW(quantize_mxfp4(w.view(), blocks.view(), scales.view()));
   HostTensor out(DType::kFloat32, {0, 64});
-  out.poison();
-  dequantize_mxfp4(blocks.view(), scales.view(), out.view());
-  EXPECT_TRUE(std::isnan(out.ptr<float>()[0]));  // the spare element: nothing written
+  EXPECT_NO_THROW(dequantize_mxfp4(blocks.view(), scales.view(), out.view()));
 }
 
 }  // namespace

@@ -1,11 +1,18 @@
-// The CUDA backend's entry points, one launcher file per op family. Arguments arrive validated
-// (src/core/problem.h); each launcher switches to the tensors' device with a guard and launches
-// on ctx.cuda_stream.
+// The CUDA backend's entry points, one launcher file per op family. can_implement_* refuse (with
+// moekit::Error naming the op and argument) what this backend cannot run: alignment, workspace,
+// sizes beyond a kernel's limits; they launch nothing. The launchers take calls that were
+// validated (src/core/problem.h) and accepted by can_implement_*, switch to the tensors' device
+// with a guard and launch on ctx.cuda_stream.
 #pragma once
 
 #include "../../core/problem.h"
 
 namespace moekit::cuda {
+
+void can_implement_quantize_mxfp4(const MxProblem& p, const TensorView& blocks);
+void can_implement_dequantize_mxfp4(const MxProblem& p, const TensorView& blocks);
+void can_implement_route(const RouteProblem& p);
+void can_implement_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a);
 
 void quantize_mxfp4(const MxProblem& p, const TensorView& w, const TensorView& blocks, const TensorView& scales,
                     const ExecContext& ctx);

@@ -24,6 +24,7 @@ namespace {
 // matmul kernel runs.
 template <int BM>
 void plan_tiles(const MatmulOgsArgs& a, const MatmulOgsParams& params, cudaStream_t stream, const ExecContext& ctx) {
+  static_assert(BM >= kMinTileRows, "the workspace's tile list allows for tiles of kMinTileRows rows at least");
   if (!a.expert_offsets.present()) return;
   plan_tiles_kernel<BM><<<1, kPlanThreads, 0, stream>>>(params);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "plan_tiles_kernel");
@@ -110,21 +111,34 @@ bool aligned_16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 
 
 }  // namespace
 
+// Grid sizes every kernel choice stays within: grid.y of the 64-column SIMT and wmma kernels,
+// grid.x of the 64-row tiled kernel (the most blocks of any), and the combine's grid.
+void can_implement_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a) {
+  const char* op = "matmul_ogs";
+  const MatmulOgsWorkspace ws = matmul_ogs_workspace_layout(p);
+  check::present(op, "workspace", a.workspace);
+  check::dtype(op, "workspace", a.workspace, {DType::kUInt8});
+  check::on_device(op, "workspace", a.workspace, p.device, "x");
+  if (static_cast<size_t>(a.workspace.numel()) < ws.total || !a.workspace.is_contiguous()) {
+    check::fail(Error::Kind::kValue, op, "workspace", "a contiguous buffer of at least " + std::to_string(ws.total) + " bytes",
+                a.workspace.shape_str());
+  }
+  require_aligned(op, "workspace", a.workspace, 16);
+  if (p.mxfp4) require_aligned(op, "w", a.w.values, 16);
+  constexpr int64_t kMaxGridX = 2147483647, kMaxGridY = 65535;
+  const char* why = "the CUDA grid's limits";
+  check::at_most(op, "w", "output column tiles of 64", ceil_div(p.N, 64), kMaxGridY, why);
+  const int64_t tiles = ceil_div(p.P, tiled::kBM) + (a.expert_offsets.present() ? p.E : 0);
+  check::at_most(op, "w", "blocks of 64 x 128 outputs", check::mul(op, "w", tiles, ceil_div(p.N, tiled::kBN)),
+                 kMaxGridX, why);
+  if (p.scatter) {
+    check::at_most(op, "scatter_idx", "combined outputs", p.T * p.out_cols, kMaxGridX * kElementwiseThreads, why);
+  }
+}
+
 void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecContext& ctx) {
   const char* op = "matmul_ogs";
   const MatmulOgsWorkspace ws = matmul_ogs_workspace_layout(p);
-  const size_t ws_bytes = ws.total;
-  if (ws_bytes > 0) {
-    check::present(op, "workspace", a.workspace);
-    check::dtype(op, "workspace", a.workspace, {DType::kUInt8});
-    check::on_device(op, "workspace", a.workspace, p.device, "x");
-    if (static_cast<size_t>(a.workspace.numel()) < ws_bytes || !a.workspace.is_contiguous()) {
-      check::fail(Error::Kind::kValue, op, "workspace", "a contiguous buffer of at least " + std::to_string(ws_bytes) + " bytes",
-                  a.workspace.shape_str());
-    }
-    require_aligned(op, "workspace", a.workspace, 16);
-  }
-  if (p.mxfp4) require_aligned(op, "w", a.w.values, 16);
   DeviceGuard guard(p.device.index);
   const cudaStream_t stream = stream_of(op, p.device, ctx);
 

@@ -6,11 +6,17 @@
 
 namespace moekit::cuda {
 
+// The kernels read and write whole 16-byte blocks.
+void can_implement_quantize_mxfp4(const MxProblem&, const TensorView& blocks) {
+}
+
+void can_implement_dequantize_mxfp4(const MxProblem&, const TensorView& blocks) {
+}
+
 void quantize_mxfp4(const MxProblem& p, const TensorView& w, const TensorView& blocks, const TensorView& scales,
                     const ExecContext& ctx) {
   DeviceGuard guard(p.device.index);
   const cudaStream_t stream = stream_of("quantize_mxfp4", p.device, ctx);
-  require_aligned("quantize_mxfp4", "blocks", blocks, 16);
   const int64_t n_blocks = p.rows * (p.K / mxfp4::kBlock);
   const unsigned grid = static_cast<unsigned>(ceil_div(n_blocks, kElementwiseThreads));
   if (w.dtype == DType::kBFloat16) {
@@ -27,7 +33,6 @@ void dequantize_mxfp4(const MxProblem& p, const TensorView& blocks, const Tensor
                       const ExecContext& ctx) {
   DeviceGuard guard(p.device.index);
   const cudaStream_t stream = stream_of("dequantize_mxfp4", p.device, ctx);
-  require_aligned("dequantize_mxfp4", "blocks", blocks, 16);
   const int64_t n_blocks = p.rows * (p.K / mxfp4::kBlock);
   const unsigned grid = static_cast<unsigned>(ceil_div(n_blocks, kElementwiseThreads));
   if (out.dtype == DType::kBFloat16) {

@@ -1,5 +1,7 @@
 #include <string>
 
+#include "../../core/check.h"
+
 #include "../kernels/routing/group.cuh"
 #include "../kernels/routing/route_one_block.cuh"
 #include "../kernels/routing/topk.cuh"
@@ -10,11 +12,11 @@
 
 namespace moekit::cuda {
 
+void can_implement_route(const RouteProblem& p) {
+  check::at_most("route", "logits", "experts", p.E, kTopkMaxExperts, "the CUDA top-k kernel's limit");
+}
+
 void route(const RouteProblem& p, const TensorView& logits, const RouteOutputs& out, const ExecContext& ctx) {
-  if (p.E > kTopkMaxExperts) {
-    throw Error(Error::Kind::kValue, "moekit.route: 'logits' expected at most " + std::to_string(kTopkMaxExperts) +
-                                         " experts on CUDA, got " + std::to_string(p.E));
-  }
   DeviceGuard guard(p.device.index);
   const cudaStream_t stream = stream_of("route", p.device, ctx);
   const int E = static_cast<int>(p.E);

@@ -1,0 +1,27 @@
+// Every op in two steps. accept_*: the one place a call is accepted or refused: shapes, dtypes,
+// devices and values (src/core/problem.h), then the limits of the backend that will run it
+// (alignment, workspace, grid sizes); it reads no tensor data and launches nothing. run_*: the
+// work, on the backend of the tensors' device. The public ops accept and then run; moe_mlp
+// accepts all four of its calls before it runs the first, so a layer either fails before
+// touching memory or runs to completion.
+#pragma once
+
+#include "problem.h"
+
+namespace moekit {
+
+MxProblem accept_quantize_mxfp4(const TensorView& w, const TensorView& blocks, const TensorView& scales);
+void run_quantize_mxfp4(const MxProblem& p, const TensorView& w, const TensorView& blocks, const TensorView& scales,
+                        const ExecContext& ctx);
+
+MxProblem accept_dequantize_mxfp4(const TensorView& blocks, const TensorView& scales, const TensorView& out);
+void run_dequantize_mxfp4(const MxProblem& p, const TensorView& blocks, const TensorView& scales,
+                          const TensorView& out, const ExecContext& ctx);
+
+RouteProblem accept_route(const TensorView& logits, int64_t k, const RouteOutputs& out);
+void run_route(const RouteProblem& p, const TensorView& logits, const RouteOutputs& out, const ExecContext& ctx);
+
+MatmulOgsProblem accept_matmul_ogs(const MatmulOgsArgs& args);
+void run_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& args, const ExecContext& ctx);
+
+}  // namespace moekit
