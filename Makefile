@@ -9,7 +9,7 @@ JOBS   ?= $(shell nproc)
 NPROC  ?= 2
 PROMPT ?= The old man walked into the city and
 
-.PHONY: setup install cpp test test-cpp test-python run clean
+.PHONY: setup install cpp test test-cpp test-python test-sanitize run clean
 
 $(VENV)/.installed: requirements.txt
 	bash tools/install_deps.sh
@@ -34,6 +34,10 @@ test-python: install
 	$(PY) -m pytest -q tests/python
 
 test: test-cpp test-python
+
+# ASan + UBSan over the CPU backend: the gtest suite, the bad-input matrix and the property test.
+test-sanitize: setup
+	bash tools/sanitize.sh $(PY)
 
 # The main job: the shipped tiny gpt-oss model, tensor-parallel over NPROC ranks (gloo on CPU,
 # NCCL on GPUs; each rank needs its own GPU, or pass DEVICE=cuda:0 BACKEND=gloo to share one).

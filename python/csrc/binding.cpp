@@ -55,7 +55,7 @@ auto translate_errors(Fn&& fn) -> decltype(fn()) {
 }
 
 TensorView view(const char* op, const char* arg, const Tensor& t) {
-  if (!t.defined()) refuse(moekit::Error::Kind::kValue, op, arg, "a tensor", "an undefined tensor");
+  if (!t.defined()) refuse(moekit::Error::Kind::kValue, op, arg, "a tensor", "None");
   if (t.layout() != at::kStrided) {
     std::ostringstream layout;
     layout << t.layout();

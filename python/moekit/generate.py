@@ -2,7 +2,7 @@
 
     python -m moekit.generate [--checkpoint DIR] [--prompt TEXT] [--max-new-tokens N]
         [--device cpu|cuda|cuda:N] [--backend nccl|gloo] [--temperature T] [--top-p P] [--seed S]
-        [--no-set-device]
+        [--no-set-device] [--dist-timeout SECONDS]
     torchrun --nproc-per-node N -m moekit.generate ...
 
 Every rank loads its shard (see moekit.models.TensorParallel) and generates; rank 0 prints its
@@ -10,19 +10,26 @@ text, then for each other rank whether it produced the same tokens, then tokens 
 On CUDA each rank uses cuda:LOCAL_RANK, passed explicitly everywhere; --no-set-device skips
 torch.cuda.set_device to show nothing depends on the current device. Backend: NCCL on CUDA,
 gloo on CPU. The default checkpoint is the tiny model shipped in moekit/models/tiny_gpt_oss.
-Exit status: 0, 1 if ranks disagree, 2 for bad arguments or a checkpoint that cannot be used.
+Every argument, the launch environment, the checkpoint's config, the prompt's length against
+the model's context and the output path are checked before any work, each failure a one-line
+error. Collectives wait at most --dist-timeout seconds for a peer (gloo raises, and the rank
+ends with a one-line error; NCCL's watchdog ends the process with its own report).
+Exit status: 0, 1 if ranks disagree, 2 for bad arguments or a checkpoint that cannot be used,
+3 if a peer rank stopped answering.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import math
 import os
 import re
 import sys
 import time
 from pathlib import Path
-from typing import List, NoReturn, Optional
+from typing import List, NamedTuple, NoReturn, Optional
 
 import torch
 import torch.distributed as dist
@@ -47,22 +54,73 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="activations and dense weights (experts stay MXFP4)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (the same on every rank)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (the same on every rank), in [0, 2^64)")
     p.add_argument("--no-set-device", action="store_true",
                    help="do not call torch.cuda.set_device (the model never relies on it)")
     p.add_argument("--no-progress", action="store_true", help="no loading progress bar")
     p.add_argument("--output-json", type=Path, default=None,
                    help="rank 0 writes every rank's prompt and generated token ids here")
+    p.add_argument("--dist-timeout", type=float, default=300.0,
+                   help="seconds a rank waits for its peers in any collective (default 300)")
     args = p.parse_args(argv)
     if args.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
         p.error(f"--device expected cpu, cuda or cuda:N, got {args.device!r}")
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        p.error("--prompt expected UTF-8 text, got bytes that are not")
     if args.max_new_tokens < 0:
         p.error(f"--max-new-tokens expected >= 0, got {args.max_new_tokens}")
-    if not args.temperature >= 0:
-        p.error(f"--temperature expected >= 0, got {args.temperature}")
+    if not (args.temperature >= 0 and math.isfinite(args.temperature)):
+        p.error(f"--temperature expected a finite number >= 0, got {args.temperature}")
     if not 0 < args.top_p <= 1:
         p.error(f"--top-p expected in (0, 1], got {args.top_p}")
+    if not 0 <= args.seed < 2 ** 64:
+        p.error(f"--seed expected an int in [0, 2^64), got {args.seed}")
+    if not (args.dist_timeout > 0 and math.isfinite(args.dist_timeout)):
+        p.error(f"--dist-timeout expected a finite number of seconds > 0, got {args.dist_timeout}")
+    if args.output_json is not None:
+        problem = _unwritable(args.output_json)
+        if problem:
+            p.error(f"--output-json {args.output_json}: {problem}")
     return args
+
+
+def _unwritable(path: Path) -> Optional[str]:
+    """Why ``path`` cannot be written, or None."""
+    if path.is_dir():
+        return "is a directory"
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        return f"the directory {parent} does not exist"
+    if not os.access(path if path.exists() else parent, os.W_OK):
+        return "not writable"
+    return None
+
+
+class LaunchEnv(NamedTuple):
+    world: int
+    rank: int
+    local_rank: int
+
+
+def launch_env() -> LaunchEnv:
+    """WORLD_SIZE, RANK and LOCAL_RANK as torchrun sets them (1, 0, 0 without torchrun)."""
+    values = {}
+    for name, default in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        text = os.environ.get(name, default)
+        if not re.fullmatch(r"\d+", text):
+            _fail(f"{name}={text!r}: expected a non-negative integer (torchrun sets it)")
+        values[name] = int(text)
+    world, rank, local_rank = values["WORLD_SIZE"], values["RANK"], values["LOCAL_RANK"]
+    if world < 1 or rank >= world:
+        _fail(f"RANK={rank} and WORLD_SIZE={world}: expected 0 <= RANK < WORLD_SIZE")
+    if world > 1:
+        missing = [n for n in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(n)]
+        if missing:
+            _fail(f"WORLD_SIZE={world} is set, but {' and '.join(missing)} are not: launch several ranks with "
+                  f"torchrun --nproc-per-node {world} -m moekit.generate ...")
+    return LaunchEnv(world, rank, local_rank)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -96,9 +154,8 @@ def _sync(device: torch.device) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    env = launch_env()
+    world, rank = env.world, env.rank
 
     ckpt: Path = args.checkpoint
     if not ckpt.is_dir():
@@ -108,14 +165,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not tokenizer_path.is_file():
         _fail(f"checkpoint {ckpt}: tokenizer.json not found")
 
-    device = pick_device(args.device, local_rank)
-    if device.type == "cuda" and not args.no_set_device:
-        torch.cuda.set_device(device)
-
     from tokenizers import Tokenizer
 
-    from moekit.models import CheckpointError, load_model
+    from moekit.models import CheckpointError, read_config
 
+    try:
+        config = read_config(ckpt)
+    except (CheckpointError, FileNotFoundError, ValueError, TypeError) as e:
+        _fail(str(e))
     try:
         tokenizer = Tokenizer.from_file(str(tokenizer_path))
     except Exception as e:
@@ -123,48 +180,77 @@ def main(argv: Optional[List[str]] = None) -> int:
     prompt_ids = tokenizer.encode(args.prompt).ids
     if not prompt_ids:
         _fail(f"the prompt {args.prompt!r} encodes to no tokens")
+    if max(prompt_ids) >= config.vocab_size:
+        _fail(f"the tokenizer gives id {max(prompt_ids)}, outside the model's vocabulary of {config.vocab_size}")
+    context = config.max_context_length
+    if len(prompt_ids) + args.max_new_tokens > context:
+        _fail(f"--max-new-tokens {args.max_new_tokens}: with the prompt's {len(prompt_ids)} tokens that exceeds the "
+              f"{context} positions the model supports (at most {max(context - len(prompt_ids), 0)} new tokens)")
 
-    if world > 1:
-        backend = args.backend or ("nccl" if device.type == "cuda" else "gloo")
-        if backend == "nccl":
-            if device.type != "cuda":
-                _fail("--backend nccl needs --device cuda")
-            dist.init_process_group("nccl", device_id=device)
-        else:
-            dist.init_process_group("gloo")
+    device = pick_device(args.device, env.local_rank)
+    backend = args.backend or ("nccl" if device.type == "cuda" else "gloo")
+    if world > 1 and backend == "nccl" and device.type != "cuda":
+        _fail("--backend nccl needs --device cuda")
+    if device.type == "cuda" and not args.no_set_device:
+        torch.cuda.set_device(device)
+
     try:
-        try:
-            model = load_model(ckpt, device, rank=rank, world_size=world, progress=not args.no_progress,
-                               dtype=DTYPES[args.dtype])
-        except (CheckpointError, FileNotFoundError) as e:
-            _fail(str(e))
-        vocab = model.config.vocab_size
-        if max(prompt_ids) >= vocab:
-            _fail(f"the tokenizer gives id {max(prompt_ids)}, outside the model's vocabulary of {vocab}")
-
-        _sync(device)
-        start = time.perf_counter()
-        new_ids = model.generate(prompt_ids, args.max_new_tokens, temperature=args.temperature,
-                                 top_p=args.top_p, seed=args.seed)
-        _sync(device)
-        seconds = time.perf_counter() - start
-
-        all_ids = [new_ids]
         if world > 1:
-            all_ids = gather_ids(new_ids, args.max_new_tokens, world, device)
-        status = 0
-        if rank == 0:
-            status = report(tokenizer, args.prompt, prompt_ids, all_ids, seconds, world, device)
-            if args.output_json is not None:
-                args.output_json.write_text(json.dumps({
-                    "world_size": world, "device": str(device), "dtype": args.dtype,
-                    "prompt_ids": prompt_ids, "ranks": all_ids,
-                    "text": tokenizer.decode(new_ids), "tokens_per_second": len(new_ids) / max(seconds, 1e-9),
-                }) + "\n")
-        return status
+            timeout = datetime.timedelta(seconds=args.dist_timeout)
+            if backend == "nccl":
+                dist.init_process_group("nccl", device_id=device, timeout=timeout)
+            else:
+                dist.init_process_group("gloo", timeout=timeout)
+        return _generate(args, tokenizer, prompt_ids, env, device)
+    except RuntimeError as e:
+        if world == 1 or not _is_lost_peer(e):
+            raise
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        _fail(f"rank {rank}: lost the other ranks (no answer within --dist-timeout {args.dist_timeout:g} s, or a peer "
+              f"closed its connection): {first_line}", code=3)
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _is_lost_peer(e: RuntimeError) -> bool:
+    """A collective or rendezvous that timed out or whose peer went away (gloo raises these as plain
+    RuntimeErrors from its transport)."""
+    return isinstance(e, dist.DistError) or "gloo" in str(e)
+
+
+def _generate(args: argparse.Namespace, tokenizer, prompt_ids: List[int], env: LaunchEnv,
+              device: torch.device) -> int:
+    """Loads this rank's shard, generates, and on rank 0 reports (and writes --output-json)."""
+    from moekit.models import CheckpointError, load_model
+
+    world, rank = env.world, env.rank
+    try:
+        model = load_model(args.checkpoint, device, rank=rank, world_size=world, progress=not args.no_progress,
+                           dtype=DTYPES[args.dtype])
+    except (CheckpointError, FileNotFoundError) as e:
+        _fail(str(e))
+
+    _sync(device)
+    start = time.perf_counter()
+    new_ids = model.generate(prompt_ids, args.max_new_tokens, temperature=args.temperature,
+                             top_p=args.top_p, seed=args.seed)
+    _sync(device)
+    seconds = time.perf_counter() - start
+
+    all_ids = [new_ids]
+    if world > 1:
+        all_ids = gather_ids(new_ids, args.max_new_tokens, world, device)
+    status = 0
+    if rank == 0:
+        status = report(tokenizer, args.prompt, prompt_ids, all_ids, seconds, world, device)
+        if args.output_json is not None:
+            args.output_json.write_text(json.dumps({
+                "world_size": world, "device": str(device), "dtype": args.dtype,
+                "prompt_ids": prompt_ids, "ranks": all_ids,
+                "text": tokenizer.decode(new_ids), "tokens_per_second": len(new_ids) / max(seconds, 1e-9),
+            }) + "\n")
+    return status
 
 
 def gather_ids(ids: List[int], max_len: int, world: int, device: torch.device) -> List[List[int]]:

@@ -31,11 +31,11 @@ inline TensorView make_view(void* data, DType dtype, const std::vector<int64_t>&
   v.dtype = dtype;
   v.device = device;
   v.ndim = static_cast<int>(shape.size());
-  int64_t st = 1;
+  uint64_t st = 1;  // wraps for shapes too large to count, as TensorView's constructor does
   for (int d = v.ndim - 1; d >= 0; --d) {
     v.shape[d] = shape[d];
-    v.stride[d] = st;
-    st *= shape[d];
+    v.stride[d] = static_cast<int64_t>(st);
+    st *= static_cast<uint64_t>(shape[d]);
   }
   return v;
 }

@@ -148,6 +148,12 @@ class GptOssConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @property
+    def max_context_length(self) -> int:
+        """Positions the model supports: YaRN stretches ``initial_context_length`` by
+        ``rope_scaling_factor`` (gpt-oss: 4096 x 32 = 131072)."""
+        return int(self.initial_context_length * max(self.rope_scaling_factor, 1.0))
+
+    @property
     def qkv_dim(self) -> int:
         return self.head_dim * (self.num_attention_heads + 2 * self.num_key_value_heads)
 
@@ -523,6 +529,10 @@ class GptOss(nn.Module):
             raise ValueError("GptOss.generate: prompt_ids is empty")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"GptOss.generate: max_new_tokens expected an int >= 0, got {max_new_tokens!r}")
+        context = self.config.max_context_length
+        if len(prompt) + max_new_tokens > context:
+            raise ValueError(f"GptOss.generate: {len(prompt)} prompt tokens + max_new_tokens {max_new_tokens} exceed "
+                             f"the {context} positions the model supports")
         check_sampling(temperature, top_p)
         stop = set(int(s) for s in stop_ids)
         generator = None
