@@ -24,9 +24,10 @@ if [ "${1:-}" != "quick" ]; then
       $PY -m pytest -q -p no:cacheprovider "${SUB[@]}" > "$OUT/sanitizer_$tool.log" 2>&1
     echo "$tool: exit $? ; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed|failed' "$OUT/sanitizer_$tool.log" | tail -3 | tr '\n' ' ')"
   done
-  # The bad-input matrix, every case in its own (forked) process, under memcheck.
-  (cd tests/python && PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --target-processes all \
-    --print-limit 20 $PY bad_inputs.py --device cuda) > "$OUT/sanitizer_matrix.log" 2>&1
+  # The bad-input matrix under memcheck, its cases one after another in one process (the pytest
+  # run above ran each in its own).
+  (cd tests/python && PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --print-limit 20 \
+    $PY bad_inputs.py --device cuda --in-process) > "$OUT/sanitizer_matrix.log" 2>&1
   echo "matrix memcheck: exit $? ; $(grep -c '"id"' "$OUT/sanitizer_matrix.log") cases;" \
     "$(grep -h 'ERROR SUMMARY' "$OUT/sanitizer_matrix.log" | sort | uniq -c | tr '\n' ' ')"
   echo "== main job on the GPU"

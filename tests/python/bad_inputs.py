@@ -650,12 +650,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--only", default=None, help="run the case or edge with this id alone")
+    p.add_argument("--in-process", action="store_true",
+                   help="run every case in this process, one after another (for compute-sanitizer, whose start "
+                        "per process is slow; the matrix test forks)")
     args = p.parse_args()
     jobs = [(f"{c.op}-{c.name}", lambda c=c: run_case(c, args.device)) for c in CASES if args.device in c.devices]
     jobs += [(e.name, lambda e=e: run_edge(e, args.device)) for e in EDGES]
     for name, job in jobs:
         if args.only is None or args.only == name:
-            print(json.dumps({"id": name, **_forked(job)}), flush=True)
+            print(json.dumps({"id": name, **(job() if args.in_process else _forked(job))}), flush=True)
     return 0
 
 
