@@ -112,9 +112,7 @@ bool shapes_only(const moekit::Device& d) { return d.type == moekit::DeviceType:
 // they are still doubles (NaN and infinities pass on, for the op's own checks).
 float to_float(const char* op, const char* arg, double v) {
   if (std::isfinite(v) && std::fabs(v) > FLT_MAX) {
-    std::ostringstream got;
-    got << v;
-    refuse(moekit::Error::Kind::kValue, op, arg, "a value within float32's range", got.str());
+    refuse(moekit::Error::Kind::kValue, op, arg, "a value within float32's range", moekit::check::format_number(v));
   }
   return static_cast<float>(v);
 }

@@ -1,7 +1,7 @@
 #include "check.h"
 
 #include <cmath>
-#include <sstream>
+#include <cstdio>
 
 namespace moekit::check {
 
@@ -50,9 +50,15 @@ void at_most(const char* op, const char* arg, const char* what, int64_t value, i
 
 void finite(const char* op, const char* arg, float value, bool positive) {
   if (std::isfinite(value) && (!positive || value > 0.0f)) return;
-  std::ostringstream got;
-  got << value;
-  fail(Error::Kind::kValue, op, arg, positive ? "a finite number > 0" : "a finite number", got.str());
+  fail(Error::Kind::kValue, op, arg, positive ? "a finite number > 0" : "a finite number", format_number(value));
+}
+
+// snprintf, not an ostream: formatting a float through std::ostream crashed (SIGSEGV) in the
+// extension on the GPU machine's image, where another libstdc++ may be loaded first.
+std::string format_number(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%g", value);
+  return text;
 }
 
 void dtype(const char* op, const char* arg, const TensorView& t, std::initializer_list<DType> allowed) {

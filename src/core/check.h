@@ -38,6 +38,8 @@ int64_t add(const char* op, const char* arg, int64_t a, int64_t b);
 // `value` <= `limit`, where `what` says what value counts (e.g. "T * k token-slots") and `why`
 // why the limit exists.
 void at_most(const char* op, const char* arg, const char* what, int64_t value, int64_t limit, const char* why);
+// `value` as printf's %g prints it ("-7", "nan", "1e+39").
+std::string format_number(double value);
 // A finite float (the name says which), and with `positive`, one > 0.
 void finite(const char* op, const char* arg, float value, bool positive);
 

@@ -8,9 +8,11 @@ namespace moekit::cuda {
 
 // The kernels read and write whole 16-byte blocks.
 void can_implement_quantize_mxfp4(const MxProblem&, const TensorView& blocks) {
+  require_aligned("quantize_mxfp4", "blocks", blocks, 16);
 }
 
 void can_implement_dequantize_mxfp4(const MxProblem&, const TensorView& blocks) {
+  require_aligned("dequantize_mxfp4", "blocks", blocks, 16);
 }
 
 void quantize_mxfp4(const MxProblem& p, const TensorView& w, const TensorView& blocks, const TensorView& scales,
