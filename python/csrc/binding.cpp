@@ -15,7 +15,6 @@
 #include <cfloat>
 #include <cmath>
 #include <optional>
-#include <sstream>
 #include <tuple>
 
 #if defined(MOEKIT_WITH_CUDA)
@@ -49,6 +48,21 @@ auto translate_errors(Fn&& fn) -> decltype(fn()) {
   }
 }
 
+// The layout's name, as torch prints it (no iostreams here: see docs/design.md).
+std::string layout_name(at::Layout layout) {
+  switch (layout) {
+    case at::kStrided: return "Strided";
+    case at::kSparse: return "Sparse";
+    case at::kSparseCsr: return "SparseCsr";
+    case at::kSparseCsc: return "SparseCsc";
+    case at::kSparseBsr: return "SparseBsr";
+    case at::kSparseBsc: return "SparseBsc";
+    case at::kMkldnn: return "Mkldnn";
+    case at::kJagged: return "Jagged";
+    default: return "a layout other than Strided";
+  }
+}
+
 [[noreturn]] void refuse(moekit::Error::Kind kind, const std::string& op, const std::string& arg,
                         const std::string& expected, const std::string& got) {
   throw moekit::Error(kind, "moekit." + op + ": '" + arg + "' expected " + expected + ", got " + got);
@@ -57,9 +71,7 @@ auto translate_errors(Fn&& fn) -> decltype(fn()) {
 TensorView view(const char* op, const char* arg, const Tensor& t) {
   if (!t.defined()) refuse(moekit::Error::Kind::kValue, op, arg, "a tensor", "None");
   if (t.layout() != at::kStrided) {
-    std::ostringstream layout;
-    layout << t.layout();
-    refuse(moekit::Error::Kind::kType, op, arg, "a dense (strided) tensor", "layout " + layout.str());
+    refuse(moekit::Error::Kind::kType, op, arg, "a dense (strided) tensor", "layout " + layout_name(t.layout()));
   }
   TensorView v;
   switch (t.scalar_type()) {
@@ -289,9 +301,8 @@ void inference_only(const c10::OperatorHandle& op, c10::DispatchKeySet keys, tor
 void dense_only(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
   for_each_argument(op, stack, [&](const std::string& name, const c10::IValue& v) {
     if (v.isTensor() && v.toTensor().layout() != at::kStrided) {
-      std::ostringstream got;
-      got << "layout " << v.toTensor().layout();
-      TORCH_CHECK_TYPE(false, op_name(op), ": '", name, "' expected a dense (strided) tensor, got ", got.str());
+      TORCH_CHECK_TYPE(false, op_name(op), ": '", name, "' expected a dense (strided) tensor, got layout ",
+                       layout_name(v.toTensor().layout()));
     }
   });
   TORCH_CHECK(false, op_name(op), ": expected dense (strided) tensors");
