@@ -1,39 +1,62 @@
 # Two entry points (see README): `make run` and `make test`. Both set up .venv from
-# requirements.txt, build and install moekit into it, and need nothing installed by hand
-# beyond Debian's build tools (g++, cmake, ninja, libgtest-dev), which tools/install_deps.sh adds.
+# requirements.txt, build moekit once into build/python (the op library, its gtest suite and the
+# torch extension, in one CMake build) and install it editable into .venv; they need nothing
+# installed by hand beyond Debian's build tools (g++, cmake, ninja, libgtest-dev), which
+# tools/install_deps.sh adds.
 
+SHELL  := /bin/bash
 VENV   := .venv
 PY     := $(VENV)/bin/python
-BUILD  := build/cpp
+BUILD  := build/python
 JOBS   ?= $(shell nproc)
 NPROC  ?= 2
-PROMPT ?= The old man walked into the city and
+# CPU threads per rank: the cores shared among the ranks (torch's pool runs moekit's loops too).
+THREADS ?= $(shell n=$$(( $(JOBS) / $(NPROC) )); echo $$(( n > 0 ? n : 1 )))
+# What the build reads: a change here rebuilds and reinstalls the op library; Python files need
+# neither (the editable install imports them from python/moekit).
+BUILD_INPUTS := $(shell find src include python/csrc tests/cpp -type f) CMakeLists.txt pyproject.toml
+RUN_ARGS = $(if $(PROMPT),--prompt "$(PROMPT)") $(if $(DEVICE),--device $(DEVICE)) \
+           $(if $(BACKEND),--backend $(BACKEND)) $(ARGS)
 
-.PHONY: setup install cpp test test-cpp test-python test-sanitize run clean
+.PHONY: setup install test test-cpp test-install test-python test-sanitize run clean
 
 $(VENV)/.installed: requirements.txt
-	bash tools/install_deps.sh
+	@bash tools/install_deps.sh
+	@echo "== moekit: creating $(VENV) with the pinned packages of requirements.txt (the first time this downloads" \
+	      "PyTorch, a 4.8 GB CUDA build: PyPI has no CPU-only one)"
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
-	touch $@
+	$(PY) -m pip install --progress-bar on --upgrade pip
+	$(PY) -m pip install --progress-bar on -r requirements.txt
+	@touch $@
 
 setup: $(VENV)/.installed
 
-install: setup
-	$(PY) -m pip install -q --no-build-isolation --no-deps .
+$(BUILD)/.installed: $(VENV)/.installed $(BUILD_INPUTS)
+	@echo "== moekit: building the op library, its tests and the torch extension into $(BUILD), installing" \
+	      "into $(VENV) (log: $(BUILD)/install.log)"
+	@mkdir -p $(BUILD)
+	@set -o pipefail; CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PY) -m pip install -v --no-build-isolation --no-deps -e . \
+	  -Ccmake.define.MOEKIT_BUILD_TESTS=ON -Cbuild.verbose=true 2>&1 | tee $(BUILD)/install.log \
+	  | { sed -unE 's#^ *(\[[0-9]+/[0-9]+\]) .* -c $(CURDIR)/([^ ]+).*#  \1 \2#p' || true; } \
+	  || { tail -40 $(BUILD)/install.log; echo "moekit: the build failed (log: $(BUILD)/install.log)"; exit 1; }
+	@touch $@
 
-cpp: setup
-	cmake -S . -B $(BUILD) -G Ninja -DMOEKIT_BUILD_TESTS=ON
-	cmake --build $(BUILD) -j $(JOBS)
+install: $(BUILD)/.installed
 
-test-cpp: cpp
+test-cpp: install
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
 
-test-python: install
-	$(PY) -m pytest -q tests/python
+# The C++ package: installed from the same build, then examples/ built against it and run.
+test-install: install
+	cmake --install $(BUILD) --component dev --prefix build/prefix > /dev/null
+	cmake -S examples -B build/examples -G Ninja -DCMAKE_PREFIX_PATH=$(CURDIR)/build/prefix > /dev/null
+	cmake --build build/examples
+	build/examples/moe_layer
 
-test: test-cpp test-python
+test-python: install
+	$(PY) -m pytest -q -rs tests/python
+
+test: test-cpp test-install test-python
 
 # ASan + UBSan over the CPU backend: the gtest suite, the bad-input matrix and the property test.
 test-sanitize: setup
@@ -41,9 +64,12 @@ test-sanitize: setup
 
 # The main job: the shipped tiny gpt-oss model, tensor-parallel over NPROC ranks (gloo on CPU,
 # NCCL on GPUs; each rank needs its own GPU, or pass DEVICE=cuda:0 BACKEND=gloo to share one).
+# The preflight reports a bad argument or device in one line, before torchrun starts.
 run: install
-	$(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m moekit.generate --prompt "$(PROMPT)" \
-	  $(if $(DEVICE),--device $(DEVICE)) $(if $(BACKEND),--backend $(BACKEND))
+	@$(PY) -m moekit.generate --preflight $(NPROC) $(RUN_ARGS)
+	@echo "== torchrun: $(NPROC) rank(s), $(THREADS) CPU thread(s) each"
+	@OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m moekit.generate \
+	  $(RUN_ARGS)
 
 clean:
 	rm -rf build $(VENV)

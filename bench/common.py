@@ -7,7 +7,7 @@ from typing import Optional
 
 
 def sweep_arguments(description: str) -> argparse.ArgumentParser:
-    """The BENCH.md sweep (expert counts, token counts), repetitions and where results go."""
+    """The sweep of docs/benchmark.md (expert counts, token counts), repetitions and where results go."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--experts", type=int, nargs="+", default=[32, 128])
     p.add_argument("--tokens", type=int, nargs="+", default=[1, 8, 32, 128, 512, 2048, 8192])

@@ -1,4 +1,4 @@
-"""The BENCH.md sweep: one gpt-oss MoE layer (x -> y) on the GPU it finds.
+"""The sweep of docs/benchmark.md: one gpt-oss MoE layer (x -> y) on the GPU it finds.
 
     python bench/moe_layer.py [--experts 32 128] [--tokens 1 8 ...] [--out bench/results/NAME.json]
 

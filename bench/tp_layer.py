@@ -1,4 +1,4 @@
-"""The BENCH.md MoE layer with every expert's intermediate dimension split over the ranks of
+"""The MoE layer of docs/benchmark.md with every expert's intermediate dimension split over the ranks of
 torchrun (NCCL): time per layer on each rank's shard, and the all_reduce that sums the shards.
 
     torchrun --nproc-per-node W bench/tp_layer.py [--experts 32 128] [--tokens ...] [--out PATH]

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Builds the CUDA extension on the GPU machine into python/moekit (the first step of gpu_check.sh).
+# Builds moekit with its CUDA backend and installs it, editable, into the GPU machine's Python:
+# the same build as `make install` (pip -e through scikit-build-core into build/python), so
+# Python files come from python/moekit and nothing is copied into the source tree.
 set -euo pipefail
 OUT=${OUT:-gpu_logs}
 mkdir -p "$OUT"
 PY=${PY:-python3}
-cmake -S . -B build/gpu -G Ninja -DMOEKIT_BUILD_PYTHON=ON -DMOEKIT_BUILD_TESTS=OFF -DMOEKIT_ENABLE_CUDA=ON \
-  -DPython3_EXECUTABLE="$(command -v $PY)" > "$OUT/build.log" 2>&1 &&
-  cmake --build build/gpu -j 16 >> "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
-cp build/gpu/python/csrc/_moekit_ops.so python/moekit/
+CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) $PY -m pip install -v --no-build-isolation --no-deps -e . \
+  -Ccmake.define.MOEKIT_ENABLE_CUDA=ON > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
+$PY -c "import moekit, torch; assert torch._C._dispatch_has_kernel_for_dispatch_key('moekit::moe_mlp', 'CUDA')"

@@ -5,7 +5,7 @@
 set -uo pipefail
 OUT=${OUT:-gpu_logs}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python:$PWD/tests/python"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/tests/python"
 PY=${PY:-python3}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 

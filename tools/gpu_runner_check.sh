@@ -4,7 +4,7 @@
 set -uo pipefail
 OUT=${OUT:-gpu_logs}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python:$PWD/tests/python"
+export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 for prompt in "The old man walked into the city and" "A computer is a machine that" "Love is"; do
   $PY -m moekit.generate --device cuda:0 --no-progress --max-new-tokens 64 --prompt "$prompt" 2>&1 | tee -a "$OUT/generate.log"

@@ -17,12 +17,16 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # Leaks: the gtest suite is checked; Python and torch keep what they allocate until exit.
 ASAN_OPTIONS=detect_leaks=1 "$B/tests/cpp/moekit_tests" --gtest_brief=1
 
-# The package's sources with the instrumented op library beside them, ahead of the installed one.
-site="$B/site"
+# The package's sources with the instrumented op library beside them. Python runs with -S (no
+# site initialisation), so the editable install's import hook stays out and this copy is the one
+# imported; the environment's packages come from its site-packages on PYTHONPATH.
+site="$PWD/$B/site"
 rm -rf "$site"
 mkdir -p "$site/moekit"
 cp python/moekit/*.py "$B/python/csrc/_moekit_ops.so" "$site/moekit/"
 ln -s "$PWD/python/moekit/models" "$site/moekit/models"
-ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libubsan.so)" \
-  PYTHONPATH="$site" "$PY" -m pytest -q -p no:cacheprovider tests/python/test_bad_input_matrix.py \
-  tests/python/test_properties.py
+packages=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+export ASAN_OPTIONS=detect_leaks=0 PYTHONPATH="$site:$packages"
+export LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libubsan.so)"
+"$PY" -S -c 'import moekit, sys; assert moekit.__file__.startswith(sys.argv[1]), moekit.__file__' "$site"
+"$PY" -S -m pytest -q -p no:cacheprovider tests/python/test_bad_input_matrix.py tests/python/test_properties.py

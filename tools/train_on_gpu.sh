@@ -2,21 +2,18 @@
 # On the GPU machine, from the repo root: trains the tiny gpt-oss model (docs/tiny_model.md) and
 # saves it to python/moekit/models/tiny_gpt_oss and to $OUT/tiny_gpt_oss; the log goes to
 # $OUT/train.log, a JSON summary to $OUT/train_summary.json.
-#   PYTHONPATH=python bash tools/train_on_gpu.sh [train_tiny_gpt_oss.py arguments...]
+#   bash tools/train_on_gpu.sh [train_tiny_gpt_oss.py arguments...]
 # Needs build/tiny_data/ (tokens.npy, tokenizer.json from tools/train_tokenizer.py) carried over.
-# Builds moekit's op library (CPU backend: saving quantizes on the CPU) if python/moekit lacks it.
+# Installs moekit (tools/gpu_build.sh) if the Python cannot import it.
 set -euo pipefail
 OUT=${OUT:-build/tiny_train_out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 
 if ! $PY -c "import moekit" 2>/dev/null; then
-  echo "== building moekit's op library (CPU backend) into python/moekit"
-  { cmake -S . -B build/train_ext -G Ninja -DMOEKIT_BUILD_PYTHON=ON -DMOEKIT_BUILD_TESTS=OFF \
-      -DMOEKIT_ENABLE_CUDA=OFF -DPython3_EXECUTABLE="$($PY -c 'import sys; print(sys.executable)')" &&
-    cmake --build build/train_ext -j "$(nproc)"; } > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-  cp build/train_ext/python/csrc/_moekit_ops.so python/moekit/
+  echo "== installing moekit (editable, tools/gpu_build.sh)"
+  OUT="$OUT" PY="$PY" bash tools/gpu_build.sh
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Trains the tiny gpt-oss-family model that moekit ships (docs/tiny_model.md).
 
-    PYTHONPATH=python python3 tools/train_tiny_gpt_oss.py                 # GPU, 300 s of training
-    PYTHONPATH=python python3 tools/train_tiny_gpt_oss.py --steps 2000    # a fixed step count
+    python3 tools/train_tiny_gpt_oss.py                 # GPU, 300 s of training
+    python3 tools/train_tiny_gpt_oss.py --steps 2000    # a fixed step count
     .venv/bin/python tools/train_tiny_gpt_oss.py --smoke                  # CPU smoke test, seconds
 
 Input: the token stream and tokenizer of tools/train_tokenizer.py (build/tiny_data/tokens.npy and
@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,8 +43,8 @@ try:
     from moekit.models import GptOssConfig, ReferenceGptOss, checkpoint_tensors, float_tensor_shapes, save_checkpoint
     from moekit.models.gpt_oss_reference import ALPHA, apply_rope, decode_mxfp4, rope_tables
 except ImportError as e:
-    sys.exit(f"train_tiny_gpt_oss: cannot import moekit ({e}); build it first (make install, or "
-             f"tools/train_on_gpu.sh on the GPU machine) and set PYTHONPATH=python if running from the tree")
+    sys.exit(f"train_tiny_gpt_oss: cannot import moekit ({e}); install it first (make install, or "
+             f"tools/gpu_build.sh on the GPU machine)")
 
 EOT = "<|endoftext|>"
 
@@ -331,10 +332,30 @@ def parse_args(argv=None):
     return args
 
 
+def smoke_data(out: Path) -> Path:
+    """For --smoke without the corpus of tools/train_tokenizer.py: the repository's Markdown,
+    tokenized with the shipped model's tokenizer, as tokens.npy (+ tokenizer.json) under ``out``."""
+    from tokenizers import Tokenizer
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = root / "python" / "moekit" / "models" / "tiny_gpt_oss" / "tokenizer.json"
+    text = "\n\n".join(p.read_text() for p in sorted(root.glob("**/*.md")) if ".venv" not in p.parts
+                       and "build" not in p.parts)
+    ids = Tokenizer.from_file(str(shipped)).encode(text).ids
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "tokens.npy", np.array(ids * max(1, 200_000 // len(ids)), dtype=np.uint16))
+    shutil.copy(shipped, out / "tokenizer.json")
+    return out / "tokens.npy"
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     from tokenizers import Tokenizer
 
+    if args.smoke and not args.tokens.is_file():
+        args.tokens = smoke_data(Path("build/tiny_gpt_oss_smoke_data"))
+        args.tokenizer = args.tokens.with_name("tokenizer.json")
+        print(f"--smoke: {args.tokens.parent} holds the repository's Markdown as tokens (no corpus found)")
     for p in (args.tokens, args.tokenizer):
         if not p.is_file():
             sys.exit(f"train_tiny_gpt_oss: {p} not found (tools/train_tokenizer.py writes it)")

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <string>
 
@@ -55,11 +56,18 @@ struct TensorView {
 // Where and how an op runs. CUDA ops launch on `cuda_stream`, a cudaStream_t of the tensors'
 // device that the caller must name (set `cuda_stream_given`, or use on_stream); the torch
 // binding names the current stream of that device, which may be torch's default stream.
-// `cpu_threads` <= 0 means one thread per hardware thread. `sync_after_launch` is a debug
-// switch: synchronise after every CUDA launch so a fault is reported by the op that caused it.
+// The CPU backend's loops run on `cpu_parallel` when it is set: it must call body(begin, end)
+// on disjoint chunks covering [0, n), each of at least `grain` items but the last, and return
+// once all have run (rethrowing a body's exception). The torch binding passes torch's intra-op
+// pool, so moekit and torch share the cores instead of oversubscribing them. Unset, moekit runs
+// its own std::threads, `cpu_threads` of them (<= 0: one per hardware thread). Results never
+// depend on how the work is split. `sync_after_launch` is a debug switch: synchronise after
+// every CUDA launch so a fault is reported by the op that caused it.
 struct ExecContext {
+  using ParallelBody = std::function<void(int64_t begin, int64_t end)>;
   void* cuda_stream = nullptr;
   bool cuda_stream_given = false;
+  std::function<void(int64_t n, int64_t grain, const ParallelBody& body)> cpu_parallel;
   int cpu_threads = 0;
   bool sync_after_launch = false;
 

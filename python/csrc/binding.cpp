@@ -138,7 +138,10 @@ at::TensorOptions options(const moekit::Device& d, at::ScalarType dtype) {
 class OnDevice {
  public:
   explicit OnDevice(const moekit::Device& device) {
-    ctx_.cpu_threads = at::get_num_threads();
+    // moekit's CPU loops on torch's intra-op pool: one owner for the CPU threads.
+    ctx_.cpu_parallel = [](int64_t n, int64_t grain, const moekit::ExecContext::ParallelBody& body) {
+      at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) { body(begin, end); });
+    };
 #if defined(MOEKIT_WITH_CUDA)
     if (device.type == moekit::DeviceType::kCUDA) {
       guard_.emplace(torch_device(device));

@@ -24,23 +24,32 @@ def best_device() -> str:
     return "cuda" if torch.cuda.is_available() and has_cuda_backend() else "cpu"
 
 
+def step(message: str) -> None:
+    print(f"[{time.perf_counter() - START:6.1f} s] {message}", flush=True)
+
+
+START = time.perf_counter()
+
+
 def make_layer(experts: int, hidden: int, inter: int, gen: torch.Generator):
     """Random gpt-oss-like weights; experts quantized one at a time to bound host memory."""
-    def mxfp4_experts(rows: int, cols: int):
+    def mxfp4_experts(name: str, rows: int, cols: int):
         blocks, scales = [], []
-        for _ in range(experts):
+        for e in range(experts):
             w = torch.randn(rows, cols, generator=gen) / cols ** 0.5
             b, s = moekit.quantize_mxfp4(w)
             blocks.append(b)
             scales.append(s)
+            if (e + 1) % 8 == 0 or e + 1 == experts:
+                step(f"{name}: {e + 1}/{experts} experts of [{rows}, {cols}] drawn and quantized to MXFP4")
         return torch.stack(blocks), torch.stack(scales)
 
     return dict(
         gate_weight=(torch.randn(experts, hidden, generator=gen) / hidden ** 0.5).bfloat16(),
         gate_bias=(0.1 * torch.randn(experts, generator=gen)).bfloat16(),
-        mlp1_weight=mxfp4_experts(2 * inter, hidden),
+        mlp1_weight=mxfp4_experts("mlp1", 2 * inter, hidden),
         mlp1_bias=(0.1 * torch.randn(experts, 2 * inter, generator=gen)).bfloat16(),
-        mlp2_weight=mxfp4_experts(hidden, inter),
+        mlp2_weight=mxfp4_experts("mlp2", hidden, inter),
         mlp2_bias=(0.1 * torch.randn(experts, hidden, generator=gen)).bfloat16(),
     )
 
@@ -81,8 +90,8 @@ def main() -> None:
     device = torch.device(args.device or best_device())
 
     gen = torch.Generator().manual_seed(args.seed)
-    print(f"building a gpt-oss-shaped MoE layer: E={args.experts} H={args.hidden} I={args.intermediate} "
-          f"k={args.experts_per_token}, MXFP4 experts ...", flush=True)
+    step(f"building a gpt-oss-shaped MoE layer: E={args.experts} H={args.hidden} I={args.intermediate} "
+         f"k={args.experts_per_token}, MXFP4 experts")
     layer = make_layer(args.experts, args.hidden, args.intermediate, gen)
     x = torch.randn(args.tokens, args.hidden, generator=gen).bfloat16()
 
@@ -93,6 +102,7 @@ def main() -> None:
     def run():
         return moekit.moe_mlp(xd, **moved, experts_per_token=args.experts_per_token)
 
+    step(f"timing moekit.moe_mlp on {device} ({args.repeats} runs after a warm-up)")
     y = run()  # warm-up
     times = []
     for _ in range(args.repeats):
@@ -104,6 +114,7 @@ def main() -> None:
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
 
+    step("the float64 reference on the same dequantized weights")
     ref = reference(x, layer, args.experts_per_token)
     err = (y.cpu().double() - ref).norm() / ref.norm()
     print(f"device {device}  tokens {args.tokens}  moe_mlp median {statistics.median(times) * 1e3:.2f} ms "

@@ -2,7 +2,7 @@
 
     python -m moekit.generate [--checkpoint DIR] [--prompt TEXT] [--max-new-tokens N]
         [--device cpu|cuda|cuda:N] [--backend nccl|gloo] [--temperature T] [--top-p P] [--seed S]
-        [--no-set-device] [--dist-timeout SECONDS]
+        [--no-set-device] [--dist-timeout SECONDS] [--preflight NPROC]
     torchrun --nproc-per-node N -m moekit.generate ...
 
 Every rank loads its shard (see moekit.models.TensorParallel) and generates; rank 0 prints its
@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "models" / "tiny_gpt_oss"
+DEFAULT_PROMPT = "The old man walked into the city and"
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -43,7 +44,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
                    help="gpt-oss checkpoint directory (config.json, *.safetensors, tokenizer.json); "
                         "default: the shipped tiny model")
-    p.add_argument("--prompt", default="The quick brown fox", help="text to continue")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"text to continue (default: {DEFAULT_PROMPT!r})")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--device", default=None,
                    help="cpu, cuda (each rank on cuda:LOCAL_RANK) or cuda:N (every rank on GPU N, e.g. to "
@@ -62,6 +63,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="rank 0 writes every rank's prompt and generated token ids here")
     p.add_argument("--dist-timeout", type=float, default=300.0,
                    help="seconds a rank waits for its peers in any collective (default 300)")
+    p.add_argument("--preflight", type=int, default=None, metavar="NPROC",
+                   help="check everything a launch of NPROC ranks would check (arguments, checkpoint, prompt, "
+                        "devices), then exit without loading: 0 if fine, 2 with the error (make run does this "
+                        "before torchrun, whose own report would bury the message)")
     args = p.parse_args(argv)
     if args.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
         p.error(f"--device expected cpu, cuda or cuda:N, got {args.device!r}")
@@ -77,6 +82,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f"--top-p expected in (0, 1], got {args.top_p}")
     if not 0 <= args.seed < 2 ** 64:
         p.error(f"--seed expected an int in [0, 2^64), got {args.seed}")
+    if args.preflight is not None and args.preflight < 1:
+        p.error(f"--preflight expected a number of ranks >= 1, got {args.preflight}")
     if not (args.dist_timeout > 0 and math.isfinite(args.dist_timeout)):
         p.error(f"--dist-timeout expected a finite number of seconds > 0, got {args.dist_timeout}")
     if args.output_json is not None:
@@ -154,7 +161,7 @@ def _sync(device: torch.device) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    env = launch_env()
+    env = LaunchEnv(args.preflight, 0, 0) if args.preflight else launch_env()
     world, rank = env.world, env.rank
 
     ckpt: Path = args.checkpoint
@@ -191,6 +198,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     backend = args.backend or ("nccl" if device.type == "cuda" else "gloo")
     if world > 1 and backend == "nccl" and device.type != "cuda":
         _fail("--backend nccl needs --device cuda")
+    if args.preflight:
+        for local_rank in range(1, world):  # every rank of the launch finds its device
+            pick_device(args.device, local_rank)
+        return 0
     if device.type == "cuda" and not args.no_set_device:
         torch.cuda.set_device(device)
 

@@ -107,7 +107,7 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
     if (row_begin[e + 1] == row_begin[e]) continue;
     for (int64_t n0 = 0; n0 < N; n0 += kColsPerItem) items.push_back({e, n0});
   }
-  parallel_for(static_cast<int64_t>(items.size()), 1, ctx.cpu_threads, [&](int64_t begin, int64_t end) {
+  parallel_for(static_cast<int64_t>(items.size()), 1, ctx, [&](int64_t begin, int64_t end) {
     std::vector<float> wrows(static_cast<size_t>(kColsPerItem * K)), xrow(static_cast<size_t>(K));
     float h[kColsPerItem];
     for (int64_t it = begin; it < end; ++it) {
@@ -134,7 +134,7 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
   // The weighted combine of each output row's k slots, in slot order.
   const int32_t* scatter = a.scatter_idx.ptr<int32_t>();
   const bool weighted = a.combine_weight.present();
-  parallel_for(p.out_rows, 16, ctx.cpu_threads, [&](int64_t begin, int64_t end) {
+  parallel_for(p.out_rows, 16, ctx, [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
       for (int64_t c = 0; c < cols; ++c) {
         float v = 0.0f;

@@ -13,7 +13,7 @@ void quantize_mxfp4(const MxProblem& p, const TensorView& w, const TensorView& b
   const int64_t n_blocks = p.rows * (p.K / mxfp4::kBlock);
   uint8_t* codes = blocks.ptr<uint8_t>();
   uint8_t* scale_out = scales.ptr<uint8_t>();
-  parallel_for(n_blocks, 1024, ctx.cpu_threads, [&](int64_t begin, int64_t end) {
+  parallel_for(n_blocks, 1024, ctx, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       float v[mxfp4::kBlock];
       float amax = 0.0f;
@@ -46,7 +46,7 @@ void dequantize_mxfp4(const MxProblem& p, const TensorView& blocks, const Tensor
   const int64_t n_blocks = p.rows * (p.K / mxfp4::kBlock);
   const uint8_t* codes = blocks.ptr<uint8_t>();
   const uint8_t* scale_in = scales.ptr<uint8_t>();
-  parallel_for(n_blocks, 1024, ctx.cpu_threads, [&](int64_t begin, int64_t end) {
+  parallel_for(n_blocks, 1024, ctx, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const float scale = mxfp4::e8m0_to_float(scale_in[b]);
       for (int i = 0; i < mxfp4::kBytesPerBlock; ++i) {

@@ -1,7 +1,7 @@
-// A minimal fork-join loop for the CPU backend: splits [0, n) into contiguous chunks of at
-// least `grain` items over up to `threads` std::threads (the caller's thread takes the first
-// chunk). Results never depend on the thread count: each item is computed by one thread in
-// a fixed order.
+// The CPU backend's fork-join loop: the caller's pool (ExecContext::cpu_parallel; torch's
+// intra-op pool in the binding), else contiguous chunks of at least `grain` items over up to
+// ctx.cpu_threads std::threads (the caller's thread takes the first chunk). Results never
+// depend on the split: each item is computed by one thread in a fixed order.
 #pragma once
 
 #include <algorithm>
@@ -9,6 +9,8 @@
 #include <exception>
 #include <thread>
 #include <vector>
+
+#include "moekit/tensor.h"
 
 namespace moekit::cpu {
 
@@ -19,8 +21,13 @@ inline int resolve_threads(int requested) {
 }
 
 template <class Fn>  // Fn(int64_t begin, int64_t end)
-void parallel_for(int64_t n, int64_t grain, int threads, Fn&& fn) {
+void parallel_for(int64_t n, int64_t grain, const ExecContext& ctx, Fn&& fn) {
   if (n <= 0) return;
+  if (ctx.cpu_parallel) {
+    ctx.cpu_parallel(n, std::max<int64_t>(grain, 1), fn);
+    return;
+  }
+  const int threads = ctx.cpu_threads;
   const int64_t max_chunks = std::max<int64_t>(1, n / std::max<int64_t>(grain, 1));
   const int64_t chunks = std::min<int64_t>(resolve_threads(threads), max_chunks);
   if (chunks <= 1) {

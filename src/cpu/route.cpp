@@ -26,7 +26,7 @@ void route(const RouteProblem& p, const TensorView& logits, const RouteOutputs& 
   float* expert_weight = out.expert_weight.ptr<float>();
 
   // Top-k per token by insertion into a sorted list of k, then softmax over the chosen logits.
-  parallel_for(T, 64, ctx.cpu_threads, [&](int64_t begin, int64_t end) {
+  parallel_for(T, 64, ctx, [&](int64_t begin, int64_t end) {
     std::vector<float> best(k);
     std::vector<int> best_idx(k);
     for (int64_t t = begin; t < end; ++t) {

@@ -90,7 +90,7 @@ HostTensor random_dyadic(DType dtype, std::vector<int64_t> shape, int max, float
 }
 
 double swiglu_ref(double glu, double lin, double alpha, double limit) {
-  // DESIGN.md: g = min(h_glu, limit), l = clamp(h_lin, -limit, limit), g * sigmoid(alpha g) * (l + 1)
+  // docs/semantics.md: g = min(h_glu, limit), l = clamp(h_lin, -limit, limit), g * sigmoid(alpha g) * (l + 1)
   const double g = std::min(glu, limit);
   const double l = std::max(-limit, std::min(lin, limit));
   return g * (1.0 / (1.0 + std::exp(-alpha * g))) * (l + 1.0);
@@ -413,6 +413,18 @@ TEST(MatmulOgsCases, ResultsDoNotDependOnTheThreadCount) {
     if (first.empty()) first = pb.out.bytes();
     else EXPECT_EQ(pb.out.bytes(), first) << "cpu_threads " << threads;
   }
+  // A caller's pool (ExecContext::cpu_parallel, as the torch binding passes torch's): every chunk
+  // of `grain` items run, last chunk first, on the calling thread.
+  int calls = 0;
+  ExecContext pool;
+  pool.cpu_parallel = [&calls](int64_t n, int64_t grain, const ExecContext::ParallelBody& body) {
+    ++calls;
+    for (int64_t begin = (n - 1) / grain * grain; begin >= 0; begin -= grain) body(begin, std::min(n, begin + grain));
+  };
+  pb.out.poison();
+  matmul_ogs(pb.args(), pool);
+  EXPECT_GT(calls, 0);
+  EXPECT_EQ(pb.out.bytes(), first) << "with the caller's pool";
 }
 
 TEST(MatmulOgsCases, NanInARowPropagatesThroughSwiglu) {

@@ -1,6 +1,6 @@
 """float64 pure-torch references for moekit's ops, written to read as the spec.
 
-Sources: /work/shared/DESIGN.md (semantics), docs/design.md (the choices it leaves open) and
+Sources: docs/semantics.md (semantics), docs/design.md (the choices it leaves open) and
 docs/mxfp4.md (the MXFP4 format and scale rule). Nothing here imports moekit: these functions
 are the oracle the tests compare moekit against. They favour plain loops over speed.
 """

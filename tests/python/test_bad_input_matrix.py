@@ -21,8 +21,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def run_matrix(device: str) -> dict:
-    proc = subprocess.run([sys.executable, str(HERE / "bad_inputs.py"), "--device", device], capture_output=True,
-                          text=True, timeout=900, cwd=HERE)
+    no_site = ["-S"] if sys.flags.no_site else []  # keep the interpreter's setup (tools/sanitize.sh uses -S)
+    proc = subprocess.run([sys.executable, *no_site, str(HERE / "bad_inputs.py"), "--device", device],
+                          capture_output=True, text=True, timeout=900, cwd=HERE)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {r["id"]: r for r in map(json.loads, proc.stdout.splitlines())}
 

@@ -1,4 +1,4 @@
-"""The device rules of DESIGN.md on one GPU: current device and stream untouched, the caller's
+"""The device rules of docs/semantics.md on one GPU: current device and stream untouched, the caller's
 stream honoured, threads with their own streams, CUDA-graph capture, torch.compile, and two
 torchrun processes sharing the GPU. Skips without a CUDA GPU."""
 

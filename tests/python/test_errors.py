@@ -13,7 +13,7 @@ from conftest import TOLERANCE, MoeLayer, make_bias, make_weights, randn
 
 
 def test_mixed_device_message_names_both_devices(gen):
-    # DESIGN.md rule 1: the error names the op, the argument and both devices
+    # docs/semantics.md, rule 1: the error names the op, the argument and both devices
     args = moe_base(gen)
     args["mlp1_bias"] = meta(args["mlp1_bias"])
     with pytest.raises(ValueError) as info:

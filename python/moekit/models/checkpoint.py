@@ -16,6 +16,7 @@ import contextlib
 import math
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
@@ -276,8 +277,12 @@ def load_model(path: PathLike, device: Union[str, torch.device], *, rank: Option
         plan = [(name, tp.slices(config, name)) for name in specs]
         plan = [(name, slices) for name, slices in plan if slices is not None]
         total = sum(math.prod(specs[n].shape) * (2 if specs[n].dtype == "BF16" else 1) for n, _ in plan)
+        # A bar on a terminal; in a log (no terminal), one line once loaded instead of a frozen bar.
+        report = progress and tp.rank == 0
+        interactive = sys.stderr.isatty()
+        start = time.perf_counter()
         bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"loading {path.name}", file=sys.stderr,
-                   disable=not (progress and tp.rank == 0), leave=False)
+                   disable=not (report and interactive), leave=False)
         with bar, torch.no_grad():
             for name, slices in plan:
                 parts = [index.read(name, s) for s in slices]
@@ -294,5 +299,8 @@ def load_model(path: PathLike, device: Union[str, torch.device], *, rank: Option
                                           f"(corrupt file?)")
                 target.copy_(t)
                 bar.update(math.prod(specs[name].shape) * (2 if specs[name].dtype == "BF16" else 1))
+        if report and not interactive:
+            print(f"loaded {path.name}: {total / 1e6:.1f} MB in {time.perf_counter() - start:.2f} s", file=sys.stderr,
+                  flush=True)
     model.eval()
     return model
