@@ -2,7 +2,7 @@
 
     python -m moekit.generate [--checkpoint DIR] [--prompt TEXT] [--max-new-tokens N]
         [--device cpu|cuda|cuda:N] [--backend nccl|gloo] [--temperature T] [--top-p P] [--seed S]
-        [--no-set-device] [--dist-timeout SECONDS] [--preflight NPROC]
+        [--no-set-device] [--dist-timeout SECONDS] [--preflight NPROC] [--chat]
     torchrun --nproc-per-node N -m moekit.generate ...
 
 Every rank loads its shard (see moekit.models.TensorParallel) and generates; rank 0 prints its
@@ -42,8 +42,12 @@ DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m moekit.generate", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
-                   help="gpt-oss checkpoint directory (config.json, *.safetensors, tokenizer.json); "
+                   help="gpt-oss checkpoint directory in either published layout: a Hugging Face repository's root "
+                        "or its original/ folder (config.json, *.safetensors; tokenizer.json in it or its parent); "
                         "default: the shipped tiny model")
+    p.add_argument("--chat", action="store_true",
+                   help="the prompt as a user message in the checkpoint's chat template (gpt-oss: harmony); the reply "
+                        "stops at the end of the assistant's turn")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"text to continue (default: {DEFAULT_PROMPT!r})")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--device", default=None,
@@ -168,13 +172,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not ckpt.is_dir():
         hint = " (the shipped tiny model is missing: pass --checkpoint DIR)" if ckpt == DEFAULT_CHECKPOINT else ""
         _fail(f"checkpoint directory not found: {ckpt}{hint}")
-    tokenizer_path = ckpt / "tokenizer.json"
-    if not tokenizer_path.is_file():
-        _fail(f"checkpoint {ckpt}: tokenizer.json not found")
-
     from tokenizers import Tokenizer
 
-    from moekit.models import CheckpointError, read_config
+    from moekit import chat
+    from moekit.models import CheckpointError, find_tokenizer, read_config
+
+    tokenizer_path = find_tokenizer(ckpt)
+    if tokenizer_path is None:
+        _fail(f"checkpoint {ckpt}: tokenizer.json not found (looked in it and in its parent)")
 
     try:
         config = read_config(ckpt)
@@ -184,7 +189,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         tokenizer = Tokenizer.from_file(str(tokenizer_path))
     except Exception as e:
         _fail(f"{tokenizer_path}: cannot read the tokenizer: {e}")
-    prompt_ids = tokenizer.encode(args.prompt).ids
+    text, args.stop_ids = args.prompt, []
+    if args.chat:
+        text = chat.chat_prompt(ckpt, args.prompt)
+        if text is None:
+            _fail(f"--chat: checkpoint {ckpt} ships no chat template (chat_template.jinja or tokenizer_config.json's "
+                  f"chat_template, in it or its parent)")
+        args.stop_ids = chat.stop_ids(ckpt, tokenizer)
+    prompt_ids = tokenizer.encode(text, add_special_tokens=not args.chat).ids  # a chat template has its own
     if not prompt_ids:
         _fail(f"the prompt {args.prompt!r} encodes to no tokens")
     if max(prompt_ids) >= config.vocab_size:
@@ -245,7 +257,7 @@ def _generate(args: argparse.Namespace, tokenizer, prompt_ids: List[int], env: L
     _sync(device)
     start = time.perf_counter()
     new_ids = model.generate(prompt_ids, args.max_new_tokens, temperature=args.temperature,
-                             top_p=args.top_p, seed=args.seed)
+                             top_p=args.top_p, seed=args.seed, stop_ids=args.stop_ids)
     _sync(device)
     seconds = time.perf_counter() - start
 
@@ -254,12 +266,16 @@ def _generate(args: argparse.Namespace, tokenizer, prompt_ids: List[int], env: L
         all_ids = gather_ids(new_ids, args.max_new_tokens, world, device)
     status = 0
     if rank == 0:
-        status = report(tokenizer, args.prompt, prompt_ids, all_ids, seconds, world, device)
+        # A chat reply keeps its harmony markers (channels, end of turn) in view.
+        def decode(ids: List[int]) -> str:
+            return tokenizer.decode(ids, skip_special_tokens=not args.chat)
+
+        status = report(decode, args.prompt, prompt_ids, all_ids, seconds, world, device)
         if args.output_json is not None:
             args.output_json.write_text(json.dumps({
                 "world_size": world, "device": str(device), "dtype": args.dtype,
                 "prompt_ids": prompt_ids, "ranks": all_ids,
-                "text": tokenizer.decode(new_ids), "tokens_per_second": len(new_ids) / max(seconds, 1e-9),
+                "text": decode(new_ids), "tokens_per_second": len(new_ids) / max(seconds, 1e-9),
             }) + "\n")
     return status
 
@@ -280,11 +296,11 @@ def gather_ids(ids: List[int], max_len: int, world: int, device: torch.device) -
     return result
 
 
-def report(tokenizer, prompt: str, prompt_ids: List[int], all_ids: List[List[int]], seconds: float,
+def report(decode, prompt: str, prompt_ids: List[int], all_ids: List[List[int]], seconds: float,
            world: int, device: torch.device) -> int:
     mine = all_ids[0]
     print(f"prompt ({len(prompt_ids)} tokens): {prompt}")
-    print(f"rank 0: {tokenizer.decode(mine)}")
+    print(f"rank 0: {decode(mine)}")
     status = 0
     for r in range(1, world):
         other = all_ids[r]
@@ -293,7 +309,7 @@ def report(tokenizer, prompt: str, prompt_ids: List[int], all_ids: List[List[int
         else:
             status = 1
             at = next((i for i, (a, b) in enumerate(zip(mine, other)) if a != b), min(len(mine), len(other)))
-            print(f"rank {r}: DIFFERS from rank 0 from token {at} on: {tokenizer.decode(other)}")
+            print(f"rank {r}: DIFFERS from rank 0 from token {at} on: {decode(other)}")
     print(f"{len(mine)} tokens in {seconds:.3f} s: {len(mine) / max(seconds, 1e-9):.1f} tokens/s "
           f"(world size {world}, {device})", flush=True)
     return status

@@ -94,3 +94,36 @@ def safetensors_header(file: Path) -> Tuple[dict, int]:
     raw = file.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     return json.loads(raw[8:8 + n]), 8 + n
+
+
+# Harmony's markers, added to the published-repository fixture's tokenizer as special tokens.
+HARMONY_TOKENS = ["<|start|>", "<|message|>", "<|end|>", "<|return|>", "<|channel|>"]
+# A harmony-style chat template (the published one adds a system message and channels).
+CHAT_TEMPLATE = ("{%- for m in messages -%}<|start|>{{ m.role }}<|message|>{{ m.content }}<|end|>{%- endfor -%}"
+                 "{%- if add_generation_prompt -%}<|start|>assistant{%- endif -%}")
+
+
+def make_published_repository(root: Path, seed: int = 0, **overrides) -> Tuple[GptOssConfig, Dict[str, torch.Tensor]]:
+    """A tiny random gpt-oss repository laid out as the published one: the Hugging Face layout at
+    ``root`` (config.json with HF keys, safetensors shards of real names and dtypes with
+    model.safetensors.index.json, tokenizer.json with harmony's markers, chat_template.jinja,
+    generation_config.json) and the original layout in ``root/original`` (config.json,
+    model.safetensors; no tokenizer there, as published). Returns the config and float weights."""
+    from tokenizers import AddedToken, Tokenizer
+
+    from moekit.models import convert_checkpoint
+
+    root = Path(root)
+    original = root / "original"
+    original.mkdir(parents=True, exist_ok=True)
+    tok_path = make_tokenizer(root / "tokenizer.json")
+    tok = Tokenizer.from_file(str(tok_path))
+    tok.add_special_tokens([AddedToken(t, special=True) for t in HARMONY_TOKENS])
+    tok.save(str(tok_path))
+    config = tiny_config(**{"vocab_size": tok.get_vocab_size(with_added_tokens=True), **overrides})
+    state = random_float_state(config, seed)
+    save_checkpoint(original, config, state)
+    convert_checkpoint(original, root, "hf", max_shard_bytes=40_000)
+    (root / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    (root / "generation_config.json").write_text(json.dumps({"eos_token_id": [tok.token_to_id("<|return|>")]}))
+    return config, state

@@ -1,5 +1,6 @@
-"""Model code built on moekit's ops: gpt-oss (inference with MXFP4 MoE layers), its checkpoint
-format, and a plain-PyTorch reference of the same architecture.
+"""Model code built on moekit's ops: gpt-oss (inference with MXFP4 MoE layers), its checkpoints in
+both published layouts (original/ and Hugging Face), and a plain-PyTorch reference of the same
+architecture.
 
     from moekit.models import load_model
     model = load_model("path/to/checkpoint", "cuda:0")
@@ -9,12 +10,16 @@ format, and a plain-PyTorch reference of the same architecture.
 from moekit.models.checkpoint import (
     CheckpointError,
     CheckpointNotFoundError,
+    checkpoint_layout,
     checkpoint_tensors,
+    find_chat_template,
+    find_tokenizer,
     float_tensor_shapes,
     load_model,
     read_config,
     save_checkpoint,
 )
+from moekit.models.convert import convert_checkpoint
 from moekit.models.gpt_oss import GptOss, GptOssConfig, KVCache, TensorParallel, sample_next
 from moekit.models.gpt_oss_reference import ReferenceGptOss
 
@@ -26,7 +31,11 @@ __all__ = [
     "KVCache",
     "ReferenceGptOss",
     "TensorParallel",
+    "checkpoint_layout",
     "checkpoint_tensors",
+    "convert_checkpoint",
+    "find_chat_template",
+    "find_tokenizer",
     "float_tensor_shapes",
     "load_model",
     "read_config",

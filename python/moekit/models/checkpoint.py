@@ -1,8 +1,11 @@
-"""The published gpt-oss checkpoint layout: read it into :class:`GptOss`, write it from floats.
+"""gpt-oss checkpoints: read either published layout into :class:`GptOss`, write one from floats.
 
-A checkpoint is a directory with ``config.json`` (:class:`GptOssConfig`'s keys), one or more
-``*.safetensors`` files and, for the runner, ``tokenizer.json`` (HF ``tokenizers`` format).
-Tensor names and layouts (see :func:`checkpoint_tensors`): the MoE weights are MXFP4 pairs
+A checkpoint is a directory with ``config.json``, one or more ``*.safetensors`` files (with
+``model.safetensors.index.json`` when sharded) and, for the runner, ``tokenizer.json`` (HF
+``tokenizers`` format) in it or, for an ``original/`` folder, in its parent. Two layouts are
+read (:mod:`moekit.models.layouts`): the original one (OpenAI's ``original/`` folder, the one
+:func:`save_checkpoint` writes) and the Hugging Face repository's. Tensors are named here by
+the original layout (see :func:`checkpoint_tensors`): the MoE weights are MXFP4 pairs
 ``block.N.mlp.mlp1_weight.blocks`` [E, 2I, H/32, 16] / ``.scales`` [E, 2I, H/32] (uint8) and
 ``mlp2_weight`` [E, H, I/32, 16] / [E, H, I/32]; everything else is bfloat16.
 
@@ -13,7 +16,9 @@ also FileNotFoundError) naming the file and tensor, what was expected and what w
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import re
 import shutil
 import sys
 import time
@@ -22,6 +27,7 @@ from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 
+from moekit.models import layouts
 from moekit.models.gpt_oss import MXFP4_BLOCK, GptOss, GptOssConfig, TensorParallel
 
 PathLike = Union[str, Path]
@@ -29,6 +35,7 @@ PathLike = Union[str, Path]
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
 
 class CheckpointError(ValueError):
     """A gpt-oss checkpoint that cannot be loaded or written; the message says what and where."""
@@ -161,9 +168,7 @@ def save_checkpoint(path: PathLike, config: GptOssConfig, float_state_dict: Mapp
 
 # ------------------------------------------------------------------------------------ reading
 
-def read_config(path: PathLike) -> GptOssConfig:
-    """The config of checkpoint directory ``path`` (errors name the directory or file)."""
-    path = Path(path)
+def _config_json(path: Path) -> dict:
     if not path.exists():
         raise CheckpointNotFoundError(f"gpt-oss checkpoint directory not found: {path}")
     if not path.is_dir():
@@ -172,18 +177,76 @@ def read_config(path: PathLike) -> GptOssConfig:
     if not config_path.is_file():
         raise CheckpointNotFoundError(f"gpt-oss checkpoint {path}: {CONFIG_FILE} not found")
     try:
-        return GptOssConfig.from_json(config_path)
+        d = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"gpt-oss checkpoint: invalid {CONFIG_FILE}: {config_path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"gpt-oss checkpoint: invalid {CONFIG_FILE}: {config_path}: expected a JSON object")
+    return d
+
+
+def checkpoint_layout(path: PathLike) -> str:
+    """"original" or "hf": the layout of checkpoint directory ``path`` (from its config.json)."""
+    return layouts.detect(_config_json(Path(path)))
+
+
+def read_config(path: PathLike) -> GptOssConfig:
+    """The config of checkpoint directory ``path``, in either layout (errors name the file)."""
+    path = Path(path)
+    d = _config_json(path)
+    try:
+        if layouts.detect(d) == layouts.HF:
+            return layouts.config_from_hf(d, source=str(path / CONFIG_FILE))
+        return GptOssConfig.from_dict(d, source=str(path / CONFIG_FILE))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"gpt-oss checkpoint: invalid {CONFIG_FILE}: {e}") from None
 
 
+def find_beside(path: PathLike, name: str) -> Optional[Path]:
+    """File ``name`` in checkpoint directory ``path`` or, as the published repository keeps its
+    tokenizer beside its ``original/`` folder, in the parent directory."""
+    path = Path(path)
+    for directory in (path, path.parent):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def find_tokenizer(path: PathLike) -> Optional[Path]:
+    """tokenizer.json of checkpoint directory ``path`` (see :func:`find_beside`), or None."""
+    return find_beside(path, TOKENIZER_FILE)
+
+
+def find_chat_template(path: PathLike) -> Optional[str]:
+    """The chat template the checkpoint ships (chat_template.jinja, or tokenizer_config.json's
+    ``chat_template``), or None."""
+    jinja = find_beside(path, "chat_template.jinja")
+    if jinja is not None:
+        return jinja.read_text()
+    config = find_beside(path, "tokenizer_config.json")
+    if config is not None:
+        template = json.loads(config.read_text()).get("chat_template")
+        if isinstance(template, str):
+            return template
+    return None
+
+
 class _Index:
-    """Open safetensors files of one checkpoint: tensor name -> (file, handle), validated."""
+    """Open safetensors files of one checkpoint: tensor name -> (file, handle), validated. With
+    model.safetensors.index.json, its files and only those, each tensor where the index says."""
 
     def __init__(self, path: Path, stack: contextlib.ExitStack):
         from safetensors import safe_open
 
-        self.files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
+        weight_map = self._weight_map(path)
+        if weight_map is not None:
+            self.files = [path / f for f in sorted(set(weight_map.values()))]
+            for file in self.files:
+                if not file.is_file():
+                    raise CheckpointNotFoundError(f"gpt-oss checkpoint {path}: {file.name}, listed in {INDEX_FILE}, "
+                                                  f"not found")
+        else:
+            self.files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
         if not self.files:
             raise CheckpointNotFoundError(f"gpt-oss checkpoint {path}: no *.safetensors file")
         self.where: Dict[str, Tuple[Path, object]] = {}
@@ -197,7 +260,27 @@ class _Index:
             for key in keys:
                 if key in self.where:
                     raise CheckpointError(f"tensor {key!r} is in two files: {self.where[key][0]} and {file}")
+                if weight_map is not None and weight_map.get(key) != file.name:
+                    raise CheckpointError(f"{path / INDEX_FILE}: tensor {key!r} is in {file.name}, the index says "
+                                          f"{weight_map.get(key)!r}")
                 self.where[key] = (file, handle)
+        if weight_map is not None:
+            lost = sorted(set(weight_map) - set(self.where))
+            if lost:
+                raise CheckpointError(f"{path / INDEX_FILE}: tensor(s) {_names(lost)} listed but in no file")
+
+    @staticmethod
+    def _weight_map(path: Path) -> Optional[Dict[str, str]]:
+        index = path / INDEX_FILE
+        if not index.is_file():
+            return None
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: not a safetensors index (a JSON object with 'weight_map'): {e}") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: 'weight_map' expected an object of tensor name -> file name")
+        return weight_map
 
     def meta(self, name: str) -> Tuple[Tuple[int, ...], str]:
         file, handle = self.where[name]
@@ -215,11 +298,42 @@ class _Index:
             raise CheckpointError(f"{file}: cannot read tensor {name!r}: {e}") from None
 
 
+class _Tensors:
+    """A checkpoint's tensors under original-layout names, whichever layout it is stored in: the
+    stored specs to validate, and reads that assemble a tensor from its stored parts."""
+
+    def __init__(self, path: Path, config: GptOssConfig, stack: contextlib.ExitStack):
+        self.index = _Index(path, stack)
+        self.specs = checkpoint_tensors(config)
+        hf = checkpoint_layout(path) == layouts.HF
+        self.parts = {name: layouts.hf_parts(config, name) if hf else [layouts.Part(name, 0, -1)]
+                      for name in self.specs}
+        self.stored: Dict[str, TensorSpec] = {}
+        for name, spec in self.specs.items():
+            for p in self.parts[name]:
+                shape = spec.shape if p.stop < 0 else (p.stop - p.start, *spec.shape[1:])
+                dims = spec.dims if p.stop < 0 else f"rows {p.start}..{p.stop} of {name} ({spec.dims})"
+                self.stored[p.name] = TensorSpec(shape, spec.dtype, dims)
+
+    def file(self, name: str) -> Path:
+        return self.index.where[self.parts[name][0].name][0]
+
+    def read(self, name: str, index: tuple) -> torch.Tensor:
+        parts = self.parts[name]
+        if parts[0].stop < 0:
+            return self.index.read(parts[0].name, index)
+        rows, rest = index[0], index[1:]
+        start, stop, _ = rows.indices(parts[-1].stop)
+        return torch.cat([self.index.read(p.name, (slice(a, b), *rest))
+                          for p, a, b in layouts.split_rows(parts, start, stop)])
+
+
 def _check_tensors(path: Path, config: GptOssConfig, index: _Index, specs: Dict[str, TensorSpec]) -> None:
     present = set(index.where)
     missing = [n for n in specs if n not in present]
     extra = sorted(present - set(specs))
-    blocks_present = {int(n.split(".")[1]) for n in present if n.startswith("block.") and n.split(".")[1].isdigit()}
+    layer_of = re.compile(r"(?:block|model\.layers)\.(\d+)\.")
+    blocks_present = {int(m.group(1)) for m in map(layer_of.match, present) if m}
     n_layers = max(blocks_present) + 1 if blocks_present else 0
     if n_layers != config.num_hidden_layers and blocks_present:
         raise CheckpointError(
@@ -270,8 +384,8 @@ def load_model(path: PathLike, device: Union[str, torch.device], *, rank: Option
         raise CheckpointError(f"gpt-oss checkpoint {path}: {e}") from None
     specs = checkpoint_tensors(config)
     with contextlib.ExitStack() as stack:
-        index = _Index(path, stack)
-        _check_tensors(path, config, index, specs)
+        tensors = _Tensors(path, config, stack)
+        _check_tensors(path, config, tensors.index, tensors.stored)
         model = GptOss(config, device, dtype=dtype, tp=tp, group=group)
         dest = model.state_dict()
         plan = [(name, tp.slices(config, name)) for name in specs]
@@ -285,17 +399,17 @@ def load_model(path: PathLike, device: Union[str, torch.device], *, rank: Option
                    disable=not (report and interactive), leave=False)
         with bar, torch.no_grad():
             for name, slices in plan:
-                parts = [index.read(name, s) for s in slices]
+                parts = [tensors.read(name, s) for s in slices]
                 t = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
                 target = dest[name]
                 if tuple(t.shape) != tuple(target.shape):  # cannot happen for a checked checkpoint
                     raise CheckpointError(f"tensor {name!r}: rank {tp.rank} shard has shape {_fmt_shape(t.shape)}, "
                                           f"the model expects {_fmt_shape(target.shape)}")
                 if t.is_floating_point() and not torch.isfinite(t).all():
-                    raise CheckpointError(f"{index.where[name][0]}: tensor {name!r} holds non-finite values "
+                    raise CheckpointError(f"{tensors.file(name)}: tensor {name!r} holds non-finite values "
                                           f"(corrupt file?)")
                 if name.endswith(".scales") and (t == 255).any():
-                    raise CheckpointError(f"{index.where[name][0]}: tensor {name!r} holds the MXFP4 NaN scale 255 "
+                    raise CheckpointError(f"{tensors.file(name)}: tensor {name!r} holds the MXFP4 NaN scale 255 "
                                           f"(corrupt file?)")
                 target.copy_(t)
                 bar.update(math.prod(specs[name].shape) * (2 if specs[name].dtype == "BF16" else 1))

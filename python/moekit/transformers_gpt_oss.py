@@ -1,0 +1,142 @@
+"""moekit as the MoE of Hugging Face transformers' gpt-oss models.
+
+    import torch
+    from moekit.transformers_gpt_oss import from_pretrained
+
+    model = from_pretrained("path/to/gpt-oss-20b", device="cuda:1", dtype=torch.bfloat16)
+    ids = model.generate(input_ids.to("cuda:1"), max_new_tokens=32, do_sample=False)
+
+:func:`from_pretrained` builds transformers' ``GptOssForCausalLM`` from a checkpoint in either
+published layout (the repository's root or its ``original/`` folder) with every ``GptOssMLP``
+replaced by :class:`MoekitGptOssMLP`: the router and the experts run as one
+``moekit.moe_mlp`` call on the checkpoint's MXFP4 blocks and scales, which are never
+dequantized (transformers' own MXFP4 path needs triton_kernels, or dequantizes to bf16). The
+rest of the model (attention, norms, embeddings, ``generate``) is transformers' own. It works on
+the CPU and on any CUDA device, whichever device is current. Needs ``pip install
+moekit[transformers]`` (transformers 5.17).
+
+:func:`use_moekit` does the replacement on a model you built yourself (its experts' MXFP4
+tensors are then yours to load into the buffers named as in the checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+import moekit
+from moekit.models import layouts, read_config
+from moekit.models.checkpoint import _check_tensors, _Tensors
+
+try:
+    from transformers import GptOssConfig as HfGptOssConfig
+    from transformers import GptOssForCausalLM
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssMLP, GptOssRotaryEmbedding, GptOssTopKRouter
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise ImportError("moekit.transformers_gpt_oss needs transformers 5.17: pip install 'moekit[transformers]'") from e
+
+MXFP4_BLOCK = 32
+
+
+class MoekitGptOssExperts(nn.Module):
+    """The experts of one layer as the checkpoint stores them: MXFP4 blocks and scales (uint8) and
+    float biases, as buffers named like the checkpoint's tensors."""
+
+    def __init__(self, config: HfGptOssConfig):
+        super().__init__()
+        E, H, I = config.num_local_experts, config.hidden_size, config.intermediate_size
+        u8 = dict(dtype=torch.uint8)
+        self.register_buffer("gate_up_proj_blocks", torch.empty(E, 2 * I, H // MXFP4_BLOCK, 16, **u8))
+        self.register_buffer("gate_up_proj_scales", torch.empty(E, 2 * I, H // MXFP4_BLOCK, **u8))
+        self.register_buffer("gate_up_proj_bias", torch.empty(E, 2 * I))
+        self.register_buffer("down_proj_blocks", torch.empty(E, H, I // MXFP4_BLOCK, 16, **u8))
+        self.register_buffer("down_proj_scales", torch.empty(E, H, I // MXFP4_BLOCK, **u8))
+        self.register_buffer("down_proj_bias", torch.empty(E, H))
+        self.limit = float(getattr(config, "swiglu_limit", 7.0))
+
+
+class MoekitGptOssMLP(nn.Module):
+    """A drop-in for transformers' GptOssMLP: router (transformers' module, for its parameters)
+    and experts, computed by one moekit.moe_mlp call. Returns (hidden_states, None): the router
+    scores transformers' MLP also returns are only used for training losses."""
+
+    def __init__(self, config: HfGptOssConfig):
+        super().__init__()
+        self.router = GptOssTopKRouter(config)
+        self.experts = MoekitGptOssExperts(config)
+        self.experts_per_token = config.num_experts_per_tok
+
+    def forward(self, hidden_states: torch.Tensor):
+        e = self.experts
+        y = moekit.moe_mlp(hidden_states, self.router.weight, self.router.bias,
+                           (e.gate_up_proj_blocks, e.gate_up_proj_scales), e.gate_up_proj_bias,
+                           (e.down_proj_blocks, e.down_proj_scales), e.down_proj_bias,
+                           experts_per_token=self.experts_per_token, swiglu_limit=e.limit)
+        return y, None
+
+
+def use_moekit(model: GptOssForCausalLM) -> int:
+    """Replaces every GptOssMLP of ``model`` by a :class:`MoekitGptOssMLP` (on the meta device
+    if the model is there, else uninitialised on the MLP's device); returns how many."""
+    config = model.config
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, GptOssMLP):
+            device = module.router.weight.device
+            with torch.device(device):
+                model.set_submodule(name, MoekitGptOssMLP(config))
+            replaced += 1
+    return replaced
+
+
+def hf_config(path: Union[str, Path]) -> HfGptOssConfig:
+    """transformers' config for checkpoint ``path`` in either layout (an original/ folder's
+    config is translated into the published HF keys)."""
+    config = layouts.config_to_hf(read_config(path))
+    config.pop("quantization_config")  # the experts are moekit's; nothing for transformers to quantize
+    for key in ("architectures", "model_type"):
+        config.pop(key)
+    return HfGptOssConfig.from_dict(config)
+
+
+@torch.no_grad()
+def from_pretrained(path: Union[str, Path], device: Union[str, torch.device] = "cpu",
+                    dtype: torch.dtype = torch.bfloat16, attn_implementation: Optional[str] = "eager"
+                    ) -> GptOssForCausalLM:
+    """transformers' GptOssForCausalLM from checkpoint ``path`` on ``device``, its MoE layers run by
+    moekit on the checkpoint's MXFP4 weights; everything else in ``dtype``. Every tensor of the
+    model comes from the checkpoint (checked: a missing or misshapen one is a CheckpointError)."""
+    path, device = Path(path), torch.device(device)
+    config = hf_config(path)
+    config._attn_implementation = attn_implementation
+    with torch.device("meta"):
+        model = GptOssForCausalLM(config)
+    use_moekit(model)
+    model.to_empty(device=device)
+    model.to(dtype)  # floats only: the MXFP4 buffers stay uint8
+    targets = dict(model.named_parameters())
+    targets.update(model.named_buffers())
+    ours = read_config(path)
+    loaded = set()
+    with contextlib.ExitStack() as stack:
+        tensors = _Tensors(path, ours, stack)
+        _check_tensors(path, ours, tensors.index, tensors.stored)
+        for name in tensors.specs:
+            whole = tensors.read(name, (slice(None),))
+            for part in layouts.hf_parts(ours, name):
+                t = whole if part.stop < 0 else whole[part.start:part.stop]
+                target = targets[part.name]
+                target.copy_(t.to(target.dtype) if t.is_floating_point() else t)
+                loaded.add(part.name)
+    # Rotary tables are not in checkpoints: computed again on the device.
+    with torch.device(device):
+        model.model.rotary_emb = GptOssRotaryEmbedding(config=config)
+    left = sorted(n for n in targets if n not in loaded and not n.startswith("model.rotary_emb."))
+    if left:
+        raise RuntimeError(f"moekit.transformers_gpt_oss: tensors the checkpoint did not fill: {left[:6]}")
+    model.eval()
+    return model

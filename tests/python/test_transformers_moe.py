@@ -1,0 +1,97 @@
+"""moekit as the MoE of transformers' GptOssForCausalLM (moekit.transformers_gpt_oss): against
+transformers' own dequantized model in float32, on the CPU and (where there is one) on a GPU that
+is not the current device; and the torchrun scenario (one model per rank) with gloo on the CPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GptOssForCausalLM
+
+from gpt_oss_fixtures import make_published_repository
+from moekit.transformers_gpt_oss import MoekitGptOssMLP, from_pretrained
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPT = [[3, 17, 5, 9, 11, 2, 30, 8, 14, 21, 4, 6, 12, 19], [7, 7, 1, 40, 2, 3, 9, 9, 11, 5, 6, 13, 20, 22]]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gpt-oss-tiny")
+    make_published_repository(root, seed=8)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dequantized(repo):
+    return GptOssForCausalLM.from_pretrained(repo, dtype=torch.float32).float().eval()
+
+
+def assert_moekit_experts(model):
+    mlps = [layer.mlp for layer in model.model.layers]
+    assert mlps and all(isinstance(m, MoekitGptOssMLP) for m in mlps)
+    names = dict(model.named_parameters())
+    names.update(model.named_buffers())
+    assert not any(n.endswith(("experts.gate_up_proj", "experts.down_proj")) for n in names)  # no dense experts
+    assert names["model.layers.0.mlp.experts.gate_up_proj_blocks"].dtype == torch.uint8
+
+
+@pytest.mark.parametrize("layout", ["hf", "original"])
+def test_logits_match_transformers_dequantized_path_on_cpu(repo, dequantized, layout):
+    model = from_pretrained(repo if layout == "hf" else repo / "original", "cpu", dtype=torch.float32)
+    assert_moekit_experts(model)
+    ids = torch.tensor(PROMPT)
+    with torch.no_grad():
+        err = (model(ids).logits - dequantized(ids).logits).abs().max().item()
+    assert err < 1e-4, err
+    with torch.no_grad():
+        ours = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+        theirs = dequantized.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert torch.equal(ours, theirs)
+
+
+def test_bfloat16_model_runs_its_moe_in_moekit(repo):
+    model = from_pretrained(repo, "cpu", dtype=torch.bfloat16)
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    calls = []
+    handle = model.model.layers[0].mlp.register_forward_hook(lambda m, args, out: calls.append(out[0].dtype))
+    with torch.no_grad():
+        logits = model(torch.tensor(PROMPT)).logits
+    handle.remove()
+    assert calls == [torch.bfloat16] and torch.isfinite(logits).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_logits_match_on_a_gpu_that_is_not_the_current_device(repo, dequantized):
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    torch.cuda.set_device(0)
+    model = from_pretrained(repo, device, dtype=torch.float32)
+    ids = torch.tensor(PROMPT)
+    with torch.no_grad():
+        got = model(ids.to(device)).logits.cpu()
+        want = dequantized(ids).logits
+    assert torch.cuda.current_device() == 0
+    err = (got - want).abs().max().item()
+    assert err < 1e-4, err
+
+
+def run_example(repo, out, nproc):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    proc = subprocess.run([sys.executable, *launcher, str(ROOT / "examples" / "transformers_torchrun.py"),
+                           "--checkpoint", str(repo), "--device", "cpu", "--dtype", "float32", "--prompt",
+                           "the quick brown fox", "--max-new-tokens", "12", "--output-json", str(out)],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return json.loads(out.read_text())["ranks"]
+
+
+def test_torchrun_one_model_per_rank_with_gloo_agrees_with_one_process(repo, tmp_path):
+    one = run_example(repo, tmp_path / "one.json", 1)
+    two = run_example(repo, tmp_path / "two.json", 2)
+    assert len(one) == 1 and len(two) == 2
+    assert two == [one[0], one[0]]
