@@ -1,12 +1,16 @@
 """The sweep of docs/benchmark.md: one gpt-oss MoE layer (x -> y) on the GPU it finds.
 
     python bench/moe_layer.py [--experts 32 128] [--tokens 1 8 ...] [--out bench/results/NAME.json]
+        [--peer-dir .peers/triton_kernels-3.6.0]
 
 Measures both ceilings in the same run (device-to-device copy counting read + write; an
 8192^3 bf16 matmul), times moekit.moe_mlp captured in a CUDA graph (median of replays, L2 flushed
-before each) and eager, times the peer a user without moekit would write (bf16
-torch._grouped_mm on dequantized weights, eager), checks numerics against a float32 reference on
-the same dequantized weights, prints a table, writes JSON and a PNG of floor/time per row.
+before each) and eager, and beside it, in the same process: OpenAI's triton_kernels layer
+(bench/triton_kernels_peer.py; in a graph and eager) when --peer-dir holds the package, and the
+layer a user without either would write (bf16 torch._grouped_mm on dequantized weights, eager).
+Both libraries quantize the same float weights (values MXFP4 represents exactly, so both hold the
+same numbers) and get the same x. Numerics against a float32 reference on those weights; prints a
+table, writes JSON and a PNG of floor/time per row.
 """
 
 import datetime
@@ -53,14 +57,10 @@ def ceilings(dev):
 
 
 def make_layer(E, dev, gen):
+    """moekit's arguments; the float expert weights are what its MXFP4 blocks hold, exactly."""
     def mx(n, k):
-        blocks, scales = [], []
-        for _ in range(E):
-            w = torch.randn(n, k, device=dev, generator=gen) / k ** 0.5
-            b, s = moekit.quantize_mxfp4(w)
-            blocks.append(b)
-            scales.append(s)
-        return torch.stack(blocks), torch.stack(scales)
+        w = torch.randn(E, n, k, device=dev, generator=gen) / k ** 0.5
+        return moekit.quantize_mxfp4(w)
     return dict(gate_weight=(torch.randn(E, H, device=dev, generator=gen) / H ** 0.5).bfloat16(),
                 gate_bias=torch.zeros(E, device=dev, dtype=torch.bfloat16) + 0.01,
                 mlp1_weight=mx(2 * I, H), mlp1_bias=(0.1 * torch.randn(E, 2 * I, device=dev, generator=gen)).bfloat16(),
@@ -113,6 +113,9 @@ def main():
     dev = torch.device("cuda", torch.cuda.current_device())
     props = torch.cuda.get_device_properties(dev)
     ceil = ceilings(dev)
+    peer_dir = args.peer_dir if args.peer_dir is not None and args.peer_dir.is_dir() else None
+    if args.peer_dir is not None and peer_dir is None:
+        print(f"no triton_kernels peer at {args.peer_dir}: timing moekit and grouped_mm only")
     flush_buf = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
     flush = lambda: flush_buf.zero_()  # noqa: E731  (evicts L2 before each timed replay)
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -121,6 +124,11 @@ def main():
         layer = make_layer(E, dev, gen)
         w1, w2 = dequantized(layer)
         w1t, w2t = w1.transpose(1, 2), w2.transpose(1, 2)  # [E, H, 2I], [E, I, H] views for grouped_mm
+        tk = None
+        if peer_dir is not None:
+            from triton_kernels_peer import TritonKernelsLayer
+            tk = TritonKernelsLayer(peer_dir, layer["gate_weight"], layer["gate_bias"], w1.float(),
+                                    layer["mlp1_bias"], w2.float(), layer["mlp2_bias"], K)
         for T in args.tokens:
             x = torch.randn(T, H, device=dev, generator=gen).bfloat16()
             run = lambda: moekit.moe_mlp(x, **layer, experts_per_token=K)  # noqa: E731
@@ -137,19 +145,37 @@ def main():
             ref, top = reference_f32(x, layer, w1, w2)
             err = float((y_graph.float() - ref).norm() / ref.norm())
             peer_err = float((peer_y.float() - ref).norm() / ref.norm())
+            tk_row = {}
+            if tk is not None:
+                tk(x)  # warm-up: compiles its kernels for this shape
+                torch.cuda.synchronize(dev)
+                tk_eager_ms = median_ms(lambda: tk(x), reps, flush)
+                tk_graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(tk_graph):
+                    tk_y = tk(x)
+                tk_graph_ms = median_ms(tk_graph.replay, reps, flush)
+                tk_row = dict(tk_graph_us=tk_graph_ms * 1e3, tk_eager_us=tk_eager_ms * 1e3,
+                              tk_over_moekit=tk_graph_ms / graph_ms,
+                              tk_rel_err=float((tk_y.float() - ref).norm() / ref.norm()))
+                del tk_graph, tk_y
             hit = int(torch.unique(top).numel())
             bytes_ = hit * (H * 2 * I + I * H) * (0.5 + 1 / 32)
             flops = 2 * T * K * (H * 2 * I + I * H)
             floor_us = max(bytes_ / (ceil["copy_GBps"] * 1e3), flops / (ceil["bf16_gemm_TFLOPs"] * 1e6))
             row = dict(E=E, T=T, experts_hit=hit, floor_us=floor_us, moekit_graph_us=graph_ms * 1e3,
                        moekit_eager_us=eager_ms * 1e3, grouped_mm_eager_us=peer_ms * 1e3,
-                       floor_over_time=floor_us / (graph_ms * 1e3), rel_err=err, grouped_mm_rel_err=peer_err)
+                       floor_over_time=floor_us / (graph_ms * 1e3), rel_err=err, grouped_mm_rel_err=peer_err,
+                       **tk_row)
+            if tk_row:
+                row["tk_floor_over_time"] = floor_us / tk_row["tk_graph_us"]
             rows.append(row)
+            tk_text = (f"  tk graph {tk_row['tk_graph_us']:9.1f} us (tk/moekit {tk_row['tk_over_moekit']:.2f}, "
+                       f"err {tk_row['tk_rel_err']:.2e})" if tk_row else "")
             print(f"E={E:4d} T={T:5d} floor {floor_us:9.1f} us  moekit graph {graph_ms * 1e3:10.1f} us "
-                  f"eager {eager_ms * 1e3:10.1f} us  grouped_mm {peer_ms * 1e3:9.1f} us  "
-                  f"floor/time {row['floor_over_time']:.3f}  err {err:.2e} (peer {peer_err:.2e})", flush=True)
+                  f"eager {eager_ms * 1e3:10.1f} us  floor/time {row['floor_over_time']:.3f}  err {err:.2e}"
+                  f"{tk_text}  grouped_mm {peer_ms * 1e3:9.1f} us", flush=True)
             del graph, y_graph
-        del layer, w1, w2
+        del layer, w1, w2, tk
     commit = commit_of(args)
     smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                          capture_output=True, text=True).stdout.strip()
@@ -171,6 +197,8 @@ def plot(result, path):
         rows = [r for r in result["rows"] if r["E"] == E]
         ts = [r["T"] for r in rows]
         ax.plot(ts, [r["floor_over_time"] for r in rows], "o-", label="moekit (CUDA graph)")
+        if all("tk_graph_us" in r for r in rows):
+            ax.plot(ts, [r["tk_floor_over_time"] for r in rows], "^-", label="triton_kernels 3.6 (CUDA graph)")
         ax.plot(ts, [r["floor_us"] / r["grouped_mm_eager_us"] for r in rows], "s--", label="bf16 grouped_mm (eager)")
         ax.set_xscale("log")
         ax.set_yscale("log")
