@@ -147,17 +147,20 @@ def main():
             peer_err = float((peer_y.float() - ref).norm() / ref.norm())
             tk_row = {}
             if tk is not None:
-                tk(x)  # warm-up: compiles its kernels for this shape
+                tk_eager_y = tk(x)  # warm-up: compiles its kernels for this shape
                 torch.cuda.synchronize(dev)
                 tk_eager_ms = median_ms(lambda: tk(x), reps, flush)
                 tk_graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(tk_graph):
                     tk_y = tk(x)
                 tk_graph_ms = median_ms(tk_graph.replay, reps, flush)
+                tk_graph.replay()
+                torch.cuda.synchronize(dev)
                 tk_row = dict(tk_graph_us=tk_graph_ms * 1e3, tk_eager_us=tk_eager_ms * 1e3,
                               tk_over_moekit=tk_graph_ms / graph_ms,
-                              tk_rel_err=float((tk_y.float() - ref).norm() / ref.norm()))
-                del tk_graph, tk_y
+                              tk_rel_err=float((tk_eager_y.float() - ref).norm() / ref.norm()),
+                              tk_graph_equals_eager=bool(torch.equal(tk_y, tk_eager_y)))
+                del tk_graph, tk_y, tk_eager_y
             hit = int(torch.unique(top).numel())
             bytes_ = hit * (H * 2 * I + I * H) * (0.5 + 1 / 32)
             flops = 2 * T * K * (H * 2 * I + I * H)
@@ -170,7 +173,8 @@ def main():
                 row["tk_floor_over_time"] = floor_us / tk_row["tk_graph_us"]
             rows.append(row)
             tk_text = (f"  tk graph {tk_row['tk_graph_us']:9.1f} us (tk/moekit {tk_row['tk_over_moekit']:.2f}, "
-                       f"err {tk_row['tk_rel_err']:.2e})" if tk_row else "")
+                       f"err {tk_row['tk_rel_err']:.2e}, graph==eager {tk_row['tk_graph_equals_eager']})"
+                       if tk_row else "")
             print(f"E={E:4d} T={T:5d} floor {floor_us:9.1f} us  moekit graph {graph_ms * 1e3:10.1f} us "
                   f"eager {eager_ms * 1e3:10.1f} us  floor/time {row['floor_over_time']:.3f}  err {err:.2e}"
                   f"{tk_text}  grouped_mm {peer_ms * 1e3:9.1f} us", flush=True)

@@ -41,7 +41,10 @@ class TritonKernelsLayer:
         self.b1, self.b2 = b1.float(), b2.float()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        logits = torch.nn.functional.linear(x, self.gate_weight, self.gate_bias)
+        # The gate as moekit computes it (float32 logits), handed over in bf16: with bf16 logits
+        # near-ties route some tokens to other experts than the float32 reference's, and those
+        # tokens' errors would measure the gate's precision, not the MoE kernels.
+        logits = (x.float() @ self.gate_weight.float().T + self.gate_bias.float()).to(torch.bfloat16)
         xx, rdata, gi, si, _ = self._routing(x, logits, self.k)
         h = self._matmul_ogs(xx, self.w1, self.b1, rdata, gather_indx=gi, precision_config=self.pc1,
                              fused_activation=self.act)
