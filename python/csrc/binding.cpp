@@ -236,7 +236,7 @@ Tensor matmul_ogs(const Tensor& x, const Tensor& w, const OptTensor& w_scales, c
     a.out = view(op, "out", out);
     Tensor workspace;  // only the CUDA backend needs one
     if (p.device.type == moekit::DeviceType::kCUDA) {
-      workspace = at::empty({static_cast<int64_t>(moekit::matmul_ogs_workspace_bytes(p))}, options(p.device, at::kByte));
+      workspace = at::empty({static_cast<int64_t>(p.workspace.total)}, options(p.device, at::kByte));
       a.workspace = view(op, "workspace", workspace);
     }
     moekit::matmul_ogs(a, on.ctx());
@@ -265,8 +265,7 @@ Tensor moe_mlp(const Tensor& x, const Tensor& gate_weight, const OptTensor& gate
     const OnDevice on(p.device);
     Tensor y = at::empty({p.T, p.H}, options(p.device, x.scalar_type()));
     if (shapes_only(p.device)) return y;
-    Tensor workspace = at::empty({static_cast<int64_t>(moekit::moe_mlp_workspace_size(a))},
-                                 options(p.device, at::kByte));
+    Tensor workspace = at::empty({static_cast<int64_t>(p.workspace.total)}, options(p.device, at::kByte));
     a.y = view(op, "y", y);
     a.workspace = view(op, "workspace", workspace);
     moekit::moe_mlp(a, on.ctx());

@@ -94,6 +94,16 @@ void contiguous(const char* op, const char* arg, const TensorView& t) {
   if (!t.is_contiguous()) fail(Error::Kind::kValue, op, arg, "a contiguous tensor", "strides that are not");
 }
 
+void workspace(const char* op, const TensorView& t, size_t bytes) {
+  present(op, "workspace", t);
+  dtype(op, "workspace", t, {DType::kUInt8});
+  contiguous(op, "workspace", t);
+  if (t.ndim != 1 || static_cast<size_t>(t.numel()) < bytes) {
+    fail(Error::Kind::kValue, op, "workspace", "a 1-D buffer of at least " + std::to_string(bytes) + " bytes",
+         t.shape_str());
+  }
+}
+
 Device same_device(const char* op, const std::vector<std::pair<const char*, const TensorView*>>& tensors) {
   const char* first_name = nullptr;
   Device dev;

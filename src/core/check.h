@@ -30,6 +30,9 @@ void on_device(const char* op, const char* arg, const TensorView& t, const Devic
 
 std::string shape_str(const std::vector<int64_t>& shape);
 
+// A workspace: a contiguous 1-D uint8 buffer of at least `bytes` bytes.
+void workspace(const char* op, const TensorView& t, size_t bytes);
+
 // Size arithmetic that refuses overflow: every element count, byte size, offset and workspace
 // size goes through these, so a shape too large to count is refused (naming the op and the
 // argument it came from) instead of wrapping around.

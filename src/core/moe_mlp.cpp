@@ -24,10 +24,7 @@ auto accept_step(const char* step, const char* arg, Accept&& accept) -> decltype
 
 }  // namespace
 
-size_t moe_mlp_workspace_size(const MoeMlpArgs& args) {
-  const MoeMlpProblem p = check_moe_mlp_inputs(args);
-  return moe_mlp_workspace_layout(p, args.x.dtype).total;
-}
+size_t moe_mlp_workspace_size(const MoeMlpArgs& args) { return check_moe_mlp_inputs(args).workspace.total; }
 
 void moe_mlp(const MoeMlpArgs& a, const ExecContext& ctx) {
   const MoeMlpProblem p = check_moe_mlp_inputs(a);
@@ -35,7 +32,7 @@ void moe_mlp(const MoeMlpArgs& a, const ExecContext& ctx) {
   check_backend("moe_mlp", p.device);
   if (p.T == 0) return;
 
-  const MoeMlpWorkspace ws = moe_mlp_workspace_layout(p, a.x.dtype);
+  const MoeMlpWorkspace& ws = p.workspace;
   char* base = a.workspace.ptr<char>();
   const Device dev = p.device;
   const int64_t T = p.T, E = p.E, k = p.k;

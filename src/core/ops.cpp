@@ -113,7 +113,7 @@ void route(const TensorView& logits, int k, const RouteOutputs& out, const ExecC
 }
 
 size_t matmul_ogs_workspace_size(const MatmulOgsArgs& args) {
-  return matmul_ogs_workspace_bytes(check_matmul_ogs_inputs(args));
+  return check_matmul_ogs_inputs(args).workspace.total;
 }
 
 void matmul_ogs(const MatmulOgsArgs& args, const ExecContext& ctx) { run_matmul_ogs(accept_matmul_ogs(args), args, ctx); }

@@ -226,7 +226,7 @@ MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a) {
   p.device = check::same_device(op, {{"x", &a.x}, {"w", &a.w.values}, {"w_scales", &a.w.scales}, {"bias", &a.bias},
                                      {"expert_offsets", &a.expert_offsets}, {"gather_idx", &a.gather_idx},
                                      {"scatter_idx", &a.scatter_idx}, {"combine_weight", &a.combine_weight}});
-  matmul_ogs_workspace_layout(p);  // refuses a workspace too large to count
+  p.workspace = matmul_ogs_workspace_layout(p);
   return p;
 }
 
@@ -242,8 +242,6 @@ MatmulOgsWorkspace matmul_ogs_workspace_layout(const MatmulOgsProblem& p) {
   return w;
 }
 
-size_t matmul_ogs_workspace_bytes(const MatmulOgsProblem& p) { return matmul_ogs_workspace_layout(p).total; }
-
 void check_matmul_ogs_outputs(const MatmulOgsProblem& p, const MatmulOgsArgs& a) {
   const char* op = "matmul_ogs";
   check_tensor(op, "out", a.out, {a.x.dtype, DType::kFloat32}, {p.out_rows, p.out_cols});
@@ -252,58 +250,9 @@ void check_matmul_ogs_outputs(const MatmulOgsProblem& p, const MatmulOgsArgs& a)
 
 // -------------------------------------------------------------------------------------- moe_mlp
 
-MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a) {
-  const char* op = "moe_mlp";
-  check_tensor(op, "x", a.x, kFloatTypes, {-1, -1});
-  MoeMlpProblem p;
-  p.T = a.x.shape[0];
-  p.H = a.x.shape[1];
-  check_tensor(op, "gate_weight", a.gate_weight, kFloatTypes, {-1, p.H});
-  p.E = a.gate_weight.shape[0];
-  if (p.E < 1) fail(kValue, op, "gate_weight", "at least one expert row", a.gate_weight.shape_str());
-  check_optional(op, "gate_bias", a.gate_bias, kFloatTypes, {p.E});
-  const WeightDims w1 = check_expert_weights(op, "mlp1_weight", "mlp1_scales", a.mlp1, p.H);
-  if (w1.E != p.E) fail(kValue, op, "mlp1_weight", std::to_string(p.E) + " experts (rows of gate_weight)", std::to_string(w1.E));
-  if (w1.N % 2 != 0) fail(kValue, op, "mlp1_weight", "an even number of rows 2I (interleaved SwiGLU pairs)", std::to_string(w1.N));
-  p.I = w1.N / 2;
-  check_optional(op, "mlp1_bias", a.mlp1_bias, kFloatTypes, {p.E, 2 * p.I});
-  const WeightDims w2 = check_expert_weights(op, "mlp2_weight", "mlp2_scales", a.mlp2, p.I);
-  if (w2.E != p.E || w2.N != p.H) {
-    fail(kValue, op, "mlp2_weight", "shape [" + std::to_string(p.E) + ", " + std::to_string(p.H) + ", " +
-         std::to_string(p.I) + "] (E, H, I)", a.mlp2.values.shape_str());
-  }
-  check_optional(op, "mlp2_bias", a.mlp2_bias, kFloatTypes, {p.E, p.H});
-  check::at_most(op, "gate_weight", "experts", p.E, kMaxIndex - 1, "int32 expert offsets");
-  if (a.experts_per_token < 1 || a.experts_per_token > p.E) {
-    fail(kValue, op, "experts_per_token", "1 <= k <= " + std::to_string(p.E) + " (the number of experts)",
-         std::to_string(a.experts_per_token));
-  }
-  p.k = static_cast<int>(a.experts_per_token);
-  check::at_most(op, "x", "token-slots T * k", check::mul(op, "x", p.T, p.k), kMaxIndex, "int32 routing indices");
-  check::finite(op, "swiglu_alpha", a.swiglu_alpha, false);
-  check::finite(op, "swiglu_limit", a.swiglu_limit, true);
-  p.device = check::same_device(op, {{"x", &a.x}, {"gate_weight", &a.gate_weight}, {"gate_bias", &a.gate_bias},
-                                     {"mlp1_weight", &a.mlp1.values}, {"mlp1_scales", &a.mlp1.scales},
-                                     {"mlp1_bias", &a.mlp1_bias}, {"mlp2_weight", &a.mlp2.values},
-                                     {"mlp2_scales", &a.mlp2.scales}, {"mlp2_bias", &a.mlp2_bias},
-                                     {"y", &a.y}, {"workspace", &a.workspace}});
-  moe_mlp_workspace_layout(p, a.x.dtype);  // refuses a workspace too large to count
-  return p;
-}
+namespace {
 
-void check_moe_mlp_outputs(const MoeMlpProblem& p, const MoeMlpArgs& a) {
-  const char* op = "moe_mlp";
-  check_tensor(op, "y", a.y, {a.x.dtype}, {p.T, p.H});
-  check::present(op, "workspace", a.workspace);
-  check::dtype(op, "workspace", a.workspace, {DType::kUInt8});
-  check::contiguous(op, "workspace", a.workspace);
-  const size_t need = moe_mlp_workspace_layout(p, a.x.dtype).total;
-  if (a.workspace.ndim != 1 || static_cast<size_t>(a.workspace.numel()) < need) {
-    fail(kValue, op, "workspace", "a 1-D buffer of at least " + std::to_string(need) + " bytes",
-         a.workspace.shape_str());
-  }
-}
-
+// Where the layer's intermediates go; throws if a size does not fit in int64.
 MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype) {
   const char* op = "moe_mlp";
   MoeMlpWorkspace w;
@@ -340,12 +289,59 @@ MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype) 
   check::mul(op, "mlp2_weight", check::mul(op, "mlp2_weight", slots, p.H), sizeof(float));  // mlp2's combine rows
   int64_t matmul = 0;
   for (const MatmulOgsProblem* m : {&gate, &mlp1, &mlp2}) {
-    const int64_t bytes = static_cast<int64_t>(matmul_ogs_workspace_bytes(*m));
+    const int64_t bytes = static_cast<int64_t>(matmul_ogs_workspace_layout(*m).total);
     matmul = bytes > matmul ? bytes : matmul;
   }
   w.matmul = layout.take("x", matmul, 1);
   w.total = layout.size();
   return w;
+}
+
+}  // namespace
+
+MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a) {
+  const char* op = "moe_mlp";
+  check_tensor(op, "x", a.x, kFloatTypes, {-1, -1});
+  MoeMlpProblem p;
+  p.T = a.x.shape[0];
+  p.H = a.x.shape[1];
+  check_tensor(op, "gate_weight", a.gate_weight, kFloatTypes, {-1, p.H});
+  p.E = a.gate_weight.shape[0];
+  if (p.E < 1) fail(kValue, op, "gate_weight", "at least one expert row", a.gate_weight.shape_str());
+  check_optional(op, "gate_bias", a.gate_bias, kFloatTypes, {p.E});
+  const WeightDims w1 = check_expert_weights(op, "mlp1_weight", "mlp1_scales", a.mlp1, p.H);
+  if (w1.E != p.E) fail(kValue, op, "mlp1_weight", std::to_string(p.E) + " experts (rows of gate_weight)", std::to_string(w1.E));
+  if (w1.N % 2 != 0) fail(kValue, op, "mlp1_weight", "an even number of rows 2I (interleaved SwiGLU pairs)", std::to_string(w1.N));
+  p.I = w1.N / 2;
+  check_optional(op, "mlp1_bias", a.mlp1_bias, kFloatTypes, {p.E, 2 * p.I});
+  const WeightDims w2 = check_expert_weights(op, "mlp2_weight", "mlp2_scales", a.mlp2, p.I);
+  if (w2.E != p.E || w2.N != p.H) {
+    fail(kValue, op, "mlp2_weight", "shape [" + std::to_string(p.E) + ", " + std::to_string(p.H) + ", " +
+         std::to_string(p.I) + "] (E, H, I)", a.mlp2.values.shape_str());
+  }
+  check_optional(op, "mlp2_bias", a.mlp2_bias, kFloatTypes, {p.E, p.H});
+  check::at_most(op, "gate_weight", "experts", p.E, kMaxIndex - 1, "int32 expert offsets");
+  if (a.experts_per_token < 1 || a.experts_per_token > p.E) {
+    fail(kValue, op, "experts_per_token", "1 <= k <= " + std::to_string(p.E) + " (the number of experts)",
+         std::to_string(a.experts_per_token));
+  }
+  p.k = static_cast<int>(a.experts_per_token);
+  check::at_most(op, "x", "token-slots T * k", check::mul(op, "x", p.T, p.k), kMaxIndex, "int32 routing indices");
+  check::finite(op, "swiglu_alpha", a.swiglu_alpha, false);
+  check::finite(op, "swiglu_limit", a.swiglu_limit, true);
+  p.device = check::same_device(op, {{"x", &a.x}, {"gate_weight", &a.gate_weight}, {"gate_bias", &a.gate_bias},
+                                     {"mlp1_weight", &a.mlp1.values}, {"mlp1_scales", &a.mlp1.scales},
+                                     {"mlp1_bias", &a.mlp1_bias}, {"mlp2_weight", &a.mlp2.values},
+                                     {"mlp2_scales", &a.mlp2.scales}, {"mlp2_bias", &a.mlp2_bias},
+                                     {"y", &a.y}, {"workspace", &a.workspace}});
+  p.workspace = moe_mlp_workspace_layout(p, a.x.dtype);
+  return p;
+}
+
+void check_moe_mlp_outputs(const MoeMlpProblem& p, const MoeMlpArgs& a) {
+  const char* op = "moe_mlp";
+  check_tensor(op, "y", a.y, {a.x.dtype}, {p.T, p.H});
+  check::workspace(op, a.workspace, p.workspace.total);
 }
 
 }  // namespace moekit

@@ -40,6 +40,13 @@ struct RouteProblem {
 RouteProblem check_route_inputs(const TensorView& logits, int64_t k);
 void check_route_outputs(const RouteProblem& p, const RouteOutputs& out);
 
+// matmul_ogs's workspace (CUDA backend; byte offsets, 256-aligned): the list of row tiles
+// (int2 per tile of at least kMinTileRows rows, and their count) and, with scatter, the float32
+// rows [P, out_cols] that the combine sums. A function of shapes alone.
+struct MatmulOgsWorkspace {
+  size_t tiles = 0, tile_count = 0, combine = 0, total = 0;
+};
+
 struct MatmulOgsProblem {
   int64_t M = 0;  // rows of x
   int64_t K = 0, N = 0, E = 0;
@@ -49,27 +56,12 @@ struct MatmulOgsProblem {
   bool mxfp4 = false, gather = false, scatter = false, swiglu = false;
   int64_t out_rows = 0, out_cols = 0;
   Device device;
+  MatmulOgsWorkspace workspace;  // laid out by check_matmul_ogs_inputs (sizes checked)
 };
 MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a);
-// matmul_ogs's workspace (CUDA backend; byte offsets, 256-aligned): the list of row tiles
-// (int2 per tile of at least kMinTileRows rows, and their count) and, with scatter, the float32
-// rows [P, out_cols] that the combine sums. A function of shapes alone; check_matmul_ogs_inputs
-// has made sure its sizes fit.
-struct MatmulOgsWorkspace {
-  size_t tiles = 0, tile_count = 0, combine = 0, total = 0;
-};
+// The workspace of a problem's shapes; throws if its sizes do not fit in int64.
 MatmulOgsWorkspace matmul_ogs_workspace_layout(const MatmulOgsProblem& p);
-size_t matmul_ogs_workspace_bytes(const MatmulOgsProblem& p);
 void check_matmul_ogs_outputs(const MatmulOgsProblem& p, const MatmulOgsArgs& a);
-
-struct MoeMlpProblem {
-  int64_t T = 0, H = 0, E = 0, I = 0;
-  int k = 0;
-  Device device;
-};
-MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a);
-// y and the workspace (at least moe_mlp_workspace_layout(...).total bytes).
-void check_moe_mlp_outputs(const MoeMlpProblem& p, const MoeMlpArgs& a);
 
 // Where moe_mlp keeps its intermediates inside the workspace (byte offsets, 256-aligned).
 struct MoeMlpWorkspace {
@@ -84,6 +76,16 @@ struct MoeMlpWorkspace {
   size_t matmul = 0;         // the workspace of each matmul_ogs (gate, mlp1, mlp2; one at a time)
   size_t total = 0;
 };
-MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype);
+
+struct MoeMlpProblem {
+  int64_t T = 0, H = 0, E = 0, I = 0;
+  int k = 0;
+  Device device;
+  MoeMlpWorkspace workspace;  // laid out by check_moe_mlp_inputs (sizes checked)
+};
+MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a);
+// y and the workspace (at least p.workspace.total bytes).
+void check_moe_mlp_outputs(const MoeMlpProblem& p, const MoeMlpArgs& a);
+
 
 }  // namespace moekit

@@ -115,14 +115,8 @@ bool aligned_16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 
 // grid.x of the 64-row tiled kernel (the most blocks of any), and the combine's grid.
 void can_implement_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a) {
   const char* op = "matmul_ogs";
-  const MatmulOgsWorkspace ws = matmul_ogs_workspace_layout(p);
-  check::present(op, "workspace", a.workspace);
-  check::dtype(op, "workspace", a.workspace, {DType::kUInt8});
+  check::workspace(op, a.workspace, p.workspace.total);
   check::on_device(op, "workspace", a.workspace, p.device, "x");
-  if (static_cast<size_t>(a.workspace.numel()) < ws.total || !a.workspace.is_contiguous()) {
-    check::fail(Error::Kind::kValue, op, "workspace", "a contiguous buffer of at least " + std::to_string(ws.total) + " bytes",
-                a.workspace.shape_str());
-  }
   require_aligned(op, "workspace", a.workspace, 16);
   if (p.mxfp4) require_aligned(op, "w", a.w.values, 16);
   constexpr int64_t kMaxGridX = 2147483647, kMaxGridY = 65535;
@@ -138,7 +132,7 @@ void can_implement_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a)
 
 void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecContext& ctx) {
   const char* op = "matmul_ogs";
-  const MatmulOgsWorkspace ws = matmul_ogs_workspace_layout(p);
+  const MatmulOgsWorkspace& ws = p.workspace;
   DeviceGuard guard(p.device.index);
   const cudaStream_t stream = stream_of(op, p.device, ctx);
 
