@@ -61,7 +61,7 @@ struct MatmulOgsArgs {
   TensorView combine_weight;  // optional f32 [T, k], only with scatter_idx
   Swiglu swiglu;
   TensorView out;
-  // uint8 buffer of at least matmul_ogs_workspace_size() bytes on the tensors' device, which
+  // 1-D uint8 buffer of at least matmul_ogs_workspace_size() bytes on the tensors' device, which
   // the CUDA backend needs (its list of row tiles; float32 rows before a scatter's combine).
   TensorView workspace;
 };
@@ -72,7 +72,7 @@ void matmul_ogs(const MatmulOgsArgs& args, const ExecContext& ctx = {});
 // The gpt-oss MoE layer: gate, route, mlp1 + SwiGLU, mlp2, combine (see docs/semantics.md).
 //   x [T, H] f32/bf16, gate_weight [E, H], gate_bias [E], mlp1 [E, 2I, H], mlp1_bias [E, 2I],
 //   mlp2 [E, H, I], mlp2_bias [E, H]; y [T, H] with x's dtype.
-// `workspace` is a uint8 buffer on the same device of at least moe_mlp_workspace_size() bytes.
+// `workspace` is a 1-D uint8 buffer on the same device of at least moe_mlp_workspace_size() bytes.
 struct MoeMlpArgs {
   TensorView x;
   TensorView gate_weight;

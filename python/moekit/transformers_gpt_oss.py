@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 import moekit
-from moekit.models import layouts, read_config
-from moekit.models.checkpoint import _check_tensors, _Tensors
+from moekit.models import GptOssConfig, layouts, read_config
+from moekit.models.checkpoint import CheckpointTensors
 
 try:
     from transformers import GptOssConfig as HfGptOssConfig
@@ -93,10 +93,9 @@ def use_moekit(model: GptOssForCausalLM) -> int:
     return replaced
 
 
-def hf_config(path: Union[str, Path]) -> HfGptOssConfig:
-    """transformers' config for checkpoint ``path`` in either layout (an original/ folder's
-    config is translated into the published HF keys)."""
-    config = layouts.config_to_hf(read_config(path))
+def hf_config(ours: GptOssConfig) -> HfGptOssConfig:
+    """transformers' config for moekit's config of a checkpoint in either layout."""
+    config = layouts.config_to_hf(ours)
     config.pop("quantization_config")  # the experts are moekit's; nothing for transformers to quantize
     for key in ("architectures", "model_type"):
         config.pop(key)
@@ -111,7 +110,8 @@ def from_pretrained(path: Union[str, Path], device: Union[str, torch.device] = "
     moekit on the checkpoint's MXFP4 weights; everything else in ``dtype``. Every tensor of the
     model comes from the checkpoint (checked: a missing or misshapen one is a CheckpointError)."""
     path, device = Path(path), torch.device(device)
-    config = hf_config(path)
+    ours = read_config(path)
+    config = hf_config(ours)
     config._attn_implementation = attn_implementation
     with torch.device("meta"):
         model = GptOssForCausalLM(config)
@@ -120,11 +120,9 @@ def from_pretrained(path: Union[str, Path], device: Union[str, torch.device] = "
     model.to(dtype)  # floats only: the MXFP4 buffers stay uint8
     targets = dict(model.named_parameters())
     targets.update(model.named_buffers())
-    ours = read_config(path)
     loaded = set()
     with contextlib.ExitStack() as stack:
-        tensors = _Tensors(path, ours, stack)
-        _check_tensors(path, ours, tensors.index, tensors.stored)
+        tensors = CheckpointTensors(path, ours, stack)
         for name in tensors.specs:
             whole = tensors.read(name, (slice(None),))
             for part in layouts.hf_parts(ours, name):

@@ -298,9 +298,11 @@ class _Index:
             raise CheckpointError(f"{file}: cannot read tensor {name!r}: {e}") from None
 
 
-class _Tensors:
-    """A checkpoint's tensors under original-layout names, whichever layout it is stored in: the
-    stored specs to validate, and reads that assemble a tensor from its stored parts."""
+class CheckpointTensors:
+    """A checkpoint's tensors under original-layout names, whichever layout it is stored in,
+    validated on opening (every tensor present, nothing extra, the dtypes and shapes config.json
+    implies), read by assembling each from its stored parts. The files stay open as long as
+    ``stack``."""
 
     def __init__(self, path: Path, config: GptOssConfig, stack: contextlib.ExitStack):
         self.index = _Index(path, stack)
@@ -314,6 +316,7 @@ class _Tensors:
                 shape = spec.shape if p.stop < 0 else (p.stop - p.start, *spec.shape[1:])
                 dims = spec.dims if p.stop < 0 else f"rows {p.start}..{p.stop} of {name} ({spec.dims})"
                 self.stored[p.name] = TensorSpec(shape, spec.dtype, dims)
+        _check_tensors(path, config, self.index, self.stored)
 
     def file(self, name: str) -> Path:
         return self.index.where[self.parts[name][0].name][0]
@@ -384,8 +387,7 @@ def load_model(path: PathLike, device: Union[str, torch.device], *, rank: Option
         raise CheckpointError(f"gpt-oss checkpoint {path}: {e}") from None
     specs = checkpoint_tensors(config)
     with contextlib.ExitStack() as stack:
-        tensors = _Tensors(path, config, stack)
-        _check_tensors(path, config, tensors.index, tensors.stored)
+        tensors = CheckpointTensors(path, config, stack)
         model = GptOss(config, device, dtype=dtype, tp=tp, group=group)
         dest = model.state_dict()
         plan = [(name, tp.slices(config, name)) for name in specs]

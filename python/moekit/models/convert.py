@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from moekit.models import layouts
-from moekit.models.checkpoint import (CONFIG_FILE, INDEX_FILE, CheckpointError, PathLike, _check_tensors, _Tensors,
+from moekit.models.checkpoint import (CONFIG_FILE, INDEX_FILE, CheckpointError, CheckpointTensors, PathLike,
                                       find_beside, read_config)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json",
@@ -41,8 +41,7 @@ def convert_checkpoint(src: PathLike, dst: PathLike, layout: str, max_shard_byte
     from safetensors.torch import save_file
 
     with contextlib.ExitStack() as stack:
-        tensors = _Tensors(src, config, stack)
-        _check_tensors(src, config, tensors.index, tensors.stored)
+        tensors = CheckpointTensors(src, config, stack)
         # target name -> (original name, rows or None for the whole tensor)
         plan: Dict[str, tuple] = {}
         sizes: Dict[str, int] = {}
@@ -61,9 +60,8 @@ def convert_checkpoint(src: PathLike, dst: PathLike, layout: str, max_shard_byte
         for file, names in zip(files, shards):
             out = {}
             for target in names:
-                name, rows = plan[target]
-                t = tensors.read(name, (slice(None),))
-                out[target] = (t[rows[0]:rows[1]] if rows else t).contiguous()
+                name, rows = plan[target]  # q, k and v read as their rows of qkv, not qkv thrice
+                out[target] = tensors.read(name, (slice(*rows) if rows else slice(None),)).contiguous()
                 weight_map[target] = file
             save_file(out, str(dst / file), metadata={"format": "pt"})
     if len(files) > 1 or layout == layouts.HF:
