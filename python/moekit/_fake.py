@@ -22,7 +22,7 @@ def _hints(sizes) -> Optional[List[int]]:
     """Concrete values of (possibly symbolic) sizes; None where one has no hint (data-dependent)."""
     try:
         return [size_hint(s) for s in sizes]
-    except Exception:  # an unbacked size: nothing to check it against until the real call
+    except RuntimeError:  # an unbacked size (data-dependent): nothing to check it against until the real call
         return None
 
 

@@ -445,6 +445,13 @@ def moe_custom(**changes):
     return make
 
 
+def element_free_layer(T: int, I: int):
+    """A raw moe_mlp call on tensors without elements (H = 0): T tokens, one expert of width I."""
+    return raw("moe_mlp", x=zeros(T, 0), gate_weight=zeros(1, 0), gate_bias=None, mlp1_weight=zeros(1, 2 * I, 0),
+               mlp1_scales=None, mlp1_bias=None, mlp2_weight=zeros(1, 0, I), mlp2_scales=None, mlp2_bias=None,
+               experts_per_token=1, swiglu_alpha=1.702, swiglu_limit=7.0)
+
+
 def requires_grad(t, g):
     return t.float().requires_grad_()
 
@@ -455,18 +462,11 @@ def sparse(t, g):
 
 CASES += [
     # 2. sizes too large to count, or beyond int32 indices (element-free tensors)
-    Case("moe_mlp", "workspace_overflow", None, VE, "mlp1_weight", ("64 bits",),
-         custom=raw("moe_mlp", x=zeros(1, 0), gate_weight=zeros(1, 0), gate_bias=None, mlp1_weight=zeros(1, 2 * BIG, 0),
-                    mlp1_scales=None, mlp1_bias=None, mlp2_weight=zeros(1, 0, BIG), mlp2_scales=None, mlp2_bias=None,
-                    experts_per_token=1, swiglu_alpha=1.702, swiglu_limit=7.0)),
+    Case("moe_mlp", "workspace_overflow", None, VE, "mlp1_weight", ("64 bits",), custom=element_free_layer(1, BIG)),
     Case("moe_mlp", "tokens_2_63", None, VE, "x", ("int32 routing indices",),
-         custom=raw("moe_mlp", x=zeros(2 ** 63 - 1, 0), gate_weight=zeros(1, 0), gate_bias=None,
-                    mlp1_weight=zeros(1, 64, 0), mlp1_scales=None, mlp1_bias=None, mlp2_weight=zeros(1, 0, 32),
-                    mlp2_scales=None, mlp2_bias=None, experts_per_token=1, swiglu_alpha=1.702, swiglu_limit=7.0)),
+         custom=element_free_layer(2 ** 63 - 1, 32)),
     Case("moe_mlp", "tokens_2_40_element_free", None, VE, "x", ("int32 routing indices",),
-         custom=raw("moe_mlp", x=zeros(2 ** 40, 0), gate_weight=zeros(1, 0), gate_bias=None,
-                    mlp1_weight=zeros(1, 64, 0), mlp1_scales=None, mlp1_bias=None, mlp2_weight=zeros(1, 0, 32),
-                    mlp2_scales=None, mlp2_bias=None, experts_per_token=1, swiglu_alpha=1.702, swiglu_limit=7.0)),
+         custom=element_free_layer(2 ** 40, 32)),
     Case("matmul_ogs", "rows_2_31", None, VE, "x", ("int32 row indices",),
          custom=raw("matmul_ogs", x=zeros(2 ** 31, 0), w=zeros(1, 4, 0), w_scales=None, bias=None,
                     expert_offsets=None, gather_idx=None, scatter_idx=None, combine_weight=None, swiglu=False,

@@ -138,3 +138,23 @@ class MoeLayer:
         y = ref.moe_mlp(x2, self.gate_weight, self.gate_bias, self.w1.dense, self.b1, self.w2.dense, self.b2,
                         experts_per_token=k, swiglu_alpha=alpha, swiglu_limit=limit, act_dtype=x.dtype)
         return y.reshape(x.shape)
+
+
+@pytest.fixture(scope="session")
+def published_repo(tmp_path_factory):
+    """A tiny random gpt-oss repository laid out as the published one (gpt_oss_fixtures.py):
+    (its root, its config)."""
+    from gpt_oss_fixtures import make_published_repository
+
+    root = tmp_path_factory.mktemp("gpt-oss-tiny")
+    config, _ = make_published_repository(root, seed=5)
+    return root, config
+
+
+@pytest.fixture(scope="session")
+def transformers_dequantized(published_repo):
+    """transformers' own GptOssForCausalLM of that repository: its CPU path dequantizes the MXFP4
+    experts; everything in float32 (the dequantized values are exact in any float dtype)."""
+    from transformers import GptOssForCausalLM
+
+    return GptOssForCausalLM.from_pretrained(published_repo[0], dtype=torch.float32).float().eval()

@@ -11,9 +11,7 @@ import sys
 
 import pytest
 import torch
-from transformers import GptOssForCausalLM
-
-from gpt_oss_fixtures import HARMONY_TOKENS, make_published_repository
+from gpt_oss_fixtures import HARMONY_TOKENS
 from moekit.models import (CheckpointError, CheckpointNotFoundError, checkpoint_layout, convert_checkpoint,
                            find_tokenizer, load_model, read_config)
 
@@ -21,23 +19,8 @@ PROMPT = [3, 17, 5, 9, 11, 2, 30, 8, 14, 21, 4, 6, 12, 19]  # longer than the sl
 NEW = 16
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gpt-oss-tiny")
-    config, _ = make_published_repository(root, seed=5)
-    return root, config
-
-
-@pytest.fixture(scope="module")
-def transformers_model(repo):
-    """transformers' own model of the repository root: MXFP4 experts dequantized (its CPU path),
-    everything in float32 (the dequantized values are exact in any float dtype)."""
-    model = GptOssForCausalLM.from_pretrained(repo[0], dtype=torch.float32)
-    return model.float().eval()
-
-
-def test_the_fixture_is_laid_out_as_published(repo):
-    root, config = repo
+def test_the_fixture_is_laid_out_as_published(published_repo):
+    root, config = published_repo
     assert checkpoint_layout(root) == "hf" and checkpoint_layout(root / "original") == "original"
     index = json.loads((root / "model.safetensors.index.json").read_text())["weight_map"]
     shards = set(index.values())
@@ -53,16 +36,16 @@ def test_the_fixture_is_laid_out_as_published(repo):
     assert read_config(root) == read_config(root / "original") == config
 
 
-def test_both_layouts_load_to_the_same_model(repo):
-    root, _ = repo
+def test_both_layouts_load_to_the_same_model(published_repo):
+    root, _ = published_repo
     ids = torch.tensor(PROMPT)
     a = load_model(root, "cpu", dtype=torch.float32, progress=False)
     b = load_model(root / "original", "cpu", dtype=torch.float32, progress=False)
     assert torch.equal(a(ids), b(ids))
 
 
-def test_conversion_round_trips_bit_for_bit(repo, tmp_path):
-    root, _ = repo
+def test_conversion_round_trips_bit_for_bit(published_repo, tmp_path):
+    root, _ = published_repo
     convert_checkpoint(root, tmp_path / "original", "original")
     assert (tmp_path / "original" / "model.safetensors").read_bytes() == (root / "original" / "model.safetensors").read_bytes()
     convert_checkpoint(root / "original", tmp_path / "hf", "hf", max_shard_bytes=40_000)
@@ -72,18 +55,18 @@ def test_conversion_round_trips_bit_for_bit(repo, tmp_path):
 
 
 @pytest.mark.parametrize("layout", ["hf", "original"])
-def test_runner_matches_transformers(repo, transformers_model, layout):
-    root, _ = repo
+def test_runner_matches_transformers(published_repo, transformers_dequantized, layout):
+    root, _ = published_repo
     path = root if layout == "hf" else root / "original"
     ours = load_model(path, "cpu", dtype=torch.float32, progress=False)
     ids = torch.tensor(PROMPT)
     with torch.no_grad():
-        theirs = transformers_model(ids[None]).logits[0]
+        theirs = transformers_dequantized(ids[None]).logits[0]
     err = (ours(ids) - theirs).abs().max().item()
     assert err < 1e-4, err
     new = ours.generate(PROMPT, NEW)
     with torch.no_grad():
-        out = transformers_model.generate(ids[None], max_new_tokens=NEW, do_sample=False, eos_token_id=None,
+        out = transformers_dequantized.generate(ids[None], max_new_tokens=NEW, do_sample=False, eos_token_id=None,
                                           pad_token_id=0)
     assert new == out[0, len(PROMPT):].tolist()
 
@@ -94,8 +77,8 @@ def run_cli(*args):
                            "--dtype", "float32", *map(str, args)], capture_output=True, text=True, timeout=120, env=env)
 
 
-def test_runner_cli_on_the_root_and_on_original(repo, tmp_path):
-    root, _ = repo
+def test_runner_cli_on_the_root_and_on_original(published_repo, tmp_path):
+    root, _ = published_repo
     outs = []
     for path in (root, root / "original"):
         out = tmp_path / f"{path.name}.json"
@@ -106,8 +89,8 @@ def test_runner_cli_on_the_root_and_on_original(repo, tmp_path):
     assert outs[0] == outs[1]
 
 
-def test_chat_prompt_in_the_checkpoints_template_stops_at_its_end_of_turn(repo, tmp_path):
-    root, _ = repo
+def test_chat_prompt_in_the_checkpoints_template_stops_at_its_end_of_turn(published_repo, tmp_path):
+    root, _ = published_repo
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(root / "tokenizer.json"))
@@ -132,16 +115,16 @@ def test_chat_prompt_in_the_checkpoints_template_stops_at_its_end_of_turn(repo, 
     assert set(HARMONY_TOKENS) <= set(tok.get_vocab(with_added_tokens=True))
 
 
-def test_without_a_chat_template_chat_is_a_clear_error(repo, tmp_path):
-    root, _ = repo
+def test_without_a_chat_template_chat_is_a_clear_error(published_repo, tmp_path):
+    root, _ = published_repo
     shutil.copytree(root / "original", tmp_path / "original")
     shutil.copy(root / "tokenizer.json", tmp_path / "tokenizer.json")
     proc = run_cli("--checkpoint", tmp_path / "original", "--chat")
     assert proc.returncode == 2 and "ships no chat template" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_broken_repositories_are_clear_errors(repo, tmp_path):
-    root, _ = repo
+def test_broken_repositories_are_clear_errors(published_repo, tmp_path):
+    root, _ = published_repo
     bad = tmp_path / "bad"
     shutil.copytree(root, bad)
     shard = sorted(bad.glob("model-*.safetensors"))[1]

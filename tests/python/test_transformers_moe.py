@@ -10,25 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import GptOssForCausalLM
-
-from gpt_oss_fixtures import make_published_repository
 from moekit.transformers_gpt_oss import MoekitGptOssMLP, from_pretrained
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = [[3, 17, 5, 9, 11, 2, 30, 8, 14, 21, 4, 6, 12, 19], [7, 7, 1, 40, 2, 3, 9, 9, 11, 5, 6, 13, 20, 22]]
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gpt-oss-tiny")
-    make_published_repository(root, seed=8)
-    return root
-
-
-@pytest.fixture(scope="module")
-def dequantized(repo):
-    return GptOssForCausalLM.from_pretrained(repo, dtype=torch.float32).float().eval()
 
 
 def assert_moekit_experts(model):
@@ -41,20 +26,23 @@ def assert_moekit_experts(model):
 
 
 @pytest.mark.parametrize("layout", ["hf", "original"])
-def test_logits_match_transformers_dequantized_path_on_cpu(repo, dequantized, layout):
+def test_logits_match_transformers_dequantized_path_on_cpu(published_repo, transformers_dequantized, layout):
+    repo, _ = published_repo
     model = from_pretrained(repo if layout == "hf" else repo / "original", "cpu", dtype=torch.float32)
     assert_moekit_experts(model)
     ids = torch.tensor(PROMPT)
     with torch.no_grad():
-        err = (model(ids).logits - dequantized(ids).logits).abs().max().item()
+        err = (model(ids).logits - transformers_dequantized(ids).logits).abs().max().item()
     assert err < 1e-4, err
     with torch.no_grad():
         ours = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
-        theirs = dequantized.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+        theirs = transformers_dequantized.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None,
+                                                   pad_token_id=0)
     assert torch.equal(ours, theirs)
 
 
-def test_bfloat16_model_runs_its_moe_in_moekit(repo):
+def test_bfloat16_model_runs_its_moe_in_moekit(published_repo):
+    repo, _ = published_repo
     model = from_pretrained(repo, "cpu", dtype=torch.bfloat16)
     assert model.model.embed_tokens.weight.dtype == torch.bfloat16
     calls = []
@@ -66,14 +54,15 @@ def test_bfloat16_model_runs_its_moe_in_moekit(repo):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_logits_match_on_a_gpu_that_is_not_the_current_device(repo, dequantized):
+def test_logits_match_on_a_gpu_that_is_not_the_current_device(published_repo, transformers_dequantized):
+    repo, _ = published_repo
     device = torch.device("cuda", torch.cuda.device_count() - 1)
     torch.cuda.set_device(0)
     model = from_pretrained(repo, device, dtype=torch.float32)
     ids = torch.tensor(PROMPT)
     with torch.no_grad():
         got = model(ids.to(device)).logits.cpu()
-        want = dequantized(ids).logits
+        want = transformers_dequantized(ids).logits
     assert torch.cuda.current_device() == 0
     err = (got - want).abs().max().item()
     assert err < 1e-4, err
@@ -90,7 +79,8 @@ def run_example(repo, out, nproc):
     return json.loads(out.read_text())["ranks"]
 
 
-def test_torchrun_one_model_per_rank_with_gloo_agrees_with_one_process(repo, tmp_path):
+def test_torchrun_one_model_per_rank_with_gloo_agrees_with_one_process(published_repo, tmp_path):
+    repo, _ = published_repo
     one = run_example(repo, tmp_path / "one.json", 1)
     two = run_example(repo, tmp_path / "two.json", 2)
     assert len(one) == 1 and len(two) == 2
