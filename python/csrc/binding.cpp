@@ -3,7 +3,8 @@
 // moekit::Error -> the matching Python exception. Calls on meta tensors are validated by the
 // same C++ checks and return meta outputs without running (python/moekit/_fake.py sends fake
 // and meta calls here). The ops are inference-only: an Autograd kernel refuses inputs that
-// require grad while grad mode is on, and tensors of other layouts (sparse) are refused by name.
+// require grad while grad mode is on; calls no kernel takes (sparse tensors, None, other
+// devices) are refused by name.
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
@@ -70,9 +71,6 @@ std::string layout_name(at::Layout layout) {
 
 TensorView view(const char* op, const char* arg, const Tensor& t) {
   if (!t.defined()) refuse(moekit::Error::Kind::kValue, op, arg, "a tensor", "None");
-  if (t.layout() != at::kStrided) {
-    refuse(moekit::Error::Kind::kType, op, arg, "a dense (strided) tensor", "layout " + layout_name(t.layout()));
-  }
   TensorView v;
   switch (t.scalar_type()) {
     case at::kFloat: v.dtype = DType::kFloat32; break;
@@ -278,51 +276,45 @@ Tensor moe_mlp(const Tensor& x, const Tensor& gate_weight, const OptTensor& gate
 // "moekit.<op>" from the schema's "moekit::<op>".
 std::string op_name(const c10::OperatorHandle& op) { return "moekit." + op.schema().name().substr(8); }
 
-// The op's arguments on a boxed stack, with their schema names.
-template <class Fn>  // Fn(const std::string& name, const c10::IValue& value)
+// The op's arguments on a boxed stack, with their schema entries.
+template <class Fn>  // Fn(const c10::Argument& arg, const c10::IValue& value)
 void for_each_argument(const c10::OperatorHandle& op, const torch::jit::Stack* stack, Fn&& fn) {
   const auto& args = op.schema().arguments();
-  for (size_t i = 0; i < args.size(); ++i) fn(args[i].name(), (*stack)[stack->size() - args.size() + i]);
+  for (size_t i = 0; i < args.size(); ++i) fn(args[i], (*stack)[stack->size() - args.size() + i]);
 }
 
 // The Autograd kernel: moekit has no backward, so with grad mode on an input that requires grad
 // is refused at the call (instead of outputs that silently carry no gradient).
 void inference_only(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
   if (c10::GradMode::is_enabled()) {
-    for_each_argument(op, stack, [&](const std::string& name, const c10::IValue& v) {
-      TORCH_CHECK(!(v.isTensor() && v.toTensor().requires_grad()), op_name(op), ": '", name,
+    for_each_argument(op, stack, [&](const c10::Argument& arg, const c10::IValue& v) {
+      TORCH_CHECK(!(v.isTensor() && v.toTensor().requires_grad()), op_name(op), ": '", arg.name(),
                   "' requires grad, but moekit ops are inference-only (they have no backward); call them under "
-                  "torch.no_grad() or torch.inference_mode(), or pass ", name, ".detach()");
+                  "torch.no_grad() or torch.inference_mode(), or pass ", arg.name(), ".detach()");
     });
   }
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
 }
 
-// The kernel of the sparse dispatch keys: names the argument that is not a dense tensor.
-void dense_only(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
-  for_each_argument(op, stack, [&](const std::string& name, const c10::IValue& v) {
-    if (v.isTensor() && v.toTensor().layout() != at::kStrided) {
-      TORCH_CHECK_TYPE(false, op_name(op), ": '", name, "' expected a dense (strided) tensor, got layout ",
-                       layout_name(v.toTensor().layout()));
-    }
+// The kernel of calls no backend kernel of moekit takes (registered for the sparse dispatch keys
+// and as the fallback of every other key): it names the argument that sent the call here, a
+// tensor of another layout first (mixed with dense tensors, that is what did), then None for a
+// required tensor, then a tensor on a device moekit has no backend for.
+void refuse_call(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
+  auto defined = [](const c10::IValue& v) { return v.isTensor() && v.toTensor().defined(); };
+  for_each_argument(op, stack, [&](const c10::Argument& arg, const c10::IValue& v) {
+    TORCH_CHECK_TYPE(!defined(v) || v.toTensor().layout() == at::kStrided, op_name(op), ": '", arg.name(),
+                     "' expected a dense (strided) tensor, got layout ", layout_name(v.toTensor().layout()));
   });
-  TORCH_CHECK(false, op_name(op), ": expected dense (strided) tensors");
-}
-
-// The kernel of calls no backend kernel takes: no tensor at all (None for a required tensor), or
-// tensors of a device moekit has no backend for.
-void unsupported_call(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
-  const auto& args = op.schema().arguments();
-  for (size_t i = 0; i < args.size(); ++i) {
-    const c10::IValue& v = (*stack)[stack->size() - args.size() + i];
-    const bool optional = args[i].type()->kind() == c10::TypeKind::OptionalType;
-    const bool absent = v.isNone() || (v.isTensor() && !v.toTensor().defined());
-    TORCH_CHECK_VALUE(!(absent && !optional && args[i].type()->kind() == c10::TypeKind::TensorType), op_name(op),
-                      ": '", args[i].name(), "' expected a tensor, got None");
-    TORCH_CHECK_VALUE(!(v.isTensor() && v.toTensor().defined()), op_name(op), ": '", args[i].name(),
-                      "' expected a CPU, CUDA or meta tensor, got ", v.isTensor() ? v.toTensor().device().str() : "");
-  }
+  for_each_argument(op, stack, [&](const c10::Argument& arg, const c10::IValue& v) {
+    TORCH_CHECK_VALUE(defined(v) || arg.type()->kind() != c10::TypeKind::TensorType, op_name(op), ": '",
+                      arg.name(), "' expected a tensor, got None");
+  });
+  for_each_argument(op, stack, [&](const c10::Argument& arg, const c10::IValue& v) {
+    TORCH_CHECK_VALUE(!defined(v), op_name(op), ": '", arg.name(), "' expected a CPU, CUDA or meta tensor, got ",
+                      defined(v) ? v.toTensor().device().str() : "");
+  });
   TORCH_CHECK(false, op_name(op), ": no kernel for these arguments");
 }
 
@@ -382,14 +374,14 @@ TORCH_LIBRARY_IMPL(moekit, Autograd, m) {
 }
 
 TORCH_LIBRARY_IMPL(moekit, CompositeExplicitAutograd, m) {
-  for (const char* op : kOps) m.impl(op, torch::CppFunction::makeFromBoxedFunction<&unsupported_call>());
+  for (const char* op : kOps) m.impl(op, torch::CppFunction::makeFromBoxedFunction<&refuse_call>());
 }
 
-#define MOEKIT_REFUSE_LAYOUT(key)                                                                          \
+#define MOEKIT_REFUSE_CALLS(key)                                                                          \
   TORCH_LIBRARY_IMPL(moekit, key, m) {                                                                     \
-    for (const char* op : kOps) m.impl(op, torch::CppFunction::makeFromBoxedFunction<&dense_only>());      \
+    for (const char* op : kOps) m.impl(op, torch::CppFunction::makeFromBoxedFunction<&refuse_call>());     \
   }
-MOEKIT_REFUSE_LAYOUT(SparseCPU)
-MOEKIT_REFUSE_LAYOUT(SparseCUDA)
-MOEKIT_REFUSE_LAYOUT(SparseCsrCPU)
-MOEKIT_REFUSE_LAYOUT(SparseCsrCUDA)
+MOEKIT_REFUSE_CALLS(SparseCPU)
+MOEKIT_REFUSE_CALLS(SparseCUDA)
+MOEKIT_REFUSE_CALLS(SparseCsrCPU)
+MOEKIT_REFUSE_CALLS(SparseCsrCUDA)
