@@ -189,13 +189,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         tokenizer = Tokenizer.from_file(str(tokenizer_path))
     except Exception as e:
         _fail(f"{tokenizer_path}: cannot read the tokenizer: {e}")
-    text, args.stop_ids = args.prompt, []
+    text, stop_ids = args.prompt, []
     if args.chat:
         text = chat.chat_prompt(ckpt, args.prompt)
         if text is None:
             _fail(f"--chat: checkpoint {ckpt} ships no chat template (chat_template.jinja or tokenizer_config.json's "
                   f"chat_template, in it or its parent)")
-        args.stop_ids = chat.stop_ids(ckpt, tokenizer)
+        stop_ids = chat.stop_ids(ckpt, tokenizer)
     prompt_ids = tokenizer.encode(text, add_special_tokens=not args.chat).ids  # a chat template has its own
     if not prompt_ids:
         _fail(f"the prompt {args.prompt!r} encodes to no tokens")
@@ -224,7 +224,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 dist.init_process_group("nccl", device_id=device, timeout=timeout)
             else:
                 dist.init_process_group("gloo", timeout=timeout)
-        return _generate(args, tokenizer, prompt_ids, env, device)
+        return _generate(args, tokenizer, prompt_ids, stop_ids, env, device)
     except RuntimeError as e:
         if world == 1 or not _is_lost_peer(e):
             raise
@@ -242,7 +242,7 @@ def _is_lost_peer(e: RuntimeError) -> bool:
     return isinstance(e, dist.DistError) or "gloo" in str(e)
 
 
-def _generate(args: argparse.Namespace, tokenizer, prompt_ids: List[int], env: LaunchEnv,
+def _generate(args: argparse.Namespace, tokenizer, prompt_ids: List[int], stop_ids: List[int], env: LaunchEnv,
               device: torch.device) -> int:
     """Loads this rank's shard, generates, and on rank 0 reports (and writes --output-json)."""
     from moekit.models import CheckpointError, load_model
@@ -257,7 +257,7 @@ def _generate(args: argparse.Namespace, tokenizer, prompt_ids: List[int], env: L
     _sync(device)
     start = time.perf_counter()
     new_ids = model.generate(prompt_ids, args.max_new_tokens, temperature=args.temperature,
-                             top_p=args.top_p, seed=args.seed, stop_ids=args.stop_ids)
+                             top_p=args.top_p, seed=args.seed, stop_ids=stop_ids)
     _sync(device)
     seconds = time.perf_counter() - start
 
