@@ -1,9 +1,13 @@
-"""What the benchmarks share: the sweep's arguments and the commit a result belongs to."""
+"""What the benchmarks share: the sweep's arguments, the commit and driver a result belongs to, the
+ceilings measured in the same run, and event timing."""
 
 import argparse
+import statistics
 import subprocess
 from pathlib import Path
 from typing import Optional
+
+import torch
 
 
 def sweep_arguments(description: str) -> argparse.ArgumentParser:
@@ -26,3 +30,36 @@ def commit_of(args: argparse.Namespace) -> Optional[str]:
         return args.commit
     git = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], capture_output=True, text=True)
     return git.stdout.strip() if git.returncode == 0 else None
+
+
+def driver_version() -> str:
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True)
+    return smi.stdout.strip().splitlines()[0] if smi.returncode == 0 and smi.stdout.strip() else "unknown"
+
+
+def median_ms(fn, reps, flush=None):
+    times = []
+    for _ in range(reps):
+        if flush is not None:
+            flush()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def ceilings(dev):
+    src = torch.empty(2 << 30, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    copy_ms = median_ms(lambda: dst.copy_(src), 10)
+    a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    mm_ms = median_ms(lambda: a @ b, 10)
+    del src, dst, a, b
+    return {"copy_GBps": 2 * (2 << 30) / copy_ms / 1e6, "bf16_gemm_TFLOPs": 2 * 8192 ** 3 / mm_ms / 1e9}

@@ -15,45 +15,16 @@ table, writes JSON and a PNG of floor/time per row.
 
 import datetime
 import json
-import statistics
-import subprocess
 from pathlib import Path
 
 import torch
 
 import moekit
-from common import commit_of, sweep_arguments
+from common import ceilings, commit_of, driver_version, median_ms, sweep_arguments
 
 H = I = 2880
 K = 4
 ALPHA, LIMIT = 1.702, 7.0
-
-
-def median_ms(fn, reps, flush=None):
-    times = []
-    for _ in range(reps):
-        if flush is not None:
-            flush()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def ceilings(dev):
-    src = torch.empty(2 << 30, dtype=torch.uint8, device=dev)
-    dst = torch.empty_like(src)
-    copy_ms = median_ms(lambda: dst.copy_(src), 10)
-    a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    mm_ms = median_ms(lambda: a @ b, 10)
-    del src, dst, a, b
-    return {"copy_GBps": 2 * (2 << 30) / copy_ms / 1e6, "bf16_gemm_TFLOPs": 2 * 8192 ** 3 / mm_ms / 1e9}
 
 
 def make_layer(E, dev, gen):
@@ -181,9 +152,7 @@ def main():
             del graph, y_graph
         del layer, w1, w2, tk
     commit = commit_of(args)
-    smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                         capture_output=True, text=True).stdout.strip()
-    result = dict(gpu=props.name, driver=smi, commit=commit, date=datetime.date.today().isoformat(),
+    result = dict(gpu=props.name, driver=driver_version(), commit=commit, date=datetime.date.today().isoformat(),
                   torch=torch.__version__, ceilings=ceil, H=H, I=I, k=K, rows=rows)
     out = args.out or Path("bench/results") / f"moe_layer_{props.name.replace(' ', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

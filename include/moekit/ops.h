@@ -92,4 +92,40 @@ struct MoeMlpArgs {
 size_t moe_mlp_workspace_size(const MoeMlpArgs& args);
 void moe_mlp(const MoeMlpArgs& args, const ExecContext& ctx = {});
 
+// The residual add and RMSNorm between gpt-oss's blocks, in one pass:
+//   sum[t] = residual[t] + x[t]                                   (rounded to x's dtype)
+//   out[t] = sum[t] / sqrt(mean_i(sum[t, i]^2) + eps) * scale     (float32, rounded to x's dtype)
+// x, residual [T, H] f32/bf16 (one dtype); scale f32 [H]; sum, out [T, H] x's dtype.
+void add_rms_norm(const TensorView& x, const TensorView& residual, const TensorView& scale, float eps,
+                  const TensorView& sum, const TensorView& out, const ExecContext& ctx = {});
+
+// gpt-oss attention of T new tokens against a KV cache: the decode step, whose position lives on
+// the device (a captured graph replays it). The tokens sit at positions p0 .. p0+T-1, p0 = position[0].
+// For token t at p = p0 + t, its row of qkv is [q heads Hq | k heads Hkv | v heads Hkv] x D:
+//   q and k rotate by YaRN's rotary over halves: a_i = float(p) * inv_freq[i],
+//     c = cos(a_i) * rope_scale, s = sin(a_i) * rope_scale, (x1, x2) -> (x1 c - x2 s, x2 c + x1 s),
+//     each rounded to qkv's dtype;
+//   k and v go into k_cache[p] and v_cache[p];
+//   q head h reads kv head h / (Hq / Hkv) at the keys j <= p (and j > p - window when window > 0):
+//     w = softmax({q . k_j * sm_scale}_j  together with  sinks[h]), the sink taking its share of
+//     the probability and adding no value; out[t, h] = sum_j w_j v_j (float32, rounded).
+// qkv [T, (Hq + 2 Hkv) D] f32/bf16; k_cache, v_cache [L, Hkv, D] qkv's dtype (written); sinks f32
+// [Hq]; position i32 [1]; inv_freq f32 [D/2]; out [T, Hq D] qkv's dtype. A position with p0 < 0
+// or p0 + T > L writes nothing: the CPU backend raises, the CUDA one (which cannot read the device
+// value before launching) fills out with NaN.
+struct AttentionDecodeArgs {
+  TensorView qkv, k_cache, v_cache, sinks, position, inv_freq;
+  float rope_scale = 1.0f;
+  float sm_scale = 1.0f;
+  int64_t window = 0;  // 0: no sliding window
+  TensorView out;
+  // 1-D uint8 buffer of at least attention_decode_workspace_size() bytes on the tensors' device:
+  // the CUDA backend's partial results when it splits the keys (absent when that size is 0, and
+  // on the CPU).
+  TensorView workspace;
+};
+// Validates everything but out and workspace, and returns the workspace bytes CUDA needs.
+size_t attention_decode_workspace_size(const AttentionDecodeArgs& args);
+void attention_decode(const AttentionDecodeArgs& args, const ExecContext& ctx = {});
+
 }  // namespace moekit

@@ -271,6 +271,50 @@ Tensor moe_mlp(const Tensor& x, const Tensor& gate_weight, const OptTensor& gate
   });
 }
 
+std::tuple<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& residual, const Tensor& scale, double eps) {
+  return translate_errors([&] {
+    const char* op = "add_rms_norm";
+    const TensorView xv = view(op, "x", x), rv = view(op, "residual", residual), sv = view(op, "scale", scale);
+    const moekit::AddRmsNormProblem p = moekit::check_add_rms_norm_inputs(xv, rv, sv, to_float(op, "eps", eps));
+    const OnDevice on(p.device);
+    Tensor sum = at::empty({p.T, p.H}, options(p.device, x.scalar_type()));
+    Tensor out = at::empty({p.T, p.H}, options(p.device, x.scalar_type()));
+    if (shapes_only(p.device)) return std::make_tuple(sum, out);
+    moekit::add_rms_norm(xv, rv, sv, p.eps, view(op, "sum", sum), view(op, "out", out), on.ctx());
+    return std::make_tuple(sum, out);
+  });
+}
+
+Tensor attention_decode(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_cache, const Tensor& sinks,
+                        const Tensor& position, const Tensor& inv_freq, double rope_scale, double sm_scale,
+                        int64_t window) {
+  return translate_errors([&] {
+    const char* op = "attention_decode";
+    moekit::AttentionDecodeArgs a;
+    a.qkv = view(op, "qkv", qkv);
+    a.k_cache = view(op, "k_cache", k_cache);
+    a.v_cache = view(op, "v_cache", v_cache);
+    a.sinks = view(op, "sinks", sinks);
+    a.position = view(op, "position", position);
+    a.inv_freq = view(op, "inv_freq", inv_freq);
+    a.rope_scale = to_float(op, "rope_scale", rope_scale);
+    a.sm_scale = to_float(op, "sm_scale", sm_scale);
+    a.window = window;
+    const moekit::AttentionDecodeProblem p = moekit::check_attention_decode_inputs(a);
+    const OnDevice on(p.device);
+    Tensor out = at::empty({p.T, p.Hq * p.D}, options(p.device, qkv.scalar_type()));
+    if (shapes_only(p.device)) return out;
+    a.out = view(op, "out", out);
+    Tensor workspace;  // the CUDA backend's partials when it splits the keys
+    if (p.workspace > 0 && p.device.type == moekit::DeviceType::kCUDA) {
+      workspace = at::empty({static_cast<int64_t>(p.workspace)}, options(p.device, at::kByte));
+      a.workspace = view(op, "workspace", workspace);
+    }
+    moekit::attention_decode(a, on.ctx());
+    return out;
+  });
+}
+
 // ---------------------------------------------------------------------- around every op
 
 // "moekit.<op>" from the schema's "moekit::<op>".
@@ -338,7 +382,8 @@ void check_devices(c10::string_view op, const std::vector<std::string>& names, c
   });
 }
 
-constexpr const char* kOps[] = {"quantize_mxfp4", "dequantize_mxfp4", "route", "matmul_ogs", "moe_mlp"};
+constexpr const char* kOps[] = {"quantize_mxfp4", "dequantize_mxfp4", "route", "matmul_ogs", "moe_mlp",
+                                "add_rms_norm", "attention_decode"};
 
 }  // namespace
 
@@ -353,6 +398,9 @@ TORCH_LIBRARY(moekit, m) {
   m.def("moe_mlp(Tensor x, Tensor gate_weight, Tensor? gate_bias, Tensor mlp1_weight, Tensor? mlp1_scales, "
         "Tensor? mlp1_bias, Tensor mlp2_weight, Tensor? mlp2_scales, Tensor? mlp2_bias, int experts_per_token, "
         "float swiglu_alpha, float swiglu_limit) -> Tensor");
+  m.def("add_rms_norm(Tensor x, Tensor residual, Tensor scale, float eps) -> (Tensor sum, Tensor out)");
+  m.def("attention_decode(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor sinks, Tensor position, "
+        "Tensor inv_freq, float rope_scale, float sm_scale, int window) -> Tensor");
   m.def("check_devices(str op, str[] names, str[] devices) -> ()", &check_devices);
 }
 
@@ -362,7 +410,9 @@ TORCH_LIBRARY(moekit, m) {
   m.impl("dequantize_mxfp4", &dequantize_mxfp4);     \
   m.impl("route", &route);                           \
   m.impl("matmul_ogs", &matmul_ogs);                 \
-  m.impl("moe_mlp", &moe_mlp)
+  m.impl("moe_mlp", &moe_mlp);                       \
+  m.impl("add_rms_norm", &add_rms_norm);             \
+  m.impl("attention_decode", &attention_decode)
 
 TORCH_LIBRARY_IMPL(moekit, CPU, m) { MOEKIT_REGISTER_IMPLS(m); }
 #if defined(MOEKIT_WITH_CUDA)

@@ -6,6 +6,8 @@ Importing moekit loads the op library and registers ``torch.ops.moekit``; it mak
 from moekit import _library  # noqa: F401  (registers torch.ops.moekit and the fake kernels)
 from moekit.ops import (
     Routing,
+    add_rms_norm,
+    attention_decode,
     dequantize_mxfp4,
     matmul_ogs,
     moe_mlp,
@@ -13,5 +15,5 @@ from moekit.ops import (
     route,
 )
 
-__all__ = ["Routing", "dequantize_mxfp4", "matmul_ogs", "moe_mlp", "quantize_mxfp4", "route"]
+__all__ = ["Routing", "add_rms_norm", "attention_decode", "dequantize_mxfp4", "matmul_ogs", "moe_mlp", "quantize_mxfp4", "route"]
 __version__ = "0.1.0"

@@ -88,3 +88,16 @@ def _moe_mlp(x, gate_weight, gate_bias, mlp1_weight, mlp1_scales, mlp1_bias, mlp
     _check(torch.ops.moekit.moe_mlp.default, x, gate_weight, gate_bias, mlp1_weight, mlp1_scales, mlp1_bias,
            mlp2_weight, mlp2_scales, mlp2_bias, experts_per_token, swiglu_alpha, swiglu_limit)
     return torch.empty_like(x)
+
+
+@torch.library.register_fake("moekit::add_rms_norm")
+def _add_rms_norm(x, residual, scale, eps):
+    _check(torch.ops.moekit.add_rms_norm.default, x, residual, scale, eps)
+    return torch.empty_like(x), torch.empty_like(x)
+
+
+@torch.library.register_fake("moekit::attention_decode")
+def _attention_decode(qkv, k_cache, v_cache, sinks, position, inv_freq, rope_scale, sm_scale, window):
+    _check(torch.ops.moekit.attention_decode.default, qkv, k_cache, v_cache, sinks, position, inv_freq, rope_scale,
+           sm_scale, window)
+    return qkv.new_empty((qkv.shape[0], sinks.shape[0] * k_cache.shape[2]))

@@ -2,7 +2,7 @@
 
     python -m moekit.generate [--checkpoint DIR] [--prompt TEXT] [--max-new-tokens N]
         [--device cpu|cuda|cuda:N] [--backend nccl|gloo] [--temperature T] [--top-p P] [--seed S]
-        [--no-set-device] [--dist-timeout SECONDS] [--preflight NPROC] [--chat]
+        [--eager] [--no-set-device] [--dist-timeout SECONDS] [--preflight NPROC] [--chat]
     torchrun --nproc-per-node N -m moekit.generate ...
 
 Every rank loads its shard (see moekit.models.TensorParallel) and generates; rank 0 prints its
@@ -60,6 +60,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="sampling seed (the same on every rank), in [0, 2^64)")
+    p.add_argument("--eager", action="store_true",
+                   help="run each decode step eagerly instead of replaying it from a CUDA graph (the same tokens)")
     p.add_argument("--no-set-device", action="store_true",
                    help="do not call torch.cuda.set_device (the model never relies on it)")
     p.add_argument("--no-progress", action="store_true", help="no loading progress bar")
@@ -257,7 +259,8 @@ def _generate(args: argparse.Namespace, tokenizer, prompt_ids: List[int], stop_i
     _sync(device)
     start = time.perf_counter()
     new_ids = model.generate(prompt_ids, args.max_new_tokens, temperature=args.temperature,
-                             top_p=args.top_p, seed=args.seed, stop_ids=stop_ids)
+                             top_p=args.top_p, seed=args.seed, stop_ids=stop_ids,
+                             graph=False if args.eager else None)
     _sync(device)
     seconds = time.perf_counter() - start
 

@@ -173,3 +173,40 @@ def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torc
     y = torch.ops.moekit.moe_mlp(x.reshape(math.prod(x.shape[:-1]), x.shape[-1]), gate_weight, gate_bias, w1, s1,
                                  mlp1_bias, w2, s2, mlp2_bias, experts_per_token, alpha, limit)
     return y.reshape(x.shape)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor,
+                 eps: float = 1e-5) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The residual add and RMSNorm between two blocks, in one pass: returns ``(sum, out)`` with
+    ``sum = residual + x`` (rounded to x's dtype) and ``out = sum / sqrt(mean(sum**2) + eps) * scale``
+    (float32 arithmetic, rounded to x's dtype). ``x`` and ``residual`` are [T, H] of one dtype
+    (float32 or bfloat16), ``scale`` float32 [H].
+    """
+    _require_tensor("add_rms_norm", "x", x)
+    _require_tensor("add_rms_norm", "residual", residual)
+    _require_tensor("add_rms_norm", "scale", scale)
+    return torch.ops.moekit.add_rms_norm(x, residual, scale, _require_float("add_rms_norm", "eps", eps))
+
+
+def attention_decode(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, sinks: torch.Tensor,
+                     position: torch.Tensor, inv_freq: torch.Tensor, *, rope_scale: float, sm_scale: float,
+                     window: int = 0) -> torch.Tensor:
+    """gpt-oss attention of T new tokens against a KV cache, the position read on the device.
+
+    The tokens sit at positions ``p0 .. p0+T-1`` with ``p0 = position[0]`` (int32 [1], on the
+    tensors' device, so a captured CUDA graph replays the step at every position). Each token's
+    row of ``qkv`` [T, (Hq + 2 Hkv) D] holds its q heads, k heads and v heads; q and k are
+    rotated (YaRN: angle ``p * inv_freq``, cos and sin times ``rope_scale``, over the two halves
+    of a head), k and v are written into ``k_cache`` and ``v_cache`` [L, Hkv, D] at row p (in
+    place), and q head h attends to the keys ``j <= p`` of kv head ``h // (Hq / Hkv)`` (and
+    ``j > p - window`` when ``window`` > 0) with a softmax that also counts ``sinks[h]`` (float32
+    [Hq]) and scores scaled by ``sm_scale``. Returns [T, Hq D] in qkv's dtype. A position
+    outside ``0 <= p0, p0 + T <= L`` writes nothing: the CPU raises, CUDA returns NaN.
+    """
+    for name, value in (("qkv", qkv), ("k_cache", k_cache), ("v_cache", v_cache), ("sinks", sinks),
+                        ("position", position), ("inv_freq", inv_freq)):
+        _require_tensor("attention_decode", name, value)
+    _require_int("attention_decode", "window", window)
+    return torch.ops.moekit.attention_decode(qkv, k_cache, v_cache, sinks, position, inv_freq,
+                                             _require_float("attention_decode", "rope_scale", rope_scale),
+                                             _require_float("attention_decode", "sm_scale", sm_scale), window)

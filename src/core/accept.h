@@ -24,4 +24,12 @@ void run_route(const RouteProblem& p, const TensorView& logits, const RouteOutpu
 MatmulOgsProblem accept_matmul_ogs(const MatmulOgsArgs& args);
 void run_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& args, const ExecContext& ctx);
 
+AddRmsNormProblem accept_add_rms_norm(const TensorView& x, const TensorView& residual, const TensorView& scale,
+                                      float eps, const TensorView& sum, const TensorView& out);
+void run_add_rms_norm(const AddRmsNormProblem& p, const TensorView& x, const TensorView& residual,
+                      const TensorView& scale, const TensorView& sum, const TensorView& out, const ExecContext& ctx);
+
+AttentionDecodeProblem accept_attention_decode(const AttentionDecodeArgs& args);
+void run_attention_decode(const AttentionDecodeProblem& p, const AttentionDecodeArgs& args, const ExecContext& ctx);
+
 }  // namespace moekit

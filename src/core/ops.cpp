@@ -99,6 +99,35 @@ void run_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& args, const 
   MOEKIT_ON_BACKEND(p.device, cpu::matmul_ogs(p, args, ctx), cuda::matmul_ogs(p, args, ctx));
 }
 
+AddRmsNormProblem accept_add_rms_norm(const TensorView& x, const TensorView& residual, const TensorView& scale,
+                                      float eps, const TensorView& sum, const TensorView& out) {
+  const AddRmsNormProblem p = check_add_rms_norm_inputs(x, residual, scale, eps);
+  check_add_rms_norm_outputs(p, x, sum, out);
+  check_backend("add_rms_norm", p.device);
+  MOEKIT_ON_BACKEND(p.device, (void)0, cuda::can_implement_add_rms_norm(p, x, residual, sum, out));
+  return p;
+}
+
+void run_add_rms_norm(const AddRmsNormProblem& p, const TensorView& x, const TensorView& residual,
+                      const TensorView& scale, const TensorView& sum, const TensorView& out, const ExecContext& ctx) {
+  if (p.T == 0 || p.H == 0) return;
+  MOEKIT_ON_BACKEND(p.device, cpu::add_rms_norm(p, x, residual, scale, sum, out, ctx),
+                    cuda::add_rms_norm(p, x, residual, scale, sum, out, ctx));
+}
+
+AttentionDecodeProblem accept_attention_decode(const AttentionDecodeArgs& args) {
+  const AttentionDecodeProblem p = check_attention_decode_inputs(args);
+  check_attention_decode_outputs(p, args);
+  check_backend("attention_decode", p.device);
+  MOEKIT_ON_BACKEND(p.device, (void)0, cuda::can_implement_attention_decode(p, args));
+  return p;
+}
+
+void run_attention_decode(const AttentionDecodeProblem& p, const AttentionDecodeArgs& args, const ExecContext& ctx) {
+  if (p.T == 0) return;
+  MOEKIT_ON_BACKEND(p.device, cpu::attention_decode(p, args, ctx), cuda::attention_decode(p, args, ctx));
+}
+
 void quantize_mxfp4(const TensorView& w, const TensorView& blocks, const TensorView& scales, const ExecContext& ctx) {
   run_quantize_mxfp4(accept_quantize_mxfp4(w, blocks, scales), w, blocks, scales, ctx);
 }
@@ -117,5 +146,18 @@ size_t matmul_ogs_workspace_size(const MatmulOgsArgs& args) {
 }
 
 void matmul_ogs(const MatmulOgsArgs& args, const ExecContext& ctx) { run_matmul_ogs(accept_matmul_ogs(args), args, ctx); }
+
+void add_rms_norm(const TensorView& x, const TensorView& residual, const TensorView& scale, float eps,
+                  const TensorView& sum, const TensorView& out, const ExecContext& ctx) {
+  run_add_rms_norm(accept_add_rms_norm(x, residual, scale, eps, sum, out), x, residual, scale, sum, out, ctx);
+}
+
+size_t attention_decode_workspace_size(const AttentionDecodeArgs& args) {
+  return check_attention_decode_inputs(args).workspace;
+}
+
+void attention_decode(const AttentionDecodeArgs& args, const ExecContext& ctx) {
+  run_attention_decode(accept_attention_decode(args), args, ctx);
+}
 
 }  // namespace moekit

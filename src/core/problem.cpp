@@ -344,4 +344,90 @@ void check_moe_mlp_outputs(const MoeMlpProblem& p, const MoeMlpArgs& a) {
   check::workspace(op, a.workspace, p.workspace.total);
 }
 
+// --------------------------------------------------------------------------------- add_rms_norm
+
+AddRmsNormProblem check_add_rms_norm_inputs(const TensorView& x, const TensorView& residual, const TensorView& scale,
+                                            float eps) {
+  const char* op = "add_rms_norm";
+  check_tensor(op, "x", x, kFloatTypes, {-1, -1});
+  AddRmsNormProblem p{x.shape[0], x.shape[1], eps, x.device};
+  check_tensor(op, "residual", residual, {x.dtype}, {p.T, p.H});
+  check_tensor(op, "scale", scale, {DType::kFloat32}, {p.H});
+  check::finite(op, "eps", eps, false);
+  if (eps < 0.0f) fail(kValue, op, "eps", "a finite number >= 0", check::format_number(eps));
+  p.device = check::same_device(op, {{"x", &x}, {"residual", &residual}, {"scale", &scale}});
+  return p;
+}
+
+void check_add_rms_norm_outputs(const AddRmsNormProblem& p, const TensorView& x, const TensorView& sum,
+                                const TensorView& out) {
+  const char* op = "add_rms_norm";
+  check_tensor(op, "sum", sum, {x.dtype}, {p.T, p.H});
+  check_tensor(op, "out", out, {x.dtype}, {p.T, p.H});
+  check::on_device(op, "sum", sum, p.device, "x");
+  check::on_device(op, "out", out, p.device, "x");
+}
+
+// ----------------------------------------------------------------------------- attention_decode
+
+AttentionDecodeSplit attention_decode_split(int64_t cache_len) {
+  // Up to 1024 keys one block per kv head walks them all; longer caches split into at most 32
+  // runs of whole 256-key tiles, so a long context keeps more SMs busy.
+  constexpr int64_t kTile = 256, kMinSplitKeys = 1024, kMaxSplits = 32;
+  AttentionDecodeSplit s;
+  const int64_t tiles = (cache_len + kTile - 1) / kTile;
+  const int64_t tiles_per_split = (tiles + kMaxSplits - 1) / kMaxSplits;
+  s.keys_per_split = kTile * tiles_per_split;
+  if (s.keys_per_split < kMinSplitKeys) s.keys_per_split = kMinSplitKeys;
+  s.splits = cache_len > 0 ? (cache_len + s.keys_per_split - 1) / s.keys_per_split : 1;
+  return s;
+}
+
+AttentionDecodeProblem check_attention_decode_inputs(const AttentionDecodeArgs& a) {
+  const char* op = "attention_decode";
+  check_tensor(op, "k_cache", a.k_cache, kFloatTypes, {-1, -1, -1});
+  AttentionDecodeProblem p;
+  p.L = a.k_cache.shape[0];
+  p.Hkv = a.k_cache.shape[1];
+  p.D = a.k_cache.shape[2];
+  if (p.Hkv < 1) fail(kValue, op, "k_cache", "at least one kv head [L, Hkv, D]", a.k_cache.shape_str());
+  if (p.D < 2 || p.D % 2 != 0) {
+    fail(kValue, op, "k_cache", "an even head size D >= 2 (rotary turns the two halves)", a.k_cache.shape_str());
+  }
+  check_tensor(op, "v_cache", a.v_cache, {a.k_cache.dtype}, {p.L, p.Hkv, p.D});
+  check_tensor(op, "sinks", a.sinks, {DType::kFloat32}, {-1});
+  p.Hq = a.sinks.shape[0];
+  if (p.Hq < 1 || p.Hq % p.Hkv != 0) {
+    fail(kValue, op, "sinks", "one sink per q head, a multiple of the " + std::to_string(p.Hkv) + " kv heads",
+         a.sinks.shape_str());
+  }
+  const int64_t qkv_cols = check::mul(op, "qkv", check::add(op, "qkv", p.Hq, 2 * p.Hkv), p.D);
+  check_tensor(op, "qkv", a.qkv, {a.k_cache.dtype}, {-1, qkv_cols});
+  p.T = a.qkv.shape[0];
+  check_tensor(op, "position", a.position, {DType::kInt32}, {1});
+  check_tensor(op, "inv_freq", a.inv_freq, {DType::kFloat32}, {p.D / 2});
+  check::at_most(op, "k_cache", "cache positions", p.L, kMaxIndex, "int32 positions");
+  check::at_most(op, "qkv", "tokens", p.T, p.L, "the cache's positions");
+  check::finite(op, "rope_scale", a.rope_scale, true);
+  check::finite(op, "sm_scale", a.sm_scale, true);
+  if (a.window < 0) fail(kValue, op, "window", "a number of keys >= 0 (0: no sliding window)", std::to_string(a.window));
+  p.window = a.window;
+  p.rope_scale = a.rope_scale;
+  p.sm_scale = a.sm_scale;
+  p.split = attention_decode_split(p.L);
+  if (p.split.splits > 1) {
+    const int64_t partials = check::mul(op, "k_cache", check::mul(op, "qkv", p.T, p.Hq), p.split.splits);
+    p.workspace = static_cast<size_t>(check::mul(op, "k_cache", check::mul(op, "k_cache", partials, p.D + 2), 4));
+  }
+  p.device = check::same_device(op, {{"qkv", &a.qkv}, {"k_cache", &a.k_cache}, {"v_cache", &a.v_cache},
+                                     {"sinks", &a.sinks}, {"position", &a.position}, {"inv_freq", &a.inv_freq},
+                                     {"out", &a.out}, {"workspace", &a.workspace}});
+  return p;
+}
+
+void check_attention_decode_outputs(const AttentionDecodeProblem& p, const AttentionDecodeArgs& a) {
+  const char* op = "attention_decode";
+  check_tensor(op, "out", a.out, {a.qkv.dtype}, {p.T, p.Hq * p.D});
+}
+
 }  // namespace moekit

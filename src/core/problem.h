@@ -87,5 +87,33 @@ MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a);
 // y and the workspace (at least p.workspace.total bytes).
 void check_moe_mlp_outputs(const MoeMlpProblem& p, const MoeMlpArgs& a);
 
+struct AddRmsNormProblem {
+  int64_t T = 0, H = 0;
+  float eps = 0.0f;
+  Device device;
+};
+AddRmsNormProblem check_add_rms_norm_inputs(const TensorView& x, const TensorView& residual, const TensorView& scale,
+                                            float eps);
+void check_add_rms_norm_outputs(const AddRmsNormProblem& p, const TensorView& x, const TensorView& sum,
+                                const TensorView& out);
+
+// How the CUDA backend splits the keys of attention_decode over blocks: a function of the cache
+// length alone, so the workspace (each split's partial softmax) is sized from shapes.
+struct AttentionDecodeSplit {
+  int64_t keys_per_split = 0, splits = 1;
+};
+AttentionDecodeSplit attention_decode_split(int64_t cache_len);
+
+struct AttentionDecodeProblem {
+  int64_t T = 0, Hq = 0, Hkv = 0, D = 0, L = 0;
+  int64_t window = 0;
+  float rope_scale = 1.0f, sm_scale = 1.0f;
+  AttentionDecodeSplit split;
+  // CUDA backend's bytes: float [T, Hq, splits, D + 2] when splits > 1, else 0 (the CPU needs none)
+  size_t workspace = 0;
+  Device device;
+};
+AttentionDecodeProblem check_attention_decode_inputs(const AttentionDecodeArgs& a);
+void check_attention_decode_outputs(const AttentionDecodeProblem& p, const AttentionDecodeArgs& a);
 
 }  // namespace moekit

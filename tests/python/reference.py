@@ -215,6 +215,48 @@ def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torc
 
 # ----------------------------------------------------------------------------------- compare
 
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor,
+                 eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(residual + x, its RMSNorm times scale): the sum rounded to x's dtype (what the stream
+    holds), the norm computed from that rounded sum in float64."""
+    total = (residual.double() + x.double()).to(x.dtype)
+    t = total.double()
+    return total, t / torch.sqrt(t.pow(2).mean(dim=-1, keepdim=True) + eps) * scale.double()
+
+
+def attention_decode(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, sinks: torch.Tensor,
+                     p0: int, inv_freq: torch.Tensor, rope_scale: float, sm_scale: float,
+                     window: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """gpt-oss attention of T tokens at positions p0.. against a cache: (out float64 [T, Hq D],
+    the caches after the write, in their dtype). The angle is float32(p) * inv_freq in float32
+    (as the op states); cos, sin, the rotation, scores, softmax and values in float64; the rotated
+    keys and the values go into the cache rounded to its dtype."""
+    T = qkv.shape[0]
+    L, Hkv, D = k_cache.shape
+    Hq, half = sinks.shape[0], D // 2
+    k_cache, v_cache = k_cache.clone(), v_cache.clone()
+    rows = qkv.double().reshape(T, Hq + 2 * Hkv, D)
+    positions = torch.arange(p0, p0 + T)
+    angle = (positions.to(torch.float32)[:, None] * inv_freq[None, :]).double()   # [T, D/2]
+    cos, sin = (angle.cos() * rope_scale)[:, None, :], (angle.sin() * rope_scale)[:, None, :]
+    x1, x2 = rows[:, :Hq + Hkv, :half], rows[:, :Hq + Hkv, half:]
+    rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    q = rotated[:, :Hq]
+    k_cache[p0:p0 + T] = rotated[:, Hq:].to(k_cache.dtype)
+    v_cache[p0:p0 + T] = rows[:, Hq + Hkv:].to(v_cache.dtype)
+    keys, values = k_cache.double(), v_cache.double()
+    out = torch.empty(T, Hq, D, dtype=F64)
+    for t in range(T):
+        p = p0 + t
+        lo = max(0, p - window + 1) if window > 0 else 0
+        for h in range(Hq):
+            g = h // (Hq // Hkv)
+            scores = keys[lo:p + 1, g] @ q[t, h] * sm_scale
+            weights = torch.softmax(torch.cat([scores, sinks[h:h + 1].double()]), dim=0)[:-1]
+            out[t, h] = weights @ values[lo:p + 1, g]
+    return out.reshape(T, Hq * D), k_cache, v_cache
+
+
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     """Relative Frobenius error ||got - want|| / ||want|| over every element (float64)."""
     got, want = got.to(F64), want.to(F64)

@@ -44,3 +44,33 @@ def test_cli_on_one_gpu_and_two_processes_sharing_it(ckpt, tmp_path, set_device)
     assert gpu["device"] == "cuda:0" and two["device"] == "cuda:0"
     assert gpu["ranks"][0] == cpu["ranks"][0]
     assert two["ranks"][0] == two["ranks"][1] == cpu["ranks"][0]
+
+
+@pytest.fixture(scope="module")
+def shipped_bf16():
+    from moekit.generate import DEFAULT_CHECKPOINT
+    return load_model(DEFAULT_CHECKPOINT, "cuda:0", progress=False)
+
+
+@pytest.mark.parametrize("sampling", [dict(), dict(temperature=0.8, top_p=0.9, seed=5)], ids=["greedy", "top_p"])
+def test_graph_decode_equals_eager_on_the_shipped_model(shipped_bf16, sampling):
+    """The CUDA-graph decode step and the eager one run the same kernels: the same 64 tokens."""
+    prompt = list(range(100, 140))
+    graph = shipped_bf16.generate(prompt, 64, graph=True, **sampling)
+    assert shipped_bf16._decoder.graph is not None
+    eager = shipped_bf16.generate(prompt, 64, graph=False, **sampling)
+    assert shipped_bf16._decoder.graph is None
+    assert graph == eager
+    assert shipped_bf16.generate(prompt, 64, graph=True, **sampling) == graph  # a fresh capture, the same tokens
+
+
+def test_graph_decode_stops_at_a_stop_id_and_reuses_its_graph(shipped_bf16):
+    prompt = list(range(7, 30))
+    full = shipped_bf16.generate(prompt, 48)
+    decoder = shipped_bf16._decoder
+    stop = full[20]
+    first = full.index(stop)
+    assert shipped_bf16.generate(prompt, 48, stop_ids=[stop]) == full[:first + 1]
+    short = shipped_bf16.generate(prompt[:5], 30)
+    assert shipped_bf16._decoder is decoder  # fits in its cache with the same sampling: its graph replays
+    assert short == shipped_bf16.generate(prompt[:5], 30, graph=False)

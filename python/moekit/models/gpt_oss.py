@@ -34,6 +34,9 @@ import moekit
 SWIGLU_ALPHA = 1.702
 RMS_NORM_EPS = 1e-5
 MXFP4_BLOCK = 32
+# Calls of at most this many tokens against a KV cache (the decode step) run attention as one
+# moekit.attention_decode; longer ones (prefill chunks) as float32 einsums.
+DECODE_TOKENS = 16
 
 
 # --------------------------------------------------------------------------------------- config
@@ -252,17 +255,17 @@ def _empty(shape, device, dtype) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
-    """``x / rms(x) * scale`` computed in float32, returned in x's dtype (eps 1e-5)."""
+    """The residual add and the RMSNorm after it, in one :func:`moekit.add_rms_norm`: returns
+    ``(residual + x, rmsnorm(residual + x) * scale)``, float32 arithmetic, results in x's dtype
+    (eps 1e-5)."""
 
     def __init__(self, num_features: int, device: torch.device, eps: float = RMS_NORM_EPS):
         super().__init__()
         self.eps = eps
         self.register_buffer("scale", torch.ones(num_features, device=device, dtype=torch.float32))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = x.float()
-        t = t * torch.rsqrt(t.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (t * self.scale).to(x.dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return moekit.add_rms_norm(x, residual, self.scale, self.eps)
 
 
 class Linear(nn.Module):
@@ -334,15 +337,18 @@ def yarn_concentration_and_inv_freq(config: GptOssConfig, device=None) -> Tuple[
 class KVCache:
     """Keys and values of every layer, preallocated for ``max_len`` positions.
 
-    ``pos`` is the number of positions already written; :meth:`GptOss.forward` appends the tokens
-    it is given at ``pos`` and advances it (prefill: many tokens, then one token per step).
+    ``pos`` is the number of positions already written, as the host counts it; ``position`` (int32
+    [1] on the model's device) is the same count where the decode step reads it, so a captured
+    step needs no host value. :meth:`GptOss.forward` appends the tokens it is given at ``pos`` and
+    advances both (prefill: many tokens, then one token per step).
     """
 
     def __init__(self, model: "GptOss", max_len: int):
-        if max_len < 1:
-            raise ValueError(f"KVCache: max_len expected >= 1, got {max_len}")
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+            raise ValueError(f"KVCache: max_len expected an int >= 1, got {max_len!r}")
         self.max_len = max_len
         self.pos = 0
+        self.position = torch.zeros(1, device=model.device, dtype=torch.int32)
         shape = (max_len, model.attn_local_kv_heads, model.config.head_dim)
         n = model.config.num_hidden_layers
         self.k = [torch.zeros(shape, device=model.device, dtype=model.dtype) for _ in range(n)]
@@ -350,6 +356,11 @@ class KVCache:
 
     def reset(self) -> None:
         self.pos = 0
+        self.position.zero_()
+
+    def advance(self, tokens: int) -> None:
+        self.pos += tokens
+        self.position.add_(tokens)
 
 
 class AttentionBlock(nn.Module):
@@ -368,24 +379,42 @@ class AttentionBlock(nn.Module):
         self.register_buffer("sinks", _empty((self.n_q,), device, torch.float32))
         self.out = Linear(self.n_q * self.d, config.hidden_size, tp.owns_replicated_bias(self.reduce), device, dtype)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary,
-                cache: Optional[KVCache]) -> torch.Tensor:
-        T, nq, nkv, d = x.shape[0], self.n_q, self.n_kv, self.d
-        qkv = self.qkv(self.norm(x))
+    def forward(self, h: torch.Tensor, rotary: Rotary, cache: Optional[KVCache]) -> torch.Tensor:
+        """The attention output (projected, summed over the ranks) of the normed input ``h``: the
+        block adds it to the residual stream. With a cache, the tokens continue it at ``cache.pos``
+        (the caller advances the cache); a few tokens run as one moekit.attention_decode, which
+        reads the position on the device."""
+        qkv = self.qkv(h)
+        if cache is not None and h.shape[0] <= DECODE_TOKENS:
+            attn = moekit.attention_decode(qkv, cache.k[self.layer_idx], cache.v[self.layer_idx], self.sinks,
+                                           cache.position, rotary.inv_freq, rope_scale=rotary.concentration,
+                                           sm_scale=self.sm_scale, window=self.sliding_window)
+        else:
+            attn = self._attend(qkv, rotary, cache)
+        out = self.out(attn)
+        if self.reduce:
+            dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
+        return out
+
+    def _attend(self, qkv: torch.Tensor, rotary: Rotary, cache: Optional[KVCache]) -> torch.Tensor:
+        """Attention of many tokens (a prefill chunk, or a whole sequence without a cache) in
+        float32 einsums, the cache position read on the host."""
+        T, nq, nkv, d = qkv.shape[0], self.n_q, self.n_kv, self.d
         q = qkv[:, : nq * d].reshape(T, nq, d)
         k = qkv[:, nq * d: (nq + nkv) * d].reshape(T, nkv, d)
         v = qkv[:, (nq + nkv) * d:].reshape(T, nkv, d)
+        start = cache.pos if cache is not None else 0
+        positions = torch.arange(start, start + T, device=qkv.device)
         cos, sin = rotary.cos_sin(positions)
         q, k = Rotary.rotate(q, cos, sin), Rotary.rotate(k, cos, sin)
         key_pos = positions
         if cache is not None:
-            start = int(cache.pos)
             ck, cv = cache.k[self.layer_idx], cache.v[self.layer_idx]
             ck[start:start + T] = k
             cv[start:start + T] = v
             lo = max(0, start - self.sliding_window + 1) if self.sliding_window else 0
             k, v = ck[lo:start + T], cv[lo:start + T]
-            key_pos = torch.arange(lo, start + T, device=x.device)
+            key_pos = torch.arange(lo, start + T, device=qkv.device)
         # scores [kv head, q per kv, query, key] in float32
         qg = q.float().reshape(T, nkv, nq // nkv, d)
         scores = torch.einsum("tgmd,sgd->gmts", qg, k.float()) * self.sm_scale
@@ -395,11 +424,7 @@ class AttentionBlock(nn.Module):
         scores = scores.masked_fill(~allowed, float("-inf"))
         sinks = self.sinks.reshape(nkv, nq // nkv, 1, 1).expand(-1, -1, T, 1)
         weights = torch.softmax(torch.cat([scores, sinks], dim=-1), dim=-1)[..., :-1]
-        attn = torch.einsum("gmts,sgd->tgmd", weights, v.float()).reshape(T, nq * d).to(x.dtype)
-        out = self.out(attn)
-        if self.reduce:
-            dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
-        return x + out
+        return torch.einsum("gmts,sgd->tgmd", weights, v.float()).reshape(T, nq * d).to(qkv.dtype)
 
 
 class MLPBlock(nn.Module):
@@ -417,13 +442,14 @@ class MLPBlock(nn.Module):
         self.mlp2_weight = MXFP4Weight(E, H, I, device)
         self.register_buffer("mlp2_bias", _empty((E, H), device, dtype) if tp.rank == 0 else None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = moekit.moe_mlp(self.norm(x), self.gate.weight, self.gate.bias, self.mlp1_weight.pair(), self.mlp1_bias,
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """The MoE output (summed over the ranks) of the normed input ``h``."""
+        y = moekit.moe_mlp(h, self.gate.weight, self.gate.bias, self.mlp1_weight.pair(), self.mlp1_bias,
                            self.mlp2_weight.pair(), self.mlp2_bias, experts_per_token=self.k,
                            swiglu_alpha=SWIGLU_ALPHA, swiglu_limit=self.swiglu_limit)
         if self.reduce:
             dist.all_reduce(y, op=dist.ReduceOp.SUM, group=self.group)
-        return x + y
+        return y
 
 
 class TransformerBlock(nn.Module):
@@ -432,8 +458,12 @@ class TransformerBlock(nn.Module):
         self.attn = AttentionBlock(config, layer_idx, tp, device, dtype, group)
         self.mlp = MLPBlock(config, tp, device, dtype, group)
 
-    def forward(self, x, positions, rotary, cache):
-        return self.mlp(self.attn(x, positions, rotary, cache))
+    def forward(self, x: torch.Tensor, h: torch.Tensor, rotary: Rotary, cache: Optional[KVCache],
+                next_norm: RMSNorm) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``x`` the residual stream, ``h`` its norm for this block's attention: returns the stream
+        after the block and its norm by ``next_norm`` (the next block's, or the final one)."""
+        x, h = self.mlp.norm(self.attn(h, rotary, cache), x)
+        return next_norm(self.mlp(h), x)
 
 
 # -------------------------------------------------------------------------------------- model
@@ -469,6 +499,7 @@ class GptOss(nn.Module):
         self.unembedding = Linear(config.hidden_size, config.vocab_size, False, device, dtype)
         self.rotary = Rotary(config, device)
         self.attn_local_kv_heads = self.block[0].attn.n_kv if config.num_hidden_layers else 0
+        self._decoder = None  # generate()'s decode state, kept while its capacity and sampling fit
 
     # ----------------------------------------------------------------------------- forward
     def _check_distributed(self) -> None:
@@ -504,26 +535,37 @@ class GptOss(nn.Module):
         if lo < 0 or hi >= self.config.vocab_size:
             raise ValueError(f"GptOss.forward: token ids expected in [0, {self.config.vocab_size}), "
                              f"got values in [{lo}, {hi}]")
-        positions = torch.arange(start, start + T, device=self.device)
+        return self.logits(tokens, cache, last_only=last_only)
+
+    def logits(self, tokens: torch.Tensor, cache: Optional[KVCache], *, last_only: bool) -> torch.Tensor:
+        """:meth:`forward` without its checks and host reads: the decode step, which a CUDA graph
+        captures. ``tokens`` must be valid ids on the model's device and fit in the cache."""
         x = F.embedding(tokens, self.embedding.weight)
-        for block in self.block:
-            x = block(x, positions, self.rotary, cache)
+        x, h = self.block[0].attn.norm(x, torch.zeros_like(x))  # the residual stream starts at zero
+        for i, block in enumerate(self.block):
+            x, h = block(x, h, self.rotary, cache, self.block[i + 1].attn.norm if i + 1 < len(self.block) else self.norm)
         if cache is not None:
-            cache.pos = start + T
+            cache.advance(tokens.shape[0])
         if last_only:
-            x = x[-1:]
-        return self.unembedding(self.norm(x)).float()
+            h = h[-1:]
+        return self.unembedding(h).float()
 
     # ---------------------------------------------------------------------------- generate
     @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, seed: Optional[int] = None,
-                 stop_ids: Iterable[int] = (), prefill_chunk: int = 512) -> List[int]:
+                 stop_ids: Iterable[int] = (), prefill_chunk: int = 512, graph: Optional[bool] = None) -> List[int]:
         """New token ids after ``prompt_ids``: greedy for ``temperature == 0``, else sampled from
-        softmax(logits / temperature) restricted to the top-p nucleus, with a CPU generator
-        seeded by ``seed`` (the same on every rank; drawn on rank 0 and broadcast if None).
+        softmax(logits / temperature) restricted to the top-p nucleus, with draws from a CPU
+        generator seeded by ``seed`` (the same on every rank; drawn on rank 0 and broadcast if None).
         Stops after ``max_new_tokens`` or after emitting a token of ``stop_ids``. The prompt is
-        prefilled ``prefill_chunk`` tokens at a time (bounds the attention scores' memory)."""
+        prefilled ``prefill_chunk`` tokens at a time (bounds the attention scores' memory); then
+        each new token is one decode step (see :class:`moekit.models.decode.Decoder`), replayed
+        from a CUDA graph when ``graph`` is True (default: wherever it can be, see
+        :func:`moekit.models.decode.graph_capable`), else run eagerly: the same kernels, the same
+        tokens."""
+        from moekit.models.decode import Decoder, graph_capable
+
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
             raise ValueError("GptOss.generate: prompt_ids is empty")
@@ -534,27 +576,23 @@ class GptOss(nn.Module):
             raise ValueError(f"GptOss.generate: {len(prompt)} prompt tokens + max_new_tokens {max_new_tokens} exceed "
                              f"the {context} positions the model supports")
         check_sampling(temperature, top_p)
-        stop = set(int(s) for s in stop_ids)
-        generator = None
-        if temperature > 0:
-            if seed is None:
-                seed = self._shared_seed()
-            generator = torch.Generator(device="cpu").manual_seed(int(seed))
-        if max_new_tokens == 0:
-            return []
         if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1:
             raise ValueError(f"GptOss.generate: prefill_chunk expected an int >= 1, got {prefill_chunk!r}")
-        cache = KVCache(self, len(prompt) + max_new_tokens)
-        ids = torch.tensor(prompt, dtype=torch.int64, device=self.device)
-        for begin in range(0, len(prompt), prefill_chunk):
-            logits = self(ids[begin:begin + prefill_chunk], cache, last_only=True)
-        out: List[int] = []
-        while True:
-            token = sample_next(logits[-1], temperature, top_p, generator)
-            out.append(token)
-            if len(out) == max_new_tokens or token in stop:
-                return out
-            logits = self(torch.tensor([token], dtype=torch.int64, device=self.device), cache, last_only=True)
+        if graph is None:
+            graph = graph_capable(self)
+        elif graph and not graph_capable(self):
+            raise ValueError(f"GptOss.generate: graph=True needs the model on a CUDA device and, across ranks, the "
+                             f"NCCL backend (this model: {self.device})")
+        if max_new_tokens == 0:
+            return []
+        if temperature > 0 and seed is None:
+            seed = self._shared_seed()
+        capacity = len(prompt) + max_new_tokens
+        decoder = self._decoder
+        if decoder is None or not decoder.fits(capacity, temperature, top_p, graph):
+            self._decoder = None  # frees the old cache and graph first
+            decoder = self._decoder = Decoder(self, capacity, temperature, top_p, graph)
+        return decoder.generate(prompt, max_new_tokens, seed, set(int(s) for s in stop_ids), prefill_chunk)
 
     def _shared_seed(self) -> int:
         seed = random.SystemRandom().randrange(2 ** 62)
@@ -575,21 +613,29 @@ def check_sampling(temperature: float, top_p: float) -> None:
         raise ValueError(f"top_p expected a number in (0, 1], got {top_p!r}")
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float = 1.0,
-                generator: Optional[torch.Generator] = None) -> int:
-    """One token from ``logits`` [vocab]: argmax (first on ties) when ``temperature == 0``;
-    otherwise from softmax(logits / temperature) over the smallest set of most likely tokens
-    whose probability reaches ``top_p`` (nucleus). Sampling runs on the CPU in float32 so the
-    same generator state gives the same token on any device."""
-    check_sampling(temperature, top_p)
-    logits = logits.detach().float().reshape(-1)
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, uniform: torch.Tensor) -> torch.Tensor:
+    """The next token (int64 [1], on logits' device) from ``logits`` [vocab]: argmax (first on
+    ties) when ``temperature == 0``; otherwise the token whose interval of the cumulative
+    distribution of softmax(logits / temperature), restricted to the smallest set of most likely
+    tokens whose probability reaches ``top_p`` (nucleus) and renormalised, holds ``uniform``
+    (float32 [1] in [0, 1)). Device ops only, no host read: a CUDA graph captures it."""
+    logits = logits.reshape(-1).float()
     if temperature == 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.cpu() / temperature, dim=-1)
+        return torch.argmax(logits).reshape(1)
+    probs = torch.softmax(logits / temperature, dim=-1)
     sorted_probs, order = torch.sort(probs, descending=True, stable=True)
     if top_p < 1.0:
         before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs   # mass of the more likely tokens
         sorted_probs = sorted_probs.masked_fill(before >= top_p, 0.0)
-        sorted_probs[0] = torch.clamp(sorted_probs[0], min=torch.finfo(torch.float32).tiny)
-    choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
-    return int(order[choice])
+    cdf = torch.cumsum(sorted_probs, dim=-1)
+    choice = torch.searchsorted(cdf, uniform.reshape(1) * cdf[-1:], right=True).clamp_(max=cdf.shape[0] - 1)
+    return order[choice]
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float = 1.0,
+                generator: Optional[torch.Generator] = None) -> int:
+    """One token id from ``logits`` [vocab] by :func:`sample_token`, with the uniform drawn from
+    ``generator`` (a CPU generator, so the same state gives the same draw on any device)."""
+    check_sampling(temperature, top_p)
+    uniform = torch.rand(1, generator=generator).to(logits.device)
+    return int(sample_token(logits.detach(), temperature, top_p, uniform))

@@ -1,0 +1,280 @@
+"""Batch-1 decode of gpt-oss at the published shapes, random weights: moekit's runner beside OpenAI's
+gpt_oss.triton in one process, on one GPU (docs/decode.md, issue 20's benchmark).
+
+    python3 bench/generate.py [--shapes 20b 120b] [--peer-dir .peers] [--out bench/results/NAME.json]
+
+For each shape: a checkpoint in the published original/ layout with random weights (20b: written
+once under --checkpoint-root and reused; 120b: 65 GB fit no disk of the GPU machine, so its model is
+made on the GPU without a file), loaded by the runner (moekit.models.load_model), greedy decode after
+a --prompt-tokens prompt. tokens/s comes from the difference of two runs of different lengths
+(prefill and capture excluded), median of --reps pairs; with the CUDA-graph step (the default) and
+the eager one, whose first 64 tokens must equal the graph's. Also: the bytes a token reads, the
+limit they give at the copy ceiling measured in the same run, and where one decode step's GPU time
+goes (torch.profiler over eager steps, by module: attention projections, attention, MoE, norms,
+unembedding, the rest). With --peer-dir holding gpt_oss-0.0.9 and triton_kernels-3.6.0, OpenAI's
+gpt_oss.triton TokenGenerator (triton_kernels MoE, decode step in a CUDA graph) decodes the same
+checkpoint in the same process, timed the same way (bench/gpt_oss_triton_peer.py).
+"""
+
+import argparse
+import datetime
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from common import ceilings, driver_version
+from moekit.models import GptOss, GptOssConfig, checkpoint_tensors, load_model
+from moekit.models.decode import Decoder
+from moekit.models.gpt_oss import AttentionBlock, Linear, MLPBlock, RMSNorm
+
+SHAPES = {  # the published configs
+    "20b": dict(num_hidden_layers=24, num_experts=32),
+    "120b": dict(num_hidden_layers=36, num_experts=128),
+}
+COMMON = dict(experts_per_token=4, vocab_size=201088, hidden_size=2880, intermediate_size=2880, head_dim=64,
+              num_attention_heads=64, num_key_value_heads=8, swiglu_limit=7.0, sliding_window=128,
+              initial_context_length=4096, rope_theta=150000.0, rope_scaling_factor=32.0, rope_ntk_alpha=1.0,
+              rope_ntk_beta=32.0)
+MXFP4_BYTES = 0.5 + 1 / 32  # per weight: a nibble, and a scale byte per 32
+
+
+def config_of(shape: str) -> GptOssConfig:
+    return GptOssConfig(**SHAPES[shape], **COMMON)
+
+
+# ---------------------------------------------------------------------------- random weights
+
+def random_tensor(name: str, shape, dtype: str, device, gen) -> torch.Tensor:
+    """Values a trained model could hold: codes any byte, scales 2^-5..2^-2 (weights ~0.01-0.4),
+    dense weights ~N(0, 1/fan_in), norms ~1, small biases and sinks."""
+    if dtype == "U8":
+        if name.endswith("scales"):
+            return torch.randint(122, 126, shape, device=device, generator=gen, dtype=torch.uint8)
+        return torch.randint(0, 256, shape, device=device, generator=gen, dtype=torch.uint8)
+    t = torch.randn(shape, device=device, generator=gen)
+    if name.endswith("norm.scale"):
+        t = 1.0 + 0.1 * t
+    elif name.endswith(("bias", "sinks")):
+        t = 0.1 * t
+    elif name != "embedding.weight":
+        t = t * shape[-1] ** -0.5
+    return t.to(torch.bfloat16)
+
+
+def write_checkpoint(path: Path, config: GptOssConfig, device, layers_per_file: int = 4) -> None:
+    """The original/ layout: config.json and safetensors files of a few layers each."""
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator(device=device).manual_seed(0)
+    groups = {}
+    for name, spec in checkpoint_tensors(config).items():
+        key = int(name.split(".")[1]) // layers_per_file if name.startswith("block.") else -1
+        groups.setdefault(key, []).append((name, spec))
+    files = sorted(groups)
+    for i, key in enumerate(files):
+        tensors = {name: random_tensor(name, spec.shape, spec.dtype, device, gen).cpu()
+                   for name, spec in groups[key]}
+        save_file(tensors, str(path / f"model-{i + 1:05d}-of-{len(files):05d}.safetensors"), metadata={"format": "pt"})
+    config.to_json(path / "config.json")  # last: a folder with config.json is complete
+
+
+def random_model(config: GptOssConfig, device) -> GptOss:
+    """The runner's model with random weights made on the GPU, without a file."""
+    model = GptOss(config, device, dtype=torch.bfloat16)
+    gen = torch.Generator(device=device).manual_seed(0)
+    specs = checkpoint_tensors(config)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            t.copy_(random_tensor(name, tuple(t.shape), specs[name].dtype, device, gen))
+    return model.eval()
+
+
+# -------------------------------------------------------------------------------- measuring
+
+def bytes_per_token(config: GptOssConfig, context: float) -> float:
+    """What one decode step reads at least: every dense weight once, the k experts' MXFP4 weights and
+    biases, the norms, one embedding row, the unembedding, and the KV cache up to ``context`` keys
+    (the window on sliding layers)."""
+    c = config
+    H, I, E, k, d = c.hidden_size, c.intermediate_size, c.num_experts, c.experts_per_token, c.head_dim
+    qkv = d * (c.num_attention_heads + 2 * c.num_key_value_heads)
+    attention = 2 * (qkv * H + qkv + H * d * c.num_attention_heads + H) + 4 * c.num_attention_heads
+    experts = k * (MXFP4_BYTES * 3 * H * I + 2 * (2 * I + H))
+    gate = 2 * (E * H + E)
+    norms = 2 * 4 * H
+    kv = sum(2 * 2 * c.num_key_value_heads * d * (min(context, c.sliding_window) if i % 2 == 0 else context)
+             for i in range(c.num_hidden_layers))
+    return c.num_hidden_layers * (attention + experts + gate + norms) + kv + 2 * H + 4 * H + 2 * c.vocab_size * H
+
+
+def tokens_per_second(run, short: int, long: int, reps: int, device) -> dict:
+    """run(n) generates n tokens; the rate of the extra long - short tokens, median over reps."""
+    def timed(n):
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        run(n)
+        torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    run(long)  # warm-up: capture, autotuning, allocations
+    rates = []
+    for _ in range(reps):
+        t_short, t_long = timed(short), timed(long)
+        rates.append((long - short) / (t_long - t_short))
+    rate = statistics.median(rates)
+    return {"tokens_per_s": rate, "ms_per_token": 1e3 / rate, "runs": rates, "new_tokens": [short, long]}
+
+
+def step_breakdown(model: GptOss, prompt, steps: int = 8) -> dict:
+    """GPU time of one eager decode step by part (us), from torch.profiler ranges opened around the
+    model's modules (a kernel counts for the innermost range that launched it)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    def part(module):
+        if isinstance(module, RMSNorm):
+            return "norms"
+        if isinstance(module, MLPBlock):
+            return "moe"
+        if isinstance(module, AttentionBlock):
+            return "attention"
+        if isinstance(module, Linear):
+            return "unembedding" if module is model.unembedding else "attention projections"
+        return None
+
+    handles, open_ranges = [], []
+    for module in model.modules():
+        name = part(module)
+        if name is None:
+            continue
+        def enter(m, args, name=name):
+            r = record_function(f"part:{name}")
+            r.__enter__()
+            open_ranges.append(r)
+        handles.append(module.register_forward_pre_hook(enter))
+        handles.append(module.register_forward_hook(lambda m, a, o: open_ranges.pop().__exit__(None, None, None)))
+    decoder = Decoder(model, len(prompt) + steps + 1, 0.0, 1.0, graph=False)
+    decoder.generate(prompt, 1, None, set(), 512)
+    torch.cuda.synchronize(model.device)
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                decoder._step()
+            torch.cuda.synchronize(model.device)
+    finally:
+        for h in handles:
+            h.remove()
+    events = prof.key_averages()
+    ranges = {e.key[len("part:"):]: e.device_time_total / steps for e in events if e.key.startswith("part:")}
+    total = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / steps
+    result = {
+        "attention projections": ranges.get("attention projections", 0.0),
+        "attention": ranges.get("attention", 0.0) - ranges.get("attention projections", 0.0),
+        "moe": ranges.get("moe", 0.0),
+        "norms": ranges.get("norms", 0.0),
+        "unembedding": ranges.get("unembedding", 0.0),
+    }
+    result["rest"] = total - sum(result.values())
+    result["total"] = total
+    return result
+
+
+# ------------------------------------------------------------------------------------- main
+
+def run_shape(shape: str, args, device, copy_bps: float) -> dict:
+    config = config_of(shape)
+    gen = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, config.vocab_size, (args.prompt_tokens,), generator=gen).tolist()
+    short, long = args.new_tokens
+    row = {"shape": shape, "layers": config.num_hidden_layers, "experts": config.num_experts,
+           "prompt_tokens": len(prompt)}
+    checkpoint = None
+    start = time.perf_counter()
+    if shape == "20b":
+        checkpoint = args.checkpoint_root / "gpt-oss-20b-random" / "original"
+        if not (checkpoint / "config.json").exists():
+            write_checkpoint(checkpoint, config, device)
+        model = load_model(checkpoint, device, progress=False)
+        row["weights"] = f"random, published original/ layout, loaded from {checkpoint}"
+    else:
+        model = random_model(config, device)
+        row["weights"] = "random, made on the GPU (no file: 65 GB fit no disk of the machine)"
+    row["load_s"] = time.perf_counter() - start
+    context = len(prompt) + (short + long) / 2
+    row["bytes_per_token"] = bytes_per_token(config, context)
+    row["limit_tokens_per_s"] = copy_bps / row["bytes_per_token"]
+
+    with torch.inference_mode():
+        graph = tokens_per_second(lambda n: model.generate(prompt, n), short, long, args.reps, device)
+        graph_ids = model.generate(prompt, 64)
+        eager_short, eager_long = args.eager_tokens
+        eager = tokens_per_second(lambda n: model.generate(prompt, n, graph=False), eager_short, eager_long, 1, device)
+        eager_ids = model.generate(prompt, 64, graph=False)
+        row["breakdown_us"] = step_breakdown(model, prompt)
+    row["moekit_graph"] = graph
+    row["moekit_eager"] = eager
+    row["graph_equals_eager_64"] = graph_ids == eager_ids
+    for r in (graph, eager):
+        r["fraction_of_limit"] = r["tokens_per_s"] / row["limit_tokens_per_s"]
+    print(f"{shape}: moekit graph {graph['tokens_per_s']:.1f} tokens/s ({graph['ms_per_token']:.3f} ms, "
+          f"{graph['fraction_of_limit']:.3f} of the {row['limit_tokens_per_s']:.0f} tokens/s limit), eager "
+          f"{eager['tokens_per_s']:.1f}; graph == eager for 64 tokens: {row['graph_equals_eager_64']}", flush=True)
+    print("  one step's GPU time (us): " + ", ".join(f"{k} {v:.0f}" for k, v in row["breakdown_us"].items()),
+          flush=True)
+    del model
+    torch.cuda.empty_cache()
+
+    if checkpoint is not None and args.peer_dir is not None:
+        from gpt_oss_triton_peer import PeerGenerator
+
+        peer = PeerGenerator(args.peer_dir, checkpoint, len(prompt) + long, device)
+        result = tokens_per_second(lambda n: peer.generate(prompt, n), short, long, args.reps, device)
+        result["fraction_of_limit"] = result["tokens_per_s"] / row["limit_tokens_per_s"]
+        peer_ids = peer.generate(prompt, 64)
+        row["gpt_oss_triton"] = result
+        row["moekit_vs_gpt_oss_triton"] = graph["tokens_per_s"] / result["tokens_per_s"]
+        row["greedy_tokens_equal_to_peer"] = next((i for i, (a, b) in enumerate(zip(graph_ids, peer_ids)) if a != b),
+                                                  len(peer_ids))
+        print(f"{shape}: gpt_oss.triton {result['tokens_per_s']:.1f} tokens/s: moekit is "
+              f"{row['moekit_vs_gpt_oss_triton']:.2f}x; first {row['greedy_tokens_equal_to_peer']} greedy tokens agree",
+              flush=True)
+        del peer
+        torch.cuda.empty_cache()
+    return row
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["20b", "120b"])
+    p.add_argument("--prompt-tokens", type=int, default=100)
+    p.add_argument("--new-tokens", type=int, nargs=2, default=[32, 160], metavar=("SHORT", "LONG"))
+    p.add_argument("--eager-tokens", type=int, nargs=2, default=[8, 24], metavar=("SHORT", "LONG"))
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--checkpoint-root", type=Path, default=Path("/tmp/moekit-bench"))
+    p.add_argument("--peer-dir", type=Path, default=None,
+                   help="folder holding gpt_oss-0.0.9 and triton_kernels-3.6.0 (OpenAI's gpt_oss.triton and the "
+                        "kernels it calls); the peer runs at 20b when given")
+    p.add_argument("--commit", default=None)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    device = torch.device("cuda", torch.cuda.current_device())
+    props = torch.cuda.get_device_properties(device)
+    ceil = ceilings(device)
+    print(f"{props.name}: copy {ceil['copy_GBps']:.0f} GB/s, bf16 GEMM {ceil['bf16_gemm_TFLOPs']:.0f} TFLOP/s", flush=True)
+    rows = [run_shape(shape, args, device, ceil["copy_GBps"] * 1e9) for shape in args.shapes]
+    from common import commit_of
+    result = dict(gpu=props.name, driver=driver_version(), commit=commit_of(args), torch=torch.__version__,
+                  date=datetime.date.today().isoformat(), ceilings=ceil, rows=rows)
+    out = args.out or Path("bench/results") / f"generate_{props.name.replace(' ', '_')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v)
+                   + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
