@@ -29,7 +29,6 @@ import torch
 from common import ceilings, driver_version
 from moekit.models import GptOss, GptOssConfig, checkpoint_tensors, load_model
 from moekit.models.decode import Decoder
-from moekit.models.gpt_oss import AttentionBlock, Linear, MLPBlock, RMSNorm
 
 SHAPES = {  # the published configs
     "20b": dict(num_hidden_layers=24, num_experts=32),
@@ -130,56 +129,49 @@ def tokens_per_second(run, short: int, long: int, reps: int, device) -> dict:
     return {"tokens_per_s": rate, "ms_per_token": 1e3 / rate, "runs": rates, "new_tokens": [short, long]}
 
 
+KERNEL_PARTS = (  # kernel name fragments -> part of the decode step
+    ("add_rms_norm", "norms"),
+    ("attention_decode", "attention"),
+    ("matmul_ogs", "moe"), ("route", "moe"), ("group_by_expert", "moe"), ("topk", "moe"), ("plan_tiles", "moe"),
+    ("gemv", "linear"), ("gemm", "linear"), ("nvjet", "linear"), ("xmma", "linear"), ("cutlass", "linear"),
+    ("splitK", "linear"),
+)
+
+
 def step_breakdown(model: GptOss, prompt, steps: int = 8) -> dict:
-    """GPU time of one eager decode step by part (us), from torch.profiler ranges opened around the
-    model's modules (a kernel counts for the innermost range that launched it)."""
-    from torch.profiler import ProfilerActivity, profile, record_function
+    """GPU time of one eager decode step by part (us per step), from torch.profiler's kernel records,
+    classified by name; linear kernels after a step's last norm are the unembedding, the others after
+    it the sampling. Also the kernels per step and the ten costliest kernels."""
+    from torch.profiler import ProfilerActivity, profile
 
-    def part(module):
-        if isinstance(module, RMSNorm):
-            return "norms"
-        if isinstance(module, MLPBlock):
-            return "moe"
-        if isinstance(module, AttentionBlock):
-            return "attention"
-        if isinstance(module, Linear):
-            return "unembedding" if module is model.unembedding else "attention projections"
-        return None
-
-    handles, open_ranges = [], []
-    for module in model.modules():
-        name = part(module)
-        if name is None:
-            continue
-        def enter(m, args, name=name):
-            r = record_function(f"part:{name}")
-            r.__enter__()
-            open_ranges.append(r)
-        handles.append(module.register_forward_pre_hook(enter))
-        handles.append(module.register_forward_hook(lambda m, a, o: open_ranges.pop().__exit__(None, None, None)))
     decoder = Decoder(model, len(prompt) + steps + 1, 0.0, 1.0, graph=False)
     decoder.generate(prompt, 1, None, set(), 512)
     torch.cuda.synchronize(model.device)
-    try:
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(steps):
-                decoder._step()
-            torch.cuda.synchronize(model.device)
-    finally:
-        for h in handles:
-            h.remove()
-    events = prof.key_averages()
-    ranges = {e.key[len("part:"):]: e.device_time_total / steps for e in events if e.key.startswith("part:")}
-    total = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / steps
-    result = {
-        "attention projections": ranges.get("attention projections", 0.0),
-        "attention": ranges.get("attention", 0.0) - ranges.get("attention projections", 0.0),
-        "moe": ranges.get("moe", 0.0),
-        "norms": ranges.get("norms", 0.0),
-        "unembedding": ranges.get("unembedding", 0.0),
-    }
-    result["rest"] = total - sum(result.values())
-    result["total"] = total
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            decoder._step()
+        torch.cuda.synchronize(model.device)
+    kernels = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                     key=lambda e: e.time_range.start)
+    per_step = len(kernels) // steps
+    parts, costliest = {}, {}
+    for n, e in enumerate(kernels):
+        name = next((part for fragment, part in KERNEL_PARTS if fragment in e.name), "other")
+        step = kernels[n - n % per_step: n - n % per_step + per_step] if per_step else []
+        last_norm = max((i for i, k in enumerate(step) if "add_rms_norm" in k.name), default=len(step))
+        after = n % per_step > last_norm if per_step else False
+        if name == "linear":
+            name = "unembedding" if after else "attention projections"
+        elif name == "other" and after:
+            name = "sampling"
+        us = e.time_range.elapsed_us() / steps
+        parts[name] = parts.get(name, 0.0) + us
+        key = e.name[:80]
+        costliest[key] = costliest.get(key, 0.0) + us
+    result = {k: parts[k] for k in sorted(parts, key=lambda k: -parts[k])}
+    result["total"] = sum(parts.values())
+    result["kernels_per_step"] = len(kernels) / steps
+    result["costliest"] = dict(sorted(costliest.items(), key=lambda kv: -kv[1])[:10])
     return result
 
 
@@ -223,8 +215,10 @@ def run_shape(shape: str, args, device, copy_bps: float) -> dict:
     print(f"{shape}: moekit graph {graph['tokens_per_s']:.1f} tokens/s ({graph['ms_per_token']:.3f} ms, "
           f"{graph['fraction_of_limit']:.3f} of the {row['limit_tokens_per_s']:.0f} tokens/s limit), eager "
           f"{eager['tokens_per_s']:.1f}; graph == eager for 64 tokens: {row['graph_equals_eager_64']}", flush=True)
-    print("  one step's GPU time (us): " + ", ".join(f"{k} {v:.0f}" for k, v in row["breakdown_us"].items()),
-          flush=True)
+    parts = {k: v for k, v in row["breakdown_us"].items() if isinstance(v, float)}
+    print("  one eager step's GPU time (us): " + ", ".join(f"{k} {v:.0f}" for k, v in parts.items()), flush=True)
+    print("  costliest kernels (us per step): " + "; ".join(f"{k} {v:.0f}" for k, v in
+                                                          row["breakdown_us"]["costliest"].items()), flush=True)
     del model
     torch.cuda.empty_cache()
 

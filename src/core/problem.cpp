@@ -370,16 +370,17 @@ void check_add_rms_norm_outputs(const AddRmsNormProblem& p, const TensorView& x,
 
 // ----------------------------------------------------------------------------- attention_decode
 
-AttentionDecodeSplit attention_decode_split(int64_t cache_len) {
-  // Up to 1024 keys one block per kv head walks them all; longer caches split into at most 32
-  // runs of whole 256-key tiles, so a long context keeps more SMs busy.
-  constexpr int64_t kTile = 256, kMinSplitKeys = 1024, kMaxSplits = 32;
+AttentionDecodeSplit attention_decode_split(int64_t cache_len, int64_t window, int64_t tokens, int64_t head_dim) {
+  // 64 keys of up to 64 values per chunk (32 KB of keys and values in float32), a power of two
+  // fewer keys for larger heads; at most 32 blocks per kv head, each walking every 32nd chunk of
+  // a long context.
+  constexpr int64_t kChunkValues = 64 * 64, kMaxSplits = 32;
   AttentionDecodeSplit s;
-  const int64_t tiles = (cache_len + kTile - 1) / kTile;
-  const int64_t tiles_per_split = (tiles + kMaxSplits - 1) / kMaxSplits;
-  s.keys_per_split = kTile * tiles_per_split;
-  if (s.keys_per_split < kMinSplitKeys) s.keys_per_split = kMinSplitKeys;
-  s.splits = cache_len > 0 ? (cache_len + s.keys_per_split - 1) / s.keys_per_split : 1;
+  while (s.chunk > 1 && s.chunk * head_dim > kChunkValues) s.chunk /= 2;
+  // Keys the tokens can see together: the window (stretched by the tokens after the first), or the cache.
+  const int64_t span = window > 0 && window + tokens - 1 < cache_len ? window + tokens - 1 : cache_len;
+  const int64_t chunks = (span + s.chunk - 1) / s.chunk;
+  s.splits = chunks < 1 ? 1 : (chunks > kMaxSplits ? kMaxSplits : chunks);
   return s;
 }
 
@@ -414,7 +415,7 @@ AttentionDecodeProblem check_attention_decode_inputs(const AttentionDecodeArgs& 
   p.window = a.window;
   p.rope_scale = a.rope_scale;
   p.sm_scale = a.sm_scale;
-  p.split = attention_decode_split(p.L);
+  p.split = attention_decode_split(p.L, p.window, p.T, p.D);
   if (p.split.splits > 1) {
     const int64_t partials = check::mul(op, "k_cache", check::mul(op, "qkv", p.T, p.Hq), p.split.splits);
     p.workspace = static_cast<size_t>(check::mul(op, "k_cache", check::mul(op, "k_cache", partials, p.D + 2), 4));

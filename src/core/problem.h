@@ -97,12 +97,14 @@ AddRmsNormProblem check_add_rms_norm_inputs(const TensorView& x, const TensorVie
 void check_add_rms_norm_outputs(const AddRmsNormProblem& p, const TensorView& x, const TensorView& sum,
                                 const TensorView& out);
 
-// How the CUDA backend splits the keys of attention_decode over blocks: a function of the cache
-// length alone, so the workspace (each split's partial softmax) is sized from shapes.
+// How the CUDA backend splits the keys of attention_decode: chunks of `chunk` keys (a block stages
+// one chunk of keys and values in shared memory at a time), dealt round-robin to `splits` blocks
+// per kv head, whose partial softmaxes a second kernel merges. A function of shapes alone (the
+// cache length, the window, the tokens and the head size), so the workspace is too.
 struct AttentionDecodeSplit {
-  int64_t keys_per_split = 0, splits = 1;
+  int64_t chunk = 64, splits = 1;
 };
-AttentionDecodeSplit attention_decode_split(int64_t cache_len);
+AttentionDecodeSplit attention_decode_split(int64_t cache_len, int64_t window, int64_t tokens, int64_t head_dim);
 
 struct AttentionDecodeProblem {
   int64_t T = 0, Hq = 0, Hkv = 0, D = 0, L = 0;

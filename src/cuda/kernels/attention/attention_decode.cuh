@@ -1,13 +1,13 @@
-// gpt-oss decode attention (see attention_decode in include/moekit/ops.h). Grid: (kv head,
-// split of the cache's keys); a block serves the kv head's group of q heads for every token.
-// Per token it walks its share of the visible keys in tiles of kAttnTile: one thread per key
-// scores it against the group's rotated q (held in shared memory), a warp per head turns the
-// tile's scores into online-softmax weights, and each thread accumulates its (head, column pair)
-// outputs. Keys of the new tokens are rotated from qkv by every block that reads them, so no
-// block waits for another's cache write; the first split's block writes them into the cache.
-// With one split the block writes out; with several, each writes its partial (max, sum,
-// weighted values) and attention_decode_merge_kernel combines them in split order. Nothing is
-// atomic: the result does not depend on the number of tokens in the call or on scheduling.
+// gpt-oss decode attention (see attention_decode in include/moekit/ops.h). Grid: (kv head, split).
+// The keys the tokens can see are cut into chunks (AttentionDecodeSplit) that the splits take
+// round-robin. For each token a block stages a chunk's keys and values in shared memory (float32,
+// keys rotated; the new tokens' keys are rotated from qkv by every block that reads them, so no
+// block waits for another's cache write), scores the chunk against the group's rotated queries,
+// folds it into an online softmax per head, and accumulates the weighted values. With one split
+// the block writes out; with several, each writes its partial (max, sum, weighted values) and
+// attention_decode_merge_kernel combines them in split order. The first split's block writes the
+// new keys and values into the cache. Nothing is atomic and nothing depends on how many tokens
+// the call holds: the result is the same bits for a token decoded alone or with others.
 #pragma once
 
 #include <cstdint>
@@ -16,10 +16,11 @@
 
 namespace moekit::cuda {
 
-constexpr int kAttnThreads = 256;
-constexpr int kAttnTile = kAttnThreads;  // keys per tile: one per thread
-constexpr int kAttnMaxGroup = 16;        // q heads per kv head
-constexpr int kAttnMaxPairs = 4;         // (head, column pair) outputs per thread: group * D <= 2048
+constexpr int kAttnThreads = 128;
+constexpr int kAttnMaxGroup = 16;  // q heads per kv head
+constexpr int kAttnMaxGroupValues = 2048;  // q heads per kv head * D
+constexpr int kAttnMaxScores = kAttnMaxGroup * 64 / kAttnThreads;  // (head, key) scores per thread
+constexpr int kAttnMaxOutputs = kAttnMaxGroupValues / kAttnThreads;  // (head, column) outputs per thread
 
 struct AttentionDecodeParams {
   const void* qkv;
@@ -30,26 +31,8 @@ struct AttentionDecodeParams {
   const float* inv_freq;
   void* out;
   float* partial;  // [T, Hq, splits, D + 2] (max, sum, weighted values) when splits > 1
-  int T, Hq, Hkv, D, L, window, keys_per_split, splits;
+  int T, Hq, Hkv, D, L, window, chunk, splits;
   float rope_scale, sm_scale;
-};
-
-template <class T>
-struct Pair;
-template <>
-struct Pair<bf16> {
-  using type = __nv_bfloat162;
-  static __device__ __forceinline__ float2 load(const bf16* p) {
-    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
-  }
-  static __device__ __forceinline__ void store(bf16* p, float a, float b) {
-    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
-  }
-};
-template <>
-struct Pair<float> {
-  static __device__ __forceinline__ float2 load(const float* p) { return *reinterpret_cast<const float2*>(p); }
-  static __device__ __forceinline__ void store(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = {a, b}; }
 };
 
 template <class T>
@@ -57,8 +40,8 @@ __device__ __forceinline__ float round_to(float v) {
   return to_float(static_cast<T>(v));
 }
 
-// Element i and i + D/2 of a head's row rotated for position `pos`, each rounded to T: exactly
-// what the CPU backend and the cache hold.
+// Elements i and i + D/2 of a head's row rotated for position `pos`, each rounded to T: exactly
+// what the CPU backend computes and the cache holds.
 template <class T>
 __device__ __forceinline__ float2 rotate_pair(const T* head_row, int i, int half, int pos, const float* inv_freq,
                                               float rope_scale) {
@@ -71,58 +54,69 @@ __device__ __forceinline__ float2 rotate_pair(const T* head_row, int i, int half
           round_to<T>(__fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)))};
 }
 
+// The keys token t sees: [lo, hi] (inclusive).
+__device__ __forceinline__ int2 visible_keys(const AttentionDecodeParams& p, int64_t p0, int t) {
+  const int pos = static_cast<int>(p0) + t;
+  return {p.window > 0 ? max(0, pos - p.window + 1) : 0, pos};
+}
+
 template <class T>
 __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const AttentionDecodeParams p) {
   extern __shared__ float smem[];
-  const int G = p.Hq / p.Hkv, D = p.D, half = D / 2;
-  float* q_s = smem;                    // [G][D] the group's rotated queries
-  float* w_s = q_s + G * D;             // [G][kAttnTile] scores, then softmax weights
-  float* m_s = w_s + G * kAttnTile;     // [G] running max
-  float* l_s = m_s + G;                 // [G] running sum
-  float* alpha_s = l_s + G;             // [G] rescale of the previous tiles
+  const int G = p.Hq / p.Hkv, D = p.D, half = D / 2, C = p.chunk;
+  float* k_s = smem;                 // [C][D + 1] (padded: the scores read down a column)
+  float* v_s = k_s + C * (D + 1);    // [C][D]
+  float* q_s = v_s + C * D;          // [G][D]
+  float* w_s = q_s + G * D;          // [G][C] scores, then softmax weights
+  float* m_s = w_s + G * C;          // [G] running max
+  float* l_s = m_s + G;              // [G] running sum
+  float* alpha_s = l_s + G;          // [G] rescale of what came before
   const int g = blockIdx.x, split = blockIdx.y, tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const T* qkv = static_cast<const T*>(p.qkv);
   T* k_cache = static_cast<T*>(p.k_cache);
   T* v_cache = static_cast<T*>(p.v_cache);
   const int row_len = (p.Hq + 2 * p.Hkv) * D;
   const int64_t p0 = p.position[0];
-  const bool in_range = p0 >= 0 && p0 + p.T <= p.L;
 
-  if (!in_range) {  // nothing is written to the cache; out says so (the merge does with splits)
+  if (!(p0 >= 0 && p0 + p.T <= p.L)) {  // nothing is written; out says so (the merge does with splits)
     if (split == 0 && p.splits == 1) {
       for (int e = tid; e < p.T * G * D; e += kAttnThreads) {
         const int t = e / (G * D), r = e % (G * D);
-        static_cast<T*>(p.out)[static_cast<int64_t>(t) * p.Hq * D + g * G * D + r] = static_cast<T>(__int_as_float(0x7fc00000));
+        static_cast<T*>(p.out)[static_cast<int64_t>(t) * p.Hq * D + g * G * D + r] =
+            static_cast<T>(__int_as_float(0x7fc00000));
       }
     }
     return;
   }
-  if (split == 0) {  // the new tokens' keys (rotated) and values into the cache
+  // A key row: the cache below p0, the new tokens' qkv rows from p0 on.
+  auto new_key = [&](int j) { return qkv + (j - p0) * row_len + (p.Hq + g) * D; };
+  auto new_value = [&](int j) { return qkv + (j - p0) * row_len + (p.Hq + p.Hkv + g) * D; };
+  auto cached = [&](T* cache, int j) { return cache + (static_cast<int64_t>(j) * p.Hkv + g) * D; };
+  if (split == 0) {
     for (int e = tid; e < p.T * half; e += kAttnThreads) {
-      const int t = e / half, i = e % half;
-      const T* k_row = qkv + static_cast<int64_t>(t) * row_len + (p.Hq + g) * D;
-      const float2 r = rotate_pair(k_row, i, half, static_cast<int>(p0) + t, p.inv_freq, p.rope_scale);
-      T* dst = k_cache + ((p0 + t) * p.Hkv + g) * D;
-      dst[i] = static_cast<T>(r.x);
-      dst[half + i] = static_cast<T>(r.y);
+      const int j = static_cast<int>(p0) + e / half, i = e % half;
+      const float2 r = rotate_pair(new_key(j), i, half, j, p.inv_freq, p.rope_scale);
+      cached(k_cache, j)[i] = static_cast<T>(r.x);
+      cached(k_cache, j)[half + i] = static_cast<T>(r.y);
     }
     for (int e = tid; e < p.T * D; e += kAttnThreads) {
-      const int t = e / D, d = e % D;
-      v_cache[((p0 + t) * p.Hkv + g) * D + d] = qkv[static_cast<int64_t>(t) * row_len + (p.Hq + p.Hkv + g) * D + d];
+      const int j = static_cast<int>(p0) + e / D, d = e % D;
+      cached(v_cache, j)[d] = new_value(j)[d];
     }
   }
 
-  const int pairs = G * half;  // this thread's outputs: pair indices tid, tid + kAttnThreads, ...
+  // Chunks start at the first key token 0 sees; the last token's position ends them.
+  const int base = visible_keys(p, p0, 0).x, end = static_cast<int>(p0) + p.T;
+  const int chunks = (end - base + C - 1) / C;
+  const int heads_per_pass = kAttnThreads / C;  // C divides kAttnThreads: a thread scores one key
+  const int my_key = tid % C;
   for (int t = 0; t < p.T; ++t) {
-    const int pos = static_cast<int>(p0) + t;
-    const int lo = p.window > 0 ? max(0, pos - p.window + 1) : 0;
-    const int begin = max(lo, split * p.keys_per_split);
-    const int end = min(pos + 1, (split + 1) * p.keys_per_split);  // exclusive
-    if (begin >= end) continue;  // the merge skips this split for t as well
+    __syncthreads();  // the previous token's readers are done with q_s, m_s and l_s
+    const int2 seen = visible_keys(p, p0, t);
     const T* q_row = qkv + static_cast<int64_t>(t) * row_len;
-    for (int e = tid; e < pairs; e += kAttnThreads) {
+    for (int e = tid; e < G * half; e += kAttnThreads) {
       const int h = e / half, i = e % half;
-      const float2 r = rotate_pair(q_row + (g * G + h) * D, i, half, pos, p.inv_freq, p.rope_scale);
+      const float2 r = rotate_pair(q_row + (g * G + h) * D, i, half, seen.y, p.inv_freq, p.rope_scale);
       q_s[h * D + i] = r.x;
       q_s[h * D + half + i] = r.y;
     }
@@ -130,50 +124,61 @@ __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const At
       m_s[tid] = -INFINITY;
       l_s[tid] = 0.0f;
     }
-    float acc[kAttnMaxPairs][2] = {};
-    __syncthreads();
-    for (int j0 = begin; j0 < end; j0 += kAttnTile) {
-      const int count = min(kAttnTile, end - j0);
-      // Scores: thread tid takes key j0 + tid.
-      if (tid < count) {
-        const int j = j0 + tid;
-        float dot[kAttnMaxGroup];
+    float acc[kAttnMaxOutputs] = {};
+    for (int c = split; c < chunks; c += p.splits) {
+      // This token's keys in the chunk: [k0, k1) of it.
+      const int start = base + c * C;
+      const int k0 = max(seen.x, start) - start, k1 = min(seen.y + 1, start + C) - start;
+      if (k0 >= k1) continue;  // block-uniform
+      __syncthreads();  // the previous chunk's (or token's) readers are done with the buffers
+      for (int e = tid; e < (k1 - k0) * half; e += kAttnThreads) {
+        const int k = k0 + e / half, i = e % half, j = start + k;
+        float2 r;
+        if (j < p0) {
+          const T* row = cached(k_cache, j);
+          r = {to_float(row[i]), to_float(row[half + i])};
+        } else {
+          r = rotate_pair(new_key(j), i, half, j, p.inv_freq, p.rope_scale);
+        }
+        k_s[k * (D + 1) + i] = r.x;
+        k_s[k * (D + 1) + half + i] = r.y;
+      }
+      for (int e = tid; e < (k1 - k0) * D; e += kAttnThreads) {
+        const int k = k0 + e / D, d = e % D, j = start + k;
+        v_s[k * D + d] = to_float(j < p0 ? cached(v_cache, j)[d] : new_value(j)[d]);
+      }
+      __syncthreads();
+      // Scores: thread tid takes key my_key for heads tid / C, + heads_per_pass, ...
+      if (my_key >= k0 && my_key < k1) {
+        float dot[kAttnMaxScores];
 #pragma unroll
-        for (int h = 0; h < kAttnMaxGroup; ++h) dot[h] = 0.0f;
-        const bool cached = j < p0;
-        const T* k_row = cached ? k_cache + (static_cast<int64_t>(j) * p.Hkv + g) * D
-                                : qkv + (j - p0) * row_len + (p.Hq + g) * D;
-        for (int i = 0; i < half; ++i) {
-          float k1, k2;
-          if (cached) {
-            k1 = to_float(k_row[i]);
-            k2 = to_float(k_row[half + i]);
-          } else {
-            const float2 r = rotate_pair(k_row, i, half, j, p.inv_freq, p.rope_scale);
-            k1 = r.x;
-            k2 = r.y;
-          }
+        for (int r = 0; r < kAttnMaxScores; ++r) dot[r] = 0.0f;
+        const int h0 = tid / C;
+        for (int d = 0; d < D; ++d) {
+          const float kv = k_s[my_key * (D + 1) + d];
 #pragma unroll
-          for (int h = 0; h < kAttnMaxGroup; ++h) {
-            if (h < G) dot[h] = fmaf(q_s[h * D + half + i], k2, fmaf(q_s[h * D + i], k1, dot[h]));
+          for (int r = 0; r < kAttnMaxScores; ++r) {
+            const int h = h0 + r * heads_per_pass;
+            if (h < G) dot[r] = fmaf(q_s[h * D + d], kv, dot[r]);
           }
         }
 #pragma unroll
-        for (int h = 0; h < kAttnMaxGroup; ++h) {
-          if (h < G) w_s[h * kAttnTile + tid] = dot[h] * p.sm_scale;
+        for (int r = 0; r < kAttnMaxScores; ++r) {
+          const int h = h0 + r * heads_per_pass;
+          if (h < G) w_s[h * C + my_key] = dot[r] * p.sm_scale;
         }
       }
       __syncthreads();
-      // Online softmax: warp w updates heads w, w + 8, ...
+      // Online softmax: warp w updates heads w, w + 4, ...
       for (int h = warp; h < G; h += kAttnThreads / 32) {
-        float* w = w_s + h * kAttnTile;
+        float* w = w_s + h * C;
         float top = -INFINITY;
-        for (int k = lane; k < count; k += 32) top = fmaxf(top, w[k]);
+        for (int k = k0 + lane; k < k1; k += 32) top = fmaxf(top, w[k]);
 #pragma unroll
         for (int offset = 16; offset > 0; offset /= 2) top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, offset));
         const float m_new = fmaxf(m_s[h], top);
         float total = 0.0f;
-        for (int k = lane; k < count; k += 32) {
+        for (int k = k0 + lane; k < k1; k += 32) {
           const float e = __expf(w[k] - m_new);
           w[k] = e;
           total += e;
@@ -188,52 +193,41 @@ __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const At
         }
       }
       __syncthreads();
-      // Weighted values: thread tid owns (head, column pair) e = tid + n * kAttnThreads.
+      // Weighted values: thread tid owns the (head, column) outputs tid, tid + 128, ...
 #pragma unroll
-      for (int n = 0; n < kAttnMaxPairs; ++n) {
-        const int e = tid + n * kAttnThreads;
-        if (e >= pairs) break;
-        const int h = e / half, d = 2 * (e % half);
-        const float* w = w_s + h * kAttnTile;
-        float a0 = acc[n][0] * alpha_s[h], a1 = acc[n][1] * alpha_s[h];
-#pragma unroll 4
-        for (int k = 0; k < count; ++k) {
-          const int j = j0 + k;
-          const T* v_row = j < p0 ? v_cache + (static_cast<int64_t>(j) * p.Hkv + g) * D
-                                  : qkv + (j - p0) * row_len + (p.Hq + p.Hkv + g) * D;
-          const float2 v = Pair<T>::load(v_row + d);
-          a0 = fmaf(w[k], v.x, a0);
-          a1 = fmaf(w[k], v.y, a1);
+      for (int r = 0; r < kAttnMaxOutputs; ++r) {
+        const int e = tid + r * kAttnThreads;
+        if (e < G * D) {
+          const int h = e / D, d = e % D;
+          const float* w = w_s + h * C;
+          float a = acc[r] * alpha_s[h];
+          for (int k = k0; k < k1; ++k) a = fmaf(w[k], v_s[k * D + d], a);
+          acc[r] = a;
         }
-        acc[n][0] = a0;
-        acc[n][1] = a1;
       }
-      __syncthreads();
     }
-    // This token's result, or this split's partial.
+    __syncthreads();  // m_s and l_s complete
+    // This token's result, or this split's partial (max -inf and zeros when it saw no key).
 #pragma unroll
-    for (int n = 0; n < kAttnMaxPairs; ++n) {
-      const int e = tid + n * kAttnThreads;
-      if (e >= pairs) break;
-      const int h = e / half, d = 2 * (e % half), hq = g * G + h;
+    for (int r = 0; r < kAttnMaxOutputs; ++r) {
+      const int e = tid + r * kAttnThreads;
+      if (e >= G * D) break;
+      const int h = e / D, d = e % D, hq = g * G + h;
       if (p.splits == 1) {
         const float sink = p.sinks[hq];
         const float top = fmaxf(m_s[h], sink);
         const float scale = __expf(m_s[h] - top);
-        const float inv = 1.0f / (l_s[h] * scale + __expf(sink - top));
-        Pair<T>::store(static_cast<T*>(p.out) + static_cast<int64_t>(t) * p.Hq * D + hq * D + d,
-                       acc[n][0] * scale * inv, acc[n][1] * scale * inv);
+        static_cast<T*>(p.out)[static_cast<int64_t>(t) * p.Hq * D + hq * D + d] =
+            static_cast<T>(acc[r] * scale / (l_s[h] * scale + __expf(sink - top)));
       } else {
         float* part = p.partial + ((static_cast<int64_t>(t) * p.Hq + hq) * p.splits + split) * (D + 2);
         if (d == 0) {
           part[0] = m_s[h];
           part[1] = l_s[h];
         }
-        part[2 + d] = acc[n][0];
-        part[3 + d] = acc[n][1];
+        part[2 + d] = acc[r];
       }
     }
-    __syncthreads();  // q_s, m_s and l_s are the next token's
   }
 }
 
@@ -247,18 +241,19 @@ __global__ void attention_decode_merge_kernel(const AttentionDecodeParams p) {
     for (int d = threadIdx.x; d < D; d += blockDim.x) out[d] = static_cast<T>(__int_as_float(0x7fc00000));
     return;
   }
-  const int pos = static_cast<int>(p0) + t;
-  const int lo = p.window > 0 ? max(0, pos - p.window + 1) : 0;
-  const int first = lo / p.keys_per_split, last = pos / p.keys_per_split;
   const float* part = p.partial + (static_cast<int64_t>(t) * p.Hq + hq) * p.splits * (D + 2);
   const float sink = p.sinks[hq];
   float top = sink;
-  for (int s = first; s <= last; ++s) top = fmaxf(top, part[s * (D + 2)]);
+  for (int s = 0; s < p.splits; ++s) top = fmaxf(top, part[s * (D + 2)]);
   float denominator = __expf(sink - top);
-  for (int s = first; s <= last; ++s) denominator += part[s * (D + 2) + 1] * __expf(part[s * (D + 2)] - top);
+  for (int s = 0; s < p.splits; ++s) {
+    if (part[s * (D + 2)] != -INFINITY) denominator += part[s * (D + 2) + 1] * __expf(part[s * (D + 2)] - top);
+  }
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float acc = 0.0f;
-    for (int s = first; s <= last; ++s) acc += part[s * (D + 2) + 2 + d] * __expf(part[s * (D + 2)] - top);
+    for (int s = 0; s < p.splits; ++s) {
+      if (part[s * (D + 2)] != -INFINITY) acc += part[s * (D + 2) + 2 + d] * __expf(part[s * (D + 2)] - top);
+    }
     out[d] = static_cast<T>(acc / denominator);
   }
 }
