@@ -39,9 +39,15 @@ void attention_decode(const AttentionDecodeProblem& p, const AttentionDecodeArgs
   const dim3 grid(static_cast<unsigned>(p.Hkv), static_cast<unsigned>(p.split.splits));
   const dim3 merge_grid(static_cast<unsigned>(p.T), static_cast<unsigned>(p.Hq));
   const unsigned merge_threads = static_cast<unsigned>(p.D < 256 ? (p.D + 31) / 32 * 32 : 256);
+  // 16-byte loads of key and value rows when rows hold whole 16-byte vectors and start on them.
+  const int64_t elem = dtype_size(a.qkv.dtype);
+  const bool vec = (p.D * elem) % 16 == 0 && aligned(a.qkv, 16) &&
+                   aligned(a.k_cache, 16) && aligned(a.v_cache, 16);
   auto launch = [&](auto element) {
     using T = decltype(element);
-    attention_decode_kernel<T><<<grid, kAttnThreads, smem_bytes(p), stream>>>(params);  // <= 45 KB: no opt-in
+    // <= 45 KB of shared memory: no opt-in needed
+    if (vec) attention_decode_kernel<T, true><<<grid, kAttnThreads, smem_bytes(p), stream>>>(params);
+    else attention_decode_kernel<T, false><<<grid, kAttnThreads, smem_bytes(p), stream>>>(params);
     MOEKIT_CHECK_LAUNCH(ctx, stream, "attention_decode_kernel");
     if (p.split.splits > 1) {
       attention_decode_merge_kernel<T><<<merge_grid, merge_threads, 0, stream>>>(params);

@@ -54,13 +54,62 @@ __device__ __forceinline__ float2 rotate_pair(const T* head_row, int i, int half
           round_to<T>(__fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)))};
 }
 
+// N consecutive elements (N * sizeof(T) == 16, or N == 1) as floats.
+template <int N, class T>
+__device__ __forceinline__ void load_floats(const T* src, float* dst) {
+  if constexpr (N == 1) {
+    dst[0] = to_float(*src);
+  } else {
+    const uint4 raw = *reinterpret_cast<const uint4*>(src);
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < N; ++i) dst[i] = to_float(e[i]);
+  }
+}
+
+// Copies rows [k0, k1) of a chunk into k_s ([C][D + 1]) and v_s ([C][D]) as floats: row k of the
+// keys from k_row(k) (nullptr: a new token's key, rotated elsewhere), of the values from v_row(k).
+// Every load of a round is issued before the first is used, so a chunk costs one or two round
+// trips to memory rather than one per element. kVec: 16-byte loads (rows 16-byte aligned).
+template <bool kVec, class T, class KRow, class VRow>
+__device__ __forceinline__ void stage_chunk(float* k_s, float* v_s, int D, int k0, int k1, KRow k_row, VRow v_row) {
+  constexpr int N = kVec ? 16 / sizeof(T) : 1;
+  constexpr int kBatch = kVec ? 4 : 8;
+  const int per_row = D / N, n = (k1 - k0) * per_row;
+  for (int base = 0; base < n; base += kBatch * kAttnThreads) {
+    float keys[kBatch][N], values[kBatch][N];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int e = base + b * kAttnThreads + threadIdx.x;
+      if (e < n) {
+        const int k = k0 + e / per_row, c = (e % per_row) * N;
+        if (const T* row = k_row(k)) load_floats<N>(row + c, keys[b]);
+        load_floats<N>(v_row(k) + c, values[b]);
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int e = base + b * kAttnThreads + threadIdx.x;
+      if (e < n) {
+        const int k = k0 + e / per_row, c = (e % per_row) * N;
+        if (k_row(k)) {
+#pragma unroll
+          for (int i = 0; i < N; ++i) k_s[k * (D + 1) + c + i] = keys[b][i];
+        }
+#pragma unroll
+        for (int i = 0; i < N; ++i) v_s[k * D + c + i] = values[b][i];
+      }
+    }
+  }
+}
+
 // The keys token t sees: [lo, hi] (inclusive).
 __device__ __forceinline__ int2 visible_keys(const AttentionDecodeParams& p, int64_t p0, int t) {
   const int pos = static_cast<int>(p0) + t;
   return {p.window > 0 ? max(0, pos - p.window + 1) : 0, pos};
 }
 
-template <class T>
+template <class T, bool kVec>
 __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const AttentionDecodeParams p) {
   extern __shared__ float smem[];
   const int G = p.Hq / p.Hkv, D = p.D, half = D / 2, C = p.chunk;
@@ -114,11 +163,28 @@ __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const At
     __syncthreads();  // the previous token's readers are done with q_s, m_s and l_s
     const int2 seen = visible_keys(p, p0, t);
     const T* q_row = qkv + static_cast<int64_t>(t) * row_len;
-    for (int e = tid; e < G * half; e += kAttnThreads) {
-      const int h = e / half, i = e % half;
-      const float2 r = rotate_pair(q_row + (g * G + h) * D, i, half, seen.y, p.inv_freq, p.rope_scale);
-      q_s[h * D + i] = r.x;
-      q_s[h * D + half + i] = r.y;
+    {  // the group's queries, rotated: every load issued before the first rotation
+      constexpr int kMaxPairs = kAttnMaxGroupValues / 2 / kAttnThreads;
+      float x1[kMaxPairs], x2[kMaxPairs];
+#pragma unroll
+      for (int n = 0; n < kMaxPairs; ++n) {
+        const int e = tid + n * kAttnThreads, h = e / half, i = e % half;
+        const T* head = q_row + (g * G + h) * D;
+        x1[n] = e < G * half ? to_float(head[i]) : 0.0f;
+        x2[n] = e < G * half ? to_float(head[half + i]) : 0.0f;
+      }
+#pragma unroll
+      for (int n = 0; n < kMaxPairs; ++n) {
+        const int e = tid + n * kAttnThreads, h = e / half, i = e % half;
+        if (e < G * half) {
+          float sn, cs;
+          sincosf(static_cast<float>(seen.y) * p.inv_freq[i], &sn, &cs);
+          cs *= p.rope_scale;
+          sn *= p.rope_scale;
+          q_s[h * D + i] = round_to<T>(__fsub_rn(__fmul_rn(x1[n], cs), __fmul_rn(x2[n], sn)));
+          q_s[h * D + half + i] = round_to<T>(__fadd_rn(__fmul_rn(x2[n], cs), __fmul_rn(x1[n], sn)));
+        }
+      }
     }
     if (tid < G) {
       m_s[tid] = -INFINITY;
@@ -131,21 +197,15 @@ __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const At
       const int k0 = max(seen.x, start) - start, k1 = min(seen.y + 1, start + C) - start;
       if (k0 >= k1) continue;  // block-uniform
       __syncthreads();  // the previous chunk's (or token's) readers are done with the buffers
-      for (int e = tid; e < (k1 - k0) * half; e += kAttnThreads) {
-        const int k = k0 + e / half, i = e % half, j = start + k;
-        float2 r;
-        if (j < p0) {
-          const T* row = cached(k_cache, j);
-          r = {to_float(row[i]), to_float(row[half + i])};
-        } else {
-          r = rotate_pair(new_key(j), i, half, j, p.inv_freq, p.rope_scale);
-        }
+      stage_chunk<kVec, T>(
+          k_s, v_s, D, k0, k1, [&](int k) { return start + k < p0 ? cached(k_cache, start + k) : nullptr; },
+          [&](int k) -> const T* { return start + k < p0 ? cached(v_cache, start + k) : new_value(start + k); });
+      const int new0 = max(k0, static_cast<int>(p0) - start);  // the new tokens' keys, rotated here
+      for (int e = tid; e < max(0, k1 - new0) * half; e += kAttnThreads) {
+        const int k = new0 + e / half, i = e % half;
+        const float2 r = rotate_pair(new_key(start + k), i, half, start + k, p.inv_freq, p.rope_scale);
         k_s[k * (D + 1) + i] = r.x;
         k_s[k * (D + 1) + half + i] = r.y;
-      }
-      for (int e = tid; e < (k1 - k0) * D; e += kAttnThreads) {
-        const int k = k0 + e / D, d = e % D, j = start + k;
-        v_s[k * D + d] = to_float(j < p0 ? cached(v_cache, j)[d] : new_value(j)[d]);
       }
       __syncthreads();
       // Scores: thread tid takes key my_key for heads tid / C, + heads_per_pass, ...
