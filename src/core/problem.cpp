@@ -371,10 +371,10 @@ void check_add_rms_norm_outputs(const AddRmsNormProblem& p, const TensorView& x,
 // ----------------------------------------------------------------------------- attention_decode
 
 AttentionDecodeSplit attention_decode_split(int64_t cache_len, int64_t window, int64_t tokens, int64_t head_dim) {
-  // 64 keys of up to 64 values per chunk (32 KB of keys and values in float32), a power of two
+  // 32 keys of up to 64 values per chunk (16 KB of keys and values in float32), a power of two
   // fewer keys for larger heads; at most 32 blocks per kv head, each walking every 32nd chunk of
   // a long context.
-  constexpr int64_t kChunkValues = 64 * 64, kMaxSplits = 32;
+  constexpr int64_t kChunkValues = 32 * 64, kMaxSplits = 32;
   AttentionDecodeSplit s;
   while (s.chunk > 1 && s.chunk * head_dim > kChunkValues) s.chunk /= 2;
   // Keys the tokens can see together: the window (stretched by the tokens after the first), or the cache.

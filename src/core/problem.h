@@ -102,7 +102,7 @@ void check_add_rms_norm_outputs(const AddRmsNormProblem& p, const TensorView& x,
 // per kv head, whose partial softmaxes a second kernel merges. A function of shapes alone (the
 // cache length, the window, the tokens and the head size), so the workspace is too.
 struct AttentionDecodeSplit {
-  int64_t chunk = 64, splits = 1;
+  int64_t chunk = 32, splits = 1;
 };
 AttentionDecodeSplit attention_decode_split(int64_t cache_len, int64_t window, int64_t tokens, int64_t head_dim);
 

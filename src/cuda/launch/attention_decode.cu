@@ -11,7 +11,7 @@ namespace {
 
 size_t smem_bytes(const AttentionDecodeProblem& p) {
   const int64_t group = p.Hq / p.Hkv, chunk = p.split.chunk;
-  return static_cast<size_t>(chunk * (2 * p.D + 1) + group * (p.D + chunk + 3)) * sizeof(float);
+  return static_cast<size_t>(chunk * (2 * p.D + 1) + group * (p.D + chunk + 3) + p.D) * sizeof(float);
 }
 
 }  // namespace

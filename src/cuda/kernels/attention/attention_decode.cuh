@@ -16,10 +16,11 @@
 
 namespace moekit::cuda {
 
-constexpr int kAttnThreads = 128;
-constexpr int kAttnMaxGroup = 16;  // q heads per kv head
+constexpr int kAttnThreads = 256;
+constexpr int kAttnMaxChunk = 32;          // keys per chunk (fewer for heads over 64 values)
+constexpr int kAttnMaxGroup = 16;          // q heads per kv head
 constexpr int kAttnMaxGroupValues = 2048;  // q heads per kv head * D
-constexpr int kAttnMaxScores = kAttnMaxGroup * 64 / kAttnThreads;  // (head, key) scores per thread
+constexpr int kAttnMaxScores = kAttnMaxGroup * kAttnMaxChunk / kAttnThreads;  // (head, key) scores per thread
 constexpr int kAttnMaxOutputs = kAttnMaxGroupValues / kAttnThreads;  // (head, column) outputs per thread
 
 struct AttentionDecodeParams {
@@ -120,6 +121,8 @@ __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const At
   float* m_s = w_s + G * C;          // [G] running max
   float* l_s = m_s + G;              // [G] running sum
   float* alpha_s = l_s + G;          // [G] rescale of what came before
+  float* cos_s = alpha_s + G;        // [D/2] the token's rotary cos and sin (times rope_scale)
+  float* sin_s = cos_s + half;
   const int g = blockIdx.x, split = blockIdx.y, tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const T* qkv = static_cast<const T*>(p.qkv);
   T* k_cache = static_cast<T*>(p.k_cache);
@@ -163,6 +166,12 @@ __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const At
     __syncthreads();  // the previous token's readers are done with q_s, m_s and l_s
     const int2 seen = visible_keys(p, p0, t);
     const T* q_row = qkv + static_cast<int64_t>(t) * row_len;
+    for (int i = tid; i < half; i += kAttnThreads) {
+      float sn, cs;
+      sincosf(static_cast<float>(seen.y) * p.inv_freq[i], &sn, &cs);
+      cos_s[i] = cs * p.rope_scale;
+      sin_s[i] = sn * p.rope_scale;
+    }
     {  // the group's queries, rotated: every load issued before the first rotation
       constexpr int kMaxPairs = kAttnMaxGroupValues / 2 / kAttnThreads;
       float x1[kMaxPairs], x2[kMaxPairs];
@@ -173,14 +182,12 @@ __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const At
         x1[n] = e < G * half ? to_float(head[i]) : 0.0f;
         x2[n] = e < G * half ? to_float(head[half + i]) : 0.0f;
       }
+      __syncthreads();  // cos_s, sin_s
 #pragma unroll
       for (int n = 0; n < kMaxPairs; ++n) {
         const int e = tid + n * kAttnThreads, h = e / half, i = e % half;
         if (e < G * half) {
-          float sn, cs;
-          sincosf(static_cast<float>(seen.y) * p.inv_freq[i], &sn, &cs);
-          cs *= p.rope_scale;
-          sn *= p.rope_scale;
+          const float cs = cos_s[i], sn = sin_s[i];
           q_s[h * D + i] = round_to<T>(__fsub_rn(__fmul_rn(x1[n], cs), __fmul_rn(x2[n], sn)));
           q_s[h * D + half + i] = round_to<T>(__fadd_rn(__fmul_rn(x2[n], cs), __fmul_rn(x1[n], sn)));
         }
@@ -210,26 +217,31 @@ __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const At
       __syncthreads();
       // Scores: thread tid takes key my_key for heads tid / C, + heads_per_pass, ...
       if (my_key >= k0 && my_key < k1) {
-        float dot[kAttnMaxScores];
+        float dot[kAttnMaxScores][2];
 #pragma unroll
-        for (int r = 0; r < kAttnMaxScores; ++r) dot[r] = 0.0f;
+        for (int r = 0; r < kAttnMaxScores; ++r) dot[r][0] = dot[r][1] = 0.0f;
         const int h0 = tid / C;
-        for (int d = 0; d < D; ++d) {
-          const float kv = k_s[my_key * (D + 1) + d];
+        const float* key = k_s + my_key * (D + 1);
+#pragma unroll 2
+        for (int d = 0; d < D; d += 2) {  // D is even: two chains, even and odd columns
+          const float k_even = key[d], k_odd = key[d + 1];
 #pragma unroll
           for (int r = 0; r < kAttnMaxScores; ++r) {
             const int h = h0 + r * heads_per_pass;
-            if (h < G) dot[r] = fmaf(q_s[h * D + d], kv, dot[r]);
+            if (h < G) {
+              dot[r][0] = fmaf(q_s[h * D + d], k_even, dot[r][0]);
+              dot[r][1] = fmaf(q_s[h * D + d + 1], k_odd, dot[r][1]);
+            }
           }
         }
 #pragma unroll
         for (int r = 0; r < kAttnMaxScores; ++r) {
           const int h = h0 + r * heads_per_pass;
-          if (h < G) w_s[h * C + my_key] = dot[r] * p.sm_scale;
+          if (h < G) w_s[h * C + my_key] = (dot[r][0] + dot[r][1]) * p.sm_scale;
         }
       }
       __syncthreads();
-      // Online softmax: warp w updates heads w, w + 4, ...
+      // Online softmax: warp w updates heads w, w + 8, ...
       for (int h = warp; h < G; h += kAttnThreads / 32) {
         float* w = w_s + h * C;
         float top = -INFINITY;
@@ -260,9 +272,15 @@ __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const At
         if (e < G * D) {
           const int h = e / D, d = e % D;
           const float* w = w_s + h * C;
-          float a = acc[r] * alpha_s[h];
-          for (int k = k0; k < k1; ++k) a = fmaf(w[k], v_s[k * D + d], a);
-          acc[r] = a;
+          float a0 = 0.0f, a1 = 0.0f;  // two chains over the keys, in a fixed order
+          int k = k0;
+#pragma unroll 4
+          for (; k + 1 < k1; k += 2) {
+            a0 = fmaf(w[k], v_s[k * D + d], a0);
+            a1 = fmaf(w[k + 1], v_s[(k + 1) * D + d], a1);
+          }
+          if (k < k1) a0 = fmaf(w[k], v_s[k * D + d], a0);
+          acc[r] = fmaf(acc[r], alpha_s[h], a0 + a1);
         }
       }
     }
