@@ -11,7 +11,7 @@ namespace {
 
 size_t smem_bytes(const AttentionDecodeProblem& p) {
   const int64_t group = p.Hq / p.Hkv, chunk = p.split.chunk;
-  return static_cast<size_t>(chunk * (2 * p.D + 1) + group * (p.D + chunk + 3) + p.D) * sizeof(float);
+  return static_cast<size_t>(chunk * (2 * p.D + 1) + group * (2 * p.D + chunk + 3) + p.D) * sizeof(float);
 }
 
 }  // namespace
@@ -50,7 +50,8 @@ void attention_decode(const AttentionDecodeProblem& p, const AttentionDecodeArgs
     else attention_decode_kernel<T, false><<<grid, kAttnThreads, smem_bytes(p), stream>>>(params);
     MOEKIT_CHECK_LAUNCH(ctx, stream, "attention_decode_kernel");
     if (p.split.splits > 1) {
-      attention_decode_merge_kernel<T><<<merge_grid, merge_threads, 0, stream>>>(params);
+      const size_t merge_smem = static_cast<size_t>(p.split.splits * (p.D + 2)) * sizeof(float);
+      attention_decode_merge_kernel<T><<<merge_grid, merge_threads, merge_smem, stream>>>(params);
       MOEKIT_CHECK_LAUNCH(ctx, stream, "attention_decode_merge_kernel");
     }
   };

@@ -20,8 +20,6 @@ constexpr int kAttnThreads = 256;
 constexpr int kAttnMaxChunk = 32;          // keys per chunk (fewer for heads over 64 values)
 constexpr int kAttnMaxGroup = 16;          // q heads per kv head
 constexpr int kAttnMaxGroupValues = 2048;  // q heads per kv head * D
-constexpr int kAttnMaxScores = kAttnMaxGroup * kAttnMaxChunk / kAttnThreads;  // (head, key) scores per thread
-constexpr int kAttnMaxOutputs = kAttnMaxGroupValues / kAttnThreads;  // (head, column) outputs per thread
 
 struct AttentionDecodeParams {
   const void* qkv;
@@ -121,7 +119,8 @@ __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const At
   float* m_s = w_s + G * C;          // [G] running max
   float* l_s = m_s + G;              // [G] running sum
   float* alpha_s = l_s + G;          // [G] rescale of what came before
-  float* cos_s = alpha_s + G;        // [D/2] the token's rotary cos and sin (times rope_scale)
+  float* acc_s = alpha_s + G;        // [G][D] weighted values
+  float* cos_s = acc_s + G * D;      // [D/2] the token's rotary cos and sin (times rope_scale)
   float* sin_s = cos_s + half;
   const int g = blockIdx.x, split = blockIdx.y, tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const T* qkv = static_cast<const T*>(p.qkv);
@@ -160,8 +159,6 @@ __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const At
   // Chunks start at the first key token 0 sees; the last token's position ends them.
   const int base = visible_keys(p, p0, 0).x, end = static_cast<int>(p0) + p.T;
   const int chunks = (end - base + C - 1) / C;
-  const int heads_per_pass = kAttnThreads / C;  // C divides kAttnThreads: a thread scores one key
-  const int my_key = tid % C;
   for (int t = 0; t < p.T; ++t) {
     __syncthreads();  // the previous token's readers are done with q_s, m_s and l_s
     const int2 seen = visible_keys(p, p0, t);
@@ -197,7 +194,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const At
       m_s[tid] = -INFINITY;
       l_s[tid] = 0.0f;
     }
-    float acc[kAttnMaxOutputs] = {};
+    for (int e = tid; e < G * D; e += kAttnThreads) acc_s[e] = 0.0f;
     for (int c = split; c < chunks; c += p.splits) {
       // This token's keys in the chunk: [k0, k1) of it.
       const int start = base + c * C;
@@ -215,30 +212,19 @@ __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const At
         k_s[k * (D + 1) + half + i] = r.y;
       }
       __syncthreads();
-      // Scores: thread tid takes key my_key for heads tid / C, + heads_per_pass, ...
-      if (my_key >= k0 && my_key < k1) {
-        float dot[kAttnMaxScores][2];
-#pragma unroll
-        for (int r = 0; r < kAttnMaxScores; ++r) dot[r][0] = dot[r][1] = 0.0f;
-        const int h0 = tid / C;
-        const float* key = k_s + my_key * (D + 1);
-#pragma unroll 2
-        for (int d = 0; d < D; d += 2) {  // D is even: two chains, even and odd columns
-          const float k_even = key[d], k_odd = key[d + 1];
-#pragma unroll
-          for (int r = 0; r < kAttnMaxScores; ++r) {
-            const int h = h0 + r * heads_per_pass;
-            if (h < G) {
-              dot[r][0] = fmaf(q_s[h * D + d], k_even, dot[r][0]);
-              dot[r][1] = fmaf(q_s[h * D + d + 1], k_odd, dot[r][1]);
-            }
-          }
+      // Scores of the (head, key) pairs; the loops stay rolled: short code runs faster here than
+      // unrolled code, which each SM fetches once per launch.
+      for (int item = tid; item < G * C; item += kAttnThreads) {
+        const int h = item / C, k = item % C;
+        if (k < k0 || k >= k1) continue;
+        const float* key = k_s + k * (D + 1);
+        const float* query = q_s + h * D;
+        float even = 0.0f, odd = 0.0f;  // D is even: two chains
+        for (int d = 0; d < D; d += 2) {
+          even = fmaf(query[d], key[d], even);
+          odd = fmaf(query[d + 1], key[d + 1], odd);
         }
-#pragma unroll
-        for (int r = 0; r < kAttnMaxScores; ++r) {
-          const int h = h0 + r * heads_per_pass;
-          if (h < G) w_s[h * C + my_key] = (dot[r][0] + dot[r][1]) * p.sm_scale;
-        }
+        w_s[h * C + k] = (even + odd) * p.sm_scale;
       }
       __syncthreads();
       // Online softmax: warp w updates heads w, w + 8, ...
@@ -265,72 +251,69 @@ __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const At
         }
       }
       __syncthreads();
-      // Weighted values: thread tid owns the (head, column) outputs tid, tid + 128, ...
-#pragma unroll
-      for (int r = 0; r < kAttnMaxOutputs; ++r) {
-        const int e = tid + r * kAttnThreads;
-        if (e < G * D) {
-          const int h = e / D, d = e % D;
-          const float* w = w_s + h * C;
-          float a0 = 0.0f, a1 = 0.0f;  // two chains over the keys, in a fixed order
-          int k = k0;
-#pragma unroll 4
-          for (; k + 1 < k1; k += 2) {
-            a0 = fmaf(w[k], v_s[k * D + d], a0);
-            a1 = fmaf(w[k + 1], v_s[(k + 1) * D + d], a1);
-          }
-          if (k < k1) a0 = fmaf(w[k], v_s[k * D + d], a0);
-          acc[r] = fmaf(acc[r], alpha_s[h], a0 + a1);
+      // Weighted values of the (head, column) outputs.
+      for (int e = tid; e < G * D; e += kAttnThreads) {
+        const int h = e / D, d = e % D;
+        const float* w = w_s + h * C;
+        float a0 = 0.0f, a1 = 0.0f;  // two chains over the keys, in a fixed order
+        int k = k0;
+        for (; k + 1 < k1; k += 2) {
+          a0 = fmaf(w[k], v_s[k * D + d], a0);
+          a1 = fmaf(w[k + 1], v_s[(k + 1) * D + d], a1);
         }
+        if (k < k1) a0 = fmaf(w[k], v_s[k * D + d], a0);
+        acc_s[e] = fmaf(acc_s[e], alpha_s[h], a0 + a1);
       }
     }
     __syncthreads();  // m_s and l_s complete
     // This token's result, or this split's partial (max -inf and zeros when it saw no key).
-#pragma unroll
-    for (int r = 0; r < kAttnMaxOutputs; ++r) {
-      const int e = tid + r * kAttnThreads;
-      if (e >= G * D) break;
+    for (int e = tid; e < G * D; e += kAttnThreads) {
       const int h = e / D, d = e % D, hq = g * G + h;
       if (p.splits == 1) {
         const float sink = p.sinks[hq];
         const float top = fmaxf(m_s[h], sink);
         const float scale = __expf(m_s[h] - top);
         static_cast<T*>(p.out)[static_cast<int64_t>(t) * p.Hq * D + hq * D + d] =
-            static_cast<T>(acc[r] * scale / (l_s[h] * scale + __expf(sink - top)));
+            static_cast<T>(acc_s[e] * scale / (l_s[h] * scale + __expf(sink - top)));
       } else {
         float* part = p.partial + ((static_cast<int64_t>(t) * p.Hq + hq) * p.splits + split) * (D + 2);
         if (d == 0) {
           part[0] = m_s[h];
           part[1] = l_s[h];
         }
-        part[2 + d] = acc[r];
+        part[2 + d] = acc_s[e];
       }
     }
   }
 }
 
-// Combines the splits' partials of token blockIdx.x, q head blockIdx.y, in split order.
+// Combines the splits' partials of token blockIdx.x, q head blockIdx.y, in split order. The
+// partials are first copied to shared memory (loads in flight together), then summed there.
 template <class T>
 __global__ void attention_decode_merge_kernel(const AttentionDecodeParams p) {
-  const int t = blockIdx.x, hq = blockIdx.y, D = p.D;
+  extern __shared__ float part_s[];  // [splits][D + 2]
+  const int t = blockIdx.x, hq = blockIdx.y, D = p.D, n = p.splits * (D + 2);
   const int64_t p0 = p.position[0];
   T* out = static_cast<T*>(p.out) + static_cast<int64_t>(t) * p.Hq * D + hq * D;
   if (!(p0 >= 0 && p0 + p.T <= p.L)) {
     for (int d = threadIdx.x; d < D; d += blockDim.x) out[d] = static_cast<T>(__int_as_float(0x7fc00000));
     return;
   }
-  const float* part = p.partial + (static_cast<int64_t>(t) * p.Hq + hq) * p.splits * (D + 2);
+  const float* part = p.partial + (static_cast<int64_t>(t) * p.Hq + hq) * n;
+#pragma unroll 8
+  for (int i = threadIdx.x; i < n; i += blockDim.x) part_s[i] = part[i];
+  __syncthreads();
   const float sink = p.sinks[hq];
   float top = sink;
-  for (int s = 0; s < p.splits; ++s) top = fmaxf(top, part[s * (D + 2)]);
+  for (int s = 0; s < p.splits; ++s) top = fmaxf(top, part_s[s * (D + 2)]);
   float denominator = __expf(sink - top);
   for (int s = 0; s < p.splits; ++s) {
-    if (part[s * (D + 2)] != -INFINITY) denominator += part[s * (D + 2) + 1] * __expf(part[s * (D + 2)] - top);
+    if (part_s[s * (D + 2)] != -INFINITY) denominator += part_s[s * (D + 2) + 1] * __expf(part_s[s * (D + 2)] - top);
   }
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float acc = 0.0f;
     for (int s = 0; s < p.splits; ++s) {
-      if (part[s * (D + 2)] != -INFINITY) acc += part[s * (D + 2) + 2 + d] * __expf(part[s * (D + 2)] - top);
+      if (part_s[s * (D + 2)] != -INFINITY) acc += part_s[s * (D + 2) + 2 + d] * __expf(part_s[s * (D + 2)] - top);
     }
     out[d] = static_cast<T>(acc / denominator);
   }
