@@ -67,7 +67,24 @@ def dequantize_base(gen):
     return dict(blocks=blocks, scales=scales, axis=-1, dtype=torch.float32)
 
 
+def norm_base(gen):
+    return dict(x=randn(gen, T, H, dtype=BF16), residual=randn(gen, T, H, dtype=BF16),
+                scale=torch.rand(H, generator=gen) + 0.5, eps=1e-5)
+
+
+AHQ, AHKV, AD, AL, AT = 4, 2, 16, 12, 2   # attention_decode: heads, head size, cache, tokens
+
+
+def attention_base(gen):
+    return dict(qkv=randn(gen, AT, (AHQ + 2 * AHKV) * AD, dtype=BF16), k_cache=randn(gen, AL, AHKV, AD, dtype=BF16),
+                v_cache=randn(gen, AL, AHKV, AD, dtype=BF16), sinks=randn(gen, AHQ),
+                position=torch.tensor([3], dtype=torch.int32), inv_freq=torch.rand(AD // 2, generator=gen),
+                rope_scale=1.3, sm_scale=0.25, window=4)
+
+
 OPS = {
+    "add_rms_norm": (norm_base, moekit.add_rms_norm),
+    "attention_decode": (attention_base, moekit.attention_decode),
     "moe_mlp": (moe_base, moekit.moe_mlp),
     "matmul_ogs": (matmul_base, moekit.matmul_ogs),
     "route": (route_base, moekit.route),
@@ -390,6 +407,59 @@ CASES = [
     Case("dequantize_mxfp4", "axis_out_of_range", lambda a, g: a.update(axis=-3), VE, "axis", ("got -3",)),
     Case("dequantize_mxfp4", "blocks_list", set_("blocks", lambda t, g: t.tolist()), TE, "blocks", ("list",)),
     Case("dequantize_mxfp4", "scales_ndarray", set_("scales", lambda t, g: t.numpy()), TE, "scales", ("ndarray",)),
+]
+
+
+CASES += [
+    # ---------------------------------------------------------------- add_rms_norm
+    Case("add_rms_norm", "x_float16", set_("x", lambda t, g: t.to(F16)), TE, "x", HALF),
+    Case("add_rms_norm", "residual_float32", set_("residual", lambda t, g: t.float()), TE, "residual",
+         ("float32",)),
+    Case("add_rms_norm", "scale_bfloat16", set_("scale", lambda t, g: t.to(BF16)), TE, "scale", ("bfloat16",)),
+    Case("add_rms_norm", "x_1d", set_("x", lambda t, g: t.reshape(-1)), VE, "x", ("[320]",)),
+    Case("add_rms_norm", "residual_wrong_rows", set_("residual", lambda t, g: t[:2].contiguous()), VE, "residual",
+         ("[2, 64]",)),
+    Case("add_rms_norm", "scale_wrong", set_("scale", lambda t, g: t[:32].contiguous()), VE, "scale", ("[32]",)),
+    Case("add_rms_norm", "x_noncontig", set_("x", lambda t, g: noncontig(t)), VE, "x", ("contiguous",)),
+    Case("add_rms_norm", "eps_negative", lambda a, g: a.update(eps=-1.0), VE, "eps", ("-1",)),
+    Case("add_rms_norm", "eps_nan", lambda a, g: a.update(eps=math.nan), VE, "eps", ("nan",)),
+    Case("add_rms_norm", "scale_meta", set_("scale", lambda t, g: meta(t)), VE, "scale", ("meta",)),
+    Case("add_rms_norm", "x_list", set_("x", lambda t, g: t.tolist()), TE, "x", ("list",)),
+    # ---------------------------------------------------------------- attention_decode
+    Case("attention_decode", "qkv_float16", set_("qkv", lambda t, g: t.to(F16)), TE, "qkv", HALF),
+    Case("attention_decode", "qkv_float32_cache_bf16", set_("qkv", lambda t, g: t.float()), TE, "qkv", ("float32",)),
+    Case("attention_decode", "v_cache_float32", set_("v_cache", lambda t, g: t.float()), TE, "v_cache",
+         ("float32",)),
+    Case("attention_decode", "sinks_bfloat16", set_("sinks", lambda t, g: t.to(BF16)), TE, "sinks", ("bfloat16",)),
+    Case("attention_decode", "position_int64", set_("position", lambda t, g: t.long()), TE, "position",
+         ("Long", "int64")),
+    Case("attention_decode", "position_2", set_("position", lambda t, g: t.repeat(2)), VE, "position", ("[2]",)),
+    Case("attention_decode", "inv_freq_wrong", set_("inv_freq", lambda t, g: t[:4].contiguous()), VE, "inv_freq",
+         ("[4]",)),
+    Case("attention_decode", "qkv_wrong_columns", set_("qkv", lambda t, g: t[:, :-16].contiguous()), VE, "qkv",
+         ("[2, 112]",)),
+    Case("attention_decode", "k_cache_2d", set_("k_cache", lambda t, g: t.reshape(AL, -1)), VE, "k_cache",
+         ("[12, 32]",)),
+    Case("attention_decode", "v_cache_shorter", set_("v_cache", lambda t, g: t[:8].contiguous()), VE, "v_cache",
+         ("[8, 2, 16]",)),
+    Case("attention_decode", "sinks_not_a_multiple", set_("sinks", lambda t, g: t[:3].contiguous()), VE, "sinks",
+         ("[3]",)),
+    Case("attention_decode", "odd_head_size", lambda a, g: a.update(
+        k_cache=randn(g, AL, AHKV, 15, dtype=BF16), v_cache=randn(g, AL, AHKV, 15, dtype=BF16)), VE, "k_cache",
+         ("[12, 2, 15]",)),
+    Case("attention_decode", "more_tokens_than_positions", set_("qkv", lambda t, g: t.repeat(7, 1)), VE, "qkv",
+         ("14",)),
+    Case("attention_decode", "qkv_noncontig", set_("qkv", lambda t, g: noncontig(t)), VE, "qkv", ("contiguous",)),
+    Case("attention_decode", "k_cache_meta", set_("k_cache", lambda t, g: meta(t)), VE, "k_cache", ("meta",)),
+    Case("attention_decode", "window_negative", lambda a, g: a.update(window=-1), VE, "window", ("-1",)),
+    Case("attention_decode", "sm_scale_nan", lambda a, g: a.update(sm_scale=math.nan), VE, "sm_scale", ("nan",)),
+    Case("attention_decode", "rope_scale_zero", lambda a, g: a.update(rope_scale=0.0), VE, "rope_scale", ("0",)),
+    Case("attention_decode", "window_float", lambda a, g: a.update(window=4.0), TE, "window", ("float",)),
+    # the position is data: the CPU raises, CUDA writes NaN (test_decode_ops.py checks that)
+    Case("attention_decode", "position_past_the_cache", set_("position", lambda t, g: t + 9), VE, "position",
+         ("got 12",), data=True),
+    Case("attention_decode", "position_negative", set_("position", lambda t, g: t - 4), VE, "position",
+         ("got -1",), data=True),
 ]
 
 
