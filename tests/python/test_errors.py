@@ -204,10 +204,18 @@ def assert_unchanged(args, before):
 
 @pytest.mark.parametrize("op", sorted(OPS))
 def test_inputs_are_not_modified(gen, op):
+    """No op changes its inputs, but attention_decode the cache rows of its tokens (its contract);
+    on an error nothing changes."""
     args = OPS[op][0](gen)
     before = snapshot(args)
     threads = torch.get_num_threads()
     call(op, dict(args))
+    if op == "attention_decode":
+        p0, tokens = int(args["position"]), args["qkv"].shape[0]
+        for cache in ("k_cache", "v_cache"):
+            written = args[cache][p0:p0 + tokens]
+            assert not torch.equal(written, before[cache][p0:p0 + tokens]), f"'{cache}' rows not written"
+            written.copy_(before[cache][p0:p0 + tokens])  # the rest must be as it was
     assert_unchanged(args, before)
     # and not on error either: the first case of this op that keeps the tensors on the CPU
     for case in CASES:
