@@ -1,0 +1,125 @@
+// add_rms_norm and attention_decode through the C++ API on the CPU: hand-computed vectors, the
+// cache writes, error paths, and the CUDA backend's key split (a pure function of shapes).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "core/problem.h"
+#include "test_util.h"
+
+namespace moekit::test {
+namespace {
+
+TEST(AddRmsNorm, SumThenNormOfTheRoundedSum) {
+  // Row 0: sum (1, 3) -> mean square 5; row 1: sum (-2, 0) -> mean square 2.
+  HostTensor x(DType::kFloat32, {2, 2}), residual(DType::kFloat32, {2, 2}), scale(DType::kFloat32, {2});
+  const float xs[] = {0.5f, 1.0f, -3.0f, 0.25f}, rs[] = {0.5f, 2.0f, 1.0f, -0.25f};
+  for (int i = 0; i < 4; ++i) {
+    x.set(i, xs[i]);
+    residual.set(i, rs[i]);
+  }
+  scale.set(0, 2.0f);
+  scale.set(1, 0.5f);
+  HostTensor sum(DType::kFloat32, {2, 2}), out(DType::kFloat32, {2, 2});
+  add_rms_norm(x.view(), residual.view(), scale.view(), 0.0f, sum.view(), out.view());
+  const float want_sum[] = {1.0f, 3.0f, -2.0f, 0.0f};
+  const float want_out[] = {2.0f / std::sqrt(5.0f), 1.5f / std::sqrt(5.0f), -4.0f / std::sqrt(2.0f), 0.0f};
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(sum.get(i), want_sum[i]) << i;
+    EXPECT_NEAR(out.get(i), want_out[i], 1e-6f) << i;
+  }
+}
+
+TEST(AddRmsNorm, RefusesMixedDtypesAndNegativeEps) {
+  HostTensor x(DType::kBFloat16, {2, 4}), residual(DType::kFloat32, {2, 4}), scale(DType::kFloat32, {4});
+  HostTensor sum(DType::kBFloat16, {2, 4}), out(DType::kBFloat16, {2, 4});
+  expect_error([&] { add_rms_norm(x.view(), residual.view(), scale.view(), 1e-5f, sum.view(), out.view()); },
+               Error::Kind::kType, {"moekit.add_rms_norm", "'residual'", "bfloat16", "float32"});
+  HostTensor residual16(DType::kBFloat16, {2, 4});
+  expect_error([&] { add_rms_norm(x.view(), residual16.view(), scale.view(), -1.0f, sum.view(), out.view()); },
+               Error::Kind::kValue, {"moekit.add_rms_norm", "'eps'", "-1"});
+}
+
+struct Attention {
+  // One q head over one kv head of D = 2, no rotation (inv_freq 0: angle 0, cos 1, sin 0).
+  HostTensor qkv{DType::kFloat32, {1, 6}}, k_cache{DType::kFloat32, {4, 1, 2}}, v_cache{DType::kFloat32, {4, 1, 2}};
+  HostTensor sinks{DType::kFloat32, {1}}, position{DType::kInt32, {1}}, inv_freq{DType::kFloat32, {1}};
+  HostTensor out{DType::kFloat32, {1, 2}};
+  AttentionDecodeArgs args(int64_t window) {
+    AttentionDecodeArgs a;
+    a.qkv = qkv.view();
+    a.k_cache = k_cache.view();
+    a.v_cache = v_cache.view();
+    a.sinks = sinks.view();
+    a.position = position.view();
+    a.inv_freq = inv_freq.view();
+    a.rope_scale = 1.0f;
+    a.sm_scale = 1.0f;
+    a.window = window;
+    a.out = out.view();
+    return a;
+  }
+};
+
+TEST(AttentionDecode, SoftmaxWithTheSinkOverTheWindow) {
+  Attention t;
+  // cached key 0: (1, 0) value (10, 0); key 1: (0, 1) value (0, 10); the new token at position 2:
+  // q (1, 0), k (0, 0), v (4, 4); sink log(2).
+  const float cache_k[] = {1, 0, 0, 1}, cache_v[] = {10, 0, 0, 10};
+  for (int i = 0; i < 4; ++i) {
+    t.k_cache.set(i, cache_k[i]);
+    t.v_cache.set(i, cache_v[i]);
+  }
+  const float row[] = {1, 0, 0, 0, 4, 4};
+  for (int i = 0; i < 6; ++i) t.qkv.set(i, row[i]);
+  t.sinks.set(0, std::log(2.0f));
+  t.position.i32(0) = 2;
+  attention_decode(t.args(0));
+  // scores 1, 0, 0 and the sink: weights e, 1, 1 over e + 1 + 1 + 2.
+  const float d = std::exp(1.0f) + 4.0f;
+  EXPECT_NEAR(t.out.get(0), (10 * std::exp(1.0f) + 4) / d, 1e-5f);
+  EXPECT_NEAR(t.out.get(1), (10 + 4) / d, 1e-5f);
+  EXPECT_EQ(t.k_cache.get(4), 0.0f);  // the new key and value at row 2
+  EXPECT_EQ(t.v_cache.get(4), 4.0f);
+  EXPECT_EQ(t.v_cache.get(5), 4.0f);
+  // A window of 2 keeps keys 1 and 2: weights 1, 1 and the sink 2.
+  attention_decode(t.args(2));
+  EXPECT_NEAR(t.out.get(0), 4.0f / 4.0f, 1e-5f);
+  EXPECT_NEAR(t.out.get(1), 14.0f / 4.0f, 1e-5f);
+}
+
+TEST(AttentionDecode, PositionOutsideTheCacheWritesNothing) {
+  Attention t;
+  for (int i = 0; i < 6; ++i) t.qkv.set(i, 1.0f);
+  t.position.i32(0) = 4;  // one token at position 4 of a 4-position cache
+  expect_error([&] { attention_decode(t.args(0)); }, Error::Kind::kValue,
+               {"moekit.attention_decode", "'position'", "got 4"});
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(t.k_cache.get(i), 0.0f);
+}
+
+TEST(AttentionDecode, RefusesHeadsThatDoNotGroup) {
+  Attention t;
+  HostTensor sinks(DType::kFloat32, {3});
+  AttentionDecodeArgs a = t.args(0);
+  HostTensor k_cache(DType::kFloat32, {4, 2, 2}), v_cache(DType::kFloat32, {4, 2, 2});
+  a.k_cache = k_cache.view();
+  a.v_cache = v_cache.view();
+  a.sinks = sinks.view();
+  expect_error([&] { attention_decode(a); }, Error::Kind::kValue, {"moekit.attention_decode", "'sinks'", "[3]"});
+}
+
+TEST(AttentionDecodeSplit, ChunksOfWholeKeysAtMost32Splits) {
+  // gpt-oss heads of 64: 32-key chunks; the window bounds the keys a decode step sees.
+  EXPECT_EQ(attention_decode_split(260, 0, 1, 64).chunk, 32);
+  EXPECT_EQ(attention_decode_split(260, 0, 1, 64).splits, 9);
+  EXPECT_EQ(attention_decode_split(260, 128, 1, 64).splits, 4);
+  EXPECT_EQ(attention_decode_split(260, 128, 3, 64).splits, 5);  // 130 keys for three tokens
+  EXPECT_EQ(attention_decode_split(131072, 0, 1, 64).splits, 32);
+  EXPECT_EQ(attention_decode_split(40, 0, 1, 128).chunk, 16);   // larger heads, fewer keys a chunk
+  EXPECT_EQ(attention_decode_split(40, 0, 1, 96).chunk, 16);    // a power of two: it divides the block
+  EXPECT_EQ(attention_decode_split(1, 0, 1, 16).splits, 1);
+}
+
+}  // namespace
+}  // namespace moekit::test
