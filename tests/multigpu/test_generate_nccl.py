@@ -1,5 +1,6 @@
 """torchrun generation with NCCL on 2 and 4 GPUs: every rank's tokens equal the 1-GPU run, with
-and without torch.cuda.set_device. Skips, with its reason, on fewer GPUs.
+and without torch.cuda.set_device, with the decode step (its all_reduces included) replayed from a
+CUDA graph and run eagerly. Skips, with its reason, on fewer GPUs.
 
 float32 activations, as in tests/python/test_generate_torchrun.py: in bf16 each rank rounds its
 partial sums before the all_reduce, which may flip a near-tied argmax against one GPU.
@@ -27,13 +28,14 @@ def generate(out, *extra, nproc=None):
     return json.loads(out.read_text())
 
 
+@pytest.mark.parametrize("decode", [(), ("--eager",)], ids=["graph", "eager"])
 @pytest.mark.parametrize("set_device", [True, False], ids=["set_device", "no_set_device"])
 @pytest.mark.parametrize("nproc", [2, 4])
-def test_ranks_match_one_gpu(tmp_path, nproc, set_device):
+def test_ranks_match_one_gpu(tmp_path, nproc, set_device, decode):
     if N_GPUS < nproc:
         pytest.skip(f"needs {nproc} CUDA GPUs, found {N_GPUS}")
     one = generate(tmp_path / "one.json")
-    many = generate(tmp_path / "many.json", *(() if set_device else ("--no-set-device",)), nproc=nproc)
+    many = generate(tmp_path / "many.json", *decode, *(() if set_device else ("--no-set-device",)), nproc=nproc)
     assert many["world_size"] == nproc
     for rank, ids in enumerate(many["ranks"]):
         assert ids == one["ranks"][0], f"rank {rank} differs from the 1-GPU run"

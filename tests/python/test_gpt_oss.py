@@ -459,3 +459,23 @@ def test_save_checkpoint_rejects_bad_state(tmp_path):
     with pytest.raises(CheckpointError, match=r"'block\.0\.mlp\.mlp1_weight' expected shape \[4, 128, 64\], "
                                               r"got \[4, 128, 32\]"):
         save_checkpoint(tmp_path, config, bad)
+
+
+def test_graph_decode_needs_a_cuda_model(models4):
+    model, _ = models4
+    with pytest.raises(ValueError, match="graph=True needs the model on a CUDA device"):
+        model.generate([1, 2, 3], 4, graph=True)
+
+
+def test_decoder_is_kept_while_calls_fit(models4):
+    """generate() keeps its decode state (cache, and on CUDA the captured step) while a call fits
+    in its cache with the same sampling, and replaces it otherwise; the tokens never change."""
+    model, _ = models4
+    prompt = [5, 9, 2, 7]
+    first = model.generate(prompt, 12)
+    decoder = model._decoder
+    assert model.generate(prompt, 6) == first[:6] and model._decoder is decoder
+    longer = model.generate(prompt, 20)
+    assert longer[:12] == first and model._decoder is not decoder and model._decoder.capacity == 24
+    sampled = model.generate(prompt, 8, temperature=1.0, seed=3)
+    assert model._decoder.temperature == 1.0 and model.generate(prompt, 8, temperature=1.0, seed=3) == sampled
