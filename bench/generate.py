@@ -13,7 +13,9 @@ limit they give at the copy ceiling measured in the same run, and where one deco
 goes (torch.profiler over eager steps, by module: attention projections, attention, MoE, norms,
 unembedding, the rest). With --peer-dir holding gpt_oss-0.0.9 and triton_kernels-3.6.0, OpenAI's
 gpt_oss.triton TokenGenerator (triton_kernels MoE, decode step in a CUDA graph) decodes the same
-checkpoint in the same process, timed the same way (bench/gpt_oss_triton_peer.py).
+checkpoint in the same process, timed the same way (bench/gpt_oss_triton_peer.py). With
+--transformers, transformers' own model with moekit's MoE (moekit.transformers_gpt_oss) too, with a
+static cache and its forward compiled in "reduce-overhead" mode.
 """
 
 import argparse
@@ -111,13 +113,18 @@ def bytes_per_token(config: GptOssConfig, context: float) -> float:
     return c.num_hidden_layers * (attention + experts + gate + norms) + kv + 2 * H + 4 * H + 2 * c.vocab_size * H
 
 
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def tokens_per_second(run, short: int, long: int, reps: int, device) -> dict:
     """run(n) generates n tokens; the rate of the extra long - short tokens, median over reps."""
     def timed(n):
-        torch.cuda.synchronize(device)
+        sync(device)
         start = time.perf_counter()
         run(n)
-        torch.cuda.synchronize(device)
+        sync(device)
         return time.perf_counter() - start
 
     run(long)  # warm-up: capture, autotuning, allocations
@@ -175,6 +182,23 @@ def step_breakdown(model: GptOss, prompt, steps: int = 8) -> dict:
     return result
 
 
+def transformers_generator(checkpoint: Path, device):
+    """run(prompt, n): transformers' GptOssForCausalLM with moekit's MoE (moekit.transformers_gpt_oss)
+    decoding greedily with a static cache, its forward compiled (mode "reduce-overhead" on CUDA:
+    the decode step replayed from a CUDA graph)."""
+    from moekit.transformers_gpt_oss import from_pretrained
+
+    model = from_pretrained(checkpoint, device, dtype=torch.bfloat16)
+    model.forward = torch.compile(model.forward, mode="reduce-overhead" if device.type == "cuda" else "default")
+
+    def run(prompt, n):
+        ids = torch.tensor([prompt], device=device)
+        out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
+                             pad_token_id=0, cache_implementation="static")
+        return out[0, len(prompt):].tolist()
+    return run
+
+
 # ------------------------------------------------------------------------------------- main
 
 def run_shape(shape: str, args, device, copy_bps: float) -> dict:
@@ -222,6 +246,19 @@ def run_shape(shape: str, args, device, copy_bps: float) -> dict:
     del model
     torch.cuda.empty_cache()
 
+    if checkpoint is not None and args.transformers:
+        with torch.inference_mode():
+            run = transformers_generator(checkpoint, device)
+            result = tokens_per_second(lambda n: run(prompt, n), short, long, args.reps, device)
+            result["fraction_of_limit"] = result["tokens_per_s"] / row["limit_tokens_per_s"]
+            result["greedy_tokens_equal_to_runner"] = next(
+                (i for i, (a, b) in enumerate(zip(graph_ids, run(prompt, 64))) if a != b), 64)
+        row["transformers_moekit_compiled"] = result
+        print(f"{shape}: transformers + moekit MoE, static cache, compiled: {result['tokens_per_s']:.1f} tokens/s; first "
+              f"{result['greedy_tokens_equal_to_runner']} greedy tokens equal the runner's", flush=True)
+        del run
+        torch.cuda.empty_cache()
+
     if checkpoint is not None and args.peer_dir is not None:
         from gpt_oss_triton_peer import PeerGenerator
 
@@ -252,6 +289,9 @@ def main():
     p.add_argument("--peer-dir", type=Path, default=None,
                    help="folder holding gpt_oss-0.0.9 and triton_kernels-3.6.0 (OpenAI's gpt_oss.triton and the "
                         "kernels it calls); the peer runs at 20b when given")
+    p.add_argument("--transformers", action="store_true",
+                   help="also time transformers' GptOssForCausalLM with moekit's MoE (static cache, torch.compile "
+                        "reduce-overhead) on the 20b checkpoint")
     p.add_argument("--commit", default=None)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
