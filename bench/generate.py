@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from common import ceilings, driver_version
+from common import ceilings, commit_of, driver_version
 from moekit.models import GptOss, GptOssConfig, checkpoint_tensors, load_model
 from moekit.models.decode import Decoder
 
@@ -160,21 +160,20 @@ def step_breakdown(model: GptOss, prompt, steps: int = 8) -> dict:
         torch.cuda.synchronize(model.device)
     kernels = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
                      key=lambda e: e.time_range.start)
-    per_step = len(kernels) // steps
+    per_step = len(kernels) // steps  # every step launches the same kernels
     parts, costliest = {}, {}
-    for n, e in enumerate(kernels):
-        name = next((part for fragment, part in KERNEL_PARTS if fragment in e.name), "other")
-        step = kernels[n - n % per_step: n - n % per_step + per_step] if per_step else []
-        last_norm = max((i for i, k in enumerate(step) if "add_rms_norm" in k.name), default=len(step))
-        after = n % per_step > last_norm if per_step else False
-        if name == "linear":
-            name = "unembedding" if after else "attention projections"
-        elif name == "other" and after:
-            name = "sampling"
-        us = e.time_range.elapsed_us() / steps
-        parts[name] = parts.get(name, 0.0) + us
-        key = e.name[:80]
-        costliest[key] = costliest.get(key, 0.0) + us
+    for begin in range(0, per_step * steps, per_step):
+        step = kernels[begin:begin + per_step]
+        last_norm = max(i for i, k in enumerate(step) if "add_rms_norm" in k.name)
+        for i, e in enumerate(step):
+            name = next((part for fragment, part in KERNEL_PARTS if fragment in e.name), "other")
+            if name == "linear":
+                name = "unembedding" if i > last_norm else "attention projections"
+            elif name == "other" and i > last_norm:
+                name = "sampling"
+            us = e.time_range.elapsed_us() / steps
+            parts[name] = parts.get(name, 0.0) + us
+            costliest[e.name[:80]] = costliest.get(e.name[:80], 0.0) + us
     result = {k: parts[k] for k in sorted(parts, key=lambda k: -parts[k])}
     result["total"] = sum(parts.values())
     result["kernels_per_step"] = len(kernels) / steps
@@ -300,7 +299,6 @@ def main():
     ceil = ceilings(device)
     print(f"{props.name}: copy {ceil['copy_GBps']:.0f} GB/s, bf16 GEMM {ceil['bf16_gemm_TFLOPs']:.0f} TFLOP/s", flush=True)
     rows = [run_shape(shape, args, device, ceil["copy_GBps"] * 1e9) for shape in args.shapes]
-    from common import commit_of
     result = dict(gpu=props.name, driver=driver_version(), commit=commit_of(args), torch=torch.__version__,
                   date=datetime.date.today().isoformat(), ceilings=ceil, rows=rows)
     out = args.out or Path("bench/results") / f"generate_{props.name.replace(' ', '_')}.json"

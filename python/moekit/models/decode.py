@@ -93,10 +93,7 @@ class Decoder:
                  prefill_chunk: int) -> List[int]:
         """``max_new_tokens`` (>= 1) ids after ``prompt``, fewer if one of ``stop`` comes first."""
         model, n = self.model, len(prompt)
-        vocab = model.config.vocab_size
-        if min(prompt) < 0 or max(prompt) >= vocab:
-            raise ValueError(f"GptOss.generate: token ids expected in [0, {vocab}), got values in "
-                             f"[{min(prompt)}, {max(prompt)}]")
+        model.check_token_ids("GptOss.generate", min(prompt), max(prompt))
         model._check_distributed()
         self.cache.reset()
         if self.temperature > 0:

@@ -531,11 +531,14 @@ class GptOss(nn.Module):
                              f"positions ({start} used)")
         self._check_distributed()
         tokens = tokens.to(self.device)
-        lo, hi = int(tokens.min()), int(tokens.max())
-        if lo < 0 or hi >= self.config.vocab_size:
-            raise ValueError(f"GptOss.forward: token ids expected in [0, {self.config.vocab_size}), "
-                             f"got values in [{lo}, {hi}]")
+        self.check_token_ids("GptOss.forward", int(tokens.min()), int(tokens.max()))
         return self.logits(tokens, cache, last_only=last_only)
+
+    def check_token_ids(self, caller: str, lo: int, hi: int) -> None:
+        """Raises ValueError unless token ids from ``lo`` to ``hi`` are in the vocabulary."""
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise ValueError(f"{caller}: token ids expected in [0, {self.config.vocab_size}), "
+                             f"got values in [{lo}, {hi}]")
 
     def logits(self, tokens: torch.Tensor, cache: Optional[KVCache], *, last_only: bool) -> torch.Tensor:
         """:meth:`forward` without its checks and host reads: the decode step, which a CUDA graph

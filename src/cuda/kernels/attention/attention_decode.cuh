@@ -17,7 +17,6 @@
 namespace moekit::cuda {
 
 constexpr int kAttnThreads = 256;
-constexpr int kAttnMaxChunk = 32;          // keys per chunk (fewer for heads over 64 values)
 constexpr int kAttnMaxGroup = 16;          // q heads per kv head
 constexpr int kAttnMaxGroupValues = 2048;  // q heads per kv head * D
 
