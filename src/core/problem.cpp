@@ -1,5 +1,6 @@
 #include "problem.h"
 
+#include <cmath>
 #include <string>
 
 #include "check.h"
@@ -353,8 +354,7 @@ AddRmsNormProblem check_add_rms_norm_inputs(const TensorView& x, const TensorVie
   AddRmsNormProblem p{x.shape[0], x.shape[1], eps, x.device};
   check_tensor(op, "residual", residual, {x.dtype}, {p.T, p.H});
   check_tensor(op, "scale", scale, {DType::kFloat32}, {p.H});
-  check::finite(op, "eps", eps, false);
-  if (eps < 0.0f) fail(kValue, op, "eps", "a finite number >= 0", check::format_number(eps));
+  if (!(std::isfinite(eps) && eps >= 0.0f)) fail(kValue, op, "eps", "a finite number >= 0", check::format_number(eps));
   p.device = check::same_device(op, {{"x", &x}, {"residual", &residual}, {"scale", &scale}});
   return p;
 }
@@ -377,8 +377,9 @@ AttentionDecodeSplit attention_decode_split(int64_t cache_len, int64_t window, i
   constexpr int64_t kChunkValues = 32 * 64, kMaxSplits = 32;
   AttentionDecodeSplit s;
   while (s.chunk > 1 && s.chunk * head_dim > kChunkValues) s.chunk /= 2;
-  // Keys the tokens can see together: the window (stretched by the tokens after the first), or the cache.
-  const int64_t span = window > 0 && window + tokens - 1 < cache_len ? window + tokens - 1 : cache_len;
+  // Keys the tokens can see together: the window (stretched by the tokens after the first), or the
+  // cache. Compared without forming window + tokens, which a huge window would overflow.
+  const int64_t span = window > 0 && window < cache_len - tokens + 1 ? window + tokens - 1 : cache_len;
   const int64_t chunks = (span + s.chunk - 1) / s.chunk;
   s.splits = chunks < 1 ? 1 : (chunks > kMaxSplits ? kMaxSplits : chunks);
   return s;

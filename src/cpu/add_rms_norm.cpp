@@ -19,7 +19,7 @@ void add_rms_norm(const AddRmsNormProblem& p, const TensorView& x, const TensorV
         const double s = load_float(sum.data, sum.dtype, at);  // the rounded sum is what is normalised
         squares += s * s;
       }
-      const float mean = H > 0 ? static_cast<float>(squares / static_cast<double>(H)) : 0.0f;
+      const float mean = static_cast<float>(squares / static_cast<double>(H));  // H > 0: empty rows never get here
       const float inv_rms = 1.0f / std::sqrt(mean + p.eps);
       for (int64_t i = 0; i < H; ++i) {
         const int64_t at = t * H + i;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "core/problem.h"
@@ -119,6 +120,9 @@ TEST(AttentionDecodeSplit, ChunksOfWholeKeysAtMost32Splits) {
   EXPECT_EQ(attention_decode_split(40, 0, 1, 128).chunk, 16);   // larger heads, fewer keys a chunk
   EXPECT_EQ(attention_decode_split(40, 0, 1, 96).chunk, 16);    // a power of two: it divides the block
   EXPECT_EQ(attention_decode_split(1, 0, 1, 16).splits, 1);
+  // a window longer than the cache is no window; a huge one must not overflow the comparison
+  EXPECT_EQ(attention_decode_split(260, 300, 1, 64).splits, 9);
+  EXPECT_EQ(attention_decode_split(260, INT64_MAX, 3, 64).splits, 9);
 }
 
 }  // namespace

@@ -11,14 +11,10 @@ from torch.library import opcheck
 import moekit
 import reference as ref
 from conftest import TOLERANCE, randn
+from reference import rel_err
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DTYPES = [torch.float32, torch.bfloat16]
-
-
-def rel_err(got, want) -> float:
-    got, want = got.double().cpu(), want.double().cpu()
-    return float((got - want).norm() / want.norm().clamp_min(1e-30))
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -60,12 +56,12 @@ def test_add_rms_norm_gpu_against_cpu(gen, T, H, dtype):
     runs = [moekit.add_rms_norm(x.cuda(), residual.cuda(), scale.cuda()) for _ in range(3)]
     for total, out in runs[1:]:
         assert torch.equal(bits(total), bits(runs[0][0])) and torch.equal(bits(out), bits(runs[0][1]))
-    total, out = runs[0]
-    assert torch.equal(total.cpu(), want_total)
+    total, out = (t.cpu() for t in runs[0])
+    assert torch.equal(total, want_total)
     assert rel_err(out, want_out) < TOLERANCE[dtype] / 4
     # every element, not just the norm of the difference: at most one rounding step apart
     step = 2.0 ** -7 if dtype == torch.bfloat16 else 1e-5
-    assert ((out.cpu().double() - want_out.double()).abs() <= step * want_out.double().abs() + 1e-6).all()
+    assert ((out.double() - want_out.double()).abs() <= step * want_out.double().abs() + 1e-6).all()
 
 
 def test_opcheck_add_rms_norm(gen):
@@ -135,6 +131,14 @@ def test_attention_decode_window_and_sink_matter(gen):
     assert not torch.allclose(run_attention(changed, 30, 8)[0], base)
     sunk = dict(inputs, sinks=inputs["sinks"] + 3.0)
     assert run_attention(sunk, 30, 8)[0].norm() < base.norm()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_attention_decode_window_past_the_cache_is_no_window(gen, device):
+    inputs = attention_inputs(gen, 3, 4, 2, 16, 40, torch.float32)
+    unwindowed = run_attention(inputs, 20, 0, device)[0]
+    for window in (40, 2 ** 62):
+        assert torch.equal(run_attention(inputs, 20, window, device)[0], unwindowed)
 
 
 def test_attention_decode_position_out_of_range_cpu(gen):

@@ -21,7 +21,7 @@ void can_implement_attention_decode(const AttentionDecodeProblem& p, const Atten
   check::at_most(op, "sinks", "q heads per kv head", p.Hq / p.Hkv, kAttnMaxGroup, "the CUDA kernel's group size");
   check::at_most(op, "k_cache", "values per kv head group (q heads per kv head * D)", p.Hq / p.Hkv * p.D,
                  kAttnMaxGroupValues, "the CUDA kernel's outputs per block");
-  check::at_most(op, "qkv", "tokens", p.T, 65535, "CUDA's grid limit for the merge");
+  check::at_most(op, "sinks", "q heads", p.Hq, 65535, "CUDA's grid limit for the merge's second dimension");
   if (p.workspace > 0) check::workspace(op, a.workspace, p.workspace);
 }
 
@@ -32,10 +32,11 @@ void attention_decode(const AttentionDecodeProblem& p, const AttentionDecodeArgs
                                a.position.ptr<int32_t>(), a.inv_freq.ptr<float>(), a.out.data,
                                p.split.splits > 1 ? a.workspace.ptr<float>() : nullptr,
                                static_cast<int>(p.T), static_cast<int>(p.Hq), static_cast<int>(p.Hkv),
-                               static_cast<int>(p.D), static_cast<int>(p.L), static_cast<int>(p.window),
+                               static_cast<int>(p.D), static_cast<int>(p.L),
+                               // a window past the cache is no window at all
+                               static_cast<int>(p.window < p.L ? p.window : p.L),
                                static_cast<int>(p.split.chunk), static_cast<int>(p.split.splits),
                                p.rope_scale, p.sm_scale};
-  if (p.window > p.L) params.window = static_cast<int>(p.L);  // a window past the cache is no window at all
   const dim3 grid(static_cast<unsigned>(p.Hkv), static_cast<unsigned>(p.split.splits));
   const dim3 merge_grid(static_cast<unsigned>(p.T), static_cast<unsigned>(p.Hq));
   const unsigned merge_threads = static_cast<unsigned>(p.D < 256 ? (p.D + 31) / 32 * 32 : 256);

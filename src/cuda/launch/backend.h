@@ -13,8 +13,7 @@ void can_implement_quantize_mxfp4(const MxProblem& p, const TensorView& blocks);
 void can_implement_dequantize_mxfp4(const MxProblem& p, const TensorView& blocks);
 void can_implement_route(const RouteProblem& p);
 void can_implement_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a);
-void can_implement_add_rms_norm(const AddRmsNormProblem& p, const TensorView& x, const TensorView& residual,
-                                const TensorView& sum, const TensorView& out);
+void can_implement_add_rms_norm(const AddRmsNormProblem& p);
 void can_implement_attention_decode(const AttentionDecodeProblem& p, const AttentionDecodeArgs& a);
 
 void quantize_mxfp4(const MxProblem& p, const TensorView& w, const TensorView& blocks, const TensorView& scales,
