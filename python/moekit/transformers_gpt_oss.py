@@ -30,9 +30,10 @@ from torch import nn
 
 import moekit
 from moekit.models import GptOssConfig, layouts, read_config
-from moekit.models.checkpoint import CheckpointTensors
+from moekit.models.checkpoint import CheckpointError, CheckpointTensors, find_beside
 
 try:
+    from transformers import GenerationConfig
     from transformers import GptOssConfig as HfGptOssConfig
     from transformers import GptOssForCausalLM
     from transformers.models.gpt_oss.modeling_gpt_oss import GptOssMLP, GptOssRotaryEmbedding, GptOssTopKRouter
@@ -108,7 +109,10 @@ def from_pretrained(path: Union[str, Path], device: Union[str, torch.device] = "
                     ) -> GptOssForCausalLM:
     """transformers' GptOssForCausalLM from checkpoint ``path`` on ``device``, its MoE layers run by
     moekit on the checkpoint's MXFP4 weights; everything else in ``dtype``. Every tensor of the
-    model comes from the checkpoint (checked: a missing or misshapen one is a CheckpointError)."""
+    model comes from the checkpoint (checked: a missing or misshapen one is a CheckpointError).
+    Its generation settings (the end-of-sequence ids above all) are the checkpoint's
+    generation_config.json, read by transformers as its own from_pretrained reads it (beside an
+    ``original/`` folder for that layout)."""
     path, device = Path(path), torch.device(device)
     ours = read_config(path)
     config = hf_config(ours)
@@ -136,5 +140,19 @@ def from_pretrained(path: Union[str, Path], device: Union[str, torch.device] = "
     left = sorted(n for n in targets if n not in loaded and not n.startswith("model.rotary_emb."))
     if left:
         raise RuntimeError(f"moekit.transformers_gpt_oss: tensors the checkpoint did not fill: {left[:6]}")
+    model.generation_config = generation_config(path)
     model.eval()
     return model
+
+
+def generation_config(path: Path) -> GenerationConfig:
+    """The checkpoint's generation_config.json as transformers reads it; transformers' defaults
+    where the checkpoint has none."""
+    found = find_beside(path, "generation_config.json")
+    if found is None:
+        return GenerationConfig()
+    try:
+        return GenerationConfig.from_pretrained(found.parent)
+    except (OSError, ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{found}: not a generation config transformers reads ({first})") from None

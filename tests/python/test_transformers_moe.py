@@ -4,6 +4,7 @@ is not the current device; and the torchrun scenario (one model per rank) with g
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,38 @@ def test_torchrun_one_model_per_rank_with_gloo_agrees_with_one_process(published
     two = run_example(repo, tmp_path / "two.json", 2)
     assert len(one) == 1 and len(two) == 2
     assert two == [one[0], one[0]]
+
+
+def test_generate_stops_at_the_checkpoints_end_of_sequence_as_transformers_does(published_repo, tmp_path):
+    """generation_config.json's eos_token_id ends generate() for the drop-in where it ends it for
+    transformers' own model (which reads the file in from_pretrained); with the id of the third
+    greedy token, both stop after three tokens, in either layout."""
+    from transformers import GptOssForCausalLM
+
+    repo = tmp_path / "repo"
+    shutil.copytree(published_repo[0], repo)
+    ids = torch.tensor(PROMPT[:1])
+    with torch.no_grad():
+        free = from_pretrained(repo, "cpu", dtype=torch.float32).generate(
+            ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    eos = int(free[0, ids.shape[1] + 2])
+    assert eos not in free[0, ids.shape[1]:ids.shape[1] + 2].tolist(), "pick a prompt whose third token is new"
+    (repo / "generation_config.json").write_text(json.dumps({"eos_token_id": [eos], "pad_token_id": 0}))
+    theirs = GptOssForCausalLM.from_pretrained(repo, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = theirs.generate(ids, max_new_tokens=8, do_sample=False)
+        for layout in (repo, repo / "original"):
+            model = from_pretrained(layout, "cpu", dtype=torch.float32)
+            assert model.generation_config.eos_token_id == [eos]
+            got = model.generate(ids, max_new_tokens=8, do_sample=False)
+            assert got.shape[1] == ids.shape[1] + 3 and torch.equal(got, want)
+
+
+def test_a_generation_config_that_is_not_json_is_one_clear_error(published_repo, tmp_path):
+    from moekit.models.checkpoint import CheckpointError
+
+    repo = tmp_path / "repo"
+    shutil.copytree(published_repo[0], repo)
+    (repo / "generation_config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="generation_config.json: not a generation config"):
+        from_pretrained(repo, "cpu", dtype=torch.float32)
