@@ -10,8 +10,10 @@ PY     := $(VENV)/bin/python
 BUILD  := build/python
 JOBS   ?= $(shell nproc)
 NPROC  ?= 2
+# NPROC if it is a whole number >= 1, else empty (`make run` then says so and stops).
+NPROC_OK := $(shell echo '$(NPROC)' | grep -xE '[1-9][0-9]{0,3}')
 # CPU threads per rank: the cores shared among the ranks (torch's pool runs moekit's loops too).
-THREADS ?= $(shell n=$$(( $(JOBS) / $(NPROC) )); echo $$(( n > 0 ? n : 1 )))
+THREADS ?= $(shell n=$$(( $(JOBS) / $(or $(NPROC_OK),1) )); echo $$(( n > 0 ? n : 1 )))
 # What the build reads: a change here rebuilds and reinstalls the op library; Python files need
 # neither (the editable install imports them from python/moekit).
 BUILD_INPUTS := $(shell find src include python/csrc tests/cpp -type f) CMakeLists.txt pyproject.toml
@@ -66,6 +68,7 @@ test-sanitize: setup
 # NCCL on GPUs; each rank needs its own GPU, or pass DEVICE=cuda:0 BACKEND=gloo to share one).
 # The preflight reports a bad argument or device in one line, before torchrun starts.
 run: install
+	@test -n "$(NPROC_OK)" || { echo "make run: NPROC expected a whole number of ranks >= 1, got '$(NPROC)'" >&2; exit 2; }
 	@$(PY) -m moekit.generate --preflight $(NPROC) $(RUN_ARGS)
 	@echo "== torchrun: $(NPROC) rank(s), $(THREADS) CPU thread(s) each"
 	@OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m moekit.generate \

@@ -177,7 +177,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from tokenizers import Tokenizer
 
     from moekit import chat
-    from moekit.models import CheckpointError, find_tokenizer, read_config
+    from moekit.models import CheckpointError, TensorParallel, find_tokenizer, read_config
 
     tokenizer_path = find_tokenizer(ckpt)
     if tokenizer_path is None:
@@ -187,6 +187,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         config = read_config(ckpt)
     except (CheckpointError, FileNotFoundError, ValueError, TypeError) as e:
         _fail(str(e))
+    try:  # every rank's shard exists (the preflight's NPROC ranks, or torchrun's)
+        TensorParallel.plan(config, 0, world)
+    except ValueError as e:
+        _fail(f"{world} rank(s): {e}")
     try:
         tokenizer = Tokenizer.from_file(str(tokenizer_path))
     except Exception as e:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,21 @@ def test_a_stopped_peer_ends_the_other_rank_after_the_timeout():
                 p.send_signal(signal.SIGCONT)
                 p.kill()
                 p.wait()
+
+
+def test_preflight_refuses_ranks_that_cannot_shard_the_model():
+    """The shipped model's intermediate size 128 splits over 1, 2 or 4 ranks in whole MXFP4
+    blocks, not over 3: the preflight (make run's) says so before torchrun starts any rank."""
+    assert_one_line_error(run_cli("--preflight", "3"), "3 rank(s)", "world size 3 cannot shard")
+    assert run_cli("--preflight", "2").returncode == 0
+
+
+@pytest.mark.parametrize("nproc", ["0", "two", "", "-1"])
+def test_make_run_refuses_an_nproc_that_is_not_a_number_of_ranks(nproc):
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(["make", "-s", "-o", "install", "run", f"NPROC={nproc}"], cwd=root, capture_output=True,
+                          timeout=TIMEOUT)
+    err = proc.stderr.decode(errors="replace")
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("make: ***")]
+    assert proc.returncode == 2, err
+    assert lines == [f"make run: NPROC expected a whole number of ranks >= 1, got '{nproc}'"], err
