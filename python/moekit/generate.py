@@ -93,16 +93,26 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if not (args.dist_timeout > 0 and math.isfinite(args.dist_timeout)):
         p.error(f"--dist-timeout expected a finite number of seconds > 0, got {args.dist_timeout}")
     if args.output_json is not None:
-        problem = _unwritable(args.output_json)
+        problem = _unwritable(args.output_json, args.checkpoint)
         if problem:
             p.error(f"--output-json {args.output_json}: {problem}")
     return args
 
 
-def _unwritable(path: Path) -> Optional[str]:
-    """Why ``path`` cannot be written, or None."""
+# Files the runner reads beside a checkpoint folder (the published repository keeps them beside
+# its original/ folder): an output must not land on them either.
+BESIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json",
+                "special_tokens_map.json", "config.json")
+
+
+def _unwritable(path: Path, checkpoint: Path) -> Optional[str]:
+    """Why ``path`` cannot be written, or None: it must not be a directory, nor inside the
+    checkpoint, nor a file the runner reads beside it."""
     if path.is_dir():
         return "is a directory"
+    target, ckpt = path.resolve(), checkpoint.resolve()
+    if ckpt in target.parents or (target.parent == ckpt.parent and target.name in BESIDE_FILES):
+        return f"would overwrite the checkpoint's files ({checkpoint}); write it elsewhere"
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         return f"the directory {parent} does not exist"

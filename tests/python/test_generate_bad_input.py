@@ -71,6 +71,25 @@ def test_output_json_checked_before_generating(tmp_path):
     assert_one_line_error(run_cli("--output-json", str(tmp_path)), "--output-json", "is a directory")
 
 
+def test_output_json_never_overwrites_the_checkpoint(tmp_path):
+    """Inside the checkpoint folder, or onto a file the runner reads beside it (the published
+    layout keeps the tokenizer beside original/): refused before anything is read or written."""
+    import shutil
+
+    from moekit.generate import DEFAULT_CHECKPOINT
+
+    repo = tmp_path / "repo"
+    shutil.copytree(DEFAULT_CHECKPOINT, repo / "original")
+    (repo / "tokenizer.json").write_bytes((repo / "original" / "tokenizer.json").read_bytes())
+    before = (repo / "original" / "config.json").read_bytes()
+    for out in (repo / "original" / "config.json", repo / "original" / "new.json", repo / "tokenizer.json"):
+        assert_one_line_error(run_cli("--checkpoint", str(repo / "original"), "--output-json", str(out)),
+                              "--output-json", "would overwrite the checkpoint's files")
+    assert (repo / "original" / "config.json").read_bytes() == before
+    assert run_cli("--checkpoint", str(repo / "original"), "--max-new-tokens", "1", "--output-json",
+                   str(repo / "out.json")).returncode == 0
+
+
 def test_world_size_without_torchrun():
     assert_one_line_error(run_cli(env={"WORLD_SIZE": "2"}), "WORLD_SIZE=2", "MASTER_ADDR", "torchrun")
     assert_one_line_error(run_cli(env={"WORLD_SIZE": "two"}), "WORLD_SIZE")
