@@ -139,7 +139,8 @@ def tokens_per_second(run, short: int, long: int, reps: int, device) -> dict:
 KERNEL_PARTS = (  # kernel name fragments -> part of the decode step
     ("add_rms_norm", "norms"),
     ("attention_decode", "attention"),
-    ("matmul_ogs", "moe"), ("route", "moe"), ("group_by_expert", "moe"), ("topk", "moe"), ("plan_tiles", "moe"),
+    ("matmul_ogs", "moe"), ("moe_decode", "moe"), ("combine", "moe"), ("route", "moe"), ("group_by_expert", "moe"),
+    ("topk", "moe"), ("plan_tiles", "moe"),
     ("gemv", "linear"), ("gemm", "linear"), ("nvjet", "linear"), ("xmma", "linear"), ("cutlass", "linear"),
     ("splitK", "linear"),
 )

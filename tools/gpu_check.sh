@@ -19,7 +19,8 @@ if [ "${1:-}" != "quick" ]; then
   echo "== compute-sanitizer"
   SUB=(tests/python/test_cuda_ops.py tests/python/test_cuda_matmul_kernels.py
        -k "mxfp4_roundtrip or plain or 7-32-4 or 128-32-4 or 1000-1-1 or ties or extreme or bad_gather or (scatter and mxfp4)")
-  DECODE=(tests/python/test_decode_ops.py -k gpu)  # the decode step's kernels
+  # The decode step's kernels, the MoE layer's decode path among them.
+  DECODE=(tests/python/test_decode_ops.py tests/python/test_cuda_moe_decode.py -k "gpu or gpt_oss_shapes or scales or dtypes")
   for tool in memcheck racecheck; do
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool $tool --error-exitcode 99 --print-limit 20 \
       $PY -m pytest -q -p no:cacheprovider "${SUB[@]}" > "$OUT/sanitizer_$tool.log" 2>&1

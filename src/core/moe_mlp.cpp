@@ -7,6 +7,9 @@
 #include "accept.h"
 #include "moekit/error.h"
 #include "moekit/ops.h"
+#if defined(MOEKIT_WITH_CUDA)
+#include "../cuda/launch/backend.h"
+#endif
 
 namespace moekit {
 namespace {
@@ -78,6 +81,13 @@ void moe_mlp(const MoeMlpArgs& a, const ExecContext& ctx) {
   const auto mlp1_p = accept_step("mlp1", "mlp1_weight", [&] { return accept_matmul_ogs(mlp1); });
   const auto mlp2_p = accept_step("mlp2", "mlp2_weight", [&] { return accept_matmul_ogs(mlp2); });
 
+#if defined(MOEKIT_WITH_CUDA)
+  // A few tokens on CUDA: the same layer in three kernels (src/cuda/kernels/moe).
+  if (dev.type == DeviceType::kCUDA && cuda::moe_mlp_decode_fits(p, a)) {
+    cuda::moe_mlp_decode(p, a, ctx);
+    return;
+  }
+#endif
   run_matmul_ogs(gate_p, gate, ctx);
   run_route(route_p, logits, r, ctx);
   run_matmul_ogs(mlp1_p, mlp1, ctx);

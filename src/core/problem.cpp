@@ -294,11 +294,48 @@ MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype) 
     matmul = bytes > matmul ? bytes : matmul;
   }
   w.matmul = layout.take("x", matmul, 1);
+  const MoeDecodePlan& d = p.decode;
+  w.decode_x = layout.take("x", d.fits ? p.T * p.H : 0, dtype_size(x_dtype));
+  w.decode_partials = layout.take("x", d.partial_floats, sizeof(float));
+  w.decode_counters = layout.take("x", d.counters1 + d.counters2, sizeof(int32_t));
   w.total = layout.size();
   return w;
 }
 
+// Work units an expert matmul of the decode path aims at: 22 warps (the most at 80 registers)
+// on each of 132 SMs (H100, H200).
+constexpr int64_t kMoeDecodeTargetUnits = 22 * 132;
+constexpr int64_t kMoeDecodeMaxSplits = 4;
+
+// k ranges per (expert, slab) that bring `units` (at one range) near the target, leaving each
+// range two k steps (of 128) at least.
+int64_t moe_decode_splits(int64_t units, int64_t K) {
+  const int64_t steps = (K + 127) / 128;
+  int64_t s = units > 0 ? kMoeDecodeTargetUnits / units : 1;
+  s = s < kMoeDecodeMaxSplits ? s : kMoeDecodeMaxSplits;
+  s = s < steps / 2 ? s : steps / 2;
+  return s > 1 ? s : 1;
+}
+
 }  // namespace
+
+MoeDecodePlan moe_decode_plan(const MoeMlpProblem& p) {
+  MoeDecodePlan d;
+  d.fits = p.T >= 1 && p.T <= kMoeDecodeMaxTokens && p.T * p.k <= kMoeDecodeMaxPairs;
+  if (!d.fits) return d;
+  d.experts = p.T * p.k < p.E ? p.T * p.k : p.E;
+  const int64_t slabs1 = (2 * p.I + kMoeDecodeSlabRows - 1) / kMoeDecodeSlabRows;
+  const int64_t slabs2 = (p.H + kMoeDecodeSlabRows - 1) / kMoeDecodeSlabRows;
+  d.splits1 = moe_decode_splits(d.experts * slabs1, p.H);
+  d.splits2 = moe_decode_splits(d.experts * slabs2, p.I);
+  d.units1 = d.experts * slabs1 * d.splits1;
+  d.units2 = d.experts * slabs2 * d.splits2;
+  const int64_t shared = d.splits1 > 1 ? (d.units1 > d.units2 ? d.units1 : d.units2) : d.units2;
+  d.partial_floats = shared * kMoeDecodeSlabRows * kMoeDecodeMaxTokens;
+  d.counters1 = d.splits1 > 1 ? d.experts * slabs1 : 0;
+  d.counters2 = slabs2;
+  return d;
+}
 
 MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a) {
   const char* op = "moe_mlp";
@@ -335,6 +372,7 @@ MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a) {
                                      {"mlp1_bias", &a.mlp1_bias}, {"mlp2_weight", &a.mlp2.values},
                                      {"mlp2_scales", &a.mlp2.scales}, {"mlp2_bias", &a.mlp2_bias},
                                      {"y", &a.y}, {"workspace", &a.workspace}});
+  p.decode = moe_decode_plan(p);
   p.workspace = moe_mlp_workspace_layout(p, a.x.dtype);
   return p;
 }

@@ -63,6 +63,20 @@ MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a);
 MatmulOgsWorkspace matmul_ogs_workspace_layout(const MatmulOgsProblem& p);
 void check_matmul_ogs_outputs(const MatmulOgsProblem& p, const MatmulOgsArgs& a);
 
+// The CUDA backend's decode path of moe_mlp (src/cuda/kernels/moe): at most this many tokens
+// and token-slots T * k. Its expert matmuls split into work units (routed expert, slab of 16
+// weight rows, k range); the split is a function of shapes alone, so the workspace is too.
+constexpr int64_t kMoeDecodeMaxTokens = 8, kMoeDecodeMaxPairs = 32;
+constexpr int64_t kMoeDecodeSlabRows = 16;
+struct MoeDecodePlan {
+  bool fits = false;              // T and T * k within the decode path's limits
+  int64_t experts = 0;            // most experts a call can route to: min(T * k, E)
+  int64_t splits1 = 0, splits2 = 0;  // k ranges per (expert, slab) of mlp1 and mlp2
+  int64_t units1 = 0, units2 = 0;    // work units at most
+  int64_t partial_floats = 0;        // [unit][16 rows][8 tokens] of the matmuls whose units share sums
+  int64_t counters1 = 0, counters2 = 0;  // epilogue groups: (expert, slab) of mlp1 when split; mlp2's slabs
+};
+
 // Where moe_mlp keeps its intermediates inside the workspace (byte offsets, 256-aligned).
 struct MoeMlpWorkspace {
   size_t logits = 0;         // f32 [T, E]
@@ -74,6 +88,9 @@ struct MoeMlpWorkspace {
   size_t scatter_idx = 0;    // i32 [T, k]
   size_t act = 0;            // x dtype [T*k, I]
   size_t matmul = 0;         // the workspace of each matmul_ogs (gate, mlp1, mlp2; one at a time)
+  // The decode path's (sizes 0 where the plan does not fit): the tokens in paired order, the
+  // partial sums and the epilogue counters.
+  size_t decode_x = 0, decode_partials = 0, decode_counters = 0;
   size_t total = 0;
 };
 
@@ -81,8 +98,11 @@ struct MoeMlpProblem {
   int64_t T = 0, H = 0, E = 0, I = 0;
   int k = 0;
   Device device;
+  MoeDecodePlan decode;       // from moe_decode_plan
   MoeMlpWorkspace workspace;  // laid out by check_moe_mlp_inputs (sizes checked)
 };
+// The decode path's work split for T, k, E, H, I of p.
+MoeDecodePlan moe_decode_plan(const MoeMlpProblem& p);
 MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a);
 // y and the workspace (at least p.workspace.total bytes).
 void check_moe_mlp_outputs(const MoeMlpProblem& p, const MoeMlpArgs& a);

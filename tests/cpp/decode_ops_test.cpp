@@ -1,5 +1,6 @@
 // add_rms_norm and attention_decode through the C++ API on the CPU: hand-computed vectors, the
-// cache writes, error paths, and the CUDA backend's key split (a pure function of shapes).
+// cache writes, error paths; and the CUDA backend's splits (pure functions of shapes): the keys
+// of attention_decode and the work units of moe_mlp's decode path.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -123,6 +124,56 @@ TEST(AttentionDecodeSplit, ChunksOfWholeKeysAtMost32Splits) {
   // a window longer than the cache is no window; a huge one must not overflow the comparison
   EXPECT_EQ(attention_decode_split(260, 300, 1, 64).splits, 9);
   EXPECT_EQ(attention_decode_split(260, INT64_MAX, 3, 64).splits, 9);
+}
+
+MoeMlpProblem moe_problem(int64_t T, int64_t E, int k, int64_t H, int64_t I) {
+  MoeMlpProblem p;
+  p.T = T;
+  p.E = E;
+  p.k = k;
+  p.H = H;
+  p.I = I;
+  return p;
+}
+
+TEST(MoeDecodePlan, GptOssAtOneTokenMakesAbout22UnitsAnSm) {
+  // 4 experts; mlp1 has 2I / 16 = 360 slabs, mlp2 H / 16 = 180: k ranges bring both to 2880
+  // units (22 warps on each of 132 SMs at most), mlp1 in 2 ranges, mlp2 in 4.
+  const MoeDecodePlan d = moe_decode_plan(moe_problem(1, 32, 4, 2880, 2880));
+  EXPECT_TRUE(d.fits);
+  EXPECT_EQ(d.experts, 4);
+  EXPECT_EQ(d.splits1, 2);
+  EXPECT_EQ(d.splits2, 4);
+  EXPECT_EQ(d.units1, 2880);
+  EXPECT_EQ(d.units2, 2880);
+  EXPECT_EQ(d.counters1, 4 * 360);  // (expert, slab) groups of mlp1's split sums
+  EXPECT_EQ(d.counters2, 180);      // mlp2's slabs
+  EXPECT_EQ(d.partial_floats, 2880 * 16 * 8);
+}
+
+TEST(MoeDecodePlan, EightTokensNeedNoSplitAndAtMost32Experts) {
+  const MoeDecodePlan d = moe_decode_plan(moe_problem(8, 128, 4, 2880, 2880));
+  EXPECT_TRUE(d.fits);
+  EXPECT_EQ(d.experts, 32);
+  EXPECT_EQ(d.splits1, 1);
+  EXPECT_EQ(d.splits2, 1);
+  EXPECT_EQ(d.counters1, 0);  // mlp1's units hold whole sums
+  EXPECT_EQ(d.partial_floats, 32 * 180 * 16 * 8);
+  EXPECT_EQ(moe_decode_plan(moe_problem(8, 2, 2, 64, 64)).experts, 2);  // fewer experts than slots
+}
+
+TEST(MoeDecodePlan, ShortKKeepsTwoStepsARange) {
+  // mlp2 reduces over I: 128 is one k step of 128, so one range however few the units; 1024 is
+  // 8 steps, so up to 4 ranges.
+  EXPECT_EQ(moe_decode_plan(moe_problem(1, 4, 1, 256, 128)).splits2, 1);
+  EXPECT_EQ(moe_decode_plan(moe_problem(1, 4, 1, 256, 1024)).splits2, 4);
+}
+
+TEST(MoeDecodePlan, MoreThan8TokensOr32SlotsTakeTheGeneralPath) {
+  EXPECT_FALSE(moe_decode_plan(moe_problem(9, 32, 1, 64, 64)).fits);
+  EXPECT_FALSE(moe_decode_plan(moe_problem(4, 32, 9, 64, 64)).fits);
+  EXPECT_FALSE(moe_decode_plan(moe_problem(0, 32, 4, 64, 64)).fits);
+  EXPECT_EQ(moe_decode_plan(moe_problem(9, 32, 1, 64, 64)).partial_floats, 0);
 }
 
 }  // namespace

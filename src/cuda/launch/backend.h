@@ -26,4 +26,10 @@ void add_rms_norm(const AddRmsNormProblem& p, const TensorView& x, const TensorV
                   const TensorView& sum, const TensorView& out, const ExecContext& ctx);
 void attention_decode(const AttentionDecodeProblem& p, const AttentionDecodeArgs& a, const ExecContext& ctx);
 
+// moe_mlp's decode path (three kernels) where it applies: a few tokens (p.decode.fits), bf16 x,
+// MXFP4 experts, H and I multiples of 8, 16-byte aligned data, sm_80+. moe_mlp composes the ops
+// otherwise.
+bool moe_mlp_decode_fits(const MoeMlpProblem& p, const MoeMlpArgs& a);
+void moe_mlp_decode(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecContext& ctx);
+
 }  // namespace moekit::cuda

@@ -43,15 +43,6 @@ __host__ __device__ constexpr int min_blocks(int NT, bool mxfp4, int warps) {
 }
 }  // namespace stream
 
-// 8 consecutive bf16 -> bf16x2 registers holding elements (0,4), (1,5), (2,6), (3,7), the
-// pairing decode_e2m1x8_strided gives the weights.
-__device__ __forceinline__ void pair_bf16x8(const uint4 v, uint32_t (&r)[4]) {
-  r[0] = __byte_perm(v.x, v.z, 0x5410);
-  r[1] = __byte_perm(v.x, v.z, 0x7632);
-  r[2] = __byte_perm(v.y, v.w, 0x5410);
-  r[3] = __byte_perm(v.y, v.w, 0x7632);
-}
-
 template <int NT, bool kMxfp4, int kWarps = 4>
 __global__ void __launch_bounds__(32 * kWarps, stream::min_blocks(NT, kMxfp4, kWarps))
     matmul_ogs_stream_kernel(const MatmulOgsParams p) {

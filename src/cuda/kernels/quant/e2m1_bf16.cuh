@@ -30,19 +30,34 @@ __device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
   return *reinterpret_cast<uint32_t*>(&r);
 }
 
-// Codes in bits 3..0 and 19..16 of `c` -> bf16x2 before scaling.
+// The codes at bits 3..0 and 19..16 of `c` (shift 0) or 7..4 and 23..20 (shift 4) -> bf16x2
+// before scaling. One multiply copies each masked code to bits 9..6 and 15..12 of its half
+// (the two copies cannot carry into each other); the mask keeps the magnitude of the first copy
+// and the sign of the second. A mask, a multiply (on the FMA pipe) and a mask: the logic pipe,
+// which the decode fills, takes two instructions where shifts would take four.
+template <int kShift>
 __device__ __forceinline__ uint32_t e2m1_pair_bits(uint32_t c) {
-  return ((c << 6) & 0x01c001c0u) | ((c << 12) & 0x80008000u);
+  static_assert(kShift == 0 || kShift == 4, "codes 0 and 4, or 1 and 5, of a 16-bit half");
+  return ((c & (0x000f000fu << kShift)) * ((0x1040u) >> kShift)) & 0x81c081c0u;
 }
 
 // 8 codes (one word, low nibble first) -> bf16x2 registers holding elements (0,4), (1,5),
 // (2,6), (3,7): the cheapest pairing, for kernels free to permute k. Only the first multiply:
 // the caller applies the second (apply_second_step) when a lane of its warp needs it.
 __device__ __forceinline__ void decode_e2m1x8_strided(uint32_t c, uint32_t first, uint32_t (&r)[4]) {
-  r[0] = bf16x2_mul(e2m1_pair_bits(c), first);
-  r[1] = bf16x2_mul(e2m1_pair_bits(c >> 4), first);
-  r[2] = bf16x2_mul(e2m1_pair_bits(c >> 8), first);
-  r[3] = bf16x2_mul(e2m1_pair_bits(c >> 12), first);
+  r[0] = bf16x2_mul(e2m1_pair_bits<0>(c), first);
+  r[1] = bf16x2_mul(e2m1_pair_bits<4>(c), first);
+  r[2] = bf16x2_mul(e2m1_pair_bits<0>(c >> 8), first);
+  r[3] = bf16x2_mul(e2m1_pair_bits<4>(c >> 8), first);
+}
+
+// 8 consecutive bf16 -> bf16x2 registers holding elements (0,4), (1,5), (2,6), (3,7), the
+// pairing decode_e2m1x8_strided gives the weights.
+__device__ __forceinline__ void pair_bf16x8(const uint4 v, uint32_t (&r)[4]) {
+  r[0] = __byte_perm(v.x, v.z, 0x5410);
+  r[1] = __byte_perm(v.x, v.z, 0x7632);
+  r[2] = __byte_perm(v.y, v.w, 0x5410);
+  r[3] = __byte_perm(v.y, v.w, 0x7632);
 }
 
 // True for every lane when any lane of the warp holds a scale above 128 (two multiplies).

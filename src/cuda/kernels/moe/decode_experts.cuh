@@ -1,0 +1,221 @@
+// The decode layer's expert matmuls: mlp1 + SwiGLU and mlp2 + the weighted combine, for at most
+// 8 tokens, where the routed experts' MXFP4 weights are the whole cost.
+//
+// Work units are (routed expert d, slab of 16 weight rows, k range s of `splits`). A warp owns a
+// unit and streams its weights from global memory straight into mma.sync fragments (roles
+// swapped as in matmul_ogs_stream.cuh: 16 weight rows are the MMA's M, the expert's tokens, at
+// most 8, its N), loading the next k step's codes while it decodes one. The grid is one block
+// per SM and unit u goes to block u % grid, so every SM gets the same number of units within
+// one; the k ranges make about 22 units an SM at T = 1 (22 warps of 80 registers), because a
+// warp's decode is a long chain of dependent instructions and the SM needs many warps to issue
+// every cycle: with 11 warps of 160 registers and 4 steps of loads in flight each, mlp1 took
+// 29.8 us, with 22 warps 26.6 us (docs/kernels.md has the variants tried).
+//
+// A unit that holds a whole sum (mlp1 with one k range) finishes its outputs itself. Otherwise
+// units write their partial sums, and the last unit of an epilogue group to arrive (an atomic
+// counter, zeroed by the gate kernel) adds them in a fixed order: the group is (d, slab) for mlp1
+// and the slab (all experts and k ranges) for mlp2, whose epilogue is the combine. Nothing
+// depends on which warp arrives last, so the outputs are the same run to run.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "../activation/swiglu.cuh"
+#include "../element.cuh"
+#include "../gemm/mma.cuh"
+#include "../quant/e2m1_bf16.cuh"
+#include "decode_route.cuh"
+#include "moe_decode_params.cuh"
+
+namespace moekit::cuda {
+
+namespace moe_decode {
+constexpr int kAhead = 1;  // k steps (4 MXFP4 blocks of 16 rows: 1 KB a warp) loaded ahead
+constexpr int kUnitFloats = kSlabRows * kMaxTokens;  // a unit's sums: [16 rows][8 tokens]
+}  // namespace moe_decode
+
+template <bool kCombine>
+__global__ void __launch_bounds__(32 * moe_decode::kMaxWarps, 1)
+    moe_decode_experts_kernel(const MoeDecodeExpertsParams p) {
+  using namespace moe_decode;
+  __shared__ DecodeRoute route;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int g = lane / 4, t = lane % 4;  // the MMA's row group and k / token-pair slot
+
+  wait_for_previous_grid();
+  route_in_block(p.logits, p.T, p.E, p.k, route);
+  let_next_grid_start();
+
+  const int64_t k_blocks = p.K / 32, steps = (k_blocks + 3) / 4;
+  const int64_t slabs = (p.N + kSlabRows - 1) / kSlabRows;
+  const int S = p.splits;
+  const int64_t units = route.experts * slabs * S;
+  const bool whole = !kCombine && S == 1;  // the unit finishes its own outputs
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+
+  for (int64_t local = warp;; local += warps) {
+    const int64_t u = blockIdx.x + local * gridDim.x;
+    if (u >= units) break;
+    const int d = static_cast<int>(u / (slabs * S)), s = static_cast<int>(u % S);
+    const int64_t slab = u / S % slabs;
+    const int e = route.expert[d], count = route.count[d];
+    const int64_t first_step = steps * s / S;
+    const int n = static_cast<int>(steps * (s + 1) / S - first_step);
+
+    // This lane's weight rows n0 and n0 + 8 at k blocks 4 * (first_step + i) + t, and the x row
+    // of the expert's token-slot g; steps i < lane_steps exist for the lane (K may end within
+    // the last).
+    const int64_t n0 = slab * kSlabRows + g;
+    const bool row_ok[2] = {n0 < p.N, n0 + 8 < p.N};
+    const int64_t kb0 = 4 * first_step + t;
+    const int lane_steps = static_cast<int>(min(static_cast<int64_t>(n), max(k_blocks - kb0 + 3, int64_t{0}) / 4));
+    const int64_t at0 = (static_cast<int64_t>(e) * p.N + n0) * k_blocks + kb0;  // code word and scale byte
+    const uint4* codes = reinterpret_cast<const uint4*>(p.w) + at0;
+    const uint8_t* scales = p.w_scales + at0;
+    const bool has_x = g < count;
+    const int x_row = has_x ? (kCombine ? route.slot[d][g] : route.slot[d][g] / p.k) : 0;
+    const uint4* x = p.x + static_cast<int64_t>(x_row) * (p.K / 8) + 4 * kb0;
+    const int64_t hi = 8 * k_blocks;  // row n0 + 8
+
+    struct Raw {
+      uint4 codes[2];
+      uint32_t scale[2];
+    };
+    auto load = [&](int i) {
+      Raw r;
+      const bool in = i < lane_steps;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const bool ok = in && row_ok[h];
+        r.codes[h] = ok ? load_streaming(codes + 4 * i + h * hi) : zero;
+        r.scale[h] = ok ? scales[4 * i + h * hi] : 127u;
+      }
+      return r;
+    };
+    auto load_x = [&](int i, uint4 (&b)[4]) {
+      const bool in = has_x && i < lane_steps;
+#pragma unroll
+      for (int w = 0; w < 4; ++w) b[w] = in ? __ldg(x + 16 * i + w) : zero;
+    };
+
+    // Two accumulators, so that a step's 8 MMAs form two chains of 4.
+    float acc[2][4] = {};
+    // One k step: the lane's two 32-code blocks, word by word (8 codes of each row) decoded
+    // into A fragments for 2 MMAs.
+    auto compute = [&](const Raw& raw, const uint4 (&b)[4], bool second_step) {
+      const uint32_t first[2] = {mxfp4_first_multiplier(raw.scale[0]), mxfp4_first_multiplier(raw.scale[1])};
+      const uint32_t cw[2][4] = {{raw.codes[0].x, raw.codes[0].y, raw.codes[0].z, raw.codes[0].w},
+                                 {raw.codes[1].x, raw.codes[1].y, raw.codes[1].z, raw.codes[1].w}};
+      const uint32_t bw[4][4] = {{b[0].x, b[0].y, b[0].z, b[0].w}, {b[1].x, b[1].y, b[1].z, b[1].w},
+                                 {b[2].x, b[2].y, b[2].z, b[2].w}, {b[3].x, b[3].y, b[3].z, b[3].w}};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        uint32_t a[2][4];  // [row lo / hi][register]
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          decode_e2m1x8_strided(cw[h][i], first[h], a[h]);
+          if (second_step) apply_second_step(a[h], mxfp4_second_multiplier(raw.scale[h]));
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t frag[4] = {a[0][2 * h], a[1][2 * h], a[0][2 * h + 1], a[1][2 * h + 1]};
+          mma_bf16_m16n8k16(acc[h], frag, bw[i][2 * h], bw[i][2 * h + 1]);
+        }
+      }
+    };
+
+    // The weights come from DRAM, kAhead steps ahead; the token values from L2, at the step
+    // (the SM's other warps cover their latency).
+    Raw ring[kAhead];
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) ring[j] = load(j);
+    for (int base = 0; base < n; base += kAhead) {
+#pragma unroll
+      for (int j = 0; j < kAhead; ++j) {
+        const int i = base + j;
+        if (i >= n) break;
+        uint4 b[4];
+        load_x(i, b);
+        const Raw raw = ring[j];
+        ring[j] = load(i + kAhead);
+        // Scales above 128 take a second multiply (e2m1_bf16.cuh); real checkpoints have none,
+        // so a warp runs the step without it unless one of its lanes needs it.
+        if (warp_needs_second_step(raw.scale[0] > 128 || raw.scale[1] > 128)) compute(raw, b, true);
+        else compute(raw, b, false);
+      }
+    }
+    // acc: (row n0, token-slots 2t and 2t + 1) and (row n0 + 8, same slots).
+    float sum[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) sum[i] = acc[0][i] + acc[1][i];
+
+    if (whole) {
+      // SwiGLU pairs rows (2i, 2i + 1): lane g takes its partner row from lane g + 1.
+      float partner[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) partner[i] = __shfl_down_sync(0xffffffffu, sum[i], 4);
+      if (g % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int rank = 2 * t + i % 2;
+          const int64_t nn = n0 + 8 * (i / 2);
+          if (rank >= count || nn >= p.N) continue;
+          float h0 = sum[i], h1 = partner[i];
+          if (p.bias) {
+            h0 += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + nn);
+            h1 += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + nn + 1);
+          }
+          p.act[route.slot[d][rank] * (p.N / 2) + paired_index(nn / 2)] = __float2bfloat16_rn(swiglu(h0, h1, p.alpha, p.limit));
+        }
+      }
+      continue;
+    }
+
+    float* mine = p.partials + u * kUnitFloats;
+    *reinterpret_cast<float2*>(mine + g * kMaxTokens + 2 * t) = make_float2(sum[0], sum[1]);
+    *reinterpret_cast<float2*>(mine + (g + 8) * kMaxTokens + 2 * t) = make_float2(sum[2], sum[3]);
+    __threadfence();
+    __syncwarp();
+    const int64_t group = kCombine ? slab : d * slabs + slab;
+    const int group_units = kCombine ? route.experts * S : S;
+    int arrived = 0;
+    if (lane == 0) arrived = atomicAdd(p.counters + group, 1);
+    if (__shfl_sync(0xffffffffu, arrived, 0) != group_units - 1) continue;
+    __threadfence();  // the group's other sums are visible to this warp
+
+    // A row's sum over the k ranges, in order, plus the bias.
+    auto row_sum = [&](int dd, int64_t nn, int rank) {
+      const float* first = p.partials + ((dd * slabs + slab) * S) * kUnitFloats + (nn - slab * kSlabRows) * kMaxTokens + rank;
+      float h = 0.0f;
+      for (int ss = 0; ss < S; ++ss) h += __ldcg(first + ss * kUnitFloats);
+      if (p.bias) h += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(route.expert[dd]) * p.N + nn);
+      return h;
+    };
+    if constexpr (kCombine) {
+      // y[t, n] = sum_j weight[t, j] * h[t * k + j, n], in slot order (the combine op's order).
+      for (int item = lane; item < p.T * kSlabRows; item += 32) {
+        const int token = item / kSlabRows;
+        const int64_t nn = slab * kSlabRows + item % kSlabRows;
+        if (nn >= p.N) continue;
+        float v = 0.0f;
+        for (int j = 0; j < p.k; ++j) {
+          const int ts = token * p.k + j;
+          v += route.weight[ts] * row_sum(route.slot_expert[ts], nn, route.slot_rank[ts]);
+        }
+        p.y[token * p.N + nn] = __float2bfloat16_rn(v);
+      }
+    } else {
+      for (int item = lane; item < count * (kSlabRows / 2); item += 32) {
+        const int rank = item / (kSlabRows / 2);
+        const int64_t nn = slab * kSlabRows + 2 * (item % (kSlabRows / 2));
+        if (nn >= p.N) continue;
+        const float h = swiglu(row_sum(d, nn, rank), row_sum(d, nn + 1, rank), p.alpha, p.limit);
+        p.act[route.slot[d][rank] * (p.N / 2) + paired_index(nn / 2)] = __float2bfloat16_rn(h);
+      }
+    }
+  }
+}
+
+}  // namespace moekit::cuda

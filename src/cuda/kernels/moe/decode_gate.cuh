@@ -1,0 +1,86 @@
+// The decode layer's first kernel: block e computes expert e's gate logit for every token
+// (float32 sums of exact bf16 products, its warps splitting H and adding in a fixed order, then
+// the bias), and all blocks together write the tokens in paired order for mlp1's fragments and
+// zero the expert kernels' counters.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "../element.cuh"
+#include "../quant/e2m1_bf16.cuh"
+#include "moe_decode_params.cuh"
+
+namespace moekit::cuda {
+
+// 8 consecutive weights of a gate row, as floats.
+__device__ __forceinline__ void load_gate8(const void* w, bool w_bf16, int64_t at, float (&v)[8]) {
+  if (w_bf16) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(static_cast<const bf16*>(w) + at));
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      v[2 * i] = __uint_as_float(words[i] << 16);
+      v[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+    }
+  } else {
+    const float4 a = __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(w) + at));
+    const float4 b = __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(w) + at + 4));
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  }
+}
+
+__global__ void __launch_bounds__(32 * moe_decode::kGateWarps) moe_decode_gate_kernel(const MoeDecodeGateParams p) {
+  using namespace moe_decode;
+  let_next_grid_start();  // the expert kernels' blocks wait in their prologue
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, e = blockIdx.x;
+  const int64_t words = p.H / 8;
+  const uint4* x = reinterpret_cast<const uint4*>(p.x);
+
+  float acc[kMaxTokens] = {};
+  // Unrolled so that a thread's loads (2 words at H = 2880) are in flight together.
+#pragma unroll 2
+  for (int64_t c = threadIdx.x; c < words; c += blockDim.x) {
+    float w[8];
+    load_gate8(p.w, p.w_bf16, e * p.H + 8 * c, w);
+#pragma unroll
+    for (int t = 0; t < kMaxTokens; ++t) {
+      if (t >= p.T) break;
+      const uint4 raw = __ldg(x + t * words + c);
+      const uint32_t xs[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        acc[t] = fmaf(w[2 * i], __uint_as_float(xs[i] << 16), acc[t]);
+        acc[t] = fmaf(w[2 * i + 1], __uint_as_float(xs[i] & 0xffff0000u), acc[t]);
+      }
+    }
+  }
+  __shared__ float partial[kGateWarps][kMaxTokens];
+#pragma unroll
+  for (int t = 0; t < kMaxTokens; ++t) {
+    float v = acc[t];
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    if (lane == 0) partial[warp][t] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x < p.T) {
+    float v = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kGateWarps; ++w) v += partial[w][threadIdx.x];
+    if (p.bias) v += load_float(p.bias, p.bias_bf16, e);
+    p.logits[threadIdx.x * p.E + e] = v;
+  }
+
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (int64_t i = first; i < p.T * words; i += stride) {
+    uint32_t r[4];
+    pair_bf16x8(__ldg(x + i), r);
+    p.x_paired[i] = make_uint4(r[0], r[1], r[2], r[3]);
+  }
+  for (int64_t i = first; i < p.n_counters; i += stride) p.counters[i] = 0;
+}
+
+}  // namespace moekit::cuda

@@ -1,0 +1,58 @@
+// The routing of a few tokens, computed by every block of the expert kernels into its shared
+// memory: top-k and the softmax per token (topk.cuh, as the route op computes them), then the
+// token-slots grouped by expert, experts in increasing order, each expert's slots in order.
+#pragma once
+
+#include <cstdint>
+
+#include "../routing/topk.cuh"
+#include "moe_decode_params.cuh"
+
+namespace moekit::cuda {
+
+struct DecodeRoute {
+  int experts;                                                // distinct experts chosen (D)
+  int expert[moe_decode::kMaxPairs];                          // d -> expert
+  int count[moe_decode::kMaxPairs];                           // d -> its token-slots (<= T)
+  int slot[moe_decode::kMaxPairs][moe_decode::kMaxTokens];    // d, i -> token-slot t * k + j
+  int slot_expert[moe_decode::kMaxPairs];                     // token-slot -> d
+  int slot_rank[moe_decode::kMaxPairs];                       // token-slot -> i
+  int32_t choice[moe_decode::kMaxPairs];                      // token-slot -> expert
+  float weight[moe_decode::kMaxPairs];                        // token-slot -> combine weight
+};
+
+// All threads of the block; r is valid after it returns. T * k <= kMaxPairs.
+__device__ __forceinline__ void route_in_block(const float* logits, int T, int E, int k, DecodeRoute& r) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  for (int t = warp; t < T; t += warps) topk_softmax_token(logits, t, E, k, r.choice, r.weight);
+  __syncthreads();
+  if (warp == 0) {
+    const int slots = T * k;
+    const int e = lane < slots ? r.choice[lane] : -1;
+    int rank = 0, count = 0;  // this slot's place among its expert's slots, and their number
+    for (int q = 0; q < slots; ++q) {
+      const int other = __shfl_sync(0xffffffffu, e, q);
+      count += other == e;
+      rank += other == e && q < lane;
+    }
+    const unsigned firsts = __ballot_sync(0xffffffffu, lane < slots && rank == 0);
+    int d = 0;  // distinct experts below e
+    for (int q = 0; q < slots; ++q) {
+      const int other = __shfl_sync(0xffffffffu, e, q);
+      d += ((firsts >> q) & 1) && other < e;
+    }
+    if (lane < slots) {
+      if (rank == 0) {
+        r.expert[d] = e;
+        r.count[d] = count;
+      }
+      r.slot[d][rank] = lane;
+      r.slot_expert[lane] = d;
+      r.slot_rank[lane] = rank;
+    }
+    if (lane == 0) r.experts = __popc(firsts);
+  }
+  __syncthreads();
+}
+
+}  // namespace moekit::cuda

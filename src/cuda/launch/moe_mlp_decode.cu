@@ -1,0 +1,110 @@
+// moe_mlp for a few tokens: three kernels (src/cuda/kernels/moe) instead of the four matmul and
+// routing launches of the general path, chained by programmatic dependent launch on sm_90.
+#include <algorithm>
+
+#include "../../core/check.h"
+#include "../kernels/moe/decode_experts.cuh"
+#include "../kernels/moe/decode_gate.cuh"
+#include "../runtime/device_guard.h"
+#include "../runtime/device_info.h"
+#include "../runtime/stream.h"
+#include "backend.h"
+#include "launch_util.h"
+
+namespace moekit::cuda {
+namespace {
+
+// Launches kernel(args) on stream; with `chained`, as a programmatic dependent of the work
+// before it on the stream (the kernel waits for it with wait_for_previous_grid).
+template <class... Params, class... Args>
+void launch(void (*kernel)(Params...), unsigned grid, unsigned threads, cudaStream_t stream, bool chained,
+            Args&&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(grid);
+  config.blockDim = dim3(threads);
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = chained ? 1 : 0;
+  MOEKIT_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+}
+
+}  // namespace
+
+bool moe_mlp_decode_fits(const MoeMlpProblem& p, const MoeMlpArgs& a) {
+  const auto aligned16 = [](const TensorView& t) { return !t.present() || aligned(t, 16); };
+  const DeviceInfo& device = device_info(p.device.index);
+  return p.decode.fits && a.x.dtype == DType::kBFloat16 && a.mlp1.scales.present() && a.mlp2.scales.present() &&
+         p.H % 8 == 0 && p.I % 8 == 0 && aligned16(a.x) && aligned16(a.gate_weight) && aligned16(a.mlp1.values) &&
+         aligned16(a.mlp2.values) && aligned16(a.workspace) && device.major >= 8;
+}
+
+void moe_mlp_decode(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecContext& ctx) {
+  using namespace moe_decode;
+  DeviceGuard guard(p.device.index);
+  const cudaStream_t stream = stream_of("moe_mlp", p.device, ctx);
+  const DeviceInfo& device = device_info(p.device.index);
+  const bool chained = device.major >= 9;
+  const MoeMlpWorkspace& ws = p.workspace;
+  const MoeDecodePlan& plan = p.decode;
+  char* base = a.workspace.ptr<char>();
+  float* logits = reinterpret_cast<float*>(base + ws.logits);
+  uint4* x_paired = reinterpret_cast<uint4*>(base + ws.decode_x);
+  int* counters = reinterpret_cast<int*>(base + ws.decode_counters);
+
+  MoeDecodeGateParams gate{};
+  gate.x = a.x.ptr<bf16>();
+  gate.T = static_cast<int>(p.T);
+  gate.H = p.H;
+  gate.w = a.gate_weight.data;
+  gate.w_bf16 = a.gate_weight.dtype == DType::kBFloat16;
+  gate.bias = a.gate_bias.present() ? a.gate_bias.data : nullptr;
+  gate.bias_bf16 = a.gate_bias.present() && a.gate_bias.dtype == DType::kBFloat16;
+  gate.E = static_cast<int>(p.E);
+  gate.logits = logits;
+  gate.x_paired = x_paired;
+  gate.counters = counters;
+  gate.n_counters = plan.counters1 + plan.counters2;
+  launch(moe_decode_gate_kernel, static_cast<unsigned>(p.E), 32 * kGateWarps, stream, false, gate);
+  MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_gate_kernel");
+
+  MoeDecodeExpertsParams m{};
+  m.logits = logits;
+  m.T = static_cast<int>(p.T);
+  m.E = static_cast<int>(p.E);
+  m.k = p.k;
+  m.partials = reinterpret_cast<float*>(base + ws.decode_partials);
+  m.alpha = a.swiglu_alpha;
+  m.limit = a.swiglu_limit;
+  m.act = reinterpret_cast<bf16*>(base + ws.act);
+  m.y = a.y.ptr<bf16>();
+  // One block per SM, with the warps its share of the units needs.
+  const int64_t sms = device.sm_count;
+  const unsigned threads = static_cast<unsigned>(
+      32 * std::clamp<int64_t>(ceil_div(std::max(plan.units1, plan.units2), sms), 1, kMaxWarps));
+  const auto set_matmul = [&](const ExpertWeights& w, const TensorView& bias, int64_t N, int64_t K, const void* x,
+                              int64_t splits) {
+    m.w = w.values.ptr<uint8_t>();
+    m.w_scales = w.scales.ptr<uint8_t>();
+    m.N = N;
+    m.K = K;
+    m.bias = bias.present() ? bias.data : nullptr;
+    m.bias_bf16 = bias.present() && bias.dtype == DType::kBFloat16;
+    m.x = static_cast<const uint4*>(x);
+    m.splits = static_cast<int>(splits);
+  };
+
+  set_matmul(a.mlp1, a.mlp1_bias, 2 * p.I, p.H, x_paired, plan.splits1);
+  m.counters = counters;
+  launch(moe_decode_experts_kernel<false>, static_cast<unsigned>(sms), threads, stream, chained, m);
+  MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_experts_kernel (mlp1)");
+
+  set_matmul(a.mlp2, a.mlp2_bias, p.H, p.I, m.act, plan.splits2);
+  m.counters = counters + plan.counters1;
+  launch(moe_decode_experts_kernel<true>, static_cast<unsigned>(sms), threads, stream, chained, m);
+  MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_experts_kernel (mlp2)");
+}
+
+}  // namespace moekit::cuda
