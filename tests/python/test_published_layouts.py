@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,3 +142,137 @@ def test_broken_repositories_are_clear_errors(published_repo, tmp_path):
         (broken / "config.json").write_text(json.dumps({**config, **change}))
         with pytest.raises(CheckpointError, match=needle):
             read_config(broken)
+
+
+# ------------------------------------------------------------------------------ the converter
+
+def folder_bytes(folder):
+    """Every visible file of a folder (not its subfolders) by name -> bytes."""
+    return {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")}
+
+
+def test_converter_refuses_a_destination_that_holds_a_checkpoint_unless_forced(published_repo, tmp_path):
+    """Converting into a folder holding the other layout left its index behind and the next load
+    failed: now it is refused, and --force replaces that checkpoint whole (the stale index goes)."""
+    root, _ = published_repo
+    dst = tmp_path / "dst"
+    convert_checkpoint(root, dst, "hf", max_shard_bytes=40_000)
+    with pytest.raises(ValueError, match="already holds a checkpoint.*--force"):
+        convert_checkpoint(root, dst, "original")
+    (dst / "notes.txt").write_text("mine")
+    convert_checkpoint(root, dst, "original", force=True)
+    assert not (dst / "model.safetensors.index.json").exists() and (dst / "notes.txt").read_text() == "mine"
+    assert folder_bytes(dst)["model.safetensors"] == (root / "original" / "model.safetensors").read_bytes()
+    ids = torch.tensor(PROMPT)
+    assert torch.equal(load_model(dst, "cpu", dtype=torch.float32, progress=False)(ids),
+                       load_model(root, "cpu", dtype=torch.float32, progress=False)(ids))
+
+
+def test_converter_never_writes_onto_its_source(published_repo, tmp_path):
+    root, _ = published_repo
+    src = tmp_path / "src"
+    shutil.copytree(root / "original", src)
+    for dst in (src, src / "inner"):
+        with pytest.raises(ValueError, match="is the source"):
+            convert_checkpoint(src, dst, "hf", force=True)
+    assert folder_bytes(src) == folder_bytes(root / "original")
+
+
+def test_converter_cli_help_and_file_modes(published_repo, tmp_path):
+    """No runpy warning, SRC / DST / --layout explained, and files as readable as the umask allows
+    (safetensors wrote 0600)."""
+    proc = subprocess.run([sys.executable, "-m", "moekit.models.convert", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    for word in ("SRC", "DST", "--layout", "--force", "original/"):
+        assert word in proc.stdout, word
+    root, _ = published_repo
+    mask = os.umask(0o022)
+    try:
+        convert_checkpoint(root, tmp_path / "out", "original")
+    finally:
+        os.umask(mask)
+    for f in (tmp_path / "out").iterdir():
+        assert f.stat().st_mode & 0o777 == 0o644, f
+
+
+@pytest.mark.parametrize("over", ["empty", "earlier"])
+def test_a_killed_conversion_never_leaves_a_mix(tmp_path, over):
+    """SIGKILL at 10 random points of a conversion of the shipped model into ~660 small shards
+    (into an empty folder, or with --force over an earlier conversion to the other layout): the
+    folder is then the earlier checkpoint, the complete new one byte for byte, or without
+    config.json, which the loader refuses."""
+    import random
+
+    from moekit.generate import DEFAULT_CHECKPOINT
+
+    cmd = [sys.executable, "-m", "moekit.models.convert", str(DEFAULT_CHECKPOINT), "", "--layout", "hf",
+           "--max-shard-mb", "0.05", "--force"]
+
+    def run(dst, kill_after=None):
+        """Runs the converter into dst; from when its staging folder appears, kills it after
+        kill_after seconds, or returns how long it took from then to put config.json in place."""
+        proc = subprocess.Popen(cmd[:4] + [str(dst)] + cmd[5:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while proc.poll() is None and not list(dst.glob(".moekit-convert-*")):
+            time.sleep(0.001)
+        staged = time.monotonic()
+        if kill_after is None:
+            while proc.poll() is None and not (dst / "config.json").exists():
+                time.sleep(0.001)
+            took = time.monotonic() - staged
+            assert proc.wait(timeout=300) == 0
+            return took
+        time.sleep(kill_after)
+        proc.kill()
+        proc.wait()
+
+    reference = tmp_path / "reference"
+    writing = run(reference)
+    want = folder_bytes(reference)
+    earlier = None
+    rng = random.Random(over)
+    unfinished = 0  # tries that stopped before the new checkpoint was whole: the kills must land there too
+    for i in range(10):
+        dst = tmp_path / f"try{i}"
+        if over == "earlier":
+            convert_checkpoint(DEFAULT_CHECKPOINT, dst, "original")
+            earlier = folder_bytes(dst)
+        run(dst, kill_after=rng.uniform(0.0, 1.1) * writing)  # writing the shards, or moving them
+        got = folder_bytes(dst) if dst.exists() else {}
+        if "config.json" in got:
+            assert got == want or got == earlier, f"try {i}: a mix of {sorted(got)[:5]}..."
+            unfinished += got == earlier
+        else:
+            unfinished += 1
+            with pytest.raises((CheckpointError, CheckpointNotFoundError, FileNotFoundError)):
+                load_model(dst, "cpu", progress=False)
+    assert unfinished >= 3, f"only {unfinished} of 10 kills landed before the conversion finished"
+
+
+@pytest.mark.parametrize("stop_after", [0, 1, 2, 40, -1])
+def test_a_conversion_stopped_while_moving_files_in_refuses_to_load(tmp_path, monkeypatch, stop_after):
+    """The moves into place, stopped after `stop_after` of them (-1: all but the last, config.json):
+    the earlier checkpoint's config and shard are gone, and without config.json the folder refuses
+    to load."""
+    from moekit.generate import DEFAULT_CHECKPOINT
+    from moekit.models import convert as converter
+
+    dst = tmp_path / "dst"
+    convert_checkpoint(DEFAULT_CHECKPOINT, dst, "original")
+    earlier = folder_bytes(dst)
+    real, moved = os.replace, []
+
+    def replace(a, b):
+        if stop_after >= 0 and len(moved) == stop_after or stop_after < 0 and Path(b).name == "config.json":
+            raise KeyboardInterrupt("stopped")
+        moved.append(b)
+        real(a, b)
+
+    monkeypatch.setattr(converter.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        convert_checkpoint(DEFAULT_CHECKPOINT, dst, "hf", max_shard_bytes=50_000, force=True)
+    got = folder_bytes(dst)
+    assert "model.safetensors" in earlier  # the earlier (original layout) shard, which the hf one does not reuse
+    assert "config.json" not in got and "model.safetensors" not in got, sorted(got)[:5]
+    with pytest.raises((CheckpointError, CheckpointNotFoundError, FileNotFoundError)):
+        load_model(dst, "cpu", progress=False)

@@ -19,9 +19,16 @@ from moekit.models.checkpoint import (
     read_config,
     save_checkpoint,
 )
-from moekit.models.convert import convert_checkpoint
 from moekit.models.gpt_oss import GptOss, GptOssConfig, KVCache, TensorParallel, sample_next
 from moekit.models.gpt_oss_reference import ReferenceGptOss
+
+
+def convert_checkpoint(src, dst, layout, max_shard_bytes=None, force=False):
+    """See moekit.models.convert.convert_checkpoint (imported when called, so that
+    ``python -m moekit.models.convert`` runs a module the package has not imported yet)."""
+    from moekit.models.convert import convert_checkpoint as convert
+
+    return convert(src, dst, layout, max_shard_bytes, force)
 
 __all__ = [
     "CheckpointError",

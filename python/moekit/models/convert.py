@@ -1,6 +1,6 @@
 """Writes a gpt-oss checkpoint in either published layout from one in either layout.
 
-    python -m moekit.models.convert SRC DST --layout hf|original [--max-shard-mb N]
+    python -m moekit.models.convert SRC DST --layout hf|original [--max-shard-mb N] [--force]
 
 The tensors are copied as they are (the MXFP4 blocks and scales byte for byte; q, k and v split
 from or stacked into qkv), config.json is rewritten in the target layout's keys, and the
@@ -8,6 +8,15 @@ tokenizer files (tokenizer.json, tokenizer_config.json, chat_template.jinja,
 generation_config.json, special_tokens_map.json) are copied from SRC or, for an ``original/``
 folder, its parent. Shards hold at most --max-shard-mb each, with model.safetensors.index.json
 when there are several or the layout is hf (default: 5000 MB for hf, one file for original).
+
+DST may be a new folder, or one that holds no checkpoint (the published repository's root holds
+original/: converting original/ into its parent is allowed). A DST that holds a checkpoint is
+refused unless --force, which replaces that checkpoint's files and leaves the rest of the folder.
+Nothing is written onto SRC. The new files are written into a hidden folder inside DST and moved
+into place at the end, config.json last, after the old checkpoint's files are gone: a conversion
+stopped at any point leaves DST with its old checkpoint, or without config.json (which refuses
+to load), or the complete new one, never a mix (a killed conversion leaves its hidden
+.moekit-convert-PID folder behind, which nothing reads).
 """
 
 from __future__ import annotations
@@ -16,10 +25,11 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from moekit.models import layouts
 from moekit.models.checkpoint import (CONFIG_FILE, INDEX_FILE, CheckpointError, CheckpointTensors, PathLike,
@@ -30,14 +40,66 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 BYTES = {"BF16": 2, "U8": 1}
 
 
-def convert_checkpoint(src: PathLike, dst: PathLike, layout: str, max_shard_bytes: Optional[int] = None) -> Path:
-    """Writes checkpoint ``src`` to directory ``dst`` in ``layout`` ("hf" or "original")."""
+def checkpoint_files(folder: Path, tokenizer: bool) -> List[Path]:
+    """The files of a checkpoint (either layout) directly in ``folder``: config.json, the index,
+    the shards, and with ``tokenizer`` its tokenizer files."""
+    if not folder.is_dir():
+        return []
+    names = {CONFIG_FILE, INDEX_FILE, *(TOKENIZER_FILES if tokenizer else ())}
+    return sorted(f for f in folder.iterdir() if f.is_file() and (f.name in names or f.suffix == ".safetensors"))
+
+
+def convert_checkpoint(src: PathLike, dst: PathLike, layout: str, max_shard_bytes: Optional[int] = None,
+                       force: bool = False) -> Path:
+    """Writes checkpoint ``src`` to directory ``dst`` in ``layout`` ("hf" or "original"); a ``dst``
+    that holds a checkpoint is refused unless ``force`` (see the module docstring)."""
     if layout not in (layouts.HF, layouts.ORIGINAL):
         raise ValueError(f"convert_checkpoint: layout expected 'hf' or 'original', got {layout!r}")
     src, dst = Path(src), Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(f"convert_checkpoint: destination {dst} exists and is not a folder")
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise ValueError(f"convert_checkpoint: destination {dst} is the source {src} or inside it")
+    held = checkpoint_files(dst, tokenizer=False)
+    if held and not force:
+        raise ValueError(f"convert_checkpoint: destination {dst} already holds a checkpoint ({held[0].name}, ...): "
+                         f"pass --force (force=True) to replace it")
+    old = checkpoint_files(dst, tokenizer=True) if force else held  # the tokenizer files of a replaced checkpoint go too
     if max_shard_bytes is None:
         max_shard_bytes = 5_000_000_000 if layout == layouts.HF else 2 ** 62
     config = read_config(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    staging = dst / f".moekit-convert-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        _write(src, staging, config, layout, max_shard_bytes)
+        _move_into_place(staging, dst, old)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dst
+
+
+def _move_into_place(staging: Path, dst: Path, old: List[Path]) -> None:
+    """The old checkpoint's files out (config.json first, so the folder refuses to load until the
+    end), the new ones in (config.json last)."""
+    for f in sorted(old, key=lambda f: f.name != CONFIG_FILE):
+        f.unlink()
+    new = sorted(staging.iterdir(), key=lambda f: f.name == CONFIG_FILE)
+    mode = 0o666 & ~_umask()
+    for f in new:
+        os.chmod(f, mode)  # as any file the user writes (safetensors writes 0600)
+        os.replace(f, dst / f.name)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write(src: Path, dst: Path, config, layout: str, max_shard_bytes: int) -> None:
+    """Every file of the converted checkpoint into the empty folder ``dst``."""
     from safetensors.torch import save_file
 
     with contextlib.ExitStack() as stack:
@@ -55,7 +117,6 @@ def convert_checkpoint(src: PathLike, dst: PathLike, layout: str, max_shard_byte
         shards = layouts.shard_plan(sizes, max_shard_bytes)
         files = layouts.shard_file_names(len(shards)) if len(shards) > 1 or layout == layouts.HF \
             else ["model.safetensors"]
-        dst.mkdir(parents=True, exist_ok=True)
         weight_map = {}
         for file, names in zip(files, shards):
             out = {}
@@ -71,23 +132,29 @@ def convert_checkpoint(src: PathLike, dst: PathLike, layout: str, max_shard_byte
     (dst / CONFIG_FILE).write_text(json.dumps(hf, indent=2) + "\n")
     for name in TOKENIZER_FILES:
         found = find_beside(src, name)
-        if found is not None and found.resolve() != (dst / name).resolve():
+        if found is not None:
             shutil.copyfile(found, dst / name)
-    return dst
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m moekit.models.convert", description=__doc__.splitlines()[0])
-    p.add_argument("src", type=Path)
-    p.add_argument("dst", type=Path)
-    p.add_argument("--layout", choices=[layouts.HF, layouts.ORIGINAL], required=True)
-    p.add_argument("--max-shard-mb", type=float, default=None)
+    p.add_argument("src", type=Path, metavar="SRC",
+                   help="a gpt-oss checkpoint folder in either layout (a Hugging Face repository's root or its "
+                        "original/ folder)")
+    p.add_argument("dst", type=Path, metavar="DST",
+                   help="the folder to write (created if missing; one holding a checkpoint needs --force)")
+    p.add_argument("--layout", choices=[layouts.HF, layouts.ORIGINAL], required=True,
+                   help="hf: config.json with Hugging Face keys, sharded safetensors and an index; original: "
+                        "OpenAI's original/ layout")
+    p.add_argument("--max-shard-mb", type=float, default=None,
+                   help="largest shard in MB (default 5000 for hf, one file for original)")
+    p.add_argument("--force", action="store_true", help="replace a checkpoint that DST already holds")
     args = p.parse_args(argv)
-    if args.max_shard_mb is not None and not args.max_shard_mb > 0:
-        p.error(f"--max-shard-mb expected > 0, got {args.max_shard_mb}")
+    if args.max_shard_mb is not None and not (args.max_shard_mb > 0 and math.isfinite(args.max_shard_mb)):
+        p.error(f"--max-shard-mb expected a finite number > 0, got {args.max_shard_mb}")
     try:
         out = convert_checkpoint(args.src, args.dst, args.layout,
-                                 None if args.max_shard_mb is None else int(args.max_shard_mb * 1e6))
+                                 None if args.max_shard_mb is None else int(args.max_shard_mb * 1e6), args.force)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"moekit.models.convert: error: {e}", file=sys.stderr)
         return 2
