@@ -99,19 +99,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-# Files the runner reads beside a checkpoint folder (the published repository keeps them beside
-# its original/ folder): an output must not land on them either.
-BESIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json",
-                "special_tokens_map.json", "config.json")
-
-
 def _unwritable(path: Path, checkpoint: Path) -> Optional[str]:
     """Why ``path`` cannot be written, or None: it must not be a directory, nor inside the
     checkpoint, nor a file the runner reads beside it."""
     if path.is_dir():
         return "is a directory"
     target, ckpt = path.resolve(), checkpoint.resolve()
-    if ckpt in target.parents or (target.parent == ckpt.parent and target.name in BESIDE_FILES):
+    from moekit.models.checkpoint import CONFIG_FILE, TOKENIZER_FILES
+
+    beside = (CONFIG_FILE, *TOKENIZER_FILES)  # what the runner reads beside an original/ folder
+    if ckpt in target.parents or (target.parent == ckpt.parent and target.name in beside):
         return f"would overwrite the checkpoint's files ({checkpoint}); write it elsewhere"
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():

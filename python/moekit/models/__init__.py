@@ -23,12 +23,15 @@ from moekit.models.gpt_oss import GptOss, GptOssConfig, KVCache, TensorParallel,
 from moekit.models.gpt_oss_reference import ReferenceGptOss
 
 
-def convert_checkpoint(src, dst, layout, max_shard_bytes=None, force=False):
-    """See moekit.models.convert.convert_checkpoint (imported when called, so that
-    ``python -m moekit.models.convert`` runs a module the package has not imported yet)."""
-    from moekit.models.convert import convert_checkpoint as convert
+def __getattr__(name):
+    # convert_checkpoint is imported on first use, so that ``python -m moekit.models.convert`` runs
+    # a module the package has not imported yet (runpy warns otherwise).
+    if name == "convert_checkpoint":
+        from moekit.models.convert import convert_checkpoint
 
-    return convert(src, dst, layout, max_shard_bytes, force)
+        return convert_checkpoint
+    raise AttributeError(f"module 'moekit.models' has no attribute {name!r}")
+
 
 __all__ = [
     "CheckpointError",

@@ -34,6 +34,10 @@ PathLike = Union[str, Path]
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
+# The files beside the weights that a checkpoint ships for its tokenizer and generation (in it or,
+# for an original/ folder, its parent): the converter copies them, outputs must not overwrite them.
+TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "chat_template.jinja", "generation_config.json",
+                   "special_tokens_map.json")
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 

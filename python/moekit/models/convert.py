@@ -32,11 +32,10 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from moekit.models import layouts
-from moekit.models.checkpoint import (CONFIG_FILE, INDEX_FILE, CheckpointError, CheckpointTensors, PathLike,
+from moekit.models.checkpoint import (CONFIG_FILE, INDEX_FILE, TOKENIZER_FILES, CheckpointError, CheckpointTensors,
+                                      PathLike,
                                       find_beside, read_config)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json",
-                   "special_tokens_map.json")
 BYTES = {"BF16": 2, "U8": 1}
 
 
@@ -86,16 +85,10 @@ def _move_into_place(staging: Path, dst: Path, old: List[Path]) -> None:
     for f in sorted(old, key=lambda f: f.name != CONFIG_FILE):
         f.unlink()
     new = sorted(staging.iterdir(), key=lambda f: f.name == CONFIG_FILE)
-    mode = 0o666 & ~_umask()
+    mode = (staging / CONFIG_FILE).stat().st_mode & 0o777  # written as any file (the umask's mode)
     for f in new:
-        os.chmod(f, mode)  # as any file the user writes (safetensors writes 0600)
+        os.chmod(f, mode)  # safetensors writes its shards 0600
         os.replace(f, dst / f.name)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write(src: Path, dst: Path, config, layout: str, max_shard_bytes: int) -> None:
