@@ -54,6 +54,11 @@ __global__ void __launch_bounds__(32 * moe_decode::kMaxWarps, 1)
   const int64_t units = route.experts * slabs * S;
   const bool whole = !kCombine && S == 1;  // the unit finishes its own outputs
   const uint4 zero = make_uint4(0, 0, 0, 0);
+  // mlp1's output: the SwiGLU of rows (n, n + 1) of routed expert d for its token-slot `rank`,
+  // into the act row of that slot, in paired order for mlp2's fragments.
+  auto store_act = [&](int d, int rank, int64_t n, float glu, float lin) {
+    p.act[route.slot[d][rank] * (p.N / 2) + paired_index(n / 2)] = __float2bfloat16_rn(swiglu(glu, lin, p.alpha, p.limit));
+  };
 
   for (int64_t local = warp;; local += warps) {
     const int64_t u = blockIdx.x + local * gridDim.x;
@@ -167,7 +172,7 @@ __global__ void __launch_bounds__(32 * moe_decode::kMaxWarps, 1)
             h0 += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + nn);
             h1 += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + nn + 1);
           }
-          p.act[route.slot[d][rank] * (p.N / 2) + paired_index(nn / 2)] = __float2bfloat16_rn(swiglu(h0, h1, p.alpha, p.limit));
+          store_act(d, rank, nn, h0, h1);
         }
       }
       continue;
@@ -211,8 +216,7 @@ __global__ void __launch_bounds__(32 * moe_decode::kMaxWarps, 1)
         const int rank = item / (kSlabRows / 2);
         const int64_t nn = slab * kSlabRows + 2 * (item % (kSlabRows / 2));
         if (nn >= p.N) continue;
-        const float h = swiglu(row_sum(d, nn, rank), row_sum(d, nn + 1, rank), p.alpha, p.limit);
-        p.act[route.slot[d][rank] * (p.N / 2) + paired_index(nn / 2)] = __float2bfloat16_rn(h);
+        store_act(d, rank, nn, row_sum(d, nn, rank), row_sum(d, nn + 1, rank));
       }
     }
   }

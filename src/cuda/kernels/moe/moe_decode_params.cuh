@@ -18,7 +18,7 @@ namespace moe_decode {
 constexpr int kMaxTokens = kMoeDecodeMaxTokens;  // tokens per call: an expert's tokens fit one n8 MMA tile
 constexpr int kMaxPairs = kMoeDecodeMaxPairs;    // token-slots T * k: one warp groups them
 constexpr int kMaxWarps = 22;                     // per block of the expert kernels (80 registers)
-constexpr int kSlabRows = 16;                     // weight rows per work unit: the MMA's M
+constexpr int kSlabRows = kMoeDecodeSlabRows;    // weight rows per work unit: the MMA's M
 constexpr int kGateWarps = 8;                     // per block of the gate kernel (one expert)
 }  // namespace moe_decode
 
