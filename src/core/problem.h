@@ -68,6 +68,10 @@ void check_matmul_ogs_outputs(const MatmulOgsProblem& p, const MatmulOgsArgs& a)
 // weight rows, k range); the split is a function of shapes alone, so the workspace is too.
 constexpr int64_t kMoeDecodeMaxTokens = 8, kMoeDecodeMaxPairs = 32;
 constexpr int64_t kMoeDecodeSlabRows = 16;
+// uint4 (8 bf16) a row of x takes in the expert kernels' shared memory: K rounded up to whole
+// k steps of 128 (zeros past K, so the last step reads no test), plus one so that rows start 16
+// bytes apart in the banks.
+constexpr int64_t moe_decode_x_stride(int64_t K) { return (K + 127) / 128 * 16 + 1; }
 struct MoeDecodePlan {
   bool fits = false;              // T and T * k within the decode path's limits
   int64_t experts = 0;            // most experts a call can route to: min(T * k, E)

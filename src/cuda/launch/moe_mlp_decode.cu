@@ -14,14 +14,20 @@
 namespace moekit::cuda {
 namespace {
 
+using ExpertsConfig = MoeDecodeExpertsConfig<22, 1, true, 128>;
+
+// Shared memory of an expert kernel holding `rows` x rows of K.
+size_t x_shared_bytes(int64_t rows, int64_t K) { return static_cast<size_t>(rows * moe_decode_x_stride(K)) * sizeof(uint4); }
+
 // Launches kernel(args) on stream; with `chained`, as a programmatic dependent of the work
 // before it on the stream (the kernel waits for it with wait_for_previous_grid).
 template <class... Params, class... Args>
-void launch(void (*kernel)(Params...), unsigned grid, unsigned threads, cudaStream_t stream, bool chained,
-            Args&&... args) {
+void launch(void (*kernel)(Params...), unsigned grid, unsigned threads, size_t smem, cudaStream_t stream,
+            bool chained, Args&&... args) {
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(grid);
   config.blockDim = dim3(threads);
+  config.dynamicSmemBytes = smem;
   config.stream = stream;
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -36,7 +42,9 @@ void launch(void (*kernel)(Params...), unsigned grid, unsigned threads, cudaStre
 bool moe_mlp_decode_fits(const MoeMlpProblem& p, const MoeMlpArgs& a) {
   const auto aligned16 = [](const TensorView& t) { return !t.present() || aligned(t, 16); };
   const DeviceInfo& device = device_info(p.device.index);
-  return p.decode.fits && a.x.dtype == DType::kBFloat16 && a.mlp1.scales.present() && a.mlp2.scales.present() &&
+  // The expert kernels' x rows and route in shared memory.
+  const size_t smem = std::max(x_shared_bytes(p.T, p.H), x_shared_bytes(p.T * p.k, p.I)) + sizeof(DecodeRoute);
+  return p.decode.fits && smem <= static_cast<size_t>(device.max_smem_per_block_optin) && a.x.dtype == DType::kBFloat16 && a.mlp1.scales.present() && a.mlp2.scales.present() &&
          p.H % 8 == 0 && p.I % 8 == 0 && aligned16(a.x) && aligned16(a.gate_weight) && aligned16(a.mlp1.values) &&
          aligned16(a.mlp2.values) && aligned16(a.workspace) && device.major >= 8;
 }
@@ -67,7 +75,7 @@ void moe_mlp_decode(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecConte
   gate.x_paired = x_paired;
   gate.counters = counters;
   gate.n_counters = plan.counters1 + plan.counters2;
-  launch(moe_decode_gate_kernel, static_cast<unsigned>(p.E), 32 * kGateWarps, stream, false, gate);
+  launch(moe_decode_gate_kernel, static_cast<unsigned>(p.E), 32 * kGateWarps, 0, stream, false, gate);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_gate_kernel");
 
   MoeDecodeExpertsParams m{};
@@ -83,9 +91,10 @@ void moe_mlp_decode(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecConte
   // One block per SM, with the warps its share of the units needs.
   const int64_t sms = device.sm_count;
   const unsigned threads = static_cast<unsigned>(
-      32 * std::clamp<int64_t>(ceil_div(std::max(plan.units1, plan.units2), sms), 1, kMaxWarps));
+      32 * std::clamp<int64_t>(ceil_div(std::max(plan.units1, plan.units2), sms), 1, ExpertsConfig::kWarps));
   const auto set_matmul = [&](const ExpertWeights& w, const TensorView& bias, int64_t N, int64_t K, const void* x,
                               int64_t splits) {
+    m.x_stride = moe_decode_x_stride(K);
     m.w = w.values.ptr<uint8_t>();
     m.w_scales = w.scales.ptr<uint8_t>();
     m.N = N;
@@ -96,14 +105,24 @@ void moe_mlp_decode(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecConte
     m.splits = static_cast<int>(splits);
   };
 
+  // The same limit on every call (so concurrent calls cannot lower it under each other): all the
+  // device allows beside the route.
+  const auto raise_smem = [&](auto kernel) {
+    const int most = device.max_smem_per_block_optin - static_cast<int>(sizeof(DecodeRoute));
+    MOEKIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, most));
+  };
   set_matmul(a.mlp1, a.mlp1_bias, 2 * p.I, p.H, x_paired, plan.splits1);
   m.counters = counters;
-  launch(moe_decode_experts_kernel<false>, static_cast<unsigned>(sms), threads, stream, chained, m);
+  const size_t smem1 = x_shared_bytes(p.T, p.H);
+  raise_smem(moe_decode_experts_kernel<false, ExpertsConfig>);
+  launch(moe_decode_experts_kernel<false, ExpertsConfig>, static_cast<unsigned>(sms), threads, smem1, stream, chained, m);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_experts_kernel (mlp1)");
 
   set_matmul(a.mlp2, a.mlp2_bias, p.H, p.I, m.act, plan.splits2);
   m.counters = counters + plan.counters1;
-  launch(moe_decode_experts_kernel<true>, static_cast<unsigned>(sms), threads, stream, chained, m);
+  const size_t smem2 = x_shared_bytes(p.T * p.k, p.I);
+  raise_smem(moe_decode_experts_kernel<true, ExpertsConfig>);
+  launch(moe_decode_experts_kernel<true, ExpertsConfig>, static_cast<unsigned>(sms), threads, smem2, stream, chained, m);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_experts_kernel (mlp2)");
 }
 

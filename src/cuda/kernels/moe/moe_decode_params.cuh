@@ -17,10 +17,20 @@ namespace moekit::cuda {
 namespace moe_decode {
 constexpr int kMaxTokens = kMoeDecodeMaxTokens;  // tokens per call: an expert's tokens fit one n8 MMA tile
 constexpr int kMaxPairs = kMoeDecodeMaxPairs;    // token-slots T * k: one warp groups them
-constexpr int kMaxWarps = 22;                     // per block of the expert kernels (80 registers)
 constexpr int kSlabRows = kMoeDecodeSlabRows;    // weight rows per work unit: the MMA's M
 constexpr int kGateWarps = 8;                     // per block of the gate kernel (one expert)
 }  // namespace moe_decode
+
+// A compiled shape of the expert kernels: warps a block (one block an SM; the register budget
+// follows), k steps of weights loaded ahead into registers a warp, whether the block copies the
+// x rows into shared memory (else each step reads them from L1 / L2), the span L2 fetches around
+// a weight load (0, 128 or 256 bytes), and how many k steps further on each step asks L2 for
+// (0: none).
+template <int kWarps_, int kAhead_, bool kXShared_, int kL2Bytes_ = 0, int kL2Ahead_ = 0>
+struct MoeDecodeExpertsConfig {
+  static constexpr int kWarps = kWarps_, kAhead = kAhead_, kL2Bytes = kL2Bytes_, kL2Ahead = kL2Ahead_;
+  static constexpr bool kXShared = kXShared_;
+};
 
 struct MoeDecodeGateParams {
   const __nv_bfloat16* x;  // [T, H]
@@ -48,6 +58,7 @@ struct MoeDecodeExpertsParams {
   const void* bias;  // [E, N] or null
   bool bias_bf16;
   const uint4* x;  // paired rows of K: the tokens (mlp1) or the token-slots (mlp2)
+  int64_t x_stride;  // uint4 a row of x in shared memory (moe_decode_x_stride)
   int splits;      // k ranges per (expert, slab): work units are (expert, slab, k range)
   float* partials;  // [unit][16 rows][8 tokens] when a unit's sum needs others'
   int* counters;    // per epilogue group, zero at launch

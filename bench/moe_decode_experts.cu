@@ -1,0 +1,256 @@
+// The MoE decode path's expert kernels alone (mlp1 + SwiGLU, mlp2 + the combine), one row per
+// compiled config and k split, at gpt-oss shapes on one GPU: no Python, builds in seconds, so
+// one run sweeps every config (docs/kernels.md has the figures).
+//
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include bench/moe_decode_experts.cu \
+//        -o build/moe_decode_experts && build/moe_decode_experts 32 1 32 8 128 1
+//
+// Arguments: pairs E T (default 32 1). Weights are random codes with scales near 2^0, biases
+// float32; R routings read disjoint experts where E allows, and call r uses routing r % R, so
+// that a call finds little of its weights in L2. A CUDA graph replays 2R calls of one kernel,
+// chained by programmatic dependent launch as the layer chains them; a row gives the median
+// over 5 replays of the time per call and the routed weights' bytes over it. Every config's
+// outputs for routing 0 are compared bit for bit with the first config's at the same split
+// (the order of a unit's sums does not depend on the config).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "cuda/kernels/moe/decode_experts.cuh"
+
+using namespace moekit::cuda;
+
+#define CHECK(expr)                                                                                  \
+  do {                                                                                               \
+    cudaError_t e_ = (expr);                                                                         \
+    if (e_ != cudaSuccess) {                                                                         \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_));     \
+      std::exit(1);                                                                                  \
+    }                                                                                                \
+  } while (0)
+
+namespace {
+
+constexpr int64_t kH = 2880, kI = 2880;
+constexpr int kK = 4, kRoutings = 8;
+
+template <class T>
+T* upload(const std::vector<T>& host) {
+  T* dev = nullptr;
+  CHECK(cudaMalloc(&dev, host.size() * sizeof(T)));
+  CHECK(cudaMemcpy(dev, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return dev;
+}
+
+struct Matmul {
+  uint8_t* codes;
+  uint8_t* scales;
+  float* bias;
+  int64_t N, K;
+};
+
+Matmul make_matmul(int E, int64_t N, int64_t K, std::mt19937& rng) {
+  std::vector<uint8_t> codes(E * N * K / 2), scales(E * N * K / 32);
+  for (auto& c : codes) c = static_cast<uint8_t>(rng());
+  for (auto& s : scales) s = static_cast<uint8_t>(120 + rng() % 8);
+  std::normal_distribution<float> normal;
+  std::vector<float> bias(E * N);
+  for (auto& b : bias) b = 0.1f * normal(rng);
+  return {upload(codes), upload(scales), upload(bias), N, K};
+}
+
+// Token t of routing r prefers experts (r * T * k + t * k + j) % E, j < k.
+std::vector<float> make_logits(int E, int T, std::mt19937& rng) {
+  std::uniform_real_distribution<float> small(0.0f, 1.0f);
+  std::vector<float> logits(static_cast<size_t>(kRoutings) * T * E);
+  for (int r = 0; r < kRoutings; ++r) {
+    for (int t = 0; t < T; ++t) {
+      float* row = logits.data() + (static_cast<size_t>(r) * T + t) * E;
+      for (int e = 0; e < E; ++e) row[e] = small(rng);
+      for (int j = 0; j < kK; ++j) row[(r * T * kK + t * kK + j) % E] = 10.0f + j;
+    }
+  }
+  return logits;
+}
+
+// Launches with the programmatic-serialization attribute (sm_90), as the layer does.
+template <class Kernel>
+void launch(Kernel kernel, int grid, int threads, size_t smem, cudaStream_t stream, const MoeDecodeExpertsParams& p) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(grid);
+  config.blockDim = dim3(threads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  CHECK(cudaLaunchKernelEx(&config, kernel, p));
+}
+
+struct Setup {
+  int E, T, sms;
+  Matmul mlp1, mlp2;
+  float* logits;  // [kRoutings][T][E]
+  uint4* x;       // [T, H / 8] paired
+  __nv_bfloat16* act;
+  __nv_bfloat16* y;
+  float* partials;
+  int* counters;  // [calls][kMaxGroups]
+  cudaStream_t stream;
+};
+
+constexpr int64_t kMaxGroups = 2 * kI * kK * moe_decode::kMaxTokens / moe_decode::kSlabRows;
+constexpr int kMaxSplits = 6;
+
+MoeDecodeExpertsParams params(const Setup& s, bool mlp2, int splits, int call) {
+  MoeDecodeExpertsParams p{};
+  p.logits = s.logits + static_cast<size_t>(call % kRoutings) * s.T * s.E;
+  p.T = s.T;
+  p.E = s.E;
+  p.k = kK;
+  const Matmul& m = mlp2 ? s.mlp2 : s.mlp1;
+  p.w = m.codes;
+  p.w_scales = m.scales;
+  p.N = m.N;
+  p.K = m.K;
+  p.bias = m.bias;
+  p.bias_bf16 = false;
+  p.x = mlp2 ? reinterpret_cast<const uint4*>(s.act) : s.x;
+  p.x_stride = moekit::moe_decode_x_stride(m.K);
+  p.splits = splits;
+  p.partials = s.partials;
+  p.counters = s.counters + static_cast<size_t>(call) * kMaxGroups;
+  p.alpha = 1.702f;
+  p.limit = 7.0f;
+  p.act = s.act;
+  p.y = s.y;
+  return p;
+}
+
+struct Row {
+  const char* config;
+  int splits;
+  float us[2];
+  std::vector<uint16_t> out[2];  // act and y after routing 0
+};
+
+template <int kWarps, int kAhead, bool kXShared, int kL2Bytes, int kL2Ahead>
+Row time_config(const Setup& s, int splits) {
+  using Config = MoeDecodeExpertsConfig<kWarps, kAhead, kXShared, kL2Bytes, kL2Ahead>;
+  static char name[48];
+  std::snprintf(name, sizeof name, "%dw %da x%s L2 %dB %da", kWarps, kAhead, kXShared ? "smem" : "L1", kL2Bytes,
+                kL2Ahead);
+  Row row{name, splits, {0, 0}, {}};
+  const int calls = 2 * kRoutings;
+  for (int which = 0; which < 2; ++which) {
+    auto kernel = which ? moe_decode_experts_kernel<true, Config> : moe_decode_experts_kernel<false, Config>;
+    const int64_t x_rows = which ? s.T * kK : s.T;
+    const size_t smem = kXShared ? x_rows * moekit::moe_decode_x_stride(which ? kI : kH) * 16 : 0;
+    CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    // Outputs for routing 0 (mlp2 reads the act mlp1 left).
+    CHECK(cudaMemsetAsync(s.counters, 0, sizeof(int) * calls * kMaxGroups, s.stream));
+    launch(kernel, s.sms, 32 * kWarps, smem, s.stream, params(s, which, splits, 0));
+    CHECK(cudaStreamSynchronize(s.stream));
+    CHECK(cudaGetLastError());
+    const int64_t n = which ? s.T * kH : s.T * kK * kI;
+    row.out[which].resize(n);
+    CHECK(cudaMemcpy(row.out[which].data(), which ? s.y : s.act, n * 2, cudaMemcpyDeviceToHost));
+
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CHECK(cudaStreamBeginCapture(s.stream, cudaStreamCaptureModeThreadLocal));
+    CHECK(cudaMemsetAsync(s.counters, 0, sizeof(int) * calls * kMaxGroups, s.stream));
+    for (int c = 0; c < calls; ++c) launch(kernel, s.sms, 32 * kWarps, smem, s.stream, params(s, which, splits, c));
+    CHECK(cudaStreamEndCapture(s.stream, &graph));
+    CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    cudaEvent_t start, stop;
+    CHECK(cudaEventCreate(&start));
+    CHECK(cudaEventCreate(&stop));
+    std::vector<float> times;
+    for (int rep = 0; rep < 6; ++rep) {
+      CHECK(cudaEventRecord(start, s.stream));
+      CHECK(cudaGraphLaunch(exec, s.stream));
+      CHECK(cudaEventRecord(stop, s.stream));
+      CHECK(cudaEventSynchronize(stop));
+      float ms = 0;
+      CHECK(cudaEventElapsedTime(&ms, start, stop));
+      if (rep > 0) times.push_back(1000.0f * ms / calls);
+    }
+    std::sort(times.begin(), times.end());
+    row.us[which] = times[times.size() / 2];
+    CHECK(cudaGraphExecDestroy(exec));
+    CHECK(cudaGraphDestroy(graph));
+    CHECK(cudaEventDestroy(start));
+    CHECK(cudaEventDestroy(stop));
+  }
+  return row;
+}
+
+using Timer = Row (*)(const Setup&, int);
+// The configs compared; the first is the reference of the bitwise check.
+const Timer kConfigs[] = {time_config<22, 1, true, 0, 0>,   time_config<22, 1, true, 256, 0>,
+                          time_config<22, 1, true, 128, 0>, time_config<22, 1, true, 0, 2>,
+                          time_config<22, 1, true, 0, 4>,   time_config<22, 1, true, 256, 4>,
+                          time_config<20, 2, true, 0, 0>,   time_config<20, 2, true, 256, 0>};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::pair<int, int>> shapes;
+  for (int i = 1; i + 1 < argc; i += 2) shapes.emplace_back(std::atoi(argv[i]), std::atoi(argv[i + 1]));
+  if (shapes.empty()) shapes.emplace_back(32, 1);
+  cudaDeviceProp prop;
+  CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("%s, %d SMs\n", prop.name, prop.multiProcessorCount);
+  std::mt19937 rng(0);
+  for (auto [E, T] : shapes) {
+    Setup s{};
+    s.E = E;
+    s.T = T;
+    s.sms = prop.multiProcessorCount;
+    s.mlp1 = make_matmul(E, 2 * kI, kH, rng);
+    s.mlp2 = make_matmul(E, kH, kI, rng);
+    s.logits = upload(make_logits(E, T, rng));
+    std::vector<uint16_t> x(T * kH);
+    for (auto& v : x) v = static_cast<uint16_t>(0x3c00 + rng() % 0x800) | (rng() % 2 ? 0x8000 : 0);
+    s.x = reinterpret_cast<uint4*>(upload(x));
+    CHECK(cudaMalloc(&s.act, T * kK * kI * 2));
+    CHECK(cudaMalloc(&s.y, T * kH * 2));
+    CHECK(cudaMalloc(&s.partials, sizeof(float) * kMaxSplits * kK * moe_decode::kMaxTokens * 2 * kI *
+                                      moe_decode::kMaxTokens));
+    CHECK(cudaMalloc(&s.counters, sizeof(int) * 2 * kRoutings * kMaxGroups));
+    CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
+    const int routed = std::min(E, T * kK);
+    const double bytes[2] = {routed * 2.0 * kI * kH * (0.5 + 1.0 / 32), routed * 1.0 * kH * kI * (0.5 + 1.0 / 32)};
+    std::printf("\nE=%d T=%d: %d routed experts, mlp1 %.1f MB, mlp2 %.1f MB\n", E, T, routed, bytes[0] / 1e6,
+                bytes[1] / 1e6);
+    std::printf("%-24s %6s %10s %8s %10s %8s  %s\n", "config", "splits", "mlp1 us", "GB/s", "mlp2 us", "GB/s",
+                "bits vs first config");
+    for (int splits : {1, 2, 3, 4, 6}) {
+      Row first{};
+      for (size_t c = 0; c < sizeof kConfigs / sizeof kConfigs[0]; ++c) {
+        Row row = kConfigs[c](s, splits);
+        const bool same = c == 0 || (row.out[0] == first.out[0] && row.out[1] == first.out[1]);
+        std::printf("%-24s %6d %10.2f %8.0f %10.2f %8.0f  %s\n", row.config, splits, row.us[0], bytes[0] / row.us[0] / 1e3,
+                    row.us[1], bytes[1] / row.us[1] / 1e3, same ? "equal" : "DIFFER");
+        if (c == 0) first = std::move(row);
+      }
+    }
+    for (void* ptr : {static_cast<void*>(s.mlp1.codes), static_cast<void*>(s.mlp1.scales),
+                      static_cast<void*>(s.mlp1.bias), static_cast<void*>(s.mlp2.codes),
+                      static_cast<void*>(s.mlp2.scales), static_cast<void*>(s.mlp2.bias),
+                      static_cast<void*>(s.logits), static_cast<void*>(s.x), static_cast<void*>(s.act),
+                      static_cast<void*>(s.y), static_cast<void*>(s.partials), static_cast<void*>(s.counters)}) {
+      CHECK(cudaFree(ptr));
+    }
+    CHECK(cudaStreamDestroy(s.stream));
+  }
+  return 0;
+}
