@@ -1,6 +1,4 @@
 #include <algorithm>
-#include <array>
-#include <mutex>
 #include <string>
 
 #include "../../core/check.h"
@@ -13,6 +11,7 @@
 #include "../kernels/gemm/matmul_ogs_wmma.cuh"
 #include "../runtime/device_guard.h"
 #include "../runtime/device_info.h"
+#include "../runtime/dynamic_smem.h"
 #include "../runtime/stream.h"
 #include "backend.h"
 #include "launch_util.h"
@@ -57,16 +56,6 @@ void launch_tensor_core(const MatmulOgsProblem& p, const MatmulOgsArgs& a, Matmu
   const dim3 grid(static_cast<unsigned>(max_row_tiles(p, a, BM)), static_cast<unsigned>(ceil_div(p.N, tc::kBN)));
   if (p.mxfp4) matmul_ogs_wmma_kernel<BM, true><<<grid, tc::kThreads, 0, stream>>>(params);
   else matmul_ogs_wmma_kernel<BM, false><<<grid, tc::kThreads, 0, stream>>>(params);
-}
-
-// Lets kKernel use `bytes` of dynamic shared memory on the current device. The attribute is per
-// device, so it is set once for each device (a failure is retried on the next launch).
-template <auto* kKernel>
-void allow_dynamic_smem(int bytes, int device) {
-  static std::array<std::once_flag, DeviceInfoCache::kMaxDevices> once;
-  std::call_once(once.at(static_cast<size_t>(device)), [&] {
-    MOEKIT_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  });
 }
 
 void launch_tiled(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,

@@ -7,6 +7,7 @@
 #include "../kernels/moe/decode_gate.cuh"
 #include "../runtime/device_guard.h"
 #include "../runtime/device_info.h"
+#include "../runtime/dynamic_smem.h"
 #include "../runtime/stream.h"
 #include "backend.h"
 #include "launch_util.h"
@@ -105,23 +106,17 @@ void moe_mlp_decode(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecConte
     m.splits = static_cast<int>(splits);
   };
 
-  // The same limit on every call (so concurrent calls cannot lower it under each other): all the
-  // device allows beside the route.
-  const auto raise_smem = [&](auto kernel) {
-    const int most = device.max_smem_per_block_optin - static_cast<int>(sizeof(DecodeRoute));
-    MOEKIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, most));
-  };
   set_matmul(a.mlp1, a.mlp1_bias, 2 * p.I, p.H, x_paired, plan.splits1);
   m.counters = counters;
   const size_t smem1 = x_shared_bytes(p.T, p.H);
-  raise_smem(moe_decode_experts_kernel<false, ExpertsConfig>);
+  allow_dynamic_smem<moe_decode_experts_kernel<false, ExpertsConfig>>(static_cast<int>(smem1), p.device.index);
   launch(moe_decode_experts_kernel<false, ExpertsConfig>, static_cast<unsigned>(sms), threads, smem1, stream, chained, m);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_experts_kernel (mlp1)");
 
   set_matmul(a.mlp2, a.mlp2_bias, p.H, p.I, m.act, plan.splits2);
   m.counters = counters + plan.counters1;
   const size_t smem2 = x_shared_bytes(p.T * p.k, p.I);
-  raise_smem(moe_decode_experts_kernel<true, ExpertsConfig>);
+  allow_dynamic_smem<moe_decode_experts_kernel<true, ExpertsConfig>>(static_cast<int>(smem2), p.device.index);
   launch(moe_decode_experts_kernel<true, ExpertsConfig>, static_cast<unsigned>(sms), threads, smem2, stream, chained, m);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_experts_kernel (mlp2)");
 }
