@@ -25,11 +25,7 @@ enum class MatmulOgsKernel {
   kTiled64,        // MXFP4 weights: bf16 mma.sync on 64 x 128 tiles, cp.async pipeline (prefill)
   kWgmma128,       // MXFP4 weights on sm_90: wgmma on 128 x 128 tiles, decode overlapping the MMAs
   kTensorCore64,   // bf16 weights: bf16 HMMA, 64-row tiles staged in shared memory
-  kGemv,           // a dense bf16 layer at decode: a warp per weight row, fp32 FMA
 };
-
-// Most x rows of the dense decode layer kernel (kGemv).
-constexpr int64_t kGemvMaxRows = 8;
 
 struct MatmulOgsOperands {
   bool x_bf16 = false;
@@ -51,12 +47,6 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   // weight read once per 32 rows (measured on an H100 at T = 8192, the layer: E = 32, 4101 ->
   // 4046 us; E = 128, 4787 -> 4698 us, where 64-row wmma tiles had taken it).
   if (!p.mxfp4 && p.N <= 256) return p.P >= kGateTallRows ? MatmulOgsKernel::kStream32 : MatmulOgsKernel::kStream8Wide;
-  // A dense bf16 layer (one expert, rows in order, nothing fused) over a few rows: the attention
-  // projections of the decode step. A warp per weight row with 6 KB of it in flight streams the
-  // weights faster than tensor-core tiles, whose rows would be mostly empty.
-  if (!p.mxfp4 && p.E == 1 && !p.offsets && !p.gather && !p.scatter && !p.swiglu && p.P <= kGemvMaxRows) {
-    return MatmulOgsKernel::kGemv;
-  }
   // Up to 32 rows per expert the weights dominate the traffic: stream them once, in token tiles
   // that cover an average expert.
   if (rows_per_expert <= 8) return MatmulOgsKernel::kStream8;

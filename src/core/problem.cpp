@@ -193,8 +193,7 @@ MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a) {
   p.N = w.N;
   check::at_most(op, "w", "experts", p.E, kMaxIndex - 1, "int32 expert offsets");
   check_optional(op, "bias", a.bias, kFloatTypes, {p.E, p.N});
-  p.offsets = a.expert_offsets.present();
-  if (p.offsets) {
+  if (a.expert_offsets.present()) {
     check_tensor(op, "expert_offsets", a.expert_offsets, {DType::kInt32}, {p.E + 1});
   } else if (p.E != 1) {
     fail(kValue, op, "expert_offsets", "a tensor when w has " + std::to_string(p.E) + " experts", "None");

@@ -54,7 +54,6 @@ struct MatmulOgsProblem {
   int64_t T = 0;  // output rows with scatter
   int64_t k = 0;  // slots per output row with scatter
   bool mxfp4 = false, gather = false, scatter = false, swiglu = false;
-  bool offsets = false;  // expert_offsets given (else one expert takes every row)
   int64_t out_rows = 0, out_cols = 0;
   Device device;
   MatmulOgsWorkspace workspace;  // laid out by check_matmul_ogs_inputs (sizes checked)

@@ -38,29 +38,6 @@ TEST(MatmulOgsConfig, TensorCoresOnlyForExactBf16OperandsOnSm80Plus) {
       << "unaligned data";
 }
 
-TEST(MatmulOgsConfig, DenseBf16LayerAtDecodeStreamsAWarpPerRow) {
-  moekit::MatmulOgsProblem dense = problem(8, 1, 2880, false);
-  dense.N = 5120;
-  EXPECT_EQ(choose_matmul_ogs_kernel(dense, kBf16, device(9)), MatmulOgsKernel::kGemv);
-  EXPECT_EQ(choose_matmul_ogs_kernel(dense, kBf16, device(8)), MatmulOgsKernel::kGemv);
-  dense.P = 1;
-  EXPECT_EQ(choose_matmul_ogs_kernel(dense, kBf16, device(9)), MatmulOgsKernel::kGemv);
-  dense.P = 9;
-  EXPECT_EQ(choose_matmul_ogs_kernel(dense, kBf16, device(9)), MatmulOgsKernel::kStream16) << "more rows than it takes";
-  dense.P = 4;
-  for (bool moekit::MatmulOgsProblem::*flag : {&moekit::MatmulOgsProblem::offsets, &moekit::MatmulOgsProblem::gather,
-                                               &moekit::MatmulOgsProblem::scatter, &moekit::MatmulOgsProblem::swiglu,
-                                               &moekit::MatmulOgsProblem::mxfp4}) {
-    moekit::MatmulOgsProblem fused = dense;
-    fused.*flag = true;
-    EXPECT_NE(choose_matmul_ogs_kernel(fused, kBf16, device(9)), MatmulOgsKernel::kGemv);
-  }
-  moekit::MatmulOgsProblem gate = dense;
-  gate.N = 256;
-  EXPECT_EQ(choose_matmul_ogs_kernel(gate, kBf16, device(9)), MatmulOgsKernel::kStream8Wide) << "the gate's rule first";
-  EXPECT_EQ(choose_matmul_ogs_kernel(dense, {true, false, true}, device(9)), MatmulOgsKernel::kSimt) << "float32 weights";
-}
-
 TEST(MatmulOgsConfig, TileHeightFollowsRowsPerExpert) {
   // Average rows per expert: P / min(E, P).
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(256, 32, 2880, true), kBf16, device(9)), MatmulOgsKernel::kStream8);

@@ -269,22 +269,14 @@ class RMSNorm(nn.Module):
 
 
 class Linear(nn.Module):
-    """``x @ weight.T + bias`` with uninitialised storage (the loader fills it).
+    """``x @ weight.T + bias`` with uninitialised storage (the loader fills it)."""
 
-    With ``decode_kernel``, a few bf16 rows on a GPU (the decode step) go through
-    ``moekit.matmul_ogs``, whose dense decode kernel streams the weights faster than cuBLAS's
-    GEMM at these shapes (docs/decode.md); everything else through torch's linear."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool, device, dtype, decode_kernel: bool = False):
+    def __init__(self, in_features: int, out_features: int, bias: bool, device, dtype):
         super().__init__()
         self.register_buffer("weight", _empty((out_features, in_features), device, dtype))
         self.register_buffer("bias", _empty((out_features,), device, dtype) if bias else None)
-        self.decode_kernel = decode_kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.decode_kernel and x.is_cuda and x.dim() == 2 and x.shape[0] <= 8 and x.shape[1] % 8 == 0
-                and x.dtype == torch.bfloat16 and self.weight.dtype == torch.bfloat16):
-            return moekit.matmul_ogs(x, self.weight[None], None if self.bias is None else self.bias[None])
         return F.linear(x, self.weight, self.bias)
 
 
@@ -383,10 +375,9 @@ class AttentionBlock(nn.Module):
         self.reduce = tp.shard_heads
         self.group = group
         self.norm = RMSNorm(config.hidden_size, device)
-        self.qkv = Linear(config.hidden_size, (self.n_q + 2 * self.n_kv) * self.d, True, device, dtype, decode_kernel=True)
+        self.qkv = Linear(config.hidden_size, (self.n_q + 2 * self.n_kv) * self.d, True, device, dtype)
         self.register_buffer("sinks", _empty((self.n_q,), device, torch.float32))
-        self.out = Linear(self.n_q * self.d, config.hidden_size, tp.owns_replicated_bias(self.reduce), device, dtype,
-                          decode_kernel=True)
+        self.out = Linear(self.n_q * self.d, config.hidden_size, tp.owns_replicated_bias(self.reduce), device, dtype)
 
     def forward(self, h: torch.Tensor, rotary: Rotary, cache: Optional[KVCache]) -> torch.Tensor:
         """The attention output (projected, summed over the ranks) of the normed input ``h``: the

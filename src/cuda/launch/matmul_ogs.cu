@@ -4,7 +4,6 @@
 #include "../../core/check.h"
 #include "../../core/matmul_ogs_config.h"
 #include "../kernels/gemm/combine.cuh"
-#include "../kernels/gemm/matmul_ogs_gemv.cuh"
 #include "../kernels/gemm/matmul_ogs_simt.cuh"
 #include "../kernels/gemm/matmul_ogs_stream.cuh"
 #include "../kernels/gemm/matmul_ogs_tiled.cuh"
@@ -97,13 +96,6 @@ void launch_stream(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsP
   }
 }
 
-// A persistent grid: a warp per weight row, as many blocks as fit on the device at once.
-void launch_gemv(const MatmulOgsProblem& p, const MatmulOgsParams& params, cudaStream_t stream) {
-  const int64_t resident = static_cast<int64_t>(device_info(p.device.index).sm_count) * gemv::kMinBlocks;
-  const dim3 grid(static_cast<unsigned>(std::min(ceil_div(p.N, gemv::kWarps), resident)));
-  matmul_ogs_gemv_kernel<<<grid, 32 * gemv::kWarps, 0, stream>>>(params);
-}
-
 bool aligned_16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 }  // namespace
@@ -169,7 +161,6 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
       case MatmulOgsKernel::kTiled64: launch_tiled(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kWgmma128: launch_wgmma(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kTensorCore64: launch_tensor_core<64>(p, a, params, stream, ctx); break;
-      case MatmulOgsKernel::kGemv: launch_gemv(p, params, stream); break;
       case MatmulOgsKernel::kSimt:
         if (a.x.dtype == DType::kBFloat16) launch_simt<bf16>(p, a, params, stream, ctx);
         else launch_simt<float>(p, a, params, stream, ctx);
