@@ -57,9 +57,6 @@ __device__ __forceinline__ uint4 load_streaming(const void* ptr) {
   return v;
 }
 
-// Asks L2 for the 128-byte line holding ptr (no registers, nothing waits for it).
-__device__ __forceinline__ void prefetch_l2(const void* ptr) { asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr)); }
-
 // ------------------------------------------------------------------ wgmma (sm_90a only)
 // Callers compile these only where MOEKIT_WGMMA is true (sm_90a device code).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)

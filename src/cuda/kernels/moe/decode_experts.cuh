@@ -111,9 +111,6 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
       for (int h = 0; h < 2; ++h) {
         const bool ok = in && row_ok[h];
         r.codes[h] = ok ? load_streaming<Config::kL2Bytes>(codes + 4 * i + h * hi) : zero;
-        if (Config::kL2Ahead > 0 && i + Config::kL2Ahead < lane_steps && row_ok[h]) {
-          prefetch_l2(codes + 4 * (i + Config::kL2Ahead) + h * hi);
-        }
         r.scale[h] = ok ? scales[4 * i + h * hi] : 127u;
       }
       return r;

@@ -23,12 +23,11 @@ constexpr int kGateWarps = 8;                     // per block of the gate kerne
 
 // A compiled shape of the expert kernels: warps a block (one block an SM; the register budget
 // follows), k steps of weights loaded ahead into registers a warp, whether the block copies the
-// x rows into shared memory (else each step reads them from L1 / L2), the span L2 fetches around
-// a weight load (0, 128 or 256 bytes), and how many k steps further on each step asks L2 for
-// (0: none).
-template <int kWarps_, int kAhead_, bool kXShared_, int kL2Bytes_ = 0, int kL2Ahead_ = 0>
+// x rows into shared memory (else each step reads them from L1 / L2), and the span L2 fetches
+// around a weight load (0, 128 or 256 bytes).
+template <int kWarps_, int kAhead_, bool kXShared_, int kL2Bytes_ = 0>
 struct MoeDecodeExpertsConfig {
-  static constexpr int kWarps = kWarps_, kAhead = kAhead_, kL2Bytes = kL2Bytes_, kL2Ahead = kL2Ahead_;
+  static constexpr int kWarps = kWarps_, kAhead = kAhead_, kL2Bytes = kL2Bytes_;
   static constexpr bool kXShared = kXShared_;
 };
 
