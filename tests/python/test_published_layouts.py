@@ -5,6 +5,7 @@ against transformers' own GptOssForCausalLM (its dequantized path, in float32)."
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -142,6 +143,64 @@ def test_broken_repositories_are_clear_errors(published_repo, tmp_path):
         (broken / "config.json").write_text(json.dumps({**config, **change}))
         with pytest.raises(CheckpointError, match=needle):
             read_config(broken)
+
+
+def _variant(root, tmp_path, name, edit):
+    """A copy of the repository's root (HF layout) whose config.json went through edit(dict)."""
+    repo = tmp_path / name
+    shutil.copytree(root, repo, ignore=shutil.ignore_patterns("original"))
+    config = json.loads((repo / "config.json").read_text())
+    edit(config)
+    (repo / "config.json").write_text(json.dumps(config))
+    return repo
+
+
+def _drop(*keys, within=None):
+    def edit(d):
+        for key in keys:
+            (d[within] if within else d).pop(key)
+    return edit
+
+
+@pytest.mark.parametrize("name,edit", [
+    ("no_rope_scaling", _drop("rope_scaling", "max_position_embeddings")),  # transformers: YaRN 32 over 4096
+    ("null_rope_scaling", lambda d: (d.update(rope_scaling=None), d.pop("max_position_embeddings"))),
+    ("no_sliding_window", _drop("sliding_window")),  # transformers: 128
+    ("mscale_alone", lambda d: d["rope_scaling"].update(mscale=1.0)),  # transformers ignores it without mscale_all_dim
+])
+def test_hf_config_defaults_read_as_transformers_reads_them(published_repo, tmp_path, name, edit):
+    """One config.json, two models: the keys a config leaves out take transformers' defaults, so
+    the logits agree with transformers' own model of the same folder (a prompt longer than its
+    128-token default window)."""
+    from transformers import GptOssForCausalLM
+
+    repo = _variant(published_repo[0], tmp_path, name, edit)
+    ours = load_model(repo, "cpu", dtype=torch.float32, progress=False)
+    ids = torch.arange(140) % ours.config.vocab_size
+    theirs = GptOssForCausalLM.from_pretrained(repo, dtype=torch.float32).float().eval()
+    with torch.no_grad():
+        err = (ours(ids) - theirs(ids[None]).logits[0]).abs().max().item()
+    assert err < 1e-4, err
+
+
+@pytest.mark.parametrize("name,edit,needle", [
+    ("no_truncate", _drop("truncate", within="rope_scaling"), "rope_scaling.truncate"),
+    ("attention_factor", lambda d: d["rope_scaling"].update(attention_factor=1.5), "rope_scaling.attention_factor"),
+    ("mscale_pair", lambda d: d["rope_scaling"].update(mscale=1.0, mscale_all_dim=1.0),
+     "rope_scaling.mscale / mscale_all_dim"),
+    ("max_position_embeddings", lambda d: d.update(max_position_embeddings=8192), "max_position_embeddings 8192"),
+    ("null_sliding_window", lambda d: d.update(sliding_window=None), "sliding_window is null"),
+    ("no_rope_type", _drop("rope_type", within="rope_scaling"), "rope_scaling.rope_type is missing"),
+    ("no_factor", _drop("factor", within="rope_scaling"), "rope_scaling.factor is missing"),
+    ("rope_scaling_string", lambda d: d.update(rope_scaling="yarn"), "rope_scaling: expected an object"),
+])
+def test_hf_config_keys_moekit_cannot_compute_are_refused_by_name(published_repo, tmp_path, name, edit, needle):
+    """Where transformers would compute something gpt-oss's model does not (a truncated YaRN
+    range, another attention factor, another context, no window), the load stops with one line
+    naming config.json and the key, never a guess."""
+    repo = _variant(published_repo[0], tmp_path, name, edit)
+    with pytest.raises(CheckpointError, match=r"config\.json: " + re.escape(needle)):
+        read_config(repo)
 
 
 # ------------------------------------------------------------------------------ the converter

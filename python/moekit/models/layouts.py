@@ -47,10 +47,7 @@ def config_from_hf(d: dict, source: str = "config.json") -> GptOssConfig:
     if quant.get("quant_method") != "mxfp4":
         fail("expected MXFP4 experts (quantization_config.quant_method 'mxfp4'), got "
              f"{quant.get('quant_method')!r}: moekit runs the published MXFP4 checkpoints")
-    rope = dict(d.get("rope_scaling") or d.get("rope_parameters") or {})
-    rope_type = rope.get("rope_type", rope.get("type", "yarn"))
-    if rope_type != "yarn" or rope.get("truncate", False):
-        fail(f"expected YaRN rotary scaling without truncation (gpt-oss's), got {rope}")
+    rope = _rope_as_transformers_reads_it(d, fail)
     n_layers = d.get("num_hidden_layers")
     layer_types = d.get("layer_types")
     if layer_types is not None and isinstance(n_layers, int) and layer_types != _layer_types(n_layers):
@@ -59,7 +56,7 @@ def config_from_hf(d: dict, source: str = "config.json") -> GptOssConfig:
     for key, want in (("rms_norm_eps", RMS_NORM_EPS), ("attention_bias", True), ("tie_word_embeddings", False)):
         if key in d and d[key] != want:
             fail(f"expected {key} {want!r} (gpt-oss's), got {d[key]!r}")
-    factor = rope.get("factor", 1.0)
+    factor = rope["factor"]
     fields = dict(
         num_hidden_layers=n_layers,
         num_experts=d.get("num_local_experts", d.get("num_experts")),
@@ -71,20 +68,88 @@ def config_from_hf(d: dict, source: str = "config.json") -> GptOssConfig:
         num_attention_heads=d.get("num_attention_heads"),
         num_key_value_heads=d.get("num_key_value_heads"),
         swiglu_limit=d.get("swiglu_limit", 7.0),
-        sliding_window=d.get("sliding_window") or 0,
-        initial_context_length=rope.get("original_max_position_embeddings", d.get("initial_context_length", 4096)),
-        rope_theta=rope.get("rope_theta", d.get("rope_theta", 150000.0)),
+        sliding_window=d.get("sliding_window", HF_DEFAULTS["sliding_window"]),
+        initial_context_length=rope["original_max_position_embeddings"],
+        rope_theta=rope.get("rope_theta", d.get("rope_theta", HF_DEFAULTS["rope_theta"])),
         rope_scaling_factor=factor,
         rope_ntk_alpha=rope.get("beta_slow", 1.0),
         rope_ntk_beta=rope.get("beta_fast", 32.0),
     )
+    if fields["sliding_window"] is None:
+        fail("sliding_window is null, but gpt-oss's even layers are sliding_attention layers and need a window "
+             "(transformers refuses it too)")
     missing = sorted(k for k, v in fields.items() if v is None)
     if missing:
         fail(f"missing gpt-oss config key(s) for {missing}")
     try:
-        return GptOssConfig(**fields)
+        config = GptOssConfig(**fields)
     except (TypeError, ValueError) as e:
         raise type(e)(f"{source}: {e}") from None
+    limit = d.get("max_position_embeddings")
+    if limit is not None and limit != config.max_context_length:
+        fail(f"max_position_embeddings {limit!r} differs from the context YaRN gives, original_max_position_embeddings "
+             f"({config.initial_context_length}) x factor ({factor}) = {config.max_context_length}, the only "
+             "context moekit's gpt-oss runs")
+    return config
+
+
+# What transformers' GptOssConfig takes for keys a config.json leaves out.
+HF_DEFAULTS = {
+    "sliding_window": 128,
+    "rope_theta": 150000.0,
+    "max_position_embeddings": 131072,
+    "rope_parameters": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                        "original_max_position_embeddings": 4096},
+}
+
+
+def _rope_as_transformers_reads_it(d: dict, fail) -> dict:
+    """The YaRN parameters transformers 5 computes from config.json (``rope_scaling``, or
+    ``rope_parameters``; its class default when both are absent or null), refusing, with the key
+    named, what gpt-oss's rotary embedding does not compute: another rotary type, the truncated
+    correction range (transformers truncates unless ``truncate`` is false), an attention factor
+    other than gpt-oss's ``0.1 ln(factor) + 1``."""
+    key = "rope_scaling" if d.get("rope_scaling") is not None else "rope_parameters"
+    given = d.get(key)
+    if given is None:
+        return dict(HF_DEFAULTS["rope_parameters"])
+    if not isinstance(given, dict):
+        fail(f"{key}: expected an object of YaRN parameters, got {type(given).__name__} {given!r}")
+    rope = dict(given)
+    rope_type = rope.get("rope_type", rope.get("type"))
+    if rope_type is None:
+        fail(f"{key}.rope_type is missing: transformers would then apply plain rotary and ignore the YaRN keys; "
+             "gpt-oss's is \"yarn\"")
+    if rope_type != "yarn":
+        fail(f"{key}.rope_type: expected \"yarn\" (gpt-oss's rotary scaling), got {rope_type!r}")
+    if rope.get("factor") is None:
+        fail(f"{key}.factor is missing: YaRN needs its context factor (gpt-oss's is 32)")
+    if rope.get("truncate", True) is not False:
+        fail(f"{key}.truncate: transformers truncates YaRN's correction range unless it is false, and gpt-oss's "
+             f"rotary does not; got {rope.get('truncate', '(absent)')!r}")
+    # transformers' rule for the factor that scales cos and sin.
+    factor = float(rope["factor"])
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    theirs, named = rope.get("attention_factor"), "attention_factor"
+    if theirs is None:
+        m, m_all = rope.get("mscale"), rope.get("mscale_all_dim")
+        theirs, named = (mscale(factor, m) / mscale(factor, m_all), "mscale / mscale_all_dim") if m and m_all \
+            else (mscale(factor), "")
+    ours = mscale(factor)
+    if not math.isclose(float(theirs), ours, rel_tol=1e-12):
+        fail(f"{key}.{named} gives an attention factor of {float(theirs)!r}; gpt-oss's rotary scales by "
+             f"0.1 ln(factor) + 1 = {ours!r}")
+    # The pretraining context: a top-level original_max_position_embeddings wins, then the
+    # parameters' own, then max_position_embeddings (transformers' standardize_rope_params).
+    if d.get("original_max_position_embeddings") is not None:
+        rope["original_max_position_embeddings"] = d["original_max_position_embeddings"]
+    elif rope.get("original_max_position_embeddings") is None:
+        rope["original_max_position_embeddings"] = d.get("max_position_embeddings",
+                                                         HF_DEFAULTS["max_position_embeddings"])
+    return rope
 
 
 def config_to_hf(config: GptOssConfig) -> dict:
