@@ -210,6 +210,41 @@ def folder_bytes(folder):
     return {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")}
 
 
+def test_converter_keeps_what_the_published_folders_hold(published_repo, tmp_path):
+    """As published: original/ has dtypes.json and writes rope_theta and the NTK betas as integers;
+    the HF config has the token ids and transformers_version, which a conversion carries from
+    the HF config it came from (the source's, or the repository's around an original/ source);
+    the terms (LICENSE, USAGE_POLICY) travel with the tokenizer files."""
+    from safetensors import safe_open
+
+    repo = tmp_path / "repo"
+    shutil.copytree(published_repo[0], repo)
+    config = json.loads((repo / "config.json").read_text())
+    ids = dict(eos_token_id=3, pad_token_id=2, transformers_version="4.55.0.dev0")
+    (repo / "config.json").write_text(json.dumps({**config, **ids}))
+    terms = {"LICENSE": "Apache License 2.0\n", "USAGE_POLICY": "Use it well.\n"}
+    for name, text in terms.items():
+        (repo / name).write_text(text)
+
+    convert_checkpoint(repo, tmp_path / "original", "original")
+    written = json.loads((tmp_path / "original" / "config.json").read_text())
+    assert [type(written[k]) for k in ("rope_theta", "rope_ntk_alpha", "rope_ntk_beta")] == [int, int, int]
+    assert type(written["rope_scaling_factor"]) is float and type(written["swiglu_limit"]) is float
+    dtypes = json.loads((tmp_path / "original" / "dtypes.json").read_text())
+    with safe_open(tmp_path / "original" / "model.safetensors", "pt") as f:
+        assert set(dtypes) == set(f.keys())
+    assert dtypes["block.0.mlp.mlp1_weight.blocks"] == "FP4" and dtypes["block.0.mlp.mlp2_weight.scales"] == "UE8"
+    assert dtypes["embedding.weight"] == dtypes["block.1.attn.qkv.weight"] == "BF16"
+
+    for src, out in ((repo, "hf_from_hf"), (repo / "original", "hf_from_original")):
+        convert_checkpoint(src, tmp_path / out, "hf")
+        hf = json.loads((tmp_path / out / "config.json").read_text())
+        assert {k: hf.get(k) for k in ids} == ids, out
+        assert type(hf["rope_theta"]) is int and type(hf["rope_scaling"]["beta_slow"]) is float
+    for folder in ("original", "hf_from_hf", "hf_from_original"):
+        assert {name: (tmp_path / folder / name).read_text() for name in terms} == terms, folder
+
+
 def test_converter_refuses_a_destination_that_holds_a_checkpoint_unless_forced(published_repo, tmp_path):
     """Converting into a folder holding the other layout left its index behind and the next load
     failed: now it is refused, and --force replaces that checkpoint whole (the stale index goes)."""

@@ -38,6 +38,8 @@ TOKENIZER_FILE = "tokenizer.json"
 # for an original/ folder, its parent): the converter copies them, outputs must not overwrite them.
 TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "chat_template.jinja", "generation_config.json",
                    "special_tokens_map.json")
+# The terms a checkpoint ships with (the published repository's root): the converter copies them too.
+NOTICE_FILES = ("LICENSE", "NOTICE", "USAGE_POLICY")
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 

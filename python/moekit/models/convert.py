@@ -3,10 +3,12 @@
     python -m moekit.models.convert SRC DST --layout hf|original [--max-shard-mb N] [--force]
 
 The tensors are copied as they are (the MXFP4 blocks and scales byte for byte; q, k and v split
-from or stacked into qkv), config.json is rewritten in the target layout's keys, and the
-tokenizer files (tokenizer.json, tokenizer_config.json, chat_template.jinja,
-generation_config.json, special_tokens_map.json) are copied from SRC or, for an ``original/``
-folder, its parent. Shards hold at most --max-shard-mb each, with model.safetensors.index.json
+from or stacked into qkv), config.json is rewritten in the target layout's keys (an hf config
+keeps the token ids and transformers_version of the HF config it came from, SRC's or, for an
+``original/`` folder, its repository's; original gets dtypes.json beside it), and the tokenizer
+files (tokenizer.json, tokenizer_config.json, chat_template.jinja, generation_config.json,
+special_tokens_map.json) and the terms (LICENSE, NOTICE, USAGE_POLICY) are copied from SRC or,
+for an ``original/`` folder, its parent. Shards hold at most --max-shard-mb each, with model.safetensors.index.json
 when there are several or the layout is hf (default: 5000 MB for hf, one file for original).
 
 DST may be a new folder, or one that holds no checkpoint (the published repository's root holds
@@ -32,11 +34,11 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from moekit.models import layouts
-from moekit.models.checkpoint import (CONFIG_FILE, INDEX_FILE, TOKENIZER_FILES, CheckpointError, CheckpointTensors,
-                                      PathLike,
-                                      find_beside, read_config)
+from moekit.models.checkpoint import (CONFIG_FILE, INDEX_FILE, NOTICE_FILES, TOKENIZER_FILES, CheckpointError,
+                                      CheckpointTensors, PathLike, find_beside, read_config)
 
 BYTES = {"BF16": 2, "U8": 1}
+DTYPES_FILE = "dtypes.json"  # original/: each tensor's element type
 
 
 def checkpoint_files(folder: Path, tokenizer: bool) -> List[Path]:
@@ -44,7 +46,7 @@ def checkpoint_files(folder: Path, tokenizer: bool) -> List[Path]:
     the shards, and with ``tokenizer`` its tokenizer files."""
     if not folder.is_dir():
         return []
-    names = {CONFIG_FILE, INDEX_FILE, *(TOKENIZER_FILES if tokenizer else ())}
+    names = {CONFIG_FILE, INDEX_FILE, DTYPES_FILE, *((*TOKENIZER_FILES, *NOTICE_FILES) if tokenizer else ())}
     return sorted(f for f in folder.iterdir() if f.is_file() and (f.name in names or f.suffix == ".safetensors"))
 
 
@@ -121,12 +123,32 @@ def _write(src: Path, dst: Path, config, layout: str, max_shard_bytes: int) -> N
     if len(files) > 1 or layout == layouts.HF:
         (dst / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": sum(sizes.values())},
                                                   "weight_map": weight_map}, indent=2) + "\n")
-    hf = layouts.config_to_hf(config) if layout == layouts.HF else config.to_dict()
-    (dst / CONFIG_FILE).write_text(json.dumps(hf, indent=2) + "\n")
-    for name in TOKENIZER_FILES:
+    if layout == layouts.HF:
+        out_config = layouts.config_to_hf(config)
+        source = _hf_config_beside(src)
+        out_config.update({k: source[k] for k in layouts.HF_PASSTHROUGH_KEYS if k in source})
+    else:
+        out_config = config.to_dict()
+        dtypes = layouts.dtypes_of({name: spec.dtype for name, spec in tensors.specs.items()})
+        (dst / DTYPES_FILE).write_text(json.dumps(dtypes, indent=2) + "\n")
+    (dst / CONFIG_FILE).write_text(json.dumps(out_config, indent=2) + "\n")
+    for name in (*TOKENIZER_FILES, *NOTICE_FILES):
         found = find_beside(src, name)
         if found is not None:
             shutil.copyfile(found, dst / name)
+
+
+def _hf_config_beside(src: Path) -> dict:
+    """The HF config.json of ``src`` or, for an ``original/`` folder, of the repository around it
+    ({} if neither is one): where the keys moekit's config does not hold come from."""
+    for folder in (src, src.parent):
+        try:
+            d = json.loads((folder / CONFIG_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(d, dict) and layouts.detect(d) == layouts.HF:
+            return d
+    return {}
 
 
 def main(argv=None) -> int:

@@ -145,7 +145,12 @@ class GptOssConfig:
         return cls.from_dict(d, source=str(path))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as OpenAI's original config.json writes them (rope_theta and the NTK betas
+        as integers when they are whole)."""
+        d = dataclasses.asdict(self)
+        for name in ("rope_theta", "rope_ntk_alpha", "rope_ntk_beta"):
+            d[name] = whole_as_int(d[name])
+        return d
 
     def to_json(self, path: Union[str, Path]) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -159,6 +164,11 @@ class GptOssConfig:
     @property
     def qkv_dim(self) -> int:
         return self.head_dim * (self.num_attention_heads + 2 * self.num_key_value_heads)
+
+
+def whole_as_int(value: float):
+    """``value`` as an int when it is a whole number (how the published configs write it)."""
+    return int(value) if float(value).is_integer() else value
 
 
 def layer_sliding_window(config: GptOssConfig, layer_idx: int) -> int:

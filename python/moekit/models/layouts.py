@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Dict, List, NamedTuple, Tuple
 
-from moekit.models.gpt_oss import RMS_NORM_EPS, GptOssConfig
+from moekit.models.gpt_oss import RMS_NORM_EPS, GptOssConfig, whole_as_int
 
 ORIGINAL, HF = "original", "hf"
 
@@ -30,6 +30,13 @@ def detect(config_dict: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------- config
+
+def dtypes_of(specs: Dict[str, str]) -> Dict[str, str]:
+    """original/dtypes.json: each tensor's element type as OpenAI's folder names it (MXFP4 blocks
+    FP4, their scales UE8), from its safetensors dtype."""
+    return {name: "FP4" if name.endswith(".blocks") else "UE8" if name.endswith(".scales") else dtype
+            for name, dtype in specs.items()}
+
 
 def _layer_types(n: int) -> List[str]:
     """gpt-oss alternates: even layers slide over a window, odd ones attend to everything."""
@@ -152,6 +159,11 @@ def _rope_as_transformers_reads_it(d: dict, fail) -> dict:
     return rope
 
 
+# Keys of an HF config.json that moekit's config does not hold (the tokenizer's ids, the writer's
+# version): the converter carries them from an HF source.
+HF_PASSTHROUGH_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "transformers_version")
+
+
 def config_to_hf(config: GptOssConfig) -> dict:
     """The HF-layout config.json of ``config``, with the published keys."""
     c = config
@@ -182,14 +194,14 @@ def config_to_hf(config: GptOssConfig) -> dict:
         },
         "rms_norm_eps": RMS_NORM_EPS,
         "rope_scaling": {
-            "beta_fast": c.rope_ntk_beta,
-            "beta_slow": c.rope_ntk_alpha,
-            "factor": c.rope_scaling_factor,
+            "beta_fast": float(c.rope_ntk_beta),
+            "beta_slow": float(c.rope_ntk_alpha),
+            "factor": float(c.rope_scaling_factor),
             "original_max_position_embeddings": c.initial_context_length,
             "rope_type": "yarn",
             "truncate": False,
         },
-        "rope_theta": c.rope_theta,
+        "rope_theta": whole_as_int(c.rope_theta),
         "router_aux_loss_coef": 0.9,
         "sliding_window": c.sliding_window,
         "swiglu_limit": c.swiglu_limit,
