@@ -145,6 +145,29 @@ def test_broken_repositories_are_clear_errors(published_repo, tmp_path):
             read_config(broken)
 
 
+@pytest.mark.parametrize("entry", ["../../etc/passwd", "/etc/passwd", "/proc/self/mem", "/no/such/file", "", ".",
+                                   "..", "sub/model.safetensors"])
+def test_an_index_naming_paths_is_refused_before_anything_opens(published_repo, tmp_path, entry, monkeypatch):
+    """weight_map values are file names in the folder: a path is refused with the same message
+    whether it exists or not, and before any file is opened."""
+    import safetensors
+
+    repo = tmp_path / "repo"
+    shutil.copytree(published_repo[0], repo, ignore=shutil.ignore_patterns("original"))
+    index = json.loads((repo / "model.safetensors.index.json").read_text())
+    first = sorted(index["weight_map"])[0]
+    index["weight_map"][first] = entry
+    (repo / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    def no_open(*args, **kwargs):
+        raise AssertionError(f"opened {args[0]}")
+
+    monkeypatch.setattr(safetensors, "safe_open", no_open)
+    with pytest.raises(CheckpointError) as e:
+        load_model(repo, "cpu", progress=False)
+    assert f"tensor {first!r} is mapped to {entry!r}; expected the name of a file in the checkpoint folder" in str(e.value)
+
+
 def _variant(root, tmp_path, name, edit):
     """A copy of the repository's root (HF layout) whose config.json went through edit(dict)."""
     repo = tmp_path / name

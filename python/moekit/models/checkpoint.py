@@ -286,6 +286,12 @@ class _Index:
             raise CheckpointError(f"{index}: not a safetensors index (a JSON object with 'weight_map'): {e}") from None
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise CheckpointError(f"{index}: 'weight_map' expected an object of tensor name -> file name")
+        # Names only, checked before anything is opened: a path could reach any file of the machine,
+        # and errors that differ would tell which exist.
+        for name, file in weight_map.items():
+            if file in ("", ".", "..") or "/" in file or "\\" in file or "\0" in file:
+                raise CheckpointError(f"{index}: tensor {name!r} is mapped to {file!r}; expected the name of a file in "
+                                      "the checkpoint folder (no path)")
         return weight_map
 
     def meta(self, name: str) -> Tuple[Tuple[int, ...], str]:
