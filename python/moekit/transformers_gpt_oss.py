@@ -128,7 +128,7 @@ def from_pretrained(path: Union[str, Path], device: Union[str, torch.device] = "
     with contextlib.ExitStack() as stack:
         tensors = CheckpointTensors(path, ours, stack)
         for name in tensors.specs:
-            whole = tensors.read(name, (slice(None),))
+            whole = tensors.read_checked(name, (slice(None),))
             for part in layouts.hf_parts(ours, name):
                 t = whole if part.stop < 0 else whole[part.start:part.stop]
                 target = targets[part.name]

@@ -121,3 +121,26 @@ def test_a_generation_config_that_is_not_json_is_one_clear_error(published_repo,
     (repo / "generation_config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="generation_config.json: not a generation config"):
         from_pretrained(repo, "cpu", dtype=torch.float32)
+
+
+@pytest.mark.parametrize("tensor,value,needle", [
+    ("model.layers.0.mlp.router.weight", float("nan"), "holds non-finite values"),
+    ("model.layers.1.mlp.experts.down_proj_scales", 255, "holds the MXFP4 NaN scale 255"),
+])
+def test_the_drop_in_refuses_what_load_model_refuses(published_repo, tmp_path, tensor, value, needle):
+    """NaN gate weights and the MXFP4 NaN scale (255): refused by both loaders, which read
+    through the same checks, rather than generating from them."""
+    from moekit.models import load_model
+    from moekit.models.checkpoint import CheckpointError
+    from safetensors.torch import load_file, save_file
+
+    repo = tmp_path / "repo"
+    shutil.copytree(published_repo[0], repo, ignore=shutil.ignore_patterns("original"))
+    shard = repo / json.loads((repo / "model.safetensors.index.json").read_text())["weight_map"][tensor]
+    state = load_file(shard)
+    state[tensor].view(-1)[3] = value
+    save_file(state, shard, metadata={"format": "pt"})
+    for load in (lambda: from_pretrained(repo, "cpu", dtype=torch.float32),
+                 lambda: load_model(repo, "cpu", progress=False)):
+        with pytest.raises(CheckpointError, match=needle):
+            load()

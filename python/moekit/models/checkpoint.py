@@ -342,6 +342,16 @@ class CheckpointTensors:
         return torch.cat([self.index.read(p.name, (slice(a, b), *rest))
                           for p, a, b in layouts.split_rows(parts, start, stop)])
 
+    def read_checked(self, name: str, index: tuple) -> torch.Tensor:
+        """:meth:`read`, refusing values no gpt-oss checkpoint holds (every loader reads through
+        it): non-finite weights, and the MXFP4 scale 255, which decodes to NaN."""
+        t = self.read(name, index)
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"{self.file(name)}: tensor {name!r} holds non-finite values (corrupt file?)")
+        if name.endswith(".scales") and (t == 255).any():
+            raise CheckpointError(f"{self.file(name)}: tensor {name!r} holds the MXFP4 NaN scale 255 (corrupt file?)")
+        return t
+
 
 def _check_tensors(path: Path, config: GptOssConfig, index: _Index, specs: Dict[str, TensorSpec]) -> None:
     present = set(index.where)
@@ -413,18 +423,12 @@ def load_model(path: PathLike, device: Union[str, torch.device], *, rank: Option
                    disable=not (report and interactive), leave=False)
         with bar, torch.no_grad():
             for name, slices in plan:
-                parts = [tensors.read(name, s) for s in slices]
+                parts = [tensors.read_checked(name, s) for s in slices]
                 t = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
                 target = dest[name]
                 if tuple(t.shape) != tuple(target.shape):  # cannot happen for a checked checkpoint
                     raise CheckpointError(f"tensor {name!r}: rank {tp.rank} shard has shape {_fmt_shape(t.shape)}, "
                                           f"the model expects {_fmt_shape(target.shape)}")
-                if t.is_floating_point() and not torch.isfinite(t).all():
-                    raise CheckpointError(f"{tensors.file(name)}: tensor {name!r} holds non-finite values "
-                                          f"(corrupt file?)")
-                if name.endswith(".scales") and (t == 255).any():
-                    raise CheckpointError(f"{tensors.file(name)}: tensor {name!r} holds the MXFP4 NaN scale 255 "
-                                          f"(corrupt file?)")
                 target.copy_(t)
                 bar.update(math.prod(specs[name].shape) * (2 if specs[name].dtype == "BF16" else 1))
         if report and not interactive:
