@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from moekit.models import find_chat_template
-from moekit.models.checkpoint import find_beside
+from moekit.models.checkpoint import find_beside, read_json_object
 
 HARMONY_STOPS = ("<|return|>", "<|call|>")
 
@@ -49,7 +49,7 @@ def stop_ids(checkpoint: Path, tokenizer) -> List[int]:
     for name in ("generation_config.json", "config.json"):
         found = find_beside(checkpoint, name)
         if found is not None:
-            eos = json.loads(found.read_text()).get("eos_token_id")
+            eos = read_json_object(found).get("eos_token_id")
             if isinstance(eos, int):
                 return [eos]
             if isinstance(eos, list) and eos:

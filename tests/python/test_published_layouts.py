@@ -168,6 +168,48 @@ def test_an_index_naming_paths_is_refused_before_anything_opens(published_repo, 
     assert f"tensor {first!r} is mapped to {entry!r}; expected the name of a file in the checkpoint folder" in str(e.value)
 
 
+def _read_the_file(repo, name):
+    """What reads checkpoint file ``name``: the config, the index (loading), the chat template's
+    tokenizer_config.json, the stop ids' generation_config.json."""
+    from moekit.chat import stop_ids
+    from moekit.models import find_chat_template
+
+    if name == "config.json":
+        read_config(repo)
+    elif name == "model.safetensors.index.json":
+        load_model(repo, "cpu", progress=False)
+    elif name == "tokenizer_config.json":
+        (repo / "chat_template.jinja").unlink()
+        find_chat_template(repo)
+    else:
+        stop_ids(repo, tokenizer=None)
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors.index.json", "tokenizer_config.json",
+                                  "generation_config.json"])
+@pytest.mark.parametrize("content,needle", [
+    (b"\xff\xfe{}", "not UTF-8 text"),
+    ("[" * 100_000 + "]" * 100_000, r"not valid JSON \(nested too deeply\)"),
+    ('{"a": ' + "9" * 5000 + "}", "not valid JSON"),
+    ("[1, 2]", "expected a JSON object, got list"),
+])
+def test_json_files_that_cannot_be_read_are_one_line_errors(published_repo, tmp_path, name, content, needle):
+    """Not UTF-8, nested 100,000 deep, a 5,000-digit number, not an object: one CheckpointError
+    naming the file, never a traceback from the parser."""
+    repo = tmp_path / "repo"
+    shutil.copytree(published_repo[0], repo, ignore=shutil.ignore_patterns("original"))
+    (repo / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(CheckpointError, match=re.escape(str(repo / name)) + ".*" + needle):
+        _read_the_file(repo, name)
+
+
+@pytest.mark.parametrize("value", ["mxfp4", ["mxfp4"], 5])
+def test_a_quantization_config_that_is_not_an_object_is_refused_by_name(published_repo, tmp_path, value):
+    repo = _variant(published_repo[0], tmp_path, "q", lambda d: d.update(quantization_config=value))
+    with pytest.raises(CheckpointError, match="quantization_config"):
+        read_config(repo)
+
+
 def _variant(root, tmp_path, name, edit):
     """A copy of the repository's root (HF layout) whose config.json went through edit(dict)."""
     repo = tmp_path / name

@@ -183,11 +183,27 @@ def _config_json(path: Path) -> dict:
     if not config_path.is_file():
         raise CheckpointNotFoundError(f"gpt-oss checkpoint {path}: {CONFIG_FILE} not found")
     try:
-        d = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"gpt-oss checkpoint: invalid {CONFIG_FILE}: {config_path}: not valid JSON ({e})") from None
+        return read_json_object(config_path)
+    except CheckpointError as e:
+        raise CheckpointError(f"gpt-oss checkpoint: invalid {CONFIG_FILE}: {e}") from None
+
+
+def read_json_object(file: Path) -> dict:
+    """A checkpoint's JSON file as an object; every way it can fail is one CheckpointError naming
+    the file: not UTF-8, not JSON (numbers past Python's 4300 digits too), nested too deep for
+    the parser, not an object."""
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        d = json.loads(text)
+    except RecursionError:
+        raise CheckpointError(f"{file}: not valid JSON (nested too deeply)") from None
+    except ValueError as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
     if not isinstance(d, dict):
-        raise CheckpointError(f"gpt-oss checkpoint: invalid {CONFIG_FILE}: {config_path}: expected a JSON object")
+        raise CheckpointError(f"{file}: expected a JSON object, got {type(d).__name__}")
     return d
 
 
@@ -231,7 +247,7 @@ def find_chat_template(path: PathLike) -> Optional[str]:
         return jinja.read_text()
     config = find_beside(path, "tokenizer_config.json")
     if config is not None:
-        template = json.loads(config.read_text()).get("chat_template")
+        template = read_json_object(config).get("chat_template")
         if isinstance(template, str):
             return template
     return None
@@ -280,10 +296,9 @@ class _Index:
         index = path / INDEX_FILE
         if not index.is_file():
             return None
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: not a safetensors index (a JSON object with 'weight_map'): {e}") from None
+        weight_map = read_json_object(index).get("weight_map")
+        if weight_map is None:
+            raise CheckpointError(f"{index}: not a safetensors index (a JSON object with 'weight_map')")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise CheckpointError(f"{index}: 'weight_map' expected an object of tensor name -> file name")
         # Names only, checked before anything is opened: a path could reach any file of the machine,

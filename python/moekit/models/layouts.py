@@ -51,9 +51,9 @@ def config_from_hf(d: dict, source: str = "config.json") -> GptOssConfig:
     if d.get("model_type") != "gpt_oss":
         fail(f"expected model_type 'gpt_oss', got {d.get('model_type')!r}")
     quant = d.get("quantization_config") or {}
-    if quant.get("quant_method") != "mxfp4":
-        fail("expected MXFP4 experts (quantization_config.quant_method 'mxfp4'), got "
-             f"{quant.get('quant_method')!r}: moekit runs the published MXFP4 checkpoints")
+    if not isinstance(quant, dict) or quant.get("quant_method") != "mxfp4":
+        fail("expected MXFP4 experts (quantization_config.quant_method 'mxfp4'), got quantization_config "
+             f"{quant!r}: moekit runs the published MXFP4 checkpoints")
     rope = _rope_as_transformers_reads_it(d, fail)
     n_layers = d.get("num_hidden_layers")
     layer_types = d.get("layer_types")
