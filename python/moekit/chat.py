@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from moekit.models import find_chat_template
-from moekit.models.checkpoint import find_beside, read_json_object
+from moekit.models.checkpoint import CheckpointError, find_beside, read_json_object
 
 HARMONY_STOPS = ("<|return|>", "<|call|>")
 
@@ -50,9 +50,11 @@ def stop_ids(checkpoint: Path, tokenizer) -> List[int]:
         found = find_beside(checkpoint, name)
         if found is not None:
             eos = read_json_object(found).get("eos_token_id")
-            if isinstance(eos, int):
-                return [eos]
-            if isinstance(eos, list) and eos:
-                return [int(e) for e in eos]
+            if eos is None:
+                continue
+            ids = [eos] if not isinstance(eos, list) else eos
+            if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+                raise CheckpointError(f"{found}: eos_token_id expected a token id or a list of them, got {eos!r}")
+            return ids
     ids = [tokenizer.token_to_id(t) for t in HARMONY_STOPS]
     return [i for i in ids if i is not None]

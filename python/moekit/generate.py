@@ -286,11 +286,15 @@ def _generate(args: argparse.Namespace, tokenizer, prompt_ids: List[int], stop_i
 
         status = report(decode, args.prompt, prompt_ids, all_ids, seconds, world, device)
         if args.output_json is not None:
-            args.output_json.write_text(json.dumps({
-                "world_size": world, "device": str(device), "dtype": args.dtype,
-                "prompt_ids": prompt_ids, "ranks": all_ids,
-                "text": decode(new_ids), "tokens_per_second": len(new_ids) / max(seconds, 1e-9),
-            }) + "\n")
+            try:
+                args.output_json.write_text(json.dumps({
+                    "world_size": world, "device": str(device), "dtype": args.dtype,
+                    "prompt_ids": prompt_ids, "ranks": all_ids,
+                    "text": decode(new_ids), "tokens_per_second": len(new_ids) / max(seconds, 1e-9),
+                }) + "\n")
+            except OSError as e:  # a full disk, /dev/full: the text above is already out
+                print(f"moekit.generate: error: --output-json {args.output_json}: {e.strerror or e}", file=sys.stderr)
+                status = 1
     return status
 
 

@@ -155,3 +155,12 @@ def test_make_run_refuses_an_nproc_that_is_not_a_number_of_ranks(nproc):
     lines = [line for line in err.splitlines() if line.strip() and not re.match(r"make(\[\d+\])?: \*\*\*", line)]
     assert proc.returncode == 2, err
     assert lines == [f"make run: NPROC expected a whole number of ranks >= 1, got '{nproc}'"], err
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_output_json_that_fails_to_write_is_one_line_after_the_text():
+    """/dev/full passes every check a path allows before generating and fails on the write: the
+    generated text is already out, and the failure is one line with exit status 1."""
+    proc = run_cli("--max-new-tokens", "2", "--output-json", "/dev/full")
+    assert proc.stdout.strip(), "the generated text comes first"
+    assert_one_line_error(proc, "--output-json /dev/full", "No space left on device", code=1)

@@ -210,6 +210,25 @@ def test_a_quantization_config_that_is_not_an_object_is_refused_by_name(publishe
         read_config(repo)
 
 
+@pytest.mark.parametrize("eos", [["<|end|>"], [1.5], "x", [], True, -1])
+def test_an_eos_token_id_that_is_not_token_ids_is_refused_by_name(published_repo, tmp_path, eos):
+    from moekit.chat import stop_ids
+
+    repo = tmp_path / "repo"
+    shutil.copytree(published_repo[0], repo, ignore=shutil.ignore_patterns("original"))
+    (repo / "generation_config.json").write_text(json.dumps({"eos_token_id": eos}))
+    with pytest.raises(CheckpointError, match=r"generation_config\.json: eos_token_id expected a token id"):
+        stop_ids(repo, tokenizer=None)
+
+
+@pytest.mark.parametrize("pair", [("num_experts_per_tok", "experts_per_token"), ("num_local_experts", "num_experts")])
+def test_aliases_that_disagree_are_refused(published_repo, tmp_path, pair):
+    hf_key, our_key = pair
+    repo = _variant(published_repo[0], tmp_path, "alias", lambda d: d.update({our_key: d[hf_key] + 1}))
+    with pytest.raises(CheckpointError, match=f"{hf_key} .* and {our_key} .* disagree"):
+        read_config(repo)
+
+
 def _variant(root, tmp_path, name, edit):
     """A copy of the repository's root (HF layout) whose config.json went through edit(dict)."""
     repo = tmp_path / name

@@ -63,6 +63,9 @@ def config_from_hf(d: dict, source: str = "config.json") -> GptOssConfig:
     for key, want in (("rms_norm_eps", RMS_NORM_EPS), ("attention_bias", True), ("tie_word_embeddings", False)):
         if key in d and d[key] != want:
             fail(f"expected {key} {want!r} (gpt-oss's), got {d[key]!r}")
+    for hf_key, our_key in (("num_experts_per_tok", "experts_per_token"), ("num_local_experts", "num_experts")):
+        if d.get(hf_key) is not None and d.get(our_key) is not None and d[hf_key] != d[our_key]:
+            fail(f"{hf_key} ({d[hf_key]!r}) and {our_key} ({d[our_key]!r}) disagree; give one, or both equal")
     factor = rope["factor"]
     fields = dict(
         num_hidden_layers=n_layers,
