@@ -9,8 +9,11 @@ config.json's, else harmony's ``<|return|>`` and ``<|call|>`` where the vocabula
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -20,8 +23,37 @@ from moekit.models.checkpoint import CheckpointError, find_beside, read_json_obj
 HARMONY_STOPS = ("<|return|>", "<|call|>")
 
 
+# Bounds on rendering a checkpoint's template, which is data: wall time (where a timer can stop
+# it: the main thread of a POSIX process) and output characters.
+RENDER_SECONDS = 10.0
+RENDER_CHARS = 1_000_000
+
+
+class TemplateTooCostly(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TemplateTooCostly(f"took longer than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def render(template: str, prompt: str) -> str:
-    """The text of a one-message conversation, ready for the assistant's reply."""
+    """The text of a one-message conversation, ready for the assistant's reply. Raises
+    TemplateTooCostly past RENDER_SECONDS or RENDER_CHARS, and Jinja's errors."""
     import jinja2
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -34,14 +66,36 @@ def render(template: str, prompt: str) -> str:
                                                                                 ensure_ascii=ensure_ascii)
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
-    return env.from_string(template).render(messages=[{"role": "user", "content": prompt}],
-                                            add_generation_prompt=True)
+    chunks, size = [], 0
+    with _time_limit(RENDER_SECONDS):
+        for chunk in env.from_string(template).generate(messages=[{"role": "user", "content": prompt}],
+                                                        add_generation_prompt=True):
+            size += len(chunk)
+            if size > RENDER_CHARS:
+                raise TemplateTooCostly(f"rendered more than {RENDER_CHARS} characters")
+            chunks.append(chunk)
+    return "".join(chunks)
 
 
 def chat_prompt(checkpoint: Path, prompt: str) -> Optional[str]:
-    """``prompt`` as a chat turn in the checkpoint's template, or None if it ships none."""
+    """``prompt`` as a chat turn in the checkpoint's template, or None if it ships none. A
+    template that fails (not UTF-8, a syntax or render error, a sandbox refusal, too costly) is
+    one CheckpointError naming its file."""
+    source = find_beside(checkpoint, "chat_template.jinja") or find_beside(checkpoint, "tokenizer_config.json")
     template = find_chat_template(checkpoint)
-    return None if template is None else render(template, prompt)
+    if template is None:
+        return None
+    import jinja2
+
+    try:
+        text = render(template, prompt)
+    except (jinja2.exceptions.TemplateError, TemplateTooCostly, RecursionError, ArithmeticError, TypeError,
+            ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{source}: the chat template failed to render ({type(e).__name__}: {first})") from None
+    if not text.strip():
+        raise CheckpointError(f"{source}: the chat template rendered nothing for the prompt")
+    return text
 
 
 def stop_ids(checkpoint: Path, tokenizer) -> List[int]:

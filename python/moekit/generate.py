@@ -204,11 +204,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         _fail(f"{tokenizer_path}: cannot read the tokenizer: {e}")
     text, stop_ids = args.prompt, []
     if args.chat:
-        text = chat.chat_prompt(ckpt, args.prompt)
+        try:
+            text = chat.chat_prompt(ckpt, args.prompt)
+            stop_ids = chat.stop_ids(ckpt, tokenizer)
+        except CheckpointError as e:
+            _fail(f"--chat: {e}")
         if text is None:
             _fail(f"--chat: checkpoint {ckpt} ships no chat template (chat_template.jinja or tokenizer_config.json's "
                   f"chat_template, in it or its parent)")
-        stop_ids = chat.stop_ids(ckpt, tokenizer)
     prompt_ids = tokenizer.encode(text, add_special_tokens=not args.chat).ids  # a chat template has its own
     if not prompt_ids:
         _fail(f"the prompt {args.prompt!r} encodes to no tokens")

@@ -118,12 +118,64 @@ def test_chat_prompt_in_the_checkpoints_template_stops_at_its_end_of_turn(publis
     assert set(HARMONY_TOKENS) <= set(tok.get_vocab(with_added_tokens=True))
 
 
+@pytest.mark.parametrize("template,needle", [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "took longer than"),
+    ("{% for i in range(100000) %}{% for j in range(100) %}xxxxxxxx{% endfor %}{% endfor %}", "rendered more than"),
+    ("{% for i in range(10000000) %}{% endfor %}", "Range too big"),  # the sandbox's own bound
+    ("{{ raise_exception('no tools here') }}", "no tools here"),
+    ("{% for %}", "TemplateSyntaxError"),
+    ("{{ ''.__class__.__mro__ }}", "SecurityError"),
+    ("{{ 1 / 0 }}", "ZeroDivisionError"),
+    (b"{{ messages }}\xff", "not UTF-8 text"),
+    ("", "rendered nothing"),
+])
+def test_a_chat_template_that_fails_is_one_error_naming_its_file(published_repo, tmp_path, monkeypatch, template,
+                                                                 needle):
+    """The template is data: rendered in transformers' sandbox, within a time and an output bound,
+    and any failure is one CheckpointError naming chat_template.jinja."""
+    from moekit import chat
+
+    monkeypatch.setattr(chat, "RENDER_SECONDS", 0.5)
+    repo = tmp_path / "repo"
+    shutil.copytree(published_repo[0], repo, ignore=shutil.ignore_patterns("original"))
+    (repo / "chat_template.jinja").write_bytes(template if isinstance(template, bytes) else template.encode())
+    with pytest.raises(CheckpointError, match=re.escape(str(repo / "chat_template.jinja")) + ".*" + needle):
+        chat.chat_prompt(repo, "hi")
+
+
+def test_named_chat_templates_use_the_default_one(published_repo, tmp_path):
+    """tokenizer_config.json may list named templates; transformers renders the one named
+    "default", and without one the error says so (not "ships no chat template")."""
+    from moekit import chat
+
+    repo = tmp_path / "repo"
+    shutil.copytree(published_repo[0], repo, ignore=shutil.ignore_patterns("original"))
+    (repo / "chat_template.jinja").unlink()
+    named = [{"name": "tool_use", "template": "T:{{ messages[0].content }}"},
+             {"name": "default", "template": "D:{{ messages[0].content }}"}]
+    (repo / "tokenizer_config.json").write_text(json.dumps({"chat_template": named}))
+    assert chat.chat_prompt(repo, "hi") == "D:hi"
+    (repo / "tokenizer_config.json").write_text(json.dumps({"chat_template": named[:1]}))
+    with pytest.raises(CheckpointError, match="none named 'default'"):
+        chat.chat_prompt(repo, "hi")
+
+
 def test_without_a_chat_template_chat_is_a_clear_error(published_repo, tmp_path):
     root, _ = published_repo
     shutil.copytree(root / "original", tmp_path / "original")
     shutil.copy(root / "tokenizer.json", tmp_path / "tokenizer.json")
     proc = run_cli("--checkpoint", tmp_path / "original", "--chat")
     assert proc.returncode == 2 and "ships no chat template" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_chat_with_a_failing_template_is_one_line(published_repo, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(published_repo[0], repo, ignore=shutil.ignore_patterns("original"))
+    (repo / "chat_template.jinja").write_text("{{ ''.__class__.__mro__ }}")
+    proc = run_cli("--checkpoint", repo, "--chat")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--chat:" in lines[-1] and "chat_template.jinja" in lines[-1] and "SecurityError" in lines[-1], lines
 
 
 def test_broken_repositories_are_clear_errors(published_repo, tmp_path):

@@ -244,10 +244,19 @@ def find_chat_template(path: PathLike) -> Optional[str]:
     ``chat_template``), or None."""
     jinja = find_beside(path, "chat_template.jinja")
     if jinja is not None:
-        return jinja.read_text()
+        try:
+            return jinja.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CheckpointError(f"{jinja}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     config = find_beside(path, "tokenizer_config.json")
     if config is not None:
         template = read_json_object(config).get("chat_template")
+        if isinstance(template, list):  # named templates: transformers takes the one named "default"
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            if not isinstance(named.get("default"), str):
+                raise CheckpointError(f"{config}: chat_template lists named templates {sorted(map(str, named))} "
+                                      "but none named 'default' (the one a chat prompt uses)")
+            return named["default"]
         if isinstance(template, str):
             return template
     return None
