@@ -281,6 +281,23 @@ def test_aliases_that_disagree_are_refused(published_repo, tmp_path, pair):
         read_config(repo)
 
 
+@pytest.mark.parametrize("change,needle", [
+    (dict(num_hidden_layers=10 ** 9), "num_hidden_layers: expected at most 4096"),
+    (dict(initial_context_length=2 ** 62), "positions are int32"),
+])
+def test_absurd_sizes_are_refused_before_any_file_is_read(published_repo, tmp_path, change, needle):
+    """A config of a billion layers built its tensor list (and ran out of memory after 28 s)
+    before comparing it with the files; a context of 2**62 positions was accepted."""
+    repo = tmp_path / "repo"
+    shutil.copytree(published_repo[0] / "original", repo)
+    config = json.loads((repo / "config.json").read_text())
+    (repo / "config.json").write_text(json.dumps({**config, **change}))
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=needle):
+        load_model(repo, "cpu", progress=False)
+    assert time.perf_counter() - start < 5
+
+
 def _variant(root, tmp_path, name, edit):
     """A copy of the repository's root (HF layout) whose config.json went through edit(dict)."""
     repo = tmp_path / name

@@ -89,6 +89,13 @@ class GptOssConfig:
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"GptOssConfig.{name}: expected a finite number > 0, got {value}")
             setattr(self, name, float(value))
+        if self.num_hidden_layers > MAX_LAYERS:
+            raise ValueError(f"GptOssConfig.num_hidden_layers: expected at most {MAX_LAYERS} (the tensor list of "
+                             f"a checkpoint is built from it before any file is read), got {self.num_hidden_layers}")
+        if self.max_context_length > MAX_POSITIONS:
+            raise ValueError(f"GptOssConfig.initial_context_length: {self.initial_context_length} x "
+                             f"rope_scaling_factor {self.rope_scaling_factor} = {self.max_context_length} positions; "
+                             f"expected at most {MAX_POSITIONS} (positions are int32)")
         if self.experts_per_token > self.num_experts:
             raise ValueError(f"GptOssConfig.experts_per_token: expected <= num_experts ({self.num_experts}), "
                              f"got {self.experts_per_token}")
@@ -164,6 +171,10 @@ class GptOssConfig:
     @property
     def qkv_dim(self) -> int:
         return self.head_dim * (self.num_attention_heads + 2 * self.num_key_value_heads)
+
+
+MAX_LAYERS = 4096
+MAX_POSITIONS = 2 ** 31 - 1
 
 
 def whole_as_int(value: float):
