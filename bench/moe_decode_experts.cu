@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "cuda/kernels/moe/decode_experts.cuh"
+#include "cuda/launch/launch_kernel.h"
 
 using namespace moekit::cuda;
 
@@ -80,21 +81,6 @@ std::vector<float> make_logits(int E, int T, std::mt19937& rng) {
   return logits;
 }
 
-// Launches with the programmatic-serialization attribute (sm_90), as the layer does.
-template <class Kernel>
-void launch(Kernel kernel, int grid, int threads, size_t smem, cudaStream_t stream, const MoeDecodeExpertsParams& p) {
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(grid);
-  config.blockDim = dim3(threads);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
-  CHECK(cudaLaunchKernelEx(&config, kernel, p));
-}
 
 struct Setup {
   int E, T, sms;
@@ -189,7 +175,7 @@ Row time_config(const Setup& s, const int (&splits)[2]) {
     CHECK(cudaFuncSetAttribute(kernels[which], cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem[which])));
   }
   auto call = [&](int which, int c) {
-    launch(kernels[which], s.sms, 32 * kWarps, smem[which], s.stream, params(s, which, splits[which], c));
+    launch_kernel(kernels[which], s.sms, 32 * kWarps, smem[which], s.stream, true, params(s, which, splits[which], c));
   };
   // Outputs for routing 0 (mlp2 reads the act mlp1 left).
   CHECK(cudaMemsetAsync(s.counters, 0, sizeof(int) * 2 * calls * kMaxGroups, s.stream));

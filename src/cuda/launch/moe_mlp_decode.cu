@@ -10,6 +10,7 @@
 #include "../runtime/dynamic_smem.h"
 #include "../runtime/stream.h"
 #include "backend.h"
+#include "launch_kernel.h"
 #include "launch_util.h"
 
 namespace moekit::cuda {
@@ -20,23 +21,6 @@ using ExpertsConfig = MoeDecodeExpertsConfig<22, 1, true, 128>;
 // Shared memory of an expert kernel holding `rows` x rows of K.
 size_t x_shared_bytes(int64_t rows, int64_t K) { return static_cast<size_t>(rows * moe_decode_x_stride(K)) * sizeof(uint4); }
 
-// Launches kernel(args) on stream; with `chained`, as a programmatic dependent of the work
-// before it on the stream (the kernel waits for it with wait_for_previous_grid).
-template <class... Params, class... Args>
-void launch(void (*kernel)(Params...), unsigned grid, unsigned threads, size_t smem, cudaStream_t stream,
-            bool chained, Args&&... args) {
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(grid);
-  config.blockDim = dim3(threads);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &attribute;
-  config.numAttrs = chained ? 1 : 0;
-  MOEKIT_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
-}
 
 }  // namespace
 
@@ -76,7 +60,7 @@ void moe_mlp_decode(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecConte
   gate.x_paired = x_paired;
   gate.counters = counters;
   gate.n_counters = plan.counters1 + plan.counters2;
-  launch(moe_decode_gate_kernel, static_cast<unsigned>(p.E), 32 * kGateWarps, 0, stream, false, gate);
+  launch_kernel(moe_decode_gate_kernel, static_cast<unsigned>(p.E), 32 * kGateWarps, 0, stream, false, gate);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_gate_kernel");
 
   MoeDecodeExpertsParams m{};
@@ -110,14 +94,14 @@ void moe_mlp_decode(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecConte
   m.counters = counters;
   const size_t smem1 = x_shared_bytes(p.T, p.H);
   allow_dynamic_smem<moe_decode_experts_kernel<false, ExpertsConfig>>(static_cast<int>(smem1), p.device.index);
-  launch(moe_decode_experts_kernel<false, ExpertsConfig>, static_cast<unsigned>(sms), threads, smem1, stream, chained, m);
+  launch_kernel(moe_decode_experts_kernel<false, ExpertsConfig>, static_cast<unsigned>(sms), threads, smem1, stream, chained, m);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_experts_kernel (mlp1)");
 
   set_matmul(a.mlp2, a.mlp2_bias, p.H, p.I, m.act, plan.splits2);
   m.counters = counters + plan.counters1;
   const size_t smem2 = x_shared_bytes(p.T * p.k, p.I);
   allow_dynamic_smem<moe_decode_experts_kernel<true, ExpertsConfig>>(static_cast<int>(smem2), p.device.index);
-  launch(moe_decode_experts_kernel<true, ExpertsConfig>, static_cast<unsigned>(sms), threads, smem2, stream, chained, m);
+  launch_kernel(moe_decode_experts_kernel<true, ExpertsConfig>, static_cast<unsigned>(sms), threads, smem2, stream, chained, m);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_experts_kernel (mlp2)");
 }
 
