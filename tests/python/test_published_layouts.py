@@ -298,6 +298,54 @@ def test_absurd_sizes_are_refused_before_any_file_is_read(published_repo, tmp_pa
     assert time.perf_counter() - start < 5
 
 
+@pytest.mark.parametrize("which", ["config.json", "shard", "model.safetensors.index.json", "chat_template.jinja",
+                                   "tokenizer.json", "special_tokens_map.json"])
+def test_links_out_of_the_folder_are_refused(published_repo, tmp_path, which):
+    """A file of the folder that links elsewhere (the loader's config, index and shards, the
+    tokenizer files the runner and the converter read) is refused before it is read; the
+    converter no longer copies such a link's target in as a regular file."""
+    from moekit import chat
+    from moekit.models import find_tokenizer
+
+    repo = tmp_path / "repo"
+    shutil.copytree(published_repo[0], repo, ignore=shutil.ignore_patterns("original"))
+    index = json.loads((repo / "model.safetensors.index.json").read_text())["weight_map"]
+    name = sorted(set(index.values()))[0] if which == "shard" else which
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if (repo / name).exists():
+        shutil.move(repo / name, outside / name)
+    else:
+        (outside / name).write_text("{}")
+    (repo / name).symlink_to(outside / name)
+    with pytest.raises(CheckpointError, match=re.escape(str(repo / name)) + ": a link out of its folder"):
+        if name == "config.json":
+            read_config(repo)
+        elif name == "chat_template.jinja":
+            chat.chat_prompt(repo, "hi")
+        elif name == "tokenizer.json":
+            find_tokenizer(repo)
+        elif name == "special_tokens_map.json":
+            convert_checkpoint(repo, tmp_path / "out", "original")
+        else:
+            load_model(repo, "cpu", progress=False)
+
+
+def test_a_hugging_face_cache_snapshot_loads(published_repo, tmp_path):
+    """The hub cache keeps a snapshot's files as links into the repository's blobs/: allowed."""
+    root = published_repo[0]
+    cache = tmp_path / "models--openai--gpt-oss-tiny"
+    (cache / "blobs").mkdir(parents=True)
+    snapshot = cache / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    for i, file in enumerate(sorted(f for f in root.iterdir() if f.is_file())):
+        shutil.copyfile(file, cache / "blobs" / f"blob{i}")
+        (snapshot / file.name).symlink_to(Path("..") / ".." / "blobs" / f"blob{i}")
+    ids = torch.tensor(PROMPT)
+    ours = load_model(snapshot, "cpu", dtype=torch.float32, progress=False)
+    assert torch.equal(ours(ids), load_model(root, "cpu", dtype=torch.float32, progress=False)(ids))
+
+
 def _variant(root, tmp_path, name, edit):
     """A copy of the repository's root (HF layout) whose config.json went through edit(dict)."""
     repo = tmp_path / name

@@ -174,6 +174,22 @@ def save_checkpoint(path: PathLike, config: GptOssConfig, float_state_dict: Mapp
 
 # ------------------------------------------------------------------------------------ reading
 
+def within_its_folder(file: Path) -> Path:
+    """``file``, refused when it is a link that leaves the folder it is in: a checkpoint folder is
+    input, and a link could make any file of the machine part of it. A Hugging Face cache
+    snapshot (``.../models--NAME/snapshots/REV/``) links into the cache's own ``blobs/``, which
+    stays allowed."""
+    folder = file.parent.resolve()
+    allowed = [folder]
+    if folder.parent.name == "snapshots":
+        allowed.append(folder.parent.parent)
+    target = file.resolve()
+    if not any(a == target.parent or a in target.parents for a in allowed):
+        raise CheckpointError(f"{file}: a link out of its folder (to {target}); copy the file into the checkpoint "
+                              "instead")
+    return file
+
+
 def _config_json(path: Path) -> dict:
     if not path.exists():
         raise CheckpointNotFoundError(f"gpt-oss checkpoint directory not found: {path}")
@@ -182,6 +198,7 @@ def _config_json(path: Path) -> dict:
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
         raise CheckpointNotFoundError(f"gpt-oss checkpoint {path}: {CONFIG_FILE} not found")
+    within_its_folder(config_path)
     try:
         return read_json_object(config_path)
     except CheckpointError as e:
@@ -230,7 +247,7 @@ def find_beside(path: PathLike, name: str) -> Optional[Path]:
     path = Path(path)
     for directory in (path, path.parent):
         if (directory / name).is_file():
-            return directory / name
+            return within_its_folder(directory / name)
     return None
 
 
@@ -280,6 +297,8 @@ class _Index:
             self.files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
         if not self.files:
             raise CheckpointNotFoundError(f"gpt-oss checkpoint {path}: no *.safetensors file")
+        for file in self.files:
+            within_its_folder(file)
         self.where: Dict[str, Tuple[Path, object]] = {}
         for file in self.files:
             try:
@@ -305,6 +324,7 @@ class _Index:
         index = path / INDEX_FILE
         if not index.is_file():
             return None
+        within_its_folder(index)
         weight_map = read_json_object(index).get("weight_map")
         if weight_map is None:
             raise CheckpointError(f"{index}: not a safetensors index (a JSON object with 'weight_map')")
