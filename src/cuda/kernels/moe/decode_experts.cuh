@@ -4,12 +4,13 @@
 // Work units are (routed expert d, slab of 16 weight rows, k range s of `splits`). A warp owns a
 // unit and streams its weights from global memory straight into mma.sync fragments (roles
 // swapped as in matmul_ogs_stream.cuh: 16 weight rows are the MMA's M, the expert's tokens, at
-// most 8, its N), loading the next k step's codes while it decodes one. The grid is one block
-// per SM and unit u goes to block u % grid, so every SM gets the same number of units within
-// one; the k ranges make about 22 units an SM at T = 1 (22 warps of 80 registers), because a
-// warp's decode is a long chain of dependent instructions and the SM needs many warps to issue
-// every cycle: with 11 warps of 160 registers and 4 steps of loads in flight each, mlp1 took
-// 29.8 us, with 22 warps 26.6 us (docs/kernels.md has the variants tried).
+// most 8, its N), loading the next k step's codes while it decodes one; the x rows (tokens or
+// token-slots) sit in shared memory, copied while the block routes. The grid is one block per
+// SM and unit u goes to block u % grid, so every SM gets the same number of units within one;
+// the k ranges make about 22 units an SM at T = 1 (22 warps of 80 registers), because a warp's
+// decode is a long chain of dependent instructions and the SM needs many warps to issue every
+// cycle. Fewer warps with more loads in flight, and L2 prefetch, were slower (docs/kernels.md
+// has every variant measured, bench/moe_decode_experts.cu times them).
 //
 // A unit that holds a whole sum (mlp1 with one k range) finishes its outputs itself. Otherwise
 // units write their partial sums, and the last unit of an epilogue group to arrive (an atomic
