@@ -321,7 +321,9 @@ int64_t moe_decode_splits(int64_t units, int64_t K) {
 
 MoeDecodePlan moe_decode_plan(const MoeMlpProblem& p) {
   MoeDecodePlan d;
-  d.fits = p.T >= 1 && p.T <= kMoeDecodeMaxTokens && p.T * p.k <= kMoeDecodeMaxPairs;
+  // The CUDA backend's path: elsewhere nothing of it is planned, nor its workspace reserved.
+  d.fits = p.device.type == DeviceType::kCUDA && p.T >= 1 && p.T <= kMoeDecodeMaxTokens &&
+           p.T * p.k <= kMoeDecodeMaxPairs;
   if (!d.fits) return d;
   d.experts = p.T * p.k < p.E ? p.T * p.k : p.E;
   const int64_t slabs1 = (2 * p.I + kMoeDecodeSlabRows - 1) / kMoeDecodeSlabRows;

@@ -73,7 +73,7 @@ constexpr int64_t kMoeDecodeSlabRows = 16;
 // bytes apart in the banks.
 constexpr int64_t moe_decode_x_stride(int64_t K) { return (K + 127) / 128 * 16 + 1; }
 struct MoeDecodePlan {
-  bool fits = false;              // T and T * k within the decode path's limits
+  bool fits = false;              // a CUDA device, and T and T * k within the decode path's limits
   int64_t experts = 0;            // most experts a call can route to: min(T * k, E)
   int64_t splits1 = 0, splits2 = 0;  // k ranges per (expert, slab) of mlp1 and mlp2
   int64_t units1 = 0, units2 = 0;    // work units at most
@@ -105,7 +105,7 @@ struct MoeMlpProblem {
   MoeDecodePlan decode;       // from moe_decode_plan
   MoeMlpWorkspace workspace;  // laid out by check_moe_mlp_inputs (sizes checked)
 };
-// The decode path's work split for T, k, E, H, I of p.
+// The decode path's work split for T, k, E, H, I of p (on a CUDA device).
 MoeDecodePlan moe_decode_plan(const MoeMlpProblem& p);
 MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a);
 // y and the workspace (at least p.workspace.total bytes).

@@ -126,8 +126,10 @@ TEST(AttentionDecodeSplit, ChunksOfWholeKeysAtMost32Splits) {
   EXPECT_EQ(attention_decode_split(260, INT64_MAX, 3, 64).splits, 9);
 }
 
-MoeMlpProblem moe_problem(int64_t T, int64_t E, int k, int64_t H, int64_t I) {
+MoeMlpProblem moe_problem(int64_t T, int64_t E, int k, int64_t H, int64_t I,
+                          DeviceType device = DeviceType::kCUDA) {
   MoeMlpProblem p;
+  p.device.type = device;
   p.T = T;
   p.E = E;
   p.k = k;
@@ -174,6 +176,15 @@ TEST(MoeDecodePlan, MoreThan8TokensOr32SlotsTakeTheGeneralPath) {
   EXPECT_FALSE(moe_decode_plan(moe_problem(4, 32, 9, 64, 64)).fits);
   EXPECT_FALSE(moe_decode_plan(moe_problem(0, 32, 4, 64, 64)).fits);
   EXPECT_EQ(moe_decode_plan(moe_problem(9, 32, 1, 64, 64)).partial_floats, 0);
+}
+
+TEST(MoeDecodePlan, OnlyTheCudaBackendPlansIt) {
+  // The workspace reserves the path's regions from these sizes: none on the CPU.
+  const MoeDecodePlan cpu = moe_decode_plan(moe_problem(1, 32, 4, 2880, 2880, DeviceType::kCPU));
+  EXPECT_FALSE(cpu.fits);
+  EXPECT_EQ(cpu.partial_floats, 0);
+  EXPECT_EQ(cpu.counters1 + cpu.counters2, 0);
+  EXPECT_TRUE(moe_decode_plan(moe_problem(1, 32, 4, 2880, 2880)).fits);
 }
 
 }  // namespace
