@@ -159,11 +159,11 @@ float time_graph(const Setup& s, int calls, Launch&& launch_call) {
   return times[times.size() / 2];
 }
 
-template <int kWarps, int kAhead, bool kXShared, int kL2Bytes>
+template <int kWarps, int kAhead>
 Row time_config(const Setup& s, const int (&splits)[2]) {
-  using Config = MoeDecodeExpertsConfig<kWarps, kAhead, kXShared, kL2Bytes>;
+  using Config = MoeDecodeExpertsConfig<kWarps, kAhead>;
   static char name[48];
-  std::snprintf(name, sizeof name, "%dw %da x%s L2 %dB", kWarps, kAhead, kXShared ? "smem" : "L1", kL2Bytes);
+  std::snprintf(name, sizeof name, "%d warps, %d ahead", kWarps, kAhead);
   Row row{name, {0, 0, 0}, {}};
   const int calls = 2 * kRoutings;
   void (*kernels[2])(MoeDecodeExpertsParams) = {moe_decode_experts_kernel<false, Config>,
@@ -171,7 +171,7 @@ Row time_config(const Setup& s, const int (&splits)[2]) {
   size_t smem[2];
   for (int which = 0; which < 2; ++which) {
     const int64_t x_rows = which ? s.T * kK : s.T;
-    smem[which] = kXShared ? x_rows * moekit::moe_decode_x_stride(which ? kI : kH) * 16 : 0;
+    smem[which] = moe_decode_x_bytes(x_rows, which ? kI : kH);
     CHECK(cudaFuncSetAttribute(kernels[which], cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem[which])));
   }
   auto call = [&](int which, int c) {
@@ -198,8 +198,7 @@ Row time_config(const Setup& s, const int (&splits)[2]) {
 
 using Timer = Row (*)(const Setup&, const int (&)[2]);
 // The configs compared; the first is the reference of the bitwise check.
-const Timer kConfigs[] = {time_config<22, 1, true, 128>, time_config<22, 1, true, 0>, time_config<22, 1, false, 0>,
-                          time_config<20, 2, true, 128>};
+const Timer kConfigs[] = {time_config<22, 1>, time_config<20, 2>, time_config<16, 2>};
 
 }  // namespace
 

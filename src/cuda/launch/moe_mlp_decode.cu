@@ -16,11 +16,7 @@
 namespace moekit::cuda {
 namespace {
 
-using ExpertsConfig = MoeDecodeExpertsConfig<22, 1, true, 128>;
-
-// Shared memory of an expert kernel holding `rows` x rows of K.
-size_t x_shared_bytes(int64_t rows, int64_t K) { return static_cast<size_t>(rows * moe_decode_x_stride(K)) * sizeof(uint4); }
-
+using ExpertsConfig = MoeDecodeExpertsConfig<22, 1>;
 
 }  // namespace
 
@@ -28,9 +24,10 @@ bool moe_mlp_decode_fits(const MoeMlpProblem& p, const MoeMlpArgs& a) {
   const auto aligned16 = [](const TensorView& t) { return !t.present() || aligned(t, 16); };
   const DeviceInfo& device = device_info(p.device.index);
   // The expert kernels' x rows and route in shared memory.
-  const size_t smem = std::max(x_shared_bytes(p.T, p.H), x_shared_bytes(p.T * p.k, p.I)) + sizeof(DecodeRoute);
-  return p.decode.fits && smem <= static_cast<size_t>(device.max_smem_per_block_optin) && a.x.dtype == DType::kBFloat16 && a.mlp1.scales.present() && a.mlp2.scales.present() &&
-         p.H % 8 == 0 && p.I % 8 == 0 && aligned16(a.x) && aligned16(a.gate_weight) && aligned16(a.mlp1.values) &&
+  const size_t smem = std::max(moe_decode_x_bytes(p.T, p.H), moe_decode_x_bytes(p.T * p.k, p.I)) + sizeof(DecodeRoute);
+  return p.decode.fits && smem <= static_cast<size_t>(device.max_smem_per_block_optin) &&
+         a.x.dtype == DType::kBFloat16 && a.mlp1.scales.present() && a.mlp2.scales.present() && p.H % 8 == 0 &&
+         p.I % 8 == 0 && aligned16(a.x) && aligned16(a.gate_weight) && aligned16(a.mlp1.values) &&
          aligned16(a.mlp2.values) && aligned16(a.workspace) && device.major >= 8;
 }
 
@@ -92,14 +89,14 @@ void moe_mlp_decode(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecConte
 
   set_matmul(a.mlp1, a.mlp1_bias, 2 * p.I, p.H, x_paired, plan.splits1);
   m.counters = counters;
-  const size_t smem1 = x_shared_bytes(p.T, p.H);
+  const size_t smem1 = moe_decode_x_bytes(p.T, p.H);
   allow_dynamic_smem<moe_decode_experts_kernel<false, ExpertsConfig>>(static_cast<int>(smem1), p.device.index);
   launch_kernel(moe_decode_experts_kernel<false, ExpertsConfig>, static_cast<unsigned>(sms), threads, smem1, stream, chained, m);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_experts_kernel (mlp1)");
 
   set_matmul(a.mlp2, a.mlp2_bias, p.H, p.I, m.act, plan.splits2);
   m.counters = counters + plan.counters1;
-  const size_t smem2 = x_shared_bytes(p.T * p.k, p.I);
+  const size_t smem2 = moe_decode_x_bytes(p.T * p.k, p.I);
   allow_dynamic_smem<moe_decode_experts_kernel<true, ExpertsConfig>>(static_cast<int>(smem2), p.device.index);
   launch_kernel(moe_decode_experts_kernel<true, ExpertsConfig>, static_cast<unsigned>(sms), threads, smem2, stream, chained, m);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_experts_kernel (mlp2)");

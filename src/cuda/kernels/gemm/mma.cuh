@@ -35,17 +35,13 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 // Weight loads that bypass L1: each byte is used once, and L1 is better spent on token rows.
-// kL2Bytes 128 or 256 asks L2 to fetch that aligned span around the access (the loads that
-// follow along the row then find it in L2).
+// kL2Bytes 128 asks L2 for the whole line around the access (the loads that follow along the
+// row then find it in L2).
 template <int kL2Bytes = 0>
 __device__ __forceinline__ uint4 load_streaming(const void* ptr) {
-  static_assert(kL2Bytes == 0 || kL2Bytes == 128 || kL2Bytes == 256, "L2 prefetch size");
+  static_assert(kL2Bytes == 0 || kL2Bytes == 128, "L2 fetch span: the access alone or its line");
   uint4 v;
-  if constexpr (kL2Bytes == 256) {
-    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(ptr));
-  } else if constexpr (kL2Bytes == 128) {
+  if constexpr (kL2Bytes == 128) {
     asm volatile("ld.global.nc.L1::no_allocate.L2::128B.v4.u32 {%0, %1, %2, %3}, [%4];"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                  : "l"(ptr));

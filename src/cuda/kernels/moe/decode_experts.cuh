@@ -40,28 +40,24 @@ template <bool kCombine, class Config>
 __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_kernel(const MoeDecodeExpertsParams p) {
   using namespace moe_decode;
   __shared__ DecodeRoute route;
-  extern __shared__ uint4 x_shared[];  // kXShared: [x rows][p.x_stride] (moe_decode_x_stride)
+  extern __shared__ uint4 x_shared[];  // [x rows][p.x_stride] (moe_decode_x_stride)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const int g = lane / 4, t = lane % 4;  // the MMA's row group and k / token-pair slot
   const uint4 zero = make_uint4(0, 0, 0, 0);
 
   wait_for_previous_grid();
-  if (Config::kXShared) {
-    // The x rows arrive while the block routes; k past K reads zeros.
-    const int64_t words = p.K / 8;
-    for (int r = 0; r < (kCombine ? p.T * p.k : p.T); ++r) {
-      for (int64_t c = threadIdx.x; c < p.x_stride; c += blockDim.x) {
-        if (c < words) cp_async_16(x_shared + r * p.x_stride + c, p.x + r * words + c, 16);
-        else x_shared[r * p.x_stride + c] = zero;
-      }
+  // The x rows arrive while the block routes; k past K reads zeros.
+  const int64_t words = p.K / 8;
+  for (int r = 0; r < (kCombine ? p.T * p.k : p.T); ++r) {
+    for (int64_t c = threadIdx.x; c < p.x_stride; c += blockDim.x) {
+      if (c < words) cp_async_16(x_shared + r * p.x_stride + c, p.x + r * words + c, 16);
+      else x_shared[r * p.x_stride + c] = zero;
     }
-    cp_async_commit();
   }
+  cp_async_commit();
   route_in_block(p.logits, p.T, p.E, p.k, route);
-  if (Config::kXShared) {
-    cp_async_wait<0>();
-    __syncthreads();
-  }
+  cp_async_wait<0>();
+  __syncthreads();
   let_next_grid_start();
 
   const int64_t k_blocks = p.K / 32, steps = (k_blocks + 3) / 4;
@@ -94,10 +90,8 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
     const int64_t at0 = (static_cast<int64_t>(e) * p.N + n0) * k_blocks + kb0;  // code word and scale byte
     const uint4* codes = reinterpret_cast<const uint4*>(p.w) + at0;
     const uint8_t* scales = p.w_scales + at0;
-    const bool has_x = g < count;
-    const int x_row = has_x ? (kCombine ? route.slot[d][g] : route.slot[d][g] / p.k) : 0;
-    const uint4* x = p.x + static_cast<int64_t>(x_row) * (p.K / 8) + 4 * kb0;
-    // In shared memory a lane without a token-slot reads row 0: its MMA columns are never stored.
+    // A lane without a token-slot reads row 0: its MMA columns are never stored.
+    const int x_row = g < count ? (kCombine ? route.slot[d][g] : route.slot[d][g] / p.k) : 0;
     const uint4* x_s = x_shared + x_row * p.x_stride + 4 * kb0;
     const int64_t hi = 8 * k_blocks;  // row n0 + 8
 
@@ -111,20 +105,14 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const bool ok = in && row_ok[h];
-        r.codes[h] = ok ? load_streaming<Config::kL2Bytes>(codes + 4 * i + h * hi) : zero;
+        r.codes[h] = ok ? load_streaming<128>(codes + 4 * i + h * hi) : zero;
         r.scale[h] = ok ? scales[4 * i + h * hi] : 127u;
       }
       return r;
     };
     auto load_x = [&](int i, uint4 (&b)[4]) {
-      if (Config::kXShared) {
 #pragma unroll
-        for (int w = 0; w < 4; ++w) b[w] = x_s[16 * i + w];
-        return;
-      }
-      const bool in = has_x && i < lane_steps;
-#pragma unroll
-      for (int w = 0; w < 4; ++w) b[w] = in ? __ldg(x + 16 * i + w) : zero;
+      for (int w = 0; w < 4; ++w) b[w] = x_s[16 * i + w];
     };
 
     // Two accumulators, so that a step's 8 MMAs form two chains of 4.
@@ -153,8 +141,8 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
       }
     };
 
-    // The weights come from DRAM, kAhead steps ahead; the token values from L2, at the step
-    // (the SM's other warps cover their latency).
+    // The weights come from DRAM, kAhead steps ahead (asking L2 for whole lines, whose other
+    // half the next step reads); the token values from shared memory, at the step.
     constexpr int kAhead = Config::kAhead;
     Raw ring[kAhead];
 #pragma unroll

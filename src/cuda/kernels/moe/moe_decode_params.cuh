@@ -22,14 +22,16 @@ constexpr int kGateWarps = 8;                     // per block of the gate kerne
 }  // namespace moe_decode
 
 // A compiled shape of the expert kernels: warps a block (one block an SM; the register budget
-// follows), k steps of weights loaded ahead into registers a warp, whether the block copies the
-// x rows into shared memory (else each step reads them from L1 / L2), and the span L2 fetches
-// around a weight load (0, 128 or 256 bytes).
-template <int kWarps_, int kAhead_, bool kXShared_, int kL2Bytes_ = 0>
+// follows) and k steps of weights loaded ahead into registers a warp.
+template <int kWarps_, int kAhead_>
 struct MoeDecodeExpertsConfig {
-  static constexpr int kWarps = kWarps_, kAhead = kAhead_, kL2Bytes = kL2Bytes_;
-  static constexpr bool kXShared = kXShared_;
+  static constexpr int kWarps = kWarps_, kAhead = kAhead_;
 };
+
+// Shared memory of an expert kernel holding `rows` x rows of K (besides its static route).
+constexpr size_t moe_decode_x_bytes(int64_t rows, int64_t K) {
+  return static_cast<size_t>(rows * moe_decode_x_stride(K)) * sizeof(uint4);
+}
 
 struct MoeDecodeGateParams {
   const __nv_bfloat16* x;  // [T, H]
