@@ -17,8 +17,7 @@ import threading
 from pathlib import Path
 from typing import List, Optional
 
-from moekit.models import find_chat_template
-from moekit.models.checkpoint import CheckpointError, find_beside, read_json_object
+from moekit.models.checkpoint import CheckpointError, chat_template_source, find_beside, read_json_object
 
 HARMONY_STOPS = ("<|return|>", "<|call|>")
 
@@ -81,10 +80,10 @@ def chat_prompt(checkpoint: Path, prompt: str) -> Optional[str]:
     """``prompt`` as a chat turn in the checkpoint's template, or None if it ships none. A
     template that fails (not UTF-8, a syntax or render error, a sandbox refusal, too costly) is
     one CheckpointError naming its file."""
-    source = find_beside(checkpoint, "chat_template.jinja") or find_beside(checkpoint, "tokenizer_config.json")
-    template = find_chat_template(checkpoint)
-    if template is None:
+    found = chat_template_source(checkpoint)
+    if found is None:
         return None
+    template, source = found
     import jinja2
 
     try:

@@ -205,14 +205,19 @@ def _config_json(path: Path) -> dict:
         raise CheckpointError(f"gpt-oss checkpoint: invalid {CONFIG_FILE}: {e}") from None
 
 
+def read_utf8(file: Path) -> str:
+    """A checkpoint's text file; not UTF-8 is one CheckpointError naming the file."""
+    try:
+        return file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def read_json_object(file: Path) -> dict:
     """A checkpoint's JSON file as an object; every way it can fail is one CheckpointError naming
     the file: not UTF-8, not JSON (numbers past Python's 4300 digits too), nested too deep for
     the parser, not an object."""
-    try:
-        text = file.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CheckpointError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = read_utf8(file)
     try:
         d = json.loads(text)
     except RecursionError:
@@ -259,12 +264,16 @@ def find_tokenizer(path: PathLike) -> Optional[Path]:
 def find_chat_template(path: PathLike) -> Optional[str]:
     """The chat template the checkpoint ships (chat_template.jinja, or tokenizer_config.json's
     ``chat_template``), or None."""
+    found = chat_template_source(path)
+    return None if found is None else found[0]
+
+
+def chat_template_source(path: PathLike) -> Optional[Tuple[str, Path]]:
+    """The chat template the checkpoint ships and the file it comes from (see
+    :func:`find_chat_template`), or None."""
     jinja = find_beside(path, "chat_template.jinja")
     if jinja is not None:
-        try:
-            return jinja.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise CheckpointError(f"{jinja}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        return read_utf8(jinja), jinja
     config = find_beside(path, "tokenizer_config.json")
     if config is not None:
         template = read_json_object(config).get("chat_template")
@@ -273,9 +282,9 @@ def find_chat_template(path: PathLike) -> Optional[str]:
             if not isinstance(named.get("default"), str):
                 raise CheckpointError(f"{config}: chat_template lists named templates {sorted(map(str, named))} "
                                       "but none named 'default' (the one a chat prompt uses)")
-            return named["default"]
+            return named["default"], config
         if isinstance(template, str):
-            return template
+            return template, config
     return None
 
 

@@ -35,7 +35,8 @@ from typing import Dict, List, Optional
 
 from moekit.models import layouts
 from moekit.models.checkpoint import (CONFIG_FILE, INDEX_FILE, NOTICE_FILES, TOKENIZER_FILES, CheckpointError,
-                                      CheckpointTensors, PathLike, find_beside, read_config)
+                                      CheckpointTensors, PathLike, find_beside, read_config, read_json_object,
+                                      within_its_folder)
 
 BYTES = {"BF16": 2, "U8": 1}
 DTYPES_FILE = "dtypes.json"  # original/: each tensor's element type
@@ -142,11 +143,14 @@ def _hf_config_beside(src: Path) -> dict:
     """The HF config.json of ``src`` or, for an ``original/`` folder, of the repository around it
     ({} if neither is one): where the keys moekit's config does not hold come from."""
     for folder in (src, src.parent):
-        try:
-            d = json.loads((folder / CONFIG_FILE).read_text())
-        except (OSError, ValueError):
+        file = folder / CONFIG_FILE
+        if not file.is_file():
             continue
-        if isinstance(d, dict) and layouts.detect(d) == layouts.HF:
+        try:
+            d = read_json_object(within_its_folder(file))
+        except CheckpointError:  # the parent's config.json need not be a checkpoint's
+            continue
+        if layouts.detect(d) == layouts.HF:
             return d
     return {}
 
