@@ -302,9 +302,9 @@ MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype) 
   return w;
 }
 
-// Work units an expert matmul of the decode path aims at: 22 warps (the most at 80 registers)
-// on each of 132 SMs (H100, H200).
-constexpr int64_t kMoeDecodeTargetUnits = 22 * 132;
+// Work units an expert matmul of the decode path aims at: a unit for each of its warps on each
+// of 132 SMs (H100, H200).
+constexpr int64_t kMoeDecodeTargetUnits = kMoeDecodeWarps * 132;
 constexpr int64_t kMoeDecodeMaxSplits = 4;
 
 // k ranges per (expert, slab) that bring `units` (at one range) near the target, leaving each

@@ -68,6 +68,7 @@ void check_matmul_ogs_outputs(const MatmulOgsProblem& p, const MatmulOgsArgs& a)
 // weight rows, k range); the split is a function of shapes alone, so the workspace is too.
 constexpr int64_t kMoeDecodeMaxTokens = 8, kMoeDecodeMaxPairs = 32;
 constexpr int64_t kMoeDecodeSlabRows = 16;
+constexpr int kMoeDecodeWarps = 22;  // per block (one an SM) of its expert kernels: the most at 80 registers
 // uint4 (8 bf16) a row of x takes in the expert kernels' shared memory: K rounded up to whole
 // k steps of 128 (zeros past K, so the last step reads no test), plus one so that rows start 16
 // bytes apart in the banks.

@@ -16,7 +16,7 @@
 namespace moekit::cuda {
 namespace {
 
-using ExpertsConfig = MoeDecodeExpertsConfig<22, 1>;
+using ExpertsConfig = MoeDecodeExpertsConfig<kMoeDecodeWarps, 1>;  // the warps moe_decode_plan splits for
 
 }  // namespace
 
