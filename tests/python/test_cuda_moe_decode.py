@@ -79,11 +79,23 @@ def reference(x, L, k):
     return y, bound, margin
 
 
+def to_cuda(L):
+    return {key: (tuple(t.cuda() for t in v) if isinstance(v, tuple) else v.cuda() if v is not None else None)
+            for key, v in L.items()}
+
+
+def kernels_run(x, dev, k):
+    """The names of the CUDA kernels one moe_mlp call runs."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        moekit.moe_mlp(x, **dev, experts_per_token=k)
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
 def check(x, L, k):
     y, bound, margin = reference(x, L, k)
     assert margin > 1e-3, f"test inputs route ambiguously (margin {margin})"
-    dev = {key: (tuple(t.cuda() for t in v) if isinstance(v, tuple) else v.cuda() if v is not None else None)
-           for key, v in L.items()}
+    dev = to_cuda(L)
     got = moekit.moe_mlp(x.cuda(), **dev, experts_per_token=k)
     again = moekit.moe_mlp(x.cuda(), **dev, experts_per_token=k)
     assert torch.equal(got.view(torch.int16), again.view(torch.int16)), "not deterministic"
@@ -124,25 +136,20 @@ def test_decode_scales_past_128_and_subnormal():
 
 @pytest.mark.parametrize("T", [1, 8])
 def test_decode_gpt_oss_shapes(T):
-    """H = I = 2880, E = 32, k = 4: the units, splits and counters of the real layer."""
+    """H = I = 2880, E = 32, k = 4: the real layer's units, splits and counters, on the decode
+    path (a path that silently declined the real shape would leave only the general path tested)."""
     gen = torch.Generator().manual_seed(2880 + T)
-    check(randn(gen, T, 2880, dtype=torch.bfloat16), make_layer(gen, 32, 2880, 2880), 4)
+    x, L = randn(gen, T, 2880, dtype=torch.bfloat16), make_layer(gen, 32, 2880, 2880)
+    check(x, L, 4)
+    names = kernels_run(x.cuda(), to_cuda(L), 4)
+    assert sum("moe_decode" in n for n in names) == 3 and not any("matmul_ogs" in n for n in names), names
 
 
 def test_decode_path_runs_for_few_tokens_only():
     """The three decode kernels run for T <= 8 and the general path's for T = 9."""
     gen = torch.Generator().manual_seed(3)
-    L = make_layer(gen, 32, 64, 64)
-    dev = {key: (tuple(t.cuda() for t in v) if isinstance(v, tuple) else v.cuda()) for key, v in L.items()}
-
-    def kernels(T):
-        x = randn(gen, T, 64, dtype=torch.bfloat16).cuda()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            moekit.moe_mlp(x, **dev, experts_per_token=4)
-            torch.cuda.synchronize()
-        return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-
-    few = kernels(8)
+    dev = to_cuda(make_layer(gen, 32, 64, 64))
+    few = kernels_run(randn(gen, 8, 64, dtype=torch.bfloat16).cuda(), dev, 4)
     assert sum("moe_decode" in n for n in few) == 3 and not any("matmul_ogs" in n for n in few), few
-    many = kernels(9)
+    many = kernels_run(randn(gen, 9, 64, dtype=torch.bfloat16).cuda(), dev, 4)
     assert not any("moe_decode" in n for n in many) and any("matmul_ogs" in n for n in many), many
