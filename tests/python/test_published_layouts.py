@@ -571,3 +571,46 @@ def test_a_conversion_stopped_while_moving_files_in_refuses_to_load(tmp_path, mo
     assert "config.json" not in got and "model.safetensors" not in got, sorted(got)[:5]
     with pytest.raises((CheckpointError, CheckpointNotFoundError, FileNotFoundError)):
         load_model(dst, "cpu", progress=False)
+
+
+@pytest.mark.parametrize("loader", ["runner", "transformers"])
+def test_a_load_that_overlaps_a_conversion_is_refused(published_repo, tmp_path, monkeypatch, loader):
+    """A conversion with --force replaces the folder (from another checkpoint of the same shapes,
+    differing in its first shard and its last) after the loader opened the first shard: the
+    loader refuses, rather than loading the first shard's tensors from one checkpoint and the
+    last's from the other."""
+    import safetensors
+    from safetensors.torch import load_file, save_file
+
+    from moekit.transformers_gpt_oss import from_pretrained
+
+    root, _ = published_repo
+    a, b, dst = tmp_path / "a", tmp_path / "b", tmp_path / "dst"
+    convert_checkpoint(root, a, "hf", max_shard_bytes=40_000)
+    shutil.copytree(a, b)  # b: a's model with a tensor of its first shard and of its last changed
+    shards = sorted(set(json.loads((b / "model.safetensors.index.json").read_text())["weight_map"].values()))
+    assert len(shards) >= 3
+    for shard in (shards[0], shards[-1]):
+        tensors = load_file(b / shard)
+        name = sorted(tensors)[0]
+        tensors[name] = tensors[name] * 2 if tensors[name].is_floating_point() else tensors[name] // 2
+        save_file(tensors, str(b / shard), metadata={"format": "pt"})
+    convert_checkpoint(a, dst, "hf", max_shard_bytes=40_000)
+
+    real, opened = safetensors.safe_open, []
+
+    def safe_open(file, *args, **kwargs):
+        opened.append(file)
+        if len(opened) == 2:  # the loader has its first shard open: b's conversion replaces the folder
+            convert_checkpoint(b, dst, "hf", max_shard_bytes=40_000, force=True)
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors, "safe_open", safe_open)
+    with pytest.raises(CheckpointError, match="changed while they were being opened"):
+        if loader == "runner":
+            load_model(dst, "cpu", progress=False)
+        else:
+            from_pretrained(dst)
+    monkeypatch.undo()
+    assert folder_bytes(dst) == folder_bytes(b)  # the folder now holds b, whole
+    load_model(dst, "cpu", progress=False)

@@ -363,13 +363,33 @@ class _Index:
             raise CheckpointError(f"{file}: cannot read tensor {name!r}: {e}") from None
 
 
+def _file_identity(file: Path) -> Optional[tuple]:
+    """Which file ``file`` names now (None: none): replacing it, even with the same bytes, changes this."""
+    try:
+        st = file.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _changed(path: Path) -> CheckpointError:
+    return CheckpointError(f"gpt-oss checkpoint {path}: its files changed while they were being opened (a conversion "
+                           f"writing into the folder?); load it again once that has finished")
+
+
 class CheckpointTensors:
     """A checkpoint's tensors under original-layout names, whichever layout it is stored in,
     validated on opening (every tensor present, nothing extra, the dtypes and shapes config.json
-    implies), read by assembling each from its stored parts. The files stay open as long as
-    ``stack``."""
+    implies; refused if a conversion replaced the folder's files meanwhile), read by assembling
+    each from its stored parts. The files stay open as long as ``stack``."""
 
     def __init__(self, path: Path, config: GptOssConfig, stack: contextlib.ExitStack):
+        # A conversion into a folder takes its config.json away first and puts the new one in last
+        # (convert.py): while config.json stays the same file, every shard opened belongs to the
+        # checkpoint that ``config`` describes, and the open files keep their contents.
+        before = _file_identity(path / CONFIG_FILE)
+        if read_config(path) != config:
+            raise _changed(path)
         self.index = _Index(path, stack)
         self.specs = checkpoint_tensors(config)
         hf = checkpoint_layout(path) == layouts.HF
@@ -382,6 +402,8 @@ class CheckpointTensors:
                 dims = spec.dims if p.stop < 0 else f"rows {p.start}..{p.stop} of {name} ({spec.dims})"
                 self.stored[p.name] = TensorSpec(shape, spec.dtype, dims)
         _check_tensors(path, config, self.index, self.stored)
+        if _file_identity(path / CONFIG_FILE) != before:
+            raise _changed(path)
 
     def file(self, name: str) -> Path:
         return self.index.where[self.parts[name][0].name][0]

@@ -18,7 +18,9 @@ Nothing is written onto SRC. The new files are written into a hidden folder insi
 into place at the end, config.json last, after the old checkpoint's files are gone: a conversion
 stopped at any point leaves DST with its old checkpoint, or without config.json (which refuses
 to load), or the complete new one, never a mix (a killed conversion leaves its hidden
-.moekit-convert-PID folder behind, which nothing reads).
+.moekit-convert-PID folder behind, which nothing reads). A loader that opens DST while a
+conversion replaces it refuses it (config.json, gone first and back last, is not the same file
+after its shards were opened as before).
 """
 
 from __future__ import annotations
