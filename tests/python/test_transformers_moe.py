@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from moekit.chat import stop_ids
+from moekit.models import load_model
 from moekit.transformers_gpt_oss import MoekitGptOssMLP, from_pretrained
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,9 +91,10 @@ def test_torchrun_one_model_per_rank_with_gloo_agrees_with_one_process(published
 
 
 def test_generate_stops_at_the_checkpoints_end_of_sequence_as_transformers_does(published_repo, tmp_path):
-    """generation_config.json's eos_token_id ends generate() for the drop-in where it ends it for
-    transformers' own model (which reads the file in from_pretrained); with the id of the third
-    greedy token, both stop after three tokens, in either layout."""
+    """generation_config.json's eos_token_id ends generate() for the drop-in, and the runner's
+    generation (its stop ids, chat.stop_ids), where it ends it for transformers' own model (which
+    reads the file in from_pretrained); with the id of the third greedy token, all stop after
+    three tokens, the same three, in either layout."""
     from transformers import GptOssForCausalLM
 
     repo = tmp_path / "repo"
@@ -111,6 +114,9 @@ def test_generate_stops_at_the_checkpoints_end_of_sequence_as_transformers_does(
             assert model.generation_config.eos_token_id == [eos]
             got = model.generate(ids, max_new_tokens=8, do_sample=False)
             assert got.shape[1] == ids.shape[1] + 3 and torch.equal(got, want)
+            runner = load_model(layout, "cpu", dtype=torch.float32, progress=False)
+            new = runner.generate(ids[0].tolist(), max_new_tokens=8, stop_ids=stop_ids(layout, None))
+            assert new == want[0, ids.shape[1]:].tolist()
 
 
 def test_a_generation_config_that_is_not_json_is_one_clear_error(published_repo, tmp_path):
