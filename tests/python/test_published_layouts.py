@@ -614,3 +614,27 @@ def test_a_load_that_overlaps_a_conversion_is_refused(published_repo, tmp_path, 
     monkeypatch.undo()
     assert folder_bytes(dst) == folder_bytes(b)  # the folder now holds b, whole
     load_model(dst, "cpu", progress=False)
+
+
+def test_one_conversion_at_a_time_writes_into_a_folder(published_repo, tmp_path):
+    """While a conversion holds the destination (its lock, here held by the test), another into
+    the same folder is refused and writes nothing; once it is released, the conversion runs and
+    removes the staging folders that killed conversions left."""
+    import fcntl
+
+    root, _ = published_repo
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / ".moekit-convert-4194304").mkdir()  # as a conversion killed while writing leaves it
+    (dst / ".moekit-convert-4194304" / "model-00001-of-00002.safetensors").write_bytes(b"partial")
+    fd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ValueError, match="another conversion is writing into"):
+            convert_checkpoint(root, dst, "original")
+        assert sorted(p.name for p in dst.iterdir()) == [".moekit-convert-4194304"]
+    finally:
+        os.close(fd)
+    convert_checkpoint(root, dst, "original")
+    assert not list(dst.glob(".moekit-convert-*"))
+    load_model(dst, "cpu", progress=False)

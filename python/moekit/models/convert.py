@@ -18,9 +18,10 @@ Nothing is written onto SRC. The new files are written into a hidden folder insi
 into place at the end, config.json last, after the old checkpoint's files are gone: a conversion
 stopped at any point leaves DST with its old checkpoint, or without config.json (which refuses
 to load), or the complete new one, never a mix (a killed conversion leaves its hidden
-.moekit-convert-PID folder behind, which nothing reads). A loader that opens DST while a
-conversion replaces it refuses it (config.json, gone first and back last, is not the same file
-after its shards were opened as before).
+.moekit-convert-PID folder behind, which nothing reads and the next conversion into DST
+removes). One conversion at a time writes into a folder (a lock on it); a second is refused. A
+loader that opens DST while a conversion replaces it refuses it (config.json, gone first and
+back last, is not the same file after its shards were opened as before).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from moekit.models.checkpoint import (CONFIG_FILE, INDEX_FILE, NOTICE_FILES, TOK
 
 BYTES = {"BF16": 2, "U8": 1}
 DTYPES_FILE = "dtypes.json"  # original/: each tensor's element type
+STAGING_PREFIX = ".moekit-convert-"  # + the writing process's id: a conversion's files until they are complete
 
 
 def checkpoint_files(folder: Path, tokenizer: bool) -> List[Path]:
@@ -64,24 +66,43 @@ def convert_checkpoint(src: PathLike, dst: PathLike, layout: str, max_shard_byte
         raise ValueError(f"convert_checkpoint: destination {dst} exists and is not a folder")
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise ValueError(f"convert_checkpoint: destination {dst} is the source {src} or inside it")
-    held = checkpoint_files(dst, tokenizer=False)
-    if held and not force:
-        raise ValueError(f"convert_checkpoint: destination {dst} already holds a checkpoint ({held[0].name}, ...): "
-                         f"pass --force (force=True) to replace it")
-    old = checkpoint_files(dst, tokenizer=True) if force else held  # the tokenizer files of a replaced checkpoint go too
+    config = read_config(src)
     if max_shard_bytes is None:
         max_shard_bytes = 5_000_000_000 if layout == layouts.HF else 2 ** 62
-    config = read_config(src)
     dst.mkdir(parents=True, exist_ok=True)
-    staging = dst / f".moekit-convert-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        _write(src, staging, config, layout, max_shard_bytes)
-        _move_into_place(staging, dst, old)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _only_conversion_into(dst):
+        held = checkpoint_files(dst, tokenizer=False)
+        if held and not force:
+            raise ValueError(f"convert_checkpoint: destination {dst} already holds a checkpoint ({held[0].name}, ...): "
+                             f"pass --force (force=True) to replace it")
+        old = checkpoint_files(dst, tokenizer=True) if force else held  # a replaced checkpoint's tokenizer files go too
+        for stale in dst.glob(STAGING_PREFIX + "*"):  # left by killed conversions: none other runs now
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = dst / f"{STAGING_PREFIX}{os.getpid()}"
+        staging.mkdir()
+        try:
+            _write(src, staging, config, layout, max_shard_bytes)
+            _move_into_place(staging, dst, old)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return dst
+
+
+@contextlib.contextmanager
+def _only_conversion_into(dst: Path):
+    """Holds an exclusive lock on the folder ``dst`` itself (flock: released when the process ends,
+    however it ends) for one conversion at a time; another is refused rather than interleaved."""
+    import fcntl
+
+    fd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"convert_checkpoint: another conversion is writing into {dst}") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _move_into_place(staging: Path, dst: Path, old: List[Path]) -> None:
