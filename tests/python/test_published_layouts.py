@@ -463,6 +463,24 @@ def test_converter_refuses_a_destination_that_holds_a_checkpoint_unless_forced(p
                        load_model(root, "cpu", dtype=torch.float32, progress=False)(ids))
 
 
+def test_a_forced_conversion_leaves_nothing_of_the_checkpoint_it_replaces(published_repo, tmp_path):
+    """--force over a folder with a tokenizer, a chat template and a stray shard, from a source
+    with neither: the old tokenizer files and the stray shard go (they outlived the conversion,
+    and the stray shard then broke the load); the folder loads as the source does."""
+    root, _ = published_repo
+    dst, bare = tmp_path / "dst", tmp_path / "bare" / "original"
+    convert_checkpoint(root, dst, "hf", max_shard_bytes=40_000)
+    assert (dst / "tokenizer.json").is_file() and (dst / "chat_template.jinja").is_file()
+    shutil.copytree(root / "original", bare)  # no tokenizer in it nor beside it
+    (dst / "extra.safetensors").write_bytes((root / "original" / "model.safetensors").read_bytes())
+    convert_checkpoint(bare, dst, "hf", max_shard_bytes=40_000, force=True)
+    left = {f.name for f in dst.iterdir()}
+    assert not left & {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "extra.safetensors"}, left
+    ids = torch.tensor(PROMPT)
+    assert torch.equal(load_model(dst, "cpu", dtype=torch.float32, progress=False)(ids),
+                       load_model(root, "cpu", dtype=torch.float32, progress=False)(ids))
+
+
 def test_converter_never_writes_onto_its_source(published_repo, tmp_path):
     root, _ = published_repo
     src = tmp_path / "src"
