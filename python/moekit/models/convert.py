@@ -100,6 +100,8 @@ def _only_conversion_into(dst: Path):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ValueError(f"convert_checkpoint: another conversion is writing into {dst}") from None
+        except OSError as e:  # a file system without locks: refused rather than unguarded
+            raise ValueError(f"convert_checkpoint: cannot lock {dst} for the conversion ({e.strerror})") from None
         yield
     finally:
         os.close(fd)
