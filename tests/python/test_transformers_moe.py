@@ -150,3 +150,17 @@ def test_the_drop_in_refuses_what_load_model_refuses(published_repo, tmp_path, t
                  lambda: load_model(repo, "cpu", progress=False)):
         with pytest.raises(CheckpointError, match=needle):
             load()
+
+
+def test_the_readmes_transformers_snippet_runs(published_repo, capsys):
+    """The README's transformers example as written, but for the checkpoint path, the device and
+    the length, on the tiny published-layout checkpoint (it once used input_ids it never made)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("```python\n", readme.index("Through transformers")) + len("```python\n")
+    code = readme[start:readme.index("```", start)]
+    path = repr(str(published_repo[0]))
+    edited = code.replace('"gpt-oss-20b"', path).replace('"cuda:1"', '"cpu"').replace("max_new_tokens=64",
+                                                                                      "max_new_tokens=4")
+    assert edited.count(path) == 2 and '"cuda:1"' not in edited and "max_new_tokens=4" in edited, code
+    exec(compile(edited, "README.md", "exec"), {})
+    assert capsys.readouterr().out.endswith("\n")
