@@ -22,17 +22,9 @@
 #include "cuda/kernels/gemm/mma.cuh"
 #include "cuda/kernels/moe/decode_route.cuh"
 #include "cuda/launch/launch_kernel.h"
+#include "graph_timing.h"
 
 using namespace moekit::cuda;
-
-#define CHECK(expr)                                                                              \
-  do {                                                                                           \
-    cudaError_t e_ = (expr);                                                                     \
-    if (e_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
 
 namespace {
 
@@ -73,33 +65,6 @@ __global__ void __launch_bounds__(kThreads, 1) stream_kernel(const uint4* w, int
   if (sum == 0x12345678u) out[blockIdx.x] = 1.0f;  // never, but the compiler cannot know
 }
 
-template <class Launch>
-float us_per_launch(cudaStream_t stream, Launch&& launch) {
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  for (int c = 0; c < kCalls; ++c) launch(c);
-  CHECK(cudaStreamEndCapture(stream, &graph));
-  CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  cudaEvent_t start, stop;
-  CHECK(cudaEventCreate(&start));
-  CHECK(cudaEventCreate(&stop));
-  std::vector<float> times;
-  for (int rep = 0; rep < 6; ++rep) {
-    CHECK(cudaEventRecord(start, stream));
-    CHECK(cudaGraphLaunch(exec, stream));
-    CHECK(cudaEventRecord(stop, stream));
-    CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    CHECK(cudaEventElapsedTime(&ms, start, stop));
-    if (rep > 0) times.push_back(1000.0f * ms / kCalls);
-  }
-  std::sort(times.begin(), times.end());
-  CHECK(cudaGraphExecDestroy(exec));
-  CHECK(cudaGraphDestroy(graph));
-  return times[times.size() / 2];
-}
-
 }  // namespace
 
 int main() {
@@ -117,10 +82,10 @@ int main() {
   CHECK(cudaMalloc(&logits, sizeof(float) * 32));
   CHECK(cudaMemcpy(logits, host_logits.data(), sizeof(float) * 32, cudaMemcpyHostToDevice));
 
-  std::printf("%-28s %8.2f us\n", "empty", us_per_launch(stream, [&](int) {
+  std::printf("%-28s %8.2f us\n", "empty", graph_us_per_call(stream, kCalls, [&](int) {
                 launch_kernel(empty_kernel, sms, kThreads, 0, stream, true, out);
               }));
-  std::printf("%-28s %8.2f us\n", "route (T=1, E=32, k=4)", us_per_launch(stream, [&](int) {
+  std::printf("%-28s %8.2f us\n", "route (T=1, E=32, k=4)", graph_us_per_call(stream, kCalls, [&](int) {
                 launch_kernel(route_kernel, sms, kThreads, 0, stream, true, logits, out);
               }));
   for (double mb : {4.4, 17.6, 35.3, 70.6}) {
@@ -130,10 +95,10 @@ int main() {
       CHECK(cudaMalloc(&b, words * 16));
       CHECK(cudaMemset(b, 1, words * 16));
     }
-    const float late = us_per_launch(stream, [&](int c) {
+    const float late = graph_us_per_call(stream, kCalls, [&](int c) {
       launch_kernel(stream_kernel<false>, sms, kThreads, 0, stream, true, buffers[c % kBuffers], words, out);
     });
-    const float early = us_per_launch(stream, [&](int c) {
+    const float early = graph_us_per_call(stream, kCalls, [&](int c) {
       launch_kernel(stream_kernel<true>, sms, kThreads, 0, stream, true, buffers[c % kBuffers], words, out);
     });
     std::printf("stream %5.1f MB              %8.2f us (%5.0f GB/s); loads before the wait %8.2f us (%5.0f GB/s)\n",

@@ -25,17 +25,9 @@
 
 #include "cuda/kernels/moe/decode_experts.cuh"
 #include "cuda/launch/launch_kernel.h"
+#include "graph_timing.h"
 
 using namespace moekit::cuda;
-
-#define CHECK(expr)                                                                                  \
-  do {                                                                                               \
-    cudaError_t e_ = (expr);                                                                         \
-    if (e_ != cudaSuccess) {                                                                         \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_));     \
-      std::exit(1);                                                                                  \
-    }                                                                                                \
-  } while (0)
 
 namespace {
 
@@ -128,35 +120,14 @@ struct Row {
   std::vector<uint16_t> out[2];  // act and y after routing 0
 };
 
-// Median time per call (us) of a graph that replays `calls` calls of launch_call(c).
+// Median time per call (us) of a graph of `calls` calls of launch_call(c), after zeroing every
+// call's counters.
 template <class Launch>
 float time_graph(const Setup& s, int calls, Launch&& launch_call) {
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CHECK(cudaStreamBeginCapture(s.stream, cudaStreamCaptureModeThreadLocal));
-  CHECK(cudaMemsetAsync(s.counters, 0, sizeof(int) * 2 * calls * kMaxGroups, s.stream));
-  for (int c = 0; c < calls; ++c) launch_call(c);
-  CHECK(cudaStreamEndCapture(s.stream, &graph));
-  CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  cudaEvent_t start, stop;
-  CHECK(cudaEventCreate(&start));
-  CHECK(cudaEventCreate(&stop));
-  std::vector<float> times;
-  for (int rep = 0; rep < 6; ++rep) {
-    CHECK(cudaEventRecord(start, s.stream));
-    CHECK(cudaGraphLaunch(exec, s.stream));
-    CHECK(cudaEventRecord(stop, s.stream));
-    CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    CHECK(cudaEventElapsedTime(&ms, start, stop));
-    if (rep > 0) times.push_back(1000.0f * ms / calls);
-  }
-  std::sort(times.begin(), times.end());
-  CHECK(cudaGraphExecDestroy(exec));
-  CHECK(cudaGraphDestroy(graph));
-  CHECK(cudaEventDestroy(start));
-  CHECK(cudaEventDestroy(stop));
-  return times[times.size() / 2];
+  return graph_us_per_call(s.stream, calls, [&](int c) {
+    if (c == 0) CHECK(cudaMemsetAsync(s.counters, 0, sizeof(int) * 2 * calls * kMaxGroups, s.stream));
+    launch_call(c);
+  });
 }
 
 template <int kWarps, int kAhead>
