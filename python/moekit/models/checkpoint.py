@@ -237,7 +237,11 @@ def checkpoint_layout(path: PathLike) -> str:
 def read_config(path: PathLike) -> GptOssConfig:
     """The config of checkpoint directory ``path``, in either layout (errors name the file)."""
     path = Path(path)
-    d = _config_json(path)
+    return _config_from(_config_json(path), path)
+
+
+def _config_from(d: dict, path: Path) -> GptOssConfig:
+    """The config that checkpoint ``path``'s config.json, read as ``d``, describes."""
     try:
         if layouts.detect(d) == layouts.HF:
             return layouts.config_from_hf(d, source=str(path / CONFIG_FILE))
@@ -388,11 +392,12 @@ class CheckpointTensors:
         # (convert.py): while config.json stays the same file, every shard opened belongs to the
         # checkpoint that ``config`` describes, and the open files keep their contents.
         before = _file_identity(path / CONFIG_FILE)
-        if read_config(path) != config:
+        d = _config_json(path)  # read once: the config to check and the layout
+        if _config_from(d, path) != config:
             raise _changed(path)
+        hf = layouts.detect(d) == layouts.HF
         self.index = _Index(path, stack)
         self.specs = checkpoint_tensors(config)
-        hf = checkpoint_layout(path) == layouts.HF
         self.parts = {name: layouts.hf_parts(config, name) if hf else [layouts.Part(name, 0, -1)]
                       for name in self.specs}
         self.stored: Dict[str, TensorSpec] = {}
