@@ -2,8 +2,10 @@
 
 #include "../kernels/norm/add_rms_norm.cuh"
 #include "../runtime/device_guard.h"
+#include "../runtime/device_info.h"
 #include "../runtime/stream.h"
 #include "backend.h"
+#include "launch_kernel.h"
 #include "launch_util.h"
 
 namespace moekit::cuda {
@@ -17,14 +19,14 @@ void add_rms_norm(const AddRmsNormProblem& p, const TensorView& x, const TensorV
   DeviceGuard guard(p.device.index);
   const cudaStream_t stream = stream_of("add_rms_norm", p.device, ctx);
   const unsigned grid = static_cast<unsigned>(p.T);
-  if (x.dtype == DType::kBFloat16) {
-    add_rms_norm_kernel<<<grid, kAddRmsNormThreads, 0, stream>>>(x.ptr<bf16>(), residual.ptr<bf16>(), scale.ptr<float>(),
-                                                                 p.eps, p.H, sum.ptr<bf16>(), out.ptr<bf16>());
-  } else {
-    add_rms_norm_kernel<<<grid, kAddRmsNormThreads, 0, stream>>>(x.ptr<float>(), residual.ptr<float>(),
-                                                                 scale.ptr<float>(), p.eps, p.H, sum.ptr<float>(),
-                                                                 out.ptr<float>());
-  }
+  const bool chained = chains_on(device_info(p.device.index).major);
+  auto launch = [&](auto element) {
+    using T = decltype(element);
+    launch_kernel(add_rms_norm_kernel<T>, grid, kAddRmsNormThreads, 0, stream, chained, x.ptr<T>(), residual.ptr<T>(),
+                  scale.ptr<float>(), p.eps, p.H, sum.ptr<T>(), out.ptr<T>());
+  };
+  if (x.dtype == DType::kBFloat16) launch(bf16());
+  else launch(float());
   MOEKIT_CHECK_LAUNCH(ctx, stream, "add_rms_norm_kernel");
 }
 

@@ -2,8 +2,10 @@
 
 #include "../kernels/attention/attention_decode.cuh"
 #include "../runtime/device_guard.h"
+#include "../runtime/device_info.h"
 #include "../runtime/stream.h"
 #include "backend.h"
+#include "launch_kernel.h"
 #include "launch_util.h"
 
 namespace moekit::cuda {
@@ -44,15 +46,16 @@ void attention_decode(const AttentionDecodeProblem& p, const AttentionDecodeArgs
   const int64_t elem = dtype_size(a.qkv.dtype);
   const bool vec = (p.D * elem) % 16 == 0 && aligned(a.qkv, 16) &&
                    aligned(a.k_cache, 16) && aligned(a.v_cache, 16);
+  const bool chained = chains_on(device_info(p.device.index).major);
   auto launch = [&](auto element) {
     using T = decltype(element);
     // <= 45 KB of shared memory: no opt-in needed
-    if (vec) attention_decode_kernel<T, true><<<grid, kAttnThreads, smem_bytes(p), stream>>>(params);
-    else attention_decode_kernel<T, false><<<grid, kAttnThreads, smem_bytes(p), stream>>>(params);
+    launch_kernel(vec ? attention_decode_kernel<T, true> : attention_decode_kernel<T, false>, grid, kAttnThreads,
+                  smem_bytes(p), stream, chained, params);
     MOEKIT_CHECK_LAUNCH(ctx, stream, "attention_decode_kernel");
     if (p.split.splits > 1) {
       const size_t merge_smem = static_cast<size_t>(p.split.splits * (p.D + 2)) * sizeof(float);
-      attention_decode_merge_kernel<T><<<merge_grid, merge_threads, merge_smem, stream>>>(params);
+      launch_kernel(attention_decode_merge_kernel<T>, merge_grid, merge_threads, merge_smem, stream, chained, params);
       MOEKIT_CHECK_LAUNCH(ctx, stream, "attention_decode_merge_kernel");
     }
   };

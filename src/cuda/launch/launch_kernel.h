@@ -1,6 +1,6 @@
 // cudaLaunchKernelEx for the kernels chained by programmatic dependent launch: with `chained`
 // the kernel may start before the work before it on the stream has ended (sm_90), and waits for
-// it with griddepcontrol.wait (moe_decode_params.cuh: wait_for_previous_grid).
+// it with griddepcontrol.wait (kernels/grid_dependency.cuh).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -11,11 +11,14 @@
 
 namespace moekit::cuda {
 
+// Whether kernels launched on a device of this compute capability major may chain.
+inline bool chains_on(int device_major) { return device_major >= 9; }
+
 template <class... Params, class... Args>
-void launch_kernel(void (*kernel)(Params...), unsigned grid, unsigned threads, size_t smem, cudaStream_t stream,
+void launch_kernel(void (*kernel)(Params...), dim3 grid, unsigned threads, size_t smem, cudaStream_t stream,
                    bool chained, Args&&... args) {
   cudaLaunchConfig_t config{};
-  config.gridDim = dim3(grid);
+  config.gridDim = grid;
   config.blockDim = dim3(threads);
   config.dynamicSmemBytes = smem;
   config.stream = stream;

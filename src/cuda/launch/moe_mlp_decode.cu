@@ -36,7 +36,7 @@ void moe_mlp_decode(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecConte
   DeviceGuard guard(p.device.index);
   const cudaStream_t stream = stream_of("moe_mlp", p.device, ctx);
   const DeviceInfo& device = device_info(p.device.index);
-  const bool chained = device.major >= 9;
+  const bool chained = chains_on(device.major);
   const MoeMlpWorkspace& ws = p.workspace;
   const MoeDecodePlan& plan = p.decode;
   char* base = a.workspace.ptr<char>();
@@ -57,7 +57,7 @@ void moe_mlp_decode(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecConte
   gate.x_paired = x_paired;
   gate.counters = counters;
   gate.n_counters = plan.counters1 + plan.counters2;
-  launch_kernel(moe_decode_gate_kernel, static_cast<unsigned>(p.E), 32 * kGateWarps, 0, stream, false, gate);
+  launch_kernel(moe_decode_gate_kernel, static_cast<unsigned>(p.E), 32 * kGateWarps, 0, stream, chained, gate);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_gate_kernel");
 
   MoeDecodeExpertsParams m{};

@@ -7,12 +7,14 @@
 // the block writes out; with several, each writes its partial (max, sum, weighted values) and
 // attention_decode_merge_kernel combines them in split order. The first split's block writes the
 // new keys and values into the cache. Nothing is atomic and nothing depends on how many tokens
-// the call holds: the result is the same bits for a token decoded alone or with others.
+// the call holds: the result is the same bits for a token decoded alone or with others. Both
+// kernels are chained (grid_dependency.cuh): the merge's blocks start at once and wait.
 #pragma once
 
 #include <cstdint>
 
 #include "../element.cuh"
+#include "../grid_dependency.cuh"
 
 namespace moekit::cuda {
 
@@ -126,6 +128,8 @@ __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const At
   T* k_cache = static_cast<T*>(p.k_cache);
   T* v_cache = static_cast<T*>(p.v_cache);
   const int row_len = (p.Hq + 2 * p.Hkv) * D;
+  wait_for_previous_grid();
+  let_next_grid_start();
   const int64_t p0 = p.position[0];
 
   if (!(p0 >= 0 && p0 + p.T <= p.L)) {  // nothing is written; out says so (the merge does with splits)
@@ -292,6 +296,7 @@ template <class T>
 __global__ void attention_decode_merge_kernel(const AttentionDecodeParams p) {
   extern __shared__ float part_s[];  // [splits][D + 2]
   const int t = blockIdx.x, hq = blockIdx.y, D = p.D, n = p.splits * (D + 2);
+  wait_for_previous_grid();
   const int64_t p0 = p.position[0];
   T* out = static_cast<T*>(p.out) + static_cast<int64_t>(t) * p.Hq * D + hq * D;
   if (!(p0 >= 0 && p0 + p.T <= p.L)) {

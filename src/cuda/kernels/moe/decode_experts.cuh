@@ -45,8 +45,11 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
   const int g = lane / 4, t = lane % 4;  // the MMA's row group and k / token-pair slot
   const uint4 zero = make_uint4(0, 0, 0, 0);
 
+  // mlp2 routes before its wait: mlp1 let it start only after mlp1's own wait for the gate, so
+  // the logits are complete. mlp1 routes after its wait, while its x rows arrive.
+  if constexpr (kCombine) route_in_block(p.logits, p.T, p.E, p.k, route);
   wait_for_previous_grid();
-  // The x rows arrive while the block routes; k past K reads zeros.
+  // k past K reads zeros.
   const int64_t words = p.K / 8;
   for (int r = 0; r < (kCombine ? p.T * p.k : p.T); ++r) {
     for (int64_t c = threadIdx.x; c < p.x_stride; c += blockDim.x) {
@@ -55,7 +58,7 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
     }
   }
   cp_async_commit();
-  route_in_block(p.logits, p.T, p.E, p.k, route);
+  if constexpr (!kCombine) route_in_block(p.logits, p.T, p.E, p.k, route);
   cp_async_wait<0>();
   __syncthreads();
   let_next_grid_start();

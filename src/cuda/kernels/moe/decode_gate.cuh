@@ -38,12 +38,18 @@ __global__ void __launch_bounds__(32 * moe_decode::kGateWarps) moe_decode_gate_k
   const int64_t words = p.H / 8;
   const uint4* x = reinterpret_cast<const uint4*>(p.x);
 
+  // The gate row depends on no earlier kernel: a thread's first words (all of them at H = 2880)
+  // load while the kernel before this one ends.
+  float early[kGateEarlyWords][8];
+#pragma unroll
+  for (int j = 0; j < kGateEarlyWords; ++j) {
+    const int64_t c = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
+    if (c < words) load_gate8(p.w, p.w_bf16, e * p.H + 8 * c, early[j]);
+  }
+  wait_for_previous_grid();
+
   float acc[kMaxTokens] = {};
-  // Unrolled so that a thread's loads (2 words at H = 2880) are in flight together.
-#pragma unroll 2
-  for (int64_t c = threadIdx.x; c < words; c += blockDim.x) {
-    float w[8];
-    load_gate8(p.w, p.w_bf16, e * p.H + 8 * c, w);
+  auto accumulate = [&](int64_t c, const float (&w)[8]) {
 #pragma unroll
     for (int t = 0; t < kMaxTokens; ++t) {
       if (t >= p.T) break;
@@ -55,6 +61,16 @@ __global__ void __launch_bounds__(32 * moe_decode::kGateWarps) moe_decode_gate_k
         acc[t] = fmaf(w[2 * i + 1], __uint_as_float(xs[i] & 0xffff0000u), acc[t]);
       }
     }
+  };
+#pragma unroll
+  for (int j = 0; j < kGateEarlyWords; ++j) {
+    const int64_t c = threadIdx.x + j * static_cast<int64_t>(blockDim.x);
+    if (c < words) accumulate(c, early[j]);
+  }
+  for (int64_t c = threadIdx.x + kGateEarlyWords * static_cast<int64_t>(blockDim.x); c < words; c += blockDim.x) {
+    float w[8];
+    load_gate8(p.w, p.w_bf16, e * p.H + 8 * c, w);
+    accumulate(c, w);
   }
   __shared__ float partial[kGateWarps][kMaxTokens];
 #pragma unroll

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "../../../core/problem.h"
+#include "../grid_dependency.cuh"
 
 namespace moekit::cuda {
 
@@ -19,6 +20,7 @@ constexpr int kMaxTokens = kMoeDecodeMaxTokens;  // tokens per call: an expert's
 constexpr int kMaxPairs = kMoeDecodeMaxPairs;    // token-slots T * k: one warp groups them
 constexpr int kSlabRows = kMoeDecodeSlabRows;    // weight rows per work unit: the MMA's M
 constexpr int kGateWarps = 8;                     // per block of the gate kernel (one expert)
+constexpr int kGateEarlyWords = 2;  // 8 weights each, loaded before the wait: a row of 4096 a block
 }  // namespace moe_decode
 
 // A compiled shape of the expert kernels: warps a block (one block an SM; the register budget
@@ -67,18 +69,6 @@ struct MoeDecodeExpertsParams {
   __nv_bfloat16* act;        // mlp1's output: paired rows [T * k, N / 2], token-slot order
   __nv_bfloat16* y;          // mlp2's output [T, N]
 };
-
-// Programmatic dependent launch (sm_90): no-ops where the kernel was not launched with it.
-__device__ __forceinline__ void wait_for_previous_grid() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void let_next_grid_start() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;");
-#endif
-}
 
 // Where element c of a row lands in its paired copy (pair_bf16x8: elements (0,4), (1,5), ...
 // of each 8 side by side).

@@ -2,12 +2,14 @@
 // (all loads of a round in flight together: a decode row is one round trip, not one per column),
 // writes the rounded sums and keeps them in registers; the squares are summed in a fixed tree
 // (warp shuffles, then the warps' totals in order), so a row's result is the same bits for any T.
-// Rows longer than one round re-read their sums for the scaling pass.
+// Rows longer than one round re-read their sums for the scaling pass. Chained (grid_dependency.cuh):
+// the next kernel's blocks may start at once, and wait for this one.
 #pragma once
 
 #include <cstdint>
 
 #include "../element.cuh"
+#include "../grid_dependency.cuh"
 
 namespace moekit::cuda {
 
@@ -20,6 +22,8 @@ __global__ void __launch_bounds__(kAddRmsNormThreads) add_rms_norm_kernel(
     T* __restrict__ sum, T* __restrict__ out) {
   constexpr int kRound = kAddRmsNormThreads * kAddRmsNormPerThread;
   __shared__ float warp_totals[kAddRmsNormThreads / 32];
+  wait_for_previous_grid();
+  let_next_grid_start();
   const int64_t row = static_cast<int64_t>(blockIdx.x) * H;
   float squares = 0.0f;
   float kept[kAddRmsNormPerThread];
