@@ -25,6 +25,7 @@
 
 #include "cuda/kernels/gemm/mma.cuh"
 #include "graph_timing.h"
+#include "stream_share.cuh"
 
 using namespace moekit::cuda;
 
@@ -75,20 +76,7 @@ __global__ void prefetch_kernel(const char* p, int64_t bytes) {
 }
 
 __global__ void stream_kernel(const uint4* w, int64_t words, float* out) {
-  constexpr int kInFlight = 8;
-  const int64_t begin = words * blockIdx.x / gridDim.x, end = words * (blockIdx.x + 1) / gridDim.x;
-  uint32_t sum = 0;
-  for (int64_t i = begin + threadIdx.x; i < end; i += kInFlight * blockDim.x) {
-    uint4 v[kInFlight];
-#pragma unroll
-    for (int j = 0; j < kInFlight; ++j) {
-      const int64_t at = i + j * blockDim.x;
-      v[j] = at < end ? load_streaming<128>(w + at) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int j = 0; j < kInFlight; ++j) sum += v[j].x ^ v[j].y ^ v[j].z ^ v[j].w;
-  }
-  if (sum == 0x12345678u) out[blockIdx.x] = 1.0f;  // never, but the compiler cannot know
+  if (stream_share(w, words) == 0x12345678u) out[blockIdx.x] = 1.0f;  // never, but the compiler cannot know
 }
 
 struct Gemv {
