@@ -8,7 +8,11 @@
 //   - stream B MB: every block reads its share of B MB (16-byte loads, 8 in flight a thread,
 //     each call a different buffer of 8 so that L2 holds none of it), after the wait;
 //   - stream B MB, early: the same loads issued before the wait (weights do not depend on the
-//     previous kernel), so they overlap the previous kernel's tail.
+//     previous kernel), so they overlap the previous kernel's tail;
+//   - mlp1's loads: the codes and scale bytes the decode path's mlp1 reads at T = 1 (E = 32, 4
+//     routed experts, 2 k ranges: 2880 units of 16 rows, 22 a block), loaded as its warps load
+//     them (k steps ahead in registers) but not decoded, from the checkpoint's rows or from a
+//     layout that puts each unit's k step in one contiguous KB.
 //
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include bench/kernel_floors.cu \
 //        -o build/kernel_floors && build/kernel_floors
@@ -43,6 +47,56 @@ __global__ void __launch_bounds__(kThreads, 1) route_kernel(const float* logits,
   route_in_block(logits, 1, 32, 4, route);
   let_next_grid_start();
   if (threadIdx.x == 0 && blockIdx.x == 0) out[0] = route.weight[0];
+}
+
+// mlp1 at T = 1 of the 20b layer: [E, N, K / 32] blocks of 16 code bytes.
+constexpr int64_t kN = 5760, kK = 2880, kKBlocks = kK / 32, kSteps = (kKBlocks + 3) / 4, kE = 32;
+constexpr int64_t kSlabs = kN / 16, kSplits = 2;
+
+// Loads (and xors) what the decode path's mlp1 unit u = (routed expert d, slab, k range) loads
+// for its lane: kAhead k steps ahead, each the 16 bytes of rows n0 and n0 + 8 at k block
+// 4 * step + t and their scale bytes. kContiguous: a unit's step is one KB, lane by lane.
+template <bool kContiguous, int kAhead>
+__global__ void __launch_bounds__(kThreads, 1) mlp1_loads_kernel(const uint4* w, const uint8_t* scales, int call,
+                                                               float* out) {
+  wait_for_previous_grid();
+  let_next_grid_start();
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  uint32_t sum = 0;
+  for (int64_t u = blockIdx.x + static_cast<int64_t>(threadIdx.x / 32) * gridDim.x; u < 4 * kSlabs * kSplits;
+       u += warps) {
+    const int64_t d = u / (kSlabs * kSplits), s = u % kSplits, slab = u / kSplits % kSlabs;
+    const int64_t e = (4 * call + d) % kE;  // each call other experts, mostly out of L2
+    const int64_t first = kSteps * s / kSplits, kb0 = 4 * first + t;
+    const int n = static_cast<int>(kSteps * (s + 1) / kSplits - first);
+    const int lane_steps = static_cast<int>(min(static_cast<int64_t>(n), max(kKBlocks - kb0 + 3, int64_t{0}) / 4));
+    const uint8_t* sc = scales + (e * kN + slab * 16 + g) * kKBlocks + kb0;
+    const uint4* codes = kContiguous ? w + ((e * kSlabs + slab) * kSteps + first) * 64 + lane
+                                     : w + (e * kN + slab * 16 + g) * kKBlocks + kb0;
+    const int64_t step = kContiguous ? 64 : 4, hi = kContiguous ? 32 : 8 * kKBlocks;
+    auto load = [&](int i, uint4 (&v)[2], uint32_t (&q)[2]) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        v[h] = i < lane_steps ? load_streaming<128>(codes + step * i + h * hi) : make_uint4(0, 0, 0, 0);
+        q[h] = i < lane_steps ? sc[4 * i + h * 8 * kKBlocks] : 0u;
+      }
+    };
+    uint4 ring[kAhead][2];
+    uint32_t ring_scales[kAhead][2];
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) load(j, ring[j], ring_scales[j]);
+    for (int base = 0; base < n; base += kAhead) {
+#pragma unroll
+      for (int j = 0; j < kAhead; ++j) {
+        if (base + j >= n) break;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) sum ^= ring[j][h].x ^ ring[j][h].y ^ ring[j][h].z ^ ring[j][h].w ^ ring_scales[j][h];
+        load(base + j + kAhead, ring[j], ring_scales[j]);
+      }
+    }
+  }
+  if (sum == 0x12345678u) out[blockIdx.x] = 1.0f;  // never, but the compiler cannot know
 }
 
 // Reads this block's share of the words (stream_share.cuh), before or after the wait.
@@ -95,6 +149,28 @@ int main() {
                 mb, late, mb * 1e3 / late, early, mb * 1e3 / early);
     for (auto b : buffers) CHECK(cudaFree(b));
   }
+
+  // Room for both layouts (the contiguous one pads K's last step); codes and scales of 1s.
+  const size_t code_bytes = kE * kSlabs * kSteps * 1024, scale_bytes = kE * kN * kKBlocks;
+  uint4* codes;
+  uint8_t* scales;
+  CHECK(cudaMalloc(&codes, code_bytes));
+  CHECK(cudaMalloc(&scales, scale_bytes));
+  CHECK(cudaMemset(codes, 1, code_bytes));
+  CHECK(cudaMemset(scales, 1, scale_bytes));
+  const double mb = 4.0 * kN * kK * (0.5 + 1.0 / 32) / 1e6;
+  auto mlp1_row = [&](const char* name, auto kernel) {
+    const float us = graph_us_per_call(stream, kCalls, [&](int c) {
+      launch_kernel(kernel, sms, kThreads, 0, stream, true, codes, scales, c, out);
+    });
+    std::printf("mlp1's loads (%.1f MB), %-28s %8.2f us (%5.0f GB/s)\n", mb, name, us, mb * 1e3 / us);
+  };
+  mlp1_row("checkpoint rows, 1 ahead", mlp1_loads_kernel<false, 1>);
+  mlp1_row("checkpoint rows, 2 ahead", mlp1_loads_kernel<false, 2>);
+  mlp1_row("unit steps contiguous, 1 ahead", mlp1_loads_kernel<true, 1>);
+  mlp1_row("unit steps contiguous, 2 ahead", mlp1_loads_kernel<true, 2>);
+  CHECK(cudaFree(codes));
+  CHECK(cudaFree(scales));
   CHECK(cudaFree(out));
   CHECK(cudaFree(logits));
   CHECK(cudaStreamDestroy(stream));
