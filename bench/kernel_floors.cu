@@ -51,11 +51,12 @@ __global__ void __launch_bounds__(kThreads, 1) route_kernel(const float* logits,
 
 // mlp1 at T = 1 of the 20b layer: [E, N, K / 32] blocks of 16 code bytes.
 constexpr int64_t kN = 5760, kK = 2880, kKBlocks = kK / 32, kSteps = (kKBlocks + 3) / 4, kE = 32;
-constexpr int64_t kSlabs = kN / 16, kSplits = 2;
+constexpr int64_t kRows = moe_decode::kSlabRows, kSlabs = kN / kRows, kSplits = 2;
 
 // Loads (and xors) what the decode path's mlp1 unit u = (routed expert d, slab, k range) loads
 // for its lane: kAhead k steps ahead, each the 16 bytes of rows n0 and n0 + 8 at k block
-// 4 * step + t and their scale bytes. kContiguous: a unit's step is one KB, lane by lane.
+// 4 * step + t and their scale bytes. kContiguous: a unit's step is one KB of codes, lane by
+// lane (the scale bytes stay in the checkpoint's rows: 1/32 of the bytes).
 template <bool kContiguous, int kAhead>
 __global__ void __launch_bounds__(kThreads, 1) mlp1_loads_kernel(const uint4* w, const uint8_t* scales, int call,
                                                                float* out) {
@@ -71,9 +72,9 @@ __global__ void __launch_bounds__(kThreads, 1) mlp1_loads_kernel(const uint4* w,
     const int64_t first = kSteps * s / kSplits, kb0 = 4 * first + t;
     const int n = static_cast<int>(kSteps * (s + 1) / kSplits - first);
     const int lane_steps = static_cast<int>(min(static_cast<int64_t>(n), max(kKBlocks - kb0 + 3, int64_t{0}) / 4));
-    const uint8_t* sc = scales + (e * kN + slab * 16 + g) * kKBlocks + kb0;
+    const uint8_t* sc = scales + (e * kN + slab * kRows + g) * kKBlocks + kb0;
     const uint4* codes = kContiguous ? w + ((e * kSlabs + slab) * kSteps + first) * 64 + lane
-                                     : w + (e * kN + slab * 16 + g) * kKBlocks + kb0;
+                                     : w + (e * kN + slab * kRows + g) * kKBlocks + kb0;
     const int64_t step = kContiguous ? 64 : 4, hi = kContiguous ? 32 : 8 * kKBlocks;
     auto load = [&](int i, uint4 (&v)[2], uint32_t (&q)[2]) {
 #pragma unroll
