@@ -142,7 +142,7 @@ Row time_config(const Setup& s, const int (&splits)[2]) {
   size_t smem[2];
   for (int which = 0; which < 2; ++which) {
     const int64_t x_rows = which ? s.T * kK : s.T;
-    smem[which] = moe_decode_x_bytes(x_rows, which ? kI : kH);
+    smem[which] = which ? moe_decode_x_bytes(x_rows, kI) : moe_decode_mlp1_bytes(x_rows, kH, kWarps);
     CHECK(cudaFuncSetAttribute(kernels[which], cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem[which])));
   }
   auto call = [&](int which, int c) {

@@ -15,6 +15,25 @@ constexpr int kTiledSharedMemoryBytes = 72 * 1024;
 constexpr int kWgmmaSharedMemoryBytes = 113 * 1024;
 // Rows from which the gate (bf16 weights, at most 256 columns) takes 32-token streaming items.
 constexpr int64_t kGateTallRows = 4096;
+// Rows of x up to which one dense bf16 weight (a decode step's projections) takes the GEMV.
+constexpr int kGemvMaxRows = 8;
+constexpr int kGemvWarps = 8;
+// Weight rows a GEMV block holds in shared memory at most (a barrier each, in the header); its
+// other rows are read from global memory.
+constexpr int64_t kGemvMaxSharedRows = 64;
+constexpr int64_t kGemvHeaderBytes = kGemvMaxSharedRows * 8;
+// Weight rows sit 16 bytes apart in the banks (ldmatrix reads 8 rows of a column at once).
+constexpr int64_t gemv_smem_bytes(int64_t shared_rows, int64_t x_rows, int64_t K) {
+  return kGemvHeaderBytes + shared_rows * (K * 2 + 16) + x_rows * K * 2;
+}
+// The weight rows of a block of `block_rows` that the device's shared memory holds beside x.
+inline int64_t gemv_shared_rows(const MatmulOgsProblem& p, const DeviceInfo& device, int64_t block_rows) {
+  const int64_t room = device.max_smem_per_block_optin - gemv_smem_bytes(0, p.P, p.K);
+  if (room <= 0 || p.K <= 0) return 0;
+  const int64_t rows = room / (p.K * 2 + 16);
+  return rows < block_rows ? (rows < kGemvMaxSharedRows ? rows : kGemvMaxSharedRows)
+                           : (block_rows < kGemvMaxSharedRows ? block_rows : kGemvMaxSharedRows);
+}
 
 enum class MatmulOgsKernel {
   kSimt,           // fp32 FMA; any dtypes, any K
@@ -25,12 +44,14 @@ enum class MatmulOgsKernel {
   kTiled64,        // MXFP4 weights: bf16 mma.sync on 64 x 128 tiles, cp.async pipeline (prefill)
   kWgmma128,       // MXFP4 weights on sm_90: wgmma on 128 x 128 tiles, decode overlapping the MMAs
   kTensorCore64,   // bf16 weights: bf16 HMMA, 64-row tiles staged in shared memory
+  kGemv,           // one dense bf16 weight, a few rows of x (sm_90): weights copied in before the wait
 };
 
 struct MatmulOgsOperands {
   bool x_bf16 = false;
   bool w_bf16 = false;         // float weights in bf16 (MXFP4 is in the problem)
   bool aligned_16 = false;     // x and w data start on 16-byte boundaries
+  bool expert_offsets = false;  // given (else one expert)
 };
 
 inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const MatmulOgsOperands& o,
@@ -47,6 +68,10 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   // weight read once per 32 rows (measured on an H100 at T = 8192, the layer: E = 32, 4101 ->
   // 4046 us; E = 128, 4787 -> 4698 us, where 64-row wmma tiles had taken it).
   if (!p.mxfp4 && p.N <= 256) return p.P >= kGateTallRows ? MatmulOgsKernel::kStream32 : MatmulOgsKernel::kStream8Wide;
+  // One dense bf16 weight against a few rows (torch's Linear in a decode step): the GEMV asks for
+  // its block's whole share of the weight before it waits for the kernel before it.
+  const bool dense = !p.mxfp4 && !o.expert_offsets && p.E == 1 && !p.gather && !p.scatter && !p.swiglu;
+  if (dense && p.P <= kGemvMaxRows && device.major == 9 && gemv_shared_rows(p, device, 1) > 0) return MatmulOgsKernel::kGemv;
   // Up to 32 rows per expert the weights dominate the traffic: stream them once, in token tiles
   // that cover an average expert.
   if (rows_per_expert <= 8) return MatmulOgsKernel::kStream8;

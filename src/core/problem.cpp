@@ -297,7 +297,7 @@ MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype) 
   const MoeDecodePlan& d = p.decode;
   w.decode_x = layout.take("x", d.fits ? p.T * p.H : 0, dtype_size(x_dtype));
   w.decode_partials = layout.take("x", d.partial_floats, sizeof(float));
-  w.decode_counters = layout.take("x", d.counters1 + d.counters2, sizeof(int32_t));
+  w.decode_counters = layout.take("x", d.counters, sizeof(int32_t));
   w.total = layout.size();
   return w;
 }
@@ -332,10 +332,8 @@ MoeDecodePlan moe_decode_plan(const MoeMlpProblem& p) {
   d.splits2 = moe_decode_splits(d.experts * slabs2, p.I);
   d.units1 = d.experts * slabs1 * d.splits1;
   d.units2 = d.experts * slabs2 * d.splits2;
-  const int64_t shared = d.splits1 > 1 ? (d.units1 > d.units2 ? d.units1 : d.units2) : d.units2;
-  d.partial_floats = shared * kMoeDecodeSlabRows * kMoeDecodeMaxTokens;
-  d.counters1 = d.splits1 > 1 ? d.experts * slabs1 : 0;
-  d.counters2 = slabs2;
+  d.partial_floats = d.units2 * kMoeDecodeSlabRows * kMoeDecodeMaxTokens;  // mlp2's; mlp1's stay on chip
+  d.counters = slabs2;
   return d;
 }
 

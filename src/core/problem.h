@@ -79,7 +79,7 @@ struct MoeDecodePlan {
   int64_t splits1 = 0, splits2 = 0;  // k ranges per (expert, slab) of mlp1 and mlp2
   int64_t units1 = 0, units2 = 0;    // work units at most
   int64_t partial_floats = 0;        // [unit][16 rows][8 tokens] of the matmuls whose units share sums
-  int64_t counters1 = 0, counters2 = 0;  // epilogue groups: (expert, slab) of mlp1 when split; mlp2's slabs
+  int64_t counters = 0;  // mlp2's epilogue groups, its slabs (mlp1's k ranges meet in shared memory)
 };
 
 // Where moe_mlp keeps its intermediates inside the workspace (byte offsets, 256-aligned).

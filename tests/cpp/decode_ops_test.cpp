@@ -148,8 +148,7 @@ TEST(MoeDecodePlan, GptOssAtOneTokenMakesAbout22UnitsAnSm) {
   EXPECT_EQ(d.splits2, 4);
   EXPECT_EQ(d.units1, 2880);
   EXPECT_EQ(d.units2, 2880);
-  EXPECT_EQ(d.counters1, 4 * 360);  // (expert, slab) groups of mlp1's split sums
-  EXPECT_EQ(d.counters2, 180);      // mlp2's slabs
+  EXPECT_EQ(d.counters, 180);  // mlp2's slabs (mlp1's k ranges meet in shared memory)
   EXPECT_EQ(d.partial_floats, 2880 * 16 * 8);
 }
 
@@ -159,7 +158,6 @@ TEST(MoeDecodePlan, EightTokensNeedNoSplitAndAtMost32Experts) {
   EXPECT_EQ(d.experts, 32);
   EXPECT_EQ(d.splits1, 1);
   EXPECT_EQ(d.splits2, 1);
-  EXPECT_EQ(d.counters1, 0);  // mlp1's units hold whole sums
   EXPECT_EQ(d.partial_floats, 32 * 180 * 16 * 8);
   EXPECT_EQ(moe_decode_plan(moe_problem(8, 2, 2, 64, 64)).experts, 2);  // fewer experts than slots
 }
@@ -183,7 +181,7 @@ TEST(MoeDecodePlan, OnlyTheCudaBackendPlansIt) {
   const MoeDecodePlan cpu = moe_decode_plan(moe_problem(1, 32, 4, 2880, 2880, DeviceType::kCPU));
   EXPECT_FALSE(cpu.fits);
   EXPECT_EQ(cpu.partial_floats, 0);
-  EXPECT_EQ(cpu.counters1 + cpu.counters2, 0);
+  EXPECT_EQ(cpu.counters, 0);
   EXPECT_TRUE(moe_decode_plan(moe_problem(1, 32, 4, 2880, 2880)).fits);
 }
 

@@ -73,4 +73,46 @@ TEST(MatmulOgsConfig, TileHeightFollowsRowsPerExpert) {
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(0, 128, 96, true), kBf16, device(9)), MatmulOgsKernel::kStream8);
 }
 
+TEST(MatmulOgsConfig, OneDenseBf16WeightAndFewRowsTakeTheGemv) {
+  moekit::MatmulOgsProblem out = problem(1, 1, 4096, false);  // a decode step's output projection
+  out.N = 2880;
+  for (int64_t rows : {1, 5, 8}) {
+    out.P = rows;
+    EXPECT_EQ(choose_matmul_ogs_kernel(out, kBf16, device(9)), MatmulOgsKernel::kGemv) << rows;
+    EXPECT_EQ(choose_matmul_ogs_kernel(out, kBf16, device(8)), MatmulOgsKernel::kStream8) << "bulk copies: sm_90";
+  }
+  out.P = 9;
+  EXPECT_EQ(choose_matmul_ogs_kernel(out, kBf16, device(9)), MatmulOgsKernel::kStream16) << "more rows";
+  out.P = 1;
+  EXPECT_EQ(choose_matmul_ogs_kernel(out, {true, true, true, true}, device(9)), MatmulOgsKernel::kStream8)
+      << "expert offsets";
+  EXPECT_EQ(choose_matmul_ogs_kernel(out, {true, false, true}, device(9)), MatmulOgsKernel::kSimt) << "float32 weights";
+  moekit::MatmulOgsProblem other = out;
+  other.gather = true;
+  EXPECT_EQ(choose_matmul_ogs_kernel(other, kBf16, device(9)), MatmulOgsKernel::kStream8) << "gather";
+  other = out;
+  other.swiglu = true;
+  EXPECT_EQ(choose_matmul_ogs_kernel(other, kBf16, device(9)), MatmulOgsKernel::kStream8) << "swiglu";
+  other = out;
+  other.mxfp4 = true;
+  EXPECT_EQ(choose_matmul_ogs_kernel(other, kBf16, device(9)), MatmulOgsKernel::kStream8) << "MXFP4";
+  other = out;
+  other.N = 256;
+  EXPECT_EQ(choose_matmul_ogs_kernel(other, kBf16, device(9)), MatmulOgsKernel::kStream8Wide) << "the gate's rule first";
+
+  // A block of 22 rows holds them all (22 x 8208 bytes beside x); past the shared memory, rows
+  // are read from global memory, and with no room for one row beside x the GEMV is not chosen.
+  EXPECT_EQ(moekit::gemv_shared_rows(out, device(9), 22), 22);
+  other = out;
+  other.K = 16384;  // 32 KB rows: 6 fit beside one row of x
+  EXPECT_EQ(moekit::gemv_shared_rows(other, device(9), 8), 6);
+  EXPECT_EQ(moekit::gemv_shared_rows(other, device(9), 4), 4);
+  EXPECT_EQ(choose_matmul_ogs_kernel(other, kBf16, device(9)), MatmulOgsKernel::kGemv);
+  other.P = 8;  // x alone fills 256 KB
+  EXPECT_EQ(moekit::gemv_shared_rows(other, device(9), 8), 0);
+  EXPECT_EQ(choose_matmul_ogs_kernel(other, kBf16, device(9)), MatmulOgsKernel::kStream8) << "x past shared memory";
+  other.K = 64;  // short rows: at most kGemvMaxSharedRows, one barrier each
+  EXPECT_EQ(moekit::gemv_shared_rows(other, device(9), 1000), moekit::kGemvMaxSharedRows);
+}
+
 }  // namespace

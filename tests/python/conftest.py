@@ -29,6 +29,15 @@ TOLERANCE = {torch.bfloat16: 1e-2, torch.float32: 1e-5}
 H, I = 96, 160
 
 
+def cuda_kernels_during(fn) -> tuple:
+    """fn()'s result and the names of the CUDA kernels it ran (the profiler sees them)."""
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        result = fn()
+        torch.cuda.synchronize()
+    return result, [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
 @pytest.fixture
 def gen(request) -> torch.Generator:
     g = torch.Generator()

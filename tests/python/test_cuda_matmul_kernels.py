@@ -6,7 +6,8 @@ weight-streaming kernel with 8-, 16- or 32-token tiles; beyond, MXFP4 weights ru
 128 rows on sm_90 (64-row mma.sync tiles elsewhere) and bf16 weights 64-row wmma tiles. bf16
 weights with at most 256 output columns (the gate) take 8-token tiles with 16 warps (32-token
 tiles from 4096 rows), so the bf16 cases of the gather and scatter tests run that kernel, and
-N = 288 below the others. On
+N = 288 below the others. One bf16 weight without offsets, gather or scatter against at most 8
+rows takes the GEMV (test_gemv). On
 an H100 the 64-row mma.sync tiles (GPUs other than sm_90) do not run.
 Expert sizes are uneven on purpose: empty experts, and experts spanning several tiles.
 
@@ -22,7 +23,7 @@ import torch
 
 import moekit
 import reference as ref
-from conftest import SWIGLU_ALPHA, SWIGLU_LIMIT, checkpoint_mxfp4, make_weights, randn
+from conftest import SWIGLU_ALPHA, SWIGLU_LIMIT, checkpoint_mxfp4, cuda_kernels_during, make_weights, randn
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -235,6 +236,31 @@ def test_one_expert_without_offsets(gen, P, kind, N):
     want = ref.matmul_ogs(x, dense, bias)
     terms = ref.matmul_ogs(x.abs(), dense.abs(), bias.abs())
     assert_elementwise(got, want, accumulation(K) * terms)
+
+
+@pytest.mark.parametrize("P", [1, 3, 8])
+@pytest.mark.parametrize("N,K", [(5120, 2880), (2880, 4096), (1001, 4104), (300, 40), (1056, 16384)])
+@pytest.mark.parametrize("bias_dtype", [None, torch.bfloat16, torch.float32])
+def test_gemv(gen, P, N, K, bias_dtype):
+    """One dense bf16 weight, at most 8 rows of x, more than 256 columns: the GEMV (a decode
+    step's attention projections, 5120 x 2880 and 2880 x 4096), whose blocks copy their rows into
+    shared memory. N = 1001 and 300 leave blocks uneven rows, and an odd row to a warp; K = 40 is
+    shorter than a warp's words; 1056 x 16384 gives a block 8 rows of which 6 fit in shared memory
+    beside one x row and 4 beside three (the others are read from global memory; 8 x rows fill
+    shared memory and another kernel takes them). Where the GEMV runs, each row's outputs are the
+    same bits when it runs alone: its sums do not depend on the rows beside it."""
+    x = randn(gen, P, K, dtype=torch.bfloat16)
+    w, dense = weights(gen, "bfloat16", 1, N, K)
+    bias = None if bias_dtype is None else randn(gen, 1, N, dtype=bias_dtype, scale=0.5)
+    w, b = w.cuda(), None if bias is None else bias.cuda()
+    got, names = cuda_kernels_during(lambda: moekit.matmul_ogs(x.cuda(), w, b))
+    gemv = not (K == 16384 and P == 8)
+    assert any("gemv" in n for n in names) == gemv, names
+    want = ref.matmul_ogs(x, dense, bias)
+    terms = ref.matmul_ogs(x.abs(), dense.abs(), None if bias is None else bias.abs())
+    assert_elementwise(got, want, accumulation(K) * terms)
+    for row in {0, P - 1} if gemv else ():
+        assert torch.equal(moekit.matmul_ogs(x[row:row + 1].cuda(), w, b)[0], got[row])
 
 
 @pytest.mark.parametrize("kernel", ["stream8", "tiled64", "wgmma128"])

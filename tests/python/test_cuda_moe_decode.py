@@ -19,7 +19,7 @@ import torch
 
 import moekit
 import reference as ref
-from conftest import SWIGLU_ALPHA, SWIGLU_LIMIT, checkpoint_mxfp4, randn
+from conftest import SWIGLU_ALPHA, SWIGLU_LIMIT, checkpoint_mxfp4, cuda_kernels_during, randn
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -86,10 +86,7 @@ def to_cuda(L):
 
 def kernels_run(x, dev, k):
     """The names of the CUDA kernels one moe_mlp call runs."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        moekit.moe_mlp(x, **dev, experts_per_token=k)
-        torch.cuda.synchronize()
-    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return cuda_kernels_during(lambda: moekit.moe_mlp(x, **dev, experts_per_token=k))[1]
 
 
 def check(x, L, k):

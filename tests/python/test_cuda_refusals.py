@@ -5,10 +5,10 @@ route) had run. The profiler shows which kernels ran. Skips without a CUDA GPU.
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 import moekit
 from bad_inputs import misaligned
+from conftest import cuda_kernels_during
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -27,13 +27,15 @@ def layer_args(E: int, misaligned_codes: bool = False):
 
 
 def moekit_kernels_during(fn) -> tuple:
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    """moekit's kernels that ran before fn() raised its ValueError, and the message."""
+    refusal = {}
+
+    def refused():
         with pytest.raises(ValueError) as info:
             fn()
-        torch.cuda.synchronize()
-    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return [n for n in names if "moekit" in n], str(info.value)
+        refusal["message"] = str(info.value)
+
+    return [n for n in cuda_kernels_during(refused)[1] if "moekit" in n], refusal["message"]
 
 
 @pytest.mark.parametrize("case", ["experts_4096", "misaligned_mlp1_codes"])
@@ -46,8 +48,4 @@ def test_layer_refused_before_its_first_launch(case):
         ("'mlp1_weight'" in message and "aligned to 16 bytes" in message), message
     # the same arguments, valid, do launch (the profiler sees moekit's kernels)
     good = layer_args(4)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        torch.ops.moekit.moe_mlp(*good)
-        torch.cuda.synchronize()
-    assert any("moekit" in e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    assert any("moekit" in n for n in cuda_kernels_during(lambda: torch.ops.moekit.moe_mlp(*good))[1])

@@ -37,6 +37,11 @@ MXFP4_BLOCK = 32
 # Calls of at most this many tokens against a KV cache (the decode step) run attention as one
 # moekit.attention_decode; longer ones (prefill chunks) as float32 einsums.
 DECODE_TOKENS = 16
+# Up to this many rows of bf16 on a GPU, the attention's output projection runs moekit.matmul_ogs
+# with one expert, which takes its GEMV there (kGemvMaxRows in src/core/matmul_ogs_config.h): its
+# weights stream in while attention runs (docs/decode.md). The QKV projection stays with torch
+# (cuBLAS): the kernels before it leave its GEMV no time to start early.
+GEMV_ROWS = 8
 
 
 # --------------------------------------------------------------------------------------- config
@@ -290,14 +295,19 @@ class RMSNorm(nn.Module):
 
 
 class Linear(nn.Module):
-    """``x @ weight.T + bias`` with uninitialised storage (the loader fills it)."""
+    """``x @ weight.T + bias`` with uninitialised storage (the loader fills it). With ``gemv``, a
+    few bf16 rows on a GPU (at most GEMV_ROWS) run moekit.matmul_ogs's GEMV instead of torch's."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, device, dtype):
+    def __init__(self, in_features: int, out_features: int, bias: bool, device, dtype, gemv: bool = False):
         super().__init__()
         self.register_buffer("weight", _empty((out_features, in_features), device, dtype))
         self.register_buffer("bias", _empty((out_features,), device, dtype) if bias else None)
+        self.gemv = gemv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gemv and x.is_cuda and x.dim() == 2 and x.shape[0] <= GEMV_ROWS and x.dtype == torch.bfloat16:
+            bias = None if self.bias is None else self.bias.unsqueeze(0)
+            return moekit.matmul_ogs(x, self.weight.unsqueeze(0), bias)
         return F.linear(x, self.weight, self.bias)
 
 
@@ -398,7 +408,8 @@ class AttentionBlock(nn.Module):
         self.norm = RMSNorm(config.hidden_size, device)
         self.qkv = Linear(config.hidden_size, (self.n_q + 2 * self.n_kv) * self.d, True, device, dtype)
         self.register_buffer("sinks", _empty((self.n_q,), device, torch.float32))
-        self.out = Linear(self.n_q * self.d, config.hidden_size, tp.owns_replicated_bias(self.reduce), device, dtype)
+        self.out = Linear(self.n_q * self.d, config.hidden_size, tp.owns_replicated_bias(self.reduce), device, dtype,
+                          gemv=True)
 
     def forward(self, h: torch.Tensor, rotary: Rotary, cache: Optional[KVCache]) -> torch.Tensor:
         """The attention output (projected, summed over the ranks) of the normed input ``h``: the

@@ -4,6 +4,7 @@
 #include "../../core/check.h"
 #include "../../core/matmul_ogs_config.h"
 #include "../kernels/gemm/combine.cuh"
+#include "../kernels/gemm/matmul_ogs_gemv.cuh"
 #include "../kernels/gemm/matmul_ogs_simt.cuh"
 #include "../kernels/gemm/matmul_ogs_stream.cuh"
 #include "../kernels/gemm/matmul_ogs_tiled.cuh"
@@ -14,6 +15,7 @@
 #include "../runtime/dynamic_smem.h"
 #include "../runtime/stream.h"
 #include "backend.h"
+#include "launch_kernel.h"
 #include "launch_util.h"
 
 namespace moekit::cuda {
@@ -96,6 +98,17 @@ void launch_stream(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsP
   }
 }
 
+// One block an SM at most, each holding its rows of the weight in shared memory where they fit.
+void launch_gemv(const MatmulOgsProblem& p, MatmulOgsParams params, cudaStream_t stream) {
+  const DeviceInfo& device = device_info(p.device.index);
+  const int64_t grid = std::min<int64_t>(device.sm_count, p.N);
+  params.gemv_shared_rows = gemv_shared_rows(p, device, ceil_div(p.N, grid));
+  const int smem = static_cast<int>(gemv_smem_bytes(params.gemv_shared_rows, p.P, p.K));
+  allow_dynamic_smem<matmul_ogs_gemv_kernel>(smem, p.device.index);
+  launch_kernel(matmul_ogs_gemv_kernel, static_cast<unsigned>(grid), 32 * kGemvWarps, static_cast<size_t>(smem),
+                stream, chains_on(device.major), params);
+}
+
 bool aligned_16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 }  // namespace
@@ -152,7 +165,8 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
 
   if (p.P > 0) {
     const MatmulOgsOperands operands{a.x.dtype == DType::kBFloat16, a.w.values.dtype == DType::kBFloat16,
-                                     aligned_16(a.x.data) && aligned_16(a.w.values.data)};
+                                     aligned_16(a.x.data) && aligned_16(a.w.values.data),
+                                     a.expert_offsets.present()};
     switch (choose_matmul_ogs_kernel(p, operands, device_info(p.device.index))) {
       case MatmulOgsKernel::kStream8: launch_stream<1>(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kStream8Wide: launch_stream<1, 16>(p, a, params, stream, ctx); break;
@@ -161,6 +175,7 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
       case MatmulOgsKernel::kTiled64: launch_tiled(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kWgmma128: launch_wgmma(p, a, params, stream, ctx); break;
       case MatmulOgsKernel::kTensorCore64: launch_tensor_core<64>(p, a, params, stream, ctx); break;
+      case MatmulOgsKernel::kGemv: launch_gemv(p, params, stream); break;
       case MatmulOgsKernel::kSimt:
         if (a.x.dtype == DType::kBFloat16) launch_simt<bf16>(p, a, params, stream, ctx);
         else launch_simt<float>(p, a, params, stream, ctx);

@@ -23,8 +23,9 @@ using ExpertsConfig = MoeDecodeExpertsConfig<kMoeDecodeWarps, 1>;  // the warps 
 bool moe_mlp_decode_fits(const MoeMlpProblem& p, const MoeMlpArgs& a) {
   const auto aligned16 = [](const TensorView& t) { return !t.present() || aligned(t, 16); };
   const DeviceInfo& device = device_info(p.device.index);
-  // The expert kernels' x rows and route in shared memory.
-  const size_t smem = std::max(moe_decode_x_bytes(p.T, p.H), moe_decode_x_bytes(p.T * p.k, p.I)) + sizeof(DecodeRoute);
+  // The expert kernels' x rows (and mlp1's group sums) and route in shared memory.
+  const size_t smem = std::max(moe_decode_mlp1_bytes(p.T, p.H, ExpertsConfig::kWarps), moe_decode_x_bytes(p.T * p.k, p.I)) +
+                      sizeof(DecodeRoute);
   return p.decode.fits && smem <= static_cast<size_t>(device.max_smem_per_block_optin) &&
          a.x.dtype == DType::kBFloat16 && a.mlp1.scales.present() && a.mlp2.scales.present() && p.H % 8 == 0 &&
          p.I % 8 == 0 && aligned16(a.x) && aligned16(a.gate_weight) && aligned16(a.mlp1.values) &&
@@ -56,7 +57,7 @@ void moe_mlp_decode(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecConte
   gate.logits = logits;
   gate.x_paired = x_paired;
   gate.counters = counters;
-  gate.n_counters = plan.counters1 + plan.counters2;
+  gate.n_counters = plan.counters;
   launch_kernel(moe_decode_gate_kernel, static_cast<unsigned>(p.E), 32 * kGateWarps, 0, stream, chained, gate);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_gate_kernel");
 
@@ -70,10 +71,12 @@ void moe_mlp_decode(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecConte
   m.limit = a.swiglu_limit;
   m.act = reinterpret_cast<bf16*>(base + ws.act);
   m.y = a.y.ptr<bf16>();
-  // One block per SM, with the warps its share of the units needs.
   const int64_t sms = device.sm_count;
+  // One block per SM, with the warps its share of the units needs, and at least one group of
+  // mlp1's k ranges (splits1 <= 4 warps, which meet in shared memory).
   const unsigned threads = static_cast<unsigned>(
-      32 * std::clamp<int64_t>(ceil_div(std::max(plan.units1, plan.units2), sms), 1, ExpertsConfig::kWarps));
+      32 * std::clamp<int64_t>(std::max(ceil_div(std::max(plan.units1, plan.units2), sms), plan.splits1), 1,
+                               ExpertsConfig::kWarps));
   const auto set_matmul = [&](const ExpertWeights& w, const TensorView& bias, int64_t N, int64_t K, const void* x,
                               int64_t splits) {
     m.x_stride = moe_decode_x_stride(K);
@@ -88,14 +91,13 @@ void moe_mlp_decode(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecConte
   };
 
   set_matmul(a.mlp1, a.mlp1_bias, 2 * p.I, p.H, x_paired, plan.splits1);
-  m.counters = counters;
-  const size_t smem1 = moe_decode_x_bytes(p.T, p.H);
+  const size_t smem1 = moe_decode_mlp1_bytes(p.T, p.H, static_cast<int>(threads / 32));
   allow_dynamic_smem<moe_decode_experts_kernel<false, ExpertsConfig>>(static_cast<int>(smem1), p.device.index);
   launch_kernel(moe_decode_experts_kernel<false, ExpertsConfig>, static_cast<unsigned>(sms), threads, smem1, stream, chained, m);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_experts_kernel (mlp1)");
 
   set_matmul(a.mlp2, a.mlp2_bias, p.H, p.I, m.act, plan.splits2);
-  m.counters = counters + plan.counters1;
+  m.counters = counters;
   const size_t smem2 = moe_decode_x_bytes(p.T * p.k, p.I);
   allow_dynamic_smem<moe_decode_experts_kernel<true, ExpertsConfig>>(static_cast<int>(smem2), p.device.index);
   launch_kernel(moe_decode_experts_kernel<true, ExpertsConfig>, static_cast<unsigned>(sms), threads, smem2, stream, chained, m);

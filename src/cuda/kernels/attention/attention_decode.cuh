@@ -128,8 +128,8 @@ __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const At
   T* k_cache = static_cast<T*>(p.k_cache);
   T* v_cache = static_cast<T*>(p.v_cache);
   const int row_len = (p.Hq + 2 * p.Hkv) * D;
+  let_next_grid_start();  // the merge waits for this grid; what follows it may start its prologue
   wait_for_previous_grid();
-  let_next_grid_start();
   const int64_t p0 = p.position[0];
 
   if (!(p0 >= 0 && p0 + p.T <= p.L)) {  // nothing is written; out says so (the merge does with splits)
@@ -296,6 +296,7 @@ template <class T>
 __global__ void attention_decode_merge_kernel(const AttentionDecodeParams p) {
   extern __shared__ float part_s[];  // [splits][D + 2]
   const int t = blockIdx.x, hq = blockIdx.y, D = p.D, n = p.splits * (D + 2);
+  let_next_grid_start();  // the output projection's weights depend on nothing here
   wait_for_previous_grid();
   const int64_t p0 = p.position[0];
   T* out = static_cast<T*>(p.out) + static_cast<int64_t>(t) * p.Hq * D + hq * D;

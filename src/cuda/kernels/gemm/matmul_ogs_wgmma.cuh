@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
   if (!locate_column_tile<kBM, kBN>(p, e, row_begin, row_end, n0)) return;
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  unsigned char* smem = smem_raw + (1024 - static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) % 1024) % 1024;
+  unsigned char* smem = smem_raw + (1024 - shared_address(smem_raw) % 1024) % 1024;
   unsigned char* xs = smem;                             // [kStages][kXTileBytes]
   unsigned char* ws = smem + kStages * kXTileBytes;     // [kStages][kWTileBytes]
   unsigned char* codes_s = ws + kStages * kWTileBytes;  // [kStages][kBN][32]

@@ -3,6 +3,8 @@
 
 #include <cstdint>
 
+#include "../shared_address.cuh"
+
 namespace moekit::cuda {
 
 // d += a (16x16, row) * b (16x8, col), bf16 in, float32 accumulation. Fragment layout (lane =
@@ -17,16 +19,14 @@ __device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const uint32_t 
 
 // Four 8x8 bf16 matrices from shared memory; lane i gives the address of row i % 8 of matrix i / 8.
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
+               : "r"(shared_address(smem_row)));
 }
 
 // 16 bytes global -> shared without registers; src_bytes = 0 writes zeros (and reads nothing).
 __device__ __forceinline__ void cp_async_16(void* smem, const void* global, int src_bytes) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(addr), "l"(global), "r"(src_bytes));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(shared_address(smem)), "l"(global), "r"(src_bytes));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N>
@@ -66,7 +66,7 @@ __device__ __forceinline__ uint4 load_streaming(const void* ptr) {
 // c ^ (r % 8), 8-row groups 1 KB apart; groups must start 1 KB-aligned. A k offset within the
 // 64 is added to the start address unswizzled (the hardware applies the swizzle).
 __device__ __forceinline__ uint64_t wgmma_descriptor_sw128(const void* smem) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const uint32_t addr = shared_address(smem);
   return static_cast<uint64_t>((addr & 0x3ffff) >> 4) | (static_cast<uint64_t>(16 >> 4) << 16) |
          (static_cast<uint64_t>(1024 >> 4) << 32) | (static_cast<uint64_t>(1) << 62);
 }

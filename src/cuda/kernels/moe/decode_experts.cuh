@@ -12,11 +12,13 @@
 // cycle. Fewer warps with more loads in flight, and L2 prefetch, were slower (docs/kernels.md
 // has every variant measured, bench/moe_decode_experts.cu times them).
 //
-// A unit that holds a whole sum (mlp1 with one k range) finishes its outputs itself. Otherwise
-// units write their partial sums, and the last unit of an epilogue group to arrive (an atomic
-// counter, zeroed by the gate kernel) adds them in a fixed order: the group is (d, slab) for mlp1
-// and the slab (all experts and k ranges) for mlp2, whose epilogue is the combine. Nothing
-// depends on which warp arrives last, so the outputs are the same run to run.
+// A unit that holds a whole sum (mlp1 with one k range) finishes its outputs itself. mlp1's k
+// ranges of one (d, slab) run on consecutive warps of one block, which leave their sums in
+// shared memory and meet at a named barrier; the group's last warp adds them in k order. mlp2's
+// units write their partial sums to global memory, and the last unit of a slab to arrive (an
+// atomic counter, zeroed by the gate kernel) adds the slab's sums (all experts and k ranges) in
+// a fixed order: the combine. Nothing depends on which warp arrives last, so the outputs are the
+// same run to run.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -32,15 +34,16 @@
 
 namespace moekit::cuda {
 
-namespace moe_decode {
-constexpr int kUnitFloats = kSlabRows * kMaxTokens;  // a unit's sums: [16 rows][8 tokens]
-}  // namespace moe_decode
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
 
 template <bool kCombine, class Config>
 __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_kernel(const MoeDecodeExpertsParams p) {
   using namespace moe_decode;
+  static_assert(Config::kWarps / 2 < 16, "a named barrier for each group of two warps or more");
   __shared__ DecodeRoute route;
-  extern __shared__ uint4 x_shared[];  // [x rows][p.x_stride] (moe_decode_x_stride)
+  extern __shared__ uint4 x_shared[];  // [x rows][p.x_stride] (moe_decode_x_stride), then mlp1's group sums
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const int g = lane / 4, t = lane % 4;  // the MMA's row group and k / token-pair slot
   const uint4 zero = make_uint4(0, 0, 0, 0);
@@ -68,15 +71,25 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
   const int S = p.splits;
   const int64_t units = route.experts * slabs * S;
   const bool whole = !kCombine && S == 1;  // the unit finishes its own outputs
+  // mlp1 with k ranges: groups of S warps take the S units of an (expert, slab) together.
+  const bool grouped = !kCombine && S > 1;
+  const int group_warps = grouped ? S : 1, groups_here = warps / group_warps;
+  const int my_group = warp / group_warps, member = warp % group_warps;
+  // [2 (iteration parity)][warps][kUnitFloats]: a group's sums, read by its last warp.
+  float* group_sums = reinterpret_cast<float*>(x_shared + p.T * p.x_stride);
+  if (groups_here == 0) __trap();  // the launcher gives mlp1 a group's warps at least
+  if (my_group >= groups_here) return;  // no barrier of the block follows
   // mlp1's output: the SwiGLU of rows (n, n + 1) of routed expert d for its token-slot `rank`,
   // into the act row of that slot, in paired order for mlp2's fragments.
   auto store_act = [&](int d, int rank, int64_t n, float glu, float lin) {
     p.act[route.slot[d][rank] * (p.N / 2) + paired_index(n / 2)] = __float2bfloat16_rn(swiglu(glu, lin, p.alpha, p.limit));
   };
 
-  for (int64_t local = warp;; local += warps) {
-    const int64_t u = blockIdx.x + local * gridDim.x;
-    if (u >= units) break;
+  int parity = 0;
+  for (int64_t local = my_group;; local += groups_here, parity ^= 1) {
+    const int64_t q = blockIdx.x + local * gridDim.x;  // a unit, or a group of S
+    if (q * group_warps >= units) break;
+    const int64_t u = q * group_warps + member;
     const int d = static_cast<int>(u / (slabs * S)), s = static_cast<int>(u % S);
     const int64_t slab = u / S % slabs;
     const int e = route.expert[d], count = route.count[d];
@@ -192,27 +205,43 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
       continue;
     }
 
-    float* mine = p.partials + u * kUnitFloats;
-    *reinterpret_cast<float2*>(mine + g * kMaxTokens + 2 * t) = make_float2(sum[0], sum[1]);
-    *reinterpret_cast<float2*>(mine + (g + 8) * kMaxTokens + 2 * t) = make_float2(sum[2], sum[3]);
-    __threadfence();
-    __syncwarp();
-    const int64_t group = kCombine ? slab : d * slabs + slab;
-    const int group_units = kCombine ? route.experts * S : S;
-    int arrived = 0;
-    if (lane == 0) arrived = atomicAdd(p.counters + group, 1);
-    if (__shfl_sync(0xffffffffu, arrived, 0) != group_units - 1) continue;
-    __threadfence();  // the group's other sums are visible to this warp
-
-    // A row's sum over the k ranges, in order, plus the bias.
-    auto row_sum = [&](int dd, int64_t nn, int rank) {
-      const float* first = p.partials + ((dd * slabs + slab) * S) * kUnitFloats + (nn - slab * kSlabRows) * kMaxTokens + rank;
+    // A row's sum over the k ranges (S sums kUnitFloats apart from `at`, in order), plus the
+    // bias of routed expert dd; `global` sums were written by other SMs (read past L1).
+    auto row_sum = [&](const float* at, bool global, int dd, int64_t nn) {
       float h = 0.0f;
-      for (int ss = 0; ss < S; ++ss) h += __ldcg(first + ss * kUnitFloats);
+      for (int ss = 0; ss < S; ++ss) h += global ? __ldcg(at + ss * kUnitFloats) : at[ss * kUnitFloats];
       if (p.bias) h += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(route.expert[dd]) * p.N + nn);
       return h;
     };
-    if constexpr (kCombine) {
+    auto sum_at = [&](int64_t nn, int rank) { return (nn - slab * kSlabRows) * kMaxTokens + rank; };  // in a unit's sums
+    auto store_sums = [&](float* mine) {
+      *reinterpret_cast<float2*>(mine + g * kMaxTokens + 2 * t) = make_float2(sum[0], sum[1]);
+      *reinterpret_cast<float2*>(mine + (g + 8) * kMaxTokens + 2 * t) = make_float2(sum[2], sum[3]);
+    };
+
+    if constexpr (!kCombine) {
+      // The group's sums meet in shared memory. The other buffer is free: the group's last warp
+      // read it before it came to this barrier.
+      float* sums = group_sums + parity * warps * kUnitFloats;
+      store_sums(sums + warp * kUnitFloats);
+      named_barrier_sync(1 + my_group, 32 * S);
+      if (member != S - 1) continue;
+      const float* first = sums + my_group * S * kUnitFloats;
+      for (int item = lane; item < count * (kSlabRows / 2); item += 32) {
+        const int rank = item / (kSlabRows / 2);
+        const int64_t nn = slab * kSlabRows + 2 * (item % (kSlabRows / 2));
+        if (nn >= p.N) continue;
+        store_act(d, rank, nn, row_sum(first + sum_at(nn, rank), false, d, nn),
+                  row_sum(first + sum_at(nn + 1, rank), false, d, nn + 1));
+      }
+    } else {
+      store_sums(p.partials + u * kUnitFloats);
+      __threadfence();
+      __syncwarp();
+      int arrived = 0;
+      if (lane == 0) arrived = atomicAdd(p.counters + slab, 1);
+      if (__shfl_sync(0xffffffffu, arrived, 0) != route.experts * S - 1) continue;
+      __threadfence();  // the slab's other sums are visible to this warp
       // y[t, n] = sum_j weight[t, j] * h[t * k + j, n], in slot order (the combine op's order).
       for (int item = lane; item < p.T * kSlabRows; item += 32) {
         const int token = item / kSlabRows;
@@ -220,17 +249,11 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
         if (nn >= p.N) continue;
         float v = 0.0f;
         for (int j = 0; j < p.k; ++j) {
-          const int ts = token * p.k + j;
-          v += route.weight[ts] * row_sum(route.slot_expert[ts], nn, route.slot_rank[ts]);
+          const int ts = token * p.k + j, dd = route.slot_expert[ts];
+          const float* at = p.partials + (dd * slabs + slab) * S * kUnitFloats + sum_at(nn, route.slot_rank[ts]);
+          v += route.weight[ts] * row_sum(at, true, dd, nn);
         }
         p.y[token * p.N + nn] = __float2bfloat16_rn(v);
-      }
-    } else {
-      for (int item = lane; item < count * (kSlabRows / 2); item += 32) {
-        const int rank = item / (kSlabRows / 2);
-        const int64_t nn = slab * kSlabRows + 2 * (item % (kSlabRows / 2));
-        if (nn >= p.N) continue;
-        store_act(d, rank, nn, row_sum(d, nn, rank), row_sum(d, nn + 1, rank));
       }
     }
   }

@@ -17,13 +17,7 @@ namespace moekit::cuda {
 // 8 consecutive weights of a gate row, as floats.
 __device__ __forceinline__ void load_gate8(const void* w, bool w_bf16, int64_t at, float (&v)[8]) {
   if (w_bf16) {
-    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(static_cast<const bf16*>(w) + at));
-    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      v[2 * i] = __uint_as_float(words[i] << 16);
-      v[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
-    }
+    bf16x8_to_floats(__ldg(reinterpret_cast<const uint4*>(static_cast<const bf16*>(w) + at)), v);
   } else {
     const float4 a = __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(w) + at));
     const float4 b = __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(w) + at + 4));

@@ -21,6 +21,7 @@ constexpr int kMaxPairs = kMoeDecodeMaxPairs;    // token-slots T * k: one warp 
 constexpr int kSlabRows = kMoeDecodeSlabRows;    // weight rows per work unit: the MMA's M
 constexpr int kGateWarps = 8;                     // per block of the gate kernel (one expert)
 constexpr int kGateEarlyWords = 2;  // 8 weights each, loaded before the wait: a row of 4096 a block
+constexpr int kUnitFloats = kSlabRows * kMaxTokens;  // a unit's sums: [16 rows][8 tokens]
 }  // namespace moe_decode
 
 // A compiled shape of the expert kernels: warps a block (one block an SM; the register budget
@@ -33,6 +34,10 @@ struct MoeDecodeExpertsConfig {
 // Shared memory of an expert kernel holding `rows` x rows of K (besides its static route).
 constexpr size_t moe_decode_x_bytes(int64_t rows, int64_t K) {
   return static_cast<size_t>(rows * moe_decode_x_stride(K)) * sizeof(uint4);
+}
+// mlp1's dynamic shared memory: its x rows, then its warps' group sums (two buffers a warp).
+constexpr size_t moe_decode_mlp1_bytes(int64_t T, int64_t H, int warps) {
+  return moe_decode_x_bytes(T, H) + static_cast<size_t>(2 * warps * moe_decode::kUnitFloats) * sizeof(float);
 }
 
 struct MoeDecodeGateParams {
