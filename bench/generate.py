@@ -139,6 +139,7 @@ def tokens_per_second(run, short: int, long: int, reps: int, device) -> dict:
 KERNEL_PARTS = (  # kernel name fragments -> part of the decode step
     ("add_rms_norm", "norms"),
     ("attention_decode", "attention"),
+    ("matmul_ogs_gemv", "linear"),  # the attention output projection (before matmul_ogs: first match wins)
     ("matmul_ogs", "moe"), ("moe_decode", "moe"), ("combine", "moe"), ("route", "moe"), ("group_by_expert", "moe"),
     ("topk", "moe"), ("plan_tiles", "moe"),
     ("gemv", "linear"), ("gemm", "linear"), ("nvjet", "linear"), ("xmma", "linear"), ("cutlass", "linear"),
