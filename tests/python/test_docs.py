@@ -38,7 +38,7 @@ def test_relative_links_resolve(doc):
 
 def test_no_path_outside_the_repository():
     # A machine's paths (/work/..., /home/...) or the sibling folder the project was planned in.
-    outside = re.compile(r"/work/|/home/|\.\./shared|shared/DESIGN|BENCH\.md|DESIGN\.md")
+    outside = re.compile(r"/work/|/home/|\.\./shared\b|shared/DESIGN|BENCH\.md|DESIGN\.md")
     hits = []
     for path in tracked():
         if path.suffix in {".safetensors", ".png", ".json"} or not path.is_file():
