@@ -22,7 +22,8 @@ constexpr int kGemvWarps = 8;
 // other rows are read from global memory.
 constexpr int64_t kGemvMaxSharedRows = 64;
 constexpr int64_t kGemvHeaderBytes = kGemvMaxSharedRows * 8;
-// Weight rows sit 16 bytes apart in the banks (ldmatrix reads 8 rows of a column at once).
+// A row takes K * 2 bytes plus 16 of padding (kept from an ldmatrix form of the kernel; its FMA
+// loop reads one row an instruction, so nothing needs it now).
 constexpr int64_t gemv_smem_bytes(int64_t shared_rows, int64_t x_rows, int64_t K) {
   return kGemvHeaderBytes + shared_rows * (K * 2 + 16) + x_rows * K * 2;
 }

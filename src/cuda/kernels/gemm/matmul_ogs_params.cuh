@@ -32,8 +32,6 @@ struct MatmulOgsParams {
   int* tile_count;
   // The GEMV: weight rows of a block held in shared memory (matmul_ogs_gemv.cuh).
   int64_t gemv_shared_rows;
-  unsigned long long* probe;
-  int probe_mode;  // PROBE: bit 0 rows copied by the lanes of warp 0, bit 1 no L2 hint, bit 2 copies after the wait  // PROBE: [block][3 + warps] %globaltimer stamps, or null
 };
 
 }  // namespace moekit::cuda
