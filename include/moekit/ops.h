@@ -121,7 +121,7 @@ struct AttentionDecodeArgs {
   TensorView out;
   // 1-D uint8 buffer of at least attention_decode_workspace_size() bytes on the tensors' device:
   // the CUDA backend's partial results when it splits the keys (absent when that size is 0, and
-  // on the CPU).
+  // on the CPU; unused on sm_90 where a kv head's splits fit a thread block cluster).
   TensorView workspace;
 };
 // Validates everything but out and workspace, and returns the workspace bytes CUDA needs.

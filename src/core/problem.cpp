@@ -412,14 +412,14 @@ AttentionDecodeSplit attention_decode_split(int64_t cache_len, int64_t window, i
   // 32 keys of up to 64 values per chunk (16 KB of keys and values in float32), a power of two
   // fewer keys for larger heads; at most 32 blocks per kv head, each walking every 32nd chunk of
   // a long context.
-  constexpr int64_t kChunkValues = 32 * 64, kMaxSplits = 32;
+  constexpr int64_t kChunkValues = 32 * 64;
   AttentionDecodeSplit s;
   while (s.chunk > 1 && s.chunk * head_dim > kChunkValues) s.chunk /= 2;
   // Keys the tokens can see together: the window (stretched by the tokens after the first), or the
   // cache. Compared without forming window + tokens, which a huge window would overflow.
   const int64_t span = window > 0 && window < cache_len - tokens + 1 ? window + tokens - 1 : cache_len;
   const int64_t chunks = (span + s.chunk - 1) / s.chunk;
-  s.splits = chunks < 1 ? 1 : (chunks > kMaxSplits ? kMaxSplits : chunks);
+  s.splits = chunks < 1 ? 1 : (chunks > kAttentionMaxSplits ? kAttentionMaxSplits : chunks);
   return s;
 }
 

@@ -126,6 +126,8 @@ void check_add_rms_norm_outputs(const AddRmsNormProblem& p, const TensorView& x,
 // one chunk of keys and values in shared memory at a time), dealt round-robin to `splits` blocks
 // per kv head, whose partial softmaxes a second kernel merges. A function of shapes alone (the
 // cache length, the window, the tokens and the head size), so the workspace is too.
+// The CUDA backend's keys per chunk and blocks per kv head (at most kAttentionMaxSplits).
+constexpr int64_t kAttentionMaxSplits = 32;
 struct AttentionDecodeSplit {
   int64_t chunk = 32, splits = 1;
 };

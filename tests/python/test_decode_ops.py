@@ -10,7 +10,7 @@ from torch.library import opcheck
 
 import moekit
 import reference as ref
-from conftest import TOLERANCE, randn
+from conftest import TOLERANCE, cuda_kernels_during, randn
 from reference import rel_err
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -95,8 +95,9 @@ def run_attention(inputs, p0, window, device="cpu"):
 
 
 # (T, Hq, Hkv, D, L, p0, window): decode steps, a few tokens, windows cut inside the range or
-# not at all, a cache long enough for the CUDA backend to split its keys (L > 1024) with tokens
-# on both sides of a split, the first and the last position, odd head counts and sizes.
+# not at all, caches whose keys the CUDA backend splits over up to 16 blocks a kv head (merged
+# within their cluster on sm_90) and over 32 (merged by a second kernel), with tokens on both
+# sides of a split, the first and the last position, odd head counts and sizes.
 CASES = [
     (1, 64, 8, 64, 300, 120, 128), (1, 64, 8, 64, 300, 299, 0), (1, 4, 2, 16, 40, 0, 8),
     (3, 4, 2, 16, 40, 20, 8), (16, 8, 1, 8, 64, 48, 0), (5, 6, 3, 4, 30, 7, 5), (2, 2, 2, 2, 9, 7, 0),
@@ -184,9 +185,23 @@ def test_attention_decode_batch_invariant_on_gpu(gen):
 
 
 @cuda
+def test_attention_decode_merges_splits_in_their_cluster_on_sm90(gen):
+    """On sm_90 a kv head's splits, up to 16 (300 keys: 10), merge within their thread block
+    cluster and no merge kernel runs; 32 (3000 keys) go through the merge kernel. Both paths are
+    checked against the CPU above."""
+    if torch.cuda.get_device_capability(0)[0] != 9:
+        pytest.skip("thread block clusters merge the splits on sm_90 only")
+    for L, merge_kernel in ((300, False), (3000, True)):
+        inputs = attention_inputs(gen, 1, 64, 8, 64, L, torch.bfloat16)
+        _, names = cuda_kernels_during(lambda: run_attention(inputs, L - 1, 0, "cuda"))
+        assert any("attention_decode_kernel" in n for n in names), names
+        assert any("attention_decode_merge" in n for n in names) == merge_kernel, names
+
+
+@cuda
 def test_attention_decode_position_out_of_range_gpu(gen):
     """The device cannot raise: out is NaN and the caches are left as they were."""
-    for L in (40, 3000):  # one split, and several (the merge kernel writes out)
+    for L in (20, 40, 3000):  # one split (which writes out), two (merged in a cluster on sm_90), 32 (the merge kernel)
         inputs = attention_inputs(gen, 3, 4, 2, 16, L, torch.bfloat16)
         out, k_cache, v_cache = run_attention(inputs, L - 2, 0, "cuda")
         assert out.isnan().all()

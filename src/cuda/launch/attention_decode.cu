@@ -1,6 +1,7 @@
 #include "../../core/check.h"
 
 #include "../kernels/attention/attention_decode.cuh"
+#include "../runtime/cluster_size.h"
 #include "../runtime/device_guard.h"
 #include "../runtime/device_info.h"
 #include "../runtime/stream.h"
@@ -10,6 +11,9 @@
 
 namespace moekit::cuda {
 namespace {
+
+// At most ~43 KB (chunk * D and group * D are at most 2048, chunk 32): no opt-in needed.
+constexpr size_t kMaxSmemBytes = 48 * 1024;
 
 size_t smem_bytes(const AttentionDecodeProblem& p) {
   const int64_t group = p.Hq / p.Hkv, chunk = p.split.chunk;
@@ -27,40 +31,58 @@ void can_implement_attention_decode(const AttentionDecodeProblem& p, const Atten
   if (p.workspace > 0) check::workspace(op, a.workspace, p.workspace);
 }
 
+namespace {
+
+// The attention kernel for element type T (16-byte row loads with kVec), then the merge kernel
+// where the splits do not merge in their cluster.
+template <class T, bool kVec>
+void launch_attention(const AttentionDecodeProblem& p, const AttentionDecodeArgs& a, AttentionDecodeParams params,
+                      const ExecContext& ctx, cudaStream_t stream) {
+  constexpr auto kernel = &attention_decode_kernel<T, kVec>;
+  const int major = device_info(p.device.index).major;
+  const bool chained = chains_on(major);
+  // A kv head's splits merge in their cluster where one holds them all (sm_90), else through the
+  // workspace and the merge kernel.
+  const int splits = static_cast<int>(p.split.splits);
+  params.cluster = splits > 1 && splits <= kAttnMaxClusterSplits &&
+                   splits <= max_cluster_blocks<kernel>(kAttnThreads, kMaxSmemBytes, p.device.index, major);
+  params.partial = splits > 1 && !params.cluster ? a.workspace.ptr<float>() : nullptr;
+  const dim3 grid(static_cast<unsigned>(p.Hkv), static_cast<unsigned>(splits));
+  launch_kernel_in_clusters(kernel, grid, dim3(1, params.cluster ? splits : 1, 1), kAttnThreads, smem_bytes(p),
+                            stream, chained, params);
+  MOEKIT_CHECK_LAUNCH(ctx, stream, "attention_decode_kernel");
+  if (params.partial) {
+    const dim3 merge_grid(static_cast<unsigned>(p.T), static_cast<unsigned>(p.Hq));
+    const unsigned merge_threads = static_cast<unsigned>(p.D < 256 ? (p.D + 31) / 32 * 32 : 256);
+    const size_t merge_smem = static_cast<size_t>(splits * (p.D + 2)) * sizeof(float);
+    launch_kernel(attention_decode_merge_kernel<T>, merge_grid, merge_threads, merge_smem, stream, chained, params);
+    MOEKIT_CHECK_LAUNCH(ctx, stream, "attention_decode_merge_kernel");
+  }
+}
+
+}  // namespace
+
 void attention_decode(const AttentionDecodeProblem& p, const AttentionDecodeArgs& a, const ExecContext& ctx) {
   DeviceGuard guard(p.device.index);
   const cudaStream_t stream = stream_of("attention_decode", p.device, ctx);
-  AttentionDecodeParams params{a.qkv.data, a.k_cache.data, a.v_cache.data, a.sinks.ptr<float>(),
-                               a.position.ptr<int32_t>(), a.inv_freq.ptr<float>(), a.out.data,
-                               p.split.splits > 1 ? a.workspace.ptr<float>() : nullptr,
-                               static_cast<int>(p.T), static_cast<int>(p.Hq), static_cast<int>(p.Hkv),
-                               static_cast<int>(p.D), static_cast<int>(p.L),
-                               // a window past the cache is no window at all
-                               static_cast<int>(p.window < p.L ? p.window : p.L),
-                               static_cast<int>(p.split.chunk), static_cast<int>(p.split.splits),
-                               p.rope_scale, p.sm_scale};
-  const dim3 grid(static_cast<unsigned>(p.Hkv), static_cast<unsigned>(p.split.splits));
-  const dim3 merge_grid(static_cast<unsigned>(p.T), static_cast<unsigned>(p.Hq));
-  const unsigned merge_threads = static_cast<unsigned>(p.D < 256 ? (p.D + 31) / 32 * 32 : 256);
+  const AttentionDecodeParams params{a.qkv.data, a.k_cache.data, a.v_cache.data, a.sinks.ptr<float>(),
+                                     a.position.ptr<int32_t>(), a.inv_freq.ptr<float>(), a.out.data, nullptr, false,
+                                     static_cast<int>(p.T), static_cast<int>(p.Hq), static_cast<int>(p.Hkv),
+                                     static_cast<int>(p.D), static_cast<int>(p.L),
+                                     // a window past the cache is no window at all
+                                     static_cast<int>(p.window < p.L ? p.window : p.L),
+                                     static_cast<int>(p.split.chunk), static_cast<int>(p.split.splits),
+                                     p.rope_scale, p.sm_scale};
   // 16-byte loads of key and value rows when rows hold whole 16-byte vectors and start on them.
-  const int64_t elem = dtype_size(a.qkv.dtype);
-  const bool vec = (p.D * elem) % 16 == 0 && aligned(a.qkv, 16) &&
-                   aligned(a.k_cache, 16) && aligned(a.v_cache, 16);
-  const bool chained = chains_on(device_info(p.device.index).major);
-  auto launch = [&](auto element) {
-    using T = decltype(element);
-    // <= 45 KB of shared memory: no opt-in needed
-    launch_kernel(vec ? attention_decode_kernel<T, true> : attention_decode_kernel<T, false>, grid, kAttnThreads,
-                  smem_bytes(p), stream, chained, params);
-    MOEKIT_CHECK_LAUNCH(ctx, stream, "attention_decode_kernel");
-    if (p.split.splits > 1) {
-      const size_t merge_smem = static_cast<size_t>(p.split.splits * (p.D + 2)) * sizeof(float);
-      launch_kernel(attention_decode_merge_kernel<T>, merge_grid, merge_threads, merge_smem, stream, chained, params);
-      MOEKIT_CHECK_LAUNCH(ctx, stream, "attention_decode_merge_kernel");
-    }
-  };
-  if (a.qkv.dtype == DType::kBFloat16) launch(bf16());
-  else launch(float());
+  const bool vec = (p.D * dtype_size(a.qkv.dtype)) % 16 == 0 && aligned(a.qkv, 16) && aligned(a.k_cache, 16) &&
+                   aligned(a.v_cache, 16);
+  if (a.qkv.dtype == DType::kBFloat16) {
+    if (vec) launch_attention<bf16, true>(p, a, params, ctx, stream);
+    else launch_attention<bf16, false>(p, a, params, ctx, stream);
+  } else {
+    if (vec) launch_attention<float, true>(p, a, params, ctx, stream);
+    else launch_attention<float, false>(p, a, params, ctx, stream);
+  }
 }
 
 }  // namespace moekit::cuda

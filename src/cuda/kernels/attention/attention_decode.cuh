@@ -4,16 +4,21 @@
 // keys rotated; the new tokens' keys are rotated from qkv by every block that reads them, so no
 // block waits for another's cache write), scores the chunk against the group's rotated queries,
 // folds it into an online softmax per head, and accumulates the weighted values. With one split
-// the block writes out; with several, each writes its partial (max, sum, weighted values) and
-// attention_decode_merge_kernel combines them in split order. The first split's block writes the
-// new keys and values into the cache. Nothing is atomic and nothing depends on how many tokens
-// the call holds: the result is the same bits for a token decoded alone or with others. Both
-// kernels are chained (grid_dependency.cuh): the merge's blocks start at once and wait.
+// the block writes out; with several, each holds its partial (max, sum, weighted values) and they
+// are combined in split order: on sm_90, where a kv head's splits fit one thread block cluster
+// (kAttnMaxClusterSplits), by the cluster's blocks reading each other's shared memory; elsewhere
+// each writes its partial to the workspace and attention_decode_merge_kernel combines them. The
+// two give the same bits. The first split's block writes the new keys and values into the cache.
+// Nothing is atomic and nothing depends on how many tokens the call holds: the result is the
+// same bits for a token decoded alone or with others. Both kernels are chained
+// (grid_dependency.cuh): the merge's blocks start at once and wait.
 #pragma once
 
 #include <cstdint>
 
+#include "../../../core/problem.h"
 #include "../element.cuh"
+#include "../shared_address.cuh"
 #include "../grid_dependency.cuh"
 
 namespace moekit::cuda {
@@ -21,6 +26,7 @@ namespace moekit::cuda {
 constexpr int kAttnThreads = 256;
 constexpr int kAttnMaxGroup = 16;          // q heads per kv head
 constexpr int kAttnMaxGroupValues = 2048;  // q heads per kv head * D
+constexpr int kAttnMaxClusterSplits = 16;  // a cluster's blocks (non-portable above 8)
 
 struct AttentionDecodeParams {
   const void* qkv;
@@ -30,7 +36,8 @@ struct AttentionDecodeParams {
   const int32_t* position;
   const float* inv_freq;
   void* out;
-  float* partial;  // [T, Hq, splits, D + 2] (max, sum, weighted values) when splits > 1
+  float* partial;  // [T, Hq, splits, D + 2] (max, sum, weighted values): splits > 1, no cluster
+  bool cluster;    // splits > 1, merged within the kv head's cluster (sm_90)
   int T, Hq, Hkv, D, L, window, chunk, splits;
   float rope_scale, sm_scale;
 };
@@ -109,8 +116,73 @@ __device__ __forceinline__ int2 visible_keys(const AttentionDecodeParams& p, int
   return {p.window > 0 ? max(0, pos - p.window + 1) : 0, pos};
 }
 
+// Output column d of one q head from the splits' partials (splits <= kMaxSplits), in split order:
+// max(s), sum(s) and value(s) read split s's running max, running sum and weighted value at d. A
+// split that saw no key holds max -inf, sum 0 and values 0, so its scale exp(-inf - top) is 0 and
+// it adds nothing. Both merges call it, so they give the same bits. The loops are unrolled and
+// read split min(s, splits - 1) whatever s, adding nothing past the last split, so that the
+// accessors' loads (registers, shared memory or another block's) are in flight together.
+template <int kMaxSplits, class Max, class Sum, class Value>
+__device__ __forceinline__ float merge_splits(int splits, float sink, Max max, Sum sum, Value value) {
+  float top = sink;
+#pragma unroll
+  for (int s = 0; s < kMaxSplits; ++s) {
+    const float m = max(min(s, splits - 1));
+    top = fmaxf(top, s < splits ? m : -INFINITY);
+  }
+  float denominator = __expf(sink - top), acc = 0.0f;
+#pragma unroll
+  for (int s = 0; s < kMaxSplits; ++s) {
+    const int r = min(s, splits - 1);
+    const float scale = __expf(max(r) - top), l = sum(r), v = value(r);
+    denominator += s < splits ? l * scale : 0.0f;
+    acc += s < splits ? v * scale : 0.0f;
+  }
+  return acc / denominator;
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// All threads of every block of the cluster; shared-memory writes before it are visible to the
+// cluster's blocks after it.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+// The float at `local`'s offset in the shared memory of the cluster's block `rank`.
+__device__ __forceinline__ float load_from_cluster_block(const float* local, int rank) {
+  uint32_t remote;
+  asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(shared_address(local)), "r"(rank));
+  float v;
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+  return v;
+}
+#endif
+
+// The kv head's output for token t from the partials the cluster's blocks hold in shared memory
+// (m_s, l_s, acc_s at the same offsets in each): block `split` takes every splits-th column.
+template <class T>
+__device__ __forceinline__ void merge_in_cluster(const AttentionDecodeParams& p, int t, const float* m_s,
+                                                 const float* l_s, const float* acc_s) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cluster_sync();  // every split's partial is complete
+  const int G = p.Hq / p.Hkv, D = p.D, split = blockIdx.y;
+  for (int e = split * kAttnThreads + threadIdx.x; e < G * D; e += p.splits * kAttnThreads) {
+    const int h = e / D, hq = blockIdx.x * G + h;
+    const float out = merge_splits<kAttnMaxClusterSplits>(
+        p.splits, p.sinks[hq], [&](int s) { return load_from_cluster_block(m_s + h, s); },
+        [&](int s) { return load_from_cluster_block(l_s + h, s); },
+        [&](int s) { return load_from_cluster_block(acc_s + e, s); });
+    static_cast<T*>(p.out)[static_cast<int64_t>(t) * p.Hq * D + hq * D + e % D] = static_cast<T>(out);
+  }
+  cluster_sync();  // no block reuses (or leaves) its partial while others read it
+#else
+  __trap();  // launched in clusters on sm_90 only
+#endif
+}
+
+// At most 128 registers, two blocks an SM (without the bound the cluster merge makes it 160).
 template <class T, bool kVec>
-__global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const AttentionDecodeParams p) {
+__global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const AttentionDecodeParams p) {
   extern __shared__ float smem[];
   const int G = p.Hq / p.Hkv, D = p.D, half = D / 2, C = p.chunk;
   float* k_s = smem;                 // [C][D + 1] (padded: the scores read down a column)
@@ -132,8 +204,8 @@ __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const At
   wait_for_previous_grid();
   const int64_t p0 = p.position[0];
 
-  if (!(p0 >= 0 && p0 + p.T <= p.L)) {  // nothing is written; out says so (the merge does with splits)
-    if (split == 0 && p.splits == 1) {
+  if (!(p0 >= 0 && p0 + p.T <= p.L)) {  // nothing is written; out says so (the merge kernel does for it)
+    if (split == 0 && (p.splits == 1 || p.cluster)) {
       for (int e = tid; e < p.T * G * D; e += kAttnThreads) {
         const int t = e / (G * D), r = e % (G * D);
         static_cast<T*>(p.out)[static_cast<int64_t>(t) * p.Hq * D + g * G * D + r] =
@@ -270,6 +342,10 @@ __global__ void __launch_bounds__(kAttnThreads) attention_decode_kernel(const At
     }
     __syncthreads();  // m_s and l_s complete
     // This token's result, or this split's partial (max -inf and zeros when it saw no key).
+    if (p.cluster) {
+      merge_in_cluster<T>(p, t, m_s, l_s, acc_s);
+      continue;
+    }
     for (int e = tid; e < G * D; e += kAttnThreads) {
       const int h = e / D, d = e % D, hq = g * G + h;
       if (p.splits == 1) {
@@ -308,19 +384,10 @@ __global__ void attention_decode_merge_kernel(const AttentionDecodeParams p) {
 #pragma unroll 8
   for (int i = threadIdx.x; i < n; i += blockDim.x) part_s[i] = part[i];
   __syncthreads();
-  const float sink = p.sinks[hq];
-  float top = sink;
-  for (int s = 0; s < p.splits; ++s) top = fmaxf(top, part_s[s * (D + 2)]);
-  float denominator = __expf(sink - top);
-  for (int s = 0; s < p.splits; ++s) {
-    if (part_s[s * (D + 2)] != -INFINITY) denominator += part_s[s * (D + 2) + 1] * __expf(part_s[s * (D + 2)] - top);
-  }
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float acc = 0.0f;
-    for (int s = 0; s < p.splits; ++s) {
-      if (part_s[s * (D + 2)] != -INFINITY) acc += part_s[s * (D + 2) + 2 + d] * __expf(part_s[s * (D + 2)] - top);
-    }
-    out[d] = static_cast<T>(acc / denominator);
+    out[d] = static_cast<T>(merge_splits<kAttentionMaxSplits>(
+        p.splits, p.sinks[hq], [&](int s) { return part_s[s * (D + 2)]; },
+        [&](int s) { return part_s[s * (D + 2) + 1]; }, [&](int s) { return part_s[s * (D + 2) + 2 + d]; }));
   }
 }
 
