@@ -15,7 +15,7 @@ unembedding, the rest). With --peer-dir holding gpt_oss-0.0.9 and triton_kernels
 gpt_oss.triton TokenGenerator (triton_kernels MoE, decode step in a CUDA graph) decodes the same
 checkpoint in the same process, timed the same way (bench/gpt_oss_triton_peer.py). With
 --transformers, transformers' own model with moekit's MoE (moekit.transformers_gpt_oss) too, with a
-static cache and its forward compiled in "reduce-overhead" mode.
+static cache, transformers compiling its decode step ("reduce-overhead", fullgraph).
 """
 
 import argparse
@@ -185,17 +185,22 @@ def step_breakdown(model: GptOss, prompt, steps: int = 8) -> dict:
 
 def transformers_generator(checkpoint: Path, device):
     """run(prompt, n): transformers' GptOssForCausalLM with moekit's MoE (moekit.transformers_gpt_oss)
-    decoding greedily with a static cache, its forward compiled (mode "reduce-overhead" on CUDA:
-    the decode step replayed from a CUDA graph)."""
+    decoding greedily with a static cache. transformers' generate compiles the decode step itself
+    when the cache is static and the model on a GPU (the prefill stays eager): here in "reduce-overhead"
+    mode, the step replayed from a CUDA graph, and with fullgraph=True, so a graph break in moekit's
+    ops would fail the run instead of slowing it. (Compiling model.forward by hand compiles the
+    prefill too, whose cache writes then overwrite the decode graph's outputs.)"""
+    from transformers import CompileConfig
+
     from moekit.transformers_gpt_oss import from_pretrained
 
     model = from_pretrained(checkpoint, device, dtype=torch.bfloat16)
-    model.forward = torch.compile(model.forward, mode="reduce-overhead" if device.type == "cuda" else "default")
+    compile_config = CompileConfig(fullgraph=True, mode="reduce-overhead")
 
     def run(prompt, n):
         ids = torch.tensor([prompt], device=device)
         out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
-                             pad_token_id=0, cache_implementation="static")
+                             pad_token_id=0, cache_implementation="static", compile_config=compile_config)
         return out[0, len(prompt):].tolist()
     return run
 
