@@ -9,6 +9,10 @@
 //     each call a different buffer of 8 so that L2 holds none of it), after the wait;
 //   - stream B MB, early: the same loads issued before the wait (weights do not depend on the
 //     previous kernel), so they overlap the previous kernel's tail;
+//   - bulk copies: every block brings its share of 35.3 MB into shared memory by cp.async.bulk
+//     copies of S bytes (contiguous), issued by W warps (lane 0 of each, its own ring of slots
+//     and mbarriers, ~128 KB a block in all), nothing read: what the copy engine delivers by copy
+//     size and issuers (docs/kernels.md: row-sized copies could not feed the staged kernel);
 //   - mlp1's loads: the codes and scale bytes the decode path's mlp1 reads at T = 1 (E = 32, 4
 //     routed experts, 2 k ranges: 2880 units of 16 rows, 22 a block), loaded as its warps load
 //     them (k steps ahead in registers) but not decoded, from the checkpoint's rows or from a
@@ -23,6 +27,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "cuda/kernels/bulk_copy.cuh"
 #include "cuda/kernels/gemm/mma.cuh"
 #include "cuda/kernels/moe/decode_route.cuh"
 #include "cuda/launch/launch_kernel.h"
@@ -110,6 +115,38 @@ __global__ void __launch_bounds__(kThreads, 1) stream_kernel(const uint4* w, int
   if (sum == 0x12345678u) out[blockIdx.x] = 1.0f;  // never, but the compiler cannot know
 }
 
+constexpr int kMaxBarriers = 2048;  // slots of all issuing warps
+
+// This block's share of `bytes` (whole pieces of kBytes) into shared memory: warp w < issuers
+// copies pieces w, w + issuers, ... into its ring of `slots`, waiting for a slot's last copy to
+// land before reusing it, and for all of them at the end.
+template <int kBytes>
+__global__ void __launch_bounds__(kThreads, 1) bulk_stream_kernel(const uint8_t* w, int64_t bytes, int issuers, int slots,
+                                                                float* out) {
+  extern __shared__ uint4 ring[];  // [issuers][slots][kBytes]
+  __shared__ uint64_t landed[kMaxBarriers];
+  wait_for_previous_grid();
+  let_next_grid_start();
+#if MOEKIT_BULK_COPY
+  const int warp = threadIdx.x / 32;
+  if (warp >= issuers || threadIdx.x % 32 != 0) return;
+  const int64_t pieces = bytes / kBytes, first = pieces * blockIdx.x / gridDim.x, last = pieces * (blockIdx.x + 1) / gridDim.x;
+  uint64_t* bar = landed + warp * slots;
+  uint4* mine = ring + static_cast<int64_t>(warp) * slots * (kBytes / 16);
+  for (int j = 0; j < slots; ++j) barrier_init(bar + j, 1);
+  barrier_init_fence();
+  int64_t k = 0;
+  for (int64_t piece = first + warp; piece < last; piece += issuers, ++k) {
+    const int slot = static_cast<int>(k % slots);
+    if (k >= slots) barrier_wait(bar + slot, static_cast<uint32_t>(k / slots - 1) & 1u);
+    barrier_arrive_expect(bar + slot, kBytes);
+    bulk_copy(mine + slot * (kBytes / 16), w + piece * kBytes, kBytes, bar + slot);
+  }
+  for (int64_t j = k > slots ? k - slots : 0; j < k; ++j) barrier_wait(bar + j % slots, static_cast<uint32_t>(j / slots) & 1u);
+  if (k < 0) out[blockIdx.x] = 1.0f;  // never
+#endif
+}
+
 }  // namespace
 
 int main() {
@@ -148,6 +185,33 @@ int main() {
     });
     std::printf("stream %5.1f MB              %8.2f us (%5.0f GB/s); loads before the wait %8.2f us (%5.0f GB/s)\n",
                 mb, late, mb * 1e3 / late, early, mb * 1e3 / early);
+    for (auto b : buffers) CHECK(cudaFree(b));
+  }
+
+  {
+    const int64_t bytes = static_cast<int64_t>(35.3e6) / 16384 * 16384;
+    std::vector<uint8_t*> buffers(kBuffers);
+    for (auto& b : buffers) {
+      CHECK(cudaMalloc(&b, bytes));
+      CHECK(cudaMemset(b, 1, bytes));
+    }
+    auto bulk_row = [&](auto kernel, int piece, int issuers) {
+      const int slots = std::max(1, std::min(kMaxBarriers / issuers, (128 << 10) / issuers / piece));
+      const int smem = issuers * slots * piece;
+      if (smem > 200 << 10) return;
+      CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+      const float us = graph_us_per_call(stream, kCalls, [&](int c) {
+        launch_kernel(kernel, sms, kThreads, smem, stream, true, buffers[c % kBuffers], bytes, issuers, slots, out);
+      });
+      std::printf("bulk copies %5d B, %2d issuing warps x %2d slots %8.2f us (%5.0f GB/s)\n", piece, issuers, slots, us,
+                  bytes / 1e3 / us);
+    };
+    for (int issuers : {1, 4, 22}) {
+      bulk_row(bulk_stream_kernel<192>, 192, issuers);
+      bulk_row(bulk_stream_kernel<1024>, 1024, issuers);
+      bulk_row(bulk_stream_kernel<3072>, 3072, issuers);
+      bulk_row(bulk_stream_kernel<16384>, 16384, issuers);
+    }
     for (auto b : buffers) CHECK(cudaFree(b));
   }
 
