@@ -30,10 +30,11 @@ def main():
                 ours = runner.generate(prompt, 8, graph=False)
                 del runner
                 model = from_pretrained(path, "cpu", dtype=dtype)
-                ids = torch.tensor([prompt])
-                top = model(ids).logits[0, -1].float().topk(2).values
-                theirs = model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, eos_token_id=None,
-                                        pad_token_id=0)[0, len(prompt):].tolist()
+                out = model.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                                     eos_token_id=None, pad_token_id=0, return_dict_in_generate=True,
+                                     output_logits=True)
+                theirs = out.sequences[0, len(prompt):].tolist()
+                top = out.logits[0][0].float().topk(2).values  # the prefill's logits at the prompt's end
                 del model
             print(f"{layers} layers, vocab {vocab}, {dtype}: runner {ours}, transformers {theirs}, "
                   f"top-2 margin {float(top[0] - top[1]):.4f}", flush=True)
