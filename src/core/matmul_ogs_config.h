@@ -17,7 +17,10 @@ constexpr int kWgmmaSharedMemoryBytes = 113 * 1024;
 constexpr int64_t kGateTallRows = 4096;
 // Rows of x up to which one dense bf16 weight (a decode step's projections) takes the GEMV.
 constexpr int kGemvMaxRows = 8;
-constexpr int kGemvWarps = 8;
+// 16 warps: once the weights have landed, the multiply is the GEMV's time after the kernel before
+// it, and 8 warps left it latency-bound (bench/gemv_chain.cu, H200: the output projection +5.4 us
+// after an attention-like kernel at 8 warps, +4.2 at 16; bench/results/gemv_warps_H200.txt).
+constexpr int kGemvWarps = 16;
 // Weight rows a GEMV block holds in shared memory at most (a barrier each, in the header); its
 // other rows are read from global memory.
 constexpr int64_t kGemvMaxSharedRows = 64;

@@ -36,13 +36,20 @@ __global__ void __launch_bounds__(32 * kGemvWarps, 1) matmul_ogs_gemv_kernel(con
   const int64_t in_shared = min(rows, p.gemv_shared_rows);
   const uint4* w = static_cast<const uint4*>(p.w) + row_begin * words;
   const uint32_t row_bytes = static_cast<uint32_t>(words * 16);
-  if (threadIdx.x == 0) {
-    for (int r = 0; r < in_shared; ++r) barrier_init(landed + r, 1);
+  // Each warp asks for the rows it multiplies (2 * warp and 2 * warp + 1 of every 2 * kGemvWarps)
+  // and waits only on their barriers.
+  if (lane == 0) {
+    auto for_my_rows = [&](auto&& f) {
+      for (int64_t r0 = 2 * warp; r0 < in_shared; r0 += 2 * kGemvWarps) {
+        for (int64_t r = r0; r < min(r0 + 2, in_shared); ++r) f(r);
+      }
+    };
+    for_my_rows([&](int64_t r) { barrier_init(landed + r, 1); });
     barrier_init_fence();
-    for (int r = 0; r < in_shared; ++r) {
+    for_my_rows([&](int64_t r) {
       barrier_arrive_expect(landed + r, row_bytes);
       bulk_copy(w_shared + r * stride, w + r * words, row_bytes, landed + r);
-    }
+    });
   }
 
   wait_for_previous_grid();
