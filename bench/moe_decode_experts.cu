@@ -83,6 +83,7 @@ struct Setup {
   __nv_bfloat16* y;
   float* partials;
   int* counters;  // [calls][mlp1, mlp2][kMaxGroups]
+  char* routes;   // [kRoutings][kMoeDecodeRouteBytes]: what mlp1 leaves for mlp2
   cudaStream_t stream;
 };
 
@@ -92,6 +93,7 @@ constexpr int kMaxSplits = 6;
 MoeDecodeExpertsParams params(const Setup& s, bool mlp2, int splits, int call) {
   MoeDecodeExpertsParams p{};
   p.logits = s.logits + static_cast<size_t>(call % kRoutings) * s.T * s.E;
+  p.route = s.routes + (call % kRoutings) * moekit::kMoeDecodeRouteBytes;
   p.T = s.T;
   p.E = s.E;
   p.k = kK;
@@ -159,6 +161,7 @@ Row time_config(const Setup& s, const int (&splits)[2]) {
     row.out[which].resize(n);
     CHECK(cudaMemcpy(row.out[which].data(), which ? s.y : s.act, n * 2, cudaMemcpyDeviceToHost));
   }
+  // mlp1 first: its calls leave every routing's copy that mlp2's calls alone then read.
   for (int which = 0; which < 2; ++which) row.us[which] = time_graph(s, calls, [&](int c) { call(which, c); });
   row.us[2] = time_graph(s, calls, [&](int c) {
     call(0, c);
@@ -197,6 +200,7 @@ int main(int argc, char** argv) {
     CHECK(cudaMalloc(&s.partials, sizeof(float) * kMaxSplits * kK * moe_decode::kMaxTokens * 2 * kI *
                                       moe_decode::kMaxTokens));
     CHECK(cudaMalloc(&s.counters, sizeof(int) * 2 * 2 * kRoutings * kMaxGroups));
+    CHECK(cudaMalloc(&s.routes, kRoutings * moekit::kMoeDecodeRouteBytes));
     CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
     const int routed = std::min(E, T * kK);
     const double bytes[2] = {routed * 2.0 * kI * kH * (0.5 + 1.0 / 32), routed * 1.0 * kH * kI * (0.5 + 1.0 / 32)};
@@ -221,7 +225,8 @@ int main(int argc, char** argv) {
                       static_cast<void*>(s.mlp1.bias), static_cast<void*>(s.mlp2.codes),
                       static_cast<void*>(s.mlp2.scales), static_cast<void*>(s.mlp2.bias),
                       static_cast<void*>(s.logits), static_cast<void*>(s.x), static_cast<void*>(s.act),
-                      static_cast<void*>(s.y), static_cast<void*>(s.partials), static_cast<void*>(s.counters)}) {
+                      static_cast<void*>(s.y), static_cast<void*>(s.partials), static_cast<void*>(s.counters),
+                      static_cast<void*>(s.routes)}) {
       CHECK(cudaFree(ptr));
     }
     CHECK(cudaStreamDestroy(s.stream));

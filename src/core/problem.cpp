@@ -298,6 +298,7 @@ MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype) 
   w.decode_x = layout.take("x", d.fits ? p.T * p.H : 0, dtype_size(x_dtype));
   w.decode_partials = layout.take("x", d.partial_floats, sizeof(float));
   w.decode_counters = layout.take("x", d.counters, sizeof(int32_t));
+  w.decode_route = layout.take("x", d.fits ? kMoeDecodeRouteBytes : 0, 1);
   w.total = layout.size();
   return w;
 }

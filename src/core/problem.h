@@ -68,6 +68,8 @@ void check_matmul_ogs_outputs(const MatmulOgsProblem& p, const MatmulOgsArgs& a)
 // weight rows, k range); the split is a function of shapes alone, so the workspace is too.
 constexpr int64_t kMoeDecodeMaxTokens = 8, kMoeDecodeMaxPairs = 32;
 constexpr int64_t kMoeDecodeSlabRows = 16;
+// The routing mlp1 leaves for mlp2: [1 + 6 * pairs + pairs * tokens] 32-bit words (DecodeRoute).
+constexpr int64_t kMoeDecodeRouteBytes = 4 * (1 + 6 * kMoeDecodeMaxPairs + kMoeDecodeMaxPairs * kMoeDecodeMaxTokens);
 constexpr int kMoeDecodeWarps = 22;  // per block (one an SM) of its expert kernels: the most at 80 registers
 // uint4 (8 bf16) a row of x takes in the expert kernels' shared memory: K rounded up to whole
 // k steps of 128 (zeros past K, so the last step reads no test), plus one so that rows start 16
@@ -94,8 +96,8 @@ struct MoeMlpWorkspace {
   size_t act = 0;            // x dtype [T*k, I]
   size_t matmul = 0;         // the workspace of each matmul_ogs (gate, mlp1, mlp2; one at a time)
   // The decode path's (sizes 0 where the plan does not fit): the tokens in paired order, the
-  // partial sums and the epilogue counters.
-  size_t decode_x = 0, decode_partials = 0, decode_counters = 0;
+  // partial sums, the epilogue counters and the routing mlp1 leaves for mlp2.
+  size_t decode_x = 0, decode_partials = 0, decode_counters = 0, decode_route = 0;
   size_t total = 0;
 };
 

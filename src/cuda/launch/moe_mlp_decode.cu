@@ -63,6 +63,7 @@ void moe_mlp_decode(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecConte
 
   MoeDecodeExpertsParams m{};
   m.logits = logits;
+  m.route = base + ws.decode_route;
   m.T = static_cast<int>(p.T);
   m.E = static_cast<int>(p.E);
   m.k = p.k;

@@ -48,9 +48,6 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
   const int g = lane / 4, t = lane % 4;  // the MMA's row group and k / token-pair slot
   const uint4 zero = make_uint4(0, 0, 0, 0);
 
-  // mlp2 routes before its wait: mlp1 let it start only after mlp1's own wait for the gate, so
-  // the logits are complete. mlp1 routes after its wait, while its x rows arrive.
-  if constexpr (kCombine) route_in_block(p.logits, p.T, p.E, p.k, route);
   wait_for_previous_grid();
   // k past K reads zeros.
   const int64_t words = p.K / 8;
@@ -61,7 +58,14 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
     }
   }
   cp_async_commit();
-  if constexpr (!kCombine) route_in_block(p.logits, p.T, p.E, p.k, route);
+  // mlp1 routes while its x rows arrive, and its block 0 leaves the routing for mlp2, which
+  // reads it while its own x rows arrive: one round trip instead of a routing after mlp1 ends.
+  if constexpr (kCombine) {
+    copy_route(*static_cast<const DecodeRoute*>(p.route), route);
+  } else {
+    route_in_block(p.logits, p.T, p.E, p.k, route);
+    if (blockIdx.x == 0) copy_route(route, *static_cast<DecodeRoute*>(p.route));
+  }
   cp_async_wait<0>();
   __syncthreads();
   let_next_grid_start();

@@ -1,5 +1,5 @@
-// The routing of a few tokens, computed by every block of the expert kernels into its shared
-// memory: top-k and the softmax per token (topk.cuh, as the route op computes them), then the
+// The routing of a few tokens, computed by every block of mlp1's expert kernel into its shared
+// memory (and copied by mlp2's from the one mlp1's block 0 leaves in the workspace): top-k and the softmax per token (topk.cuh, as the route op computes them), then the
 // token-slots grouped by expert, experts in increasing order, each expert's slots in order.
 #pragma once
 
@@ -20,6 +20,14 @@ struct DecodeRoute {
   int32_t choice[moe_decode::kMaxPairs];                      // token-slot -> expert
   float weight[moe_decode::kMaxPairs];                        // token-slot -> combine weight
 };
+static_assert(sizeof(DecodeRoute) == kMoeDecodeRouteBytes, "the workspace's copy of the routing");
+
+// r <-> its copy in global memory, by all threads of the block (a block barrier follows).
+__device__ __forceinline__ void copy_route(const DecodeRoute& from, DecodeRoute& to) {
+  const int* src = reinterpret_cast<const int*>(&from);
+  int* dst = reinterpret_cast<int*>(&to);
+  for (int i = threadIdx.x; i < static_cast<int>(sizeof(DecodeRoute) / 4); i += blockDim.x) dst[i] = src[i];
+}
 
 // All threads of the block; r is valid after it returns. T * k <= kMaxPairs.
 __device__ __forceinline__ void route_in_block(const float* logits, int T, int E, int k, DecodeRoute& r) {

@@ -1,7 +1,8 @@
 // The MoE layer for a few tokens (decode) in three kernels: the gate (logits, and the tokens'
 // x in the paired order the tensor-core fragments take), then mlp1 + SwiGLU and mlp2 + the
-// weighted combine, each of which routes the tokens again in its own prologue (a few hundred
-// instructions per block: cheaper than a launch) and streams the routed experts' MXFP4 weights.
+// weighted combine. Every block of mlp1 routes the tokens in its own prologue (a few hundred
+// instructions per block: cheaper than a launch) and block 0 leaves the routing in the
+// workspace, where mlp2's blocks read it; both stream the routed experts' MXFP4 weights.
 // The kernels chain by programmatic dependent launch on sm_90: each lets the next one's blocks
 // start, and the next waits for it before reading what it wrote.
 #pragma once
@@ -58,7 +59,8 @@ struct MoeDecodeGateParams {
 // One expert matmul of the layer: mlp1 (x = the tokens, SwiGLU into act) or mlp2 (x = act,
 // combine into y).
 struct MoeDecodeExpertsParams {
-  const float* logits;  // [T, E]: routed again in each block
+  const float* logits;  // [T, E]: mlp1 routes them in each block
+  void* route;          // the routing (a DecodeRoute): mlp1's block 0 writes it, mlp2 reads it
   int T, E, k;
   const uint8_t* w;         // [E, N, K / 32, 16] MXFP4 codes
   const uint8_t* w_scales;  // [E, N, K / 32]
