@@ -15,7 +15,9 @@ unembedding, the rest). With --peer-dir holding gpt_oss-0.0.9 and triton_kernels
 gpt_oss.triton TokenGenerator (triton_kernels MoE, decode step in a CUDA graph) decodes the same
 checkpoint in the same process, timed the same way (bench/gpt_oss_triton_peer.py). With
 --transformers, transformers' own model with moekit's MoE (moekit.transformers_gpt_oss) too, with a
-static cache, transformers compiling its decode step ("reduce-overhead", fullgraph).
+static cache, transformers compiling its decode step ("reduce-overhead", fullgraph); and, where the
+GPU's free memory holds it, transformers' own model with the experts dequantized to bf16 (what its
+Mxfp4Config(dequantize=True) gives users, run by its grouped_mm experts), timed the same way.
 """
 
 import argparse
@@ -183,18 +185,48 @@ def step_breakdown(model: GptOss, prompt, steps: int = 8) -> dict:
     return result
 
 
-def transformers_generator(checkpoint: Path, device):
-    """run(prompt, n): transformers' GptOssForCausalLM with moekit's MoE (moekit.transformers_gpt_oss)
-    decoding greedily with a static cache. transformers' generate compiles the decode step itself
-    when the cache is static and the model on a GPU (the prefill stays eager): here in "reduce-overhead"
-    mode, the step replayed from a CUDA graph, and with fullgraph=True, so a graph break in moekit's
-    ops would fail the run instead of slowing it. (Compiling model.forward by hand compiles the
-    prefill too, whose cache writes then overwrite the decode graph's outputs.)"""
+def dequantize_experts(model) -> None:
+    """Replaces every moekit MLP of a moekit.transformers_gpt_oss model by transformers' own
+    GptOssMLP, its experts the checkpoint's MXFP4 weights dequantized to the model's dtype (transformers'
+    layout: gate_up_proj [E, H, 2I], down_proj [E, I, H]) and run by its grouped_mm experts."""
+    import moekit
+    from moekit.transformers_gpt_oss import MoekitGptOssMLP
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssMLP
+
+    config = model.config
+    config._experts_implementation = "grouped_mm"
+    for name, ours in list(model.named_modules()):
+        if not isinstance(ours, MoekitGptOssMLP):
+            continue
+        dtype = ours.router.weight.dtype  # the model's (MXFP4 values are exact in bf16 and float32)
+        with torch.device(ours.router.weight.device):
+            mlp = GptOssMLP(config).to(dtype)
+        e, theirs = ours.experts, mlp.experts
+        mlp.router.load_state_dict(ours.router.state_dict())
+        theirs.gate_up_proj.copy_(
+            moekit.dequantize_mxfp4(e.gate_up_proj_blocks, e.gate_up_proj_scales, dtype=dtype).transpose(1, 2))
+        theirs.down_proj.copy_(moekit.dequantize_mxfp4(e.down_proj_blocks, e.down_proj_scales, dtype=dtype).transpose(1, 2))
+        theirs.gate_up_proj_bias.copy_(e.gate_up_proj_bias)
+        theirs.down_proj_bias.copy_(e.down_proj_bias)
+        theirs.limit = e.limit
+        model.set_submodule(name, mlp)
+
+
+def transformers_generator(checkpoint: Path, device, dequantized: bool = False):
+    """run(prompt, n): transformers' GptOssForCausalLM with moekit's MoE (moekit.transformers_gpt_oss),
+    or with its own experts dequantized to bf16, decoding greedily with a static cache. transformers'
+    generate compiles the decode step itself when the cache is static and the model on a GPU (the
+    prefill stays eager): here in "reduce-overhead" mode, the step replayed from a CUDA graph, and
+    with fullgraph=True, so a graph break in the MoE would fail the run instead of slowing it.
+    (Compiling model.forward by hand compiles the prefill too, whose cache writes then overwrite
+    the decode graph's outputs.)"""
     from transformers import CompileConfig
 
     from moekit.transformers_gpt_oss import from_pretrained
 
     model = from_pretrained(checkpoint, device, dtype=torch.bfloat16)
+    if dequantized:
+        dequantize_experts(model)
     compile_config = CompileConfig(fullgraph=True, mode="reduce-overhead")
 
     def run(prompt, n):
@@ -203,6 +235,37 @@ def transformers_generator(checkpoint: Path, device):
                              pad_token_id=0, cache_implementation="static", compile_config=compile_config)
         return out[0, len(prompt):].tolist()
     return run
+
+
+def transformers_bf16_row(checkpoint: Path, config: GptOssConfig, prompt, runner_ids, row: dict, args, device) -> dict:
+    """transformers' own model with the experts dequantized to bf16, timed as the moekit-backed one,
+    where the GPU's free memory holds it; else (or if it fails) why not."""
+    experts_bf16 = 2 * config.num_hidden_layers * config.num_experts * 3 * config.hidden_size * config.intermediate_size
+    free = torch.cuda.mem_get_info(device)[0]
+    shape = row["shape"]
+    if experts_bf16 * 1.3 > free:  # the rest of the model and a layer dequantized at a time beside it
+        note = f"not run: its bf16 experts ({experts_bf16 / 1e9:.1f} GB) do not fit the {free / 1e9:.1f} GB free"
+        print(f"{shape}: transformers, experts dequantized to bf16: {note}", flush=True)
+        return {"error": note}
+    try:
+        with torch.inference_mode():
+            run = transformers_generator(checkpoint, device, dequantized=True)
+            result = tokens_per_second(lambda n: run(prompt, n), *args.new_tokens, args.reps, device)
+            result["fraction_of_limit"] = result["tokens_per_s"] / row["limit_tokens_per_s"]
+            result["greedy_tokens_equal_to_runner"] = next(
+                (i for i, (a, b) in enumerate(zip(runner_ids, run(prompt, 64))) if a != b), 64)
+    except Exception as e:  # a compile failure is a result to report, not a reason to lose the others
+        note = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        print(f"{shape}: transformers, experts dequantized to bf16: {note}", flush=True)
+        return {"error": note}
+    finally:
+        run = None
+        torch.cuda.empty_cache()
+    result["experts_bf16_bytes"] = experts_bf16
+    print(f"{shape}: transformers, experts dequantized to bf16 (grouped_mm), static cache, compiled: "
+          f"{result['tokens_per_s']:.1f} tokens/s; first {result['greedy_tokens_equal_to_runner']} greedy tokens "
+          f"equal the runner's", flush=True)
+    return result
 
 
 # ------------------------------------------------------------------------------------- main
@@ -264,6 +327,8 @@ def run_shape(shape: str, args, device, copy_bps: float) -> dict:
               f"{result['greedy_tokens_equal_to_runner']} greedy tokens equal the runner's", flush=True)
         del run
         torch.cuda.empty_cache()
+        row["transformers_bf16_compiled"] = transformers_bf16_row(checkpoint, config, prompt, graph_ids, row, args,
+                                                                  device)
 
     if checkpoint is not None and args.peer_dir is not None:
         from gpt_oss_triton_peer import PeerGenerator
