@@ -16,8 +16,7 @@ namespace {
 constexpr size_t kMaxSmemBytes = 48 * 1024;
 
 size_t smem_bytes(const AttentionDecodeProblem& p) {
-  const int64_t group = p.Hq / p.Hkv, chunk = p.split.chunk;
-  return static_cast<size_t>(chunk * (2 * p.D + 1) + group * (2 * p.D + chunk + 3) + p.D) * sizeof(float);
+  return static_cast<size_t>(attention_decode_smem_floats(p.Hq / p.Hkv, p.D, p.split.chunk)) * sizeof(float);
 }
 
 }  // namespace

@@ -21,12 +21,24 @@
 #include "../shared_address.cuh"
 #include "../grid_dependency.cuh"
 
+// A probe's stamp at phase n of attention_decode_kernel (bench/attention_phases.cu defines it to
+// record when each block reaches it); nothing otherwise.
+#ifndef MOEKIT_ATTENTION_PHASE
+#define MOEKIT_ATTENTION_PHASE(n)
+#endif
+
 namespace moekit::cuda {
 
 constexpr int kAttnThreads = 256;
 constexpr int kAttnMaxGroup = 16;          // q heads per kv head
 constexpr int kAttnMaxGroupValues = 2048;  // q heads per kv head * D
 constexpr int kAttnMaxClusterSplits = 16;  // a cluster's blocks (non-portable above 8)
+
+// The kernel's shared memory, in floats (the layout at the top of attention_decode_kernel) for
+// G q heads per kv head, head size D and chunks of C keys.
+inline __host__ __device__ int64_t attention_decode_smem_floats(int64_t G, int64_t D, int64_t C) {
+  return C * (2 * D + 1) + G * (2 * D + C + 3) + D;
+}
 
 struct AttentionDecodeParams {
   const void* qkv;
@@ -200,8 +212,10 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
   T* k_cache = static_cast<T*>(p.k_cache);
   T* v_cache = static_cast<T*>(p.v_cache);
   const int row_len = (p.Hq + 2 * p.Hkv) * D;
+  MOEKIT_ATTENTION_PHASE(0);
   let_next_grid_start();  // the merge waits for this grid; what follows it may start its prologue
   wait_for_previous_grid();
+  MOEKIT_ATTENTION_PHASE(1);
   const int64_t p0 = p.position[0];
 
   if (!(p0 >= 0 && p0 + p.T <= p.L)) {  // nothing is written; out says so (the merge kernel does for it)
@@ -214,6 +228,7 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
     }
     return;
   }
+  MOEKIT_ATTENTION_PHASE(2);  // the position has arrived
   // A key row: the cache below p0, the new tokens' qkv rows from p0 on.
   auto new_key = [&](int j) { return qkv + (j - p0) * row_len + (p.Hq + g) * D; };
   auto new_value = [&](int j) { return qkv + (j - p0) * row_len + (p.Hq + p.Hkv + g) * D; };
@@ -231,6 +246,7 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
     }
   }
 
+  MOEKIT_ATTENTION_PHASE(3);
   // Chunks start at the first key token 0 sees; the last token's position ends them.
   const int base = visible_keys(p, p0, 0).x, end = static_cast<int>(p0) + p.T;
   const int chunks = (end - base + C - 1) / C;
@@ -270,6 +286,7 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
       l_s[tid] = 0.0f;
     }
     for (int e = tid; e < G * D; e += kAttnThreads) acc_s[e] = 0.0f;
+    MOEKIT_ATTENTION_PHASE(4);
     for (int c = split; c < chunks; c += p.splits) {
       // This token's keys in the chunk: [k0, k1) of it.
       const int start = base + c * C;
@@ -287,6 +304,7 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
         k_s[k * (D + 1) + half + i] = r.y;
       }
       __syncthreads();
+      MOEKIT_ATTENTION_PHASE(5);
       // Scores of the (head, key) pairs; the loops stay rolled: short code runs faster here than
       // unrolled code, which each SM fetches once per launch.
       for (int item = tid; item < G * C; item += kAttnThreads) {
@@ -302,6 +320,7 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
         w_s[h * C + k] = (even + odd) * p.sm_scale;
       }
       __syncthreads();
+      MOEKIT_ATTENTION_PHASE(6);
       // Online softmax: warp w updates heads w, w + 8, ...
       for (int h = warp; h < G; h += kAttnThreads / 32) {
         float* w = w_s + h * C;
@@ -326,6 +345,7 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
         }
       }
       __syncthreads();
+      MOEKIT_ATTENTION_PHASE(7);
       // Weighted values of the (head, column) outputs.
       for (int e = tid; e < G * D; e += kAttnThreads) {
         const int h = e / D, d = e % D;
@@ -341,9 +361,11 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
       }
     }
     __syncthreads();  // m_s and l_s complete
+    MOEKIT_ATTENTION_PHASE(8);
     // This token's result, or this split's partial (max -inf and zeros when it saw no key).
     if (p.cluster) {
       merge_in_cluster<T>(p, t, m_s, l_s, acc_s);
+      MOEKIT_ATTENTION_PHASE(9);
       continue;
     }
     for (int e = tid; e < G * D; e += kAttnThreads) {
