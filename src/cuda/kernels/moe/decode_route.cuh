@@ -1,6 +1,7 @@
 // The routing of a few tokens, computed by every block of mlp1's expert kernel into its shared
-// memory (and copied by mlp2's from the one mlp1's block 0 leaves in the workspace): top-k and the softmax per token (topk.cuh, as the route op computes them), then the
-// token-slots grouped by expert, experts in increasing order, each expert's slots in order.
+// memory (mlp2's blocks copy the one mlp1's block 0 leaves in the workspace): top-k and the
+// softmax per token (topk.cuh, as the route op computes them), then the token-slots grouped by
+// expert, experts in increasing order, each expert's slots in order.
 #pragma once
 
 #include <cstdint>
@@ -22,7 +23,8 @@ struct DecodeRoute {
 };
 static_assert(sizeof(DecodeRoute) == kMoeDecodeRouteBytes, "the workspace's copy of the routing");
 
-// r <-> its copy in global memory, by all threads of the block (a block barrier follows).
+// Copies a routing between shared and global memory, by all threads of the block; a block
+// barrier must come before the copy is read.
 __device__ __forceinline__ void copy_route(const DecodeRoute& from, DecodeRoute& to) {
   const int* src = reinterpret_cast<const int*>(&from);
   int* dst = reinterpret_cast<int*>(&to);
