@@ -7,8 +7,8 @@
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench \
 //        bench/attention_phases.cu -o build/attention_phases && build/attention_phases
 //
-// Prints, per phase, the median and the latest block (us after the first block passed its wait)
-// and the time per call of the graph.
+// Prints, per phase, the median and the latest block (us after the first block passed its wait),
+// how many SMs hold two of its blocks, and the time per call of the graph.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -20,11 +20,17 @@
 namespace probe {
 constexpr int kPhases = 10, kMaxBlocks = 8 * 32;
 __device__ unsigned long long stamps[kMaxBlocks][kPhases];
+__device__ unsigned sm_of[kMaxBlocks];
 __device__ __forceinline__ void stamp(int n) {
   if (threadIdx.x == 0) {
     unsigned long long t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
     stamps[blockIdx.y * gridDim.x + blockIdx.x][n] = t;
+    if (n == 0) {
+      unsigned sm;
+      asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+      sm_of[blockIdx.y * gridDim.x + blockIdx.x] = sm;
+    }
   }
 }
 }  // namespace probe
@@ -117,8 +123,16 @@ void run(const char* name, int window, cudaStream_t stream) {
   CHECK(cudaMemcpyFromSymbol(st.data(), probe::stamps, st.size() * sizeof(unsigned long long)));
   unsigned long long origin = ~0ull;
   for (int b = 0; b < blocks; ++b) origin = std::min(origin, st[b * probe::kPhases + 1]);
-  std::printf("\n%s (window %d): %d kv heads x %d splits in clusters of %d; busy 5 us + attention: %.2f us a call\n",
-              name, window, kHkv, p.splits, cluster.y, us);
+  // How many SMs hold two of its blocks: an SM with two has no room left for the output
+  // projection's GEMV block (registers), which then starts only as attention ends.
+  std::vector<unsigned> sms(probe::kMaxBlocks);
+  CHECK(cudaMemcpyFromSymbol(sms.data(), probe::sm_of, sms.size() * sizeof(unsigned)));
+  std::vector<int> per_sm(1024, 0);
+  int doubled = 0;
+  for (int b = 0; b < blocks; ++b) doubled += ++per_sm[sms[b] % 1024] == 2;
+  std::printf("\n%s (window %d): %d kv heads x %d splits in clusters of %d, %d SMs holding two blocks; busy 5 us + "
+              "attention: %.2f us a call\n",
+              name, window, kHkv, p.splits, cluster.y, doubled, us);
   for (int n = 0; n < probe::kPhases; ++n) {
     std::vector<double> t;
     for (int b = 0; b < blocks; ++b) {
