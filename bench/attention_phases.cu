@@ -5,7 +5,8 @@
 // spins 5 us (as QKV's projection does in the decode step), each launch a graph of 24.
 //
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench \
-//        bench/attention_phases.cu -o build/attention_phases && build/attention_phases
+//        bench/attention_phases.cu src/core/problem.cpp src/core/check.cpp src/core/tensor.cpp \
+//        -o build/attention_phases && build/attention_phases
 //
 // Prints, per phase, the median and the latest block (us after the first block passed its wait),
 // how many SMs hold two of its blocks, and the time per call of the graph.
@@ -59,14 +60,6 @@ __global__ void busy_kernel(int ns) {
   }
 }
 
-template <class T>
-T* upload(const std::vector<T>& host) {
-  T* dev = nullptr;
-  CHECK(cudaMalloc(&dev, host.size() * sizeof(T)));
-  CHECK(cudaMemcpy(dev, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return dev;
-}
-
 void run(const char* name, int window, cudaStream_t stream) {
   std::mt19937 rng(7);
   std::normal_distribution<float> normal;
@@ -95,10 +88,9 @@ void run(const char* name, int window, cudaStream_t stream) {
   p.window = window;
   p.rope_scale = 1.0f;
   p.sm_scale = 0.125f;
-  // As attention_decode_split chooses: chunks of 32 keys over the span a call can see, a block each.
-  p.chunk = 32;
-  const int span = window > 0 ? window : kL;
-  p.splits = std::min((span + p.chunk - 1) / p.chunk, static_cast<int>(moekit::kAttentionMaxSplits));
+  const moekit::AttentionDecodeSplit split = moekit::attention_decode_split(kL, window, p.T, kD);
+  p.chunk = static_cast<int>(split.chunk);
+  p.splits = static_cast<int>(split.splits);
   p.cluster = p.splits > 1 && p.splits <= kAttnMaxClusterSplits;
   if (p.splits > 1 && !p.cluster) {
     std::printf("%s: %d splits need the merge kernel; not probed\n", name, p.splits);

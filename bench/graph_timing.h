@@ -1,5 +1,6 @@
-// What the C++ micro-benchmarks in bench/ share: a CUDA error check that ends the program, and
-// the time per call of a CUDA graph that replays a number of calls.
+// What the C++ micro-benchmarks in bench/ share: a CUDA error check that ends the program, a copy
+// of a host vector to a new device buffer, and the time per call of a CUDA graph that replays a
+// number of calls.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -17,6 +18,15 @@
       std::exit(1);                                                                              \
     }                                                                                            \
   } while (0)
+
+// A new device buffer holding `host` (freed by the caller).
+template <class T>
+T* upload(const std::vector<T>& host) {
+  T* dev = nullptr;
+  CHECK(cudaMalloc(&dev, host.size() * sizeof(T)));
+  CHECK(cudaMemcpy(dev, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return dev;
+}
 
 // Median time per call (us) over 5 replays (after one to warm up) of a graph of `calls` calls of
 // capture(c), each of which enqueues its call on `stream`.

@@ -34,14 +34,6 @@ namespace {
 constexpr int64_t kH = 2880, kI = 2880;
 constexpr int kK = 4, kRoutings = 8;
 
-template <class T>
-T* upload(const std::vector<T>& host) {
-  T* dev = nullptr;
-  CHECK(cudaMalloc(&dev, host.size() * sizeof(T)));
-  CHECK(cudaMemcpy(dev, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return dev;
-}
-
 struct Matmul {
   uint8_t* codes;
   uint8_t* scales;
