@@ -237,35 +237,42 @@ def transformers_generator(checkpoint: Path, device, dequantized: bool = False):
     return run
 
 
+def first_difference(a, b) -> int:
+    """How many leading tokens of a and b agree."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def transformers_row(checkpoint: Path, prompt, runner_ids, row: dict, args, device, dequantized: bool) -> dict:
+    """transformers' model (moekit's MoE, or its own experts dequantized to bf16) timed as the runner
+    is, and how many of its greedy tokens equal the runner's."""
+    with torch.inference_mode():
+        run = transformers_generator(checkpoint, device, dequantized)
+        result = tokens_per_second(lambda n: run(prompt, n), *args.new_tokens, args.reps, device)
+        result["fraction_of_limit"] = result["tokens_per_s"] / row["limit_tokens_per_s"]
+        result["greedy_tokens_equal_to_runner"] = first_difference(runner_ids, run(prompt, 64))
+    what = "experts dequantized to bf16 (grouped_mm)" if dequantized else "moekit MoE"
+    print(f"{row['shape']}: transformers + {what}, static cache, compiled: {result['tokens_per_s']:.1f} tokens/s; "
+          f"first {result['greedy_tokens_equal_to_runner']} greedy tokens equal the runner's", flush=True)
+    return result
+
+
 def transformers_bf16_row(checkpoint: Path, config: GptOssConfig, prompt, runner_ids, row: dict, args, device) -> dict:
-    """transformers' own model with the experts dequantized to bf16, timed as the moekit-backed one,
-    where the GPU's free memory holds it; else (or if it fails) why not."""
+    """transformers_row with the experts dequantized to bf16, where the GPU's free memory holds
+    them; else (or if it fails) why not."""
     experts_bf16 = 2 * config.num_hidden_layers * config.num_experts * 3 * config.hidden_size * config.intermediate_size
     free = torch.cuda.mem_get_info(device)[0]
-    shape = row["shape"]
     if experts_bf16 * 1.3 > free:  # the rest of the model and a layer dequantized at a time beside it
         note = f"not run: its bf16 experts ({experts_bf16 / 1e9:.1f} GB) do not fit the {free / 1e9:.1f} GB free"
-        print(f"{shape}: transformers, experts dequantized to bf16: {note}", flush=True)
-        return {"error": note}
-    try:
-        with torch.inference_mode():
-            run = transformers_generator(checkpoint, device, dequantized=True)
-            result = tokens_per_second(lambda n: run(prompt, n), *args.new_tokens, args.reps, device)
-            result["fraction_of_limit"] = result["tokens_per_s"] / row["limit_tokens_per_s"]
-            result["greedy_tokens_equal_to_runner"] = next(
-                (i for i, (a, b) in enumerate(zip(runner_ids, run(prompt, 64))) if a != b), 64)
-    except Exception as e:  # a compile failure is a result to report, not a reason to lose the others
-        note = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        print(f"{shape}: transformers, experts dequantized to bf16: {note}", flush=True)
-        return {"error": note}
-    finally:
-        run = None
-        torch.cuda.empty_cache()
-    result["experts_bf16_bytes"] = experts_bf16
-    print(f"{shape}: transformers, experts dequantized to bf16 (grouped_mm), static cache, compiled: "
-          f"{result['tokens_per_s']:.1f} tokens/s; first {result['greedy_tokens_equal_to_runner']} greedy tokens "
-          f"equal the runner's", flush=True)
-    return result
+    else:
+        try:
+            return {**transformers_row(checkpoint, prompt, runner_ids, row, args, device, dequantized=True),
+                    "experts_bf16_bytes": experts_bf16}
+        except Exception as e:  # a compile failure is a result to report, not a reason to lose the others
+            note = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        finally:
+            torch.cuda.empty_cache()
+    print(f"{row['shape']}: transformers, experts dequantized to bf16: {note}", flush=True)
+    return {"error": note}
 
 
 # ------------------------------------------------------------------------------------- main
@@ -316,16 +323,8 @@ def run_shape(shape: str, args, device, copy_bps: float) -> dict:
     torch.cuda.empty_cache()
 
     if checkpoint is not None and args.transformers:
-        with torch.inference_mode():
-            run = transformers_generator(checkpoint, device)
-            result = tokens_per_second(lambda n: run(prompt, n), short, long, args.reps, device)
-            result["fraction_of_limit"] = result["tokens_per_s"] / row["limit_tokens_per_s"]
-            result["greedy_tokens_equal_to_runner"] = next(
-                (i for i, (a, b) in enumerate(zip(graph_ids, run(prompt, 64))) if a != b), 64)
-        row["transformers_moekit_compiled"] = result
-        print(f"{shape}: transformers + moekit MoE, static cache, compiled: {result['tokens_per_s']:.1f} tokens/s; first "
-              f"{result['greedy_tokens_equal_to_runner']} greedy tokens equal the runner's", flush=True)
-        del run
+        row["transformers_moekit_compiled"] = transformers_row(checkpoint, prompt, graph_ids, row, args, device,
+                                                               dequantized=False)
         torch.cuda.empty_cache()
         row["transformers_bf16_compiled"] = transformers_bf16_row(checkpoint, config, prompt, graph_ids, row, args,
                                                                   device)
@@ -339,8 +338,7 @@ def run_shape(shape: str, args, device, copy_bps: float) -> dict:
         peer_ids = peer.generate(prompt, 64)
         row["gpt_oss_triton"] = result
         row["moekit_vs_gpt_oss_triton"] = graph["tokens_per_s"] / result["tokens_per_s"]
-        row["greedy_tokens_equal_to_peer"] = next((i for i, (a, b) in enumerate(zip(graph_ids, peer_ids)) if a != b),
-                                                  len(peer_ids))
+        row["greedy_tokens_equal_to_peer"] = first_difference(graph_ids, peer_ids)
         print(f"{shape}: gpt_oss.triton {result['tokens_per_s']:.1f} tokens/s: moekit is "
               f"{row['moekit_vs_gpt_oss_triton']:.2f}x; first {row['greedy_tokens_equal_to_peer']} greedy tokens agree",
               flush=True)
