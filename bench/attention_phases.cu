@@ -19,7 +19,7 @@
 #include <vector>
 
 namespace probe {
-constexpr int kPhases = 10, kMaxBlocks = 8 * 32;
+constexpr int kPhases = 9, kMaxBlocks = 8 * 32;
 __device__ unsigned long long stamps[kMaxBlocks][kPhases];
 __device__ unsigned sm_of[kMaxBlocks];
 __device__ __forceinline__ void stamp(int n) {
@@ -46,10 +46,9 @@ using namespace moekit::cuda;
 namespace {
 
 constexpr int kHq = 64, kHkv = 8, kD = 64, kL = 256, kPosition = 140, kLayers = 24;
-const char* kPhaseNames[probe::kPhases] = {"entered",        "passed the wait",   "position arrived",
-                                           "cache written",  "queries rotated",   "chunk staged",
-                                           "scores",         "softmax",           "weighted values",
-                                           "merged, written"};
+const char* kPhaseNames[probe::kPhases] = {"entered",         "passed the wait", "position arrived",
+                                           "queries rotated", "chunk staged",    "scores",
+                                           "softmax",         "weighted values", "merged, written"};
 
 // Lets the next kernel start at once, then spins `ns` on the SM's clock (~1.98 cycles a ns).
 __global__ void busy_kernel(int ns) {
@@ -98,7 +97,8 @@ void run(const char* name, int window, cudaStream_t stream) {
   }
   constexpr auto kernel = &attention_decode_kernel<__nv_bfloat16, true>;
   CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-  const size_t smem = static_cast<size_t>(attention_decode_smem_floats(G, kD, p.chunk)) * sizeof(float);
+  const size_t smem =
+      static_cast<size_t>(attention_decode_smem_floats(G, kD, p.chunk, p.cluster ? p.splits : 0)) * sizeof(float);
   const dim3 grid(kHkv, p.splits), cluster(1, p.cluster ? p.splits : 1, 1);
   const float us = graph_us_per_call(stream, kLayers, [&](int) {
     launch_kernel(busy_kernel, 132, 128, 0, stream, true, 5000);

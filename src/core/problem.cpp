@@ -413,9 +413,8 @@ AttentionDecodeSplit attention_decode_split(int64_t cache_len, int64_t window, i
   // 32 keys of up to 64 values per chunk (16 KB of keys and values in float32), a power of two
   // fewer keys for larger heads; at most 32 blocks per kv head, each walking every 32nd chunk of
   // a long context.
-  constexpr int64_t kChunkValues = 32 * 64;
   AttentionDecodeSplit s;
-  while (s.chunk > 1 && s.chunk * head_dim > kChunkValues) s.chunk /= 2;
+  while (s.chunk > 1 && s.chunk * head_dim > kAttentionChunkValues) s.chunk /= 2;
   // Keys the tokens can see together: the window (stretched by the tokens after the first), or the
   // cache. Compared without forming window + tokens, which a huge window would overflow.
   const int64_t span = window > 0 && window < cache_len - tokens + 1 ? window + tokens - 1 : cache_len;

@@ -130,6 +130,7 @@ void check_add_rms_norm_outputs(const AddRmsNormProblem& p, const TensorView& x,
 // cache length, the window, the tokens and the head size), so the workspace is too.
 // The CUDA backend's keys per chunk and blocks per kv head (at most kAttentionMaxSplits).
 constexpr int64_t kAttentionMaxSplits = 32;
+constexpr int64_t kAttentionChunkValues = 32 * 64;  // keys per chunk * head size, at most
 struct AttentionDecodeSplit {
   int64_t chunk = 32, splits = 1;
 };

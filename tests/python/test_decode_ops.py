@@ -96,12 +96,14 @@ def run_attention(inputs, p0, window, device="cpu"):
 
 # (T, Hq, Hkv, D, L, p0, window): decode steps, a few tokens, windows cut inside the range or
 # not at all, caches whose keys the CUDA backend splits over up to 16 blocks a kv head (merged
-# within their cluster on sm_90) and over 32 (merged by a second kernel), with tokens on both
-# sides of a split, the first and the last position, odd head counts and sizes.
+# within their cluster on sm_90, several tokens in a row: 2 and 13 splits) and over 32 (merged
+# by a second kernel), with tokens on both sides of a split, the first and the last position,
+# odd head counts and sizes.
 CASES = [
     (1, 64, 8, 64, 300, 120, 128), (1, 64, 8, 64, 300, 299, 0), (1, 4, 2, 16, 40, 0, 8),
     (3, 4, 2, 16, 40, 20, 8), (16, 8, 1, 8, 64, 48, 0), (5, 6, 3, 4, 30, 7, 5), (2, 2, 2, 2, 9, 7, 0),
-    (1, 64, 8, 64, 3000, 2500, 0), (8, 16, 8, 32, 2100, 1020, 0), (4, 8, 4, 64, 2100, 2050, 1500),
+    (4, 12, 4, 48, 400, 300, 0), (1, 64, 8, 64, 3000, 2500, 0), (8, 16, 8, 32, 2100, 1020, 0),
+    (4, 8, 4, 64, 2100, 2050, 1500),
 ]
 
 

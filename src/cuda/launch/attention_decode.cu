@@ -12,11 +12,13 @@
 namespace moekit::cuda {
 namespace {
 
-// At most ~43 KB (chunk * D and group * D are at most 2048, chunk 32): no opt-in needed.
+// At most ~45 KB without the cluster merge's buffers (chunk * D and group * D are at most 2048,
+// chunk 32): no opt-in needed. The cluster merge is taken where its buffers fit too.
 constexpr size_t kMaxSmemBytes = 48 * 1024;
 
-size_t smem_bytes(const AttentionDecodeProblem& p) {
-  return static_cast<size_t>(attention_decode_smem_floats(p.Hq / p.Hkv, p.D, p.split.chunk)) * sizeof(float);
+size_t smem_bytes(const AttentionDecodeProblem& p, int cluster_splits) {
+  return static_cast<size_t>(attention_decode_smem_floats(p.Hq / p.Hkv, p.D, p.split.chunk, cluster_splits)) *
+         sizeof(float);
 }
 
 }  // namespace
@@ -40,15 +42,15 @@ void launch_attention(const AttentionDecodeProblem& p, const AttentionDecodeArgs
   constexpr auto kernel = &attention_decode_kernel<T, kVec>;
   const int major = device_info(p.device.index).major;
   const bool chained = chains_on(major);
-  // A kv head's splits merge in their cluster where one holds them all (sm_90), else through the
-  // workspace and the merge kernel.
+  // A kv head's splits merge in their cluster where one holds them all (sm_90) and the merge's
+  // buffers fit, else through the workspace and the merge kernel.
   const int splits = static_cast<int>(p.split.splits);
-  params.cluster = splits > 1 && splits <= kAttnMaxClusterSplits &&
+  params.cluster = splits > 1 && splits <= kAttnMaxClusterSplits && smem_bytes(p, splits) <= kMaxSmemBytes &&
                    splits <= max_cluster_blocks<kernel>(kAttnThreads, kMaxSmemBytes, p.device.index, major);
   params.partial = splits > 1 && !params.cluster ? a.workspace.ptr<float>() : nullptr;
   const dim3 grid(static_cast<unsigned>(p.Hkv), static_cast<unsigned>(splits));
-  launch_kernel_in_clusters(kernel, grid, dim3(1, params.cluster ? splits : 1, 1), kAttnThreads, smem_bytes(p),
-                            stream, chained, params);
+  launch_kernel_in_clusters(kernel, grid, dim3(1, params.cluster ? splits : 1, 1), kAttnThreads,
+                            smem_bytes(p, params.cluster ? splits : 0), stream, chained, params);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "attention_decode_kernel");
   if (params.partial) {
     const dim3 merge_grid(static_cast<unsigned>(p.T), static_cast<unsigned>(p.Hq));

@@ -6,9 +6,12 @@
 // folds it into an online softmax per head, and accumulates the weighted values. With one split
 // the block writes out; with several, each holds its partial (max, sum, weighted values) and they
 // are combined in split order: on sm_90, where a kv head's splits fit one thread block cluster
-// (kAttnMaxClusterSplits), by the cluster's blocks reading each other's shared memory; elsewhere
-// each writes its partial to the workspace and attention_decode_merge_kernel combines them. The
-// two give the same bits. The first split's block writes the new keys and values into the cache.
+// (kAttnMaxClusterSplits), each block stores its partial into the shared memory of the blocks
+// that merge it and, after one cluster barrier, merges its share of the columns from its own
+// shared memory; elsewhere each writes its partial to the workspace and
+// attention_decode_merge_kernel combines them. The two give the same bits. The block that stages
+// token t's own key (position p0 + t) writes that key and value into the cache from its staging
+// buffers, so no block spends a round trip on the cache write.
 // Nothing is atomic and nothing depends on how many tokens the call holds: the result is the
 // same bits for a token decoded alone or with others. Both kernels are chained
 // (grid_dependency.cuh): the merge's blocks start at once and wait.
@@ -34,10 +37,19 @@ constexpr int kAttnMaxGroup = 16;          // q heads per kv head
 constexpr int kAttnMaxGroupValues = 2048;  // q heads per kv head * D
 constexpr int kAttnMaxClusterSplits = 16;  // a cluster's blocks (non-portable above 8)
 
+// One token's partials as the cluster merge receives them in a block, in floats: [splits][columns
+// per block] weighted values (column e goes to block e % splits), then [splits][2 G] maxima and sums.
+inline __host__ __device__ int64_t attention_decode_received_floats(int64_t G, int64_t D, int64_t splits) {
+  return (G * D + splits - 1) / splits * splits + 2 * G * splits;
+}
+
 // The kernel's shared memory, in floats (the layout at the top of attention_decode_kernel) for
-// G q heads per kv head, head size D and chunks of C keys.
-inline __host__ __device__ int64_t attention_decode_smem_floats(int64_t G, int64_t D, int64_t C) {
-  return C * (2 * D + 1) + G * (2 * D + C + 3) + D;
+// G q heads per kv head, head size D, chunks of C keys and, merging in a cluster, its splits
+// (0 otherwise): two tokens' received partials, so that one cluster barrier a token suffices.
+inline __host__ __device__ int64_t attention_decode_smem_floats(int64_t G, int64_t D, int64_t C,
+                                                                int64_t cluster_splits) {
+  return C * (2 * D + 1) + G * (2 * D + C + 4) + D + D / 2 +
+         (cluster_splits > 0 ? 2 * attention_decode_received_floats(G, D, cluster_splits) : 0);
 }
 
 struct AttentionDecodeParams {
@@ -73,37 +85,33 @@ __device__ __forceinline__ float2 rotate_pair(const T* head_row, int i, int half
           round_to<T>(__fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)))};
 }
 
-// N consecutive elements (N * sizeof(T) == 16, or N == 1) as floats.
+// N consecutive elements of a row as one load (N * sizeof(T) == 16, or N == 1), kept as loaded
+// (bf16 pairs take half the registers of floats) until they are stored.
 template <int N, class T>
-__device__ __forceinline__ void load_floats(const T* src, float* dst) {
-  if constexpr (N == 1) {
-    dst[0] = to_float(*src);
-  } else {
-    const uint4 raw = *reinterpret_cast<const uint4*>(src);
-    const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int i = 0; i < N; ++i) dst[i] = to_float(e[i]);
-  }
-}
+struct alignas(N * sizeof(T)) RowPiece {
+  T e[N];
+};
 
 // Copies rows [k0, k1) of a chunk into k_s ([C][D + 1]) and v_s ([C][D]) as floats: row k of the
 // keys from k_row(k) (nullptr: a new token's key, rotated elsewhere), of the values from v_row(k).
-// Every load of a round is issued before the first is used, so a chunk costs one or two round
-// trips to memory rather than one per element. kVec: 16-byte loads (rows 16-byte aligned).
+// Every load is issued before the first is used: a chunk (at most kAttentionChunkValues values,
+// head sizes up to kAttnMaxGroupValues) costs one round trip to memory rather than one per
+// element. kVec: 16-byte loads (rows 16-byte aligned).
 template <bool kVec, class T, class KRow, class VRow>
 __device__ __forceinline__ void stage_chunk(float* k_s, float* v_s, int D, int k0, int k1, KRow k_row, VRow v_row) {
   constexpr int N = kVec ? 16 / sizeof(T) : 1;
-  constexpr int kBatch = kVec ? 4 : 8;
+  constexpr int kBatch = (kAttentionChunkValues / N + kAttnThreads - 1) / kAttnThreads;  // a thread's pieces
+  using Piece = RowPiece<N, T>;
   const int per_row = D / N, n = (k1 - k0) * per_row;
   for (int base = 0; base < n; base += kBatch * kAttnThreads) {
-    float keys[kBatch][N], values[kBatch][N];
+    Piece keys[kBatch], values[kBatch];
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) {
       const int e = base + b * kAttnThreads + threadIdx.x;
       if (e < n) {
         const int k = k0 + e / per_row, c = (e % per_row) * N;
-        if (const T* row = k_row(k)) load_floats<N>(row + c, keys[b]);
-        load_floats<N>(v_row(k) + c, values[b]);
+        if (const T* row = k_row(k)) keys[b] = *reinterpret_cast<const Piece*>(row + c);
+        values[b] = *reinterpret_cast<const Piece*>(v_row(k) + c);
       }
     }
 #pragma unroll
@@ -113,11 +121,36 @@ __device__ __forceinline__ void stage_chunk(float* k_s, float* v_s, int D, int k
         const int k = k0 + e / per_row, c = (e % per_row) * N;
         if (k_row(k)) {
 #pragma unroll
-          for (int i = 0; i < N; ++i) k_s[k * (D + 1) + c + i] = keys[b][i];
+          for (int i = 0; i < N; ++i) k_s[k * (D + 1) + c + i] = to_float(keys[b].e[i]);
         }
 #pragma unroll
-        for (int i = 0; i < N; ++i) v_s[k * D + c + i] = values[b][i];
+        for (int i = 0; i < N; ++i) v_s[k * D + c + i] = to_float(values[b].e[i]);
       }
+    }
+  }
+}
+
+// A token's queries of kv head g's group (row: the token's qkv row) into q_s ([G][D]) as they are,
+// to be rotated once the position is known: pair e of the thread's pairs e = tid, tid + 256, ...
+// is elements i and i + D/2 of head h. Not inlined: inlined twice, its addresses held across
+// the token loop made the kernel spill.
+template <class T, int kMaxPairs>
+__device__ __noinline__ void stage_queries(float* q_s, const T* row, int g, int G, int D) {
+  const int half = D / 2;
+  float x1[kMaxPairs], x2[kMaxPairs];
+#pragma unroll
+  for (int n = 0; n < kMaxPairs; ++n) {
+    const int e = threadIdx.x + n * kAttnThreads, h = e / half, i = e % half;
+    const T* head = row + (g * G + h) * D;
+    x1[n] = e < G * half ? to_float(head[i]) : 0.0f;
+    x2[n] = e < G * half ? to_float(head[half + i]) : 0.0f;
+  }
+#pragma unroll
+  for (int n = 0; n < kMaxPairs; ++n) {
+    const int e = threadIdx.x + n * kAttnThreads, h = e / half, i = e % half;
+    if (e < G * half) {
+      q_s[h * D + i] = x1[n];
+      q_s[h * D + half + i] = x2[n];
     }
   }
 }
@@ -128,27 +161,19 @@ __device__ __forceinline__ int2 visible_keys(const AttentionDecodeParams& p, int
   return {p.window > 0 ? max(0, pos - p.window + 1) : 0, pos};
 }
 
-// Output column d of one q head from the splits' partials (splits <= kMaxSplits), in split order:
-// max(s), sum(s) and value(s) read split s's running max, running sum and weighted value at d. A
-// split that saw no key holds max -inf, sum 0 and values 0, so its scale exp(-inf - top) is 0 and
-// it adds nothing. Both merges call it, so they give the same bits. The loops are unrolled and
-// read split min(s, splits - 1) whatever s, adding nothing past the last split, so that the
-// accessors' loads (registers, shared memory or another block's) are in flight together.
-template <int kMaxSplits, class Max, class Sum, class Value>
+// Output column d of one q head from the splits' partials, in split order: max(s), sum(s) and
+// value(s) read split s's running max, running sum and weighted value at d (both merges read them
+// from shared memory). A split that saw no key holds max -inf, sum 0 and values 0, so its scale
+// exp(-inf - top) is 0 and it adds nothing. Both merges call it, so they give the same bits.
+template <class Max, class Sum, class Value>
 __device__ __forceinline__ float merge_splits(int splits, float sink, Max max, Sum sum, Value value) {
   float top = sink;
-#pragma unroll
-  for (int s = 0; s < kMaxSplits; ++s) {
-    const float m = max(min(s, splits - 1));
-    top = fmaxf(top, s < splits ? m : -INFINITY);
-  }
+  for (int s = 0; s < splits; ++s) top = fmaxf(top, max(s));
   float denominator = __expf(sink - top), acc = 0.0f;
-#pragma unroll
-  for (int s = 0; s < kMaxSplits; ++s) {
-    const int r = min(s, splits - 1);
-    const float scale = __expf(max(r) - top), l = sum(r), v = value(r);
-    denominator += s < splits ? l * scale : 0.0f;
-    acc += s < splits ? v * scale : 0.0f;
+  for (int s = 0; s < splits; ++s) {
+    const float scale = __expf(max(s) - top);
+    denominator = fmaf(sum(s), scale, denominator);
+    acc = fmaf(value(s), scale, acc);
   }
   return acc / denominator;
 }
@@ -160,33 +185,54 @@ __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
-// The float at `local`'s offset in the shared memory of the cluster's block `rank`.
-__device__ __forceinline__ float load_from_cluster_block(const float* local, int rank) {
+// The cluster barrier in two halves: every block arrives as it starts and waits before its first
+// store into another block's shared memory, which must not come before that block has started.
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); }
+
+// Stores v at `local`'s offset in the shared memory of the cluster's block `rank`.
+__device__ __forceinline__ void store_to_cluster_block(float* local, int rank, float v) {
   uint32_t remote;
   asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(shared_address(local)), "r"(rank));
-  float v;
-  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-  return v;
+  asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote), "f"(v) : "memory");
 }
 #endif
 
-// The kv head's output for token t from the partials the cluster's blocks hold in shared memory
-// (m_s, l_s, acc_s at the same offsets in each): block `split` takes every splits-th column.
+// The kv head's output for token t from the splits' partials (m_s, l_s, acc_s in each block):
+// every block stores its partial where the blocks merging it read it (`received`, laid out as
+// attention_decode_received_floats says), then after one cluster barrier block `split` merges
+// columns split, split + splits, ... from its own shared memory. Nothing is read from another
+// block, so a block may leave as soon as it has merged; `received` alternates between two
+// buffers by token, so the next token's stores land in the buffer no block still reads. The
+// first token's call waits for the cluster_arrive_relaxed of every block's start.
 template <class T>
 __device__ __forceinline__ void merge_in_cluster(const AttentionDecodeParams& p, int t, const float* m_s,
-                                                 const float* l_s, const float* acc_s) {
+                                                 const float* l_s, const float* acc_s, const float* sink_s,
+                                                 float* received) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  cluster_sync();  // every split's partial is complete
-  const int G = p.Hq / p.Hkv, D = p.D, split = blockIdx.y;
-  for (int e = split * kAttnThreads + threadIdx.x; e < G * D; e += p.splits * kAttnThreads) {
-    const int h = e / D, hq = blockIdx.x * G + h;
-    const float out = merge_splits<kAttnMaxClusterSplits>(
-        p.splits, p.sinks[hq], [&](int s) { return load_from_cluster_block(m_s + h, s); },
-        [&](int s) { return load_from_cluster_block(l_s + h, s); },
-        [&](int s) { return load_from_cluster_block(acc_s + e, s); });
-    static_cast<T*>(p.out)[static_cast<int64_t>(t) * p.Hq * D + hq * D + e % D] = static_cast<T>(out);
+  if (t == 0) cluster_wait();  // every block of the cluster has started
+  const int G = p.Hq / p.Hkv, D = p.D, S = p.splits, split = blockIdx.y;
+  const int per_block = (G * D + S - 1) / S;
+  float* values = received;                // [S][per_block]
+  float* stats = received + S * per_block;  // [S][2 G]: maxima, then sums
+  for (int e = threadIdx.x; e < G * D; e += kAttnThreads) {
+    store_to_cluster_block(values + split * per_block + e / S, e % S, acc_s[e]);
   }
-  cluster_sync();  // no block reuses (or leaves) its partial while others read it
+  for (int i = threadIdx.x; i < 2 * G * S; i += kAttnThreads) {
+    const int h = i % (2 * G);
+    store_to_cluster_block(stats + split * 2 * G + h, i / (2 * G), h < G ? m_s[h] : l_s[h - G]);
+  }
+  cluster_sync();  // every split's partial has landed
+  for (int j = threadIdx.x; split + j * S < G * D; j += kAttnThreads) {
+    const int e = split + j * S, h = e / D;
+    const float out = merge_splits(
+        S, sink_s[h], [&](int s) { return stats[s * 2 * G + h]; }, [&](int s) { return stats[s * 2 * G + G + h]; },
+        [&](int s) { return values[s * per_block + j]; });
+    static_cast<T*>(p.out)[static_cast<int64_t>(t) * p.Hq * D + (blockIdx.x * G + h) * D + e % D] =
+        static_cast<T>(out);
+  }
 #else
   __trap();  // launched in clusters on sm_90 only
 #endif
@@ -207,16 +253,27 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
   float* acc_s = alpha_s + G;        // [G][D] weighted values
   float* cos_s = acc_s + G * D;      // [D/2] the token's rotary cos and sin (times rope_scale)
   float* sin_s = cos_s + half;
+  float* freq_s = sin_s + half;      // [D/2] inv_freq
+  float* sink_s = freq_s + half;     // [G] the group's sinks
+  float* received = sink_s + G;      // [2 tokens][attention_decode_received_floats]: cluster merge
   const int g = blockIdx.x, split = blockIdx.y, tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const T* qkv = static_cast<const T*>(p.qkv);
   T* k_cache = static_cast<T*>(p.k_cache);
   T* v_cache = static_cast<T*>(p.v_cache);
   const int row_len = (p.Hq + 2 * p.Hkv) * D;
   MOEKIT_ATTENTION_PHASE(0);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (p.cluster) cluster_arrive_relaxed();  // merge_in_cluster waits for it before its first store
+#endif
+  // The rotary frequencies and the sinks depend on no earlier kernel: asked for before the wait.
+  for (int i = tid; i < half; i += kAttnThreads) freq_s[i] = p.inv_freq[i];
+  if (tid < G) sink_s[tid] = p.sinks[g * G + tid];
   let_next_grid_start();  // the merge waits for this grid; what follows it may start its prologue
   wait_for_previous_grid();
   MOEKIT_ATTENTION_PHASE(1);
+  constexpr int kMaxPairs = kAttnMaxGroupValues / 2 / kAttnThreads;
   const int64_t p0 = p.position[0];
+  stage_queries<T, kMaxPairs>(q_s, qkv, g, G, D);  // the first token's, in flight with the position
 
   if (!(p0 >= 0 && p0 + p.T <= p.L)) {  // nothing is written; out says so (the merge kernel does for it)
     if (split == 0 && (p.splits == 1 || p.cluster)) {
@@ -233,52 +290,28 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
   auto new_key = [&](int j) { return qkv + (j - p0) * row_len + (p.Hq + g) * D; };
   auto new_value = [&](int j) { return qkv + (j - p0) * row_len + (p.Hq + p.Hkv + g) * D; };
   auto cached = [&](T* cache, int j) { return cache + (static_cast<int64_t>(j) * p.Hkv + g) * D; };
-  if (split == 0) {
-    for (int e = tid; e < p.T * half; e += kAttnThreads) {
-      const int j = static_cast<int>(p0) + e / half, i = e % half;
-      const float2 r = rotate_pair(new_key(j), i, half, j, p.inv_freq, p.rope_scale);
-      cached(k_cache, j)[i] = static_cast<T>(r.x);
-      cached(k_cache, j)[half + i] = static_cast<T>(r.y);
-    }
-    for (int e = tid; e < p.T * D; e += kAttnThreads) {
-      const int j = static_cast<int>(p0) + e / D, d = e % D;
-      cached(v_cache, j)[d] = new_value(j)[d];
-    }
-  }
 
-  MOEKIT_ATTENTION_PHASE(3);
   // Chunks start at the first key token 0 sees; the last token's position ends them.
   const int base = visible_keys(p, p0, 0).x, end = static_cast<int>(p0) + p.T;
   const int chunks = (end - base + C - 1) / C;
   for (int t = 0; t < p.T; ++t) {
-    __syncthreads();  // the previous token's readers are done with q_s, m_s and l_s
+    __syncthreads();  // the previous token's readers are done with q_s, m_s, l_s, cos_s and sin_s
     const int2 seen = visible_keys(p, p0, t);
-    const T* q_row = qkv + static_cast<int64_t>(t) * row_len;
+    if (t > 0) stage_queries<T, kMaxPairs>(q_s, qkv + static_cast<int64_t>(t) * row_len, g, G, D);
     for (int i = tid; i < half; i += kAttnThreads) {
       float sn, cs;
-      sincosf(static_cast<float>(seen.y) * p.inv_freq[i], &sn, &cs);
+      sincosf(static_cast<float>(seen.y) * freq_s[i], &sn, &cs);
       cos_s[i] = cs * p.rope_scale;
       sin_s[i] = sn * p.rope_scale;
     }
-    {  // the group's queries, rotated: every load issued before the first rotation
-      constexpr int kMaxPairs = kAttnMaxGroupValues / 2 / kAttnThreads;
-      float x1[kMaxPairs], x2[kMaxPairs];
+    __syncthreads();  // cos_s, sin_s
 #pragma unroll
-      for (int n = 0; n < kMaxPairs; ++n) {
-        const int e = tid + n * kAttnThreads, h = e / half, i = e % half;
-        const T* head = q_row + (g * G + h) * D;
-        x1[n] = e < G * half ? to_float(head[i]) : 0.0f;
-        x2[n] = e < G * half ? to_float(head[half + i]) : 0.0f;
-      }
-      __syncthreads();  // cos_s, sin_s
-#pragma unroll
-      for (int n = 0; n < kMaxPairs; ++n) {
-        const int e = tid + n * kAttnThreads, h = e / half, i = e % half;
-        if (e < G * half) {
-          const float cs = cos_s[i], sn = sin_s[i];
-          q_s[h * D + i] = round_to<T>(__fsub_rn(__fmul_rn(x1[n], cs), __fmul_rn(x2[n], sn)));
-          q_s[h * D + half + i] = round_to<T>(__fadd_rn(__fmul_rn(x2[n], cs), __fmul_rn(x1[n], sn)));
-        }
+    for (int n = 0; n < kMaxPairs; ++n) {  // the group's queries rotated in place (this thread staged them)
+      const int e = tid + n * kAttnThreads, h = e / half, i = e % half;
+      if (e < G * half) {
+        const float cs = cos_s[i], sn = sin_s[i], x1 = q_s[h * D + i], x2 = q_s[h * D + half + i];
+        q_s[h * D + i] = round_to<T>(__fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn)));
+        q_s[h * D + half + i] = round_to<T>(__fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn)));
       }
     }
     if (tid < G) {
@@ -286,7 +319,7 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
       l_s[tid] = 0.0f;
     }
     for (int e = tid; e < G * D; e += kAttnThreads) acc_s[e] = 0.0f;
-    MOEKIT_ATTENTION_PHASE(4);
+    MOEKIT_ATTENTION_PHASE(3);
     for (int c = split; c < chunks; c += p.splits) {
       // This token's keys in the chunk: [k0, k1) of it.
       const int start = base + c * C;
@@ -299,12 +332,20 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
       const int new0 = max(k0, static_cast<int>(p0) - start);  // the new tokens' keys, rotated here
       for (int e = tid; e < max(0, k1 - new0) * half; e += kAttnThreads) {
         const int k = new0 + e / half, i = e % half;
-        const float2 r = rotate_pair(new_key(start + k), i, half, start + k, p.inv_freq, p.rope_scale);
+        const float2 r = rotate_pair(new_key(start + k), i, half, start + k, freq_s, p.rope_scale);
         k_s[k * (D + 1) + i] = r.x;
         k_s[k * (D + 1) + half + i] = r.y;
       }
       __syncthreads();
-      MOEKIT_ATTENTION_PHASE(5);
+      if (start + k1 - 1 == seen.y) {  // the chunk ends at this token's own key: into the cache
+        // (both rows hold values of T, so they go back unchanged)
+        const int k = k1 - 1;
+        for (int d = tid; d < 2 * D; d += kAttnThreads) {
+          if (d < D) cached(k_cache, seen.y)[d] = static_cast<T>(k_s[k * (D + 1) + d]);
+          else cached(v_cache, seen.y)[d - D] = static_cast<T>(v_s[k * D + d - D]);
+        }
+      }
+      MOEKIT_ATTENTION_PHASE(4);
       // Scores of the (head, key) pairs; the loops stay rolled: short code runs faster here than
       // unrolled code, which each SM fetches once per launch.
       for (int item = tid; item < G * C; item += kAttnThreads) {
@@ -320,7 +361,7 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
         w_s[h * C + k] = (even + odd) * p.sm_scale;
       }
       __syncthreads();
-      MOEKIT_ATTENTION_PHASE(6);
+      MOEKIT_ATTENTION_PHASE(5);
       // Online softmax: warp w updates heads w, w + 8, ...
       for (int h = warp; h < G; h += kAttnThreads / 32) {
         float* w = w_s + h * C;
@@ -345,7 +386,7 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
         }
       }
       __syncthreads();
-      MOEKIT_ATTENTION_PHASE(7);
+      MOEKIT_ATTENTION_PHASE(6);
       // Weighted values of the (head, column) outputs.
       for (int e = tid; e < G * D; e += kAttnThreads) {
         const int h = e / D, d = e % D;
@@ -361,17 +402,18 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
       }
     }
     __syncthreads();  // m_s and l_s complete
-    MOEKIT_ATTENTION_PHASE(8);
+    MOEKIT_ATTENTION_PHASE(7);
     // This token's result, or this split's partial (max -inf and zeros when it saw no key).
     if (p.cluster) {
-      merge_in_cluster<T>(p, t, m_s, l_s, acc_s);
-      MOEKIT_ATTENTION_PHASE(9);
+      merge_in_cluster<T>(p, t, m_s, l_s, acc_s, sink_s,
+                          received + t % 2 * attention_decode_received_floats(G, D, p.splits));
+      MOEKIT_ATTENTION_PHASE(8);
       continue;
     }
     for (int e = tid; e < G * D; e += kAttnThreads) {
       const int h = e / D, d = e % D, hq = g * G + h;
       if (p.splits == 1) {
-        const float sink = p.sinks[hq];
+        const float sink = sink_s[h];
         const float top = fmaxf(m_s[h], sink);
         const float scale = __expf(m_s[h] - top);
         static_cast<T*>(p.out)[static_cast<int64_t>(t) * p.Hq * D + hq * D + d] =
@@ -407,7 +449,7 @@ __global__ void attention_decode_merge_kernel(const AttentionDecodeParams p) {
   for (int i = threadIdx.x; i < n; i += blockDim.x) part_s[i] = part[i];
   __syncthreads();
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    out[d] = static_cast<T>(merge_splits<kAttentionMaxSplits>(
+    out[d] = static_cast<T>(merge_splits(
         p.splits, p.sinks[hq], [&](int s) { return part_s[s * (D + 2)]; },
         [&](int s) { return part_s[s * (D + 2) + 1]; }, [&](int s) { return part_s[s * (D + 2) + 2 + d]; }));
   }

@@ -3,7 +3,8 @@
 // writes the rounded sums and keeps them in registers; the squares are summed in a fixed tree
 // (warp shuffles, then the warps' totals in order), so a row's result is the same bits for any T.
 // Rows longer than one round re-read their sums for the scaling pass. Chained (grid_dependency.cuh):
-// the next kernel's blocks may start at once, and wait for this one.
+// the next kernel's blocks may start at once, and wait for this one; the first round's scales,
+// which no earlier kernel writes, are asked for before the wait.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +23,12 @@ __global__ void __launch_bounds__(kAddRmsNormThreads) add_rms_norm_kernel(
     T* __restrict__ sum, T* __restrict__ out) {
   constexpr int kRound = kAddRmsNormThreads * kAddRmsNormPerThread;
   __shared__ float warp_totals[kAddRmsNormThreads / 32];
+  float first_scales[kAddRmsNormPerThread];
+#pragma unroll
+  for (int n = 0; n < kAddRmsNormPerThread; ++n) {
+    const int64_t i = n * kAddRmsNormThreads + threadIdx.x;
+    first_scales[n] = i < H ? scale[i] : 0.0f;
+  }
   wait_for_previous_grid();
   let_next_grid_start();
   const int64_t row = static_cast<int64_t>(blockIdx.x) * H;
@@ -59,7 +66,10 @@ __global__ void __launch_bounds__(kAddRmsNormThreads) add_rms_norm_kernel(
 #pragma unroll
     for (int n = 0; n < kAddRmsNormPerThread; ++n) {
       const int64_t i = base + n * kAddRmsNormThreads + threadIdx.x;
-      if (i < H) out[row + i] = static_cast<T>((one_round ? kept[n] : to_float(sum[row + i])) * inv_rms * scale[i]);
+      if (i < H) {
+        out[row + i] = static_cast<T>((one_round ? kept[n] : to_float(sum[row + i])) * inv_rms *
+                                      (base == 0 ? first_scales[n] : scale[i]));
+      }
     }
   }
 }
