@@ -6,6 +6,7 @@ Cross-device and cross-rank comparisons run in float32 (see test_generate_torchr
 import pytest
 import torch
 
+from conftest import cuda_kernels_during, randn
 from gpt_oss_fixtures import make_checkpoint
 from moekit.models import ReferenceGptOss, load_model
 from test_generate_torchrun import run_generate
@@ -74,3 +75,21 @@ def test_graph_decode_stops_at_a_stop_id_and_reuses_its_graph(shipped_bf16):
     short = shipped_bf16.generate(prompt[:5], 30)
     assert shipped_bf16._decoder is decoder  # fits in its cache with the same sampling: its graph replays
     assert short == shipped_bf16.generate(prompt[:5], 30, graph=False)
+
+
+def test_linear_takes_the_gemv_only_where_matmul_ogs_has_one(gen, monkeypatch):
+    """The output projection's Linear(gemv=True) runs matmul_ogs's GEMV on GPUs that have it and
+    torch's matmul elsewhere (matmul_ogs's general kernels would be slower): the same product."""
+    from moekit.models import gpt_oss
+    linear = gpt_oss.Linear(256, 96, True, "cuda:0", torch.bfloat16, gemv=True)
+    linear.weight.copy_(randn(gen, 96, 256, dtype=torch.bfloat16))
+    linear.bias.copy_(randn(gen, 96, dtype=torch.bfloat16))
+    x = randn(gen, 2, 256, dtype=torch.bfloat16).cuda()
+    want = (x.double() @ linear.weight.double().T + linear.bias.double()).float()
+    for has in (True, False):
+        monkeypatch.setattr(gpt_oss, "has_gemv", lambda index, has=has: has)
+        y, names = cuda_kernels_during(lambda: linear(x))
+        assert any("matmul_ogs_gemv" in n for n in names) == has, names
+        assert (y.float() - want).abs().max() <= 1e-2 * want.abs().max()
+    monkeypatch.undo()
+    assert gpt_oss.has_gemv(0) == (torch.cuda.get_device_capability(0)[0] == 9)

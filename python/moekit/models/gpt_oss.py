@@ -17,6 +17,7 @@ projection and after ``moe_mlp``. All ranks must run the same calls in the same 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import random
@@ -294,9 +295,17 @@ class RMSNorm(nn.Module):
         return moekit.add_rms_norm(x, residual, self.scale, self.eps)
 
 
+@functools.lru_cache(maxsize=None)
+def has_gemv(device_index: int) -> bool:
+    """Whether matmul_ogs runs a few dense bf16 rows on its GEMV on this GPU: on sm_90 only
+    (src/core/matmul_ogs_config.h); elsewhere its general kernels are slower than torch's."""
+    return torch.cuda.get_device_capability(device_index)[0] == 9
+
+
 class Linear(nn.Module):
     """``x @ weight.T + bias`` with uninitialised storage (the loader fills it). With ``gemv``, a
-    few bf16 rows on a GPU (at most GEMV_ROWS) run moekit.matmul_ogs's GEMV instead of torch's."""
+    few bf16 rows (at most GEMV_ROWS) on a GPU with matmul_ogs's GEMV (has_gemv) run it instead of
+    torch's."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, device, dtype, gemv: bool = False):
         super().__init__()
@@ -305,7 +314,8 @@ class Linear(nn.Module):
         self.gemv = gemv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gemv and x.is_cuda and x.dim() == 2 and x.shape[0] <= GEMV_ROWS and x.dtype == torch.bfloat16:
+        if (self.gemv and x.is_cuda and x.dim() == 2 and x.shape[0] <= GEMV_ROWS and x.dtype == torch.bfloat16
+                and has_gemv(x.device.index)):
             bias = None if self.bias is None else self.bias.unsqueeze(0)
             return moekit.matmul_ogs(x, self.weight.unsqueeze(0), bias)
         return F.linear(x, self.weight, self.bias)
