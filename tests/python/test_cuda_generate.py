@@ -81,9 +81,9 @@ def test_linear_takes_the_gemv_only_where_matmul_ogs_has_one(gen, monkeypatch):
     """The output projection's Linear(gemv=True) runs matmul_ogs's GEMV on GPUs that have it and
     torch's matmul elsewhere (matmul_ogs's general kernels would be slower): the same product."""
     from moekit.models import gpt_oss
-    linear = gpt_oss.Linear(256, 96, True, "cuda:0", torch.bfloat16, gemv=True)
-    linear.weight.copy_(randn(gen, 96, 256, dtype=torch.bfloat16))
-    linear.bias.copy_(randn(gen, 96, dtype=torch.bfloat16))
+    linear = gpt_oss.Linear(256, 300, True, "cuda:0", torch.bfloat16, gemv=True)  # > 256 columns: the GEMV's
+    linear.weight.copy_(randn(gen, 300, 256, dtype=torch.bfloat16))
+    linear.bias.copy_(randn(gen, 300, dtype=torch.bfloat16))
     x = randn(gen, 2, 256, dtype=torch.bfloat16).cuda()
     want = (x.double() @ linear.weight.double().T + linear.bias.double()).float()
     for has in (True, False):
