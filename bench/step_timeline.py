@@ -1,11 +1,13 @@
 """One layer of the graph decode step as it replays: per kernel, its start and end (us after the
 layer's first kernel starts) and its end minus the previous kernel's end, which with chained
-kernels is its share of the critical path. 20b random model made on the GPU, ~140 keys cached.
+kernels is its share of the critical path; then each kernel's median share over every layer of
+four steps. 20b random model made on the GPU, ~140 keys cached.
 
     python3 bench/step_timeline.py [--layer 12]
 """
 
 import argparse
+import statistics
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -32,22 +34,47 @@ def main():
             torch.cuda.synchronize(device)
     kernels = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
                      key=lambda e: e.time_range.start)
+    report(kernels, steps, config.num_hidden_layers, args.layer)
+
+
+def report(kernels, steps, layers, layer_shown):
+    """Prints the timeline of `kernels` (profiler events of `steps` steps in order, each with
+    .name and .time_range)."""
     per_step = len(kernels) // steps
-    step = kernels[2 * per_step:3 * per_step]
     print(f"{per_step} kernels a step; step spans (us): " + ", ".join(
         f"{kernels[(s + 1) * per_step - 1].time_range.end - kernels[s * per_step].time_range.start:.1f}"
         for s in range(steps)))
-    # A layer starts at its add_rms_norm before attention: the first of every norms_per_layer.
-    norms = [i for i, k in enumerate(step) if "add_rms_norm" in k.name]
-    per_layer = (len(norms) - 1) // config.num_hidden_layers  # the final norm besides
-    first, end = norms[args.layer * per_layer], norms[(args.layer + 1) * per_layer]
-    t0, previous = step[first].time_range.start, step[first - 1].time_range.end
-    for k in step[first:end]:
+
+    def layer_kernels(s, layer):
+        """Step s's kernels of `layer`, which starts at its add_rms_norm before attention (the
+        first of every per_layer norms), and the end of the kernel before it."""
+        step = kernels[s * per_step:(s + 1) * per_step]
+        norms = [i for i, k in enumerate(step) if "add_rms_norm" in k.name]
+        per_layer = (len(norms) - 1) // layers  # the final norm besides
+        first, end = norms[layer * per_layer], norms[(layer + 1) * per_layer]
+        return step[first:end], step[first - 1].time_range.end
+
+    ks, previous = layer_kernels(2, layer_shown)
+    t0 = ks[0].time_range.start
+    print(f"layer {layer_shown} of step 2:")
+    for k in ks:
         r = k.time_range
         print(f"{k.name[:60]:60s} start {r.start - t0:7.2f} end {r.end - t0:7.2f}  +{r.end - previous:6.2f}  "
               f"dur {r.end - r.start:6.2f}")
         previous = r.end
-
+    # The same kernels' shares of the critical path over every layer but the first (whose kernel
+    # before is the embedding's) of every step: one layer of one step moves by ~1 us a kernel.
+    shares = [[] for _ in ks]
+    for s in range(steps):
+        for layer in range(1, layers):
+            lk, previous = layer_kernels(s, layer)
+            for i, k in enumerate(lk):
+                shares[i].append(k.time_range.end - previous)
+                previous = k.time_range.end
+    medians = [statistics.median(v) for v in shares]
+    print(f"median share over layers 1-{layers - 1} of {steps} steps (sum {sum(medians):.1f} us):")
+    for k, m, v in zip(ks, medians, shares):
+        print(f"{k.name[:60]:60s} +{m:6.2f}  (middle half {sorted(v)[len(v) // 4]:.2f}-{sorted(v)[3 * len(v) // 4]:.2f})")
 
 if __name__ == "__main__":
     main()
