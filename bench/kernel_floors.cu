@@ -9,6 +9,9 @@
 //     each call a different buffer of 8 so that L2 holds none of it), after the wait;
 //   - stream B MB, early: the same loads issued before the wait (weights do not depend on the
 //     previous kernel), so they overlap the previous kernel's tail;
+//   - stream 23.6 MB beside 184 KB a block: the stream (the output projection's weights) while
+//     every block also reads the same 184 KB (a 32 x 2880 bf16 gate, 24 MB from L2 in all), as
+//     mlp1's blocks would if each computed the gate's logits itself (docs/decode.md);
 //   - bulk copies: every block brings its share of 35.3 MB into shared memory by cp.async.bulk
 //     copies of S bytes (contiguous), issued by W warps (lane 0 of each, its own ring of slots
 //     and mbarriers, ~128 KB a block in all), nothing read: what the copy engine delivers by copy
@@ -116,6 +119,23 @@ __global__ void __launch_bounds__(kThreads, 1) stream_kernel(const uint4* w, int
   if (sum == 0x12345678u) out[blockIdx.x] = 1.0f;  // never, but the compiler cannot know
 }
 
+// Every block reads all of `shared` (the same bytes for every block: from L2 after the first),
+// then its share of `w`.
+__global__ void __launch_bounds__(kThreads, 1) stream_beside_shared_kernel(const uint4* w, int64_t words,
+                                                                           const uint4* shared, int64_t shared_words,
+                                                                           float* out) {
+  wait_for_previous_grid();
+  uint32_t sum = 0;
+#pragma unroll 16
+  for (int64_t i = threadIdx.x; i < shared_words; i += blockDim.x) {  // all of a thread's loads in flight
+    const uint4 v = __ldg(shared + i);
+    sum ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  sum ^= stream_share(w, words);
+  let_next_grid_start();
+  if (sum == 0x12345678u) out[blockIdx.x] = 1.0f;  // never, but the compiler cannot know
+}
+
 constexpr int kMaxBarriers = 2048;  // slots of all issuing warps
 
 // This block's share of `bytes` (whole pieces of kBytes) into shared memory: warp w < issuers
@@ -185,6 +205,33 @@ int main() {
     std::printf("stream %5.1f MB              %8.2f us (%5.0f GB/s); loads before the wait %8.2f us (%5.0f GB/s)\n",
                 mb, late, mb * 1e3 / late, early, mb * 1e3 / early);
     for (auto b : buffers) CHECK(cudaFree(b));
+  }
+
+  {
+    const int64_t words = static_cast<int64_t>(23.6e6) / 16, shared_words = 32 * 2880 * 2 / 16;
+    std::vector<uint4*> buffers(kBuffers);
+    for (auto& b : buffers) {
+      CHECK(cudaMalloc(&b, words * 16));
+      CHECK(cudaMemset(b, 1, words * 16));
+    }
+    uint4* shared;
+    CHECK(cudaMalloc(&shared, shared_words * 16));
+    CHECK(cudaMemset(shared, 1, shared_words * 16));
+    const float alone = graph_us_per_call(stream, kCalls, [&](int c) {
+      launch_kernel(stream_kernel<false>, sms, kThreads, 0, stream, true, buffers[c % kBuffers], words, out);
+    });
+    const float beside = graph_us_per_call(stream, kCalls, [&](int c) {
+      launch_kernel(stream_beside_shared_kernel, sms, kThreads, 0, stream, true, buffers[c % kBuffers], words, shared,
+                    shared_words, out);
+    });
+    const float shared_only = graph_us_per_call(stream, kCalls, [&](int c) {
+      launch_kernel(stream_beside_shared_kernel, sms, kThreads, 0, stream, true, buffers[c % kBuffers], int64_t{0},
+                    shared, shared_words, out);
+    });
+    std::printf("stream 23.6 MB %8.2f us; beside 184 KB a block from L2 %8.2f us; the 184 KB alone %8.2f us\n", alone,
+                beside, shared_only);
+    for (auto b : buffers) CHECK(cudaFree(b));
+    CHECK(cudaFree(shared));
   }
 
   {
