@@ -90,7 +90,7 @@ void run(const char* name, int window, cudaStream_t stream) {
   const moekit::AttentionDecodeSplit split = moekit::attention_decode_split(kL, window, p.T, kD);
   p.chunk = static_cast<int>(split.chunk);
   p.splits = static_cast<int>(split.splits);
-  p.cluster = p.splits > 1 && p.splits <= kAttnMaxClusterSplits;
+  p.cluster = attention_decode_merges_in_cluster(G, kD, p.chunk, p.splits);
   if (p.splits > 1 && !p.cluster) {
     std::printf("%s: %d splits need the merge kernel; not probed\n", name, p.splits);
     return;

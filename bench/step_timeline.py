@@ -45,14 +45,15 @@ def report(kernels, steps, layers, layer_shown):
         f"{kernels[(s + 1) * per_step - 1].time_range.end - kernels[s * per_step].time_range.start:.1f}"
         for s in range(steps)))
 
+    # Every step runs the same kernels: a layer starts at its add_rms_norm before attention, the
+    # first of every per_layer norms (the final norm besides).
+    norms = [i for i, k in enumerate(kernels[:per_step]) if "add_rms_norm" in k.name]
+    per_layer = (len(norms) - 1) // layers
+
     def layer_kernels(s, layer):
-        """Step s's kernels of `layer`, which starts at its add_rms_norm before attention (the
-        first of every per_layer norms), and the end of the kernel before it."""
-        step = kernels[s * per_step:(s + 1) * per_step]
-        norms = [i for i, k in enumerate(step) if "add_rms_norm" in k.name]
-        per_layer = (len(norms) - 1) // layers  # the final norm besides
-        first, end = norms[layer * per_layer], norms[(layer + 1) * per_layer]
-        return step[first:end], step[first - 1].time_range.end
+        """Step s's kernels of `layer`, and the end of the kernel before it."""
+        first, end = s * per_step + norms[layer * per_layer], s * per_step + norms[(layer + 1) * per_layer]
+        return kernels[first:end], kernels[first - 1].time_range.end
 
     ks, previous = layer_kernels(2, layer_shown)
     t0 = ks[0].time_range.start

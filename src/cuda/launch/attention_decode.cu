@@ -12,10 +12,6 @@
 namespace moekit::cuda {
 namespace {
 
-// At most ~45 KB without the cluster merge's buffers (chunk * D and group * D are at most 2048,
-// chunk 32): no opt-in needed. The cluster merge is taken where its buffers fit too.
-constexpr size_t kMaxSmemBytes = 48 * 1024;
-
 size_t smem_bytes(const AttentionDecodeProblem& p, int cluster_splits) {
   return static_cast<size_t>(attention_decode_smem_floats(p.Hq / p.Hkv, p.D, p.split.chunk, cluster_splits)) *
          sizeof(float);
@@ -42,11 +38,9 @@ void launch_attention(const AttentionDecodeProblem& p, const AttentionDecodeArgs
   constexpr auto kernel = &attention_decode_kernel<T, kVec>;
   const int major = device_info(p.device.index).major;
   const bool chained = chains_on(major);
-  // A kv head's splits merge in their cluster where one holds them all (sm_90) and the merge's
-  // buffers fit, else through the workspace and the merge kernel.
   const int splits = static_cast<int>(p.split.splits);
-  params.cluster = splits > 1 && splits <= kAttnMaxClusterSplits && smem_bytes(p, splits) <= kMaxSmemBytes &&
-                   splits <= max_cluster_blocks<kernel>(kAttnThreads, kMaxSmemBytes, p.device.index, major);
+  params.cluster = attention_decode_merges_in_cluster(p.Hq / p.Hkv, p.D, p.split.chunk, splits) &&
+                   splits <= max_cluster_blocks<kernel>(kAttnThreads, kAttnMaxSmemBytes, p.device.index, major);
   params.partial = splits > 1 && !params.cluster ? a.workspace.ptr<float>() : nullptr;
   const dim3 grid(static_cast<unsigned>(p.Hkv), static_cast<unsigned>(splits));
   launch_kernel_in_clusters(kernel, grid, dim3(1, params.cluster ? splits : 1, 1), kAttnThreads,

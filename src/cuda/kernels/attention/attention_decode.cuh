@@ -36,6 +36,11 @@ constexpr int kAttnThreads = 256;
 constexpr int kAttnMaxGroup = 16;          // q heads per kv head
 constexpr int kAttnMaxGroupValues = 2048;  // q heads per kv head * D
 constexpr int kAttnMaxClusterSplits = 16;  // a cluster's blocks (non-portable above 8)
+constexpr int kAttnMaxPairs = kAttnMaxGroupValues / 2 / kAttnThreads;  // rotary pairs of a group's queries a thread
+// The kernel's shared memory at most: ~45 KB without the cluster merge's buffers (chunk * D and
+// G * D are at most 2048, chunk 32), so no opt-in is needed; the merge is taken where its buffers
+// fit too.
+constexpr int64_t kAttnMaxSmemBytes = 48 * 1024;
 
 // One token's partials as the cluster merge receives them in a block, in floats: [splits][columns
 // per block] weighted values (column e goes to block e % splits), then [splits][2 G] maxima and sums.
@@ -50,6 +55,14 @@ inline __host__ __device__ int64_t attention_decode_smem_floats(int64_t G, int64
                                                                 int64_t cluster_splits) {
   return C * (2 * D + 1) + G * (2 * D + C + 4) + D + D / 2 +
          (cluster_splits > 0 ? 2 * attention_decode_received_floats(G, D, cluster_splits) : 0);
+}
+
+// Whether a kv head's `splits` merge inside their thread block cluster (sm_90, where the device
+// also holds a cluster of that many blocks: max_cluster_blocks) rather than through the workspace
+// and attention_decode_merge_kernel.
+inline bool attention_decode_merges_in_cluster(int64_t G, int64_t D, int64_t C, int64_t splits) {
+  return splits > 1 && splits <= kAttnMaxClusterSplits &&
+         attention_decode_smem_floats(G, D, C, splits) * static_cast<int64_t>(sizeof(float)) <= kAttnMaxSmemBytes;
 }
 
 struct AttentionDecodeParams {
@@ -134,19 +147,19 @@ __device__ __forceinline__ void stage_chunk(float* k_s, float* v_s, int D, int k
 // to be rotated once the position is known: pair e of the thread's pairs e = tid, tid + 256, ...
 // is elements i and i + D/2 of head h. Not inlined: inlined twice, its addresses held across
 // the token loop made the kernel spill.
-template <class T, int kMaxPairs>
+template <class T>
 __device__ __noinline__ void stage_queries(float* q_s, const T* row, int g, int G, int D) {
   const int half = D / 2;
-  float x1[kMaxPairs], x2[kMaxPairs];
+  float x1[kAttnMaxPairs], x2[kAttnMaxPairs];
 #pragma unroll
-  for (int n = 0; n < kMaxPairs; ++n) {
+  for (int n = 0; n < kAttnMaxPairs; ++n) {
     const int e = threadIdx.x + n * kAttnThreads, h = e / half, i = e % half;
     const T* head = row + (g * G + h) * D;
     x1[n] = e < G * half ? to_float(head[i]) : 0.0f;
     x2[n] = e < G * half ? to_float(head[half + i]) : 0.0f;
   }
 #pragma unroll
-  for (int n = 0; n < kMaxPairs; ++n) {
+  for (int n = 0; n < kAttnMaxPairs; ++n) {
     const int e = threadIdx.x + n * kAttnThreads, h = e / half, i = e % half;
     if (e < G * half) {
       q_s[h * D + i] = x1[n];
@@ -271,9 +284,8 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
   let_next_grid_start();  // the merge waits for this grid; what follows it may start its prologue
   wait_for_previous_grid();
   MOEKIT_ATTENTION_PHASE(1);
-  constexpr int kMaxPairs = kAttnMaxGroupValues / 2 / kAttnThreads;
   const int64_t p0 = p.position[0];
-  stage_queries<T, kMaxPairs>(q_s, qkv, g, G, D);  // the first token's, in flight with the position
+  stage_queries<T>(q_s, qkv, g, G, D);  // the first token's, in flight with the position
 
   if (!(p0 >= 0 && p0 + p.T <= p.L)) {  // nothing is written; out says so (the merge kernel does for it)
     if (split == 0 && (p.splits == 1 || p.cluster)) {
@@ -297,7 +309,7 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
   for (int t = 0; t < p.T; ++t) {
     __syncthreads();  // the previous token's readers are done with q_s, m_s, l_s, cos_s and sin_s
     const int2 seen = visible_keys(p, p0, t);
-    if (t > 0) stage_queries<T, kMaxPairs>(q_s, qkv + static_cast<int64_t>(t) * row_len, g, G, D);
+    if (t > 0) stage_queries<T>(q_s, qkv + static_cast<int64_t>(t) * row_len, g, G, D);
     for (int i = tid; i < half; i += kAttnThreads) {
       float sn, cs;
       sincosf(static_cast<float>(seen.y) * freq_s[i], &sn, &cs);
@@ -306,7 +318,7 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
     }
     __syncthreads();  // cos_s, sin_s
 #pragma unroll
-    for (int n = 0; n < kMaxPairs; ++n) {  // the group's queries rotated in place (this thread staged them)
+    for (int n = 0; n < kAttnMaxPairs; ++n) {  // the group's queries rotated in place (this thread staged them)
       const int e = tid + n * kAttnThreads, h = e / half, i = e % half;
       if (e < G * half) {
         const float cs = cos_s[i], sn = sin_s[i], x1 = q_s[h * D + i], x2 = q_s[h * D + half + i];
