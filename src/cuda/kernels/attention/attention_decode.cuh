@@ -48,12 +48,23 @@ inline __host__ __device__ int64_t attention_decode_received_floats(int64_t G, i
   return (G * D + splits - 1) / splits * splits + 2 * G * splits;
 }
 
+// A staged key row's stride in floats: 16-byte rows where D allows (the scores read 16 bytes of
+// a key at a time, lanes down a column of keys: conflict-free with 4 floats of padding), else
+// padded by one float (lanes reading one float down a column, conflict-free).
+inline __host__ __device__ int64_t attention_key_stride(int64_t D) { return D % 4 == 0 ? D + 4 : D + 1; }
+
+// The staged keys of a chunk of C keys, in floats, rounded up so that the values after them
+// start on 16 bytes.
+inline __host__ __device__ int64_t attention_keys_floats(int64_t C, int64_t D) {
+  return (C * attention_key_stride(D) + 3) / 4 * 4;
+}
+
 // The kernel's shared memory, in floats (the layout at the top of attention_decode_kernel) for
 // G q heads per kv head, head size D, chunks of C keys and, merging in a cluster, its splits
 // (0 otherwise): two tokens' received partials, so that one cluster barrier a token suffices.
 inline __host__ __device__ int64_t attention_decode_smem_floats(int64_t G, int64_t D, int64_t C,
                                                                 int64_t cluster_splits) {
-  return C * (2 * D + 1) + G * (2 * D + C + 4) + D + D / 2 +
+  return attention_keys_floats(C, D) + C * D + G * (2 * D + C + 4) + D + D / 2 +
          (cluster_splits > 0 ? 2 * attention_decode_received_floats(G, D, cluster_splits) : 0);
 }
 
@@ -105,13 +116,14 @@ struct alignas(N * sizeof(T)) RowPiece {
   T e[N];
 };
 
-// Copies rows [k0, k1) of a chunk into k_s ([C][D + 1]) and v_s ([C][D]) as floats: row k of the
+// Copies rows [k0, k1) of a chunk into k_s ([C][stride]) and v_s ([C][D]) as floats: row k of the
 // keys from k_row(k) (nullptr: a new token's key, rotated elsewhere), of the values from v_row(k).
 // Every load is issued before the first is used: a chunk (at most kAttentionChunkValues values,
 // head sizes up to kAttnMaxGroupValues) costs one round trip to memory rather than one per
 // element. kVec: 16-byte loads (rows 16-byte aligned).
 template <bool kVec, class T, class KRow, class VRow>
-__device__ __forceinline__ void stage_chunk(float* k_s, float* v_s, int D, int k0, int k1, KRow k_row, VRow v_row) {
+__device__ __forceinline__ void stage_chunk(float* k_s, float* v_s, int D, int stride, int k0, int k1, KRow k_row,
+                                            VRow v_row) {
   constexpr int N = kVec ? 16 / sizeof(T) : 1;
   constexpr int kBatch = (kAttentionChunkValues / N + kAttnThreads - 1) / kAttnThreads;  // a thread's pieces
   using Piece = RowPiece<N, T>;
@@ -134,7 +146,7 @@ __device__ __forceinline__ void stage_chunk(float* k_s, float* v_s, int D, int k
         const int k = k0 + e / per_row, c = (e % per_row) * N;
         if (k_row(k)) {
 #pragma unroll
-          for (int i = 0; i < N; ++i) k_s[k * (D + 1) + c + i] = to_float(keys[b].e[i]);
+          for (int i = 0; i < N; ++i) k_s[k * stride + c + i] = to_float(keys[b].e[i]);
         }
 #pragma unroll
         for (int i = 0; i < N; ++i) v_s[k * D + c + i] = to_float(values[b].e[i]);
@@ -256,8 +268,9 @@ template <class T, bool kVec>
 __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const AttentionDecodeParams p) {
   extern __shared__ float smem[];
   const int G = p.Hq / p.Hkv, D = p.D, half = D / 2, C = p.chunk;
-  float* k_s = smem;                 // [C][D + 1] (padded: the scores read down a column)
-  float* v_s = k_s + C * (D + 1);    // [C][D]
+  const int ks = static_cast<int>(attention_key_stride(D));
+  float* k_s = smem;                                                // [C][ks]
+  float* v_s = k_s + attention_keys_floats(C, D);                   // [C][D]
   float* q_s = v_s + C * D;          // [G][D]
   float* w_s = q_s + G * D;          // [G][C] scores, then softmax weights
   float* m_s = w_s + G * C;          // [G] running max
@@ -339,36 +352,48 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
       if (k0 >= k1) continue;  // block-uniform
       __syncthreads();  // the previous chunk's (or token's) readers are done with the buffers
       stage_chunk<kVec, T>(
-          k_s, v_s, D, k0, k1, [&](int k) { return start + k < p0 ? cached(k_cache, start + k) : nullptr; },
+          k_s, v_s, D, ks, k0, k1, [&](int k) { return start + k < p0 ? cached(k_cache, start + k) : nullptr; },
           [&](int k) -> const T* { return start + k < p0 ? cached(v_cache, start + k) : new_value(start + k); });
       const int new0 = max(k0, static_cast<int>(p0) - start);  // the new tokens' keys, rotated here
       for (int e = tid; e < max(0, k1 - new0) * half; e += kAttnThreads) {
         const int k = new0 + e / half, i = e % half;
         const float2 r = rotate_pair(new_key(start + k), i, half, start + k, freq_s, p.rope_scale);
-        k_s[k * (D + 1) + i] = r.x;
-        k_s[k * (D + 1) + half + i] = r.y;
+        k_s[k * ks + i] = r.x;
+        k_s[k * ks + half + i] = r.y;
       }
       __syncthreads();
       if (start + k1 - 1 == seen.y) {  // the chunk ends at this token's own key: into the cache
         // (both rows hold values of T, so they go back unchanged)
         const int k = k1 - 1;
         for (int d = tid; d < 2 * D; d += kAttnThreads) {
-          if (d < D) cached(k_cache, seen.y)[d] = static_cast<T>(k_s[k * (D + 1) + d]);
+          if (d < D) cached(k_cache, seen.y)[d] = static_cast<T>(k_s[k * ks + d]);
           else cached(v_cache, seen.y)[d - D] = static_cast<T>(v_s[k * D + d - D]);
         }
       }
       MOEKIT_ATTENTION_PHASE(4);
-      // Scores of the (head, key) pairs; the loops stay rolled: short code runs faster here than
-      // unrolled code, which each SM fetches once per launch.
+      // Scores of the (head, key) pairs, two chains over d (even and odd elements) in the same
+      // order whether a row is read 16 bytes or 4 at a time; the loops stay rolled: short code
+      // runs faster here than unrolled code, which each SM fetches once per launch.
       for (int item = tid; item < G * C; item += kAttnThreads) {
         const int h = item / C, k = item % C;
         if (k < k0 || k >= k1) continue;
-        const float* key = k_s + k * (D + 1);
+        const float* key = k_s + k * ks;
         const float* query = q_s + h * D;
-        float even = 0.0f, odd = 0.0f;  // D is even: two chains
-        for (int d = 0; d < D; d += 2) {
-          even = fmaf(query[d], key[d], even);
-          odd = fmaf(query[d + 1], key[d + 1], odd);
+        float even = 0.0f, odd = 0.0f;  // D is even
+        if (D % 4 == 0) {
+          for (int d = 0; d < D; d += 4) {
+            const float4 q4 = *reinterpret_cast<const float4*>(query + d);
+            const float4 k4 = *reinterpret_cast<const float4*>(key + d);
+            even = fmaf(q4.x, k4.x, even);
+            odd = fmaf(q4.y, k4.y, odd);
+            even = fmaf(q4.z, k4.z, even);
+            odd = fmaf(q4.w, k4.w, odd);
+          }
+        } else {
+          for (int d = 0; d < D; d += 2) {
+            even = fmaf(query[d], key[d], even);
+            odd = fmaf(query[d + 1], key[d + 1], odd);
+          }
         }
         w_s[h * C + k] = (even + odd) * p.sm_scale;
       }
@@ -399,18 +424,25 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
       }
       __syncthreads();
       MOEKIT_ATTENTION_PHASE(6);
-      // Weighted values of the (head, column) outputs.
-      for (int e = tid; e < G * D; e += kAttnThreads) {
+      // Weighted values of the (head, column) outputs, two adjacent columns a thread (D is even:
+      // 8-byte reads of a value row), each column two chains over the keys in a fixed order.
+      for (int e = 2 * tid; e < G * D; e += 2 * kAttnThreads) {
         const int h = e / D, d = e % D;
         const float* w = w_s + h * C;
-        float a0 = 0.0f, a1 = 0.0f;  // two chains over the keys, in a fixed order
+        float2 a0 = {0.0f, 0.0f}, a1 = {0.0f, 0.0f};
         int k = k0;
         for (; k + 1 < k1; k += 2) {
-          a0 = fmaf(w[k], v_s[k * D + d], a0);
-          a1 = fmaf(w[k + 1], v_s[(k + 1) * D + d], a1);
+          const float2 v0 = *reinterpret_cast<const float2*>(v_s + k * D + d);
+          const float2 v1 = *reinterpret_cast<const float2*>(v_s + (k + 1) * D + d);
+          a0 = {fmaf(w[k], v0.x, a0.x), fmaf(w[k], v0.y, a0.y)};
+          a1 = {fmaf(w[k + 1], v1.x, a1.x), fmaf(w[k + 1], v1.y, a1.y)};
         }
-        if (k < k1) a0 = fmaf(w[k], v_s[k * D + d], a0);
-        acc_s[e] = fmaf(acc_s[e], alpha_s[h], a0 + a1);
+        if (k < k1) {
+          const float2 v0 = *reinterpret_cast<const float2*>(v_s + k * D + d);
+          a0 = {fmaf(w[k], v0.x, a0.x), fmaf(w[k], v0.y, a0.y)};
+        }
+        acc_s[e] = fmaf(acc_s[e], alpha_s[h], a0.x + a1.x);
+        acc_s[e + 1] = fmaf(acc_s[e + 1], alpha_s[h], a0.y + a1.y);
       }
     }
     __syncthreads();  // m_s and l_s complete
