@@ -72,10 +72,11 @@ def report(kernels, steps, layers, layer_shown):
             for i, k in enumerate(lk):
                 shares[i].append(k.time_range.end - previous)
                 previous = k.time_range.end
+    shares = [sorted(v) for v in shares]
     medians = [statistics.median(v) for v in shares]
     print(f"median share over layers 1-{layers - 1} of {steps} steps (sum {sum(medians):.1f} us):")
     for k, m, v in zip(ks, medians, shares):
-        print(f"{k.name[:60]:60s} +{m:6.2f}  (middle half {sorted(v)[len(v) // 4]:.2f}-{sorted(v)[3 * len(v) // 4]:.2f})")
+        print(f"{k.name[:60]:60s} +{m:6.2f}  (middle half {v[len(v) // 4]:.2f}-{v[3 * len(v) // 4]:.2f})")
 
 if __name__ == "__main__":
     main()
