@@ -32,6 +32,12 @@
 #include "decode_route.cuh"
 #include "moe_decode_params.cuh"
 
+// Timestamps at the kernel's phases for bench/moe_decode_phases.cu (kCombine and n); nothing
+// elsewhere.
+#ifndef MOEKIT_MOE_DECODE_PHASE
+#define MOEKIT_MOE_DECODE_PHASE(n)
+#endif
+
 namespace moekit::cuda {
 
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
@@ -48,7 +54,9 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
   const int g = lane / 4, t = lane % 4;  // the MMA's row group and k / token-pair slot
   const uint4 zero = make_uint4(0, 0, 0, 0);
 
+  MOEKIT_MOE_DECODE_PHASE(0);
   wait_for_previous_grid();
+  MOEKIT_MOE_DECODE_PHASE(1);
   // k past K reads zeros.
   const int64_t words = p.K / 8;
   for (int r = 0; r < (kCombine ? p.T * p.k : p.T); ++r) {
@@ -66,14 +74,18 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
     route_in_block(p.logits, p.T, p.E, p.k, route);
     if (blockIdx.x == 0) copy_route(route, *static_cast<DecodeRoute*>(p.route));
   }
+  MOEKIT_MOE_DECODE_PHASE(2);  // routed, or the routing copied
   cp_async_wait<0>();
   __syncthreads();
   let_next_grid_start();
+  MOEKIT_MOE_DECODE_PHASE(3);  // x landed
 
-  const int64_t k_blocks = p.K / 32, steps = (k_blocks + 3) / 4;
-  const int64_t slabs = (p.N + kSlabRows - 1) / kSlabRows;
+  // Unit indices in 32 bits: every warp sets up its first unit on the kernel's critical path,
+  // where a 64-bit division is a call.
+  const int k_blocks = static_cast<int>(p.K / 32), steps = (k_blocks + 3) / 4;
+  const int slabs = static_cast<int>((p.N + kSlabRows - 1) / kSlabRows);
   const int S = p.splits;
-  const int64_t units = route.experts * slabs * S;
+  const int units = route.experts * slabs * S;
   const bool whole = !kCombine && S == 1;  // the unit finishes its own outputs
   // mlp1 with k ranges: groups of S warps take the S units of an (expert, slab) together.
   const bool grouped = !kCombine && S > 1;
@@ -90,30 +102,30 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
   };
 
   int parity = 0;
-  for (int64_t local = my_group;; local += groups_here, parity ^= 1) {
-    const int64_t q = blockIdx.x + local * gridDim.x;  // a unit, or a group of S
+  for (int local = my_group;; local += groups_here, parity ^= 1) {
+    const int q = blockIdx.x + local * gridDim.x;  // a unit, or a group of S
     if (q * group_warps >= units) break;
-    const int64_t u = q * group_warps + member;
-    const int d = static_cast<int>(u / (slabs * S)), s = static_cast<int>(u % S);
-    const int64_t slab = u / S % slabs;
+    const int u = q * group_warps + member;
+    const int ds = u / S, s = u - ds * S;  // u = (d * slabs + slab) * S + s
+    const int d = ds / slabs, slab = ds - d * slabs;
     const int e = route.expert[d], count = route.count[d];
-    const int64_t first_step = steps * s / S;
-    const int n = static_cast<int>(steps * (s + 1) / S - first_step);
+    const int first_step = steps * s / S;
+    const int n = steps * (s + 1) / S - first_step;
 
     // This lane's weight rows n0 and n0 + 8 at k blocks 4 * (first_step + i) + t, and the x row
     // of the expert's token-slot g; steps i < lane_steps exist for the lane (K may end within
     // the last).
-    const int64_t n0 = slab * kSlabRows + g;
+    const int n0 = slab * kSlabRows + g;
     const bool row_ok[2] = {n0 < p.N, n0 + 8 < p.N};
-    const int64_t kb0 = 4 * first_step + t;
-    const int lane_steps = static_cast<int>(min(static_cast<int64_t>(n), max(k_blocks - kb0 + 3, int64_t{0}) / 4));
+    const int kb0 = 4 * first_step + t;
+    const int lane_steps = min(n, max(k_blocks - kb0 + 3, 0) / 4);
     const int64_t at0 = (static_cast<int64_t>(e) * p.N + n0) * k_blocks + kb0;  // code word and scale byte
     const uint4* codes = reinterpret_cast<const uint4*>(p.w) + at0;
     const uint8_t* scales = p.w_scales + at0;
     // A lane without a token-slot reads row 0: its MMA columns are never stored.
     const int x_row = g < count ? (kCombine ? route.slot[d][g] : route.slot[d][g] / p.k) : 0;
     const uint4* x_s = x_shared + x_row * p.x_stride + 4 * kb0;
-    const int64_t hi = 8 * k_blocks;  // row n0 + 8
+    const int hi = 8 * k_blocks;  // row n0 + 8
 
     struct Raw {
       uint4 codes[2];
@@ -167,6 +179,7 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
     Raw ring[kAhead];
 #pragma unroll
     for (int j = 0; j < kAhead; ++j) ring[j] = load(j);
+    if (local == my_group) MOEKIT_MOE_DECODE_PHASE(4);  // the first unit's first loads issued
     for (int base = 0; base < n; base += kAhead) {
 #pragma unroll
       for (int j = 0; j < kAhead; ++j) {
@@ -180,8 +193,10 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
         // so a warp runs the step without it unless one of its lanes needs it.
         if (warp_needs_second_step(raw.scale[0] > 128 || raw.scale[1] > 128)) compute(raw, b, true);
         else compute(raw, b, false);
+        if (i == 0 && local == my_group) MOEKIT_MOE_DECODE_PHASE(5);  // its first step multiplied
       }
     }
+    MOEKIT_MOE_DECODE_PHASE(6);  // this unit's steps done
     // acc: (row n0, token-slots 2t and 2t + 1) and (row n0 + 8, same slots).
     float sum[4];
 #pragma unroll
@@ -261,6 +276,7 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
       }
     }
   }
+  MOEKIT_MOE_DECODE_PHASE(7);  // the warp's units and their epilogues done
 }
 
 }  // namespace moekit::cuda
