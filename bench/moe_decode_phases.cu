@@ -3,7 +3,7 @@
 // the kernel before passed, 2 routed (mlp1) or the routing copied (mlp2), 3 x landed, 4 the first
 // unit's first loads issued, 5 its first k step multiplied, 6 the last unit's steps done, 7 the
 // warp done (epilogues included). mlp1 then mlp2 at gpt-oss-20b's shapes (E = 32, T = 1, 22 warps,
-// 1 step ahead, k splits 2 and 4), random codes, 8 routings in turn so that a call finds little of
+// 1 step ahead, k splits 2 and 4), random codes (bench/moe_decode_setup.h), 8 routings in turn so that a call finds little of
 // its weights in L2, a graph of 16 chained pairs; the last pair's stamps, us after mlp1's first
 // passed wait: per phase the earliest, median and latest block (a block's warp 0 for phases 0-3,
 // its latest warp for 4-7).
@@ -30,89 +30,40 @@ __device__ unsigned long long stamps[2][kMaxBlocks][kMaxWarps][kPhases];
 #include <random>
 #include <vector>
 
-#include "cuda/kernels/moe/decode_experts.cuh"
 #include "cuda/launch/launch_kernel.h"
-#include "graph_timing.h"
+#include "moe_decode_setup.h"
 
 using namespace moekit::cuda;
+using namespace moe_decode_probe;
 
 int main() {
-  constexpr int64_t kH = 2880, kI = 2880;
-  constexpr int kE = 32, kT = 1, kK = 4, kRoutings = 8, kWarps = 22, kCounters = 4096;
+  constexpr int kE = 32, kT = 1, kWarps = 22;
+  constexpr int kSplits[2] = {2, 4};
   using Config = MoeDecodeExpertsConfig<kWarps, 1>;
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
   const int sms = prop.multiProcessorCount;
   if (sms > probe::kMaxBlocks) return 1;
   std::mt19937 rng(0);
-  auto random_bytes = [&](size_t n, int lo, int span) {
-    std::vector<uint8_t> v(n);
-    for (auto& b : v) b = static_cast<uint8_t>(lo + rng() % span);
-    return upload(v);
-  };
-  uint8_t* codes[2] = {random_bytes(kE * 2 * kI * kH / 2, 0, 256), random_bytes(kE * kH * kI / 2, 0, 256)};
-  uint8_t* scales[2] = {random_bytes(kE * 2 * kI * kH / 32, 120, 8), random_bytes(kE * kH * kI / 32, 120, 8)};
-  // Routing r prefers experts (r * k + j) % E.
-  std::vector<float> logits(kRoutings * kE);
-  for (int r = 0; r < kRoutings; ++r) {
-    for (int e = 0; e < kE; ++e) logits[r * kE + e] = static_cast<float>(rng() % 1000) / 1000.0f;
-    for (int j = 0; j < kK; ++j) logits[r * kE + (r * kK + j) % kE] = 10.0f + j;
-  }
-  float* d_logits = upload(logits);
-  std::vector<uint16_t> x_host(kT * kH);
-  for (auto& v : x_host) v = static_cast<uint16_t>(0x3c00 + rng() % 0x800) | (rng() % 2 ? 0x8000 : 0);
-  uint16_t* x = upload(x_host);
-  __nv_bfloat16 *act, *y;
-  float* partials;
-  int* counters;
-  char* routes;
-  CHECK(cudaMalloc(&act, kT * kK * kI * 2));
-  CHECK(cudaMalloc(&y, kT * kH * 2));
-  CHECK(cudaMalloc(&partials, 2 * kT * kK * 4 * kH * moe_decode::kMaxTokens * sizeof(float)));
-  CHECK(cudaMalloc(&counters, 2 * 2 * kRoutings * kCounters * sizeof(int)));
-  CHECK(cudaMalloc(&routes, kRoutings * moekit::kMoeDecodeRouteBytes));
-  cudaStream_t stream;
-  CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  Setup s = make_setup(kE, kT, sms, rng);
   void (*kernels[2])(MoeDecodeExpertsParams) = {moe_decode_experts_kernel<false, Config>,
                                                 moe_decode_experts_kernel<true, Config>};
   const size_t smem[2] = {moe_decode_mlp1_bytes(kT, kH, kWarps), moe_decode_x_bytes(kT * kK, kI)};
   for (int k = 0; k < 2; ++k) {
     CHECK(cudaFuncSetAttribute(kernels[k], cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem[k])));
   }
-  auto params = [&](int which, int c) {
-    MoeDecodeExpertsParams p{};
-    p.logits = d_logits + (c % kRoutings) * kE;
-    p.route = routes + (c % kRoutings) * moekit::kMoeDecodeRouteBytes;
-    p.T = kT;
-    p.E = kE;
-    p.k = kK;
-    p.w = codes[which];
-    p.w_scales = scales[which];
-    p.N = which ? kH : 2 * kI;
-    p.K = which ? kI : kH;
-    p.x = which ? reinterpret_cast<const uint4*>(act) : reinterpret_cast<const uint4*>(x);
-    p.x_stride = moekit::moe_decode_x_stride(p.K);
-    p.splits = which ? 4 : 2;
-    p.partials = partials;
-    p.counters = counters + (2 * c + which) * kCounters;  // each call's own, zeroed below
-    p.alpha = 1.702f;
-    p.limit = 7.0f;
-    p.act = act;
-    p.y = y;
-    return p;
-  };
   const int calls = 2 * kRoutings;
   std::printf("%s, %d SMs; E = %d, T = %d, %d warps, 1 step ahead, k splits 2 and 4\n", prop.name, sms, kE, kT, kWarps);
   const char* names[probe::kPhases] = {"entry",         "wait passed",     "routed",    "x landed",
                                        "1st loads out", "1st step done",   "loop done", "warp done"};
   for (int rep = 0; rep < 3; ++rep) {
-    const float us = graph_us_per_call(stream, calls, [&](int c) {
-      if (c == 0) CHECK(cudaMemsetAsync(counters, 0, 2 * 2 * kRoutings * kCounters * sizeof(int), stream));
+    const float us = graph_us_per_call(s.stream, calls, [&](int c) {
+      if (c == 0) CHECK(cudaMemsetAsync(s.counters, 0, sizeof(int) * 2 * calls * kMaxGroups, s.stream));
       for (int which = 0; which < 2; ++which) {
-        launch_kernel(kernels[which], sms, 32 * kWarps, smem[which], stream, true, params(which, c));
+        launch_kernel(kernels[which], sms, 32 * kWarps, smem[which], s.stream, true, params(s, which, kSplits[which], c));
       }
     });
-    CHECK(cudaStreamSynchronize(stream));
+    CHECK(cudaStreamSynchronize(s.stream));
     std::vector<unsigned long long> h(2 * probe::kMaxBlocks * probe::kMaxWarps * probe::kPhases);
     CHECK(cudaMemcpyFromSymbol(h.data(), probe::stamps, h.size() * sizeof(unsigned long long)));
     auto at = [&](int k, int b, int w, int n) {
@@ -136,5 +87,6 @@ int main() {
       }
     }
   }
+  free_setup(s);
   return 0;
 }

@@ -12,8 +12,8 @@ namespace moekit::cuda {
 
 constexpr int kTopkMaxExperts = 64 * 32;  // each lane marks its chosen experts in one uint64
 // Up to 32 * kTopkHeld experts, a lane loads its logits once, before the rounds, and keeps them
-// in registers: a load in every round took a round trip to L2 each (4 rounds: ~2.5 us of the
-// decode layer's routing, bench/moe_decode_stamps.cu).
+// in registers, so that the rounds wait on no memory (the decode layer's routing ~0.3 us sooner,
+// bench/moe_decode_phases.cu; its top-k still takes ~2.5 us, docs/kernels.md).
 constexpr int kTopkHeld = 4;
 
 __device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {
