@@ -109,6 +109,31 @@ def test_route_ties_and_nan_match_cpu():
     assert torch.equal(got.expert_weight.cpu().isnan(), want.expert_weight.isnan())
 
 
+@pytest.mark.parametrize("E,k", [(32, 4), (33, 5), (128, 4), (128, 40), (256, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T", [6, 64])  # one block routes up to 32 tokens, two kernels beyond
+def test_route_rank_order_matches_cpu(T, E, k, dtype):
+    """The GPU top-k ranks logits by a key (NaN above numbers, -0 equal to +0, ties to the lower
+    expert) whether a lane holds its logits in registers (E <= 128) or reloads them (E > 128)."""
+    gen = generator("rank order", T, E, k, dtype)
+    # every row draws from a few values (ties inside and at the top-k boundary, -0 beside +0,
+    # subnormals); a third of the rows add NaN and +inf now and then, a third normals
+    pool = torch.tensor([0.0, -0.0, 1e-40, -1e-40, 1.5, -1.5, 2.0, float("-inf")])
+    logits = pool[torch.randint(len(pool), (T, E), generator=gen)]
+    third = T // 3
+    special = torch.rand(third, E, generator=gen)
+    logits[:third] = torch.where(special < 0.02, float("nan"), torch.where(special < 0.04, float("inf"), logits[:third]))
+    mixed = torch.rand(T - 2 * third, E, generator=gen) < 0.5
+    logits[2 * third :] = torch.where(mixed, logits[2 * third :], torch.randn(T - 2 * third, E, generator=gen))
+    logits = logits.to(dtype)
+    want = moekit.route(logits, k)
+    got = run3(lambda: moekit.route(logits.cuda(), k))
+    assert torch.equal(got.expert_idx.cpu(), want.expert_idx)
+    nan = want.expert_weight.isnan()
+    assert torch.equal(got.expert_weight.cpu().isnan(), nan)
+    torch.testing.assert_close(got.expert_weight.cpu()[~nan], want.expert_weight[~nan], rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("T,E,k", [(t, e, k) for t, e, k in itertools.product(TS, ES, KS) if k <= e])
 @pytest.mark.parametrize("mxfp4", [False, True], ids=["bf16", "mxfp4"])
 def test_matmul_ogs_matches_cpu(T, E, k, mxfp4):

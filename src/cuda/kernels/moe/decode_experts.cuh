@@ -54,6 +54,35 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
   const int g = lane / 4, t = lane % 4;  // the MMA's row group and k / token-pair slot
   const uint4 zero = make_uint4(0, 0, 0, 0);
 
+  // Where a warp's units lie (expert d of the routing, slab, k range) is arithmetic on the shapes
+  // alone: the first unit's goes before the wait, off the critical path (22 warps doing it at once
+  // after the wait took ~1 us of issue). Unit indices in 32 bits: a 64-bit division is a call.
+  const int k_blocks = static_cast<int>(p.K / 32), steps = (k_blocks + 3) / 4;
+  const int slabs = static_cast<int>((p.N + kSlabRows - 1) / kSlabRows);
+  const int S = p.splits;
+  const bool whole = !kCombine && S == 1;  // the unit finishes its own outputs
+  // mlp1 with k ranges: groups of S warps take the S units of an (expert, slab) together.
+  const bool grouped = !kCombine && S > 1;
+  const int group_warps = grouped ? S : 1, groups_here = warps / group_warps;
+  const int my_group = warp / group_warps, member = warp % group_warps;
+  struct Place {
+    int u, d, slab, s, first_step, n;  // unit u = (d * slabs + slab) * S + s: steps first_step ..+ n
+  };
+  auto place = [&](int local) {  // the local-th unit (or group of S) of the block's warp
+    Place at;
+    at.u = (blockIdx.x + local * gridDim.x) * group_warps + member;
+    const int ds = at.u / S;
+    at.s = at.u - ds * S;
+    at.d = ds / slabs;
+    at.slab = ds - at.d * slabs;
+    at.first_step = steps * at.s / S;
+    at.n = steps * (at.s + 1) / S - at.first_step;
+    return at;
+  };
+  Place at = place(my_group);
+  // Keeps the compiler from sinking that arithmetic past the wait.
+  asm volatile("" : "+r"(at.u), "+r"(at.d), "+r"(at.slab), "+r"(at.s), "+r"(at.first_step), "+r"(at.n));
+
   MOEKIT_MOE_DECODE_PHASE(0);
   wait_for_previous_grid();
   MOEKIT_MOE_DECODE_PHASE(1);
@@ -80,17 +109,7 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
   let_next_grid_start();
   MOEKIT_MOE_DECODE_PHASE(3);  // x landed
 
-  // Unit indices in 32 bits: every warp sets up its first unit on the kernel's critical path,
-  // where a 64-bit division is a call.
-  const int k_blocks = static_cast<int>(p.K / 32), steps = (k_blocks + 3) / 4;
-  const int slabs = static_cast<int>((p.N + kSlabRows - 1) / kSlabRows);
-  const int S = p.splits;
   const int units = route.experts * slabs * S;
-  const bool whole = !kCombine && S == 1;  // the unit finishes its own outputs
-  // mlp1 with k ranges: groups of S warps take the S units of an (expert, slab) together.
-  const bool grouped = !kCombine && S > 1;
-  const int group_warps = grouped ? S : 1, groups_here = warps / group_warps;
-  const int my_group = warp / group_warps, member = warp % group_warps;
   // [2 (iteration parity)][warps][kUnitFloats]: a group's sums, read by its last warp.
   float* group_sums = reinterpret_cast<float*>(x_shared + p.T * p.x_stride);
   if (groups_here == 0) __trap();  // the launcher gives mlp1 a group's warps at least
@@ -102,15 +121,10 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
   };
 
   int parity = 0;
-  for (int local = my_group;; local += groups_here, parity ^= 1) {
-    const int q = blockIdx.x + local * gridDim.x;  // a unit, or a group of S
-    if (q * group_warps >= units) break;
-    const int u = q * group_warps + member;
-    const int ds = u / S, s = u - ds * S;  // u = (d * slabs + slab) * S + s
-    const int d = ds / slabs, slab = ds - d * slabs;
+  for (int local = my_group;; local += groups_here, parity ^= 1, at = place(local)) {
+    if (at.u - member >= units) break;  // the group's first unit is past the last
+    const int u = at.u, d = at.d, slab = at.slab, first_step = at.first_step, n = at.n;
     const int e = route.expert[d], count = route.count[d];
-    const int first_step = steps * s / S;
-    const int n = steps * (s + 1) / S - first_step;
 
     // This lane's weight rows n0 and n0 + 8 at k blocks 4 * (first_step + i) + t, and the x row
     // of the expert's token-slot g; steps i < lane_steps exist for the lane (K may end within

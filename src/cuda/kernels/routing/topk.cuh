@@ -2,8 +2,13 @@
 // yet chosen, ranked as the CPU backend ranks them (larger first, NaN above numbers, ties to
 // the lower index); then the softmax over the chosen logits (lane j holds the j-th for k <= 32,
 // so no value makes a round trip through global memory).
+//
+// A round is two warp reductions (redux.sync): the largest rank key among the lanes' best
+// candidates, then the lowest expert holding it. The comparison-and-shuffle butterfly it
+// replaced took ~4500 cycles for E = 32, k = 4 (bench/topk_cycles.cu).
 #pragma once
 
+#include <climits>
 #include <cstdint>
 
 #include "../element.cuh"
@@ -11,16 +16,20 @@
 namespace moekit::cuda {
 
 constexpr int kTopkMaxExperts = 64 * 32;  // each lane marks its chosen experts in one uint64
-// Up to 32 * kTopkHeld experts, a lane loads its logits once, before the rounds, and keeps them
-// in registers, so that the rounds wait on no memory (the decode layer's routing ~0.3 us sooner,
-// bench/moe_decode_phases.cu; its top-k still takes ~2.5 us, docs/kernels.md).
+// Up to 32 * kTopkHeld experts, a lane loads its logits once, before the rounds, and keeps their
+// rank keys in registers, so that the rounds wait on no memory.
 constexpr int kTopkHeld = 4;
 
-__device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {
-  const bool na = isnan(a), nb = isnan(b);
-  if (na != nb) return na;
-  if (!na && a != b) return a > b;
-  return ia < ib;
+// An unsigned key that orders logits as the top-k ranks them: NaN above every number, -0 and +0
+// alike, and 0 below every logit (a chosen or absent expert).
+__device__ __forceinline__ uint32_t topk_rank_key(float v) {
+  if (isnan(v)) return 0xffffffffu;
+  const uint32_t bits = __float_as_uint(v == 0.0f ? 0.0f : v);
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);  // -inf -> 0x007fffff
+}
+// The logit a key stands for (NaN for NaN, +0 for either zero: the softmax cannot tell).
+__device__ __forceinline__ float topk_key_value(uint32_t key) {
+  return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
 }
 
 // Token t's choices, by one whole warp.
@@ -31,46 +40,46 @@ __device__ __forceinline__ void topk_softmax_token(const T* __restrict__ logits,
   const int lane = threadIdx.x % 32;
   const T* row = logits + t * n_experts;
   const bool held_all = n_experts <= 32 * kTopkHeld;
-  float held[kTopkHeld];
+  uint32_t held[kTopkHeld];  // the keys of experts lane + 32 * i, 0 once chosen
   if (held_all) {
 #pragma unroll
-    for (int i = 0; i < kTopkHeld; ++i) held[i] = lane + 32 * i < n_experts ? to_float(row[lane + 32 * i]) : 0.0f;
+    for (int i = 0; i < kTopkHeld; ++i) {
+      held[i] = lane + 32 * i < n_experts ? topk_rank_key(to_float(row[lane + 32 * i])) : 0u;
+    }
   }
-  uint64_t chosen = 0;  // bit i: expert lane + 32 * i
+  uint64_t chosen = 0;  // past 32 * kTopkHeld experts, bit i: expert lane + 32 * i chosen
   float mine = 0.0f;    // the lane-th chosen logit (k <= 32)
   for (int j = 0; j < k; ++j) {
-    float best = 0.0f;
-    int best_idx = -1;
-    auto consider = [&](float v, int e) {
-      if (best_idx < 0 || ranks_before(v, e, best, best_idx)) {
-        best = v;
-        best_idx = e;
-      }
-    };
+    // The lane's best candidate: its largest key, the lowest of its experts on ties.
+    uint32_t key = 0;
+    int idx = INT_MAX;
     if (held_all) {
 #pragma unroll
       for (int i = 0; i < kTopkHeld; ++i) {
-        if (lane + 32 * i < n_experts && !((chosen >> i) & 1)) consider(held[i], lane + 32 * i);
+        if (held[i] > key) key = held[i], idx = lane + 32 * i;
       }
     } else {
       for (int i = 0, e = lane; e < n_experts; ++i, e += 32) {
-        if (!((chosen >> i) & 1)) consider(to_float(row[e]), e);
+        const uint32_t c = topk_rank_key(to_float(row[e]));
+        if (!((chosen >> i) & 1) && c > key) key = c, idx = e;
       }
     }
+    // k <= n_experts, so some lane has a candidate and the largest key is above 0.
+    const uint32_t top = __reduce_max_sync(0xffffffffu, key);
+    const int best = __reduce_min_sync(0xffffffffu, key == top ? idx : INT_MAX);
+    const float value = topk_key_value(top);
+    if (best % 32 == lane) {
+      if (held_all) {
 #pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) {
-      const float other = __shfl_xor_sync(0xffffffffu, best, offset);
-      const int other_idx = __shfl_xor_sync(0xffffffffu, best_idx, offset);
-      if (other_idx >= 0 && (best_idx < 0 || ranks_before(other, other_idx, best, best_idx))) {
-        best = other;
-        best_idx = other_idx;
+        for (int i = 0; i < kTopkHeld; ++i) held[i] = best / 32 == i ? 0u : held[i];
+      } else {
+        chosen |= uint64_t{1} << (best / 32);
       }
     }
-    if (best_idx % 32 == lane) chosen |= uint64_t{1} << (best_idx / 32);
-    if (j == lane) mine = best;
+    if (j == lane) mine = value;
     if (lane == 0) {
-      expert_idx[t * k + j] = best_idx;
-      if (k > 32) expert_weight[t * k + j] = best;  // the logit, until the softmax below
+      expert_idx[t * k + j] = best;
+      if (k > 32) expert_weight[t * k + j] = value;  // the logit, until the softmax below
     }
   }
   if (k <= 32) {
