@@ -95,10 +95,82 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
     }
   }
   cp_async_commit();
+  // A unit's weights: this lane's rows n0 and n0 + 8 at k blocks 4 * (first_step + i) + t;
+  // steps i < lane_steps exist for the lane (K may end within the last).
+  struct Stream {
+    const uint4* codes;
+    const uint8_t* scales;
+    int lane_steps;
+    bool row_ok[2];
+  };
+  const int hi = 8 * k_blocks;  // from row n0 to row n0 + 8
+  auto stream_of = [&](const Place& at, int e) {
+    Stream w;
+    const int n0 = at.slab * kSlabRows + g, kb0 = 4 * at.first_step + t;
+    w.row_ok[0] = n0 < p.N;
+    w.row_ok[1] = n0 + 8 < p.N;
+    w.lane_steps = min(at.n, max(k_blocks - kb0 + 3, 0) / 4);
+    const int64_t at0 = (static_cast<int64_t>(e) * p.N + n0) * k_blocks + kb0;  // code word and scale byte
+    w.codes = reinterpret_cast<const uint4*>(p.w) + at0;
+    w.scales = p.w_scales + at0;
+    return w;
+  };
+  struct Raw {
+    uint4 codes[2];
+    uint32_t scale[2];
+  };
+  auto load = [&](const Stream& w, int i) {
+    Raw r;
+    const bool in = i < w.lane_steps;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const bool ok = in && w.row_ok[h];
+      r.codes[h] = ok ? load_streaming<128>(w.codes + 4 * i + h * hi) : zero;
+      r.scale[h] = ok ? w.scales[4 * i + h * hi] : 127u;
+    }
+    return r;
+  };
+  // The weights come from DRAM, kAhead steps ahead (asking L2 for whole lines, whose other half
+  // the next step reads); the token values from shared memory, at the step.
+  constexpr int kAhead = Config::kAhead;
+  Raw ring[kAhead];
+  auto start = [&](const Stream& w) {
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) ring[j] = load(w, j);
+  };
+
   // mlp1 routes while its x rows arrive, and its block 0 leaves the routing for mlp2, which
   // reads it while its own x rows arrive: one round trip instead of a routing after mlp1 ends.
+  bool started = false;  // the warp's first unit's loads issued before the block's barrier
   if constexpr (kCombine) {
     copy_route(*static_cast<const DecodeRoute*>(p.route), route);
+  } else if (p.T == 1) {
+    // One token: every warp ranks it itself, so that it knows its first unit's expert without
+    // waiting for the block, and asks for that unit's weights at once; warp 0 also writes the
+    // routing (what route_in_block would: its k experts are distinct, in increasing order).
+    const TopkLane mine = topk_softmax_lanes(p.logits, p.E, p.k);  // lane j < k: the j-th choice
+    int d = 0;  // this lane's expert's place among the k
+    for (int q = 0; q < p.k; ++q) d += __shfl_sync(0xffffffffu, mine.expert, q) < mine.expert;
+    if (my_group < groups_here && at.u - member < p.k * slabs * S) {
+      const unsigned holder = __ballot_sync(0xffffffffu, lane < p.k && d == at.d);
+      start(stream_of(at, __shfl_sync(0xffffffffu, mine.expert, __ffs(holder) - 1)));
+      started = true;
+      MOEKIT_MOE_DECODE_PHASE(4);  // the first unit's first loads issued
+    }
+    if (warp == 0) {
+      if (lane < p.k) {
+        route.expert[d] = mine.expert;
+        route.count[d] = 1;
+        route.slot[d][0] = lane;
+        route.slot_expert[lane] = d;
+        route.slot_rank[lane] = 0;
+        route.choice[lane] = mine.expert;
+        route.weight[lane] = mine.weight;
+      }
+      if (lane == 0) route.experts = p.k;
+    }
+    __syncthreads();
+    if (blockIdx.x == 0) copy_route(route, *static_cast<DecodeRoute*>(p.route));
   } else {
     route_in_block(p.logits, p.T, p.E, p.k, route);
     if (blockIdx.x == 0) copy_route(route, *static_cast<DecodeRoute*>(p.route));
@@ -125,37 +197,17 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
     if (at.u - member >= units) break;  // the group's first unit is past the last
     const int u = at.u, d = at.d, slab = at.slab, first_step = at.first_step, n = at.n;
     const int e = route.expert[d], count = route.count[d];
-
-    // This lane's weight rows n0 and n0 + 8 at k blocks 4 * (first_step + i) + t, and the x row
-    // of the expert's token-slot g; steps i < lane_steps exist for the lane (K may end within
-    // the last).
-    const int n0 = slab * kSlabRows + g;
-    const bool row_ok[2] = {n0 < p.N, n0 + 8 < p.N};
-    const int kb0 = 4 * first_step + t;
-    const int lane_steps = min(n, max(k_blocks - kb0 + 3, 0) / 4);
-    const int64_t at0 = (static_cast<int64_t>(e) * p.N + n0) * k_blocks + kb0;  // code word and scale byte
-    const uint4* codes = reinterpret_cast<const uint4*>(p.w) + at0;
-    const uint8_t* scales = p.w_scales + at0;
-    // A lane without a token-slot reads row 0: its MMA columns are never stored.
+    const int n0 = slab * kSlabRows + g, kb0 = 4 * first_step + t;
+    const Stream weights = stream_of(at, e);
+    if (!started) {
+      start(weights);
+      if (local == my_group) MOEKIT_MOE_DECODE_PHASE(4);  // the first unit's first loads issued
+    }
+    started = false;
+    // The x row of the expert's token-slot g (a lane without a token-slot reads row 0: its MMA
+    // columns are never stored).
     const int x_row = g < count ? (kCombine ? route.slot[d][g] : route.slot[d][g] / p.k) : 0;
     const uint4* x_s = x_shared + x_row * p.x_stride + 4 * kb0;
-    const int hi = 8 * k_blocks;  // row n0 + 8
-
-    struct Raw {
-      uint4 codes[2];
-      uint32_t scale[2];
-    };
-    auto load = [&](int i) {
-      Raw r;
-      const bool in = i < lane_steps;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const bool ok = in && row_ok[h];
-        r.codes[h] = ok ? load_streaming<128>(codes + 4 * i + h * hi) : zero;
-        r.scale[h] = ok ? scales[4 * i + h * hi] : 127u;
-      }
-      return r;
-    };
     auto load_x = [&](int i, uint4 (&b)[4]) {
 #pragma unroll
       for (int w = 0; w < 4; ++w) b[w] = x_s[16 * i + w];
@@ -187,13 +239,6 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
       }
     };
 
-    // The weights come from DRAM, kAhead steps ahead (asking L2 for whole lines, whose other
-    // half the next step reads); the token values from shared memory, at the step.
-    constexpr int kAhead = Config::kAhead;
-    Raw ring[kAhead];
-#pragma unroll
-    for (int j = 0; j < kAhead; ++j) ring[j] = load(j);
-    if (local == my_group) MOEKIT_MOE_DECODE_PHASE(4);  // the first unit's first loads issued
     for (int base = 0; base < n; base += kAhead) {
 #pragma unroll
       for (int j = 0; j < kAhead; ++j) {
@@ -202,7 +247,7 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
         uint4 b[4];
         load_x(i, b);
         const Raw raw = ring[j];
-        ring[j] = load(i + kAhead);
+        ring[j] = load(weights, i + kAhead);
         // Scales above 128 take a second multiply (e2m1_bf16.cuh); real checkpoints have none,
         // so a warp runs the step without it unless one of its lanes needs it.
         if (warp_needs_second_step(raw.scale[0] > 128 || raw.scale[1] > 128)) compute(raw, b, true);

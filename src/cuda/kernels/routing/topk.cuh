@@ -1,7 +1,7 @@
 // Top-k per token, one warp per token: k rounds of a warp-wide arg-max over the experts not
 // yet chosen, ranked as the CPU backend ranks them (larger first, NaN above numbers, ties to
 // the lower index); then the softmax over the chosen logits (lane j holds the j-th for k <= 32,
-// so no value makes a round trip through global memory).
+// so no value makes a round trip through memory, and the decode kernels keep them there).
 //
 // A round is two warp reductions (redux.sync): the largest rank key among the lanes' best
 // candidates, then the lowest expert holding it. The comparison-and-shuffle butterfly it
@@ -32,13 +32,11 @@ __device__ __forceinline__ float topk_key_value(uint32_t key) {
   return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
 }
 
-// Token t's choices, by one whole warp.
-template <class T>
-__device__ __forceinline__ void topk_softmax_token(const T* __restrict__ logits, int64_t t, int n_experts, int k,
-                                                   int32_t* __restrict__ expert_idx,
-                                                   float* __restrict__ expert_weight) {
+// The k rounds over one token's logits `row`, by one whole warp: on_choice(j, expert, logit) for
+// the j-th choice, on every lane.
+template <class T, class OnChoice>
+__device__ __forceinline__ void topk_rounds(const T* __restrict__ row, int n_experts, int k, OnChoice&& on_choice) {
   const int lane = threadIdx.x % 32;
-  const T* row = logits + t * n_experts;
   const bool held_all = n_experts <= 32 * kTopkHeld;
   uint32_t held[kTopkHeld];  // the keys of experts lane + 32 * i, 0 once chosen
   if (held_all) {
@@ -48,7 +46,6 @@ __device__ __forceinline__ void topk_softmax_token(const T* __restrict__ logits,
     }
   }
   uint64_t chosen = 0;  // past 32 * kTopkHeld experts, bit i: expert lane + 32 * i chosen
-  float mine = 0.0f;    // the lane-th chosen logit (k <= 32)
   for (int j = 0; j < k; ++j) {
     // The lane's best candidate: its largest key, the lowest of its experts on ties.
     uint32_t key = 0;
@@ -67,7 +64,6 @@ __device__ __forceinline__ void topk_softmax_token(const T* __restrict__ logits,
     // k <= n_experts, so some lane has a candidate and the largest key is above 0.
     const uint32_t top = __reduce_max_sync(0xffffffffu, key);
     const int best = __reduce_min_sync(0xffffffffu, key == top ? idx : INT_MAX);
-    const float value = topk_key_value(top);
     if (best % 32 == lane) {
       if (held_all) {
 #pragma unroll
@@ -76,21 +72,55 @@ __device__ __forceinline__ void topk_softmax_token(const T* __restrict__ logits,
         chosen |= uint64_t{1} << (best / 32);
       }
     }
-    if (j == lane) mine = value;
-    if (lane == 0) {
-      expert_idx[t * k + j] = best;
-      if (k > 32) expert_weight[t * k + j] = value;  // the logit, until the softmax below
-    }
+    on_choice(j, best, topk_key_value(top));
   }
-  if (k <= 32) {
-    const float top = __shfl_sync(0xffffffffu, mine, 0);  // the first chosen is the largest
-    const float ex = lane < k ? expf(mine - top) : 0.0f;
-    float sum = ex;
+}
+
+// Up to 32 choices, held one a lane: lane j < k has the j-th choice and its softmax weight.
+struct TopkLane {
+  int expert;
+  float weight;
+};
+
+template <class T>
+__device__ __forceinline__ TopkLane topk_softmax_lanes(const T* __restrict__ row, int n_experts, int k) {
+  const int lane = threadIdx.x % 32;
+  TopkLane mine{-1, 0.0f};
+  float logit = 0.0f;
+  topk_rounds(row, n_experts, k, [&](int j, int expert, float value) {
+    if (j == lane) mine.expert = expert, logit = value;
+  });
+  const float top = __shfl_sync(0xffffffffu, logit, 0);  // the first chosen is the largest
+  const float ex = lane < k ? expf(logit - top) : 0.0f;
+  float sum = ex;
 #pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    if (lane < k) expert_weight[t * k + lane] = ex / sum;
-  } else if (lane == 0) {
-    float* w = expert_weight + t * k;
+  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  mine.weight = ex / sum;
+  return mine;
+}
+
+// Token t's choices, by one whole warp.
+template <class T>
+__device__ __forceinline__ void topk_softmax_token(const T* __restrict__ logits, int64_t t, int n_experts, int k,
+                                                   int32_t* __restrict__ expert_idx,
+                                                   float* __restrict__ expert_weight) {
+  const int lane = threadIdx.x % 32;
+  const T* row = logits + t * n_experts;
+  if (k <= 32) {
+    const TopkLane mine = topk_softmax_lanes(row, n_experts, k);
+    if (lane < k) {
+      expert_idx[t * k + lane] = mine.expert;
+      expert_weight[t * k + lane] = mine.weight;
+    }
+    return;
+  }
+  // More choices than lanes: lane 0 keeps them in memory (the logits until the softmax).
+  int32_t* idx = expert_idx + t * k;
+  float* w = expert_weight + t * k;
+  topk_rounds(row, n_experts, k, [&](int j, int expert, float value) {
+    if (lane == 0) idx[j] = expert, w[j] = value;
+  });
+  if (lane == 0) {
     const float top = w[0];
     float sum = 0.0f;
     for (int j = 0; j < k; ++j) sum += expf(w[j] - top);
