@@ -146,29 +146,14 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
     copy_route(*static_cast<const DecodeRoute*>(p.route), route);
   } else if (p.T == 1) {
     // One token: every warp ranks it itself, so that it knows its first unit's expert without
-    // waiting for the block, and asks for that unit's weights at once; warp 0 also writes the
-    // routing (what route_in_block would: its k experts are distinct, in increasing order).
-    const TopkLane mine = topk_softmax_lanes(p.logits, p.E, p.k);  // lane j < k: the j-th choice
-    int d = 0;  // this lane's expert's place among the k
-    for (int q = 0; q < p.k; ++q) d += __shfl_sync(0xffffffffu, mine.expert, q) < mine.expert;
+    // waiting for the block, and asks for that unit's weights at once.
+    const WarpRoute mine = route_token_in_warp(p.logits, p.E, p.k);
     if (my_group < groups_here && at.u - member < p.k * slabs * S) {
-      const unsigned holder = __ballot_sync(0xffffffffu, lane < p.k && d == at.d);
-      start(stream_of(at, __shfl_sync(0xffffffffu, mine.expert, __ffs(holder) - 1)));
+      start(stream_of(at, mine.expert_at(at.d, p.k)));
       started = true;
       MOEKIT_MOE_DECODE_PHASE(4);  // the first unit's first loads issued
     }
-    if (warp == 0) {
-      if (lane < p.k) {
-        route.expert[d] = mine.expert;
-        route.count[d] = 1;
-        route.slot[d][0] = lane;
-        route.slot_expert[lane] = d;
-        route.slot_rank[lane] = 0;
-        route.choice[lane] = mine.expert;
-        route.weight[lane] = mine.weight;
-      }
-      if (lane == 0) route.experts = p.k;
-    }
+    if (warp == 0) write_token_route(mine, p.k, route);
     __syncthreads();
     if (blockIdx.x == 0) copy_route(route, *static_cast<DecodeRoute*>(p.route));
   } else {
