@@ -306,7 +306,6 @@ MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype) 
 // Work units an expert matmul of the decode path aims at: a unit for each of its warps on each
 // of 132 SMs (H100, H200).
 constexpr int64_t kMoeDecodeTargetUnits = kMoeDecodeWarps * 132;
-constexpr int64_t kMoeDecodeMaxSplits = 4;
 
 // k ranges per (expert, slab) that bring `units` (at one range) near the target, leaving each
 // range two k steps (of 128) at least.

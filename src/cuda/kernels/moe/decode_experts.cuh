@@ -170,6 +170,7 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
   // [2 (iteration parity)][warps][kUnitFloats]: a group's sums, read by its last warp.
   float* group_sums = reinterpret_cast<float*>(x_shared + p.T * p.x_stride);
   if (groups_here == 0) __trap();  // the launcher gives mlp1 a group's warps at least
+  if (S > kMaxSplits) __trap();     // moe_decode_plan bounds the k ranges
   if (my_group >= groups_here) return;  // no barrier of the block follows
   // mlp1's output: the SwiGLU of rows (n, n + 1) of routed expert d for its token-slot `rank`,
   // into the act row of that slot, in paired order for mlp2's fragments.
@@ -269,10 +270,10 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
     }
 
     // A row's sum over the k ranges (S sums kUnitFloats apart from `at`, in order), plus the
-    // bias of routed expert dd; `global` sums were written by other SMs (read past L1).
-    auto row_sum = [&](const float* at, bool global, int dd, int64_t nn) {
+    // bias of routed expert dd.
+    auto row_sum = [&](const float* at, int dd, int64_t nn) {
       float h = 0.0f;
-      for (int ss = 0; ss < S; ++ss) h += global ? __ldcg(at + ss * kUnitFloats) : at[ss * kUnitFloats];
+      for (int ss = 0; ss < S; ++ss) h += at[ss * kUnitFloats];
       if (p.bias) h += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(route.expert[dd]) * p.N + nn);
       return h;
     };
@@ -294,8 +295,8 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
         const int rank = item / (kSlabRows / 2);
         const int64_t nn = slab * kSlabRows + 2 * (item % (kSlabRows / 2));
         if (nn >= p.N) continue;
-        store_act(d, rank, nn, row_sum(first + sum_at(nn, rank), false, d, nn),
-                  row_sum(first + sum_at(nn + 1, rank), false, d, nn + 1));
+        store_act(d, rank, nn, row_sum(first + sum_at(nn, rank), d, nn),
+                  row_sum(first + sum_at(nn + 1, rank), d, nn + 1));
       }
     } else {
       store_sums(p.partials + u * kUnitFloats);
@@ -306,15 +307,47 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
       if (__shfl_sync(0xffffffffu, arrived, 0) != route.experts * S - 1) continue;
       __threadfence();  // the slab's other sums are visible to this warp
       // y[t, n] = sum_j weight[t, j] * h[t * k + j, n], in slot order (the combine op's order).
+      // A batch of slots' sums (every k range) and biases is asked for at once: one round trip
+      // to L2 a batch, where a slot at a time took two (~4 us of mlp2's tail at k = 4).
+      constexpr int kBatch = 4;
       for (int item = lane; item < p.T * kSlabRows; item += 32) {
         const int token = item / kSlabRows;
         const int64_t nn = slab * kSlabRows + item % kSlabRows;
         if (nn >= p.N) continue;
         float v = 0.0f;
-        for (int j = 0; j < p.k; ++j) {
-          const int ts = token * p.k + j, dd = route.slot_expert[ts];
-          const float* at = p.partials + (dd * slabs + slab) * S * kUnitFloats + sum_at(nn, route.slot_rank[ts]);
-          v += route.weight[ts] * row_sum(at, true, dd, nn);
+        for (int j0 = 0; j0 < p.k; j0 += kBatch) {
+          float part[kBatch][kMaxSplits], bias[kBatch] = {};
+          int64_t bias_at[kBatch];
+#pragma unroll
+          for (int b = 0; b < kBatch; ++b) {
+            const int ts = token * p.k + min(j0 + b, p.k - 1), dd = route.slot_expert[ts];
+            const float* at = p.partials + (dd * slabs + slab) * S * kUnitFloats + sum_at(nn, route.slot_rank[ts]);
+#pragma unroll
+            for (int ss = 0; ss < kMaxSplits; ++ss) part[b][ss] = ss < S ? __ldcg(at + ss * kUnitFloats) : 0.0f;
+            bias_at[b] = static_cast<int64_t>(route.expert[dd]) * p.N + nn;
+          }
+          // The dtype's branch outside the batch, so that the bias loads too are all in flight.
+          if (p.bias && p.bias_bf16) {
+            bf16 raw[kBatch];
+#pragma unroll
+            for (int b = 0; b < kBatch; ++b) raw[b] = static_cast<const bf16*>(p.bias)[bias_at[b]];
+#pragma unroll
+            for (int b = 0; b < kBatch; ++b) bias[b] = __bfloat162float(raw[b]);
+          } else if (p.bias) {
+#pragma unroll
+            for (int b = 0; b < kBatch; ++b) bias[b] = static_cast<const float*>(p.bias)[bias_at[b]];
+          }
+#pragma unroll
+          for (int b = 0; b < kBatch; ++b) {
+            if (j0 + b >= p.k) break;
+            float h = 0.0f;  // as row_sum adds: the k ranges in order, then the bias
+#pragma unroll
+            for (int ss = 0; ss < kMaxSplits; ++ss) {
+              if (ss < S) h += part[b][ss];
+            }
+            if (p.bias) h += bias[b];
+            v += route.weight[token * p.k + j0 + b] * h;
+          }
         }
         p.y[token * p.N + nn] = __float2bfloat16_rn(v);
       }

@@ -20,6 +20,7 @@ namespace moe_decode {
 constexpr int kMaxTokens = kMoeDecodeMaxTokens;  // tokens per call: an expert's tokens fit one n8 MMA tile
 constexpr int kMaxPairs = kMoeDecodeMaxPairs;    // token-slots T * k: one warp groups them
 constexpr int kSlabRows = kMoeDecodeSlabRows;    // weight rows per work unit: the MMA's M
+constexpr int kMaxSplits = kMoeDecodeMaxSplits;  // k ranges per (expert, slab)
 constexpr int kGateWarps = 8;                     // per block of the gate kernel (one expert)
 constexpr int kGateEarlyWords = 2;  // 8 weights each, loaded before the wait: a row of 4096 a block
 constexpr int kUnitFloats = kSlabRows * kMaxTokens;  // a unit's sums: [16 rows][8 tokens]
