@@ -119,13 +119,13 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
     uint4 codes[2];
     uint32_t scale[2];
   };
-  auto load = [&](const Stream& w, int i) {
+  auto load = [&](const Stream& w, int i, bool whole_line = true) {
     Raw r;
     const bool in = i < w.lane_steps;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const bool ok = in && w.row_ok[h];
-      r.codes[h] = ok ? load_streaming<128>(w.codes + 4 * i + h * hi) : zero;
+      r.codes[h] = !ok ? zero : whole_line ? load_streaming<128>(w.codes + 4 * i + h * hi) : load_streaming(w.codes + 4 * i + h * hi);
       r.scale[h] = ok ? w.scales[4 * i + h * hi] : 127u;
     }
     return r;
@@ -136,7 +136,7 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
   Raw ring[kAhead];
   auto start = [&](const Stream& w) {
 #pragma unroll
-    for (int j = 0; j < kAhead; ++j) ring[j] = load(w, j);
+    for (int j = 0; j < kAhead; ++j) ring[j] = load(w, j, j > 0);  // the first step: its own sectors only
   };
 
   // mlp1 routes while its x rows arrive, and its block 0 leaves the routing for mlp2, which
