@@ -300,12 +300,14 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
       }
     } else {
       store_sums(p.partials + u * kUnitFloats);
-      __threadfence();
-      __syncwarp();
+      __syncwarp();  // orders the warp's stores before lane 0's release
       int arrived = 0;
-      if (lane == 0) arrived = atomicAdd(p.counters + slab, 1);
-      if (__shfl_sync(0xffffffffu, arrived, 0) != route.experts * S - 1) continue;
-      __threadfence();  // the slab's other sums are visible to this warp
+      if (lane == 0) {
+        asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;" : "=r"(arrived) : "l"(p.counters + slab) : "memory");
+      }
+      arrived = __shfl_sync(0xffffffffu, arrived, 0);
+      __syncwarp();  // the other lanes' loads after lane 0's acquire
+      if (arrived != route.experts * S - 1) continue;
       // y[t, n] = sum_j weight[t, j] * h[t * k + j, n], in slot order (the combine op's order).
       // A batch of slots' sums (every k range) and biases is asked for at once: one round trip
       // to L2 a batch, where a slot at a time took two (~4 us of mlp2's tail at k = 4).
