@@ -48,10 +48,14 @@ inline __host__ __device__ int64_t attention_decode_received_floats(int64_t G, i
   return (G * D + splits - 1) / splits * splits + 2 * G * splits;
 }
 
-// A staged key row's stride in floats: 16-byte rows where D allows (the scores read 16 bytes of
-// a key at a time, lanes down a column of keys: conflict-free with 4 floats of padding), else
-// padded by one float (lanes reading one float down a column, conflict-free).
-inline __host__ __device__ int64_t attention_key_stride(int64_t D) { return D % 4 == 0 ? D + 4 : D + 1; }
+// Whether the scores read a staged key and the query 16 bytes at a time (D a whole number of
+// 4 floats), rather than one float at a time.
+inline __host__ __device__ bool attention_key_vectors(int64_t D) { return D % 4 == 0; }
+
+// A staged key row's stride in floats: 16-byte rows for vector reads (lanes down a column of
+// keys: conflict-free with 4 floats of padding), else padded by one float (lanes reading one
+// float down a column, conflict-free).
+inline __host__ __device__ int64_t attention_key_stride(int64_t D) { return attention_key_vectors(D) ? D + 4 : D + 1; }
 
 // The staged keys of a chunk of C keys, in floats, rounded up so that the values after them
 // start on 16 bytes.
@@ -380,7 +384,7 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
         const float* key = k_s + k * ks;
         const float* query = q_s + h * D;
         float even = 0.0f, odd = 0.0f;  // D is even
-        if (D % 4 == 0) {
+        if (attention_key_vectors(D)) {
           for (int d = 0; d < D; d += 4) {
             const float4 q4 = *reinterpret_cast<const float4*>(query + d);
             const float4 k4 = *reinterpret_cast<const float4*>(key + d);
