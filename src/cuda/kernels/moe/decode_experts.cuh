@@ -202,7 +202,17 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
     };
 
     // Two accumulators, so that a step's 8 MMAs form two chains of 4.
+    // The first k range's first chain starts from the rows' bias (the same for every token-slot
+    // column), so that no epilogue waits on a bias load: asked for here, with the unit's first
+    // weights, and added by the unit's own MMAs.
     float acc[2][4] = {};
+    if (p.bias && at.s == 0) {
+      const int64_t row0 = static_cast<int64_t>(e) * p.N + n0;
+      const float b0 = weights.row_ok[0] ? load_float(p.bias, p.bias_bf16, row0) : 0.0f;
+      const float b1 = weights.row_ok[1] ? load_float(p.bias, p.bias_bf16, row0 + 8) : 0.0f;
+      acc[0][0] = acc[0][1] = b0;
+      acc[0][2] = acc[0][3] = b1;
+    }
     // One k step: the lane's two 32-code blocks, word by word (8 codes of each row) decoded
     // into A fragments for 2 MMAs.
     auto compute = [&](const Raw& raw, const uint4 (&b)[4], bool second_step) {
@@ -260,23 +270,17 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
           const int rank = 2 * t + i % 2;
           const int64_t nn = n0 + 8 * (i / 2);
           if (rank >= count || nn >= p.N) continue;
-          float h0 = sum[i], h1 = partner[i];
-          if (p.bias) {
-            h0 += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + nn);
-            h1 += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + nn + 1);
-          }
-          store_act(d, rank, nn, h0, h1);
+          store_act(d, rank, nn, sum[i], partner[i]);
         }
       }
       continue;
     }
 
-    // A row's sum over the k ranges (S sums kUnitFloats apart from `at`, in order), plus the
-    // bias of routed expert dd.
-    auto row_sum = [&](const float* at, int dd, int64_t nn) {
+    // A row's sum over the k ranges (S sums kUnitFloats apart from `at`, in order; the first
+    // holds the bias).
+    auto row_sum = [&](const float* at) {
       float h = 0.0f;
       for (int ss = 0; ss < S; ++ss) h += at[ss * kUnitFloats];
-      if (p.bias) h += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(route.expert[dd]) * p.N + nn);
       return h;
     };
     auto sum_at = [&](int64_t nn, int rank) { return (nn - slab * kSlabRows) * kMaxTokens + rank; };  // in a unit's sums
@@ -297,8 +301,7 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
         const int rank = item / (kSlabRows / 2);
         const int64_t nn = slab * kSlabRows + 2 * (item % (kSlabRows / 2));
         if (nn >= p.N) continue;
-        store_act(d, rank, nn, row_sum(first + sum_at(nn, rank), d, nn),
-                  row_sum(first + sum_at(nn + 1, rank), d, nn + 1));
+        store_act(d, rank, nn, row_sum(first + sum_at(nn, rank)), row_sum(first + sum_at(nn + 1, rank)));
       }
     } else {
       store_sums(p.partials + u * kUnitFloats);
@@ -311,8 +314,8 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
       __syncwarp();  // the other lanes' loads after lane 0's acquire
       if (arrived != route.experts * S - 1) continue;
       // y[t, n] = sum_j weight[t, j] * h[t * k + j, n], in slot order (the combine op's order).
-      // A batch of slots' sums (every k range) and biases is asked for at once: one round trip
-      // to L2 a batch, where a slot at a time took two (~4 us of mlp2's tail at k = 4).
+      // A batch of slots' sums (every k range; the first holds the bias) is asked for at once:
+      // one round trip to L2 a batch, where a slot at a time took two (~4 us of mlp2's tail).
       constexpr int kBatch = 4;
       for (int item = lane; item < p.T * kSlabRows; item += 32) {
         const int token = item / kSlabRows;
@@ -320,36 +323,22 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
         if (nn >= p.N) continue;
         float v = 0.0f;
         for (int j0 = 0; j0 < p.k; j0 += kBatch) {
-          float part[kBatch][kMaxSplits], bias[kBatch] = {};
-          int64_t bias_at[kBatch];
+          float part[kBatch][kMaxSplits];
 #pragma unroll
           for (int b = 0; b < kBatch; ++b) {
             const int ts = token * p.k + min(j0 + b, p.k - 1), dd = route.slot_expert[ts];
             const float* at = p.partials + (dd * slabs + slab) * S * kUnitFloats + sum_at(nn, route.slot_rank[ts]);
 #pragma unroll
             for (int ss = 0; ss < kMaxSplits; ++ss) part[b][ss] = ss < S ? __ldcg(at + ss * kUnitFloats) : 0.0f;
-            bias_at[b] = static_cast<int64_t>(route.expert[dd]) * p.N + nn;
-          }
-          // The dtype's branch outside the batch, so that the bias loads too are all in flight.
-          if (p.bias && p.bias_bf16) {
-            bf16 raw[kBatch];
-#pragma unroll
-            for (int b = 0; b < kBatch; ++b) raw[b] = static_cast<const bf16*>(p.bias)[bias_at[b]];
-#pragma unroll
-            for (int b = 0; b < kBatch; ++b) bias[b] = __bfloat162float(raw[b]);
-          } else if (p.bias) {
-#pragma unroll
-            for (int b = 0; b < kBatch; ++b) bias[b] = static_cast<const float*>(p.bias)[bias_at[b]];
           }
 #pragma unroll
           for (int b = 0; b < kBatch; ++b) {
             if (j0 + b >= p.k) break;
-            float h = 0.0f;  // as row_sum adds: the k ranges in order, then the bias
+            float h = 0.0f;  // the k ranges in order
 #pragma unroll
             for (int ss = 0; ss < kMaxSplits; ++ss) {
               if (ss < S) h += part[b][ss];
             }
-            if (p.bias) h += bias[b];
             v += route.weight[token * p.k + j0 + b] * h;
           }
         }
