@@ -65,31 +65,45 @@ constexpr int64_t kRows = moe_decode::kSlabRows, kSlabs = kN / kRows, kSplits = 
 // Loads (and xors) what the decode path's mlp1 unit u = (routed expert d, slab, k range) loads
 // for its lane: kAhead k steps ahead, each the 16 bytes of rows n0 and n0 + 8 at k block
 // 4 * step + t and their scale bytes. kContiguous: a unit's step is one KB of codes, lane by
-// lane (the scale bytes stay in the checkpoint's rows: 1/32 of the bytes).
-template <bool kContiguous, int kAhead>
+// lane (the scale bytes stay in the checkpoint's rows: 1/32 of the bytes). kLines: units of 8
+// rows and the whole of K, a step the 128-byte line of each row at k blocks 8 * step .. + 7,
+// lane (g, t) reading row g / 2 + 4h at k block 8 * step + 4 * (g % 2) + t, so that each load
+// instruction asks for 4 whole lines (the checkpoint's rows; the other layouts ask for 8 half
+// lines or 4 lines of one contiguous KB).
+enum Mlp1Layout { kRowsLayout, kContiguousLayout, kLinesLayout };
+template <int kLayout, int kAhead>
 __global__ void __launch_bounds__(kThreads, 1) mlp1_loads_kernel(const uint4* w, const uint8_t* scales, int call,
                                                                float* out) {
   wait_for_previous_grid();
   let_next_grid_start();
+  constexpr bool kContiguous = kLayout == kContiguousLayout, kLines = kLayout == kLinesLayout;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  // Units (expert, slab, k range): kLines 8-row slabs and one k range, else 16-row slabs and two.
+  constexpr int64_t slabs = kLines ? kN / 8 : kSlabs, splits = kLines ? 1 : kSplits;
+  constexpr int64_t steps = kLines ? (kKBlocks + 7) / 8 : kSteps;
   uint32_t sum = 0;
-  for (int64_t u = blockIdx.x + static_cast<int64_t>(threadIdx.x / 32) * gridDim.x; u < 4 * kSlabs * kSplits;
+  for (int64_t u = blockIdx.x + static_cast<int64_t>(threadIdx.x / 32) * gridDim.x; u < 4 * slabs * splits;
        u += warps) {
-    const int64_t d = u / (kSlabs * kSplits), s = u % kSplits, slab = u / kSplits % kSlabs;
+    const int64_t d = u / (slabs * splits), s = u % splits, slab = u / splits % slabs;
     const int64_t e = (4 * call + d) % kE;  // each call other experts, mostly out of L2
-    const int64_t first = kSteps * s / kSplits, kb0 = 4 * first + t;
-    const int n = static_cast<int>(kSteps * (s + 1) / kSplits - first);
-    const int lane_steps = static_cast<int>(min(static_cast<int64_t>(n), max(kKBlocks - kb0 + 3, int64_t{0}) / 4));
-    const uint8_t* sc = scales + (e * kN + slab * kRows + g) * kKBlocks + kb0;
+    const int64_t first = steps * s / splits;
+    const int n = static_cast<int>(steps * (s + 1) / splits - first);
+    const int64_t row = kLines ? slab * 8 + g / 2 : slab * kRows + g;
+    const int64_t kb0 = kLines ? 8 * first + 4 * (g % 2) + t : 4 * first + t;
+    const int64_t per_step = kLines ? 8 : 4;
+    const int lane_steps =
+        static_cast<int>(min(static_cast<int64_t>(n), max(kKBlocks - kb0 + per_step - 1, int64_t{0}) / per_step));
+    const int64_t row_hi = kLines ? 4 : 8;  // rows from h = 0 to h = 1
+    const uint8_t* sc = scales + (e * kN + row) * kKBlocks + kb0;
     const uint4* codes = kContiguous ? w + ((e * kSlabs + slab) * kSteps + first) * 64 + lane
-                                     : w + (e * kN + slab * kRows + g) * kKBlocks + kb0;
-    const int64_t step = kContiguous ? 64 : 4, hi = kContiguous ? 32 : 8 * kKBlocks;
+                                     : w + (e * kN + row) * kKBlocks + kb0;
+    const int64_t step = kContiguous ? 64 : per_step, hi = kContiguous ? 32 : row_hi * kKBlocks;
     auto load = [&](int i, uint4 (&v)[2], uint32_t (&q)[2]) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         v[h] = i < lane_steps ? load_streaming<128>(codes + step * i + h * hi) : make_uint4(0, 0, 0, 0);
-        q[h] = i < lane_steps ? sc[4 * i + h * 8 * kKBlocks] : 0u;
+        q[h] = i < lane_steps ? sc[per_step * i + h * row_hi * kKBlocks] : 0u;
       }
     };
     uint4 ring[kAhead][2];
@@ -278,10 +292,12 @@ int main() {
     });
     std::printf("mlp1's loads (%.1f MB), %-28s %8.2f us (%5.0f GB/s)\n", mb, name, us, mb * 1e3 / us);
   };
-  mlp1_row("checkpoint rows, 1 ahead", mlp1_loads_kernel<false, 1>);
-  mlp1_row("checkpoint rows, 2 ahead", mlp1_loads_kernel<false, 2>);
-  mlp1_row("unit steps contiguous, 1 ahead", mlp1_loads_kernel<true, 1>);
-  mlp1_row("unit steps contiguous, 2 ahead", mlp1_loads_kernel<true, 2>);
+  mlp1_row("checkpoint rows, 1 ahead", mlp1_loads_kernel<kRowsLayout, 1>);
+  mlp1_row("checkpoint rows, 2 ahead", mlp1_loads_kernel<kRowsLayout, 2>);
+  mlp1_row("unit steps contiguous, 1 ahead", mlp1_loads_kernel<kContiguousLayout, 1>);
+  mlp1_row("unit steps contiguous, 2 ahead", mlp1_loads_kernel<kContiguousLayout, 2>);
+  mlp1_row("whole lines, 1 ahead", mlp1_loads_kernel<kLinesLayout, 1>);
+  mlp1_row("whole lines, 2 ahead", mlp1_loads_kernel<kLinesLayout, 2>);
   CHECK(cudaFree(codes));
   CHECK(cudaFree(scales));
   CHECK(cudaFree(out));
