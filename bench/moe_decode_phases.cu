@@ -37,8 +37,8 @@ using namespace moekit::cuda;
 using namespace moe_decode_probe;
 
 int main() {
-  constexpr int kE = 32, kT = 1, kWarps = 22;
-  constexpr int kSplits[2] = {2, 4};
+  constexpr int kE = 32, kT = 1, kWarps = 22, kHalves = 2;  // the library's shape at T = 1
+  constexpr int kSplits[2] = {1, 2};
   using Config = MoeDecodeExpertsConfig<kWarps, 1>;
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
@@ -46,14 +46,15 @@ int main() {
   if (sms > probe::kMaxBlocks) return 1;
   std::mt19937 rng(0);
   Setup s = make_setup(kE, kT, sms, rng);
-  void (*kernels[2])(MoeDecodeExpertsParams) = {moe_decode_experts_kernel<false, Config>,
-                                                moe_decode_experts_kernel<true, Config>};
+  void (*kernels[2])(MoeDecodeExpertsParams) = {moe_decode_experts_kernel<false, kHalves, Config>,
+                                                moe_decode_experts_kernel<true, kHalves, Config>};
   const size_t smem[2] = {moe_decode_mlp1_bytes(kT, kH, kWarps), moe_decode_x_bytes(kT * kK, kI)};
   for (int k = 0; k < 2; ++k) {
     CHECK(cudaFuncSetAttribute(kernels[k], cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem[k])));
   }
   const int calls = 2 * kRoutings;
-  std::printf("%s, %d SMs; E = %d, T = %d, %d warps, 1 step ahead, k splits 2 and 4\n", prop.name, sms, kE, kT, kWarps);
+  std::printf("%s, %d SMs; E = %d, T = %d, %d warps, 1 step ahead, k splits %d and %d, 8-row slabs in halves\n", prop.name,
+              sms, kE, kT, kWarps, kSplits[0], kSplits[1]);
   const char* names[probe::kPhases] = {"entry",         "wait passed",     "routed",    "x landed",
                                        "1st loads out", "1st step done",   "loop done", "warp done"};
   for (int rep = 0; rep < 3; ++rep) {

@@ -308,9 +308,9 @@ MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype) 
 constexpr int64_t kMoeDecodeTargetUnits = kMoeDecodeWarps * 132;
 
 // k ranges per (expert, slab) that bring `units` (at one range) near the target, leaving each
-// range two k steps (of 128) at least.
-int64_t moe_decode_splits(int64_t units, int64_t K) {
-  const int64_t steps = (K + 127) / 128;
+// range two k steps (of 128 x halves) at least.
+int64_t moe_decode_splits(int64_t units, int64_t K, int halves) {
+  const int64_t steps = (K + 128 * halves - 1) / (128 * halves);
   int64_t s = units > 0 ? kMoeDecodeTargetUnits / units : 1;
   s = s < kMoeDecodeMaxSplits ? s : kMoeDecodeMaxSplits;
   s = s < steps / 2 ? s : steps / 2;
@@ -326,10 +326,12 @@ MoeDecodePlan moe_decode_plan(const MoeMlpProblem& p) {
            p.T * p.k <= kMoeDecodeMaxPairs;
   if (!d.fits) return d;
   d.experts = p.T * p.k < p.E ? p.T * p.k : p.E;
-  const int64_t slabs1 = (2 * p.I + kMoeDecodeSlabRows - 1) / kMoeDecodeSlabRows;
-  const int64_t slabs2 = (p.H + kMoeDecodeSlabRows - 1) / kMoeDecodeSlabRows;
-  d.splits1 = moe_decode_splits(d.experts * slabs1, p.H);
-  d.splits2 = moe_decode_splits(d.experts * slabs2, p.I);
+  d.halves = p.T <= kMoeDecodeHalvesMaxTokens ? 2 : 1;
+  const int64_t rows = kMoeDecodeSlabRows / d.halves;
+  const int64_t slabs1 = (2 * p.I + rows - 1) / rows;
+  const int64_t slabs2 = (p.H + rows - 1) / rows;
+  d.splits1 = moe_decode_splits(d.experts * slabs1, p.H, d.halves);
+  d.splits2 = moe_decode_splits(d.experts * slabs2, p.I, d.halves);
   d.units1 = d.experts * slabs1 * d.splits1;
   d.units2 = d.experts * slabs2 * d.splits2;
   d.partial_floats = d.units2 * kMoeDecodeSlabRows * kMoeDecodeMaxTokens;  // mlp2's; mlp1's stay on chip

@@ -65,20 +65,25 @@ void check_matmul_ogs_outputs(const MatmulOgsProblem& p, const MatmulOgsArgs& a)
 
 // The CUDA backend's decode path of moe_mlp (src/cuda/kernels/moe): at most this many tokens
 // and token-slots T * k. Its expert matmuls split into work units (routed expert, slab of 16
-// weight rows, k range); the split is a function of shapes alone, so the workspace is too.
+// weight rows, or 8 up to kMoeDecodeHalvesMaxTokens tokens, k range); the split is a function
+// of shapes alone, so the workspace is too.
 constexpr int64_t kMoeDecodeMaxTokens = 8, kMoeDecodeMaxPairs = 32;
 constexpr int64_t kMoeDecodeSlabRows = 16;
+// Up to this many tokens a unit is 8 rows, and a k step the 128 bytes of each row (two halves
+// of the step in the MMA's columns: src/cuda/kernels/moe/decode_experts.cuh).
+constexpr int64_t kMoeDecodeHalvesMaxTokens = 4;
 constexpr int64_t kMoeDecodeMaxSplits = 4;  // k ranges per (expert, slab)
 // The routing mlp1 leaves for mlp2: [1 + 6 * pairs + pairs * tokens] 32-bit words (DecodeRoute).
 constexpr int64_t kMoeDecodeRouteBytes = 4 * (1 + 6 * kMoeDecodeMaxPairs + kMoeDecodeMaxPairs * kMoeDecodeMaxTokens);
 constexpr int kMoeDecodeWarps = 22;  // per block (one an SM) of its expert kernels: the most at 80 registers
 // uint4 (8 bf16) a row of x takes in the expert kernels' shared memory: K rounded up to whole
-// k steps of 128 (zeros past K, so the last step reads no test), plus one so that rows start 16
-// bytes apart in the banks.
-constexpr int64_t moe_decode_x_stride(int64_t K) { return (K + 127) / 128 * 16 + 1; }
+// k steps of 256, the longer of the two (zeros past K, so the last step reads no test), plus one
+// so that rows start 16 bytes apart in the banks.
+constexpr int64_t moe_decode_x_stride(int64_t K) { return (K + 255) / 256 * 32 + 1; }
 struct MoeDecodePlan {
   bool fits = false;              // a CUDA device, and T and T * k within the decode path's limits
   int64_t experts = 0;            // most experts a call can route to: min(T * k, E)
+  int halves = 1;                 // 2 up to kMoeDecodeHalvesMaxTokens tokens: units of 8 rows
   int64_t splits1 = 0, splits2 = 0;  // k ranges per (expert, slab) of mlp1 and mlp2
   int64_t units1 = 0, units2 = 0;    // work units at most
   int64_t partial_floats = 0;        // [unit][16 rows][8 tokens] of the matmuls whose units share sums

@@ -139,23 +139,33 @@ MoeMlpProblem moe_problem(int64_t T, int64_t E, int k, int64_t H, int64_t I,
 }
 
 TEST(MoeDecodePlan, GptOssAtOneTokenMakesAbout22UnitsAnSm) {
-  // 4 experts; mlp1 has 2I / 16 = 360 slabs, mlp2 H / 16 = 180: k ranges bring both to 2880
-  // units (22 warps on each of 132 SMs at most), mlp1 in 2 ranges, mlp2 in 4.
+  // 4 experts in slabs of 8 rows (one token: halves); mlp1 has 2I / 8 = 720 slabs, mlp2 H / 8
+  // = 360: k ranges bring both to 2880 units (22 warps on each of 132 SMs at most), mlp1 in 1
+  // range, mlp2 in 2.
   const MoeDecodePlan d = moe_decode_plan(moe_problem(1, 32, 4, 2880, 2880));
   EXPECT_TRUE(d.fits);
   EXPECT_EQ(d.experts, 4);
-  EXPECT_EQ(d.splits1, 2);
-  EXPECT_EQ(d.splits2, 4);
+  EXPECT_EQ(d.halves, 2);
+  EXPECT_EQ(d.splits1, 1);
+  EXPECT_EQ(d.splits2, 2);
   EXPECT_EQ(d.units1, 2880);
   EXPECT_EQ(d.units2, 2880);
-  EXPECT_EQ(d.counters, 180);  // mlp2's slabs (mlp1's k ranges meet in shared memory)
+  EXPECT_EQ(d.counters, 360);  // mlp2's slabs (mlp1's k ranges meet in shared memory)
   EXPECT_EQ(d.partial_floats, 2880 * 16 * 8);
+}
+
+TEST(MoeDecodePlan, HalvesUpTo4Tokens) {
+  EXPECT_EQ(moe_decode_plan(moe_problem(4, 32, 4, 2880, 2880)).halves, 2);
+  const MoeDecodePlan d = moe_decode_plan(moe_problem(5, 32, 4, 2880, 2880));
+  EXPECT_EQ(d.halves, 1);  // 16-row slabs: 20 experts x 180 of mlp2's
+  EXPECT_EQ(d.counters, 180);
 }
 
 TEST(MoeDecodePlan, EightTokensNeedNoSplitAndAtMost32Experts) {
   const MoeDecodePlan d = moe_decode_plan(moe_problem(8, 128, 4, 2880, 2880));
   EXPECT_TRUE(d.fits);
   EXPECT_EQ(d.experts, 32);
+  EXPECT_EQ(d.halves, 1);
   EXPECT_EQ(d.splits1, 1);
   EXPECT_EQ(d.splits2, 1);
   EXPECT_EQ(d.partial_floats, 32 * 180 * 16 * 8);
@@ -163,10 +173,12 @@ TEST(MoeDecodePlan, EightTokensNeedNoSplitAndAtMost32Experts) {
 }
 
 TEST(MoeDecodePlan, ShortKKeepsTwoStepsARange) {
-  // mlp2 reduces over I: 128 is one k step of 128, so one range however few the units; 1024 is
-  // 8 steps, so up to 4 ranges.
+  // mlp2 reduces over I in k steps of 256 at one token (halves), of 128 at more than 4: 128 is
+  // one step, so one range however few the units; 1024 is 4 steps (2 ranges) or 8 (4 ranges).
   EXPECT_EQ(moe_decode_plan(moe_problem(1, 4, 1, 256, 128)).splits2, 1);
-  EXPECT_EQ(moe_decode_plan(moe_problem(1, 4, 1, 256, 1024)).splits2, 4);
+  EXPECT_EQ(moe_decode_plan(moe_problem(5, 4, 1, 256, 128)).splits2, 1);
+  EXPECT_EQ(moe_decode_plan(moe_problem(1, 4, 1, 256, 1024)).splits2, 2);
+  EXPECT_EQ(moe_decode_plan(moe_problem(5, 4, 1, 256, 1024)).splits2, 4);
 }
 
 TEST(MoeDecodePlan, MoreThan8TokensOr32SlotsTakeTheGeneralPath) {

@@ -131,10 +131,11 @@ def test_decode_scales_past_128_and_subnormal():
     check(randn(gen, 5, 64, dtype=torch.bfloat16), L, 4)
 
 
-@pytest.mark.parametrize("T", [1, 8])
+@pytest.mark.parametrize("T", [1, 4, 5, 8])
 def test_decode_gpt_oss_shapes(T):
     """H = I = 2880, E = 32, k = 4: the real layer's units, splits and counters, on the decode
-    path (a path that silently declined the real shape would leave only the general path tested)."""
+    path (a path that silently declined the real shape would leave only the general path tested),
+    in both ways of filling the MMA (8-row slabs in halves up to 4 tokens, 16 rows from 5)."""
     gen = torch.Generator().manual_seed(2880 + T)
     x, L = randn(gen, T, 2880, dtype=torch.bfloat16), make_layer(gen, 32, 2880, 2880)
     check(x, L, 4)

@@ -18,6 +18,23 @@ namespace {
 
 using ExpertsConfig = MoeDecodeExpertsConfig<kMoeDecodeWarps, 1>;  // the warps moe_decode_plan splits for
 
+// mlp1 (kCombine false) or mlp2, in the plan's way of filling the MMA (plan.halves).
+template <auto kKernel>
+void launch_experts_as(unsigned grid, unsigned threads, size_t smem, cudaStream_t stream, bool chained,
+                       const MoeDecodeExpertsParams& m, int device) {
+  allow_dynamic_smem<kKernel>(static_cast<int>(smem), device);
+  launch_kernel(kKernel, grid, threads, smem, stream, chained, m);
+}
+template <bool kCombine>
+void launch_experts(const MoeDecodePlan& plan, unsigned grid, unsigned threads, size_t smem, cudaStream_t stream,
+                    bool chained, const MoeDecodeExpertsParams& m, int device) {
+  if (plan.halves == 2) {
+    launch_experts_as<moe_decode_experts_kernel<kCombine, 2, ExpertsConfig>>(grid, threads, smem, stream, chained, m, device);
+  } else {
+    launch_experts_as<moe_decode_experts_kernel<kCombine, 1, ExpertsConfig>>(grid, threads, smem, stream, chained, m, device);
+  }
+}
+
 }  // namespace
 
 bool moe_mlp_decode_fits(const MoeMlpProblem& p, const MoeMlpArgs& a) {
@@ -93,15 +110,13 @@ void moe_mlp_decode(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecConte
 
   set_matmul(a.mlp1, a.mlp1_bias, 2 * p.I, p.H, x_paired, plan.splits1);
   const size_t smem1 = moe_decode_mlp1_bytes(p.T, p.H, static_cast<int>(threads / 32));
-  allow_dynamic_smem<moe_decode_experts_kernel<false, ExpertsConfig>>(static_cast<int>(smem1), p.device.index);
-  launch_kernel(moe_decode_experts_kernel<false, ExpertsConfig>, static_cast<unsigned>(sms), threads, smem1, stream, chained, m);
+  launch_experts<false>(plan, static_cast<unsigned>(sms), threads, smem1, stream, chained, m, p.device.index);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_experts_kernel (mlp1)");
 
   set_matmul(a.mlp2, a.mlp2_bias, p.H, p.I, m.act, plan.splits2);
   m.counters = counters;
   const size_t smem2 = moe_decode_x_bytes(p.T * p.k, p.I);
-  allow_dynamic_smem<moe_decode_experts_kernel<true, ExpertsConfig>>(static_cast<int>(smem2), p.device.index);
-  launch_kernel(moe_decode_experts_kernel<true, ExpertsConfig>, static_cast<unsigned>(sms), threads, smem2, stream, chained, m);
+  launch_experts<true>(plan, static_cast<unsigned>(sms), threads, smem2, stream, chained, m, p.device.index);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_experts_kernel (mlp2)");
 }
 

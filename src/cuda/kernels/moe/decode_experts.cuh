@@ -1,11 +1,19 @@
 // The decode layer's expert matmuls: mlp1 + SwiGLU and mlp2 + the weighted combine, for at most
 // 8 tokens, where the routed experts' MXFP4 weights are the whole cost.
 //
-// Work units are (routed expert d, slab of 16 weight rows, k range s of `splits`). A warp owns a
+// Work units are (routed expert d, slab of weight rows, k range s of `splits`). A warp owns a
 // unit and streams its weights from global memory straight into mma.sync fragments (roles
-// swapped as in matmul_ogs_stream.cuh: 16 weight rows are the MMA's M, the expert's tokens, at
-// most 8, its N), loading the next k step's codes while it decodes one; the x rows (tokens or
-// token-slots) sit in shared memory, copied while the block routes. The grid is one block per
+// swapped as in matmul_ogs_stream.cuh: weight rows are the MMA's M, the expert's tokens its N),
+// loading the next k step's codes while it decodes one; the x rows (tokens or token-slots) sit
+// in shared memory, copied while the block routes. Two ways to fill the MMA (kHalves):
+// - 1 (5-8 tokens): 16 rows a slab, lane (g, t) holding rows g and g + 8 at k block 4s + t of
+//   step s, the N columns the tokens;
+// - 2 (up to 4 tokens): 8 rows a slab, a step the 128 bytes of each row at k blocks 8s .. 8s + 7:
+//   lane (g, t) holds rows g / 2 and g / 2 + 4 at block 8s + 4 (g % 2) + t, so that each load
+//   instruction asks for 4 runs of 128 bytes (the half runs of the first way took 1.3x as long
+//   to stream: bench/kernel_floors.cu). MMA rows g of one parity hold one half of the step's
+//   blocks, and column 2r + h carries token r's x over half h: the products of matching parity
+//   are the halves of a row's sum, which the lane pairs (g, g + 1) add. The grid is one block per
 // SM and unit u goes to block u % grid, so every SM gets the same number of units within one;
 // the k ranges make about 22 units an SM at T = 1 (22 warps of 80 registers), because a warp's
 // decode is a long chain of dependent instructions and the SM needs many warps to issue every
@@ -44,21 +52,24 @@ __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
-template <bool kCombine, class Config>
+template <bool kCombine, int kHalves, class Config>
 __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_kernel(const MoeDecodeExpertsParams p) {
   using namespace moe_decode;
+  static_assert(kHalves == 1 || kHalves == 2, "16 rows a slab, or 8 rows in two halves of the k step");
+  constexpr int kRows = kSlabRows / kHalves, kStepBlocks = 4 * kHalves;  // a unit's rows, a step's k blocks
   static_assert(Config::kWarps / 2 < 16, "a named barrier for each group of two warps or more");
   __shared__ DecodeRoute route;
   extern __shared__ uint4 x_shared[];  // [x rows][p.x_stride] (moe_decode_x_stride), then mlp1's group sums
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const int g = lane / 4, t = lane % 4;  // the MMA's row group and k / token-pair slot
+  const int lane_row = g / kHalves, half = g % kHalves;  // the lane's first row in a slab, its k half
   const uint4 zero = make_uint4(0, 0, 0, 0);
 
   // Where a warp's units lie (expert d of the routing, slab, k range) is arithmetic on the shapes
   // alone: the first unit's goes before the wait, off the critical path (22 warps doing it at once
   // after the wait took ~1 us of issue). Unit indices in 32 bits: a 64-bit division is a call.
-  const int k_blocks = static_cast<int>(p.K / 32), steps = (k_blocks + 3) / 4;
-  const int slabs = static_cast<int>((p.N + kSlabRows - 1) / kSlabRows);
+  const int k_blocks = static_cast<int>(p.K / 32), steps = (k_blocks + kStepBlocks - 1) / kStepBlocks;
+  const int slabs = static_cast<int>((p.N + kRows - 1) / kRows);
   const int S = p.splits;
   const bool whole = !kCombine && S == 1;  // the unit finishes its own outputs
   // mlp1 with k ranges: groups of S warps take the S units of an (expert, slab) together.
@@ -95,7 +106,7 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
     }
   }
   cp_async_commit();
-  // A unit's weights: this lane's rows n0 and n0 + 8 at k blocks 4 * (first_step + i) + t;
+  // A unit's weights: this lane's rows n0 and n0 + kRows / 2 at k blocks kb0 + kStepBlocks * i;
   // steps i < lane_steps exist for the lane (K may end within the last).
   struct Stream {
     const uint4* codes;
@@ -103,13 +114,14 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
     int lane_steps;
     bool row_ok[2];
   };
-  const int hi = 8 * k_blocks;  // from row n0 to row n0 + 8
+  const int hi = kRows / 2 * k_blocks;  // from row n0 to row n0 + kRows / 2
+  auto first_block = [&](int first_step) { return kStepBlocks * first_step + 4 * half + t; };  // kb0
   auto stream_of = [&](const Place& at, int e) {
     Stream w;
-    const int n0 = at.slab * kSlabRows + g, kb0 = 4 * at.first_step + t;
+    const int n0 = at.slab * kRows + lane_row, kb0 = first_block(at.first_step);
     w.row_ok[0] = n0 < p.N;
-    w.row_ok[1] = n0 + 8 < p.N;
-    w.lane_steps = min(at.n, max(k_blocks - kb0 + 3, 0) / 4);
+    w.row_ok[1] = n0 + kRows / 2 < p.N;
+    w.lane_steps = min(at.n, max(k_blocks - kb0 + kStepBlocks - 1, 0) / kStepBlocks);
     const int64_t at0 = (static_cast<int64_t>(e) * p.N + n0) * k_blocks + kb0;  // code word and scale byte
     w.codes = reinterpret_cast<const uint4*>(p.w) + at0;
     w.scales = p.w_scales + at0;
@@ -125,8 +137,9 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const bool ok = in && w.row_ok[h];
-      r.codes[h] = !ok ? zero : whole_line ? load_streaming<128>(w.codes + 4 * i + h * hi) : load_streaming(w.codes + 4 * i + h * hi);
-      r.scale[h] = ok ? w.scales[4 * i + h * hi] : 127u;
+      const int at = kStepBlocks * i + h * hi;
+      r.codes[h] = !ok ? zero : whole_line ? load_streaming<128>(w.codes + at) : load_streaming(w.codes + at);
+      r.scale[h] = ok ? w.scales[at] : 127u;
     }
     return r;
   };
@@ -185,31 +198,33 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
     if (at.u - member >= units) break;  // the group's first unit is past the last
     const int u = at.u, d = at.d, slab = at.slab, first_step = at.first_step, n = at.n;
     const int e = route.expert[d], count = route.count[d];
-    const int n0 = slab * kSlabRows + g, kb0 = 4 * first_step + t;
+    const int n0 = slab * kRows + lane_row, kb0 = first_block(first_step);
     const Stream weights = stream_of(at, e);
     if (!started) {
       start(weights);
       if (local == my_group) MOEKIT_MOE_DECODE_PHASE(4);  // the first unit's first loads issued
     }
     started = false;
-    // The x row of the expert's token-slot g (a lane without a token-slot reads row 0: its MMA
-    // columns are never stored).
-    const int x_row = g < count ? (kCombine ? route.slot[d][g] : route.slot[d][g] / p.k) : 0;
+    // Column g: the x row of the expert's token-slot g / kHalves over the lane's k blocks (a
+    // lane without a token-slot reads row 0: its MMA columns are never stored).
+    const int rank_g = g / kHalves;
+    const int x_row = rank_g < count ? (kCombine ? route.slot[d][rank_g] : route.slot[d][rank_g] / p.k) : 0;
     const uint4* x_s = x_shared + x_row * p.x_stride + 4 * kb0;
     auto load_x = [&](int i, uint4 (&b)[4]) {
 #pragma unroll
-      for (int w = 0; w < 4; ++w) b[w] = x_s[16 * i + w];
+      for (int w = 0; w < 4; ++w) b[w] = x_s[4 * kStepBlocks * i + w];
     };
 
     // Two accumulators, so that a step's 8 MMAs form two chains of 4.
     // The first k range's first chain starts from the rows' bias (the same for every token-slot
     // column), so that no epilogue waits on a bias load: asked for here, with the unit's first
     // weights, and added by the unit's own MMAs.
+    // With halves, only the first half's lanes take it.
     float acc[2][4] = {};
-    if (p.bias && at.s == 0) {
+    if (p.bias && at.s == 0 && half == 0) {
       const int64_t row0 = static_cast<int64_t>(e) * p.N + n0;
       const float b0 = weights.row_ok[0] ? load_float(p.bias, p.bias_bf16, row0) : 0.0f;
-      const float b1 = weights.row_ok[1] ? load_float(p.bias, p.bias_bf16, row0 + 8) : 0.0f;
+      const float b1 = weights.row_ok[1] ? load_float(p.bias, p.bias_bf16, row0 + kRows / 2) : 0.0f;
       acc[0][0] = acc[0][1] = b0;
       acc[0][2] = acc[0][3] = b1;
     }
@@ -254,22 +269,32 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
       }
     }
     MOEKIT_MOE_DECODE_PHASE(6);  // this unit's steps done
-    // acc: (row n0, token-slots 2t and 2t + 1) and (row n0 + 8, same slots).
+    // acc: (row n0, columns 2t and 2t + 1) and (row n0 + kRows / 2, same columns). With halves,
+    // an even g's lane adds the second half of its rows' sums from lane g + 1: its column 2t is
+    // token-slot t's first half, and the odd lane's 2t + 1 the second.
     float sum[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) sum[i] = acc[0][i] + acc[1][i];
+    if constexpr (kHalves == 2) {
+#pragma unroll
+      for (int i = 0; i < 4; i += 2) sum[i] += __shfl_down_sync(0xffffffffu, sum[i + 1], 4);
+    }
+    // sum[i] is row n0 + kRows / 2 * (i / 2) for token-slot rank_of(i), where the lane holds it.
+    auto holds = [&](int i) { return kHalves == 1 || (half == 0 && i % 2 == 0); };
+    auto rank_of = [&](int i) { return kHalves == 1 ? 2 * t + i % 2 : t; };
 
     if (whole) {
-      // SwiGLU pairs rows (2i, 2i + 1): lane g takes its partner row from lane g + 1.
+      // SwiGLU pairs rows (2i, 2i + 1): the lane of an even row takes its partner from the lane
+      // of the next row (g + kHalves).
       float partner[4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) partner[i] = __shfl_down_sync(0xffffffffu, sum[i], 4);
-      if (g % 2 == 0) {
+      for (int i = 0; i < 4; ++i) partner[i] = __shfl_down_sync(0xffffffffu, sum[i], 4 * kHalves);
+      if (lane_row % 2 == 0) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const int rank = 2 * t + i % 2;
-          const int64_t nn = n0 + 8 * (i / 2);
-          if (rank >= count || nn >= p.N) continue;
+          const int rank = rank_of(i);
+          const int64_t nn = n0 + kRows / 2 * (i / 2);
+          if (!holds(i) || rank >= count || nn >= p.N) continue;
           store_act(d, rank, nn, sum[i], partner[i]);
         }
       }
@@ -283,10 +308,15 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
       for (int ss = 0; ss < S; ++ss) h += at[ss * kUnitFloats];
       return h;
     };
-    auto sum_at = [&](int64_t nn, int rank) { return (nn - slab * kSlabRows) * kMaxTokens + rank; };  // in a unit's sums
+    auto sum_at = [&](int64_t nn, int rank) { return (nn - slab * kRows) * kMaxTokens + rank; };  // in a unit's sums
     auto store_sums = [&](float* mine) {
-      *reinterpret_cast<float2*>(mine + g * kMaxTokens + 2 * t) = make_float2(sum[0], sum[1]);
-      *reinterpret_cast<float2*>(mine + (g + 8) * kMaxTokens + 2 * t) = make_float2(sum[2], sum[3]);
+      if constexpr (kHalves == 1) {
+        *reinterpret_cast<float2*>(mine + g * kMaxTokens + 2 * t) = make_float2(sum[0], sum[1]);
+        *reinterpret_cast<float2*>(mine + (g + 8) * kMaxTokens + 2 * t) = make_float2(sum[2], sum[3]);
+      } else if (half == 0) {
+        mine[lane_row * kMaxTokens + t] = sum[0];
+        mine[(lane_row + kRows / 2) * kMaxTokens + t] = sum[2];
+      }
     };
 
     if constexpr (!kCombine) {
@@ -297,9 +327,9 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
       named_barrier_sync(1 + my_group, 32 * S);
       if (member != S - 1) continue;
       const float* first = sums + my_group * S * kUnitFloats;
-      for (int item = lane; item < count * (kSlabRows / 2); item += 32) {
-        const int rank = item / (kSlabRows / 2);
-        const int64_t nn = slab * kSlabRows + 2 * (item % (kSlabRows / 2));
+      for (int item = lane; item < count * (kRows / 2); item += 32) {
+        const int rank = item / (kRows / 2);
+        const int64_t nn = slab * kRows + 2 * (item % (kRows / 2));
         if (nn >= p.N) continue;
         store_act(d, rank, nn, row_sum(first + sum_at(nn, rank)), row_sum(first + sum_at(nn + 1, rank)));
       }
@@ -317,9 +347,9 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
       // A batch of slots' sums (every k range; the first holds the bias) is asked for at once:
       // one round trip to L2 a batch, where a slot at a time took two (~4 us of mlp2's tail).
       constexpr int kBatch = 4;
-      for (int item = lane; item < p.T * kSlabRows; item += 32) {
-        const int token = item / kSlabRows;
-        const int64_t nn = slab * kSlabRows + item % kSlabRows;
+      for (int item = lane; item < p.T * kRows; item += 32) {
+        const int token = item / kRows;
+        const int64_t nn = slab * kRows + item % kRows;
         if (nn >= p.N) continue;
         float v = 0.0f;
         for (int j0 = 0; j0 < p.k; j0 += kBatch) {
