@@ -11,8 +11,8 @@
 // or of mlp1 then mlp2 ("both"), chained by programmatic dependent launch as the layer chains
 // them; a row (a config at a pair of k splits) gives the median over 5 replays of the time per
 // call and the routed weights' bytes over it. Every config's outputs for routing 0 are compared
-// bit for bit with the first config's at the same splits (the order of a unit's sums does not
-// depend on the config).
+// bit for bit with the first config's of the same halves at the same splits (the order of a
+// unit's sums depends on its rows and k step, not on the warps or the steps ahead).
 #include <cuda_runtime.h>
 
 #include <algorithm>

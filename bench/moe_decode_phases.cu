@@ -3,7 +3,7 @@
 // the kernel before passed, 2 routed (mlp1) or the routing copied (mlp2), 3 x landed, 4 the first
 // unit's first loads issued, 5 its first k step multiplied, 6 the last unit's steps done, 7 the
 // warp done (epilogues included). mlp1 then mlp2 at gpt-oss-20b's shapes (E = 32, T = 1, 22 warps,
-// 1 step ahead, k splits 2 and 4), random codes (bench/moe_decode_setup.h), 8 routings in turn so that a call finds little of
+// 1 step ahead, 8-row units, k splits 1 and 2: the library's shape), random codes (bench/moe_decode_setup.h), 8 routings in turn so that a call finds little of
 // its weights in L2, a graph of 16 chained pairs; the last pair's stamps, us after mlp1's first
 // passed wait: per phase the earliest, median and latest block (a block's warp 0 for phases 0-3,
 // its latest warp for 4-7).
