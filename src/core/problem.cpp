@@ -308,9 +308,9 @@ MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype) 
 constexpr int64_t kMoeDecodeTargetUnits = kMoeDecodeWarps * 132;
 
 // k ranges per (expert, slab) that bring `units` (at one range) near the target, leaving each
-// range two k steps (of 128 x halves) at least.
+// range two k steps (moe_decode_step_k) at least.
 int64_t moe_decode_splits(int64_t units, int64_t K, int halves) {
-  const int64_t steps = (K + 128 * halves - 1) / (128 * halves);
+  const int64_t steps = (K + moe_decode_step_k(halves) - 1) / moe_decode_step_k(halves);
   int64_t s = units > 0 ? kMoeDecodeTargetUnits / units : 1;
   s = s < kMoeDecodeMaxSplits ? s : kMoeDecodeMaxSplits;
   s = s < steps / 2 ? s : steps / 2;
@@ -327,7 +327,7 @@ MoeDecodePlan moe_decode_plan(const MoeMlpProblem& p) {
   if (!d.fits) return d;
   d.experts = p.T * p.k < p.E ? p.T * p.k : p.E;
   d.halves = p.T <= kMoeDecodeHalvesMaxTokens ? 2 : 1;
-  const int64_t rows = kMoeDecodeSlabRows / d.halves;
+  const int64_t rows = moe_decode_slab_rows(d.halves);
   const int64_t slabs1 = (2 * p.I + rows - 1) / rows;
   const int64_t slabs2 = (p.H + rows - 1) / rows;
   d.splits1 = moe_decode_splits(d.experts * slabs1, p.H, d.halves);

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "host_device.h"
 #include "moekit/ops.h"
 
 namespace moekit {
@@ -72,14 +73,19 @@ constexpr int64_t kMoeDecodeSlabRows = 16;
 // Up to this many tokens a unit is 8 rows, and a k step the 128 bytes of each row (two halves
 // of the step in the MMA's columns: src/cuda/kernels/moe/decode_experts.cuh).
 constexpr int64_t kMoeDecodeHalvesMaxTokens = 4;
+// A unit's weight rows and a k step's length in each way (halves 1 or 2), for the plan and the kernel.
+MOEKIT_HD constexpr int64_t moe_decode_slab_rows(int halves) { return kMoeDecodeSlabRows / halves; }
+MOEKIT_HD constexpr int64_t moe_decode_step_k(int halves) { return 128 * halves; }
 constexpr int64_t kMoeDecodeMaxSplits = 4;  // k ranges per (expert, slab)
 // The routing mlp1 leaves for mlp2: [1 + 6 * pairs + pairs * tokens] 32-bit words (DecodeRoute).
 constexpr int64_t kMoeDecodeRouteBytes = 4 * (1 + 6 * kMoeDecodeMaxPairs + kMoeDecodeMaxPairs * kMoeDecodeMaxTokens);
 constexpr int kMoeDecodeWarps = 22;  // per block (one an SM) of its expert kernels: the most at 80 registers
 // uint4 (8 bf16) a row of x takes in the expert kernels' shared memory: K rounded up to whole
-// k steps of 256, the longer of the two (zeros past K, so the last step reads no test), plus one
-// so that rows start 16 bytes apart in the banks.
-constexpr int64_t moe_decode_x_stride(int64_t K) { return (K + 255) / 256 * 32 + 1; }
+// k steps of the longer way (zeros past K, so the last step reads no test), plus one so that
+// rows start 16 bytes apart in the banks.
+constexpr int64_t moe_decode_x_stride(int64_t K) {
+  return (K + moe_decode_step_k(2) - 1) / moe_decode_step_k(2) * (moe_decode_step_k(2) / 8) + 1;
+}
 struct MoeDecodePlan {
   bool fits = false;              // a CUDA device, and T and T * k within the decode path's limits
   int64_t experts = 0;            // most experts a call can route to: min(T * k, E)

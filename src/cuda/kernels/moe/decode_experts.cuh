@@ -56,7 +56,7 @@ template <bool kCombine, int kHalves, class Config>
 __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_kernel(const MoeDecodeExpertsParams p) {
   using namespace moe_decode;
   static_assert(kHalves == 1 || kHalves == 2, "16 rows a slab, or 8 rows in two halves of the k step");
-  constexpr int kRows = kSlabRows / kHalves, kStepBlocks = 4 * kHalves;  // a unit's rows, a step's k blocks
+  constexpr int kRows = moe_decode_slab_rows(kHalves), kStepBlocks = moe_decode_step_k(kHalves) / 32;  // as the plan's
   static_assert(Config::kWarps / 2 < 16, "a named barrier for each group of two warps or more");
   __shared__ DecodeRoute route;
   extern __shared__ uint4 x_shared[];  // [x rows][p.x_stride] (moe_decode_x_stride), then mlp1's group sums
