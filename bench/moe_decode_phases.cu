@@ -48,7 +48,7 @@ int main() {
   Setup s = make_setup(kE, kT, sms, rng);
   void (*kernels[2])(MoeDecodeExpertsParams) = {moe_decode_experts_kernel<false, kHalves, Config>,
                                                 moe_decode_experts_kernel<true, kHalves, Config>};
-  const size_t smem[2] = {moe_decode_mlp1_bytes(kT, kH, kWarps), moe_decode_x_bytes(kT * kK, kI)};
+  const size_t smem[2] = {moe_decode_mlp1_bytes(kT, kH, kWarps, kHalves), moe_decode_x_bytes(kT * kK, kI, kHalves)};
   for (int k = 0; k < 2; ++k) {
     CHECK(cudaFuncSetAttribute(kernels[k], cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem[k])));
   }
@@ -61,7 +61,7 @@ int main() {
     const float us = graph_us_per_call(s.stream, calls, [&](int c) {
       if (c == 0) CHECK(cudaMemsetAsync(s.counters, 0, sizeof(int) * 2 * calls * kMaxGroups, s.stream));
       for (int which = 0; which < 2; ++which) {
-        launch_kernel(kernels[which], sms, 32 * kWarps, smem[which], s.stream, true, params(s, which, kSplits[which], c));
+        launch_kernel(kernels[which], sms, 32 * kWarps, smem[which], s.stream, true, params(s, which, kSplits[which], c, kHalves));
       }
     });
     CHECK(cudaStreamSynchronize(s.stream));

@@ -67,7 +67,7 @@ struct Setup {
 constexpr int64_t kMaxGroups = 2 * kI * kK * moe_decode::kMaxTokens / moe_decode::kSlabRows;
 constexpr int kMaxSplits = 6;
 
-inline MoeDecodeExpertsParams params(const Setup& s, bool mlp2, int splits, int call) {
+inline MoeDecodeExpertsParams params(const Setup& s, bool mlp2, int splits, int call, int halves) {
   MoeDecodeExpertsParams p{};
   p.logits = s.logits + static_cast<size_t>(call % kRoutings) * s.T * s.E;
   p.route = s.routes + (call % kRoutings) * moekit::kMoeDecodeRouteBytes;
@@ -82,7 +82,7 @@ inline MoeDecodeExpertsParams params(const Setup& s, bool mlp2, int splits, int 
   p.bias = m.bias;
   p.bias_bf16 = false;
   p.x = mlp2 ? reinterpret_cast<const uint4*>(s.act) : s.x;
-  p.x_stride = moekit::moe_decode_x_stride(m.K);
+  p.x_stride = moekit::moe_decode_x_stride(m.K, halves);
   p.splits = splits;
   p.partials = s.partials;
   p.counters = s.counters + static_cast<size_t>(2 * call + mlp2) * kMaxGroups;  // each kernel its own

@@ -80,11 +80,18 @@ constexpr int64_t kMoeDecodeMaxSplits = 4;  // k ranges per (expert, slab)
 // The routing mlp1 leaves for mlp2: [1 + 6 * pairs + pairs * tokens] 32-bit words (DecodeRoute).
 constexpr int64_t kMoeDecodeRouteBytes = 4 * (1 + 6 * kMoeDecodeMaxPairs + kMoeDecodeMaxPairs * kMoeDecodeMaxTokens);
 constexpr int kMoeDecodeWarps = 22;  // per block (one an SM) of its expert kernels: the most at 80 registers
-// uint4 (8 bf16) a row of x takes in the expert kernels' shared memory: K rounded up to whole
-// k steps of the longer way (zeros past K, so the last step reads no test), plus one so that
-// rows start 16 bytes apart in the banks.
-constexpr int64_t moe_decode_x_stride(int64_t K) {
-  return (K + moe_decode_step_k(2) - 1) / moe_decode_step_k(2) * (moe_decode_step_k(2) / 8) + 1;
+// A row of x in the expert kernels' shared memory, in uint4 words (8 bf16), for a way of filling
+// the MMA (halves): K rounded up to whole k steps (zeros past K, so the last step reads no test);
+// with halves a word of padding after every 8 (two k blocks), so that the 8 blocks a step's
+// lanes read at once start in distinct banks (in order they took 4 times the wavefronts); plus
+// one word so that rows start 16 bytes apart in the banks. Word c of the row sits at
+// moe_decode_x_word_at(c).
+MOEKIT_HD constexpr int64_t moe_decode_x_words(int64_t K, int halves) {
+  return (K + moe_decode_step_k(halves) - 1) / moe_decode_step_k(halves) * (moe_decode_step_k(halves) / 8);
+}
+MOEKIT_HD constexpr int64_t moe_decode_x_word_at(int64_t c, int halves) { return halves == 2 ? c + c / 8 : c; }
+constexpr int64_t moe_decode_x_stride(int64_t K, int halves) {
+  return moe_decode_x_word_at(moe_decode_x_words(K, halves), halves) + 1;
 }
 struct MoeDecodePlan {
   bool fits = false;              // a CUDA device, and T and T * k within the decode path's limits

@@ -41,7 +41,9 @@ bool moe_mlp_decode_fits(const MoeMlpProblem& p, const MoeMlpArgs& a) {
   const auto aligned16 = [](const TensorView& t) { return !t.present() || aligned(t, 16); };
   const DeviceInfo& device = device_info(p.device.index);
   // The expert kernels' x rows (and mlp1's group sums) and route in shared memory.
-  const size_t smem = std::max(moe_decode_mlp1_bytes(p.T, p.H, ExpertsConfig::kWarps), moe_decode_x_bytes(p.T * p.k, p.I)) +
+  const int halves = p.decode.halves;
+  const size_t smem = std::max(moe_decode_mlp1_bytes(p.T, p.H, ExpertsConfig::kWarps, halves),
+                               moe_decode_x_bytes(p.T * p.k, p.I, halves)) +
                       sizeof(DecodeRoute);
   return p.decode.fits && smem <= static_cast<size_t>(device.max_smem_per_block_optin) &&
          a.x.dtype == DType::kBFloat16 && a.mlp1.scales.present() && a.mlp2.scales.present() && p.H % 8 == 0 &&
@@ -97,7 +99,7 @@ void moe_mlp_decode(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecConte
                                ExpertsConfig::kWarps));
   const auto set_matmul = [&](const ExpertWeights& w, const TensorView& bias, int64_t N, int64_t K, const void* x,
                               int64_t splits) {
-    m.x_stride = moe_decode_x_stride(K);
+    m.x_stride = moe_decode_x_stride(K, plan.halves);
     m.w = w.values.ptr<uint8_t>();
     m.w_scales = w.scales.ptr<uint8_t>();
     m.N = N;
@@ -109,13 +111,13 @@ void moe_mlp_decode(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecConte
   };
 
   set_matmul(a.mlp1, a.mlp1_bias, 2 * p.I, p.H, x_paired, plan.splits1);
-  const size_t smem1 = moe_decode_mlp1_bytes(p.T, p.H, static_cast<int>(threads / 32));
+  const size_t smem1 = moe_decode_mlp1_bytes(p.T, p.H, static_cast<int>(threads / 32), plan.halves);
   launch_experts<false>(plan, static_cast<unsigned>(sms), threads, smem1, stream, chained, m, p.device.index);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_experts_kernel (mlp1)");
 
   set_matmul(a.mlp2, a.mlp2_bias, p.H, p.I, m.act, plan.splits2);
   m.counters = counters;
-  const size_t smem2 = moe_decode_x_bytes(p.T * p.k, p.I);
+  const size_t smem2 = moe_decode_x_bytes(p.T * p.k, p.I, plan.halves);
   launch_experts<true>(plan, static_cast<unsigned>(sms), threads, smem2, stream, chained, m, p.device.index);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "moe_decode_experts_kernel (mlp2)");
 }

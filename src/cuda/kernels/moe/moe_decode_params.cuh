@@ -34,12 +34,12 @@ struct MoeDecodeExpertsConfig {
 };
 
 // Shared memory of an expert kernel holding `rows` x rows of K (besides its static route).
-constexpr size_t moe_decode_x_bytes(int64_t rows, int64_t K) {
-  return static_cast<size_t>(rows * moe_decode_x_stride(K)) * sizeof(uint4);
+constexpr size_t moe_decode_x_bytes(int64_t rows, int64_t K, int halves) {
+  return static_cast<size_t>(rows * moe_decode_x_stride(K, halves)) * sizeof(uint4);
 }
 // mlp1's dynamic shared memory: its x rows, then its warps' group sums (two buffers a warp).
-constexpr size_t moe_decode_mlp1_bytes(int64_t T, int64_t H, int warps) {
-  return moe_decode_x_bytes(T, H) + static_cast<size_t>(2 * warps * moe_decode::kUnitFloats) * sizeof(float);
+constexpr size_t moe_decode_mlp1_bytes(int64_t T, int64_t H, int warps, int halves) {
+  return moe_decode_x_bytes(T, H, halves) + static_cast<size_t>(2 * warps * moe_decode::kUnitFloats) * sizeof(float);
 }
 
 struct MoeDecodeGateParams {

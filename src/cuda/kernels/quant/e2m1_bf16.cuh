@@ -21,6 +21,9 @@ __device__ __forceinline__ uint32_t mxfp4_first_multiplier(uint32_t s) {
   const uint32_t exponent = s > 128 ? 253u : s + 126u;
   return (exponent << 7) * 0x10001u;
 }
+// The first multiplier where the caller knows s <= 128 (warp_needs_second_step false for its
+// warp): one multiply-add instead of a compare and a select as well.
+__device__ __forceinline__ uint32_t mxfp4_multiplier_upto_128(uint32_t s) { return ((s + 126u) << 7) * 0x10001u; }
 __device__ __forceinline__ uint32_t mxfp4_second_multiplier(uint32_t s) {
   return (s <= 128 ? 0x3f80u : (s == 255 ? 0x7fc0u : s << 7)) * 0x10001u;
 }
