@@ -11,7 +11,13 @@
 //     latency kernel (normal L2 priority, or evict_last);
 //   - stream + gemv: a kernel streaming B MB (the MoE layer's bytes) at full speed before the
 //     GEMV, with and without the prefetch beside it: the pessimistic case, the MoE kernels
-//     leaving less of DRAM's bandwidth free than the decode's do.
+//     leaving less of DRAM's bandwidth free than the decode's do;
+//   - moe + gemv: the decode path's own expert kernels (mlp1 then mlp2 chained, E = 32, T = 1,
+//     bench/moe_decode_setup.h; bound by the SM, streaming ~2.2 TB/s), a 2 us kernel for the
+//     norm, then the QKV GEMV, the prefetch forked before mlp1: whether ~30 us of DRAM left
+//     idle beside the expert kernels bring QKV's weights into L2 and keep them there while
+//     53 MB of expert weights pass, and what it costs the expert kernels (16 layers, the
+//     routings' counters zeroed once a graph).
 //
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include bench/l2_prefetch.cu \
 //        -lcublas -o build/mb/l2_prefetch && build/mb/l2_prefetch
@@ -24,7 +30,9 @@
 #include <vector>
 
 #include "cuda/kernels/gemm/mma.cuh"
+#include "cuda/launch/launch_kernel.h"
 #include "graph_timing.h"
+#include "moe_decode_setup.h"
 #include "stream_share.cuh"
 
 using namespace moekit::cuda;
@@ -191,6 +199,45 @@ int main() {
       std::printf("  stream + 2 us + gemv 5120 x 2880, %-20s %7.2f us\n", modes[mode], t);
     }
     for (auto b : moe) CHECK(cudaFree(b));
+  }
+
+  // The expert kernels, as the step runs them at 20b, before the norm and QKV.
+  {
+    using namespace moe_decode_probe;
+    constexpr int kMoeLayers = 2 * kRoutings, kHalves = 2, kSplits[2] = {1, 2};
+    using Config = MoeDecodeExpertsConfig<moekit::kMoeDecodeWarps, 1>;
+    std::mt19937 rng(0);
+    Setup s = make_setup(32, 1, static_cast<int>(sms), rng);
+    Gemv g = make_gemv(5120, 2880);
+    void (*kernels[2])(MoeDecodeExpertsParams) = {moe_decode_experts_kernel<false, kHalves, Config>,
+                                                  moe_decode_experts_kernel<true, kHalves, Config>};
+    const size_t smem[2] = {moe_decode_mlp1_bytes(1, kH, Config::kWarps, kHalves),
+                            moe_decode_x_bytes(kK, kI, kHalves)};
+    for (int k = 0; k < 2; ++k) {
+      CHECK(cudaFuncSetAttribute(kernels[k], cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem[k])));
+    }
+    const auto moe = [&](int l) {
+      if (l == 0) CHECK(cudaMemsetAsync(s.counters, 0, sizeof(int) * 2 * kMoeLayers * kMaxGroups, stream));
+      for (int k = 0; k < 2; ++k) {
+        launch_kernel(kernels[k], sms, 32 * Config::kWarps, smem[k], stream, true, params(s, k, kSplits[k], l, kHalves));
+      }
+    };
+    const float alone = graph_us_per_call(stream, kMoeLayers, [&](int l) { moe(l); });
+    std::printf("moe (mlp1 + mlp2, E = 32, T = 1) alone %7.2f us\n", alone);
+    for (int mode = 0; mode < 3; ++mode) {
+      const float t = graph_us_per_call(stream, kMoeLayers, [&](int l) {
+        if (mode) prefetch(g.w[l], g.N * g.K * 2, mode);
+        moe(l);
+        latency_kernel<<<1, 256, 0, stream>>>(2000, out);
+        gemv(g, l);
+        if (mode) joined();
+      });
+      std::printf("  moe + 2 us + gemv 5120 x 2880, %-20s %7.2f us\n", modes[mode], t);
+    }
+    for (auto w : g.w) CHECK(cudaFree(w));
+    CHECK(cudaFree(g.x));
+    CHECK(cudaFree(g.y));
+    free_setup(s);
   }
   CUBLAS_CHECK(cublasDestroy(handle));
   return 0;
