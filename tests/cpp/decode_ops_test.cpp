@@ -1,6 +1,7 @@
 // add_rms_norm and attention_decode through the C++ API on the CPU: hand-computed vectors, the
 // cache writes, error paths; and the CUDA backend's splits (pure functions of shapes): the keys
-// of attention_decode and the work units of moe_mlp's decode path.
+// of attention_decode, the work units of moe_mlp's decode path and its x rows' layout in shared
+// memory.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -186,6 +187,41 @@ TEST(MoeDecodePlan, MoreThan8TokensOr32SlotsTakeTheGeneralPath) {
   EXPECT_FALSE(moe_decode_plan(moe_problem(4, 32, 9, 64, 64)).fits);
   EXPECT_FALSE(moe_decode_plan(moe_problem(0, 32, 4, 64, 64)).fits);
   EXPECT_EQ(moe_decode_plan(moe_problem(9, 32, 1, 64, 64)).partial_floats, 0);
+}
+
+TEST(MoeDecodeXLayout, StepsReadMappedWordsAndTheHalvesWayItsBlocksInDistinctBanks) {
+  // gpt-oss's K: 2880 rounds up to 12 steps of 256 (384 words, 432 with a word after every 8,
+  // one more between rows), or 23 steps of 128 unpadded.
+  EXPECT_EQ(moe_decode_x_stride(2880, 2), 433);
+  EXPECT_EQ(moe_decode_x_stride(2880, 1), 369);
+  for (int halves : {1, 2}) {
+    for (int64_t K = 8; K <= 3072; K += 8) {
+      const int64_t words = moe_decode_x_words(K, halves), stride = moe_decode_x_stride(K, halves);
+      ASSERT_GE(words * 8, K);  // whole steps cover K
+      ASSERT_EQ(words % (moe_decode_step_k(halves) / 8), 0);
+      // Word c of a row lands once, before the row's last word (the one between rows), so rows
+      // never overlap.
+      std::vector<int> hits(static_cast<size_t>(stride), 0);
+      for (int64_t c = 0; c < words; ++c) {
+        const int64_t at = moe_decode_x_word_at(c, halves);
+        ASSERT_LT(at, stride - 1) << "K " << K << " halves " << halves << " word " << c;
+        ASSERT_EQ(++hits[static_cast<size_t>(at)], 1);
+      }
+      // A lane's k block kb starts at word_at(4 kb) and its 4 words follow it unpadded.
+      for (int64_t kb = 0; kb < words / 4; ++kb) {
+        for (int w = 0; w < 4; ++w) {
+          ASSERT_EQ(moe_decode_x_word_at(4 * kb, halves) + w, moe_decode_x_word_at(4 * kb + w, halves));
+        }
+      }
+      if (halves != 2) continue;
+      // The 8 blocks of a step start in 8 different 16-byte bank groups (word mod 8).
+      for (int64_t step = 0; step < words / 32; ++step) {
+        std::vector<int> groups(8, 0);
+        for (int j = 0; j < 8; ++j) ++groups[static_cast<size_t>(moe_decode_x_word_at(4 * (8 * step + j), 2) % 8)];
+        for (int g : groups) ASSERT_EQ(g, 1) << "K " << K << " step " << step;
+      }
+    }
+  }
 }
 
 TEST(MoeDecodePlan, OnlyTheCudaBackendPlansIt) {
