@@ -7,11 +7,14 @@
 // decode's work between the ALU and FMA pipes, or drop the decode, so that the pipe which sets
 // the loop's pace is measured rather than guessed:
 //   0  the shipped decode: a mask, a multiply (FMA pipe), a mask, a bf16 multiply a code pair;
-//   1  half the pairs' multiply by 0x1040 as two shifts and an OR (the ALU pipe's);
+//   1  half the pairs' multiply by 0x1040 as two funnel shifts and an OR (the ALU pipe's);
 //   2  every pair's that way;
 //   3  the word's shift by 8 as the high word of a multiply (the FMA pipe's);
 //   4  no decode: the code words go to the MMAs as they are (the MMAs and the shared loads of
 //      the codes and x alone).
+// A step's instructions (sm_90a, nvcc 13.0, the fast path; ALU: LOP3, SHF, ISETP...; FMA: IMAD,
+// HMUL2): 0: ~182, 84 ALU / 81 FMA; 1: ~198, 116 / 65; 2: ~214, 148 / 49; 3: ~182, 78 / 87;
+// 4: ~61 (the kernel's step: 199).
 // Prints the time a k step (a call's time over its steps) and each variant's accumulators'
 // checksum (variants 0-3 compute the same bits, so their checksums agree).
 //
@@ -34,12 +37,21 @@ namespace {
 
 constexpr int kWarps = 22, kSlots = 16, kSteps = 1024, kCalls = 8;
 
+// x << n as a funnel shift, which ptxas keeps on the ALU pipe (a plain << it may turn into an
+// IMAD.SHL on the FMA pipe).
+template <int kN>
+__device__ __forceinline__ uint32_t shl_alu(uint32_t x) {
+  uint32_t r;
+  asm("shf.l.clamp.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(0u), "r"(x), "n"(kN));
+  return r;
+}
+
 // Codes (kShift 0: 0 and 4 of a 16-bit half, 4: 1 and 5) -> bf16 bits before scaling, as
 // e2m1_pair_bits, the copies made by shifts instead of a multiply.
 template <int kShift>
 __device__ __forceinline__ uint32_t pair_bits_by_shifts(uint32_t c) {
   const uint32_t x = c & (0x000f000fu << kShift);
-  return ((x << (6 - kShift)) | (x << (12 - kShift))) & 0x81c081c0u;
+  return (shl_alu<6 - kShift>(x) | shl_alu<12 - kShift>(x)) & 0x81c081c0u;
 }
 
 template <int kVariant>
