@@ -13,8 +13,9 @@
 //   4  no decode: the code words go to the MMAs as they are (the MMAs and the shared loads of
 //      the codes and x alone).
 // A step's instructions (sm_90a, nvcc 13.0, the fast path; ALU: LOP3, SHF, ISETP...; FMA: IMAD,
-// HMUL2): 0: ~182, 84 ALU / 81 FMA; 1: ~198, 116 / 65; 2: ~214, 148 / 49; 3: ~182, 78 / 87;
-// 4: ~61 (the kernel's step: 199).
+// HMUL2; the ALU / FMA split counts the loop with its ~17 instructions of epilogue): 0: 175,
+// 84 ALU / 81 FMA; 1: 191, 116 / 65; 2: 207, 148 / 49; 3: 175, 78 / 87; 4: 57 (the kernel's
+// step: 199).
 // Prints the time a k step (a call's time over its steps) and each variant's accumulators'
 // checksum (variants 0-3 compute the same bits, so their checksums agree).
 //
