@@ -30,7 +30,6 @@
 #include <vector>
 
 #include "cuda/kernels/gemm/mma.cuh"
-#include "cuda/launch/launch_kernel.h"
 #include "graph_timing.h"
 #include "moe_decode_setup.h"
 #include "stream_share.cuh"
@@ -209,19 +208,13 @@ int main() {
     std::mt19937 rng(0);
     Setup s = make_setup(32, 1, static_cast<int>(sms), rng);
     Gemv g = make_gemv(5120, 2880);
-    void (*kernels[2])(MoeDecodeExpertsParams) = {moe_decode_experts_kernel<false, kHalves, Config>,
-                                                  moe_decode_experts_kernel<true, kHalves, Config>};
-    const size_t smem[2] = {moe_decode_mlp1_bytes(1, kH, Config::kWarps, kHalves),
-                            moe_decode_x_bytes(kK, kI, kHalves)};
-    for (int k = 0; k < 2; ++k) {
-      CHECK(cudaFuncSetAttribute(kernels[k], cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem[k])));
-    }
+    const ExpertKernels<kHalves, Config> kernels(s);
     // mlp1 then mlp2; `before` (a kernel, or -1) gets the prefetch's fork ahead of it.
     const auto moe = [&](int l, int before, int mode) {
       if (l == 0) CHECK(cudaMemsetAsync(s.counters, 0, sizeof(int) * 2 * kMoeLayers * kMaxGroups, stream));
       for (int k = 0; k < 2; ++k) {
         if (k == before) prefetch(g.w[l], g.N * g.K * 2, mode);
-        launch_kernel(kernels[k], sms, 32 * Config::kWarps, smem[k], stream, true, params(s, k, kSplits[k], l, kHalves));
+        kernels.launch(s, k, kSplits[k], l, stream);
       }
     };
     const float alone = graph_us_per_call(stream, kMoeLayers, [&](int l) { moe(l, -1, 0); });

@@ -23,7 +23,6 @@
 #include <random>
 #include <vector>
 
-#include "cuda/launch/launch_kernel.h"
 #include "moe_decode_setup.h"
 
 using namespace moekit::cuda;
@@ -55,17 +54,8 @@ Row time_config(const Setup& s, const int (&splits)[2]) {
   std::snprintf(name, sizeof name, "%d half, %d warps, %d ahead", kHalves, kWarps, kAhead);
   Row row{name, kHalves, {0, 0, 0}, {}};
   const int calls = 2 * kRoutings;
-  void (*kernels[2])(MoeDecodeExpertsParams) = {moe_decode_experts_kernel<false, kHalves, Config>,
-                                                moe_decode_experts_kernel<true, kHalves, Config>};
-  size_t smem[2];
-  for (int which = 0; which < 2; ++which) {
-    const int64_t x_rows = which ? s.T * kK : s.T;
-    smem[which] = which ? moe_decode_x_bytes(x_rows, kI, kHalves) : moe_decode_mlp1_bytes(x_rows, kH, kWarps, kHalves);
-    CHECK(cudaFuncSetAttribute(kernels[which], cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem[which])));
-  }
-  auto call = [&](int which, int c) {
-    launch_kernel(kernels[which], s.sms, 32 * kWarps, smem[which], s.stream, true, params(s, which, splits[which], c, kHalves));
-  };
+  const ExpertKernels<kHalves, Config> kernels(s);
+  auto call = [&](int which, int c) { kernels.launch(s, which, splits[which], c, s.stream); };
   // Outputs for routing 0 (mlp2 reads the act mlp1 left).
   CHECK(cudaMemsetAsync(s.counters, 0, sizeof(int) * 2 * calls * kMaxGroups, s.stream));
   call(0, 0);

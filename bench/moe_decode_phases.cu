@@ -30,7 +30,6 @@ __device__ unsigned long long stamps[2][kMaxBlocks][kMaxWarps][kPhases];
 #include <random>
 #include <vector>
 
-#include "cuda/launch/launch_kernel.h"
 #include "moe_decode_setup.h"
 
 using namespace moekit::cuda;
@@ -46,12 +45,7 @@ int main() {
   if (sms > probe::kMaxBlocks) return 1;
   std::mt19937 rng(0);
   Setup s = make_setup(kE, kT, sms, rng);
-  void (*kernels[2])(MoeDecodeExpertsParams) = {moe_decode_experts_kernel<false, kHalves, Config>,
-                                                moe_decode_experts_kernel<true, kHalves, Config>};
-  const size_t smem[2] = {moe_decode_mlp1_bytes(kT, kH, kWarps, kHalves), moe_decode_x_bytes(kT * kK, kI, kHalves)};
-  for (int k = 0; k < 2; ++k) {
-    CHECK(cudaFuncSetAttribute(kernels[k], cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem[k])));
-  }
+  const ExpertKernels<kHalves, Config> kernels(s);
   const int calls = 2 * kRoutings;
   std::printf("%s, %d SMs; E = %d, T = %d, %d warps, 1 step ahead, k splits %d and %d, 8-row slabs in halves\n", prop.name,
               sms, kE, kT, kWarps, kSplits[0], kSplits[1]);
@@ -61,7 +55,7 @@ int main() {
     const float us = graph_us_per_call(s.stream, calls, [&](int c) {
       if (c == 0) CHECK(cudaMemsetAsync(s.counters, 0, sizeof(int) * 2 * calls * kMaxGroups, s.stream));
       for (int which = 0; which < 2; ++which) {
-        launch_kernel(kernels[which], sms, 32 * kWarps, smem[which], s.stream, true, params(s, which, kSplits[which], c, kHalves));
+        kernels.launch(s, which, kSplits[which], c, s.stream);
       }
     });
     CHECK(cudaStreamSynchronize(s.stream));

@@ -1,6 +1,7 @@
 // What the C++ probes of the MoE decode path's expert kernels share (bench/moe_decode_experts.cu,
-// bench/moe_decode_phases.cu): gpt-oss shapes, random weights and routings, the kernels' buffers
-// and their parameters for call c (routing c % kRoutings, its own counters).
+// bench/moe_decode_phases.cu, bench/l2_prefetch.cu): gpt-oss shapes, random weights and
+// routings, the kernels' buffers, their parameters for call c (routing c % kRoutings, its own
+// counters), and a compiled shape's two kernels launched as the layer launches them.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "cuda/kernels/moe/decode_experts.cuh"
+#include "cuda/launch/launch_kernel.h"
 #include "graph_timing.h"
 
 namespace moe_decode_probe {
@@ -92,6 +94,27 @@ inline MoeDecodeExpertsParams params(const Setup& s, bool mlp2, int splits, int 
   p.y = s.y;
   return p;
 }
+
+// A compiled shape's two kernels (mlp1, mlp2) with their shared memory for s's tokens, launched
+// as the layer launches them (one block an SM, chained).
+template <int kHalves, class Config>
+struct ExpertKernels {
+  void (*kernel[2])(MoeDecodeExpertsParams) = {moe_decode_experts_kernel<false, kHalves, Config>,
+                                               moe_decode_experts_kernel<true, kHalves, Config>};
+  size_t smem[2];
+
+  explicit ExpertKernels(const Setup& s)
+      : smem{moe_decode_mlp1_bytes(s.T, kH, Config::kWarps, kHalves), moe_decode_x_bytes(s.T * kK, kI, kHalves)} {
+    for (int k = 0; k < 2; ++k) {
+      CHECK(cudaFuncSetAttribute(kernel[k], cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem[k])));
+    }
+  }
+  // mlp1 (which 0) or mlp2 of call c on `stream`.
+  void launch(const Setup& s, int which, int splits, int call, cudaStream_t stream) const {
+    launch_kernel(kernel[which], s.sms, 32 * Config::kWarps, smem[which], stream, true,
+                  params(s, which, splits, call, kHalves));
+  }
+};
 
 // The weights (random codes, scales near 2^0, float32 biases), kRoutings routings, x and the
 // kernels' buffers for E experts and T tokens; free_setup releases them.
