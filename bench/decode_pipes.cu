@@ -57,9 +57,13 @@ __device__ __forceinline__ uint32_t pair_bits_by_shifts(uint32_t c) {
 
 template <int kVariant>
 __device__ __forceinline__ void decode_word(uint32_t c, uint32_t first, uint32_t (&r)[4]) {
+  if constexpr (kVariant == 0) {
+    decode_e2m1x8_strided(c, first, r);  // the shipped decode
+    return;
+  }
   uint32_t c8 = c >> 8;
   if constexpr (kVariant == 3) asm("mul.hi.u32 %0, %1, 16777216;" : "=r"(c8) : "r"(c));
-  if constexpr (kVariant == 0 || kVariant == 3) {
+  if constexpr (kVariant == 3) {
     r[0] = e2m1_pair_bits<0>(c), r[1] = e2m1_pair_bits<4>(c);
     r[2] = e2m1_pair_bits<0>(c8), r[3] = e2m1_pair_bits<4>(c8);
   } else if constexpr (kVariant == 1) {

@@ -17,13 +17,11 @@ namespace moekit::cuda {
 // s = 128; larger scales take two steps, 2^126 then 2^(s-127) (s = 255, NaN, stays NaN). For
 // s <= 128 the second multiplier is 1 (exact, subnormals included), so a warp may apply it to
 // all its lanes when any needs it, and skip it, uniformly, when none does. bf16x2 bit patterns.
-__device__ __forceinline__ uint32_t mxfp4_first_multiplier(uint32_t s) {
-  const uint32_t exponent = s > 128 ? 253u : s + 126u;
-  return (exponent << 7) * 0x10001u;
-}
-// The first multiplier where the caller knows s <= 128 (warp_needs_second_step false for its
-// warp): one multiply-add instead of a compare and a select as well.
+// Where the caller knows s <= 128 (warp_needs_second_step false for its warp): one multiply-add.
 __device__ __forceinline__ uint32_t mxfp4_multiplier_upto_128(uint32_t s) { return ((s + 126u) << 7) * 0x10001u; }
+__device__ __forceinline__ uint32_t mxfp4_first_multiplier(uint32_t s) {
+  return s > 128 ? mxfp4_multiplier_upto_128(127) : mxfp4_multiplier_upto_128(s);  // 2^126 past 2^127
+}
 __device__ __forceinline__ uint32_t mxfp4_second_multiplier(uint32_t s) {
   return (s <= 128 ? 0x3f80u : (s == 255 ? 0x7fc0u : s << 7)) * 0x10001u;
 }
