@@ -118,10 +118,12 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
     bool row_ok[2];
   };
   const int hi = kRows / 2 * k_blocks;  // from row n0 to row n0 + kRows / 2
-  auto first_block = [&](int first_step) { return kStepBlocks * first_step + 4 * half + t; };  // kb0
+  // The lane's first row (n0) and its first step's k block (kb0) in a unit.
+  auto first_row = [&](const Place& at) { return at.slab * kRows + lane_row; };
+  auto first_block = [&](const Place& at) { return kStepBlocks * at.first_step + 4 * half + t; };
   auto stream_of = [&](const Place& at, int e) {
     Stream w;
-    const int n0 = at.slab * kRows + lane_row, kb0 = first_block(at.first_step);
+    const int n0 = first_row(at), kb0 = first_block(at);
     w.row_ok[0] = n0 < p.N;
     w.row_ok[1] = n0 + kRows / 2 < p.N;
     w.lane_steps = min(at.n, max(k_blocks - kb0 + kStepBlocks - 1, 0) / kStepBlocks);
@@ -204,9 +206,9 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
   int parity = 0;
   for (int local = my_group;; local += groups_here, parity ^= 1, at = place(local)) {
     if (at.u - member >= units) break;  // the group's first unit is past the last
-    const int u = at.u, d = at.d, slab = at.slab, first_step = at.first_step, n = at.n;
+    const int u = at.u, d = at.d, slab = at.slab, n = at.n;
     const int e = route.expert[d], count = route.count[d];
-    const int n0 = slab * kRows + lane_row, kb0 = first_block(first_step);
+    const int n0 = first_row(at), kb0 = first_block(at);
     if (!started) {
       start(e);
       if (local == my_group) MOEKIT_MOE_DECODE_PHASE(4);  // the first unit's first loads issued
