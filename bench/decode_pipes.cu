@@ -11,13 +11,22 @@
 //   2  every pair's that way;
 //   3  the word's shift by 8 as the high word of a multiply (the FMA pipe's);
 //   4  no decode: the code words go to the MMAs as they are (the MMAs and the shared loads of
-//      the codes and x alone).
+//      the codes and x alone);
+//   5  the shipped decode, its 8 products a step as wgmma.m64n8k16 with A in registers (each
+//      warp's 16 rows, x from shared memory; the warpgroup waits for them at the step's end):
+//      whether wgmma's tensor pipe takes the 8-column products cheaper than mma.sync does
+//      (warps in multiples of 4; its checksum differs, x being read in another order).
 // A step's instructions (sm_90a, nvcc 13.0, the fast path; ALU: LOP3, SHF, ISETP...; FMA: IMAD,
 // HMUL2; the ALU / FMA split counts the loop with its ~17 instructions of epilogue): 0: 175,
 // 84 ALU / 81 FMA; 1: 191, 116 / 65; 2: 207, 148 / 49; 3: 175, 78 / 87; 4: 57 (the kernel's
 // step: 199).
 // Prints the time a k step (a call's time over its steps) and each variant's accumulators'
 // checksum (variants 0-3 compute the same bits, so their checksums agree).
+// H200, 2026-12-04 (bench/results/moe_decode_guess_H200.txt): 0-4 at 22 warps 720-727, 887-895,
+// 1058-1068, 788-795 and 337-340 ns a step; 0 at 16 and 24 warps 493 and 726 (~31-33 ns a warp's
+// step of the SM's time whatever the warps: its issue, not latency, sets the pace), 5 at 16 and
+// 24 warps 616 and 927. Every form with more instructions, or the same on the FMA pipe, is
+// slower, and wgmma takes the 8-column products dearer than mma.sync.
 //
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench \
 //        bench/decode_pipes.cu -o build/decode_pipes && build/decode_pipes
@@ -36,7 +45,7 @@ using namespace moekit::cuda;
 
 namespace {
 
-constexpr int kWarps = 22, kSlots = 16, kSteps = 1024, kCalls = 8;
+constexpr int kSlots = 16, kSteps = 1024, kCalls = 8;
 
 // x << n as a funnel shift, which ptxas keeps on the ALU pipe (a plain << it may turn into an
 // IMAD.SHL on the FMA pipe).
@@ -77,18 +86,39 @@ __device__ __forceinline__ void decode_word(uint32_t c, uint32_t first, uint32_t
   for (int i = 0; i < 4; ++i) r[i] = bf16x2_mul(r[i], first);
 }
 
-template <int kVariant>
+#if MOEKIT_WGMMA
+// d (64 x 8 per warpgroup) += a (this warp's 16 x 16 in registers, as mma.sync's A) * b (16 x 8,
+// K-major in shared memory, no swizzle: two 8 x 16-byte core matrices 128 bytes apart).
+__device__ __forceinline__ void wgmma_m64n8k16_rs(float (&d)[4], const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, 0;\n}"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+__device__ __forceinline__ uint64_t descriptor_no_swizzle(const void* smem) {
+  return static_cast<uint64_t>((shared_address(smem) & 0x3ffff) >> 4) | (static_cast<uint64_t>(128 >> 4) << 16) |
+         (static_cast<uint64_t>(256 >> 4) << 32);
+}
+#endif
+
+template <int kVariant, int kWarps>
 __global__ void __launch_bounds__(32 * kWarps, 1) k_steps(const uint4* codes, const uint8_t* scales, const uint4* x,
                                                           int steps, float* out) {
   __shared__ uint4 codes_s[kSlots][2][32];
   __shared__ uint32_t scales_s[kSlots][2][32];
   __shared__ uint4 x_s[kSlots][8][5];  // [slot][the lane's k block in the step][word], a word of padding
+  __shared__ __align__(128) uint4 xb_s[kSlots / 2][8][16];  // variant 5's x: [slot][product][core matrices]
   for (int i = threadIdx.x; i < kSlots * 64; i += blockDim.x) {
     codes_s[i / 64][i / 32 % 2][i % 32] = codes[i];
     scales_s[i / 64][i / 32 % 2][i % 32] = scales[i];
   }
   // (as the kernels' padded x rows: a step's 8 blocks in distinct banks)
   for (int i = threadIdx.x; i < kSlots * 32; i += blockDim.x) x_s[i / 32][i / 4 % 8][i % 4] = x[i];
+  for (int i = threadIdx.x; i < kSlots / 2 * 8 * 16; i += blockDim.x) xb_s[i / 128][i / 16 % 8][i % 16] = x[i % (kSlots * 32)];
+#if MOEKIT_WGMMA
+  fence_proxy_async_shared();
+#endif
   __syncthreads();
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, block = 4 * (g % 2) + t;
   float acc[2][4] = {};
@@ -126,8 +156,40 @@ __global__ void __launch_bounds__(32 * kWarps, 1) k_steps(const uint4* codes, co
         }
       }
     };
-    if (warp_needs_second_step(scale[0] > 128 || scale[1] > 128)) compute(true);
-    else compute(false);
+    // Variant 5: the step's fragments decoded first, then its 8 products on wgmma.
+    auto compute_wgmma = [&](bool second) {
+#if MOEKIT_WGMMA
+      uint32_t a[4][2][4];
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t first = second ? mxfp4_first_multiplier(scale[h]) : mxfp4_multiplier_upto_128(scale[h]);
+          decode_word<0>(cw[h][w], first, a[w][h]);
+          if (second) apply_second_step(a[w][h], mxfp4_second_multiplier(scale[h]));
+        }
+      }
+      wgmma_fence();
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t frag[4] = {a[w][0][2 * h], a[w][1][2 * h], a[w][0][2 * h + 1], a[w][1][2 * h + 1]};
+          wgmma_m64n8k16_rs(acc[h], frag, descriptor_no_swizzle(&xb_s[slot % (kSlots / 2)][2 * w + h][0]));
+        }
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+#endif
+    };
+    const bool second = warp_needs_second_step(scale[0] > 128 || scale[1] > 128);
+    if constexpr (kVariant == 5) {
+      if (second) compute_wgmma(true);
+      else compute_wgmma(false);
+    } else {
+      if (second) compute(true);
+      else compute(false);
+    }
   }
   float s = 0.0f;
 #pragma unroll
@@ -135,18 +197,18 @@ __global__ void __launch_bounds__(32 * kWarps, 1) k_steps(const uint4* codes, co
   out[blockIdx.x * blockDim.x + threadIdx.x] = s;
 }
 
-template <int kVariant>
+template <int kVariant, int kWarps = 22>
 void run(const char* name, int sms, cudaStream_t stream, const uint4* codes, const uint8_t* scales, const uint4* x,
          float* out) {
   const float us = graph_us_per_call(stream, kCalls, [&](int) {
-    k_steps<kVariant><<<sms, 32 * kWarps, 0, stream>>>(codes, scales, x, kSteps, out);
+    k_steps<kVariant, kWarps><<<sms, 32 * kWarps, 0, stream>>>(codes, scales, x, kSteps, out);
   });
   CHECK(cudaGetLastError());
   std::vector<float> h(static_cast<size_t>(sms) * 32 * kWarps);
   CHECK(cudaMemcpy(h.data(), out, h.size() * sizeof(float), cudaMemcpyDeviceToHost));
   double sum = 0;
   for (float v : h) sum += v;
-  std::printf("%d %-44s %7.1f ns a k step  (checksum %.6e)\n", kVariant, name, 1e3 * us / kSteps, sum);
+  std::printf("%d %-44s %2d warps %7.1f ns a k step  (checksum %.6e)\n", kVariant, name, kWarps, 1e3 * us / kSteps, sum);
 }
 
 }  // namespace
@@ -154,7 +216,7 @@ void run(const char* name, int sms, cudaStream_t stream, const uint4* codes, con
 int main() {
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("%s, %d SMs, %d warps a block, %d k steps a call\n", prop.name, prop.multiProcessorCount, kWarps, kSteps);
+  std::printf("%s, %d SMs, %d k steps a call\n", prop.name, prop.multiProcessorCount, kSteps);
   std::mt19937 rng(0);
   std::vector<uint4> codes(kSlots * 64), x(kSlots * 32);
   std::vector<uint8_t> scales(kSlots * 64);
@@ -176,7 +238,7 @@ int main() {
   uint4* x_d = upload(x);
   uint8_t* scales_d = upload(scales);
   float* out;
-  CHECK(cudaMalloc(&out, sizeof(float) * prop.multiProcessorCount * 32 * kWarps));
+  CHECK(cudaMalloc(&out, sizeof(float) * prop.multiProcessorCount * 32 * 24));
   cudaStream_t stream;
   CHECK(cudaStreamCreate(&stream));
   const int sms = prop.multiProcessorCount;
@@ -185,6 +247,10 @@ int main() {
   run<2>("every pair's copies by shifts", sms, stream, codes_d, scales_d, x_d, out);
   run<3>("the shift by 8 as mul.hi", sms, stream, codes_d, scales_d, x_d, out);
   run<4>("no decode (MMAs, shared loads, the vote)", sms, stream, codes_d, scales_d, x_d, out);
+  run<0, 16>("shipped", sms, stream, codes_d, scales_d, x_d, out);
+  run<0, 24>("shipped", sms, stream, codes_d, scales_d, x_d, out);
+  run<5, 16>("shipped decode, products on wgmma", sms, stream, codes_d, scales_d, x_d, out);
+  run<5, 24>("shipped decode, products on wgmma", sms, stream, codes_d, scales_d, x_d, out);
   CHECK(cudaFree(codes_d));
   CHECK(cudaFree(x_d));
   CHECK(cudaFree(scales_d));

@@ -1,7 +1,8 @@
 """One layer of the graph decode step as it replays: per kernel, its start and end (us after the
 layer's first kernel starts) and its end minus the previous kernel's end, which with chained
 kernels is its share of the critical path; then each kernel's median share over every layer of
-four steps. 20b random model made on the GPU, ~140 keys cached.
+four steps, and the same for the kernels before the first layer and after the last (embedding,
+unembedding, sampling). 20b random model made on the GPU, ~140 keys cached.
 
     python3 bench/step_timeline.py [--layer 12]
 """
@@ -72,9 +73,32 @@ def report(kernels, steps, layers, layer_shown):
             for i, k in enumerate(lk):
                 shares[i].append(k.time_range.end - previous)
                 previous = k.time_range.end
+    print_medians(f"median share over layers 1-{layers - 1} of {steps} steps", ks, shares)
+
+    # Outside the layers: from the step's first kernel to layer 0's norm, and from the final
+    # norm (the first kernel after the last layer) to the step's end; a step's first kernel
+    # counts from its own start.
+    def outside(s):
+        first, last = s * per_step, (s + 1) * per_step
+        head = kernels[first:first + norms[0]]
+        tail = kernels[first + norms[layers * per_layer]:last]
+        return head + tail
+    shares = [[] for _ in outside(0)]
+    for s in range(steps):
+        ok = outside(s)
+        previous = ok[0].time_range.start
+        for i, k in enumerate(ok):
+            if k is kernels[s * per_step + norms[layers * per_layer]]:
+                previous = kernels[s * per_step + norms[layers * per_layer] - 1].time_range.end
+            shares[i].append(k.time_range.end - previous)
+            previous = k.time_range.end
+    print_medians(f"outside the layers, median share over {steps} steps", outside(0), shares)
+
+
+def print_medians(title, ks, shares):
     shares = [sorted(v) for v in shares]
     medians = [statistics.median(v) for v in shares]
-    print(f"median share over layers 1-{layers - 1} of {steps} steps (sum {sum(medians):.1f} us):")
+    print(f"{title} (sum {sum(medians):.1f} us):")
     for k, m, v in zip(ks, medians, shares):
         print(f"{k.name[:60]:60s} +{m:6.2f}  (middle half {v[len(v) // 4]:.2f}-{v[3 * len(v) // 4]:.2f})")
 

@@ -94,19 +94,6 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
   // Keeps the compiler from sinking that arithmetic past the wait.
   asm volatile("" : "+r"(at.u), "+r"(at.d), "+r"(at.slab), "+r"(at.s), "+r"(at.first_step), "+r"(at.n));
 
-  MOEKIT_MOE_DECODE_PHASE(0);
-  wait_for_previous_grid();
-  MOEKIT_MOE_DECODE_PHASE(1);
-  // k past K reads zeros; word c at moe_decode_x_word_at (padded, with halves).
-  const int64_t words = p.K / 8, row_words = moe_decode_x_words(p.K, kHalves);
-  for (int r = 0; r < (kCombine ? p.T * p.k : p.T); ++r) {
-    for (int64_t c = threadIdx.x; c < row_words; c += blockDim.x) {
-      uint4* to = x_shared + r * p.x_stride + moe_decode_x_word_at(c, kHalves);
-      if (c < words) cp_async_16(to, p.x + r * words + c, 16);
-      else *to = zero;
-    }
-  }
-  cp_async_commit();
   // A unit's weights as a cursor over its steps: this lane's rows n0 and n0 + kRows / 2 at the
   // next step's k block (kb0 + kStepBlocks * i), and how many of its steps are left (K may end
   // within the last). Each load moves it a step on, so a step's addresses are two pointer adds,
@@ -164,9 +151,34 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
     for (int j = 0; j < kAhead; ++j) ring[j] = load(next, j > 0);
   };
 
+  // mlp2's blocks take the SMs as mlp1's leave, long after mlp1's block 0 wrote the routing: a
+  // warp asks for its first unit's weights before the wait, at the expert that routing most
+  // likely holds, and asks again after it only where the routing it then reads differs.
+  int guessed = -1;
+  if (kCombine && my_group < groups_here && at.d < moe_decode::kMaxPairs) {
+    const int e = guess_before_wait(&static_cast<const DecodeRoute*>(p.route)->expert[at.d]);
+    if (e >= 0 && e < p.E) {
+      guessed = e;
+      start(e);
+    }
+  }
+  MOEKIT_MOE_DECODE_PHASE(0);
+  wait_for_previous_grid();
+  MOEKIT_MOE_DECODE_PHASE(1);
+  // k past K reads zeros; word c at moe_decode_x_word_at (padded, with halves).
+  const int64_t words = p.K / 8, row_words = moe_decode_x_words(p.K, kHalves);
+  for (int r = 0; r < (kCombine ? p.T * p.k : p.T); ++r) {
+    for (int64_t c = threadIdx.x; c < row_words; c += blockDim.x) {
+      uint4* to = x_shared + r * p.x_stride + moe_decode_x_word_at(c, kHalves);
+      if (c < words) cp_async_16(to, p.x + r * words + c, 16);
+      else *to = zero;
+    }
+  }
+  cp_async_commit();
+
   // mlp1 routes while its x rows arrive, and its block 0 leaves the routing for mlp2, which
   // reads it while its own x rows arrive: one round trip instead of a routing after mlp1 ends.
-  bool started = false;  // the warp's first unit's loads issued before the block's barrier
+  int started = guessed;  // the expert whose weights the warp's first unit asked for before the block's barrier
   if constexpr (kCombine) {
     copy_route(*static_cast<const DecodeRoute*>(p.route), route);
   } else if (p.T == 1) {
@@ -174,8 +186,8 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
     // waiting for the block, and asks for that unit's weights at once.
     const WarpRoute mine = route_token_in_warp(p.logits, p.E, p.k);
     if (my_group < groups_here && at.u - member < p.k * slabs * S) {
-      start(mine.expert_at(at.d, p.k));
-      started = true;
+      started = mine.expert_at(at.d, p.k);
+      start(started);
       MOEKIT_MOE_DECODE_PHASE(4);  // the first unit's first loads issued
     }
     if (warp == 0) write_token_route(mine, p.k, route);
@@ -209,11 +221,11 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
     const int u = at.u, d = at.d, slab = at.slab, n = at.n;
     const int e = route.expert[d], count = route.count[d];
     const int n0 = first_row(at), kb0 = first_block(at);
-    if (!started) {
+    if (started != e) {
       start(e);
       if (local == my_group) MOEKIT_MOE_DECODE_PHASE(4);  // the first unit's first loads issued
     }
-    started = false;
+    started = -1;
     // Column g: the x row of the expert's token-slot g / kHalves over the lane's k blocks (a
     // lane without a token-slot reads row 0: its MMA columns are never stored).
     const int rank_g = g / kHalves;
