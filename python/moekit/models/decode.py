@@ -58,9 +58,11 @@ class Decoder:
     def _step(self) -> None:
         """Feeds ``token`` at the cache's position, samples the next token into ``token`` and
         into ``ids`` at the next position."""
-        logits = self.model.logits(self.token, self.cache, last_only=True)
+        greedy = self.temperature == 0  # argmax on the model's dtype, no draw
+        logits = self.model.logits(self.token, self.cache, last_only=True, float32=not greedy)
         at = self.cache.position.long()  # advanced: the position of the sampled token
-        token = sample_token(logits[0], self.temperature, self.top_p, self.uniform.index_select(0, at))
+        token = sample_token(logits[0], self.temperature, self.top_p,
+                             None if greedy else self.uniform.index_select(0, at))
         self.token.copy_(token)
         self.ids.index_copy_(0, at, token)
 

@@ -582,9 +582,12 @@ class GptOss(nn.Module):
             raise ValueError(f"{caller}: token ids expected in [0, {self.config.vocab_size}), "
                              f"got values in [{lo}, {hi}]")
 
-    def logits(self, tokens: torch.Tensor, cache: Optional[KVCache], *, last_only: bool) -> torch.Tensor:
+    def logits(self, tokens: torch.Tensor, cache: Optional[KVCache], *, last_only: bool,
+               float32: bool = True) -> torch.Tensor:
         """:meth:`forward` without its checks and host reads: the decode step, which a CUDA graph
-        captures. ``tokens`` must be valid ids on the model's device and fit in the cache."""
+        captures. ``tokens`` must be valid ids on the model's device and fit in the cache. With
+        ``float32=False`` the logits stay in the model's dtype (greedy decode's argmax is the same
+        on them, without a copy of the vocabulary's logits)."""
         x = F.embedding(tokens, self.embedding.weight)
         x, h = self.block[0].attn.norm(x, torch.zeros_like(x))  # the residual stream starts at zero
         for i, block in enumerate(self.block):
@@ -593,7 +596,8 @@ class GptOss(nn.Module):
             cache.advance(tokens.shape[0])
         if last_only:
             h = h[-1:]
-        return self.unembedding(h).float()
+        logits = self.unembedding(h)
+        return logits.float() if float32 else logits
 
     # ---------------------------------------------------------------------------- generate
     @torch.inference_mode()
@@ -658,15 +662,17 @@ def check_sampling(temperature: float, top_p: float) -> None:
         raise ValueError(f"top_p expected a number in (0, 1], got {top_p!r}")
 
 
-def sample_token(logits: torch.Tensor, temperature: float, top_p: float, uniform: torch.Tensor) -> torch.Tensor:
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float,
+                 uniform: Optional[torch.Tensor]) -> torch.Tensor:
     """The next token (int64 [1], on logits' device) from ``logits`` [vocab]: argmax (first on
-    ties) when ``temperature == 0``; otherwise the token whose interval of the cumulative
-    distribution of softmax(logits / temperature), restricted to the smallest set of most likely
-    tokens whose probability reaches ``top_p`` (nucleus) and renormalised, holds ``uniform``
-    (float32 [1] in [0, 1)). Device ops only, no host read: a CUDA graph captures it."""
-    logits = logits.reshape(-1).float()
+    ties, in the logits' own dtype) when ``temperature == 0``, where ``uniform`` is not read;
+    otherwise the token whose interval of the cumulative distribution of softmax(logits /
+    temperature) in float32, restricted to the smallest set of most likely tokens whose
+    probability reaches ``top_p`` (nucleus) and renormalised, holds ``uniform`` (float32 [1] in
+    [0, 1)). Device ops only, no host read: a CUDA graph captures it."""
     if temperature == 0:
-        return torch.argmax(logits).reshape(1)
+        return torch.argmax(logits.reshape(-1)).reshape(1)
+    logits = logits.reshape(-1).float()
     probs = torch.softmax(logits / temperature, dim=-1)
     sorted_probs, order = torch.sort(probs, descending=True, stable=True)
     if top_p < 1.0:
