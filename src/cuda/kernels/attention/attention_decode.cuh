@@ -99,16 +99,15 @@ __device__ __forceinline__ float round_to(float v) {
   return to_float(static_cast<T>(v));
 }
 
-// Elements i and i + D/2 of a head's row rotated for position `pos`, each rounded to T: exactly
-// what the CPU backend computes and the cache holds.
+// Elements i and i + D/2 (x1, x2) of a head's row rotated for position `pos`, each rounded to T:
+// exactly what the CPU backend computes and the cache holds.
 template <class T>
-__device__ __forceinline__ float2 rotate_pair(const T* head_row, int i, int half, int pos, const float* inv_freq,
+__device__ __forceinline__ float2 rotate_pair(float x1, float x2, int i, int pos, const float* inv_freq,
                                               float rope_scale) {
   float s, c;
   sincosf(static_cast<float>(pos) * inv_freq[i], &s, &c);
   c *= rope_scale;
   s *= rope_scale;
-  const float x1 = to_float(head_row[i]), x2 = to_float(head_row[half + i]);
   return {round_to<T>(__fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s))),
           round_to<T>(__fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)))};
 }
@@ -120,32 +119,40 @@ struct alignas(N * sizeof(T)) RowPiece {
   T e[N];
 };
 
-// Copies rows [k0, k1) of a chunk into k_s ([C][stride]) and v_s ([C][D]) as floats: row k of the
-// keys from k_row(k) (nullptr: a new token's key, rotated elsewhere), of the values from v_row(k).
-// Every load is issued before the first is used: a chunk (at most kAttentionChunkValues values,
-// head sizes up to kAttnMaxGroupValues) costs one round trip to memory rather than one per
-// element. kVec: 16-byte loads (rows 16-byte aligned).
-template <bool kVec, class T, class KRow, class VRow>
-__device__ __forceinline__ void stage_chunk(float* k_s, float* v_s, int D, int stride, int k0, int k1, KRow k_row,
-                                            VRow v_row) {
-  constexpr int N = kVec ? 16 / sizeof(T) : 1;
-  constexpr int kBatch = (kAttentionChunkValues / N + kAttnThreads - 1) / kAttnThreads;  // a thread's pieces
+// A chunk's keys and values in flight to k_s ([C][stride]) and v_s ([C][D]), as floats: row k of
+// the keys from k_row(k) (nullptr: a new token's key, rotated elsewhere), of the values from
+// v_row(k). load() asks for the pieces of rows [k0, k1) whose row it is given (nullptr: not this
+// time), every load issued before the first is used, so that a chunk (at most
+// kAttentionChunkValues values, which a thread's kBatch pieces cover) costs one round trip to
+// memory rather than one per element; store() writes them all. Two loads with complementary rows
+// fill a chunk in two parts (the decode's cached rows before its wait, the new token's after).
+// kVec: 16-byte loads (rows 16-byte aligned).
+template <bool kVec, class T>
+struct ChunkPieces {
+  static constexpr int N = kVec ? 16 / sizeof(T) : 1;
+  static constexpr int kBatch = (kAttentionChunkValues / N + kAttnThreads - 1) / kAttnThreads;
   using Piece = RowPiece<N, T>;
-  const int per_row = D / N, n = (k1 - k0) * per_row;
-  for (int base = 0; base < n; base += kBatch * kAttnThreads) {
-    Piece keys[kBatch], values[kBatch];
+  Piece keys[kBatch], values[kBatch];
+
+  template <class KRow, class VRow>
+  __device__ __forceinline__ void load(int D, int k0, int k1, KRow k_row, VRow v_row) {
+    const int per_row = D / N, n = (k1 - k0) * per_row;
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) {
-      const int e = base + b * kAttnThreads + threadIdx.x;
+      const int e = b * kAttnThreads + threadIdx.x;
       if (e < n) {
         const int k = k0 + e / per_row, c = (e % per_row) * N;
         if (const T* row = k_row(k)) keys[b] = *reinterpret_cast<const Piece*>(row + c);
-        values[b] = *reinterpret_cast<const Piece*>(v_row(k) + c);
+        if (const T* row = v_row(k)) values[b] = *reinterpret_cast<const Piece*>(row + c);
       }
     }
+  }
+  template <class KRow>
+  __device__ __forceinline__ void store(float* k_s, float* v_s, int D, int stride, int k0, int k1, KRow k_row) const {
+    const int per_row = D / N, n = (k1 - k0) * per_row;
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) {
-      const int e = base + b * kAttnThreads + threadIdx.x;
+      const int e = b * kAttnThreads + threadIdx.x;
       if (e < n) {
         const int k = k0 + e / per_row, c = (e % per_row) * N;
         if (k_row(k)) {
@@ -157,7 +164,7 @@ __device__ __forceinline__ void stage_chunk(float* k_s, float* v_s, int D, int s
       }
     }
   }
-}
+};
 
 // A token's queries of kv head g's group (row: the token's qkv row) into q_s ([G][D]) as they are,
 // to be rotated once the position is known: pair e of the thread's pairs e = tid, tid + 256, ...
@@ -298,9 +305,35 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
   // The rotary frequencies and the sinks depend on no earlier kernel: asked for before the wait.
   for (int i = tid; i < half; i += kAttnThreads) freq_s[i] = p.inv_freq[i];
   if (tid < G) sink_s[tid] = p.sinks[g * G + tid];
+  auto cached = [&](T* cache, int j) { return cache + (static_cast<int64_t>(j) * p.Hkv + g) * D; };
+  // Decoding one token, the block's first chunk of cached keys and values is asked for before the
+  // wait, at the position the step before left (a step advances it after its layers, so the
+  // guess holds but for the first step after the host moved it): one round trip off the chain.
+  // The new token's key and value (row 0 of qkv) are asked for with the position after the wait.
+  ChunkPieces<kVec, T> first;
+  int guess = -1, first_start = 0, first_k0 = 0, first_k1 = 0;  // the guess and its first chunk's rows
+  if (p.T == 1) {
+    guess = guess_before_wait(p.position);
+    if (guess >= 0 && guess < p.L) {
+      const int2 seen = visible_keys(p, guess, 0);
+      first_start = seen.x + split * C;
+      first_k0 = max(seen.x, first_start) - first_start;
+      first_k1 = min(seen.y + 1, first_start + C) - first_start;
+      auto old_row = [&](T* cache) {
+        return [&, cache](int k) -> const T* { return first_start + k < guess ? cached(cache, first_start + k) : nullptr; };
+      };
+      first.load(D, first_k0, first_k1, old_row(k_cache), old_row(v_cache));
+    }
+  }
   let_next_grid_start();  // the merge waits for this grid; what follows it may start its prologue
   wait_for_previous_grid();
   MOEKIT_ATTENTION_PHASE(1);
+  if (guess >= 0 && guess < p.L) {
+    auto new_row = [&](int column) {
+      return [&, column](int k) -> const T* { return first_start + k < guess ? nullptr : qkv + column * D; };
+    };
+    first.load(D, first_k0, first_k1, new_row(p.Hq + g), new_row(p.Hq + p.Hkv + g));
+  }
   const int64_t p0 = p.position[0];
   stage_queries<T>(q_s, qkv, g, G, D);  // the first token's, in flight with the position
 
@@ -318,7 +351,6 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
   // A key row: the cache below p0, the new tokens' qkv rows from p0 on.
   auto new_key = [&](int j) { return qkv + (j - p0) * row_len + (p.Hq + g) * D; };
   auto new_value = [&](int j) { return qkv + (j - p0) * row_len + (p.Hq + p.Hkv + g) * D; };
-  auto cached = [&](T* cache, int j) { return cache + (static_cast<int64_t>(j) * p.Hkv + g) * D; };
 
   // Chunks start at the first key token 0 sees; the last token's position ends them.
   const int base = visible_keys(p, p0, 0).x, end = static_cast<int>(p0) + p.T;
@@ -355,15 +387,26 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
       const int k0 = max(seen.x, start) - start, k1 = min(seen.y + 1, start + C) - start;
       if (k0 >= k1) continue;  // block-uniform
       __syncthreads();  // the previous chunk's (or token's) readers are done with the buffers
-      stage_chunk<kVec, T>(
-          k_s, v_s, D, ks, k0, k1, [&](int k) { return start + k < p0 ? cached(k_cache, start + k) : nullptr; },
-          [&](int k) -> const T* { return start + k < p0 ? cached(v_cache, start + k) : new_value(start + k); });
       const int new0 = max(k0, static_cast<int>(p0) - start);  // the new tokens' keys, rotated here
-      for (int e = tid; e < max(0, k1 - new0) * half; e += kAttnThreads) {
-        const int k = new0 + e / half, i = e % half;
-        const float2 r = rotate_pair(new_key(start + k), i, half, start + k, freq_s, p.rope_scale);
-        k_s[k * ks + i] = r.x;
-        k_s[k * ks + half + i] = r.y;
+      auto rotate_new_keys = [&](auto&& element) {  // element(k, i): key row k's element i, unrotated
+        for (int e = tid; e < max(0, k1 - new0) * half; e += kAttnThreads) {
+          const int k = new0 + e / half, i = e % half;
+          const float2 r = rotate_pair<T>(element(k, i), element(k, half + i), i, start + k, freq_s, p.rope_scale);
+          k_s[k * ks + i] = r.x;
+          k_s[k * ks + half + i] = r.y;
+        }
+      };
+      if (t == 0 && c == split && p0 == guess) {  // the whole chunk asked for already, the new key unrotated
+        first.store(k_s, v_s, D, ks, k0, k1, [](int) { return true; });
+        __syncthreads();
+        rotate_new_keys([&](int k, int i) { return k_s[k * ks + i]; });
+      } else {
+        ChunkPieces<kVec, T> pieces;
+        auto key_row = [&](int k) { return start + k < p0 ? cached(k_cache, start + k) : nullptr; };
+        pieces.load(D, k0, k1, key_row,
+                    [&](int k) -> const T* { return start + k < p0 ? cached(v_cache, start + k) : new_value(start + k); });
+        pieces.store(k_s, v_s, D, ks, k0, k1, key_row);
+        rotate_new_keys([&](int k, int i) { return to_float(new_key(start + k)[i]); });
       }
       __syncthreads();
       if (start + k1 - 1 == seen.y) {  // the chunk ends at this token's own key: into the cache
