@@ -307,9 +307,10 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
   if (tid < G) sink_s[tid] = p.sinks[g * G + tid];
   auto cached = [&](T* cache, int j) { return cache + (static_cast<int64_t>(j) * p.Hkv + g) * D; };
   // Decoding one token, the block's first chunk of cached keys and values is asked for before the
-  // wait, at the position the step before left (a step advances it after its layers, so the
-  // guess holds but for the first step after the host moved it): one round trip off the chain.
-  // The new token's key and value (row 0 of qkv) are asked for with the position after the wait.
+  // wait, at the position read then (a decode step advances it after its layers, so in the runner
+  // the guess holds; where the kernel just before wrote it, the position read after the wait
+  // decides): one round trip off the chain. The new token's key and value (row 0 of qkv) are
+  // asked for with the position after the wait.
   ChunkPieces<kVec, T> first;
   int guess = -1, first_start = 0, first_k0 = 0, first_k1 = 0;  // the guess and its first chunk's rows
   if (p.T == 1) {
