@@ -135,7 +135,9 @@ __global__ void __launch_bounds__(32 * kWarps, 1) k_steps(const uint4* codes, co
                                {b[2].x, b[2].y, b[2].z, b[2].w}, {b[3].x, b[3].y, b[3].z, b[3].w}};
     // As the expert kernels' step: a warp without a scale above 128 runs it without the second
     // multiply (every scale here is at most 128).
+    // Variant 5 keeps the step's fragments and issues its 8 products on wgmma after the decode.
     auto compute = [&](bool second) {
+      uint32_t kept[4][2][4];
 #pragma unroll
       for (int w = 0; w < 4; ++w) {
         uint32_t a[2][4];
@@ -145,51 +147,38 @@ __global__ void __launch_bounds__(32 * kWarps, 1) k_steps(const uint4* codes, co
             a[h][0] = cw[h][w], a[h][1] = cw[h][w] >> 1, a[h][2] = cw[h][w] >> 2, a[h][3] = cw[h][w] >> 3;
           } else {
             const uint32_t first = second ? mxfp4_first_multiplier(scale[h]) : mxfp4_multiplier_upto_128(scale[h]);
-            decode_word<kVariant>(cw[h][w], first, a[h]);
+            decode_word<kVariant == 5 ? 0 : kVariant>(cw[h][w], first, a[h]);
             if (second) apply_second_step(a[h], mxfp4_second_multiplier(scale[h]));
           }
         }
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const uint32_t frag[4] = {a[0][2 * h], a[1][2 * h], a[0][2 * h + 1], a[1][2 * h + 1]};
-          mma_bf16_m16n8k16(acc[h], frag, bw[w][2 * h], bw[w][2 * h + 1]);
+          if constexpr (kVariant == 5) {
+#pragma unroll
+            for (int r = 0; r < 4; ++r) kept[w][h][r] = frag[r];
+          } else {
+            mma_bf16_m16n8k16(acc[h], frag, bw[w][2 * h], bw[w][2 * h + 1]);
+          }
         }
       }
-    };
-    // Variant 5: the step's fragments decoded first, then its 8 products on wgmma.
-    auto compute_wgmma = [&](bool second) {
 #if MOEKIT_WGMMA
-      uint32_t a[4][2][4];
+      if constexpr (kVariant == 5) {
+        wgmma_fence();
 #pragma unroll
-      for (int w = 0; w < 4; ++w) {
+        for (int w = 0; w < 4; ++w) {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const uint32_t first = second ? mxfp4_first_multiplier(scale[h]) : mxfp4_multiplier_upto_128(scale[h]);
-          decode_word<0>(cw[h][w], first, a[w][h]);
-          if (second) apply_second_step(a[w][h], mxfp4_second_multiplier(scale[h]));
+          for (int h = 0; h < 2; ++h) {
+            wgmma_m64n8k16_rs(acc[h], kept[w][h], descriptor_no_swizzle(&xb_s[slot % (kSlots / 2)][2 * w + h][0]));
+          }
         }
+        wgmma_commit();
+        wgmma_wait<0>();
       }
-      wgmma_fence();
-#pragma unroll
-      for (int w = 0; w < 4; ++w) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const uint32_t frag[4] = {a[w][0][2 * h], a[w][1][2 * h], a[w][0][2 * h + 1], a[w][1][2 * h + 1]};
-          wgmma_m64n8k16_rs(acc[h], frag, descriptor_no_swizzle(&xb_s[slot % (kSlots / 2)][2 * w + h][0]));
-        }
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
 #endif
     };
-    const bool second = warp_needs_second_step(scale[0] > 128 || scale[1] > 128);
-    if constexpr (kVariant == 5) {
-      if (second) compute_wgmma(true);
-      else compute_wgmma(false);
-    } else {
-      if (second) compute(true);
-      else compute(false);
-    }
+    if (warp_needs_second_step(scale[0] > 128 || scale[1] > 128)) compute(true);
+    else compute(false);
   }
   float s = 0.0f;
 #pragma unroll
