@@ -151,14 +151,16 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
     for (int j = 0; j < kAhead; ++j) ring[j] = load(next, j > 0);
   };
 
+  // The expert whose weights the warp's first unit has asked for before the block's barrier
+  // (-1: none); the loop asks again where the routing holds another.
+  int started = -1;
   // mlp2's blocks take the SMs as mlp1's leave, long after mlp1's block 0 wrote the routing: a
   // warp asks for its first unit's weights before the wait, at the expert that routing most
-  // likely holds, and asks again after it only where the routing it then reads differs.
-  int guessed = -1;
+  // likely holds.
   if (kCombine && my_group < groups_here && at.d < moe_decode::kMaxPairs) {
     const int e = guess_before_wait(&static_cast<const DecodeRoute*>(p.route)->expert[at.d]);
     if (e >= 0 && e < p.E) {
-      guessed = e;
+      started = e;
       start(e);
     }
   }
@@ -178,7 +180,6 @@ __global__ void __launch_bounds__(32 * Config::kWarps, 1) moe_decode_experts_ker
 
   // mlp1 routes while its x rows arrive, and its block 0 leaves the routing for mlp2, which
   // reads it while its own x rows arrive: one round trip instead of a routing after mlp1 ends.
-  int started = guessed;  // the expert whose weights the warp's first unit asked for before the block's barrier
   if constexpr (kCombine) {
     copy_route(*static_cast<const DecodeRoute*>(p.route), route);
   } else if (p.T == 1) {
