@@ -197,6 +197,16 @@ __device__ __forceinline__ int2 visible_keys(const AttentionDecodeParams& p, int
   return {p.window > 0 ? max(0, pos - p.window + 1) : 0, pos};
 }
 
+// Chunk c's keys that a token seeing keys `seen` reads, chunks starting at key `base`: rows
+// [k0, k1) of the chunk, whose row 0 is key `start` (k0 >= k1: none).
+struct ChunkRows {
+  int start, k0, k1;
+};
+__device__ __forceinline__ ChunkRows chunk_rows(int2 seen, int base, int c, int C) {
+  const int start = base + c * C;
+  return {start, max(seen.x, start) - start, min(seen.y + 1, start + C) - start};
+}
+
 // Output column d of one q head from the splits' partials, in split order: max(s), sum(s) and
 // value(s) read split s's running max, running sum and weighted value at d (both merges read them
 // from shared memory). A split that saw no key holds max -inf, sum 0 and values 0, so its scale
@@ -306,37 +316,36 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
   for (int i = tid; i < half; i += kAttnThreads) freq_s[i] = p.inv_freq[i];
   if (tid < G) sink_s[tid] = p.sinks[g * G + tid];
   auto cached = [&](T* cache, int j) { return cache + (static_cast<int64_t>(j) * p.Hkv + g) * D; };
+  // Head `column` of the qkv row of the call's token t (columns: q heads, then k, then v).
+  auto qkv_head = [&](int64_t t, int column) { return qkv + t * row_len + column * D; };
   // Decoding one token, the block's first chunk of cached keys and values is asked for before the
   // wait, at the position read then (a decode step advances it after its layers, so in the runner
   // the guess holds; where the kernel just before wrote it, the position read after the wait
   // decides): one round trip off the chain. The new token's key and value (row 0 of qkv) are
   // asked for with the position after the wait.
   ChunkPieces<kVec, T> first;
-  int guess = -1, first_start = 0, first_k0 = 0, first_k1 = 0;  // the guess and its first chunk's rows
-  if (p.T == 1) {
-    guess = guess_before_wait(p.position);
-    if (guess >= 0 && guess < p.L) {
-      const int2 seen = visible_keys(p, guess, 0);
-      first_start = seen.x + split * C;
-      first_k0 = max(seen.x, first_start) - first_start;
-      first_k1 = min(seen.y + 1, first_start + C) - first_start;
-      auto old_row = [&](T* cache) {
-        return [&, cache](int k) -> const T* { return first_start + k < guess ? cached(cache, first_start + k) : nullptr; };
-      };
-      first.load(D, first_k0, first_k1, old_row(k_cache), old_row(v_cache));
-    }
+  const int guess = p.T == 1 ? guess_before_wait(p.position) : -1;
+  const bool early = guess >= 0 && guess < p.L;
+  ChunkRows at{};  // the guess's first chunk
+  if (early) {
+    const int2 seen = visible_keys(p, guess, 0);
+    at = chunk_rows(seen, seen.x, split, C);
+    auto old_row = [&](T* cache) {
+      return [&, cache](int k) -> const T* { return at.start + k < guess ? cached(cache, at.start + k) : nullptr; };
+    };
+    first.load(D, at.k0, at.k1, old_row(k_cache), old_row(v_cache));
   }
   let_next_grid_start();  // the merge waits for this grid; what follows it may start its prologue
   wait_for_previous_grid();
   MOEKIT_ATTENTION_PHASE(1);
-  if (guess >= 0 && guess < p.L) {
+  if (early) {
     auto new_row = [&](int column) {
-      return [&, column](int k) -> const T* { return first_start + k < guess ? nullptr : qkv + column * D; };
+      return [&, column](int k) -> const T* { return at.start + k < guess ? nullptr : qkv_head(0, column); };
     };
-    first.load(D, first_k0, first_k1, new_row(p.Hq + g), new_row(p.Hq + p.Hkv + g));
+    first.load(D, at.k0, at.k1, new_row(p.Hq + g), new_row(p.Hq + p.Hkv + g));
   }
   const int64_t p0 = p.position[0];
-  stage_queries<T>(q_s, qkv, g, G, D);  // the first token's, in flight with the position
+  stage_queries<T>(q_s, qkv_head(0, 0), g, G, D);  // the first token's, in flight with the position
 
   if (!(p0 >= 0 && p0 + p.T <= p.L)) {  // nothing is written; out says so (the merge kernel does for it)
     if (split == 0 && (p.splits == 1 || p.cluster)) {
@@ -350,8 +359,8 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
   }
   MOEKIT_ATTENTION_PHASE(2);  // the position has arrived
   // A key row: the cache below p0, the new tokens' qkv rows from p0 on.
-  auto new_key = [&](int j) { return qkv + (j - p0) * row_len + (p.Hq + g) * D; };
-  auto new_value = [&](int j) { return qkv + (j - p0) * row_len + (p.Hq + p.Hkv + g) * D; };
+  auto new_key = [&](int j) { return qkv_head(j - p0, p.Hq + g); };
+  auto new_value = [&](int j) { return qkv_head(j - p0, p.Hq + p.Hkv + g); };
 
   // Chunks start at the first key token 0 sees; the last token's position ends them.
   const int base = visible_keys(p, p0, 0).x, end = static_cast<int>(p0) + p.T;
@@ -359,7 +368,7 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
   for (int t = 0; t < p.T; ++t) {
     __syncthreads();  // the previous token's readers are done with q_s, m_s, l_s, cos_s and sin_s
     const int2 seen = visible_keys(p, p0, t);
-    if (t > 0) stage_queries<T>(q_s, qkv + static_cast<int64_t>(t) * row_len, g, G, D);
+    if (t > 0) stage_queries<T>(q_s, qkv_head(t, 0), g, G, D);
     for (int i = tid; i < half; i += kAttnThreads) {
       float sn, cs;
       sincosf(static_cast<float>(seen.y) * freq_s[i], &sn, &cs);
@@ -384,8 +393,8 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
     MOEKIT_ATTENTION_PHASE(3);
     for (int c = split; c < chunks; c += p.splits) {
       // This token's keys in the chunk: [k0, k1) of it.
-      const int start = base + c * C;
-      const int k0 = max(seen.x, start) - start, k1 = min(seen.y + 1, start + C) - start;
+      const ChunkRows rows = chunk_rows(seen, base, c, C);
+      const int start = rows.start, k0 = rows.k0, k1 = rows.k1;
       if (k0 >= k1) continue;  // block-uniform
       __syncthreads();  // the previous chunk's (or token's) readers are done with the buffers
       const int new0 = max(k0, static_cast<int>(p0) - start);  // the new tokens' keys, rotated here
