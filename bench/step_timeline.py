@@ -66,37 +66,32 @@ def report(kernels, steps, layers, layer_shown):
         previous = r.end
     # The same kernels' shares of the critical path over every layer but the first (whose kernel
     # before is the embedding's) of every step: one layer of one step moves by ~1 us a kernel.
-    shares = [[] for _ in ks]
-    for s in range(steps):
-        for layer in range(1, layers):
-            lk, previous = layer_kernels(s, layer)
-            for i, k in enumerate(lk):
-                shares[i].append(k.time_range.end - previous)
-                previous = k.time_range.end
-    print_medians(f"median share over layers 1-{layers - 1} of {steps} steps", ks, shares)
+    print_medians(f"median share over layers 1-{layers - 1} of {steps} steps", ks,
+                  [shares_after(*layer_kernels(s, layer)) for s in range(steps) for layer in range(1, layers)])
 
-    # Outside the layers: from the step's first kernel to layer 0's norm, and from the final
-    # norm (the first kernel after the last layer) to the step's end; a step's first kernel
-    # counts from its own start.
+    # Outside the layers: the kernels before layer 0's norm (the first counted from its own
+    # start) and from the final norm to the step's end (after the last layer's last kernel).
     def outside(s):
-        first, last = s * per_step, (s + 1) * per_step
-        head = kernels[first:first + norms[0]]
-        tail = kernels[first + norms[layers * per_layer]:last]
-        return head + tail
-    shares = [[] for _ in outside(0)]
-    for s in range(steps):
-        ok = outside(s)
-        previous = ok[0].time_range.start
-        for i, k in enumerate(ok):
-            if k is kernels[s * per_step + norms[layers * per_layer]]:
-                previous = kernels[s * per_step + norms[layers * per_layer] - 1].time_range.end
-            shares[i].append(k.time_range.end - previous)
-            previous = k.time_range.end
-    print_medians(f"outside the layers, median share over {steps} steps", outside(0), shares)
+        first, final_norm = s * per_step, s * per_step + norms[layers * per_layer]
+        head, tail = kernels[first:first + norms[0]], kernels[final_norm:(s + 1) * per_step]
+        return (shares_after(head, head[0].time_range.start) +
+                shares_after(tail, kernels[final_norm - 1].time_range.end))
+    ok = kernels[:norms[0]] + kernels[norms[layers * per_layer]:per_step]
+    print_medians(f"outside the layers, median share over {steps} steps", ok, [outside(s) for s in range(steps)])
 
 
-def print_medians(title, ks, shares):
-    shares = [sorted(v) for v in shares]
+def shares_after(ks, previous):
+    """Each kernel's end minus the end of the one before it (`previous` for the first)."""
+    shares = []
+    for k in ks:
+        shares.append(k.time_range.end - previous)
+        previous = k.time_range.end
+    return shares
+
+
+def print_medians(title, ks, runs):
+    """Per kernel of ks, the median of its shares over `runs` (lists of shares in ks' order)."""
+    shares = [sorted(v) for v in zip(*runs)]
     medians = [statistics.median(v) for v in shares]
     print(f"{title} (sum {sum(medians):.1f} us):")
     for k, m, v in zip(ks, medians, shares):
