@@ -58,11 +58,10 @@ class Decoder:
     def _step(self) -> None:
         """Feeds ``token`` at the cache's position, samples the next token into ``token`` and
         into ``ids`` at the next position."""
-        greedy = self.temperature == 0  # argmax on the model's dtype, no draw
-        logits = self.model.logits(self.token, self.cache, last_only=True, float32=not greedy)
+        logits = self.model.logits(self.token, self.cache, last_only=True)
         at = self.cache.position.long()  # advanced: the position of the sampled token
-        token = sample_token(logits[0], self.temperature, self.top_p,
-                             None if greedy else self.uniform.index_select(0, at))
+        draw = None if self.temperature == 0 else self.uniform.index_select(0, at)  # greedy draws nothing
+        token = sample_token(logits[0], self.temperature, self.top_p, draw)
         self.token.copy_(token)
         self.ids.index_copy_(0, at, token)
 

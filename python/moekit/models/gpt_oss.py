@@ -574,7 +574,7 @@ class GptOss(nn.Module):
         self._check_distributed()
         tokens = tokens.to(self.device)
         self.check_token_ids("GptOss.forward", int(tokens.min()), int(tokens.max()))
-        return self.logits(tokens, cache, last_only=last_only)
+        return self.logits(tokens, cache, last_only=last_only).float()
 
     def check_token_ids(self, caller: str, lo: int, hi: int) -> None:
         """Raises ValueError unless token ids from ``lo`` to ``hi`` are in the vocabulary."""
@@ -582,12 +582,11 @@ class GptOss(nn.Module):
             raise ValueError(f"{caller}: token ids expected in [0, {self.config.vocab_size}), "
                              f"got values in [{lo}, {hi}]")
 
-    def logits(self, tokens: torch.Tensor, cache: Optional[KVCache], *, last_only: bool,
-               float32: bool = True) -> torch.Tensor:
-        """:meth:`forward` without its checks and host reads: the decode step, which a CUDA graph
-        captures. ``tokens`` must be valid ids on the model's device and fit in the cache. With
-        ``float32=False`` the logits stay in the model's dtype (greedy decode's argmax is the same
-        on them, without a copy of the vocabulary's logits)."""
+    def logits(self, tokens: torch.Tensor, cache: Optional[KVCache], *, last_only: bool) -> torch.Tensor:
+        """:meth:`forward` without its checks and host reads, the logits in the model's dtype
+        (sample_token takes them so; greedy decode's argmax needs no float copy of the
+        vocabulary): the decode step, which a CUDA graph captures. ``tokens`` must be valid ids on
+        the model's device and fit in the cache."""
         x = F.embedding(tokens, self.embedding.weight)
         x, h = self.block[0].attn.norm(x, torch.zeros_like(x))  # the residual stream starts at zero
         for i, block in enumerate(self.block):
@@ -596,8 +595,7 @@ class GptOss(nn.Module):
             cache.advance(tokens.shape[0])
         if last_only:
             h = h[-1:]
-        logits = self.unembedding(h)
-        return logits.float() if float32 else logits
+        return self.unembedding(h)
 
     # ---------------------------------------------------------------------------- generate
     @torch.inference_mode()
