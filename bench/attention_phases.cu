@@ -9,7 +9,8 @@
 //        -o build/attention_phases && build/attention_phases
 //
 // Prints, per phase, the median and the latest block (us after the first block passed its wait),
-// how many SMs hold two of its blocks, and the time per call of the graph.
+// how many SMs hold two of its blocks, the time per call of the graph and a hash of the output,
+// for the kernel the op takes for one token (attention_decode_one_kernel) and the general one.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -37,7 +38,7 @@ __device__ __forceinline__ void stamp(int n) {
 }  // namespace probe
 #define MOEKIT_ATTENTION_PHASE(n) ::probe::stamp(n)
 
-#include "cuda/kernels/attention/attention_decode.cuh"
+#include "cuda/kernels/attention/attention_decode_one.cuh"
 #include "cuda/launch/launch_kernel.h"
 #include "graph_timing.h"
 
@@ -59,6 +60,7 @@ __global__ void busy_kernel(int ns) {
   }
 }
 
+template <auto kernel>
 void run(const char* name, int window, cudaStream_t stream) {
   std::mt19937 rng(7);
   std::normal_distribution<float> normal;
@@ -95,7 +97,6 @@ void run(const char* name, int window, cudaStream_t stream) {
     std::printf("%s: %d splits need the merge kernel; not probed\n", name, p.splits);
     return;
   }
-  constexpr auto kernel = &attention_decode_kernel<__nv_bfloat16, true>;
   CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
   const size_t smem =
       static_cast<size_t>(attention_decode_smem_floats(G, kD, p.chunk, p.cluster ? p.splits : 0)) * sizeof(float);
@@ -122,9 +123,14 @@ void run(const char* name, int window, cudaStream_t stream) {
   std::vector<int> per_sm(1024, 0);
   int doubled = 0;
   for (int b = 0; b < blocks; ++b) doubled += ++per_sm[sms[b] % 1024] == 2;
+  // The output's bits, hashed: both kernels must print the same.
+  std::vector<uint16_t> out(kHq * kD);
+  CHECK(cudaMemcpy(out.data(), p.out, out.size() * 2, cudaMemcpyDeviceToHost));
+  unsigned long long hash = 1469598103934665603ull;
+  for (uint16_t v : out) hash = (hash ^ v) * 1099511628211ull;
   std::printf("\n%s (window %d): %d kv heads x %d splits in clusters of %d, %d SMs holding two blocks; busy 5 us + "
-              "attention: %.2f us a call\n",
-              name, window, kHkv, p.splits, cluster.y, doubled, us);
+              "attention: %.2f us a call; output %016llx\n",
+              name, window, kHkv, p.splits, cluster.y, doubled, us, hash);
   for (int n = 0; n < probe::kPhases; ++n) {
     std::vector<double> t;
     for (int b = 0; b < blocks; ++b) {
@@ -146,7 +152,14 @@ int main() {
   std::printf("%s, %d SMs\n", prop.name, prop.multiProcessorCount);
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  run("full layer", 0, stream);
-  run("sliding layer", 128, stream);
+  // The kernel the op takes for one token, then the general one (the same bits), alternating.
+  constexpr auto one = &attention_decode_one_kernel<__nv_bfloat16, true>;
+  constexpr auto general = &attention_decode_kernel<__nv_bfloat16, true>;
+  for (int round = 0; round < 2; ++round) {
+    run<one>("full layer, attention_decode_one_kernel", 0, stream);
+    run<general>("full layer, attention_decode_kernel", 0, stream);
+    run<one>("sliding layer, attention_decode_one_kernel", 128, stream);
+    run<general>("sliding layer, attention_decode_kernel", 128, stream);
+  }
   return 0;
 }

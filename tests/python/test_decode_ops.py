@@ -98,12 +98,14 @@ def run_attention(inputs, p0, window, device="cpu"):
 # not at all, caches whose keys the CUDA backend splits over up to 16 blocks a kv head (merged
 # within their cluster on sm_90, several tokens in a row: 2 and 13 splits) and over 32 (merged
 # by a second kernel), with tokens on both sides of a split, the first and the last position,
-# odd head counts and sizes.
+# odd head counts and sizes. One token takes attention_decode_one_kernel where its group and
+# heads fit (heads of 2 to 64 values, groups of 1 to 8 heads), else the general kernel (16).
 CASES = [
     (1, 64, 8, 64, 300, 120, 128), (1, 64, 8, 64, 300, 299, 0), (1, 4, 2, 16, 40, 0, 8),
     (3, 4, 2, 16, 40, 20, 8), (16, 8, 1, 8, 64, 48, 0), (5, 6, 3, 4, 30, 7, 5), (2, 2, 2, 2, 9, 7, 0),
     (4, 12, 4, 48, 400, 300, 0), (1, 64, 8, 64, 3000, 2500, 0), (8, 16, 8, 32, 2100, 1020, 0),
-    (4, 8, 4, 64, 2100, 2050, 1500),
+    (4, 8, 4, 64, 2100, 2050, 1500), (1, 12, 4, 48, 400, 300, 0), (1, 16, 1, 32, 64, 63, 0),
+    (1, 2, 2, 2, 9, 8, 0), (1, 6, 3, 4, 30, 7, 5), (1, 8, 8, 64, 2100, 1700, 1500),
 ]
 
 
@@ -178,25 +180,31 @@ def test_attention_decode_gpu_against_cpu(gen, T, Hq, Hkv, D, L, p0, window, dty
 
 
 @cuda
-def test_attention_decode_batch_invariant_on_gpu(gen):
-    """A token's output is bit-identical whether it is decoded alone or with others."""
-    inputs = attention_inputs(gen, 8, 64, 8, 64, 2100, torch.bfloat16)
-    together = run_attention(inputs, 1020, 0, "cuda")[0]
-    alone = run_attention(dict(inputs, qkv=inputs["qkv"][:1]), 1020, 0, "cuda")[0]
+@pytest.mark.parametrize("L,p0,window", [(2100, 1020, 0), (300, 120, 128), (300, 250, 0), (40, 3, 8)])
+def test_attention_decode_batch_invariant_on_gpu(gen, L, p0, window):
+    """A token's output is bit-identical whether it is decoded alone (attention_decode_one_kernel
+    where it fits) or with others (attention_decode_kernel): split over 32 blocks (the merge
+    kernel), merged in a cluster, windowed, and with small heads."""
+    Hq, Hkv, D = (64, 8, 64) if L > 40 else (4, 2, 16)
+    inputs = attention_inputs(gen, 8, Hq, Hkv, D, L, torch.bfloat16)
+    together = run_attention(inputs, p0, window, "cuda")[0]
+    alone = run_attention(dict(inputs, qkv=inputs["qkv"][:1]), p0, window, "cuda")[0]
     assert torch.equal(bits(alone[0]), bits(together[0]))
 
 
 @cuda
 def test_attention_decode_merges_splits_in_their_cluster_on_sm90(gen):
     """On sm_90 a kv head's splits, up to 16 (300 keys: 10), merge within their thread block
-    cluster and no merge kernel runs; 32 (3000 keys) go through the merge kernel. Both paths are
-    checked against the CPU above."""
+    cluster and no merge kernel runs; 32 (3000 keys) go through the merge kernel. One token takes
+    attention_decode_one_kernel, two attention_decode_kernel. All paths are checked against the
+    CPU above."""
     if torch.cuda.get_device_capability(0)[0] != 9:
         pytest.skip("thread block clusters merge the splits on sm_90 only")
-    for L, merge_kernel in ((300, False), (3000, True)):
-        inputs = attention_inputs(gen, 1, 64, 8, 64, L, torch.bfloat16)
-        _, names = cuda_kernels_during(lambda: run_attention(inputs, L - 1, 0, "cuda"))
-        assert any("attention_decode_kernel" in n for n in names), names
+    for T, L, merge_kernel in ((1, 300, False), (1, 3000, True), (2, 300, False)):
+        inputs = attention_inputs(gen, T, 64, 8, 64, L, torch.bfloat16)
+        _, names = cuda_kernels_during(lambda: run_attention(inputs, L - T, 0, "cuda"))
+        kernel = "attention_decode_one_kernel" if T == 1 else "attention_decode_kernel"
+        assert any(kernel in n for n in names), names
         assert any("attention_decode_merge" in n for n in names) == merge_kernel, names
 
 

@@ -1,6 +1,6 @@
 #include "../../core/check.h"
 
-#include "../kernels/attention/attention_decode.cuh"
+#include "../kernels/attention/attention_decode_one.cuh"
 #include "../runtime/cluster_size.h"
 #include "../runtime/device_guard.h"
 #include "../runtime/device_info.h"
@@ -30,12 +30,11 @@ void can_implement_attention_decode(const AttentionDecodeProblem& p, const Atten
 
 namespace {
 
-// The attention kernel for element type T (16-byte row loads with kVec), then the merge kernel
-// where the splits do not merge in their cluster.
-template <class T, bool kVec>
-void launch_attention(const AttentionDecodeProblem& p, const AttentionDecodeArgs& a, AttentionDecodeParams params,
-                      const ExecContext& ctx, cudaStream_t stream) {
-  constexpr auto kernel = &attention_decode_kernel<T, kVec>;
+// `kernel` (an attention kernel over elements T), then the merge kernel where the splits do not
+// merge in their cluster.
+template <class T, auto kernel>
+void launch_attention_with(const AttentionDecodeProblem& p, const AttentionDecodeArgs& a, AttentionDecodeParams params,
+                           const ExecContext& ctx, cudaStream_t stream, const char* name) {
   const int major = device_info(p.device.index).major;
   const bool chained = chains_on(major);
   const int splits = static_cast<int>(p.split.splits);
@@ -45,13 +44,26 @@ void launch_attention(const AttentionDecodeProblem& p, const AttentionDecodeArgs
   const dim3 grid(static_cast<unsigned>(p.Hkv), static_cast<unsigned>(splits));
   launch_kernel_in_clusters(kernel, grid, dim3(1, params.cluster ? splits : 1, 1), kAttnThreads,
                             smem_bytes(p, params.cluster ? splits : 0), stream, chained, params);
-  MOEKIT_CHECK_LAUNCH(ctx, stream, "attention_decode_kernel");
+  MOEKIT_CHECK_LAUNCH(ctx, stream, name);
   if (params.partial) {
     const dim3 merge_grid(static_cast<unsigned>(p.T), static_cast<unsigned>(p.Hq));
     const unsigned merge_threads = static_cast<unsigned>(p.D < 256 ? (p.D + 31) / 32 * 32 : 256);
     const size_t merge_smem = static_cast<size_t>(splits * (p.D + 2)) * sizeof(float);
     launch_kernel(attention_decode_merge_kernel<T>, merge_grid, merge_threads, merge_smem, stream, chained, params);
     MOEKIT_CHECK_LAUNCH(ctx, stream, "attention_decode_merge_kernel");
+  }
+}
+
+// The attention kernel for element type T (16-byte row loads with kVec): attention_decode_one_kernel
+// for one token where it fits, else attention_decode_kernel.
+template <class T, bool kVec>
+void launch_attention(const AttentionDecodeProblem& p, const AttentionDecodeArgs& a, AttentionDecodeParams params,
+                      const ExecContext& ctx, cudaStream_t stream) {
+  if (attention_decode_one_fits(p.T, p.Hq / p.Hkv, p.D, p.split.chunk)) {
+    launch_attention_with<T, &attention_decode_one_kernel<T, kVec>>(p, a, params, ctx, stream,
+                                                                    "attention_decode_one_kernel");
+  } else {
+    launch_attention_with<T, &attention_decode_kernel<T, kVec>>(p, a, params, ctx, stream, "attention_decode_kernel");
   }
 }
 

@@ -13,8 +13,10 @@
 // token t's own key (position p0 + t) writes that key and value into the cache from its staging
 // buffers, so no block spends a round trip on the cache write.
 // Nothing is atomic and nothing depends on how many tokens the call holds: the result is the
-// same bits for a token decoded alone or with others. Both kernels are chained
-// (grid_dependency.cuh): the merge's blocks start at once and wait.
+// same bits for a token decoded alone or with others (one token alone takes
+// attention_decode_one_kernel where its shapes fit: attention_decode_one.cuh, the same
+// arithmetic). The kernels are chained (grid_dependency.cuh): the merge's blocks start at once
+// and wait.
 #pragma once
 
 #include <cstdint>
@@ -72,6 +74,37 @@ inline __host__ __device__ int64_t attention_decode_smem_floats(int64_t G, int64
          (cluster_splits > 0 ? 2 * attention_decode_received_floats(G, D, cluster_splits) : 0);
 }
 
+// The kernels' shared memory (attention_decode_smem_floats counts it), in floats.
+struct AttentionSmem {
+  float* k_s;       // [C][attention_key_stride] staged keys, rotated
+  float* v_s;       // [C][D] staged values
+  float* q_s;       // [G][D] the group's queries, rotated
+  float* w_s;       // [G][C] scores, then softmax weights
+  float* m_s;       // [G] running max
+  float* l_s;       // [G] running sum
+  float* alpha_s;   // [G] rescale of what came before
+  float* acc_s;     // [G][D] weighted values
+  float* cos_s;     // [D/2] the token's rotary cos and sin (times rope_scale)
+  float* sin_s;     // [D/2]
+  float* freq_s;    // [D/2] inv_freq
+  float* sink_s;    // [G] the group's sinks
+  float* received;  // [2 tokens][attention_decode_received_floats]: the cluster merge
+  __device__ AttentionSmem(float* smem, int G, int D, int C)
+      : k_s(smem),
+        v_s(k_s + attention_keys_floats(C, D)),
+        q_s(v_s + C * D),
+        w_s(q_s + G * D),
+        m_s(w_s + G * C),
+        l_s(m_s + G),
+        alpha_s(l_s + G),
+        acc_s(alpha_s + G),
+        cos_s(acc_s + G * D),
+        sin_s(cos_s + D / 2),
+        freq_s(sin_s + D / 2),
+        sink_s(freq_s + D / 2),
+        received(sink_s + G) {}
+};
+
 // Whether a kv head's `splits` merge inside their thread block cluster (sm_90, where the device
 // also holds a cluster of that many blocks: max_cluster_blocks) rather than through the workspace
 // and attention_decode_merge_kernel.
@@ -99,17 +132,19 @@ __device__ __forceinline__ float round_to(float v) {
   return to_float(static_cast<T>(v));
 }
 
-// Elements i and i + D/2 (x1, x2) of a head's row rotated for position `pos`, each rounded to T:
-// exactly what the CPU backend computes and the cache holds.
-template <class T>
-__device__ __forceinline__ float2 rotate_pair(float x1, float x2, int i, int pos, const float* inv_freq,
-                                              float rope_scale) {
+// The rotary cos and sin (times rope_scale) of position `pos` at frequency `freq` (inv_freq[i]).
+__device__ __forceinline__ float2 rotary_cos_sin(int pos, float freq, float rope_scale) {
   float s, c;
-  sincosf(static_cast<float>(pos) * inv_freq[i], &s, &c);
-  c *= rope_scale;
-  s *= rope_scale;
-  return {round_to<T>(__fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s))),
-          round_to<T>(__fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)))};
+  sincosf(static_cast<float>(pos) * freq, &s, &c);
+  return {c * rope_scale, s * rope_scale};
+}
+
+// Elements i and i + D/2 (x1, x2) of a head's row rotated by rotary_cos_sin's `cs` of their i, each
+// rounded to T: exactly what the CPU backend computes and the cache holds.
+template <class T>
+__device__ __forceinline__ float2 rotate(float x1, float x2, float2 cs) {
+  return {round_to<T>(__fsub_rn(__fmul_rn(x1, cs.x), __fmul_rn(x2, cs.y))),
+          round_to<T>(__fadd_rn(__fmul_rn(x2, cs.x), __fmul_rn(x1, cs.y)))};
 }
 
 // N consecutive elements of a row as one load (N * sizeof(T) == 16, or N == 1), kept as loaded
@@ -165,6 +200,50 @@ struct ChunkPieces {
     }
   }
 };
+
+// The score of a query and a key (staged, rotated): two chains over d (even and odd elements) in
+// the same order whether a row is read 16 bytes or 4 at a time. The loops stay rolled: short code
+// runs faster here than unrolled code, which each SM fetches once per launch.
+__device__ __forceinline__ float attention_score(const float* query, const float* key, int D, float sm_scale) {
+  float even = 0.0f, odd = 0.0f;  // D is even
+  if (attention_key_vectors(D)) {
+    for (int d = 0; d < D; d += 4) {
+      const float4 q4 = *reinterpret_cast<const float4*>(query + d);
+      const float4 k4 = *reinterpret_cast<const float4*>(key + d);
+      even = fmaf(q4.x, k4.x, even);
+      odd = fmaf(q4.y, k4.y, odd);
+      even = fmaf(q4.z, k4.z, even);
+      odd = fmaf(q4.w, k4.w, odd);
+    }
+  } else {
+    for (int d = 0; d < D; d += 2) {
+      even = fmaf(query[d], key[d], even);
+      odd = fmaf(query[d + 1], key[d + 1], odd);
+    }
+  }
+  return (even + odd) * sm_scale;
+}
+
+// Columns d and d + 1 of a chunk's staged values v_s ([C][D]) summed over its keys [k0, k1),
+// each weighed by weight(k): two chains (even and odd keys) in a fixed order (8-byte reads).
+template <class Weight>
+__device__ __forceinline__ float2 weigh_values(const float* v_s, int D, int d, int k0, int k1, Weight weight) {
+  float2 a0 = {0.0f, 0.0f}, a1 = {0.0f, 0.0f};
+  int k = k0;
+  for (; k + 1 < k1; k += 2) {
+    const float w0 = weight(k), w1 = weight(k + 1);
+    const float2 v0 = *reinterpret_cast<const float2*>(v_s + k * D + d);
+    const float2 v1 = *reinterpret_cast<const float2*>(v_s + (k + 1) * D + d);
+    a0 = {fmaf(w0, v0.x, a0.x), fmaf(w0, v0.y, a0.y)};
+    a1 = {fmaf(w1, v1.x, a1.x), fmaf(w1, v1.y, a1.y)};
+  }
+  if (k < k1) {
+    const float w0 = weight(k);
+    const float2 v0 = *reinterpret_cast<const float2*>(v_s + k * D + d);
+    a0 = {fmaf(w0, v0.x, a0.x), fmaf(w0, v0.y, a0.y)};
+  }
+  return {a0.x + a1.x, a0.y + a1.y};
+}
 
 // A token's queries of kv head g's group (row: the token's qkv row) into q_s ([G][D]) as they are,
 // to be rotated once the position is known: pair e of the thread's pairs e = tid, tid + 256, ...
@@ -284,25 +363,62 @@ __device__ __forceinline__ void merge_in_cluster(const AttentionDecodeParams& p,
 #endif
 }
 
+// A position outside the cache: nothing is written but out, NaN, by the blocks of split 0 where
+// no merge kernel follows (the merge kernel fills it otherwise).
+template <class T>
+__device__ __forceinline__ void fill_out_with_nan(const AttentionDecodeParams& p) {
+  const int G = p.Hq / p.Hkv, D = p.D;
+  if (blockIdx.y != 0 || !(p.splits == 1 || p.cluster)) return;
+  for (int e = threadIdx.x; e < p.T * G * D; e += kAttnThreads) {
+    const int t = e / (G * D), r = e % (G * D);
+    static_cast<T*>(p.out)[static_cast<int64_t>(t) * p.Hq * D + blockIdx.x * G * D + r] =
+        static_cast<T>(__int_as_float(0x7fc00000));
+  }
+}
+
+// Token t's result from the block's running maxima, sums and weighted values of its group
+// (m_s, l_s, acc_s, complete in shared memory; max -inf and zeros where the split saw no key):
+// written to out with one split, else this split's partial, merged within the cluster or left in
+// the workspace for attention_decode_merge_kernel.
+template <class T>
+__device__ __forceinline__ void finish_token(const AttentionDecodeParams& p, int t, const float* m_s,
+                                             const float* l_s, const float* acc_s, const float* sink_s,
+                                             float* received) {
+  const int G = p.Hq / p.Hkv, D = p.D, g = blockIdx.x, split = blockIdx.y;
+  if (p.cluster) {
+    merge_in_cluster<T>(p, t, m_s, l_s, acc_s, sink_s,
+                        received + t % 2 * attention_decode_received_floats(G, D, p.splits));
+    return;
+  }
+  for (int e = threadIdx.x; e < G * D; e += kAttnThreads) {
+    const int h = e / D, d = e % D, hq = g * G + h;
+    if (p.splits == 1) {
+      const float sink = sink_s[h];
+      const float top = fmaxf(m_s[h], sink);
+      const float scale = __expf(m_s[h] - top);
+      static_cast<T*>(p.out)[static_cast<int64_t>(t) * p.Hq * D + hq * D + d] =
+          static_cast<T>(acc_s[e] * scale / (l_s[h] * scale + __expf(sink - top)));
+    } else {
+      float* part = p.partial + ((static_cast<int64_t>(t) * p.Hq + hq) * p.splits + split) * (D + 2);
+      if (d == 0) {
+        part[0] = m_s[h];
+        part[1] = l_s[h];
+      }
+      part[2 + d] = acc_s[e];
+    }
+  }
+}
+
 // At most 128 registers, two blocks an SM (without the bound the cluster merge makes it 160).
 template <class T, bool kVec>
 __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const AttentionDecodeParams p) {
   extern __shared__ float smem[];
   const int G = p.Hq / p.Hkv, D = p.D, half = D / 2, C = p.chunk;
   const int ks = static_cast<int>(attention_key_stride(D));
-  float* k_s = smem;                                                // [C][ks]
-  float* v_s = k_s + attention_keys_floats(C, D);                   // [C][D]
-  float* q_s = v_s + C * D;          // [G][D]
-  float* w_s = q_s + G * D;          // [G][C] scores, then softmax weights
-  float* m_s = w_s + G * C;          // [G] running max
-  float* l_s = m_s + G;              // [G] running sum
-  float* alpha_s = l_s + G;          // [G] rescale of what came before
-  float* acc_s = alpha_s + G;        // [G][D] weighted values
-  float* cos_s = acc_s + G * D;      // [D/2] the token's rotary cos and sin (times rope_scale)
-  float* sin_s = cos_s + half;
-  float* freq_s = sin_s + half;      // [D/2] inv_freq
-  float* sink_s = freq_s + half;     // [G] the group's sinks
-  float* received = sink_s + G;      // [2 tokens][attention_decode_received_floats]: cluster merge
+  const AttentionSmem sm(smem, G, D, C);
+  float *k_s = sm.k_s, *v_s = sm.v_s, *q_s = sm.q_s, *w_s = sm.w_s, *m_s = sm.m_s, *l_s = sm.l_s;
+  float *alpha_s = sm.alpha_s, *acc_s = sm.acc_s, *cos_s = sm.cos_s, *sin_s = sm.sin_s, *freq_s = sm.freq_s;
+  float *sink_s = sm.sink_s, *received = sm.received;
   const int g = blockIdx.x, split = blockIdx.y, tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const T* qkv = static_cast<const T*>(p.qkv);
   T* k_cache = static_cast<T*>(p.k_cache);
@@ -318,43 +434,14 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
   auto cached = [&](T* cache, int j) { return cache + (static_cast<int64_t>(j) * p.Hkv + g) * D; };
   // Head `column` of the qkv row of the call's token t (columns: q heads, then k, then v).
   auto qkv_head = [&](int64_t t, int column) { return qkv + t * row_len + column * D; };
-  // Decoding one token, the block's first chunk of cached keys and values is asked for before the
-  // wait, at the position read then (a decode step advances it after its layers, so in the runner
-  // the guess holds; where the kernel just before wrote it, the position read after the wait
-  // decides): one round trip off the chain. The new token's key and value (row 0 of qkv) are
-  // asked for with the position after the wait.
-  ChunkPieces<kVec, T> first;
-  const int guess = p.T == 1 ? guess_before_wait(p.position) : -1;
-  const bool early = guess >= 0 && guess < p.L;
-  ChunkRows at{};  // the guess's first chunk
-  if (early) {
-    const int2 seen = visible_keys(p, guess, 0);
-    at = chunk_rows(seen, seen.x, split, C);
-    auto old_row = [&](T* cache) {
-      return [&, cache](int k) -> const T* { return at.start + k < guess ? cached(cache, at.start + k) : nullptr; };
-    };
-    first.load(D, at.k0, at.k1, old_row(k_cache), old_row(v_cache));
-  }
   let_next_grid_start();  // the merge waits for this grid; what follows it may start its prologue
   wait_for_previous_grid();
   MOEKIT_ATTENTION_PHASE(1);
-  if (early) {
-    auto new_row = [&](int column) {
-      return [&, column](int k) -> const T* { return at.start + k < guess ? nullptr : qkv_head(0, column); };
-    };
-    first.load(D, at.k0, at.k1, new_row(p.Hq + g), new_row(p.Hq + p.Hkv + g));
-  }
   const int64_t p0 = p.position[0];
   stage_queries<T>(q_s, qkv_head(0, 0), g, G, D);  // the first token's, in flight with the position
 
-  if (!(p0 >= 0 && p0 + p.T <= p.L)) {  // nothing is written; out says so (the merge kernel does for it)
-    if (split == 0 && (p.splits == 1 || p.cluster)) {
-      for (int e = tid; e < p.T * G * D; e += kAttnThreads) {
-        const int t = e / (G * D), r = e % (G * D);
-        static_cast<T*>(p.out)[static_cast<int64_t>(t) * p.Hq * D + g * G * D + r] =
-            static_cast<T>(__int_as_float(0x7fc00000));
-      }
-    }
+  if (!(p0 >= 0 && p0 + p.T <= p.L)) {
+    fill_out_with_nan<T>(p);
     return;
   }
   MOEKIT_ATTENTION_PHASE(2);  // the position has arrived
@@ -370,19 +457,18 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
     const int2 seen = visible_keys(p, p0, t);
     if (t > 0) stage_queries<T>(q_s, qkv_head(t, 0), g, G, D);
     for (int i = tid; i < half; i += kAttnThreads) {
-      float sn, cs;
-      sincosf(static_cast<float>(seen.y) * freq_s[i], &sn, &cs);
-      cos_s[i] = cs * p.rope_scale;
-      sin_s[i] = sn * p.rope_scale;
+      const float2 cs = rotary_cos_sin(seen.y, freq_s[i], p.rope_scale);
+      cos_s[i] = cs.x;
+      sin_s[i] = cs.y;
     }
     __syncthreads();  // cos_s, sin_s
 #pragma unroll
     for (int n = 0; n < kAttnMaxPairs; ++n) {  // the group's queries rotated in place (this thread staged them)
       const int e = tid + n * kAttnThreads, h = e / half, i = e % half;
       if (e < G * half) {
-        const float cs = cos_s[i], sn = sin_s[i], x1 = q_s[h * D + i], x2 = q_s[h * D + half + i];
-        q_s[h * D + i] = round_to<T>(__fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn)));
-        q_s[h * D + half + i] = round_to<T>(__fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn)));
+        const float2 r = rotate<T>(q_s[h * D + i], q_s[h * D + half + i], {cos_s[i], sin_s[i]});
+        q_s[h * D + i] = r.x;
+        q_s[h * D + half + i] = r.y;
       }
     }
     if (tid < G) {
@@ -397,26 +483,18 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
       const int start = rows.start, k0 = rows.k0, k1 = rows.k1;
       if (k0 >= k1) continue;  // block-uniform
       __syncthreads();  // the previous chunk's (or token's) readers are done with the buffers
-      const int new0 = max(k0, static_cast<int>(p0) - start);  // the new tokens' keys, rotated here
-      auto rotate_new_keys = [&](auto&& element) {  // element(k, i): key row k's element i, unrotated
-        for (int e = tid; e < max(0, k1 - new0) * half; e += kAttnThreads) {
-          const int k = new0 + e / half, i = e % half;
-          const float2 r = rotate_pair<T>(element(k, i), element(k, half + i), i, start + k, freq_s, p.rope_scale);
-          k_s[k * ks + i] = r.x;
-          k_s[k * ks + half + i] = r.y;
-        }
-      };
-      if (t == 0 && c == split && p0 == guess) {  // the whole chunk asked for already, the new key unrotated
-        first.store(k_s, v_s, D, ks, k0, k1, [](int) { return true; });
-        __syncthreads();
-        rotate_new_keys([&](int k, int i) { return k_s[k * ks + i]; });
-      } else {
-        ChunkPieces<kVec, T> pieces;
-        auto key_row = [&](int k) { return start + k < p0 ? cached(k_cache, start + k) : nullptr; };
-        pieces.load(D, k0, k1, key_row,
-                    [&](int k) -> const T* { return start + k < p0 ? cached(v_cache, start + k) : new_value(start + k); });
-        pieces.store(k_s, v_s, D, ks, k0, k1, key_row);
-        rotate_new_keys([&](int k, int i) { return to_float(new_key(start + k)[i]); });
+      auto key_row = [&](int k) { return start + k < p0 ? cached(k_cache, start + k) : nullptr; };
+      ChunkPieces<kVec, T> pieces;
+      pieces.load(D, k0, k1, key_row,
+                  [&](int k) -> const T* { return start + k < p0 ? cached(v_cache, start + k) : new_value(start + k); });
+      pieces.store(k_s, v_s, D, ks, k0, k1, key_row);
+      const int new0 = max(k0, static_cast<int>(p0) - start);  // the new tokens' keys, rotated from qkv
+      for (int e = tid; e < max(0, k1 - new0) * half; e += kAttnThreads) {
+        const int k = new0 + e / half, i = e % half;
+        const float2 r = rotate<T>(to_float(new_key(start + k)[i]), to_float(new_key(start + k)[half + i]),
+                                   rotary_cos_sin(start + k, freq_s[i], p.rope_scale));
+        k_s[k * ks + i] = r.x;
+        k_s[k * ks + half + i] = r.y;
       }
       __syncthreads();
       if (start + k1 - 1 == seen.y) {  // the chunk ends at this token's own key: into the cache
@@ -428,31 +506,9 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
         }
       }
       MOEKIT_ATTENTION_PHASE(4);
-      // Scores of the (head, key) pairs, two chains over d (even and odd elements) in the same
-      // order whether a row is read 16 bytes or 4 at a time; the loops stay rolled: short code
-      // runs faster here than unrolled code, which each SM fetches once per launch.
-      for (int item = tid; item < G * C; item += kAttnThreads) {
+      for (int item = tid; item < G * C; item += kAttnThreads) {  // the scores of the (head, key) pairs
         const int h = item / C, k = item % C;
-        if (k < k0 || k >= k1) continue;
-        const float* key = k_s + k * ks;
-        const float* query = q_s + h * D;
-        float even = 0.0f, odd = 0.0f;  // D is even
-        if (attention_key_vectors(D)) {
-          for (int d = 0; d < D; d += 4) {
-            const float4 q4 = *reinterpret_cast<const float4*>(query + d);
-            const float4 k4 = *reinterpret_cast<const float4*>(key + d);
-            even = fmaf(q4.x, k4.x, even);
-            odd = fmaf(q4.y, k4.y, odd);
-            even = fmaf(q4.z, k4.z, even);
-            odd = fmaf(q4.w, k4.w, odd);
-          }
-        } else {
-          for (int d = 0; d < D; d += 2) {
-            even = fmaf(query[d], key[d], even);
-            odd = fmaf(query[d + 1], key[d + 1], odd);
-          }
-        }
-        w_s[h * C + k] = (even + odd) * p.sm_scale;
+        if (k >= k0 && k < k1) w_s[h * C + k] = attention_score(q_s + h * D, k_s + k * ks, D, p.sm_scale);
       }
       __syncthreads();
       MOEKIT_ATTENTION_PHASE(5);
@@ -475,59 +531,25 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attention_decode_kernel(const
         if (lane == 0) {
           const float alpha = __expf(m_s[h] - m_new);
           alpha_s[h] = alpha;
-          l_s[h] = l_s[h] * alpha + total;
+          l_s[h] = fmaf(l_s[h], alpha, total);
           m_s[h] = m_new;
         }
       }
       __syncthreads();
       MOEKIT_ATTENTION_PHASE(6);
-      // Weighted values of the (head, column) outputs, two adjacent columns a thread (D is even:
-      // 8-byte reads of a value row), each column two chains over the keys in a fixed order.
+      // Weighted values of the (head, column) outputs, two adjacent columns a thread (D is even).
       for (int e = 2 * tid; e < G * D; e += 2 * kAttnThreads) {
-        const int h = e / D, d = e % D;
+        const int h = e / D;
         const float* w = w_s + h * C;
-        float2 a0 = {0.0f, 0.0f}, a1 = {0.0f, 0.0f};
-        int k = k0;
-        for (; k + 1 < k1; k += 2) {
-          const float2 v0 = *reinterpret_cast<const float2*>(v_s + k * D + d);
-          const float2 v1 = *reinterpret_cast<const float2*>(v_s + (k + 1) * D + d);
-          a0 = {fmaf(w[k], v0.x, a0.x), fmaf(w[k], v0.y, a0.y)};
-          a1 = {fmaf(w[k + 1], v1.x, a1.x), fmaf(w[k + 1], v1.y, a1.y)};
-        }
-        if (k < k1) {
-          const float2 v0 = *reinterpret_cast<const float2*>(v_s + k * D + d);
-          a0 = {fmaf(w[k], v0.x, a0.x), fmaf(w[k], v0.y, a0.y)};
-        }
-        acc_s[e] = fmaf(acc_s[e], alpha_s[h], a0.x + a1.x);
-        acc_s[e + 1] = fmaf(acc_s[e + 1], alpha_s[h], a0.y + a1.y);
+        const float2 sum = weigh_values(v_s, D, e % D, k0, k1, [&](int k) { return w[k]; });
+        acc_s[e] = fmaf(acc_s[e], alpha_s[h], sum.x);
+        acc_s[e + 1] = fmaf(acc_s[e + 1], alpha_s[h], sum.y);
       }
     }
     __syncthreads();  // m_s and l_s complete
     MOEKIT_ATTENTION_PHASE(7);
-    // This token's result, or this split's partial (max -inf and zeros when it saw no key).
-    if (p.cluster) {
-      merge_in_cluster<T>(p, t, m_s, l_s, acc_s, sink_s,
-                          received + t % 2 * attention_decode_received_floats(G, D, p.splits));
-      MOEKIT_ATTENTION_PHASE(8);
-      continue;
-    }
-    for (int e = tid; e < G * D; e += kAttnThreads) {
-      const int h = e / D, d = e % D, hq = g * G + h;
-      if (p.splits == 1) {
-        const float sink = sink_s[h];
-        const float top = fmaxf(m_s[h], sink);
-        const float scale = __expf(m_s[h] - top);
-        static_cast<T*>(p.out)[static_cast<int64_t>(t) * p.Hq * D + hq * D + d] =
-            static_cast<T>(acc_s[e] * scale / (l_s[h] * scale + __expf(sink - top)));
-      } else {
-        float* part = p.partial + ((static_cast<int64_t>(t) * p.Hq + hq) * p.splits + split) * (D + 2);
-        if (d == 0) {
-          part[0] = m_s[h];
-          part[1] = l_s[h];
-        }
-        part[2 + d] = acc_s[e];
-      }
-    }
+    finish_token<T>(p, t, m_s, l_s, acc_s, sink_s, received);
+    MOEKIT_ATTENTION_PHASE(8);
   }
 }
 
