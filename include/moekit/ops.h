@@ -128,4 +128,13 @@ struct AttentionDecodeArgs {
 size_t attention_decode_workspace_size(const AttentionDecodeArgs& args);
 void attention_decode(const AttentionDecodeArgs& args, const ExecContext& ctx = {});
 
+// The greedy token of a decode step whose position lives on the device (a captured graph replays it):
+//   i = the index of the largest of logits, the first of equal ones (NaN counts as the largest)
+//   token[0] = i;  ids[position[0]] = i
+// logits [V] f32/bf16, 1 <= V < 2^31; position, token i32 [1]; ids i32 [L]. A position outside
+// [0, L) writes no id: the CPU backend raises before writing anything, the CUDA one (which cannot
+// read the device value before launching) writes token alone.
+void greedy_token(const TensorView& logits, const TensorView& position, const TensorView& token,
+                  const TensorView& ids, const ExecContext& ctx = {});
+
 }  // namespace moekit

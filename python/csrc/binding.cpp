@@ -315,6 +315,19 @@ Tensor attention_decode(const Tensor& qkv, const Tensor& k_cache, const Tensor& 
   });
 }
 
+void greedy_token(const Tensor& logits, const Tensor& position, const Tensor& token, const Tensor& ids) {
+  translate_errors([&] {
+    const char* op = "greedy_token";
+    const TensorView lv = view(op, "logits", logits), pv = view(op, "position", position);
+    const TensorView tv = view(op, "token", token), iv = view(op, "ids", ids);
+    const moekit::GreedyTokenProblem p = moekit::check_greedy_token_args(lv, pv, tv, iv);
+    if (shapes_only(p.device)) return 0;
+    const OnDevice on(p.device);
+    moekit::greedy_token(lv, pv, tv, iv, on.ctx());
+    return 0;
+  });
+}
+
 // ---------------------------------------------------------------------- around every op
 
 // "moekit.<op>" from the schema's "moekit::<op>".
@@ -383,7 +396,7 @@ void check_devices(c10::string_view op, const std::vector<std::string>& names, c
 }
 
 constexpr const char* kOps[] = {"quantize_mxfp4", "dequantize_mxfp4", "route", "matmul_ogs", "moe_mlp",
-                                "add_rms_norm", "attention_decode"};
+                                "add_rms_norm", "attention_decode", "greedy_token"};
 
 }  // namespace
 
@@ -401,6 +414,7 @@ TORCH_LIBRARY(moekit, m) {
   m.def("add_rms_norm(Tensor x, Tensor residual, Tensor scale, float eps) -> (Tensor sum, Tensor out)");
   m.def("attention_decode(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor sinks, Tensor position, "
         "Tensor inv_freq, float rope_scale, float sm_scale, int window) -> Tensor");
+  m.def("greedy_token(Tensor logits, Tensor position, Tensor(a!) token, Tensor(b!) ids) -> ()");
   m.def("check_devices(str op, str[] names, str[] devices) -> ()", &check_devices);
 }
 
@@ -412,7 +426,8 @@ TORCH_LIBRARY(moekit, m) {
   m.impl("matmul_ogs", &matmul_ogs);                 \
   m.impl("moe_mlp", &moe_mlp);                       \
   m.impl("add_rms_norm", &add_rms_norm);             \
-  m.impl("attention_decode", &attention_decode)
+  m.impl("attention_decode", &attention_decode);     \
+  m.impl("greedy_token", &greedy_token)
 
 TORCH_LIBRARY_IMPL(moekit, CPU, m) { MOEKIT_REGISTER_IMPLS(m); }
 #if defined(MOEKIT_WITH_CUDA)

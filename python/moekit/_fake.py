@@ -101,3 +101,8 @@ def _attention_decode(qkv, k_cache, v_cache, sinks, position, inv_freq, rope_sca
     _check(torch.ops.moekit.attention_decode.default, qkv, k_cache, v_cache, sinks, position, inv_freq, rope_scale,
            sm_scale, window)
     return qkv.new_empty((qkv.shape[0], sinks.shape[0] * k_cache.shape[2]))
+
+
+@torch.library.register_fake("moekit::greedy_token")
+def _greedy_token(logits, position, token, ids):
+    _check(torch.ops.moekit.greedy_token.default, logits, position, token, ids)

@@ -210,3 +210,15 @@ def attention_decode(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     return torch.ops.moekit.attention_decode(qkv, k_cache, v_cache, sinks, position, inv_freq,
                                              _require_float("attention_decode", "rope_scale", rope_scale),
                                              _require_float("attention_decode", "sm_scale", sm_scale), window)
+
+
+def greedy_token(logits: torch.Tensor, position: torch.Tensor, token: torch.Tensor, ids: torch.Tensor) -> None:
+    """The greedy token of a decode step whose position lives on the device: writes the index of
+    the largest of ``logits`` [V] (float32 or bfloat16; the first of equal ones, a NaN counting as
+    the largest) into ``token`` (int32 [1]) and into ``ids`` (int32 [L]) at ``position[0]``
+    (int32 [1]), in place, with no host read, so a captured CUDA graph replays it. A position
+    outside ``[0, L)`` writes no id: the CPU raises before writing anything, CUDA writes ``token``
+    alone."""
+    for name, value in (("logits", logits), ("position", position), ("token", token), ("ids", ids)):
+        _require_tensor("greedy_token", name, value)
+    torch.ops.moekit.greedy_token(logits, position, token, ids)

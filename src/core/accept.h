@@ -32,4 +32,9 @@ void run_add_rms_norm(const AddRmsNormProblem& p, const TensorView& x, const Ten
 AttentionDecodeProblem accept_attention_decode(const AttentionDecodeArgs& args);
 void run_attention_decode(const AttentionDecodeProblem& p, const AttentionDecodeArgs& args, const ExecContext& ctx);
 
+GreedyTokenProblem accept_greedy_token(const TensorView& logits, const TensorView& position, const TensorView& token,
+                                       const TensorView& ids);
+void run_greedy_token(const GreedyTokenProblem& p, const TensorView& logits, const TensorView& position,
+                      const TensorView& token, const TensorView& ids, const ExecContext& ctx);
+
 }  // namespace moekit

@@ -128,6 +128,19 @@ void run_attention_decode(const AttentionDecodeProblem& p, const AttentionDecode
   MOEKIT_ON_BACKEND(p.device, cpu::attention_decode(p, args, ctx), cuda::attention_decode(p, args, ctx));
 }
 
+GreedyTokenProblem accept_greedy_token(const TensorView& logits, const TensorView& position, const TensorView& token,
+                                       const TensorView& ids) {
+  const GreedyTokenProblem p = check_greedy_token_args(logits, position, token, ids);
+  check_backend("greedy_token", p.device);
+  return p;
+}
+
+void run_greedy_token(const GreedyTokenProblem& p, const TensorView& logits, const TensorView& position,
+                      const TensorView& token, const TensorView& ids, const ExecContext& ctx) {
+  MOEKIT_ON_BACKEND(p.device, cpu::greedy_token(p, logits, position, token, ids, ctx),
+                    cuda::greedy_token(p, logits, position, token, ids, ctx));
+}
+
 void quantize_mxfp4(const TensorView& w, const TensorView& blocks, const TensorView& scales, const ExecContext& ctx) {
   run_quantize_mxfp4(accept_quantize_mxfp4(w, blocks, scales), w, blocks, scales, ctx);
 }
@@ -158,6 +171,11 @@ size_t attention_decode_workspace_size(const AttentionDecodeArgs& args) {
 
 void attention_decode(const AttentionDecodeArgs& args, const ExecContext& ctx) {
   run_attention_decode(accept_attention_decode(args), args, ctx);
+}
+
+void greedy_token(const TensorView& logits, const TensorView& position, const TensorView& token,
+                  const TensorView& ids, const ExecContext& ctx) {
+  run_greedy_token(accept_greedy_token(logits, position, token, ids), logits, position, token, ids, ctx);
 }
 
 }  // namespace moekit

@@ -471,4 +471,22 @@ void check_attention_decode_outputs(const AttentionDecodeProblem& p, const Atten
   check_tensor(op, "out", a.out, {a.qkv.dtype}, {p.T, p.Hq * p.D});
 }
 
+// --------------------------------------------------------------------------------- greedy_token
+
+GreedyTokenProblem check_greedy_token_args(const TensorView& logits, const TensorView& position,
+                                           const TensorView& token, const TensorView& ids) {
+  const char* op = "greedy_token";
+  check_tensor(op, "logits", logits, kFloatTypes, {-1});
+  GreedyTokenProblem p;
+  p.V = logits.shape[0];
+  if (p.V < 1) fail(kValue, op, "logits", "at least one logit [V]", logits.shape_str());
+  check::at_most(op, "logits", "logits", p.V, kMaxIndex, "int32 token ids");
+  check_tensor(op, "position", position, {DType::kInt32}, {1});
+  check_tensor(op, "token", token, {DType::kInt32}, {1});
+  check_tensor(op, "ids", ids, {DType::kInt32}, {-1});
+  p.L = ids.shape[0];
+  p.device = check::same_device(op, {{"logits", &logits}, {"position", &position}, {"token", &token}, {"ids", &ids}});
+  return p;
+}
+
 }  // namespace moekit

@@ -167,4 +167,12 @@ struct AttentionDecodeProblem {
 AttentionDecodeProblem check_attention_decode_inputs(const AttentionDecodeArgs& a);
 void check_attention_decode_outputs(const AttentionDecodeProblem& p, const AttentionDecodeArgs& a);
 
+struct GreedyTokenProblem {
+  int64_t V = 0, L = 0;  // logits, ids
+  Device device;
+};
+// Every argument: logits and position are read, token and ids written.
+GreedyTokenProblem check_greedy_token_args(const TensorView& logits, const TensorView& position,
+                                           const TensorView& token, const TensorView& ids);
+
 }  // namespace moekit

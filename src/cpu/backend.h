@@ -15,5 +15,7 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
 void add_rms_norm(const AddRmsNormProblem& p, const TensorView& x, const TensorView& residual, const TensorView& scale,
                   const TensorView& sum, const TensorView& out, const ExecContext& ctx);
 void attention_decode(const AttentionDecodeProblem& p, const AttentionDecodeArgs& a, const ExecContext& ctx);
+void greedy_token(const GreedyTokenProblem& p, const TensorView& logits, const TensorView& position,
+                  const TensorView& token, const TensorView& ids, const ExecContext& ctx);
 
 }  // namespace moekit::cpu

@@ -1,5 +1,5 @@
-// add_rms_norm and attention_decode through the C++ API on the CPU: hand-computed vectors, the
-// cache writes, error paths; and the CUDA backend's splits (pure functions of shapes): the keys
+// add_rms_norm, attention_decode and greedy_token through the C++ API on the CPU: hand-computed
+// vectors, the cache and id writes, error paths; and the CUDA backend's splits (pure functions of shapes): the keys
 // of attention_decode, the work units of moe_mlp's decode path and its x rows' layout in shared
 // memory.
 #include <gtest/gtest.h>
@@ -110,6 +110,34 @@ TEST(AttentionDecode, RefusesHeadsThatDoNotGroup) {
   a.v_cache = v_cache.view();
   a.sinks = sinks.view();
   expect_error([&] { attention_decode(a); }, Error::Kind::kValue, {"moekit.attention_decode", "'sinks'", "[3]"});
+}
+
+TEST(GreedyToken, FirstOfTheLargestIntoTokenAndIdsAtThePosition) {
+  HostTensor logits(DType::kFloat32, {5}), position(DType::kInt32, {1}), token(DType::kInt32, {1}),
+      ids(DType::kInt32, {3});
+  const float values[] = {1.0f, 3.0f, -INFINITY, 3.0f, 2.0f};
+  for (int i = 0; i < 5; ++i) logits.set(i, values[i]);
+  position.i32(0) = 2;
+  for (int i = 0; i < 3; ++i) ids.i32(i) = -1;
+  greedy_token(logits.view(), position.view(), token.view(), ids.view());
+  EXPECT_EQ(token.i32(0), 1);
+  EXPECT_EQ(ids.i32(0), -1);
+  EXPECT_EQ(ids.i32(1), -1);
+  EXPECT_EQ(ids.i32(2), 1);
+  logits.set(4, NAN);  // a NaN counts as the largest
+  greedy_token(logits.view(), position.view(), token.view(), ids.view());
+  EXPECT_EQ(token.i32(0), 4);
+}
+
+TEST(GreedyToken, PositionOutsideTheIdsWritesNothing) {
+  HostTensor logits(DType::kBFloat16, {4}), position(DType::kInt32, {1}), token(DType::kInt32, {1}),
+      ids(DType::kInt32, {3});
+  for (int i = 0; i < 4; ++i) logits.set(i, static_cast<float>(i));
+  position.i32(0) = 3;
+  token.i32(0) = -1;
+  expect_error([&] { greedy_token(logits.view(), position.view(), token.view(), ids.view()); }, Error::Kind::kValue,
+               {"moekit.greedy_token", "'position'", "[0, 3)", "got 3"});
+  EXPECT_EQ(token.i32(0), -1);
 }
 
 TEST(AttentionDecodeSplit, ChunksOfWholeKeysAtMost32Splits) {

@@ -82,8 +82,17 @@ def attention_base(gen):
                 rope_scale=1.3, sm_scale=0.25, window=4)
 
 
+GV, GL = 50, 8   # greedy_token: logits, ids
+
+
+def greedy_base(gen):
+    return dict(logits=randn(gen, GV, dtype=BF16), position=torch.tensor([3], dtype=torch.int32),
+                token=torch.full((1,), -1, dtype=torch.int32), ids=torch.full((GL,), -1, dtype=torch.int32))
+
+
 OPS = {
     "add_rms_norm": (norm_base, moekit.add_rms_norm),
+    "greedy_token": (greedy_base, moekit.greedy_token),
     "attention_decode": (attention_base, moekit.attention_decode),
     "moe_mlp": (moe_base, moekit.moe_mlp),
     "matmul_ogs": (matmul_base, moekit.matmul_ogs),
@@ -460,6 +469,25 @@ CASES += [
          ("got 12",), data=True),
     Case("attention_decode", "position_negative", set_("position", lambda t, g: t - 4), VE, "position",
          ("got -1",), data=True),
+    # ---------------------------------------------------------------- greedy_token
+    Case("greedy_token", "logits_float16", set_("logits", lambda t, g: t.to(F16)), TE, "logits", HALF),
+    Case("greedy_token", "logits_2d", set_("logits", lambda t, g: t.reshape(1, GV)), VE, "logits", ("[1, 50]",)),
+    Case("greedy_token", "logits_empty", set_("logits", lambda t, g: t[:0]), VE, "logits", ("[0]",)),
+    Case("greedy_token", "logits_noncontig", set_("logits", lambda t, g: noncontig(t)), VE, "logits",
+         ("contiguous",)),
+    Case("greedy_token", "position_int64", set_("position", lambda t, g: t.long()), TE, "position",
+         ("Long", "int64")),
+    Case("greedy_token", "token_int64", set_("token", lambda t, g: t.long()), TE, "token", ("Long", "int64")),
+    Case("greedy_token", "ids_float32", set_("ids", lambda t, g: t.float()), TE, "ids", ("float32",)),
+    Case("greedy_token", "token_2", set_("token", lambda t, g: t.repeat(2)), VE, "token", ("[2]",)),
+    Case("greedy_token", "ids_2d", set_("ids", lambda t, g: t.reshape(2, GL // 2)), VE, "ids", ("[2, 4]",)),
+    Case("greedy_token", "ids_meta", set_("ids", lambda t, g: meta(t)), VE, "ids", ("meta",)),
+    Case("greedy_token", "logits_list", set_("logits", lambda t, g: t.tolist()), TE, "logits", ("list",)),
+    # the position is data: the CPU raises, CUDA writes the token alone (test_decode_ops.py checks that)
+    Case("greedy_token", "position_past_ids", set_("position", lambda t, g: t + 5), VE, "position", ("got 8",),
+         data=True),
+    Case("greedy_token", "position_negative", set_("position", lambda t, g: t - 4), VE, "position", ("got -1",),
+         data=True),
 ]
 
 

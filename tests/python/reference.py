@@ -265,3 +265,12 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     if denom == 0.0:
         return num
     return num / denom
+
+
+def greedy_token(logits: torch.Tensor) -> int:
+    """The index of the largest logit, the first of equal ones; a NaN counts as the largest (the
+    first NaN)."""
+    nan = torch.isnan(logits)
+    if bool(nan.any()):
+        return int(nan.nonzero()[0])
+    return int((logits == logits.max()).nonzero()[0])

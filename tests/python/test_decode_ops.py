@@ -1,5 +1,5 @@
-"""The decode step's ops, add_rms_norm and attention_decode: the CPU backend against the float64
-reference, the GPU against the CPU (every element, bitwise-identical repeats), opcheck, and the
+"""The decode step's ops, add_rms_norm, attention_decode and greedy_token: the CPU backend against
+the reference, the GPU against the CPU (every element, bitwise-identical repeats), opcheck, and the
 out-of-range position. GPU tests skip without a CUDA GPU."""
 
 import math
@@ -216,3 +216,88 @@ def test_attention_decode_position_out_of_range_gpu(gen):
         out, k_cache, v_cache = run_attention(inputs, L - 2, 0, "cuda")
         assert out.isnan().all()
         assert torch.equal(k_cache.cpu(), inputs["k_cache"]) and torch.equal(v_cache.cpu(), inputs["v_cache"])
+
+
+# ------------------------------------------------------------------------------- greedy_token
+
+def greedy_logits(gen, V, dtype, kind):
+    """Random logits; "ties": the largest value at three places; "nan": NaNs at two."""
+    logits = randn(gen, V, dtype=dtype)
+    places = torch.randperm(V, generator=gen)[:3]
+    if kind == "ties":
+        logits[places] = logits.max() + 1
+    elif kind == "nan":
+        logits[places[:2]] = math.nan
+    return logits
+
+
+def run_greedy(logits, at, L, device="cpu"):
+    """The op on fresh token and ids (filled with -1): (token, ids) on the CPU."""
+    token = torch.full((1,), -1, dtype=torch.int32, device=device)
+    ids = torch.full((L,), -1, dtype=torch.int32, device=device)
+    moekit.greedy_token(logits.to(device), torch.tensor([at], dtype=torch.int32, device=device), token, ids)
+    return token.cpu(), ids.cpu()
+
+
+def expected_ids(L, at, token):
+    ids = torch.full((L,), -1, dtype=torch.int32)
+    ids[at] = token
+    return ids
+
+
+GREEDY_V = [1, 7, 4096, 201088]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V", GREEDY_V)
+@pytest.mark.parametrize("kind", ["random", "ties", "nan"])
+def test_greedy_token_cpu_against_reference(gen, V, dtype, kind):
+    logits = greedy_logits(gen, V, dtype, kind)
+    want = ref.greedy_token(logits)
+    token, ids = run_greedy(logits, 5, 9)
+    assert token.tolist() == [want]
+    assert torch.equal(ids, expected_ids(9, 5, want))
+
+
+def test_greedy_token_position_out_of_range_cpu(gen):
+    logits = greedy_logits(gen, 50, torch.bfloat16, "random")
+    for at in (9, -1):
+        token = torch.full((1,), -1, dtype=torch.int32)
+        ids = torch.full((9,), -1, dtype=torch.int32)
+        with pytest.raises(ValueError, match=r"moekit.greedy_token: 'position' expected a position in \[0, 9\)"):
+            moekit.greedy_token(logits, torch.tensor([at], dtype=torch.int32), token, ids)
+        assert token.tolist() == [-1] and (ids == -1).all()  # nothing written
+
+
+def test_opcheck_greedy_token(gen):
+    args = (randn(gen, 300, dtype=torch.bfloat16), torch.tensor([2], dtype=torch.int32),
+            torch.zeros(1, dtype=torch.int32), torch.zeros(6, dtype=torch.int32))
+    result = opcheck(torch.ops.moekit.greedy_token.default, args)
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V", GREEDY_V + [201087])
+@pytest.mark.parametrize("kind", ["random", "ties", "nan"])
+def test_greedy_token_gpu_against_cpu(gen, V, dtype, kind):
+    """Blocks of a cluster (one block for small vocabularies), 16-byte loads or, on logits that
+    start off 16 bytes, one element at a time."""
+    logits = greedy_logits(gen, V + 1, dtype, kind)
+    on_gpu = logits.cuda()
+    for view in (slice(0, V), slice(1, V + 1)):  # aligned, then not
+        assert (on_gpu[view].data_ptr() % 16 == 0) == (view.start == 0)
+        want = run_greedy(logits[view], 4, 9)
+        for _ in range(2):
+            got = run_greedy(on_gpu[view], 4, 9, "cuda")
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@cuda
+def test_greedy_token_position_out_of_range_gpu(gen):
+    """The device cannot raise: the token is written, the ids are left as they were."""
+    logits = greedy_logits(gen, 201088, torch.bfloat16, "random")
+    want = ref.greedy_token(logits)
+    for at in (9, -1):
+        token, ids = run_greedy(logits, at, 9, "cuda")
+        assert token.tolist() == [want] and (ids == -1).all()

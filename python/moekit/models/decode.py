@@ -17,6 +17,7 @@ from typing import List, Optional, Set
 import torch
 import torch.distributed as dist
 
+import moekit
 from moekit.models.gpt_oss import KVCache, sample_token
 
 # Steps between two reads of the new ids when stop ids may end the generation early (without
@@ -43,8 +44,8 @@ class Decoder:
         self.temperature, self.top_p, self.graph_mode = temperature, top_p, graph
         device = model.device
         self.cache = KVCache(model, capacity)
-        self.token = torch.zeros(1, dtype=torch.int64, device=device)        # the step's input
-        self.ids = torch.zeros(capacity, dtype=torch.int64, device=device)   # generated ids by position
+        self.token = torch.zeros(1, dtype=torch.int32, device=device)        # the step's input
+        self.ids = torch.zeros(capacity, dtype=torch.int32, device=device)   # generated ids by position
         self.uniform = torch.zeros(capacity, dtype=torch.float32, device=device)  # draws by position
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         if graph:
@@ -59,9 +60,11 @@ class Decoder:
         """Feeds ``token`` at the cache's position, samples the next token into ``token`` and
         into ``ids`` at the next position."""
         logits = self.model.logits(self.token, self.cache, last_only=True)
+        if self.temperature == 0:  # one kernel: the argmax into token and ids[position], no draw
+            moekit.greedy_token(logits[0], self.cache.position, self.token, self.ids)
+            return
         at = self.cache.position.long()  # advanced: the position of the sampled token
-        draw = None if self.temperature == 0 else self.uniform.index_select(0, at)  # greedy draws nothing
-        token = sample_token(logits[0], self.temperature, self.top_p, draw)
+        token = sample_token(logits[0], self.temperature, self.top_p, self.uniform.index_select(0, at)).int()
         self.token.copy_(token)
         self.ids.index_copy_(0, at, token)
 

@@ -661,7 +661,7 @@ def check_sampling(temperature: float, top_p: float) -> None:
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float,
-                 uniform: Optional[torch.Tensor]) -> torch.Tensor:
+                 uniform: torch.Tensor) -> torch.Tensor:
     """The next token (int64 [1], on logits' device) from ``logits`` [vocab]: argmax (first on
     ties, in the logits' own dtype) when ``temperature == 0``, where ``uniform`` is not read;
     otherwise the token whose interval of the cumulative distribution of softmax(logits /

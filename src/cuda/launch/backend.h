@@ -25,6 +25,8 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
 void add_rms_norm(const AddRmsNormProblem& p, const TensorView& x, const TensorView& residual, const TensorView& scale,
                   const TensorView& sum, const TensorView& out, const ExecContext& ctx);
 void attention_decode(const AttentionDecodeProblem& p, const AttentionDecodeArgs& a, const ExecContext& ctx);
+void greedy_token(const GreedyTokenProblem& p, const TensorView& logits, const TensorView& position,
+                  const TensorView& token, const TensorView& ids, const ExecContext& ctx);
 
 // moe_mlp's decode path (three kernels) where it applies: a few tokens (p.decode.fits), bf16 x,
 // MXFP4 experts, H and I multiples of 8, 16-byte aligned data, sm_80+. moe_mlp composes the ops
