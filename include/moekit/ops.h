@@ -69,6 +69,26 @@ struct MatmulOgsArgs {
 size_t matmul_ogs_workspace_size(const MatmulOgsArgs& args);
 void matmul_ogs(const MatmulOgsArgs& args, const ExecContext& ctx = {});
 
+// The gradients of matmul_ogs for its output's gradient grad_out, its weights frozen (MXFP4 or
+// float, they take none). With a_p the row the forward combines or writes (row p's h, through
+// SwiGLU when enabled, float32) and g_a[p] = combine_weight[t, j] * grad_out[t] summed over the
+// slots (t, j) that read row p (grad_out[p] without scatter):
+//   g_h[p] = g_a[p] through SwiGLU's derivative at h[p] (recomputed as the forward computes it;
+//            zero through an active clamp: glu > limit, |linear| > limit), else g_a[p]
+//   grad_x[r]               = sum over the rows p reading x[r], in row order, of g_h[p] @ W[e(p)]
+//   grad_bias[e]            = sum over expert e's rows p, in row order, of g_h[p]   (with bias)
+//   grad_combine_weight[t,j]= grad_out[t] . a_{scatter_idx[t, j]}          (with combine_weight)
+// Sums in float32, each rounded once: grad_x to x's dtype, grad_bias to bias's, grad_combine_weight
+// float32. The same bits on every run.
+struct MatmulOgsBackwardArgs {
+  MatmulOgsArgs forward;  // the forward call's arguments (its out and workspace unused)
+  TensorView grad_out;    // [out rows, out cols] x's dtype or float32
+  TensorView grad_x;      // [M, K] x's dtype
+  TensorView grad_bias;   // [E, N] bias's dtype, present with bias
+  TensorView grad_combine_weight;  // f32 [T, k], present with combine_weight
+};
+void matmul_ogs_backward(const MatmulOgsBackwardArgs& args, const ExecContext& ctx = {});
+
 // The gpt-oss MoE layer: gate, route, mlp1 + SwiGLU, mlp2, combine (see docs/semantics.md).
 //   x [T, H] f32/bf16, gate_weight [E, H], gate_bias [E], mlp1 [E, 2I, H], mlp1_bias [E, 2I],
 //   mlp2 [E, H, I], mlp2_bias [E, H]; y [T, H] with x's dtype.

@@ -213,20 +213,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> route(const Tensor& l
   });
 }
 
+// matmul_ogs's arguments (its out and workspace aside), for it and its backward.
+moekit::MatmulOgsArgs matmul_ogs_args(const char* op, const Tensor& x, const Tensor& w, const OptTensor& w_scales,
+                                      const OptTensor& bias, const OptTensor& expert_offsets,
+                                      const OptTensor& gather_idx, const OptTensor& scatter_idx,
+                                      const OptTensor& combine_weight, bool swiglu, double swiglu_alpha,
+                                      double swiglu_limit) {
+  moekit::MatmulOgsArgs a;
+  a.x = view(op, "x", x);
+  a.w = {view(op, "w", w), view(op, "w_scales", w_scales)};
+  a.bias = view(op, "bias", bias);
+  a.expert_offsets = view(op, "expert_offsets", expert_offsets);
+  a.gather_idx = view(op, "gather_idx", gather_idx);
+  a.scatter_idx = view(op, "scatter_idx", scatter_idx);
+  a.combine_weight = view(op, "combine_weight", combine_weight);
+  a.swiglu = {swiglu, to_float(op, "swiglu_alpha", swiglu_alpha), to_float(op, "swiglu_limit", swiglu_limit)};
+  return a;
+}
+
 Tensor matmul_ogs(const Tensor& x, const Tensor& w, const OptTensor& w_scales, const OptTensor& bias,
                   const OptTensor& expert_offsets, const OptTensor& gather_idx, const OptTensor& scatter_idx,
                   const OptTensor& combine_weight, bool swiglu, double swiglu_alpha, double swiglu_limit) {
   return translate_errors([&] {
     const char* op = "matmul_ogs";
-    moekit::MatmulOgsArgs a;
-    a.x = view(op, "x", x);
-    a.w = {view(op, "w", w), view(op, "w_scales", w_scales)};
-    a.bias = view(op, "bias", bias);
-    a.expert_offsets = view(op, "expert_offsets", expert_offsets);
-    a.gather_idx = view(op, "gather_idx", gather_idx);
-    a.scatter_idx = view(op, "scatter_idx", scatter_idx);
-    a.combine_weight = view(op, "combine_weight", combine_weight);
-    a.swiglu = {swiglu, to_float(op, "swiglu_alpha", swiglu_alpha), to_float(op, "swiglu_limit", swiglu_limit)};
+    moekit::MatmulOgsArgs a = matmul_ogs_args(op, x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx,
+                                              combine_weight, swiglu, swiglu_alpha, swiglu_limit);
     const moekit::MatmulOgsProblem p = moekit::check_matmul_ogs_inputs(a);
     const OnDevice on(p.device);
     Tensor out = at::empty({p.out_rows, p.out_cols}, options(p.device, x.scalar_type()));
@@ -239,6 +250,37 @@ Tensor matmul_ogs(const Tensor& x, const Tensor& w, const OptTensor& w_scales, c
     }
     moekit::matmul_ogs(a, on.ctx());
     return out;
+  });
+}
+
+// The gradients of matmul_ogs (moekit::matmul_ogs_backward); grad_bias and grad_combine_weight
+// have no elements where the forward had no bias or combine weights.
+std::tuple<Tensor, Tensor, Tensor> matmul_ogs_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w,
+                                                       const OptTensor& w_scales, const OptTensor& bias,
+                                                       const OptTensor& expert_offsets, const OptTensor& gather_idx,
+                                                       const OptTensor& scatter_idx, const OptTensor& combine_weight,
+                                                       bool swiglu, double swiglu_alpha, double swiglu_limit) {
+  return translate_errors([&] {
+    const char* op = "matmul_ogs_backward";
+    moekit::MatmulOgsBackwardArgs b;
+    b.forward = matmul_ogs_args(op, x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx, combine_weight,
+                                swiglu, swiglu_alpha, swiglu_limit);
+    b.grad_out = view(op, "grad_out", grad_out);
+    const moekit::MatmulOgsProblem p = moekit::check_matmul_ogs_inputs(b.forward, op);
+    const OnDevice on(p.device);
+    Tensor grad_x = at::empty({p.M, p.K}, options(p.device, x.scalar_type()));
+    Tensor grad_bias = bias.has_value() ? at::empty({p.E, p.N}, options(p.device, bias->scalar_type()))
+                                        : at::empty({0}, options(p.device, x.scalar_type()));
+    Tensor grad_combine_weight = at::empty(combine_weight.has_value() ? std::vector<int64_t>{p.T, p.k}
+                                                                      : std::vector<int64_t>{0},
+                                           options(p.device, at::kFloat));
+    b.grad_x = view(op, "grad_x", grad_x);
+    if (bias.has_value()) b.grad_bias = view(op, "grad_bias", grad_bias);
+    if (combine_weight.has_value()) b.grad_combine_weight = view(op, "grad_combine_weight", grad_combine_weight);
+    moekit::check_matmul_ogs_backward_args(p, b);
+    if (shapes_only(p.device)) return std::make_tuple(grad_x, grad_bias, grad_combine_weight);
+    moekit::matmul_ogs_backward(b, on.ctx());
+    return std::make_tuple(grad_x, grad_bias, grad_combine_weight);
   });
 }
 
@@ -340,13 +382,20 @@ void for_each_argument(const c10::OperatorHandle& op, const torch::jit::Stack* s
   for (size_t i = 0; i < args.size(); ++i) fn(args[i], (*stack)[stack->size() - args.size() + i]);
 }
 
-// The Autograd kernel: moekit has no backward, so with grad mode on an input that requires grad
-// is refused at the call (instead of outputs that silently carry no gradient).
+// The Autograd kernel of the ops without a backward: with grad mode on, an input that requires
+// grad is refused at the call (instead of outputs that silently carry no gradient). The backward
+// ops are among them: a gradient of a gradient is refused the same way.
 void inference_only(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
   if (c10::GradMode::is_enabled()) {
+    const std::string name = op_name(op);
+    const bool backward = name.size() > 9 && name.compare(name.size() - 9, 9, "_backward") == 0;
     for_each_argument(op, stack, [&](const c10::Argument& arg, const c10::IValue& v) {
-      TORCH_CHECK(!(v.isTensor() && v.toTensor().requires_grad()), op_name(op), ": '", arg.name(),
-                  "' requires grad, but moekit ops are inference-only (they have no backward); call them under "
+      if (!(v.isTensor() && v.toTensor().requires_grad())) return;
+      TORCH_CHECK(!backward, name, ": '", arg.name(),
+                  "' requires grad, but moekit computes first-order gradients only (no gradient of a gradient: "
+                  "do not pass create_graph=True through moekit ops)");
+      TORCH_CHECK(false, name, ": '", arg.name(),
+                  "' requires grad, but this moekit op is inference-only (it has no backward); call it under "
                   "torch.no_grad() or torch.inference_mode(), or pass ", arg.name(), ".detach()");
     });
   }
@@ -395,8 +444,19 @@ void check_devices(c10::string_view op, const std::vector<std::string>& names, c
   });
 }
 
-constexpr const char* kOps[] = {"quantize_mxfp4", "dequantize_mxfp4", "route", "matmul_ogs", "moe_mlp",
-                                "add_rms_norm", "attention_decode", "greedy_token"};
+constexpr const char* kOps[] = {"quantize_mxfp4", "dequantize_mxfp4", "route", "matmul_ogs",
+                                "matmul_ogs_backward", "moe_mlp", "add_rms_norm", "attention_decode",
+                                "greedy_token"};
+// The ops whose gradients python/moekit/_autograd.py registers (torch.library.register_autograd):
+// every other op gets the inference-only Autograd kernel.
+constexpr const char* kDifferentiableOps[] = {"matmul_ogs"};
+
+bool differentiable(const char* op) {
+  for (const char* d : kDifferentiableOps) {
+    if (std::string(d) == op) return true;
+  }
+  return false;
+}
 
 }  // namespace
 
@@ -408,6 +468,9 @@ TORCH_LIBRARY(moekit, m) {
   m.def("matmul_ogs(Tensor x, Tensor w, Tensor? w_scales, Tensor? bias, Tensor? expert_offsets, "
         "Tensor? gather_idx, Tensor? scatter_idx, Tensor? combine_weight, bool swiglu, float swiglu_alpha, "
         "float swiglu_limit) -> Tensor");
+  m.def("matmul_ogs_backward(Tensor grad_out, Tensor x, Tensor w, Tensor? w_scales, Tensor? bias, "
+        "Tensor? expert_offsets, Tensor? gather_idx, Tensor? scatter_idx, Tensor? combine_weight, bool swiglu, "
+        "float swiglu_alpha, float swiglu_limit) -> (Tensor grad_x, Tensor grad_bias, Tensor grad_combine_weight)");
   m.def("moe_mlp(Tensor x, Tensor gate_weight, Tensor? gate_bias, Tensor mlp1_weight, Tensor? mlp1_scales, "
         "Tensor? mlp1_bias, Tensor mlp2_weight, Tensor? mlp2_scales, Tensor? mlp2_bias, int experts_per_token, "
         "float swiglu_alpha, float swiglu_limit) -> Tensor");
@@ -424,6 +487,7 @@ TORCH_LIBRARY(moekit, m) {
   m.impl("dequantize_mxfp4", &dequantize_mxfp4);     \
   m.impl("route", &route);                           \
   m.impl("matmul_ogs", &matmul_ogs);                 \
+  m.impl("matmul_ogs_backward", &matmul_ogs_backward); \
   m.impl("moe_mlp", &moe_mlp);                       \
   m.impl("add_rms_norm", &add_rms_norm);             \
   m.impl("attention_decode", &attention_decode);     \
@@ -435,7 +499,9 @@ TORCH_LIBRARY_IMPL(moekit, CUDA, m) { MOEKIT_REGISTER_IMPLS(m); }
 #endif
 
 TORCH_LIBRARY_IMPL(moekit, Autograd, m) {
-  for (const char* op : kOps) m.impl(op, torch::CppFunction::makeFromBoxedFunction<&inference_only>());
+  for (const char* op : kOps) {
+    if (!differentiable(op)) m.impl(op, torch::CppFunction::makeFromBoxedFunction<&inference_only>());
+  }
 }
 
 TORCH_LIBRARY_IMPL(moekit, CompositeExplicitAutograd, m) {

@@ -82,6 +82,17 @@ def _matmul_ogs(x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx, c
     return x.new_empty((rows, n // 2 if swiglu else n))
 
 
+@torch.library.register_fake("moekit::matmul_ogs_backward")
+def _matmul_ogs_backward(grad_out, x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx, combine_weight,
+                         swiglu, swiglu_alpha, swiglu_limit):
+    _check(torch.ops.moekit.matmul_ogs_backward.default, grad_out, x, w, w_scales, bias, expert_offsets, gather_idx,
+           scatter_idx, combine_weight, swiglu, swiglu_alpha, swiglu_limit)
+    grad_bias = bias.new_empty(bias.shape) if bias is not None else x.new_empty((0,))
+    grad_combine_weight = (combine_weight.new_empty(combine_weight.shape) if combine_weight is not None
+                           else x.new_empty((0,), dtype=torch.float32))
+    return x.new_empty(x.shape), grad_bias, grad_combine_weight
+
+
 @torch.library.register_fake("moekit::moe_mlp")
 def _moe_mlp(x, gate_weight, gate_bias, mlp1_weight, mlp1_scales, mlp1_bias, mlp2_weight, mlp2_scales,
              mlp2_bias, experts_per_token, swiglu_alpha, swiglu_limit):

@@ -1,4 +1,4 @@
-"""Loads the compiled op library (torch.ops.moekit) and registers its fake kernels.
+"""Loads the compiled op library (torch.ops.moekit) and registers its fake kernels and gradients.
 
 The library is found by the import system, as the module ``moekit._moekit_ops`` (it is a plain
 shared library, loaded with torch.ops.load_library, not imported): beside this file in an
@@ -17,3 +17,4 @@ if _SPEC is None or not _SPEC.origin:
 torch.ops.load_library(_SPEC.origin)
 
 from moekit import _fake  # noqa: E402,F401
+from moekit import _autograd  # noqa: E402,F401

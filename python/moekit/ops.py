@@ -132,6 +132,9 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
     [E, N, K/32]). ``swiglu=(alpha, limit)`` turns h's interleaved (glu, linear) column pairs
     into SwiGLU (N/2 columns). With ``scatter_idx`` [T, k] the output row t is
     ``sum_j combine_weight[t, j] * h[scatter_idx[t, j]]``. The output has x's dtype.
+
+    Differentiable for ``x``, ``bias`` and ``combine_weight`` (``torch.ops.moekit.matmul_ogs_backward``;
+    CPU tensors for now), the weights frozen: float weights that require grad are refused.
     """
     _require_tensor("matmul_ogs", "x", x)
     values, scales = _split_weights("matmul_ogs", "w", w)

@@ -24,6 +24,9 @@ void run_route(const RouteProblem& p, const TensorView& logits, const RouteOutpu
 MatmulOgsProblem accept_matmul_ogs(const MatmulOgsArgs& args);
 void run_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& args, const ExecContext& ctx);
 
+MatmulOgsProblem accept_matmul_ogs_backward(const MatmulOgsBackwardArgs& args);
+void run_matmul_ogs_backward(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs& args, const ExecContext& ctx);
+
 AddRmsNormProblem accept_add_rms_norm(const TensorView& x, const TensorView& residual, const TensorView& scale,
                                       float eps, const TensorView& sum, const TensorView& out);
 void run_add_rms_norm(const AddRmsNormProblem& p, const TensorView& x, const TensorView& residual,

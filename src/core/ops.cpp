@@ -99,6 +99,18 @@ void run_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& args, const 
   MOEKIT_ON_BACKEND(p.device, cpu::matmul_ogs(p, args, ctx), cuda::matmul_ogs(p, args, ctx));
 }
 
+MatmulOgsProblem accept_matmul_ogs_backward(const MatmulOgsBackwardArgs& args) {
+  const MatmulOgsProblem p = check_matmul_ogs_inputs(args.forward, "matmul_ogs_backward");
+  check_matmul_ogs_backward_args(p, args);
+  check_backend("matmul_ogs_backward", p.device);
+  MOEKIT_ON_BACKEND(p.device, (void)0, cuda::can_implement_matmul_ogs_backward(p));
+  return p;
+}
+
+void run_matmul_ogs_backward(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs& args, const ExecContext& ctx) {
+  MOEKIT_ON_BACKEND(p.device, cpu::matmul_ogs_backward(p, args, ctx), (void)0);
+}
+
 AddRmsNormProblem accept_add_rms_norm(const TensorView& x, const TensorView& residual, const TensorView& scale,
                                       float eps, const TensorView& sum, const TensorView& out) {
   const AddRmsNormProblem p = check_add_rms_norm_inputs(x, residual, scale, eps);
@@ -159,6 +171,10 @@ size_t matmul_ogs_workspace_size(const MatmulOgsArgs& args) {
 }
 
 void matmul_ogs(const MatmulOgsArgs& args, const ExecContext& ctx) { run_matmul_ogs(accept_matmul_ogs(args), args, ctx); }
+
+void matmul_ogs_backward(const MatmulOgsBackwardArgs& args, const ExecContext& ctx) {
+  run_matmul_ogs_backward(accept_matmul_ogs_backward(args), args, ctx);
+}
 
 void add_rms_norm(const TensorView& x, const TensorView& residual, const TensorView& scale, float eps,
                   const TensorView& sum, const TensorView& out, const ExecContext& ctx) {

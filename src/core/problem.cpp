@@ -181,8 +181,7 @@ void check_route_outputs(const RouteProblem& p, const RouteOutputs& o) {
 
 // ----------------------------------------------------------------------------------- matmul_ogs
 
-MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a) {
-  const char* op = "matmul_ogs";
+MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a, const char* op) {
   check_tensor(op, "x", a.x, kFloatTypes, {-1, -1});
   MatmulOgsProblem p;
   p.M = a.x.shape[0];
@@ -247,6 +246,19 @@ void check_matmul_ogs_outputs(const MatmulOgsProblem& p, const MatmulOgsArgs& a)
   const char* op = "matmul_ogs";
   check_tensor(op, "out", a.out, {a.x.dtype, DType::kFloat32}, {p.out_rows, p.out_cols});
   check::on_device(op, "out", a.out, p.device, "x");
+}
+
+void check_matmul_ogs_backward_args(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs& a) {
+  const char* op = "matmul_ogs_backward";
+  const MatmulOgsArgs& f = a.forward;
+  check_tensor(op, "grad_out", a.grad_out, {f.x.dtype, DType::kFloat32}, {p.out_rows, p.out_cols});
+  check_tensor(op, "grad_x", a.grad_x, {f.x.dtype}, {p.M, p.K});
+  if (f.bias.present()) check_tensor(op, "grad_bias", a.grad_bias, {f.bias.dtype}, {p.E, p.N});
+  else if (a.grad_bias.present()) fail(kValue, op, "grad_bias", "None without bias", "a tensor");
+  if (f.combine_weight.present()) check_tensor(op, "grad_combine_weight", a.grad_combine_weight, {DType::kFloat32}, {p.T, p.k});
+  else if (a.grad_combine_weight.present()) fail(kValue, op, "grad_combine_weight", "None without combine_weight", "a tensor");
+  check::same_device(op, {{"x", &f.x}, {"grad_out", &a.grad_out}, {"grad_x", &a.grad_x}, {"grad_bias", &a.grad_bias},
+                          {"grad_combine_weight", &a.grad_combine_weight}});
 }
 
 // -------------------------------------------------------------------------------------- moe_mlp

@@ -12,6 +12,7 @@ void dequantize_mxfp4(const MxProblem& p, const TensorView& blocks, const Tensor
                       const ExecContext& ctx);
 void route(const RouteProblem& p, const TensorView& logits, const RouteOutputs& out, const ExecContext& ctx);
 void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecContext& ctx);
+void matmul_ogs_backward(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs& a, const ExecContext& ctx);
 void add_rms_norm(const AddRmsNormProblem& p, const TensorView& x, const TensorView& residual, const TensorView& scale,
                   const TensorView& sum, const TensorView& out, const ExecContext& ctx);
 void attention_decode(const AttentionDecodeProblem& p, const AttentionDecodeArgs& a, const ExecContext& ctx);

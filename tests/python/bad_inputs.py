@@ -582,7 +582,8 @@ CASES += [
          VE, "swiglu_alpha", ("nan",)),
     # 5. autograd: refused at the call, not silently gradient-free
     Case("moe_mlp", "x_requires_grad", set_("x", requires_grad), RE, "x", ("inference-only",)),
-    Case("matmul_ogs", "bias_requires_grad", set_("bias", requires_grad), RE, "bias", ("inference-only",)),
+    Case("matmul_ogs", "w_float_requires_grad", set_("w", lambda t, g: randn(g, E, 2 * I, H).requires_grad_()), VE, "w",
+         ("frozen",)),
     Case("route", "logits_requires_grad", set_("logits", requires_grad), RE, "logits", ("inference-only",)),
     Case("quantize_mxfp4", "w_requires_grad", set_("w", requires_grad), RE, "w", ("inference-only",)),
     # 6. the CUDA backend's limits, refused before the layer's first launch

@@ -13,6 +13,8 @@ void can_implement_quantize_mxfp4(const MxProblem& p, const TensorView& blocks);
 void can_implement_dequantize_mxfp4(const MxProblem& p, const TensorView& blocks);
 void can_implement_route(const RouteProblem& p);
 void can_implement_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a);
+// The CUDA backend has no matmul_ogs_backward yet: refused, naming the CPU as where it runs.
+void can_implement_matmul_ogs_backward(const MatmulOgsProblem& p);
 void can_implement_add_rms_norm(const AddRmsNormProblem& p);
 void can_implement_attention_decode(const AttentionDecodeProblem& p, const AttentionDecodeArgs& a);
 

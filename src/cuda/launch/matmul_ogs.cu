@@ -115,6 +115,11 @@ bool aligned_16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 
 
 // Grid sizes every kernel choice stays within: grid.y of the 64-column SIMT and wmma kernels,
 // grid.x of the 64-row tiled kernel (the most blocks of any), and the combine's grid.
+void can_implement_matmul_ogs_backward(const MatmulOgsProblem& p) {
+  throw Error(Error::Kind::kDevice, "moekit.matmul_ogs_backward: tensors are on " + p.device.str() +
+                                        ", but the CUDA backend has no matmul_ogs_backward yet; it runs on the CPU");
+}
+
 void can_implement_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a) {
   const char* op = "matmul_ogs";
   check::workspace(op, a.workspace, p.workspace.total);

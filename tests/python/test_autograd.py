@@ -1,0 +1,179 @@
+"""Gradients through moekit's differentiable ops (issue 21, first step: matmul_ogs on the CPU):
+x, bias and combine_weight against torch autograd through the float64 dequantized reference,
+every element; the same bits on every run; the refusals (weights that require grad, a gradient
+of a gradient, the CUDA backend that has no backward yet); opcheck's autograd checks."""
+
+import pytest
+import torch
+from torch.library import opcheck
+
+import moekit
+import reference as ref
+from conftest import TOLERANCE, make_weights, randn
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def matmul_case(gen, kind, T, E, k, N, K, mode, dtype=torch.float32, limit=1.0):
+    """matmul_ogs's arguments for `mode` ("swiglu": gather + SwiGLU as mlp1, "combine": scatter +
+    combine weights as mlp2, "plain": one expert, no indices), leaves that require grad, and the
+    reference's float64 weights. A small SwiGLU limit makes its clamps bite."""
+    w = make_weights(gen, kind, E, N, K)
+    r = ref.route(randn(gen, T, E), k)
+    x = randn(gen, T if mode != "combine" else T * k, K, dtype=dtype).requires_grad_()
+    bias = randn(gen, E, N, dtype=dtype, scale=0.5).requires_grad_()
+    args = dict(bias=bias)
+    if mode == "swiglu":
+        args.update(expert_offsets=r.expert_offsets.int(), gather_idx=r.gather_idx.int(), swiglu=(1.702, limit))
+    elif mode == "combine":
+        args.update(expert_offsets=r.expert_offsets.int(), scatter_idx=r.scatter_idx.int(),
+                    combine_weight=r.expert_weight.float().requires_grad_())
+    return x, w, args
+
+
+def reference_grads(x, w, args, grad_out):
+    """The float64 reference's gradients for the leaves of `args` and x."""
+    leaves = {"x": x.detach().double().requires_grad_()}
+    kw = {}
+    for name in ("bias", "combine_weight"):
+        if name in args:
+            leaves[name] = args[name].detach().double().requires_grad_()
+            kw[name] = leaves[name]
+    for name in ("expert_offsets", "gather_idx", "scatter_idx"):
+        if name in args:
+            kw[name] = args[name]
+    if "swiglu" in args:
+        kw["swiglu_args"] = args["swiglu"]
+    out = ref.matmul_ogs(leaves["x"], w.dense, **kw)
+    if not out.requires_grad:  # no rows: nothing reaches the leaves
+        return {name: torch.zeros_like(t) for name, t in leaves.items()}
+    out.backward(grad_out.double())
+    return {name: t.grad for name, t in leaves.items()}
+
+
+def moekit_grads(x, w, args, grad_out):
+    leaves = {"x": x, **{n: args[n] for n in ("bias", "combine_weight") if n in args}}
+    for t in leaves.values():
+        t.grad = None
+    out = moekit.matmul_ogs(x, w.arg, **args)
+    out.backward(grad_out)
+    return out, {name: t.grad for name, t in leaves.items()}
+
+
+# (kind, T, E, k, N, K, mode): both weight kinds, a layer's shapes scaled down, one expert
+# without rows, no tokens at all.
+CASES = [
+    ("mxfp4", 9, 4, 2, 48, 64, "swiglu"), ("mxfp4", 9, 4, 2, 64, 48 * 2, "combine"),
+    ("float32", 7, 3, 2, 24, 40, "swiglu"), ("float32", 7, 3, 3, 40, 24, "combine"),
+    ("mxfp4", 5, 1, 1, 32, 64, "plain"), ("mxfp4", 1, 8, 2, 32, 32, "swiglu"),
+    ("mxfp4", 0, 4, 2, 32, 64, "swiglu"), ("float32", 0, 3, 2, 16, 8, "combine"),
+]
+
+
+@pytest.mark.parametrize("kind,T,E,k,N,K,mode", CASES)
+def test_matmul_ogs_gradients_against_float64_autograd(gen, kind, T, E, k, N, K, mode):
+    x, w, args = matmul_case(gen, kind, T, E, k, N, K, mode)
+    out_shape = moekit.matmul_ogs(x.detach(), w.arg, **{n: (v.detach() if isinstance(v, torch.Tensor) else v)
+                                                          for n, v in args.items()}).shape
+    grad_out = randn(gen, *out_shape)
+    _, got = moekit_grads(x, w, args, grad_out)
+    want = reference_grads(x, w, args, grad_out)
+    assert set(got) == set(want)
+    for name, g in got.items():
+        assert g is not None and g.shape == want[name].shape and g.dtype == torch.float32, name
+        assert torch.isfinite(g).all(), name
+        assert ref.rel_err(g, want[name]) <= TOLERANCE[torch.float32], (name, ref.rel_err(g, want[name]))
+    if mode == "swiglu" and T > 0:  # the clamps were active somewhere, and their gradient is zero there
+        h = ref.matmul_ogs(x.detach(), w.dense, args["bias"].detach(), expert_offsets=args["expert_offsets"],
+                           gather_idx=args["gather_idx"])
+        assert (h[:, 0::2] > 1.0).any() and (h[:, 1::2].abs() > 1.0).any()
+
+
+def test_matmul_ogs_gradients_bf16(gen):
+    x, w, args = matmul_case(gen, "mxfp4", 9, 4, 2, 64, 64, "combine", dtype=torch.bfloat16)
+    grad_out = randn(gen, 9, 64, dtype=torch.bfloat16)
+    _, got = moekit_grads(x, w, args, grad_out)
+    want = reference_grads(x, w, args, grad_out)
+    assert got["x"].dtype == torch.bfloat16 and got["bias"].dtype == torch.bfloat16
+    for name, g in got.items():
+        assert ref.rel_err(g, want[name]) <= TOLERANCE[torch.bfloat16], name
+
+
+def test_matmul_ogs_gradients_same_bits_every_run(gen):
+    x, w, args = matmul_case(gen, "mxfp4", 12, 4, 3, 64, 64, "combine")
+    grad_out = randn(gen, 12, 64)
+    runs = [moekit_grads(x, w, args, grad_out)[1] for _ in range(3)]
+    for other in runs[1:]:
+        for name in runs[0]:
+            assert torch.equal(runs[0][name].view(torch.int32), other[name].view(torch.int32)), name
+
+
+def test_only_the_asked_gradients_flow(gen):
+    """Leaves that do not require grad get none; the integer indices never do."""
+    x, w, args = matmul_case(gen, "mxfp4", 6, 4, 2, 64, 64, "combine")
+    args["bias"] = args["bias"].detach()
+    out = moekit.matmul_ogs(x, w.arg, **args)
+    out.sum().backward()
+    assert x.grad is not None and args["combine_weight"].grad is not None
+    assert args["bias"].grad is None
+
+
+def test_frozen_float_weights_requiring_grad_are_refused(gen):
+    x = randn(gen, 4, 32).requires_grad_()
+    w = randn(gen, 1, 16, 32).requires_grad_()
+    with pytest.raises(ValueError, match=r"moekit.matmul_ogs: 'w' requires grad, but expert weights are frozen"):
+        moekit.matmul_ogs(x, w)
+
+
+def test_gradient_of_a_gradient_is_refused(gen):
+    x, w, args = matmul_case(gen, "mxfp4", 5, 4, 2, 64, 64, "swiglu")
+    out = moekit.matmul_ogs(x, w.arg, **args)
+    with pytest.raises(RuntimeError, match=r"moekit.matmul_ogs_backward: '\w+' requires grad, but moekit computes "
+                                           r"first-order gradients only"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
+
+
+def test_backward_op_checks_its_gradient(gen):
+    x, w, args = matmul_case(gen, "mxfp4", 5, 4, 2, 64, 64, "swiglu")
+    with pytest.raises(ValueError, match=r"moekit.matmul_ogs_backward: 'grad_out' expected shape \[10, 32\]"):
+        torch.ops.moekit.matmul_ogs_backward(randn(gen, 5, 64), x.detach(), *w.arg, args["bias"].detach(),
+                                             args["expert_offsets"], args["gather_idx"], None, None, True, 1.702, 1.0)
+
+
+def test_opcheck_matmul_ogs_with_gradients(gen):
+    x, w, args = matmul_case(gen, "mxfp4", 6, 4, 2, 64, 64, "combine")
+    call = (x, *w.arg, args["bias"], args["expert_offsets"], None, args["scatter_idx"], args["combine_weight"],
+            False, 0.0, 0.0)
+    result = opcheck(torch.ops.moekit.matmul_ogs.default, call)
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+@cuda
+def test_cuda_backward_is_refused_until_it_exists(gen):
+    x, w, args = matmul_case(gen, "mxfp4", 6, 4, 2, 64, 64, "combine")
+    moved = {n: (v.detach().cuda().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v)
+             for n, v in args.items()}
+    out = moekit.matmul_ogs(x.detach().cuda().requires_grad_(), tuple(t.cuda() for t in w.arg), **moved)
+    with pytest.raises(ValueError, match=r"the CUDA backend has no matmul_ogs_backward yet"):
+        out.sum().backward()
+
+
+def test_torch_compile_of_a_training_step(gen):
+    """A loss through matmul_ogs compiled whole (fullgraph) gives eager's gradients."""
+    x, w, args = matmul_case(gen, "mxfp4", 6, 4, 2, 64, 64, "combine")
+    bias, combine_weight = args["bias"], args["combine_weight"]
+    target = randn(gen, 6, 64)
+
+    def step(x, bias, combine_weight):
+        out = moekit.matmul_ogs(x, w.arg, bias, expert_offsets=args["expert_offsets"],
+                                scatter_idx=args["scatter_idx"], combine_weight=combine_weight)
+        return ((out - target) ** 2).mean()
+
+    grads = []
+    for fn in (step, torch.compile(step, fullgraph=True)):
+        for t in (x, bias, combine_weight):
+            t.grad = None
+        fn(x, bias, combine_weight).backward()
+        grads.append([t.grad.clone() for t in (x, bias, combine_weight)])
+    for eager, compiled in zip(*grads):
+        assert torch.allclose(eager, compiled, rtol=1e-6, atol=1e-7)
