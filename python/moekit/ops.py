@@ -112,7 +112,8 @@ def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, axis: int = -1,
 
 
 def route(logits: torch.Tensor, k: int) -> Routing:
-    """Top-k routing of ``logits`` [T, E]; see :class:`Routing`."""
+    """Top-k routing of ``logits`` [T, E]; see :class:`Routing`. Differentiable: the expert
+    weights' gradient reaches each token's k chosen logits (the others take none)."""
     _require_tensor("route", "logits", logits)
     _require_int("route", "k", k)
     return Routing(*torch.ops.moekit.route(logits, k))

@@ -584,7 +584,6 @@ CASES += [
     Case("moe_mlp", "x_requires_grad", set_("x", requires_grad), RE, "x", ("inference-only",)),
     Case("matmul_ogs", "w_float_requires_grad", set_("w", lambda t, g: randn(g, E, 2 * I, H).requires_grad_()), VE, "w",
          ("frozen",)),
-    Case("route", "logits_requires_grad", set_("logits", requires_grad), RE, "logits", ("inference-only",)),
     Case("quantize_mxfp4", "w_requires_grad", set_("w", requires_grad), RE, "w", ("inference-only",)),
     # 6. the CUDA backend's limits, refused before the layer's first launch
     Case("moe_mlp", "experts_4096_cuda", None, VE, "gate_weight", ("2048",), devices=("cuda",),

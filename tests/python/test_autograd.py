@@ -177,3 +177,35 @@ def test_torch_compile_of_a_training_step(gen):
         grads.append([t.grad.clone() for t in (x, bias, combine_weight)])
     for eager, compiled in zip(*grads):
         assert torch.allclose(eager, compiled, rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------- route
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T,E,k,ties", [(9, 8, 2, False), (7, 32, 4, True), (5, 4, 4, False), (0, 6, 2, False)])
+def test_route_gradient_against_float64_autograd(gen, T, E, k, ties, dtype):
+    """The expert weights' gradient reaches the chosen logits as the softmax over them says;
+    with ties the forward's choice (the lower expert) is the one differentiated."""
+    values = randn(gen, T, E)
+    if ties:
+        values = (values * 2).round() / 2  # many equal logits
+    logits = values.to(dtype).requires_grad_()
+    grad_weight = randn(gen, T, k)
+    r = moekit.route(logits, k)
+    r.expert_weight.backward(grad_weight)
+    logits64 = logits.detach().double().requires_grad_()
+    idx = ref.route(logits64.detach(), k).expert_idx
+    assert torch.equal(r.expert_idx.long(), idx)
+    torch.softmax(logits64.gather(1, idx), dim=-1).backward(grad_weight.double())
+    assert logits.grad.dtype == dtype and logits.grad.shape == (T, E)
+    assert ref.rel_err(logits.grad, logits64.grad) <= TOLERANCE[dtype]
+    unchosen = torch.ones(T, E, dtype=torch.bool).scatter_(1, idx, False)
+    assert (logits.grad[unchosen] == 0).all()
+
+
+def test_opcheck_route_with_gradients(gen):
+    """opcheck's AOT-dispatch check is left out: its harness sums every output in place into one
+    tensor, and route's first output is an integer one (torch's optests, aot_autograd.py)."""
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    result = opcheck(torch.ops.moekit.route.default, (randn(gen, 6, 8).requires_grad_(), 3), test_utils=utils)
+    assert set(result) == set(utils) and all(v == "SUCCESS" for v in result.values()), result
