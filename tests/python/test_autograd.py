@@ -209,3 +209,15 @@ def test_opcheck_route_with_gradients(gen):
     utils = ("test_schema", "test_autograd_registration", "test_faketensor")
     result = opcheck(torch.ops.moekit.route.default, (randn(gen, 6, 8).requires_grad_(), 3), test_utils=utils)
     assert set(result) == set(utils) and all(v == "SUCCESS" for v in result.values()), result
+
+
+@cuda
+def test_route_gradient_on_cuda_matches_cpu(gen):
+    """The same routing on both backends, the same gradient to float32 rounding (torch's sums)."""
+    logits, grad_weight = randn(gen, 33, 32), randn(gen, 33, 4)
+    grads = []
+    for device in ("cpu", "cuda"):
+        leaf = logits.to(device).requires_grad_()
+        moekit.route(leaf, 4).expert_weight.backward(grad_weight.to(device))
+        grads.append(leaf.grad.cpu())
+    assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)
