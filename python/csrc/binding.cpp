@@ -233,14 +233,20 @@ moekit::MatmulOgsArgs matmul_ogs_args(const char* op, const Tensor& x, const Ten
 
 Tensor matmul_ogs(const Tensor& x, const Tensor& w, const OptTensor& w_scales, const OptTensor& bias,
                   const OptTensor& expert_offsets, const OptTensor& gather_idx, const OptTensor& scatter_idx,
-                  const OptTensor& combine_weight, bool swiglu, double swiglu_alpha, double swiglu_limit) {
+                  const OptTensor& combine_weight, bool swiglu, double swiglu_alpha, double swiglu_limit,
+                  std::optional<at::ScalarType> out_dtype) {
   return translate_errors([&] {
     const char* op = "matmul_ogs";
     moekit::MatmulOgsArgs a = matmul_ogs_args(op, x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx,
                                               combine_weight, swiglu, swiglu_alpha, swiglu_limit);
     const moekit::MatmulOgsProblem p = moekit::check_matmul_ogs_inputs(a);
+    const at::ScalarType dtype = out_dtype.value_or(x.scalar_type());
+    if (dtype != x.scalar_type() && dtype != at::kFloat) {
+      throw moekit::Error(moekit::Error::Kind::kType, std::string("moekit.matmul_ogs: 'out_dtype' expected x's "
+                                                                  "dtype or float32, got ") + c10::toString(dtype));
+    }
     const OnDevice on(p.device);
-    Tensor out = at::empty({p.out_rows, p.out_cols}, options(p.device, x.scalar_type()));
+    Tensor out = at::empty({p.out_rows, p.out_cols}, options(p.device, dtype));
     if (shapes_only(p.device)) return out;
     a.out = view(op, "out", out);
     Tensor workspace;  // only the CUDA backend needs one
@@ -449,7 +455,7 @@ constexpr const char* kOps[] = {"quantize_mxfp4", "dequantize_mxfp4", "route", "
                                 "greedy_token"};
 // The ops whose gradients python/moekit/_autograd.py registers (torch.library.register_autograd):
 // every other op gets the inference-only Autograd kernel.
-constexpr const char* kDifferentiableOps[] = {"matmul_ogs", "route"};
+constexpr const char* kDifferentiableOps[] = {"matmul_ogs", "route", "moe_mlp"};
 
 bool differentiable(const char* op) {
   for (const char* d : kDifferentiableOps) {
@@ -467,7 +473,7 @@ TORCH_LIBRARY(moekit, m) {
         "Tensor expert_offsets, Tensor gather_idx, Tensor scatter_idx)");
   m.def("matmul_ogs(Tensor x, Tensor w, Tensor? w_scales, Tensor? bias, Tensor? expert_offsets, "
         "Tensor? gather_idx, Tensor? scatter_idx, Tensor? combine_weight, bool swiglu, float swiglu_alpha, "
-        "float swiglu_limit) -> Tensor");
+        "float swiglu_limit, ScalarType? out_dtype=None) -> Tensor");
   m.def("matmul_ogs_backward(Tensor grad_out, Tensor x, Tensor w, Tensor? w_scales, Tensor? bias, "
         "Tensor? expert_offsets, Tensor? gather_idx, Tensor? scatter_idx, Tensor? combine_weight, bool swiglu, "
         "float swiglu_alpha, float swiglu_limit) -> (Tensor grad_x, Tensor grad_bias, Tensor grad_combine_weight)");

@@ -5,15 +5,16 @@ blocks and scales are integers; float weights that require grad are refused). Th
 itself a moekit op, ``torch.ops.moekit.matmul_ogs_backward``, whose CPU backend is the
 gradients' specification; a gradient of a gradient is refused by it. route passes the gradient
 of its expert weights (a softmax over each token's k chosen logits) to those logits, the others
-taking none: a few torch ops on [T, k], here. Every other moekit op is inference-only (its
-Autograd kernel refuses inputs that require grad).
+taking none: a few torch ops on [T, k], here. moe_mlp passes gradients to x, the gate's weight
+and bias and the experts' biases, through its steps recomputed in the backward. Every other
+moekit op is inference-only (its Autograd kernel refuses inputs that require grad).
 """
 
 import torch
 
 
 def _matmul_ogs_setup_context(ctx, inputs, output) -> None:
-    x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx, combine_weight, swiglu, alpha, limit = inputs
+    x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx, combine_weight, swiglu, alpha, limit, _ = inputs
     if w.requires_grad:
         raise ValueError("moekit.matmul_ogs: 'w' requires grad, but expert weights are frozen (moekit computes no "
                          "weight gradient); pass w.detach()")
@@ -27,7 +28,7 @@ def _matmul_ogs_backward(ctx, grad):
         grad.contiguous(), x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx, combine_weight, *ctx.swiglu)
     needs = ctx.needs_input_grad
     return (grad_x if needs[0] else None, None, None, grad_bias if needs[3] else None, None, None, None,
-            grad_combine_weight if needs[7] else None, None, None, None)
+            grad_combine_weight if needs[7] else None, None, None, None, None)
 
 
 torch.library.register_autograd("moekit::matmul_ogs", _matmul_ogs_backward, setup_context=_matmul_ogs_setup_context)
@@ -40,15 +41,60 @@ def _route_setup_context(ctx, inputs, output) -> None:
     ctx.logits = (logits.shape, logits.dtype)
 
 
+def _logits_grad(expert_idx, expert_weight, grad_weight, shape) -> torch.Tensor:
+    """The gate logits' gradient (float32 [T, E]) from the expert weights': d w_j / d l_i =
+    w_j (delta_ij - w_i) over a token's chosen logits i, j; zero for the others."""
+    chosen = expert_weight * (grad_weight - (grad_weight * expert_weight).sum(dim=-1, keepdim=True))
+    grad = torch.zeros(shape, dtype=torch.float32, device=expert_weight.device)
+    return grad.scatter_(1, expert_idx.long(), chosen)
+
+
 def _route_backward(ctx, grad_idx, grad_weight, *grad_rest):
     expert_idx, expert_weight = ctx.saved_tensors
     shape, dtype = ctx.logits
     if grad_weight is None:
         return None, None
-    # d w_j / d l_i = w_j (delta_ij - w_i) over a token's chosen logits i, j.
-    chosen = expert_weight * (grad_weight - (grad_weight * expert_weight).sum(dim=-1, keepdim=True))
-    grad = torch.zeros(shape, dtype=torch.float32, device=expert_weight.device)
-    return grad.scatter_(1, expert_idx.long(), chosen).to(dtype), None
+    return _logits_grad(expert_idx, expert_weight, grad_weight, shape).to(dtype), None
 
 
 torch.library.register_autograd("moekit::route", _route_backward, setup_context=_route_setup_context)
+
+
+def _moe_mlp_setup_context(ctx, inputs, output) -> None:
+    x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, k, alpha, limit = inputs
+    for name, w in (("mlp1_weight", w1), ("mlp2_weight", w2)):
+        if w.requires_grad:
+            raise ValueError(f"moekit.moe_mlp: '{name}' requires grad, but expert weights are frozen (moekit "
+                             f"computes no weight gradient); pass {name}.detach()")
+    ctx.save_for_backward(x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2)
+    ctx.params = (k, alpha, limit)
+
+
+def _moe_mlp_backward(ctx, grad_y):
+    """The layer's gradients through its own steps, recomputed by the ops moe_mlp composes (the
+    float32 gate logits, the routing, mlp1's SwiGLU rows: the forward's values), then mlp2's and
+    mlp1's backward, the routing's and the gate's; nothing but the inputs is kept from the
+    forward."""
+    x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2 = ctx.saved_tensors
+    k, alpha, limit = ctx.params
+    ops = torch.ops.moekit
+    (T, H), E = x.shape, gate_weight.shape[0]
+    gate_b = gate_bias.reshape(1, E) if gate_bias is not None else None
+    logits = ops.matmul_ogs(x, gate_weight.reshape(1, E, H), None, gate_b, None, None, None, None, False, 0.0, 0.0,
+                            torch.float32)
+    expert_idx, expert_weight, _, offsets, gather_idx, scatter_idx = ops.route(logits, k)
+    act = ops.matmul_ogs(x, w1, s1, b1, offsets, gather_idx, None, None, True, alpha, limit, None)
+    grad_act, grad_b2, grad_weight = ops.matmul_ogs_backward(grad_y.contiguous(), act, w2, s2, b2, offsets, None,
+                                                             scatter_idx, expert_weight, False, 0.0, 0.0)
+    grad_x, grad_b1, _ = ops.matmul_ogs_backward(grad_act, x, w1, s1, b1, offsets, gather_idx, None, None, True,
+                                                 alpha, limit)
+    grad_logits = _logits_grad(expert_idx, expert_weight, grad_weight, (T, E))
+    needs = ctx.needs_input_grad
+    grad_x = (grad_x.float() + grad_logits @ gate_weight.float()).to(x.dtype) if needs[0] else None
+    grad_gate_weight = (grad_logits.T @ x.float()).to(gate_weight.dtype) if needs[1] else None
+    grad_gate_bias = grad_logits.sum(dim=0).to(gate_bias.dtype) if needs[2] else None
+    return (grad_x, grad_gate_weight, grad_gate_bias, None, None, grad_b1 if needs[5] else None, None, None,
+            grad_b2 if needs[8] else None, None, None, None)
+
+
+torch.library.register_autograd("moekit::moe_mlp", _moe_mlp_backward, setup_context=_moe_mlp_setup_context)

@@ -124,7 +124,8 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
                gather_idx: Optional[torch.Tensor] = None,
                scatter_idx: Optional[torch.Tensor] = None,
                combine_weight: Optional[torch.Tensor] = None,
-               swiglu: Optional[Tuple[float, float]] = None) -> torch.Tensor:
+               swiglu: Optional[Tuple[float, float]] = None,
+               out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Grouped matmul over experts with optional gather, scatter-combine and fused SwiGLU.
 
     Row p of the problem reads ``x[gather_idx[p]]`` (or ``x[p]``) and belongs to expert e
@@ -132,7 +133,8 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
     with fp32 accumulation. ``w`` is float [E, N, K] or an MXFP4 pair ([E, N, K/32, 16],
     [E, N, K/32]). ``swiglu=(alpha, limit)`` turns h's interleaved (glu, linear) column pairs
     into SwiGLU (N/2 columns). With ``scatter_idx`` [T, k] the output row t is
-    ``sum_j combine_weight[t, j] * h[scatter_idx[t, j]]``. The output has x's dtype.
+    ``sum_j combine_weight[t, j] * h[scatter_idx[t, j]]``. The output has x's dtype, or
+    ``out_dtype`` (float32: the fp32 result unrounded).
 
     Differentiable for ``x``, ``bias`` and ``combine_weight`` (``torch.ops.moekit.matmul_ogs_backward``;
     CPU tensors for now), the weights frozen: float weights that require grad are refused.
@@ -148,7 +150,7 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
     alpha = _require_float("matmul_ogs", "swiglu_alpha", alpha)
     limit = _require_float("matmul_ogs", "swiglu_limit", limit)
     return torch.ops.moekit.matmul_ogs(x, values, scales, bias, expert_offsets, gather_idx, scatter_idx,
-                                       combine_weight, swiglu is not None, alpha, limit)
+                                       combine_weight, swiglu is not None, alpha, limit, out_dtype)
 
 
 def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torch.Tensor],

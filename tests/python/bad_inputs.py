@@ -581,7 +581,8 @@ CASES += [
                                                                combine_weight=None),
          VE, "swiglu_alpha", ("nan",)),
     # 5. autograd: refused at the call, not silently gradient-free
-    Case("moe_mlp", "x_requires_grad", set_("x", requires_grad), RE, "x", ("inference-only",)),
+    Case("moe_mlp", "mlp2_float_requires_grad", set_("mlp2_weight", lambda t, g: randn(g, E, H, I, dtype=BF16).requires_grad_()),
+         VE, "mlp2_weight", ("frozen",)),
     Case("matmul_ogs", "w_float_requires_grad", set_("w", lambda t, g: randn(g, E, 2 * I, H).requires_grad_()), VE, "w",
          ("frozen",)),
     Case("quantize_mxfp4", "w_requires_grad", set_("w", requires_grad), RE, "w", ("inference-only",)),

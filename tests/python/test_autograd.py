@@ -221,3 +221,64 @@ def test_route_gradient_on_cuda_matches_cpu(gen):
         moekit.route(leaf, 4).expert_weight.backward(grad_weight.to(device))
         grads.append(leaf.grad.cpu())
     assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------------- moe_mlp
+
+def moe_reference_grads(layer, x, k, grad_y, leaves):
+    """The float64 reference layer's gradients for x and `leaves` (name -> moekit tensor): the
+    gate, the routing the reference chooses (x is drawn away from ties), mlp1 with its SwiGLU
+    output rounded to x's dtype as moekit stores it, mlp2 with the combine."""
+    x64 = x.detach().double().requires_grad_()
+    p = {name: t.detach().double().requires_grad_() for name, t in leaves.items()}
+    gate_bias = p.get("gate_bias", layer.gate_bias.double() if layer.gate_bias is not None else None)
+    logits = x64 @ p["gate_weight"].T + gate_bias
+    r = ref.route(logits.detach(), k)
+    weight = torch.softmax(logits.gather(1, r.expert_idx), dim=-1)
+    act = ref.matmul_ogs(x64, layer.w1.dense, p["b1"], expert_offsets=r.expert_offsets, gather_idx=r.gather_idx,
+                         swiglu_args=(1.702, 7.0)).to(x.dtype).to(torch.float64)
+    y = ref.matmul_ogs(act, layer.w2.dense, p["b2"], expert_offsets=r.expert_offsets, scatter_idx=r.scatter_idx,
+                       combine_weight=weight)
+    if y.requires_grad:
+        y.backward(grad_y.double())
+    return {"x": x64.grad, **{name: t.grad for name, t in p.items()}}
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("E,k,T", [(8, 2, 9), (32, 4, 5), (4, 4, 3), (8, 2, 0)])
+def test_moe_mlp_gradients_against_float64_autograd(gen, E, k, T, x_dtype):
+    """x, the gate's weight and bias and both experts' biases, the experts MXFP4 and frozen."""
+    from conftest import H, MoeLayer
+
+    layer = MoeLayer(gen, E, "mxfp4", x_dtype)
+    x = layer.draw_x(gen, T, H, dtype=x_dtype, k=k).requires_grad_()
+    leaves = {"gate_weight": layer.gate_weight, "gate_bias": layer.gate_bias, "b1": layer.b1, "b2": layer.b2}
+    for t in leaves.values():
+        t.requires_grad_()
+    grad_y = randn(gen, T, H, dtype=x_dtype)
+    layer.run(x, experts_per_token=k).backward(grad_y)
+    want = moe_reference_grads(layer, x, k, grad_y, leaves)
+    got = {"x": x.grad, **{name: t.grad for name, t in leaves.items()}}
+    for name, g in got.items():
+        assert g is not None and g.dtype == x_dtype, name
+        if T == 0:  # no token: nothing reaches the parameters
+            assert (g == 0).all(), name
+            continue
+        assert g.shape == want[name].shape, name
+        assert ref.rel_err(g, want[name]) <= TOLERANCE[x_dtype], (name, ref.rel_err(g, want[name]))
+
+
+def test_moe_mlp_gradients_same_bits_every_run(gen):
+    from conftest import H, MoeLayer
+
+    layer = MoeLayer(gen, 8, "mxfp4", torch.bfloat16)
+    x = layer.draw_x(gen, 17, H, dtype=torch.bfloat16, k=2).requires_grad_()
+    layer.gate_weight.requires_grad_()
+    grad_y = randn(gen, 17, H, dtype=torch.bfloat16)
+    runs = []
+    for _ in range(3):
+        x.grad = layer.gate_weight.grad = None
+        layer.run(x, experts_per_token=2).backward(grad_y)
+        runs.append((x.grad.clone(), layer.gate_weight.grad.clone()))
+    for other in runs[1:]:
+        assert all(torch.equal(a.view(torch.int16), b.view(torch.int16)) for a, b in zip(runs[0], other))
