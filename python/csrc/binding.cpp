@@ -455,7 +455,7 @@ constexpr const char* kOps[] = {"quantize_mxfp4", "dequantize_mxfp4", "route", "
                                 "greedy_token"};
 // The ops whose gradients python/moekit/_autograd.py registers (torch.library.register_autograd):
 // every other op gets the inference-only Autograd kernel.
-constexpr const char* kDifferentiableOps[] = {"matmul_ogs", "route", "moe_mlp"};
+constexpr const char* kDifferentiableOps[] = {"matmul_ogs", "route", "moe_mlp", "add_rms_norm"};
 
 bool differentiable(const char* op) {
   for (const char* d : kDifferentiableOps) {

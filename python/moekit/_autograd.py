@@ -6,8 +6,9 @@ itself a moekit op, ``torch.ops.moekit.matmul_ogs_backward``, whose CPU backend 
 gradients' specification; a gradient of a gradient is refused by it. route passes the gradient
 of its expert weights (a softmax over each token's k chosen logits) to those logits, the others
 taking none: a few torch ops on [T, k], here. moe_mlp passes gradients to x, the gate's weight
-and bias and the experts' biases, through its steps recomputed in the backward. Every other
-moekit op is inference-only (its Autograd kernel refuses inputs that require grad).
+and bias and the experts' biases, through its steps recomputed in the backward; add_rms_norm to x,
+residual and scale (torch ops on its rows). Every other moekit op is inference-only (its
+Autograd kernel refuses inputs that require grad).
 """
 
 import torch
@@ -98,3 +99,33 @@ def _moe_mlp_backward(ctx, grad_y):
 
 
 torch.library.register_autograd("moekit::moe_mlp", _moe_mlp_backward, setup_context=_moe_mlp_setup_context)
+
+
+def _add_rms_norm_setup_context(ctx, inputs, output) -> None:
+    x, residual, scale, eps = inputs
+    ctx.save_for_backward(output[0], scale)
+    ctx.eps = eps
+    ctx.dtypes = (x.dtype, residual.dtype)
+
+
+def _add_rms_norm_backward(ctx, grad_sum, grad_out):
+    """sum = residual + x (its rounding differentiated as the identity) and out = sum * r * scale,
+    r = 1 / sqrt(mean(sum^2) + eps): d out_i / d sum_j = scale_i (r delta_ij - r^3 sum_i sum_j / H).
+    float32, rounded once to each input's dtype."""
+    total, scale = ctx.saved_tensors
+    s = total.float()
+    grad = torch.zeros_like(s) if grad_sum is None else grad_sum.float()
+    grad_scale = None
+    if grad_out is not None:
+        r = torch.rsqrt(s.pow(2).mean(dim=-1, keepdim=True) + ctx.eps)
+        g = grad_out.float()
+        scaled = g * scale
+        grad = grad + r * scaled - s * (r.pow(3) / s.shape[-1]) * (scaled * s).sum(dim=-1, keepdim=True)
+        grad_scale = (g * s * r).sum(dim=0)
+    needs = ctx.needs_input_grad
+    return (grad.to(ctx.dtypes[0]) if needs[0] else None, grad.to(ctx.dtypes[1]) if needs[1] else None,
+            grad_scale if needs[2] else None, None)
+
+
+torch.library.register_autograd("moekit::add_rms_norm", _add_rms_norm_backward,
+                                setup_context=_add_rms_norm_setup_context)

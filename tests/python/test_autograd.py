@@ -282,3 +282,52 @@ def test_moe_mlp_gradients_same_bits_every_run(gen):
         runs.append((x.grad.clone(), layer.gate_weight.grad.clone()))
     for other in runs[1:]:
         assert all(torch.equal(a.view(torch.int16), b.view(torch.int16)) for a, b in zip(runs[0], other))
+
+
+# ------------------------------------------------------------------------------ add_rms_norm
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T,H", [(5, 64), (3, 33), (0, 16)])
+def test_add_rms_norm_gradients_against_float64_autograd(gen, T, H, dtype):
+    """x, residual and scale from both outputs' gradients (the residual stream's and the norm's)."""
+    x, residual = randn(gen, T, H, dtype=dtype).requires_grad_(), randn(gen, T, H, dtype=dtype, scale=3.0).requires_grad_()
+    scale = (torch.rand(H, generator=gen) + 0.5).requires_grad_()
+    grad_sum, grad_out = randn(gen, T, H, dtype=dtype), randn(gen, T, H, dtype=dtype)
+    total, out = moekit.add_rms_norm(x, residual, scale, 1e-5)
+    torch.autograd.backward([total, out], [grad_sum, grad_out])
+    leaves64 = [t.detach().double().requires_grad_() for t in (x, residual, scale)]
+    total64, out64 = ref.add_rms_norm(*leaves64[:2], leaves64[2], 1e-5)
+    if T > 0:
+        torch.autograd.backward([total64, out64], [grad_sum.double(), grad_out.double()])
+    for got, want in zip((x.grad, residual.grad, scale.grad), leaves64):
+        assert got is not None and got.shape == want.shape
+        if T == 0:
+            assert (got == 0).all()
+        else:
+            assert ref.rel_err(got, want.grad) <= TOLERANCE[dtype], ref.rel_err(got, want.grad)
+
+
+# ------------------------------------------------------------------------- the runner's model
+
+def test_runner_model_trains_what_the_user_unfreezes():
+    """The runner's GptOss keeps its weights as buffers (frozen); a buffer made a Parameter trains
+    through the whole model (its norms, attention and MXFP4 MoE layers) on the CPU."""
+    from moekit.models import load_model
+
+    shipped = __import__("pathlib").Path(moekit.__file__).parent / "models" / "tiny_gpt_oss"
+    model = load_model(shipped, "cpu", dtype=torch.float32, progress=False)
+    model.norm.scale = torch.nn.Parameter(model.norm.scale.clone())
+    model.block[0].mlp.gate.bias = torch.nn.Parameter(model.block[0].mlp.gate.bias.clone())
+    assert [name for name, _ in model.named_parameters()] == ["block.0.mlp.gate.bias", "norm.scale"]
+    tokens = torch.tensor([5, 17, 300, 41, 9, 1200, 77, 3, 64, 2])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    losses = []
+    for _ in range(8):
+        loss = torch.nn.functional.cross_entropy(model(tokens[:-1]), tokens[1:])
+        optimizer.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+                   for p in model.parameters())
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
