@@ -1,5 +1,6 @@
 """Property tests: route, matmul_ogs and moe_mlp against the float64 reference (reference.py) on
-shapes hypothesis draws, empty dimensions included (T = 0, N = 0, K = 0, experts without rows).
+shapes hypothesis draws, empty dimensions included (T = 0, N = 0, K = 0, experts without rows);
+then matmul_ogs's and moe_mlp's gradients against torch autograd through the same references.
 
 Values are fresh random normals from a seed hypothesis draws too, so a failure reproduces from
 hypothesis's report. Every output element is checked: integers exactly, floats within a bound
@@ -134,3 +135,110 @@ def test_moe_mlp(p):
     got = moekit.moe_mlp(x, gate, gate_bias, w1, b1, w2, b2, experts_per_token=k)
     want = ref.moe_mlp(x, gate, gate_bias, w1_64, b1, w2_64, b2, experts_per_token=k, act_dtype=dtype)
     assert_every_element_close(got, want, dtype)
+
+
+# ---------------------------------------------------------------------------------- gradients
+# The ops' gradients against torch autograd through the same float64 references, on the same
+# drawn problems: the relative error over each gradient (float32: 1e-5; bfloat16 inputs: 1e-2).
+
+GRAD_SETTINGS = settings(max_examples=100, deadline=None, derandomize=True, database=None,
+                         suppress_health_check=[HealthCheck.too_slow])
+
+
+def assert_gradient_close(got: torch.Tensor, want64, dtype: torch.dtype) -> None:
+    """`want64` None: no path reached the leaf in the reference (no rows), so zeros."""
+    assert got is not None and torch.isfinite(got).all()
+    if want64 is None:
+        assert (got == 0).all()
+        return
+    assert got.shape == want64.shape
+    assert ref.rel_err(got, want64) <= TOL[dtype], ref.rel_err(got, want64)
+
+
+def leaf64(t):
+    return None if t is None else t.detach().double().requires_grad_()
+
+
+@GRAD_SETTINGS
+@given(matmul_problems())
+def test_matmul_ogs_gradients(p):
+    """x, bias and combine_weight; the weights frozen."""
+    E, N, K, T, k, seed = p["E"], p["N"], p["K"], p["T"], p["k"], p["seed"]
+    w, w64 = expert_weights(p["w_kind"], seed + 1, E, N, K)
+    bias = normal(seed + 2, E, N) if p["bias"] else None
+    r = moekit.route(normal(seed + 3, T, E), k)
+    combine = None
+    kwargs = {}
+    if p["mode"] == "plain":
+        w, w64 = (tuple(t[:1] for t in w) if isinstance(w, tuple) else w[:1]), w64[:1]
+        bias = bias[:1].clone() if bias is not None else None
+        x = normal(seed + 4, T, K, dtype=p["x_dtype"])
+    elif p["mode"] == "gather":
+        x = normal(seed + 4, T, K, dtype=p["x_dtype"])
+        kwargs = dict(expert_offsets=r.expert_offsets, gather_idx=r.gather_idx)
+    else:
+        x = normal(seed + 4, T * k, K, dtype=p["x_dtype"])
+        combine = r.expert_weight.clone() if p["combine"] else None
+        kwargs = dict(expert_offsets=r.expert_offsets, scatter_idx=r.scatter_idx)
+    leaves = {"x": x, "bias": bias, "combine_weight": combine}
+    for t in leaves.values():
+        if t is not None:
+            t.requires_grad_()
+    swiglu = (1.702, 7.0) if p["swiglu"] else None
+    out = moekit.matmul_ogs(x, w, bias, swiglu=swiglu, combine_weight=combine, **kwargs)
+    grad = normal(seed + 5, *out.shape, dtype=out.dtype)
+    out.backward(grad)
+    ref_leaves = {name: leaf64(t) for name, t in leaves.items()}
+    want = ref.matmul_ogs(ref_leaves["x"], w64, ref_leaves["bias"], swiglu_args=swiglu,
+                          combine_weight=ref_leaves["combine_weight"], **kwargs)
+    if want.requires_grad:
+        want.backward(grad.double())
+    for name, t in leaves.items():
+        if t is not None:
+            assert_gradient_close(t.grad, ref_leaves[name].grad, p["x_dtype"])
+
+
+@GRAD_SETTINGS
+@given(layer_problems())
+def test_moe_mlp_gradients(p):
+    """x, the gate's weight and bias, mlp1's and mlp2's biases; the experts frozen. The reference
+    routes by its own float64 logits (tokens drawn away from ties, as test_moe_mlp draws them)."""
+    T, E, k, H, I, seed, dtype = p["T"], p["E"], p["k"], p["H"], p["I"], p["seed"], p["x_dtype"]
+    gate = normal(seed, E, H, dtype=dtype, scale=max(H, 1) ** -0.5)
+    w1, w1_64 = expert_weights(p["w_kind"], seed + 1, E, 2 * I, H)
+    w2, w2_64 = expert_weights(p["w_kind"], seed + 2, E, H, I)
+    b1 = normal(seed + 3, E, 2 * I, dtype=dtype) if p["biases"] else None
+    b2 = normal(seed + 4, E, H, dtype=dtype) if p["biases"] else None
+    gate_bias = normal(seed + 5, E, dtype=dtype) if p["biases"] else None
+    x = normal(seed + 6, T, H, dtype=dtype)
+    for attempt in range(20):
+        logits = x.double() @ gate.double().T + (gate_bias.double() if gate_bias is not None else 0)
+        if k == E or T == 0 or H == 0:
+            break
+        top = torch.sort(logits, dim=1, descending=True).values
+        tied = (top[:, k - 1] - top[:, k]) < 1e-4
+        if not tied.any():
+            break
+        x[tied] = normal(seed + 7 + attempt, int(tied.sum()), H, dtype=dtype)
+    leaves = {"x": x, "gate": gate, "gate_bias": gate_bias, "b1": b1, "b2": b2}
+    for t in leaves.values():
+        if t is not None:
+            t.requires_grad_()
+    y = moekit.moe_mlp(x, gate, gate_bias, w1, b1, w2, b2, experts_per_token=k)
+    grad = normal(seed + 30, T, H, dtype=dtype)
+    y.backward(grad)
+    r64 = {name: leaf64(t) for name, t in leaves.items()}
+    logits = r64["x"] @ r64["gate"].T
+    if gate_bias is not None:
+        logits = logits + r64["gate_bias"]
+    routing = ref.route(logits.detach(), k)
+    weight = torch.softmax(logits.gather(1, routing.expert_idx), dim=-1)
+    act = ref.matmul_ogs(r64["x"], w1_64, r64["b1"], expert_offsets=routing.expert_offsets,
+                         gather_idx=routing.gather_idx, swiglu_args=(1.702, 7.0)).to(dtype).double()
+    want = ref.matmul_ogs(act, w2_64, r64["b2"], expert_offsets=routing.expert_offsets,
+                          scatter_idx=routing.scatter_idx, combine_weight=weight)
+    if want.requires_grad and want.numel():
+        want.backward(grad.double())
+    for name, t in leaves.items():
+        if t is not None:
+            assert_gradient_close(t.grad, r64[name].grad, dtype)
