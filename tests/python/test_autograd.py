@@ -331,3 +331,30 @@ def test_runner_model_trains_what_the_user_unfreezes():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0], losses
+
+
+def test_peft_lora_on_the_attention_projections_trains():
+    """transformers' model with moekit's MoE, frozen, with PEFT's LoRA on q_proj and v_proj: the
+    adapters train (the loss falls), the MXFP4 experts stay as loaded."""
+    from peft import LoraConfig, get_peft_model
+
+    from moekit.transformers_gpt_oss import from_pretrained
+
+    shipped = __import__("pathlib").Path(moekit.__file__).parent / "models" / "tiny_gpt_oss"
+    model = from_pretrained(shipped, dtype=torch.float32)
+    model.requires_grad_(False)
+    experts = {n: b.clone() for n, b in model.named_buffers() if "experts" in n}
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    trained = [p for p in lora.parameters() if p.requires_grad]
+    assert trained and all("lora_" in n for n, p in lora.named_parameters() if p.requires_grad)
+    ids = torch.tensor([[5, 17, 300, 41, 9, 1200, 77, 3, 64, 2]])
+    optimizer = torch.optim.AdamW(trained, lr=1e-2)
+    losses = []
+    for _ in range(6):
+        loss = lora(input_ids=ids, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert all(torch.equal(b, experts[n]) for n, b in model.named_buffers() if n in experts)
