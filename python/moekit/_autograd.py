@@ -14,6 +14,15 @@ Autograd kernel refuses inputs that require grad).
 import torch
 
 
+def _first_order_only(op: str) -> None:
+    """Refuses a backward that records its own graph (create_graph=True): the formulas here use
+    the forward's saved outputs, which carry no graph back to the inputs, so a gradient of their
+    gradient would be silently wrong."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"moekit.{op}: moekit computes first-order gradients only (no gradient of a gradient: "
+                           "do not pass create_graph=True through moekit ops)")
+
+
 def _matmul_ogs_setup_context(ctx, inputs, output) -> None:
     x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx, combine_weight, swiglu, alpha, limit, _ = inputs
     if w.requires_grad:
@@ -51,6 +60,7 @@ def _logits_grad(expert_idx, expert_weight, grad_weight, shape) -> torch.Tensor:
 
 
 def _route_backward(ctx, grad_idx, grad_weight, *grad_rest):
+    _first_order_only("route")
     expert_idx, expert_weight = ctx.saved_tensors
     shape, dtype = ctx.logits
     if grad_weight is None:
@@ -76,6 +86,7 @@ def _moe_mlp_backward(ctx, grad_y):
     float32 gate logits, the routing, mlp1's SwiGLU rows: the forward's values), then mlp2's and
     mlp1's backward, the routing's and the gate's; nothing but the inputs is kept from the
     forward."""
+    _first_order_only("moe_mlp")
     x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2 = ctx.saved_tensors
     k, alpha, limit = ctx.params
     ops = torch.ops.moekit
@@ -112,6 +123,7 @@ def _add_rms_norm_backward(ctx, grad_sum, grad_out):
     """sum = residual + x (its rounding differentiated as the identity) and out = sum * r * scale,
     r = 1 / sqrt(mean(sum^2) + eps): d out_i / d sum_j = scale_i (r delta_ij - r^3 sum_i sum_j / H).
     float32, rounded once to each input's dtype."""
+    _first_order_only("add_rms_norm")
     total, scale = ctx.saved_tensors
     s = total.float()
     grad = torch.zeros_like(s) if grad_sum is None else grad_sum.float()

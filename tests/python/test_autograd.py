@@ -133,6 +133,34 @@ def test_gradient_of_a_gradient_is_refused(gen):
         torch.autograd.grad(out.sum(), x, create_graph=True)
 
 
+def test_gradient_of_a_gradient_is_refused_by_every_differentiable_op(gen):
+    from conftest import H, MoeLayer
+
+    layer = MoeLayer(gen, 8, "mxfp4", torch.float32)
+    x = layer.draw_x(gen, 5, H, dtype=torch.float32, k=2).requires_grad_()
+    logits = randn(gen, 5, 8).requires_grad_()
+    residual = randn(gen, 5, H)
+    for op, out in (("moe_mlp", layer.run(x, experts_per_token=2)),
+                    ("route", moekit.route(logits, 2).expert_weight),
+                    ("add_rms_norm", moekit.add_rms_norm(x, residual, torch.ones(H), 1e-5)[1])):
+        with pytest.raises(RuntimeError, match=rf"moekit.{op}: moekit computes first-order gradients only"):
+            torch.autograd.grad(out.sum(), x if op != "route" else logits, create_graph=True)
+
+
+def test_opcheck_moe_mlp_and_add_rms_norm_with_gradients(gen):
+    from conftest import H, MoeLayer
+
+    layer = MoeLayer(gen, 8, "mxfp4", torch.float32)
+    x = layer.draw_x(gen, 4, H, dtype=torch.float32, k=2).requires_grad_()
+    layer.gate_weight.requires_grad_()
+    call = (x, layer.gate_weight, layer.gate_bias, *layer.w1.arg, layer.b1, *layer.w2.arg, layer.b2, 2, 1.702, 7.0)
+    for op, args in ((torch.ops.moekit.moe_mlp.default, call),
+                     (torch.ops.moekit.add_rms_norm.default, (x, randn(gen, 4, H), torch.ones(H).requires_grad_(),
+                                                              1e-5))):
+        result = opcheck(op, args)
+        assert all(v == "SUCCESS" for v in result.values()), (op, result)
+
+
 def test_backward_op_checks_its_gradient(gen):
     x, w, args = matmul_case(gen, "mxfp4", 5, 4, 2, 64, 64, "swiglu")
     with pytest.raises(ValueError, match=r"moekit.matmul_ogs_backward: 'grad_out' expected shape \[10, 32\]"):
