@@ -1,7 +1,10 @@
-"""Gradients through moekit's differentiable ops (issue 21, first step: matmul_ogs on the CPU):
-x, bias and combine_weight against torch autograd through the float64 dequantized reference,
-every element; the same bits on every run; the refusals (weights that require grad, a gradient
-of a gradient, the CUDA backend that has no backward yet); opcheck's autograd checks."""
+"""Gradients through moekit's differentiable ops (issue 21): matmul_ogs, route, moe_mlp and
+add_rms_norm against torch autograd through the float64 references; the same bits on every run;
+the refusals (weights that require grad, a gradient of a gradient, the CUDA backend that has no
+matmul_ogs backward yet); opcheck's autograd checks; torch.compile of a training step; the
+runner's model and PEFT's LoRA training on the CPU."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +12,7 @@ from torch.library import opcheck
 
 import moekit
 import reference as ref
-from conftest import TOLERANCE, make_weights, randn
+from conftest import TOLERANCE, H, MoeLayer, make_weights, randn
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -134,8 +137,6 @@ def test_gradient_of_a_gradient_is_refused(gen):
 
 
 def test_gradient_of_a_gradient_is_refused_by_every_differentiable_op(gen):
-    from conftest import H, MoeLayer
-
     layer = MoeLayer(gen, 8, "mxfp4", torch.float32)
     x = layer.draw_x(gen, 5, H, dtype=torch.float32, k=2).requires_grad_()
     logits = randn(gen, 5, 8).requires_grad_()
@@ -148,8 +149,6 @@ def test_gradient_of_a_gradient_is_refused_by_every_differentiable_op(gen):
 
 
 def test_opcheck_moe_mlp_and_add_rms_norm_with_gradients(gen):
-    from conftest import H, MoeLayer
-
     layer = MoeLayer(gen, 8, "mxfp4", torch.float32)
     x = layer.draw_x(gen, 4, H, dtype=torch.float32, k=2).requires_grad_()
     layer.gate_weight.requires_grad_()
@@ -276,8 +275,6 @@ def moe_reference_grads(layer, x, k, grad_y, leaves):
 @pytest.mark.parametrize("E,k,T", [(8, 2, 9), (32, 4, 5), (4, 4, 3), (8, 2, 0)])
 def test_moe_mlp_gradients_against_float64_autograd(gen, E, k, T, x_dtype):
     """x, the gate's weight and bias and both experts' biases, the experts MXFP4 and frozen."""
-    from conftest import H, MoeLayer
-
     layer = MoeLayer(gen, E, "mxfp4", x_dtype)
     x = layer.draw_x(gen, T, H, dtype=x_dtype, k=k).requires_grad_()
     leaves = {"gate_weight": layer.gate_weight, "gate_bias": layer.gate_bias, "b1": layer.b1, "b2": layer.b2}
@@ -297,8 +294,6 @@ def test_moe_mlp_gradients_against_float64_autograd(gen, E, k, T, x_dtype):
 
 
 def test_moe_mlp_gradients_same_bits_every_run(gen):
-    from conftest import H, MoeLayer
-
     layer = MoeLayer(gen, 8, "mxfp4", torch.bfloat16)
     x = layer.draw_x(gen, 17, H, dtype=torch.bfloat16, k=2).requires_grad_()
     layer.gate_weight.requires_grad_()
@@ -342,7 +337,7 @@ def test_runner_model_trains_what_the_user_unfreezes():
     through the whole model (its norms, attention and MXFP4 MoE layers) on the CPU."""
     from moekit.models import load_model
 
-    shipped = __import__("pathlib").Path(moekit.__file__).parent / "models" / "tiny_gpt_oss"
+    shipped = Path(moekit.__file__).parent / "models" / "tiny_gpt_oss"
     model = load_model(shipped, "cpu", dtype=torch.float32, progress=False)
     model.norm.scale = torch.nn.Parameter(model.norm.scale.clone())
     model.block[0].mlp.gate.bias = torch.nn.Parameter(model.block[0].mlp.gate.bias.clone())
@@ -368,7 +363,7 @@ def test_peft_lora_on_the_attention_projections_trains():
 
     from moekit.transformers_gpt_oss import from_pretrained
 
-    shipped = __import__("pathlib").Path(moekit.__file__).parent / "models" / "tiny_gpt_oss"
+    shipped = Path(moekit.__file__).parent / "models" / "tiny_gpt_oss"
     model = from_pretrained(shipped, dtype=torch.float32)
     model.requires_grad_(False)
     experts = {n: b.clone() for n, b in model.named_buffers() if "experts" in n}
