@@ -381,3 +381,23 @@ def test_peft_lora_on_the_attention_projections_trains():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
     assert all(torch.equal(b, experts[n]) for n, b in model.named_buffers() if n in experts)
+
+
+def test_tensor_parallel_blocks_refuse_gradients():
+    """A block whose ranks' outputs are all-reduced in place refuses to be differentiated (the
+    reduction would drop out of the gradient), whether the input or a parameter wants one."""
+    from gpt_oss_fixtures import tiny_config
+    from moekit.models.gpt_oss import AttentionBlock, MLPBlock, TensorParallel
+
+    config = tiny_config()
+    tp = TensorParallel.plan(config, rank=0, world_size=2)
+    assert tp.shard_heads
+    blocks = (MLPBlock(config, tp, "cpu", torch.float32, None),
+              AttentionBlock(config, 0, tp, "cpu", torch.float32, None))
+    for block in blocks:
+        args = (None, None) if isinstance(block, AttentionBlock) else ()
+        with pytest.raises(RuntimeError, match="gradients through a tensor-parallel block are not supported"):
+            block(torch.zeros(3, config.hidden_size, requires_grad=True), *args)
+        block.norm.scale = torch.nn.Parameter(block.norm.scale.clone())
+        with pytest.raises(RuntimeError, match="gradients through a tensor-parallel block are not supported"):
+            block(torch.zeros(3, config.hidden_size), *args)

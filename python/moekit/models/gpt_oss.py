@@ -404,6 +404,15 @@ class KVCache:
         self.position.add_(tokens)
 
 
+def refuse_gradients_across_ranks(block: nn.Module, h: torch.Tensor) -> None:
+    """A tensor-parallel block sums its ranks' partial outputs with an in-place all_reduce, which
+    autograd does not differentiate: a gradient through it would be silently wrong, so it is
+    refused (train one model per rank instead, e.g. with DDP)."""
+    if torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in block.parameters())):
+        raise RuntimeError("moekit gpt-oss: gradients through a tensor-parallel block are not supported (its "
+                           "ranks' all-reduce is not differentiated); train with one model per rank (e.g. DDP)")
+
+
 class AttentionBlock(nn.Module):
     def __init__(self, config: GptOssConfig, layer_idx: int, tp: TensorParallel, device, dtype, group):
         super().__init__()
@@ -426,6 +435,8 @@ class AttentionBlock(nn.Module):
         block adds it to the residual stream. With a cache, the tokens continue it at ``cache.pos``
         (the caller advances the cache); a few tokens run as one moekit.attention_decode, which
         reads the position on the device."""
+        if self.reduce:
+            refuse_gradients_across_ranks(self, h)
         qkv = self.qkv(h)
         if cache is not None and h.shape[0] <= DECODE_TOKENS:
             attn = moekit.attention_decode(qkv, cache.k[self.layer_idx], cache.v[self.layer_idx], self.sinks,
@@ -486,6 +497,8 @@ class MLPBlock(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """The MoE output (summed over the ranks) of the normed input ``h``."""
+        if self.reduce:
+            refuse_gradients_across_ranks(self, h)
         y = moekit.moe_mlp(h, self.gate.weight, self.gate.bias, self.mlp1_weight.pair(), self.mlp1_bias,
                            self.mlp2_weight.pair(), self.mlp2_bias, experts_per_token=self.k,
                            swiglu_alpha=SWIGLU_ALPHA, swiglu_limit=self.swiglu_limit)
