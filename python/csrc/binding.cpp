@@ -272,7 +272,7 @@ std::tuple<Tensor, Tensor, Tensor> matmul_ogs_backward(const Tensor& grad_out, c
     b.forward = matmul_ogs_args(op, x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx, combine_weight,
                                 swiglu, swiglu_alpha, swiglu_limit);
     b.grad_out = view(op, "grad_out", grad_out);
-    const moekit::MatmulOgsProblem p = moekit::check_matmul_ogs_inputs(b.forward, op);
+    const moekit::MatmulOgsProblem p = moekit::check_matmul_ogs_backward_inputs(b);
     const OnDevice on(p.device);
     Tensor grad_x = at::empty({p.M, p.K}, options(p.device, x.scalar_type()));
     Tensor grad_bias = bias.has_value() ? at::empty({p.E, p.N}, options(p.device, bias->scalar_type()))
@@ -283,7 +283,6 @@ std::tuple<Tensor, Tensor, Tensor> matmul_ogs_backward(const Tensor& grad_out, c
     b.grad_x = view(op, "grad_x", grad_x);
     if (bias.has_value()) b.grad_bias = view(op, "grad_bias", grad_bias);
     if (combine_weight.has_value()) b.grad_combine_weight = view(op, "grad_combine_weight", grad_combine_weight);
-    moekit::check_matmul_ogs_backward_args(p, b);
     if (shapes_only(p.device)) return std::make_tuple(grad_x, grad_bias, grad_combine_weight);
     moekit::matmul_ogs_backward(b, on.ctx());
     return std::make_tuple(grad_x, grad_bias, grad_combine_weight);

@@ -100,8 +100,8 @@ void run_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& args, const 
 }
 
 MatmulOgsProblem accept_matmul_ogs_backward(const MatmulOgsBackwardArgs& args) {
-  const MatmulOgsProblem p = check_matmul_ogs_inputs(args.forward, "matmul_ogs_backward");
-  check_matmul_ogs_backward_args(p, args);
+  const MatmulOgsProblem p = check_matmul_ogs_backward_inputs(args);
+  check_matmul_ogs_backward_outputs(p, args);
   check_backend("matmul_ogs_backward", p.device);
   MOEKIT_ON_BACKEND(p.device, (void)0, cuda::can_implement_matmul_ogs_backward(p));
   return p;

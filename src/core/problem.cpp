@@ -248,16 +248,23 @@ void check_matmul_ogs_outputs(const MatmulOgsProblem& p, const MatmulOgsArgs& a)
   check::on_device(op, "out", a.out, p.device, "x");
 }
 
-void check_matmul_ogs_backward_args(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs& a) {
+MatmulOgsProblem check_matmul_ogs_backward_inputs(const MatmulOgsBackwardArgs& a) {
+  const char* op = "matmul_ogs_backward";
+  const MatmulOgsProblem p = check_matmul_ogs_inputs(a.forward, op);
+  check_tensor(op, "grad_out", a.grad_out, {a.forward.x.dtype, DType::kFloat32}, {p.out_rows, p.out_cols});
+  check::on_device(op, "grad_out", a.grad_out, p.device, "x");
+  return p;
+}
+
+void check_matmul_ogs_backward_outputs(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs& a) {
   const char* op = "matmul_ogs_backward";
   const MatmulOgsArgs& f = a.forward;
-  check_tensor(op, "grad_out", a.grad_out, {f.x.dtype, DType::kFloat32}, {p.out_rows, p.out_cols});
   check_tensor(op, "grad_x", a.grad_x, {f.x.dtype}, {p.M, p.K});
   if (f.bias.present()) check_tensor(op, "grad_bias", a.grad_bias, {f.bias.dtype}, {p.E, p.N});
   else if (a.grad_bias.present()) fail(kValue, op, "grad_bias", "None without bias", "a tensor");
   if (f.combine_weight.present()) check_tensor(op, "grad_combine_weight", a.grad_combine_weight, {DType::kFloat32}, {p.T, p.k});
   else if (a.grad_combine_weight.present()) fail(kValue, op, "grad_combine_weight", "None without combine_weight", "a tensor");
-  check::same_device(op, {{"x", &f.x}, {"grad_out", &a.grad_out}, {"grad_x", &a.grad_x}, {"grad_bias", &a.grad_bias},
+  check::same_device(op, {{"x", &f.x}, {"grad_x", &a.grad_x}, {"grad_bias", &a.grad_bias},
                           {"grad_combine_weight", &a.grad_combine_weight}});
 }
 

@@ -61,8 +61,10 @@ struct MatmulOgsProblem {
 };
 // `op`: the op named in errors (matmul_ogs_backward checks its forward's arguments here too).
 MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a, const char* op = "matmul_ogs");
-// The backward's grad_out and gradients against its forward's problem.
-void check_matmul_ogs_backward_args(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs& a);
+// The backward's inputs (its forward's arguments, named as the backward's, and grad_out), then
+// its gradients against that problem.
+MatmulOgsProblem check_matmul_ogs_backward_inputs(const MatmulOgsBackwardArgs& a);
+void check_matmul_ogs_backward_outputs(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs& a);
 // The workspace of a problem's shapes; throws if its sizes do not fit in int64.
 MatmulOgsWorkspace matmul_ogs_workspace_layout(const MatmulOgsProblem& p);
 void check_matmul_ogs_outputs(const MatmulOgsProblem& p, const MatmulOgsArgs& a);

@@ -73,8 +73,16 @@ inline void decode_weight_row(const MatmulOgsProblem& p, const ExpertWeights& w,
   }
 }
 
-// Fixed-order fp32 dot product (defined below).
-inline float dot(const float* a, const float* b, int64_t K);
+// Fixed-order fp32 dot product (8 independent partial sums, then summed in order).
+inline float dot(const float* a, const float* b, int64_t K) {
+  float acc[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= K; i += 8) {
+    for (int u = 0; u < 8; ++u) acc[u] += a[i + u] * b[i + u];
+  }
+  for (; i < K; ++i) acc[i % 8] += a[i] * b[i];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
 
 // h = x_row @ W[e]^T + bias[e] for every problem row, one work item per (expert, block of
 // kColsPerItem columns: whole SwiGLU pairs), its weight rows decoded once and reused by every row
@@ -107,17 +115,6 @@ void for_each_h_block(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const s
       }
     }
   });
-}
-
-// Fixed-order fp32 dot product (8 independent partial sums, then summed in order).
-inline float dot(const float* a, const float* b, int64_t K) {
-  float acc[8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= K; i += 8) {
-    for (int u = 0; u < 8; ++u) acc[u] += a[i + u] * b[i + u];
-  }
-  for (; i < K; ++i) acc[i % 8] += a[i] * b[i];
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
 // SwiGLU of gpt-oss on one (glu, linear) pair; NaN propagates through the clamps.

@@ -111,9 +111,9 @@ def layer_problems(draw):
                 seed=draw(st.integers(0, 2 ** 31 - 1)))
 
 
-@SETTINGS
-@given(layer_problems())
-def test_moe_mlp(p):
+def draw_layer(p):
+    """The drawn problem's layer: (x, gate, gate_bias, w1, w1_64, b1, w2, w2_64, b2), tokens whose
+    k-th and (k+1)-th float64 logits nearly tie redrawn (float32 may order them apart)."""
     T, E, k, H, I, seed, dtype = p["T"], p["E"], p["k"], p["H"], p["I"], p["seed"], p["x_dtype"]
     gate = normal(seed, E, H, dtype=dtype, scale=max(H, 1) ** -0.5)
     w1, w1_64 = expert_weights(p["w_kind"], seed + 1, E, 2 * I, H)
@@ -122,7 +122,6 @@ def test_moe_mlp(p):
     b2 = normal(seed + 4, E, H, dtype=dtype) if p["biases"] else None
     gate_bias = normal(seed + 5, E, dtype=dtype) if p["biases"] else None
     x = normal(seed + 6, T, H, dtype=dtype)
-    # Redraw tokens whose k-th and (k+1)-th float64 logits nearly tie (float32 may order them apart).
     for attempt in range(20):
         logits = x.double() @ gate.double().T + (gate_bias.double() if gate_bias is not None else 0)
         if k == E or T == 0 or H == 0:
@@ -132,6 +131,14 @@ def test_moe_mlp(p):
         if not tied.any():
             break
         x[tied] = normal(seed + 7 + attempt, int(tied.sum()), H, dtype=dtype)
+    return x, gate, gate_bias, w1, w1_64, b1, w2, w2_64, b2
+
+
+@SETTINGS
+@given(layer_problems())
+def test_moe_mlp(p):
+    k, dtype = p["k"], p["x_dtype"]
+    x, gate, gate_bias, w1, w1_64, b1, w2, w2_64, b2 = draw_layer(p)
     got = moekit.moe_mlp(x, gate, gate_bias, w1, b1, w2, b2, experts_per_token=k)
     want = ref.moe_mlp(x, gate, gate_bias, w1_64, b1, w2_64, b2, experts_per_token=k, act_dtype=dtype)
     assert_every_element_close(got, want, dtype)
@@ -203,23 +210,8 @@ def test_matmul_ogs_gradients(p):
 def test_moe_mlp_gradients(p):
     """x, the gate's weight and bias, mlp1's and mlp2's biases; the experts frozen. The reference
     routes by its own float64 logits (tokens drawn away from ties, as test_moe_mlp draws them)."""
-    T, E, k, H, I, seed, dtype = p["T"], p["E"], p["k"], p["H"], p["I"], p["seed"], p["x_dtype"]
-    gate = normal(seed, E, H, dtype=dtype, scale=max(H, 1) ** -0.5)
-    w1, w1_64 = expert_weights(p["w_kind"], seed + 1, E, 2 * I, H)
-    w2, w2_64 = expert_weights(p["w_kind"], seed + 2, E, H, I)
-    b1 = normal(seed + 3, E, 2 * I, dtype=dtype) if p["biases"] else None
-    b2 = normal(seed + 4, E, H, dtype=dtype) if p["biases"] else None
-    gate_bias = normal(seed + 5, E, dtype=dtype) if p["biases"] else None
-    x = normal(seed + 6, T, H, dtype=dtype)
-    for attempt in range(20):
-        logits = x.double() @ gate.double().T + (gate_bias.double() if gate_bias is not None else 0)
-        if k == E or T == 0 or H == 0:
-            break
-        top = torch.sort(logits, dim=1, descending=True).values
-        tied = (top[:, k - 1] - top[:, k]) < 1e-4
-        if not tied.any():
-            break
-        x[tied] = normal(seed + 7 + attempt, int(tied.sum()), H, dtype=dtype)
+    T, k, H, seed, dtype = p["T"], p["k"], p["H"], p["seed"], p["x_dtype"]
+    x, gate, gate_bias, w1, w1_64, b1, w2, w2_64, b2 = draw_layer(p)
     leaves = {"x": x, "gate": gate, "gate_bias": gate_bias, "b1": b1, "b2": b2}
     for t in leaves.values():
         if t is not None:

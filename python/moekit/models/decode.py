@@ -59,11 +59,15 @@ class Decoder:
     def _step(self) -> None:
         """Feeds ``token`` at the cache's position, samples the next token into ``token`` and
         into ``ids`` at the next position."""
-        logits = self.model.logits(self.token, self.cache, last_only=True)
+        self._pick(self.model.logits(self.token, self.cache, last_only=True))
+
+    def _pick(self, logits: torch.Tensor) -> None:
+        """Samples the token after ``logits`` [1, vocab] into ``token`` and into ``ids`` at the
+        cache's position (already advanced past the tokens that gave the logits)."""
         if self.temperature == 0:  # one kernel: the argmax into token and ids[position], no draw
             moekit.greedy_token(logits[0], self.cache.position, self.token, self.ids)
             return
-        at = self.cache.position.long()  # advanced: the position of the sampled token
+        at = self.cache.position.long()
         token = sample_token(logits[0], self.temperature, self.top_p, self.uniform.index_select(0, at)).int()
         self.token.copy_(token)
         self.ids.index_copy_(0, at, token)
@@ -106,9 +110,7 @@ class Decoder:
         ids = torch.tensor(prompt, dtype=torch.int64, device=model.device)
         for begin in range(0, n, prefill_chunk):
             logits = model.logits(ids[begin:begin + prefill_chunk], self.cache, last_only=True)
-        first = sample_token(logits[0], self.temperature, self.top_p, self.uniform[n:n + 1])
-        self.token.copy_(first)
-        self.ids[n:n + 1].copy_(first)
+        self._pick(logits)
 
         produced, out = 1, []
         while True:
