@@ -86,7 +86,12 @@ struct MatmulOgsBackwardArgs {
   TensorView grad_x;      // [M, K] x's dtype
   TensorView grad_bias;   // [E, N] bias's dtype, present with bias
   TensorView grad_combine_weight;  // f32 [T, k], present with combine_weight
+  // 1-D uint8 buffer of at least matmul_ogs_backward_workspace_size() bytes on the tensors' device,
+  // which the CUDA backend needs (its row maps, sort buffers and intermediates).
+  TensorView workspace;
 };
+// Validates the inputs, and returns the workspace bytes the backward needs on their device (0 on the CPU).
+size_t matmul_ogs_backward_workspace_size(const MatmulOgsBackwardArgs& args);
 void matmul_ogs_backward(const MatmulOgsBackwardArgs& args, const ExecContext& ctx = {});
 
 // The gpt-oss MoE layer: gate, route, mlp1 + SwiGLU, mlp2, combine (see docs/semantics.md).

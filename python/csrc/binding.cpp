@@ -284,6 +284,12 @@ std::tuple<Tensor, Tensor, Tensor> matmul_ogs_backward(const Tensor& grad_out, c
     if (bias.has_value()) b.grad_bias = view(op, "grad_bias", grad_bias);
     if (combine_weight.has_value()) b.grad_combine_weight = view(op, "grad_combine_weight", grad_combine_weight);
     if (shapes_only(p.device)) return std::make_tuple(grad_x, grad_bias, grad_combine_weight);
+    Tensor workspace;  // only the CUDA backend needs one
+    if (p.device.type == moekit::DeviceType::kCUDA) {
+      const int64_t bytes = static_cast<int64_t>(moekit::matmul_ogs_backward_workspace_size(b));
+      workspace = at::empty({bytes}, options(p.device, at::kByte));
+      b.workspace = view(op, "workspace", workspace);
+    }
     moekit::matmul_ogs_backward(b, on.ctx());
     return std::make_tuple(grad_x, grad_bias, grad_combine_weight);
   });

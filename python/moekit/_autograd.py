@@ -6,12 +6,16 @@ itself a moekit op, ``torch.ops.moekit.matmul_ogs_backward``, whose CPU backend 
 gradients' specification; a gradient of a gradient is refused by it. route passes the gradient
 of its expert weights (a softmax over each token's k chosen logits) to those logits, the others
 taking none: a few torch ops on [T, k], here. moe_mlp passes gradients to x, the gate's weight
-and bias and the experts' biases, through its steps recomputed in the backward; add_rms_norm to x,
+and bias and the experts' biases: moekit.moe_mlp in grad mode runs the op's composition with each
+step differentiable (its activations kept), the op called directly recomputes its steps in the
+backward; add_rms_norm to x,
 residual and scale (torch ops on its rows). Every other moekit op is inference-only (its
 Autograd kernel refuses inputs that require grad).
 """
 
 import torch
+
+from moekit import _fake
 
 
 def _first_order_only(op: str) -> None:
@@ -71,42 +75,93 @@ def _route_backward(ctx, grad_idx, grad_weight, *grad_rest):
 torch.library.register_autograd("moekit::route", _route_backward, setup_context=_route_setup_context)
 
 
-def _moe_mlp_setup_context(ctx, inputs, output) -> None:
-    x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, k, alpha, limit = inputs
+def _refuse_expert_weight_grads(w1, w2) -> None:
     for name, w in (("mlp1_weight", w1), ("mlp2_weight", w2)):
         if w.requires_grad:
             raise ValueError(f"moekit.moe_mlp: '{name}' requires grad, but expert weights are frozen (moekit "
                              f"computes no weight gradient); pass {name}.detach()")
+
+
+def _gate_grads(grad_logits, x, gate_weight, gate_bias_dtype, needs):
+    """The gradients of the float32 logits x W^T + b for x, W and b (where `needs` says)."""
+    return ((grad_logits @ gate_weight.float()).to(x.dtype) if needs[0] else None,
+            (grad_logits.T @ x.float()).to(gate_weight.dtype) if needs[1] else None,
+            grad_logits.sum(dim=0).to(gate_bias_dtype) if needs[2] else None)
+
+
+class _GateLogits(torch.autograd.Function):
+    """moe_mlp's gate: float32 logits from a one-expert matmul_ogs, as the layer computes them;
+    the gradients of x and the gate's weight and bias in torch."""
+
+    @staticmethod
+    def forward(ctx, x, gate_weight, gate_bias):
+        E, H = gate_weight.shape
+        ctx.save_for_backward(x, gate_weight)
+        ctx.bias_dtype = gate_bias.dtype if gate_bias is not None else None
+        return torch.ops.moekit.matmul_ogs(x, gate_weight.reshape(1, E, H), None,
+                                           gate_bias.reshape(1, E) if gate_bias is not None else None,
+                                           None, None, None, None, False, 0.0, 0.0, torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad_logits):
+        _first_order_only("moe_mlp")
+        x, gate_weight = ctx.saved_tensors
+        return _gate_grads(grad_logits, x, gate_weight, ctx.bias_dtype, ctx.needs_input_grad)
+
+
+def _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit):
+    """The layer up to mlp1 as the op composes it: the gate's float32 logits, the routing, mlp1's
+    SwiGLU rows; differentiable where grad mode is on."""
+    routing = torch.ops.moekit.route(_GateLogits.apply(x, gate_weight, gate_bias), k)
+    offsets, gather_idx = routing[3], routing[4]
+    return routing, torch.ops.moekit.matmul_ogs(x, w1, s1, b1, offsets, gather_idx, None, None, True, alpha, limit,
+                                                None)
+
+
+def moe_mlp_with_saved_activations(x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, k, alpha, limit):
+    """moe_mlp for training (moekit.moe_mlp in grad mode): the op's own composition, each step
+    differentiable, so autograd keeps mlp1's output and the routing (T k I elements of x's dtype)
+    and the backward recomputes only mlp1's h; the same output as the op on its general path."""
+    _fake._check(torch.ops.moekit.moe_mlp.default, x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, k, alpha,
+                 limit)
+    _refuse_expert_weight_grads(w1, w2)
+    routing, act = _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit)
+    _, expert_weight, _, offsets, _, scatter_idx = routing
+    return torch.ops.moekit.matmul_ogs(act, w2, s2, b2, offsets, None, scatter_idx, expert_weight, False, 0.0, 0.0,
+                                       None)
+
+
+def _moe_mlp_setup_context(ctx, inputs, output) -> None:
+    x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, k, alpha, limit = inputs
+    _refuse_expert_weight_grads(w1, w2)
     ctx.save_for_backward(x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2)
     ctx.params = (k, alpha, limit)
 
 
 def _moe_mlp_backward(ctx, grad_y):
-    """The layer's gradients through its own steps, recomputed by the ops moe_mlp composes (the
-    float32 gate logits, the routing, mlp1's SwiGLU rows: the forward's values), then mlp2's and
-    mlp1's backward, the routing's and the gate's; nothing but the inputs is kept from the
-    forward."""
+    """The op's gradients (torch.ops.moekit.moe_mlp called directly; moekit.moe_mlp in grad mode
+    keeps its activations instead): the gate's logits, the routing and mlp1's rows recomputed by
+    the ops the forward composes, then mlp2's and mlp1's backward, the routing's and the gate's;
+    nothing but the inputs is kept from the forward."""
     _first_order_only("moe_mlp")
     x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2 = ctx.saved_tensors
     k, alpha, limit = ctx.params
     ops = torch.ops.moekit
-    (T, H), E = x.shape, gate_weight.shape[0]
-    gate_b = gate_bias.reshape(1, E) if gate_bias is not None else None
-    logits = ops.matmul_ogs(x, gate_weight.reshape(1, E, H), None, gate_b, None, None, None, None, False, 0.0, 0.0,
-                            torch.float32)
-    expert_idx, expert_weight, _, offsets, gather_idx, scatter_idx = ops.route(logits, k)
-    act = ops.matmul_ogs(x, w1, s1, b1, offsets, gather_idx, None, None, True, alpha, limit, None)
+    routing, act = _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit)
+    expert_idx, expert_weight, _, offsets, gather_idx, scatter_idx = routing
     grad_act, grad_b2, grad_weight = ops.matmul_ogs_backward(grad_y.contiguous(), act, w2, s2, b2, offsets, None,
                                                              scatter_idx, expert_weight, False, 0.0, 0.0)
     grad_x, grad_b1, _ = ops.matmul_ogs_backward(grad_act, x, w1, s1, b1, offsets, gather_idx, None, None, True,
                                                  alpha, limit)
-    grad_logits = _logits_grad(expert_idx, expert_weight, grad_weight, (T, E))
+    grad_logits = _logits_grad(expert_idx, expert_weight, grad_weight, expert_weight.shape[:1] + gate_weight.shape[:1])
     needs = ctx.needs_input_grad
-    grad_x = (grad_x.float() + grad_logits @ gate_weight.float()).to(x.dtype) if needs[0] else None
-    grad_gate_weight = (grad_logits.T @ x.float()).to(gate_weight.dtype) if needs[1] else None
-    grad_gate_bias = grad_logits.sum(dim=0).to(gate_bias.dtype) if needs[2] else None
-    return (grad_x, grad_gate_weight, grad_gate_bias, None, None, grad_b1 if needs[5] else None, None, None,
-            grad_b2 if needs[8] else None, None, None, None)
+    gate_x, grad_gate_weight, grad_gate_bias = _gate_grads(grad_logits, x, gate_weight,
+                                                           gate_bias.dtype if gate_bias is not None else None,
+                                                           (needs[0], needs[1], needs[2]))
+    if needs[0]:
+        grad_x = grad_x + gate_x
+    return (grad_x if needs[0] else None, grad_gate_weight, grad_gate_bias, None, None, grad_b1 if needs[5] else None,
+            None, None, grad_b2 if needs[8] else None, None, None, None)
 
 
 torch.library.register_autograd("moekit::moe_mlp", _moe_mlp_backward, setup_context=_moe_mlp_setup_context)

@@ -9,6 +9,8 @@ from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 
+from moekit import _autograd
+
 Weights = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -176,8 +178,12 @@ def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torc
     if x.ndim < 1:
         raise ValueError("moekit.moe_mlp: 'x' expected shape [..., H], got a 0-d tensor")
     # math.prod, not -1: a reshape cannot infer -1 for a tensor without elements (H = 0).
-    y = torch.ops.moekit.moe_mlp(x.reshape(math.prod(x.shape[:-1]), x.shape[-1]), gate_weight, gate_bias, w1, s1,
-                                 mlp1_bias, w2, s2, mlp2_bias, experts_per_token, alpha, limit)
+    args = (x.reshape(math.prod(x.shape[:-1]), x.shape[-1]), gate_weight, gate_bias, w1, s1, mlp1_bias, w2, s2,
+            mlp2_bias, experts_per_token, alpha, limit)
+    training = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in args)
+    # In grad mode the layer runs as its composition of differentiable ops, so that autograd keeps
+    # its activations instead of the backward recomputing them (moekit/_autograd.py).
+    y = _autograd.moe_mlp_with_saved_activations(*args) if training else torch.ops.moekit.moe_mlp(*args)
     return y.reshape(x.shape)
 
 

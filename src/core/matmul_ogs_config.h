@@ -88,4 +88,19 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   return wgmma ? MatmulOgsKernel::kWgmma128 : MatmulOgsKernel::kTiled64;
 }
 
+// matmul_ogs_backward's transposed product u = g W[e] (g: the gradient at h, rows of N).
+enum class MatmulOgsTransposedKernel {
+  kSimt,      // fp32 FMA; any dtypes
+  kWgmma128,  // MXFP4 weights, bf16 g, sm_90: wgmma on 128 x 128 tiles, the decoded weights MN-major
+};
+
+// g_bf16: g in bf16; aligned_16: g and w data start on 16-byte boundaries.
+inline MatmulOgsTransposedKernel choose_matmul_ogs_transposed_kernel(const MatmulOgsProblem& p, bool g_bf16,
+                                                                     bool aligned_16, const DeviceInfo& device) {
+  // g's rows are copied in 16-byte pieces: N % 8 == 0.
+  const bool wgmma = p.mxfp4 && g_bf16 && aligned_16 && p.N % 8 == 0 && device.major == 9 && device.minor == 0 &&
+                     device.max_smem_per_block_optin >= kWgmmaSharedMemoryBytes;
+  return wgmma ? MatmulOgsTransposedKernel::kWgmma128 : MatmulOgsTransposedKernel::kSimt;
+}
+
 }  // namespace moekit

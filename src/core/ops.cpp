@@ -103,12 +103,12 @@ MatmulOgsProblem accept_matmul_ogs_backward(const MatmulOgsBackwardArgs& args) {
   const MatmulOgsProblem p = check_matmul_ogs_backward_inputs(args);
   check_matmul_ogs_backward_outputs(p, args);
   check_backend("matmul_ogs_backward", p.device);
-  MOEKIT_ON_BACKEND(p.device, (void)0, cuda::can_implement_matmul_ogs_backward(p));
+  MOEKIT_ON_BACKEND(p.device, (void)0, cuda::can_implement_matmul_ogs_backward(p, args));
   return p;
 }
 
 void run_matmul_ogs_backward(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs& args, const ExecContext& ctx) {
-  MOEKIT_ON_BACKEND(p.device, cpu::matmul_ogs_backward(p, args, ctx), (void)0);
+  MOEKIT_ON_BACKEND(p.device, cpu::matmul_ogs_backward(p, args, ctx), cuda::matmul_ogs_backward(p, args, ctx));
 }
 
 AddRmsNormProblem accept_add_rms_norm(const TensorView& x, const TensorView& residual, const TensorView& scale,
@@ -171,6 +171,16 @@ size_t matmul_ogs_workspace_size(const MatmulOgsArgs& args) {
 }
 
 void matmul_ogs(const MatmulOgsArgs& args, const ExecContext& ctx) { run_matmul_ogs(accept_matmul_ogs(args), args, ctx); }
+
+size_t matmul_ogs_backward_workspace_size(const MatmulOgsBackwardArgs& args) {
+  const MatmulOgsProblem p = check_matmul_ogs_backward_inputs(args);
+  size_t bytes = 0;  // the CPU backend needs none
+  if (p.device.type == DeviceType::kCUDA) {
+    check_backend("matmul_ogs_backward", p.device);
+    MOEKIT_ON_BACKEND(p.device, (void)0, bytes = cuda::matmul_ogs_backward_workspace_size(p, args));
+  }
+  return bytes;
+}
 
 void matmul_ogs_backward(const MatmulOgsBackwardArgs& args, const ExecContext& ctx) {
   run_matmul_ogs_backward(accept_matmul_ogs_backward(args), args, ctx);

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <string>
 
+#include "byte_layout.h"
 #include "check.h"
 #include "mxfp4.h"
 
@@ -34,25 +35,6 @@ void check_optional(const char* op, const char* arg, const TensorView& t, std::i
                     const std::vector<int64_t>& shape) {
   if (t.present()) check_tensor(op, arg, t, types, shape);
 }
-
-// Carves a workspace into regions, each starting on a 256-byte boundary; sizes that do not fit
-// in int64 are refused, naming the op and the argument whose size they come from.
-class ByteLayout {
- public:
-  explicit ByteLayout(const char* op) : op_(op) {}
-  // count * element_bytes bytes, for argument `arg`.
-  size_t take(const char* arg, int64_t count, int64_t element_bytes) {
-    const int64_t bytes = check::mul(op_, arg, count, element_bytes);
-    const int64_t here = size_;
-    size_ = check::add(op_, arg, size_, check::add(op_, arg, bytes, 255) / 256 * 256);
-    return static_cast<size_t>(here);
-  }
-  size_t size() const { return static_cast<size_t>(size_); }
-
- private:
-  const char* op_;
-  int64_t size_ = 0;
-};
 
 void check_k_multiple_of_block(const char* op, const char* arg, int64_t K, const char* why) {
   if (K % mxfp4::kBlock != 0) {

@@ -115,4 +115,20 @@ TEST(MatmulOgsConfig, OneDenseBf16WeightAndFewRowsTakeTheGemv) {
   EXPECT_EQ(moekit::gemv_shared_rows(other, device(9), 1000), moekit::kGemvMaxSharedRows);
 }
 
+TEST(MatmulOgsConfig, TransposedProductTakesWgmmaForMxfp4AndBf16OnSm90) {
+  using moekit::MatmulOgsTransposedKernel;
+  const moekit::MatmulOgsProblem mx = problem(4096, 32, 2880, true);
+  EXPECT_EQ(choose_matmul_ogs_transposed_kernel(mx, true, true, device(9)), MatmulOgsTransposedKernel::kWgmma128);
+  EXPECT_EQ(choose_matmul_ogs_transposed_kernel(mx, false, true, device(9)), MatmulOgsTransposedKernel::kSimt) << "f32 g";
+  EXPECT_EQ(choose_matmul_ogs_transposed_kernel(mx, true, false, device(9)), MatmulOgsTransposedKernel::kSimt)
+      << "unaligned data";
+  EXPECT_EQ(choose_matmul_ogs_transposed_kernel(mx, true, true, device(8)), MatmulOgsTransposedKernel::kSimt);
+  EXPECT_EQ(choose_matmul_ogs_transposed_kernel(problem(4096, 32, 2880, false), true, true, device(9)),
+            MatmulOgsTransposedKernel::kSimt)
+      << "float weights";
+  moekit::MatmulOgsProblem odd = mx;
+  odd.N = 60;  // g's rows are copied 8 elements at a time
+  EXPECT_EQ(choose_matmul_ogs_transposed_kernel(odd, true, true, device(9)), MatmulOgsTransposedKernel::kSimt);
+}
+
 }  // namespace

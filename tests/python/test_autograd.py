@@ -1,8 +1,8 @@
 """Gradients through moekit's differentiable ops (issue 21): matmul_ogs, route, moe_mlp and
 add_rms_norm against torch autograd through the float64 references; the same bits on every run;
-the refusals (weights that require grad, a gradient of a gradient, the CUDA backend that has no
-matmul_ogs backward yet); opcheck's autograd checks; torch.compile of a training step; the
-runner's model and PEFT's LoRA training on the CPU."""
+the refusals (weights that require grad, a gradient of a gradient); opcheck's autograd checks;
+torch.compile of a training step; the runner's model and PEFT's LoRA training on the CPU. The
+CUDA backend's gradients against these: test_cuda_backward.py."""
 
 from pathlib import Path
 
@@ -141,10 +141,13 @@ def test_gradient_of_a_gradient_is_refused_by_every_differentiable_op(gen):
     x = layer.draw_x(gen, 5, H, dtype=torch.float32, k=2).requires_grad_()
     logits = randn(gen, 5, 8).requires_grad_()
     residual = randn(gen, 5, H)
-    for op, out in (("moe_mlp", layer.run(x, experts_per_token=2)),
+    op_call = (x, layer.gate_weight, layer.gate_bias, *layer.w1.arg, layer.b1, *layer.w2.arg, layer.b2, 2, 1.702, 7.0)
+    for op, out in (("moe_mlp", torch.ops.moekit.moe_mlp(*op_call)),
                     ("route", moekit.route(logits, 2).expert_weight),
-                    ("add_rms_norm", moekit.add_rms_norm(x, residual, torch.ones(H), 1e-5)[1])):
-        with pytest.raises(RuntimeError, match=rf"moekit.{op}: moekit computes first-order gradients only"):
+                    ("add_rms_norm", moekit.add_rms_norm(x, residual, torch.ones(H), 1e-5)[1]),
+                    ("matmul_ogs_backward", layer.run(x, experts_per_token=2))):  # its last step's backward
+        with pytest.raises(RuntimeError, match=rf"moekit.{op}: (\S+ requires grad, but )?moekit computes first-order "
+                                               r"gradients only"):
             torch.autograd.grad(out.sum(), x if op != "route" else logits, create_graph=True)
 
 
@@ -173,16 +176,6 @@ def test_opcheck_matmul_ogs_with_gradients(gen):
             False, 0.0, 0.0)
     result = opcheck(torch.ops.moekit.matmul_ogs.default, call)
     assert all(v == "SUCCESS" for v in result.values()), result
-
-
-@cuda
-def test_cuda_backward_is_refused_until_it_exists(gen):
-    x, w, args = matmul_case(gen, "mxfp4", 6, 4, 2, 64, 64, "combine")
-    moved = {n: (v.detach().cuda().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v)
-             for n, v in args.items()}
-    out = moekit.matmul_ogs(x.detach().cuda().requires_grad_(), tuple(t.cuda() for t in w.arg), **moved)
-    with pytest.raises(ValueError, match=r"the CUDA backend has no matmul_ogs_backward yet"):
-        out.sum().backward()
 
 
 def test_torch_compile_of_a_training_step(gen):
@@ -291,6 +284,29 @@ def test_moe_mlp_gradients_against_float64_autograd(gen, E, k, T, x_dtype):
             continue
         assert g.shape == want[name].shape, name
         assert ref.rel_err(g, want[name]) <= TOLERANCE[x_dtype], (name, ref.rel_err(g, want[name]))
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_moe_mlp_op_and_its_training_composition_agree(gen, x_dtype):
+    """moekit.moe_mlp in grad mode (the op's composition, activations kept) and the op called
+    directly (its steps recomputed in the backward): the same output, the same gradients up to
+    where x's gradient is rounded (once, or per step)."""
+    layer = MoeLayer(gen, 8, "mxfp4", x_dtype)
+    x = layer.draw_x(gen, 11, H, dtype=x_dtype, k=2).requires_grad_()
+    leaves = [x, layer.gate_weight, layer.gate_bias, layer.b1, layer.b2]
+    for t in leaves:
+        t.requires_grad_()
+    grad_y = randn(gen, 11, H, dtype=x_dtype)
+    results = []
+    for fn in (lambda: layer.run(x, experts_per_token=2),
+               lambda: torch.ops.moekit.moe_mlp(x, layer.gate_weight, layer.gate_bias, *layer.w1.arg, layer.b1,
+                                                *layer.w2.arg, layer.b2, 2, 1.702, 7.0)):
+        y = fn()
+        grads = torch.autograd.grad(y, leaves, grad_y)
+        results.append((y.detach(), grads))
+    assert torch.equal(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        assert ref.rel_err(a, b.double()) <= TOLERANCE[x_dtype] / 10
 
 
 def test_moe_mlp_gradients_same_bits_every_run(gen):

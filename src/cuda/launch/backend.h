@@ -13,8 +13,7 @@ void can_implement_quantize_mxfp4(const MxProblem& p, const TensorView& blocks);
 void can_implement_dequantize_mxfp4(const MxProblem& p, const TensorView& blocks);
 void can_implement_route(const RouteProblem& p);
 void can_implement_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a);
-// The CUDA backend has no matmul_ogs_backward yet: refused, naming the CPU as where it runs.
-void can_implement_matmul_ogs_backward(const MatmulOgsProblem& p);
+void can_implement_matmul_ogs_backward(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs& a);
 void can_implement_add_rms_norm(const AddRmsNormProblem& p);
 void can_implement_attention_decode(const AttentionDecodeProblem& p, const AttentionDecodeArgs& a);
 
@@ -24,6 +23,8 @@ void dequantize_mxfp4(const MxProblem& p, const TensorView& blocks, const Tensor
                       const ExecContext& ctx);
 void route(const RouteProblem& p, const TensorView& logits, const RouteOutputs& out, const ExecContext& ctx);
 void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecContext& ctx);
+size_t matmul_ogs_backward_workspace_size(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs& a);
+void matmul_ogs_backward(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs& a, const ExecContext& ctx);
 void add_rms_norm(const AddRmsNormProblem& p, const TensorView& x, const TensorView& residual, const TensorView& scale,
                   const TensorView& sum, const TensorView& out, const ExecContext& ctx);
 void attention_decode(const AttentionDecodeProblem& p, const AttentionDecodeArgs& a, const ExecContext& ctx);

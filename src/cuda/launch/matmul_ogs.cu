@@ -17,53 +17,38 @@
 #include "backend.h"
 #include "launch_kernel.h"
 #include "launch_util.h"
+#include "matmul_ogs_launch.h"
 
 namespace moekit::cuda {
 namespace {
 
-// With expert offsets, lists the row tiles of height BM (into params.tile_items) before the
-// matmul kernel runs.
-template <int BM>
-void plan_tiles(const MatmulOgsArgs& a, const MatmulOgsParams& params, cudaStream_t stream, const ExecContext& ctx) {
-  static_assert(BM >= kMinTileRows, "the workspace's tile list allows for tiles of kMinTileRows rows at least");
-  if (!a.expert_offsets.present()) return;
-  plan_tiles_kernel<BM><<<1, kPlanThreads, 0, stream>>>(params);
-  MOEKIT_CHECK_LAUNCH(ctx, stream, "plan_tiles_kernel");
-}
-
-// The row tiles of height BM a grid sized from shapes alone must allow for: P / BM, plus a
-// partial tile per expert.
-int64_t max_row_tiles(const MatmulOgsProblem& p, const MatmulOgsArgs& a, int BM) {
-  return ceil_div(p.P, BM) + (a.expert_offsets.present() ? p.E : 0);
-}
-
 template <class XT>
 void launch_simt(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
                  const ExecContext& ctx) {
-  plan_tiles<simt::kBM>(a, params, stream, ctx);
-  const dim3 grid(static_cast<unsigned>(max_row_tiles(p, a, simt::kBM)), static_cast<unsigned>(ceil_div(p.N, simt::kBN)));
+  plan_tiles<simt::kBM>(params, stream, ctx);
+  const dim3 grid(static_cast<unsigned>(max_row_tiles(params, simt::kBM)), static_cast<unsigned>(ceil_div(p.N, simt::kBN)));
   if (p.mxfp4) {
-    matmul_ogs_simt_kernel<XT, WeightKind::kMxfp4><<<grid, simt::kThreads, 0, stream>>>(params);
+    matmul_ogs_simt_kernel<XT, WeightKind::kMxfp4, false><<<grid, simt::kThreads, 0, stream>>>(params);
   } else if (a.w.values.dtype == DType::kBFloat16) {
-    matmul_ogs_simt_kernel<XT, WeightKind::kBFloat16><<<grid, simt::kThreads, 0, stream>>>(params);
+    matmul_ogs_simt_kernel<XT, WeightKind::kBFloat16, false><<<grid, simt::kThreads, 0, stream>>>(params);
   } else {
-    matmul_ogs_simt_kernel<XT, WeightKind::kFloat32><<<grid, simt::kThreads, 0, stream>>>(params);
+    matmul_ogs_simt_kernel<XT, WeightKind::kFloat32, false><<<grid, simt::kThreads, 0, stream>>>(params);
   }
 }
 
 template <int BM>
 void launch_tensor_core(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params,
                         cudaStream_t stream, const ExecContext& ctx) {
-  plan_tiles<BM>(a, params, stream, ctx);
-  const dim3 grid(static_cast<unsigned>(max_row_tiles(p, a, BM)), static_cast<unsigned>(ceil_div(p.N, tc::kBN)));
+  plan_tiles<BM>(params, stream, ctx);
+  const dim3 grid(static_cast<unsigned>(max_row_tiles(params, BM)), static_cast<unsigned>(ceil_div(p.N, tc::kBN)));
   if (p.mxfp4) matmul_ogs_wmma_kernel<BM, true><<<grid, tc::kThreads, 0, stream>>>(params);
   else matmul_ogs_wmma_kernel<BM, false><<<grid, tc::kThreads, 0, stream>>>(params);
 }
 
 void launch_tiled(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
                   const ExecContext& ctx) {
-  plan_tiles<tiled::kBM>(a, params, stream, ctx);
-  const dim3 grid(static_cast<unsigned>(max_row_tiles(p, a, tiled::kBM) * ceil_div(p.N, tiled::kBN)));
+  plan_tiles<tiled::kBM>(params, stream, ctx);
+  const dim3 grid(static_cast<unsigned>(max_row_tiles(params, tiled::kBM) * ceil_div(p.N, tiled::kBN)));
   static_assert(tiled::kSmemBytes + tiled::kBM * 8 <= kTiledSharedMemoryBytes, "the kernel choice assumes this budget");
   allow_dynamic_smem<matmul_ogs_tiled_kernel>(tiled::kSmemBytes, p.device.index);
   matmul_ogs_tiled_kernel<<<grid, tiled::kThreads, tiled::kSmemBytes, stream>>>(params);
@@ -71,11 +56,11 @@ void launch_tiled(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsPa
 
 void launch_wgmma(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
                   const ExecContext& ctx) {
-  plan_tiles<wg::kBM>(a, params, stream, ctx);
-  const dim3 grid(static_cast<unsigned>(max_row_tiles(p, a, wg::kBM) * ceil_div(p.N, wg::kBN)));
+  plan_tiles<wg::kBM>(params, stream, ctx);
+  const dim3 grid(static_cast<unsigned>(max_row_tiles(params, wg::kBM) * ceil_div(p.N, wg::kBN)));
   static_assert(wg::kSmemBytes + wg::kBM * 8 <= kWgmmaSharedMemoryBytes, "the kernel choice assumes this budget");
-  allow_dynamic_smem<matmul_ogs_wgmma_kernel>(wg::kSmemBytes, p.device.index);
-  matmul_ogs_wgmma_kernel<<<grid, wg::kThreads, wg::kSmemBytes, stream>>>(params);
+  allow_dynamic_smem<matmul_ogs_wgmma_kernel<false>>(wg::kSmemBytes, p.device.index);
+  matmul_ogs_wgmma_kernel<false><<<grid, wg::kThreads, wg::kSmemBytes, stream>>>(params);
 }
 
 // A persistent grid over (token tile, 16 output columns) work items: as many blocks as fit on
@@ -84,8 +69,8 @@ template <int NT, int kWarps = 4>
 void launch_stream(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
                    const ExecContext& ctx) {
   constexpr int BM = 8 * NT;
-  if (!blocks_scan_tiles(a.expert_offsets.present(), p.E, p.P)) plan_tiles<BM>(a, params, stream, ctx);
-  const int64_t max_items = max_row_tiles(p, a, BM) * ceil_div(p.N, stream::kCols * stream::slabs(NT, p.mxfp4));
+  if (!blocks_scan_tiles(a.expert_offsets.present(), p.E, p.P)) plan_tiles<BM>(params, stream, ctx);
+  const int64_t max_items = max_row_tiles(params, BM) * ceil_div(p.N, stream::kCols * stream::slabs(NT, p.mxfp4));
   const int64_t resident =
       static_cast<int64_t>(device_info(p.device.index).sm_count) * stream::min_blocks(NT, p.mxfp4, kWarps);
   const dim3 grid(static_cast<unsigned>(std::min(max_items, resident)));
@@ -113,19 +98,16 @@ bool aligned_16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 
 
 }  // namespace
 
-// Grid sizes every kernel choice stays within: grid.y of the 64-column SIMT and wmma kernels,
-// grid.x of the 64-row tiled kernel (the most blocks of any), and the combine's grid.
-void can_implement_matmul_ogs_backward(const MatmulOgsProblem& p) {
-  throw Error(Error::Kind::kDevice, "moekit.matmul_ogs_backward: tensors are on " + p.device.str() +
-                                        ", but the CUDA backend has no matmul_ogs_backward yet; it runs on the CPU");
-}
-
 void can_implement_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a) {
   const char* op = "matmul_ogs";
   check::workspace(op, a.workspace, p.workspace.total);
   check::on_device(op, "workspace", a.workspace, p.device, "x");
   require_aligned(op, "workspace", a.workspace, 16);
   if (p.mxfp4) require_aligned(op, "w", a.w.values, 16);
+  check_matmul_ogs_grids(op, p, a);
+}
+
+void check_matmul_ogs_grids(const char* op, const MatmulOgsProblem& p, const MatmulOgsArgs& a) {
   constexpr int64_t kMaxGridX = 2147483647, kMaxGridY = 65535;
   const char* why = "the CUDA grid's limits";
   check::at_most(op, "w", "output column tiles of 64", ceil_div(p.N, 64), kMaxGridY, why);
@@ -137,12 +119,7 @@ void can_implement_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a)
   }
 }
 
-void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecContext& ctx) {
-  const char* op = "matmul_ogs";
-  const MatmulOgsWorkspace& ws = p.workspace;
-  DeviceGuard guard(p.device.index);
-  const cudaStream_t stream = stream_of(op, p.device, ctx);
-
+MatmulOgsParams matmul_ogs_params(const MatmulOgsProblem& p, const MatmulOgsArgs& a) {
   MatmulOgsParams params{};
   params.x = a.x.data;
   params.M = p.M;
@@ -160,6 +137,37 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
   params.alpha = a.swiglu.alpha;
   params.limit = a.swiglu.limit;
   params.out_cols = p.out_cols;
+  return params;
+}
+
+void launch_matmul_ogs_rows(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const MatmulOgsParams& params,
+                            cudaStream_t stream, const ExecContext& ctx) {
+  const MatmulOgsOperands operands{a.x.dtype == DType::kBFloat16, a.w.values.dtype == DType::kBFloat16,
+                                   aligned_16(a.x.data) && aligned_16(a.w.values.data), a.expert_offsets.present()};
+  switch (choose_matmul_ogs_kernel(p, operands, device_info(p.device.index))) {
+    case MatmulOgsKernel::kStream8: launch_stream<1>(p, a, params, stream, ctx); break;
+    case MatmulOgsKernel::kStream8Wide: launch_stream<1, 16>(p, a, params, stream, ctx); break;
+    case MatmulOgsKernel::kStream16: launch_stream<2>(p, a, params, stream, ctx); break;
+    case MatmulOgsKernel::kStream32: launch_stream<4>(p, a, params, stream, ctx); break;
+    case MatmulOgsKernel::kTiled64: launch_tiled(p, a, params, stream, ctx); break;
+    case MatmulOgsKernel::kWgmma128: launch_wgmma(p, a, params, stream, ctx); break;
+    case MatmulOgsKernel::kTensorCore64: launch_tensor_core<64>(p, a, params, stream, ctx); break;
+    case MatmulOgsKernel::kGemv: launch_gemv(p, params, stream); break;
+    case MatmulOgsKernel::kSimt:
+      if (a.x.dtype == DType::kBFloat16) launch_simt<bf16>(p, a, params, stream, ctx);
+      else launch_simt<float>(p, a, params, stream, ctx);
+      break;
+  }
+  MOEKIT_CHECK_LAUNCH(ctx, stream, "matmul_ogs kernel");
+}
+
+void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecContext& ctx) {
+  const char* op = "matmul_ogs";
+  const MatmulOgsWorkspace& ws = p.workspace;
+  DeviceGuard guard(p.device.index);
+  const cudaStream_t stream = stream_of(op, p.device, ctx);
+
+  MatmulOgsParams params = matmul_ogs_params(p, a);
   char* ws_base = static_cast<char*>(a.workspace.data);
   params.tile_items = reinterpret_cast<int2*>(ws_base + ws.tiles);  // written by plan_tiles_kernel
   params.tile_count = reinterpret_cast<int*>(ws_base + ws.tile_count);
@@ -168,26 +176,7 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
   params.out = p.scatter ? static_cast<void*>(combine_rows) : a.out.data;
   params.out_bf16 = !p.scatter && a.out.dtype == DType::kBFloat16;
 
-  if (p.P > 0) {
-    const MatmulOgsOperands operands{a.x.dtype == DType::kBFloat16, a.w.values.dtype == DType::kBFloat16,
-                                     aligned_16(a.x.data) && aligned_16(a.w.values.data),
-                                     a.expert_offsets.present()};
-    switch (choose_matmul_ogs_kernel(p, operands, device_info(p.device.index))) {
-      case MatmulOgsKernel::kStream8: launch_stream<1>(p, a, params, stream, ctx); break;
-      case MatmulOgsKernel::kStream8Wide: launch_stream<1, 16>(p, a, params, stream, ctx); break;
-      case MatmulOgsKernel::kStream16: launch_stream<2>(p, a, params, stream, ctx); break;
-      case MatmulOgsKernel::kStream32: launch_stream<4>(p, a, params, stream, ctx); break;
-      case MatmulOgsKernel::kTiled64: launch_tiled(p, a, params, stream, ctx); break;
-      case MatmulOgsKernel::kWgmma128: launch_wgmma(p, a, params, stream, ctx); break;
-      case MatmulOgsKernel::kTensorCore64: launch_tensor_core<64>(p, a, params, stream, ctx); break;
-      case MatmulOgsKernel::kGemv: launch_gemv(p, params, stream); break;
-      case MatmulOgsKernel::kSimt:
-        if (a.x.dtype == DType::kBFloat16) launch_simt<bf16>(p, a, params, stream, ctx);
-        else launch_simt<float>(p, a, params, stream, ctx);
-        break;
-    }
-    MOEKIT_CHECK_LAUNCH(ctx, stream, "matmul_ogs kernel");
-  }
+  if (p.P > 0) launch_matmul_ogs_rows(p, a, params, stream, ctx);
   if (p.scatter) {
     const int64_t n = p.T * p.out_cols;
     combine_kernel<<<static_cast<unsigned>(ceil_div(n, kElementwiseThreads)), kElementwiseThreads, 0, stream>>>(

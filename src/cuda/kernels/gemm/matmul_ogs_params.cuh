@@ -32,6 +32,12 @@ struct MatmulOgsParams {
   int* tile_count;
   // The GEMV: weight rows of a block held in shared memory (matmul_ogs_gemv.cuh).
   int64_t gemv_shared_rows;
+  // matmul_ogs_backward's recompute of h (with swiglu; tile_io.cuh): given grad_a [P, out_cols],
+  // the gradient at the SwiGLU output, the epilogue writes the gradient at h into out [P, N]
+  // (out_bf16) and, where act is given, the SwiGLU output as float32 into act [P, out_cols].
+  const void* grad_a;
+  bool grad_a_bf16;
+  float* act;
 };
 
 }  // namespace moekit::cuda

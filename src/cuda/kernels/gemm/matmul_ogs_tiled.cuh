@@ -42,7 +42,7 @@ __global__ void __launch_bounds__(tiled::kThreads, 2) matmul_ogs_tiled_kernel(co
 
   int e;
   int64_t row_begin, row_end, n0;
-  if (!locate_column_tile<BM, kBN>(p, e, row_begin, row_end, n0)) return;
+  if (!locate_column_tile<BM, kBN>(p, p.N, e, row_begin, row_end, n0)) return;
 
   extern __shared__ __align__(128) unsigned char smem[];
   auto xs = reinterpret_cast<bf16(*)[BM][kLd]>(smem);                                   // [kStages]

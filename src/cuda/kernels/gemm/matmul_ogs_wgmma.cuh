@@ -16,6 +16,13 @@
 // no-swizzle layout, 16 bytes per row per core matrix, made each warp's copy touch 32 rows: mlp1
 // at T = 8192 took 5.6 ms instead of 3.0.) The epilogue (bias, SwiGLU, NaN for bad gather
 // indices) is the tiled kernels'.
+//
+// kTransposed: matmul_ogs_backward's product u[r] = x[r] W[e] (x holds rows of N, the gradient
+// at h; out takes float32 rows of K). The reduction runs over the weight rows, 64 a step, and a
+// block's 128 columns over K; the decoded tile is wgmma's MN-major B (a weight row's 64 k values
+// along a 128-byte line, the tile's two halves of 64 columns 8 KB apart), so the decode writes
+// whole lines as in the forward, and a thread's block is block wq of the tile's four in weight
+// row wr of the step's 64.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -39,18 +46,20 @@ constexpr int kXTileBytes = kBM * kBK * 2, kWTileBytes = kBN * kBK * 2, kCodeTil
 constexpr int kSmemBytes = kStages * (kXTileBytes + kWTileBytes + kCodeTileBytes) + 1024;
 }  // namespace wg
 
+template <bool kTransposed>
 __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const MatmulOgsParams p) {
 #if MOEKIT_WGMMA
   using namespace wg;
+  const int64_t red = kTransposed ? p.N : p.K;  // the reduction's length, and x's row length
   int e;
   int64_t row_begin, row_end, n0;
-  if (!locate_column_tile<kBM, kBN>(p, e, row_begin, row_end, n0)) return;
+  if (!locate_column_tile<kBM, kBN>(p, kTransposed ? p.K : p.N, e, row_begin, row_end, n0)) return;
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + (1024 - shared_address(smem_raw) % 1024) % 1024;
   unsigned char* xs = smem;                             // [kStages][kXTileBytes]
   unsigned char* ws = smem + kStages * kXTileBytes;     // [kStages][kWTileBytes]
-  unsigned char* codes_s = ws + kStages * kWTileBytes;  // [kStages][kBN][32]
+  unsigned char* codes_s = ws + kStages * kWTileBytes;  // [kStages][256 threads][16]
   __shared__ int64_t src_row[kBM];
   gather_rows<kBM>(p, row_begin, row_end, src_row);
   __syncthreads();
@@ -58,12 +67,13 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
   // The warpgroup index broadcast from lane 0, so the compiler sees it is warp-uniform and builds
   // the x descriptor in uniform registers.
   const int tid = threadIdx.x, warpgroup = __shfl_sync(0xffffffffu, tid / 128, 0), local = tid % 128;
-  const int k_steps = static_cast<int>((p.K + kBK - 1) / kBK);
+  const int k_steps = static_cast<int>((red + kBK - 1) / kBK);
   const int k_blocks = static_cast<int>(p.K / 32);  // MXFP4 blocks per weight row; K % 32 == 0
   // This thread's copies, fixed for the block. x: chunk xc of rows xr + 16j (j < 4) of its
-  // warpgroup's 64, so 8 consecutive threads copy one row's 128-byte line. Weights: MXFP4 block
-  // w_half of each step's two in weight row wr (16 code bytes; a thread pair reads the row's 32),
-  // which it also waits for and decodes itself.
+  // warpgroup's 64, so 8 consecutive threads copy one row's 128-byte line. Weights: one MXFP4
+  // block a step (16 code bytes, at tid * 16 of the code stage), which it also waits for and
+  // decodes itself: block wb of each step's two in weight row n0 + wr (a thread pair reads the
+  // row's 32 bytes), or, transposed, block wb of the tile's four in weight row 64 step + wr.
   const int xc = local % 8, xr = warpgroup * 64 + local / 8;
   const bf16* x_from[4];
   bool x_valid[4];
@@ -71,38 +81,46 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
   for (int j = 0; j < 4; ++j) {
     const int64_t src = src_row[xr + 16 * j];
     x_valid[j] = src >= 0;
-    x_from[j] = static_cast<const bf16*>(p.x) + (src >= 0 ? src * p.K : 0) + xc * 8;
+    x_from[j] = static_cast<const bf16*>(p.x) + (src >= 0 ? src * red : 0) + xc * 8;
   }
-  const int wr = tid / 2, w_half = tid % 2;
-  const bool w_valid = n0 + wr < p.N;
-  const int64_t w_row = static_cast<int64_t>(e) * p.N + n0 + wr;
-  const uint8_t* code_from = static_cast<const uint8_t*>(p.w) + (w_valid ? w_row * k_blocks * 16 : 0);
-  const uint8_t* scale_from = p.w_scales + (w_valid ? w_row * k_blocks : 0);
+  const int wr = kTransposed ? tid / 4 : tid / 2, wb = kTransposed ? tid % 4 : tid % 2;
+  const int64_t expert_row0 = static_cast<int64_t>(e) * p.N;
+  // The index of this thread's block of `step` among the weights' [E, N, K/32], or -1 past them.
+  auto block_at = [&](int step) -> int64_t {
+    if constexpr (kTransposed) {
+      const int64_t row = static_cast<int64_t>(step) * kBK + wr, block = n0 / 32 + wb;
+      return row < p.N && block < k_blocks ? (expert_row0 + row) * k_blocks + block : -1;
+    } else {
+      const int block = 2 * step + wb;
+      return n0 + wr < p.N && block < k_blocks ? (expert_row0 + n0 + wr) * k_blocks + block : -1;
+    }
+  };
 
   auto issue = [&](int step) {  // x rows and codes of `step`, one commit group
     const int stage = step % kStages;
     const int64_t k0 = static_cast<int64_t>(step) * kBK;
-    const bool k_valid = k0 + xc * 8 < p.K;
-    const int64_t k_from = k_valid ? k0 : 0;  // past K a copy reads nothing; its address stays in the row
+    const bool k_valid = k0 + xc * 8 < red;
+    const int64_t k_from = k_valid ? k0 : 0;  // past the row a copy reads nothing; its address stays in the row
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       cp_async_16(xs + stage * kXTileBytes + sw128_offset(xr + 16 * j, xc), x_from[j] + k_from,
                   x_valid[j] && k_valid ? 16 : 0);
     }
-    const int block = 2 * step + w_half;
-    const bool valid = w_valid && block < k_blocks;
-    cp_async_16(codes_s + stage * kCodeTileBytes + wr * 32 + w_half * 16, valid ? code_from + block * 16 : code_from,
-                valid ? 16 : 0);
+    const int64_t block = block_at(step);
+    cp_async_16(codes_s + stage * kCodeTileBytes + tid * 16, static_cast<const uint8_t*>(p.w) + (block >= 0 ? block * 16 : 0),
+                block >= 0 ? 16 : 0);
   };
   auto load_scale = [&](int step) -> uint32_t {
-    const int block = 2 * step + w_half;
-    return w_valid && block < k_blocks ? scale_from[block] : 127;
+    const int64_t block = block_at(step);
+    return block >= 0 ? p.w_scales[block] : 127;
   };
   auto decode = [&](int step, uint32_t scale) {
     const int stage = step % kStages;
-    const uint4 codes = *reinterpret_cast<const uint4*>(codes_s + stage * kCodeTileBytes + wr * 32 + w_half * 16);
+    const uint4 codes = *reinterpret_cast<const uint4*>(codes_s + stage * kCodeTileBytes + tid * 16);
+    unsigned char* tile = ws + stage * kWTileBytes + (kTransposed ? (wb / 2) * (kWTileBytes / 2) : 0);
+    const int chunk0 = kTransposed ? (wb % 2) * 4 : wb * 4;
     decode_e2m1_block(codes, scale, [&](int i, uint4 v) {
-      *reinterpret_cast<uint4*>(ws + stage * kWTileBytes + sw128_offset(wr, w_half * 4 + i)) = v;
+      *reinterpret_cast<uint4*>(tile + sw128_offset(wr, chunk0 + i)) = v;
     });
   };
 
@@ -117,7 +135,7 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
 
   // Stage 0's descriptors, built once (a step adds its offsets).
   const uint64_t a_desc = wgmma_descriptor_sw128(xs + warpgroup * 64 * 128);
-  const uint64_t b_desc = wgmma_descriptor_sw128(ws);
+  const uint64_t b_desc = kTransposed ? wgmma_descriptor_mn_sw128(ws, kWTileBytes / 2) : wgmma_descriptor_sw128(ws);
   float acc[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
@@ -126,9 +144,10 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
     const int stage = step % kStages;
     wgmma_fence();
 #pragma unroll
-    for (int j = 0; j < kBK / 16; ++j) {  // k16 sub-step j starts 32 bytes into each row
-      wgmma_m64n128k16_bf16(acc, wgmma_descriptor_advance(a_desc, stage * kXTileBytes + 32 * j),
-                            wgmma_descriptor_advance(b_desc, stage * kWTileBytes + 32 * j));
+    for (int j = 0; j < kBK / 16; ++j) {  // k16 sub-step j: 32 bytes into each K-major row, 16 MN-major rows on
+      wgmma_m64n128k16_bf16<kTransposed>(
+          acc, wgmma_descriptor_advance(a_desc, stage * kXTileBytes + 32 * j),
+          wgmma_descriptor_advance(b_desc, stage * kWTileBytes + (kTransposed ? 16 * 128 : 32) * j));
     }
     wgmma_commit();
     wgmma_wait<1>();  // this warpgroup's step - 1: its x rows and codes stage are free again
@@ -155,6 +174,22 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
   // might alias them, and one round trip per column pair stalled every block's end).
   const int lane = tid % 32, g = lane / 4, t = lane % 4;
   const int row0 = warpgroup * 64 + (tid / 32 % 4) * 16 + g;
+  if constexpr (kTransposed) {  // float32 rows of K (a multiple of 32: column pairs are whole)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t row = row_begin + row0 + 8 * h;
+      if (row >= row_end) continue;
+#pragma unroll
+      for (int j = 0; j < kBN / 8; ++j) {
+        const int64_t c = n0 + 8 * j + 2 * t;
+        if (c < p.K) {
+          *reinterpret_cast<float2*>(static_cast<float*>(p.out) + row * p.K + c) =
+              make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+        }
+      }
+    }
+    return;
+  }
   if (p.bias) {
 #pragma unroll
     for (int j = 0; j < kBN / 8; ++j) {

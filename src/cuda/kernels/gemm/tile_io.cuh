@@ -29,7 +29,7 @@ __device__ __forceinline__ void gather_rows(const MatmulOgsParams& p, int64_t ro
 
 // Output columns n and n + 1 (n even) of problem row `row` of expert e: bias (unless the caller
 // added it), then SwiGLU over the (glu, linear) pair or two plain columns; a bad gather index
-// makes them NaN.
+// makes them NaN. In the backward's recompute (p.grad_a), the pair's gradients instead.
 __device__ __forceinline__ void store_output_pair(const MatmulOgsParams& p, int e, int64_t row, int64_t n, bool bad,
                                                   float h0, float h1, bool add_bias = true) {
   if (add_bias && p.bias) {
@@ -37,7 +37,13 @@ __device__ __forceinline__ void store_output_pair(const MatmulOgsParams& p, int 
     if (n + 1 < p.N) h1 += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + n + 1);
   }
   if (bad) h0 = h1 = __int_as_float(0x7fc00000);
-  if (p.swiglu) {
+  if (p.grad_a) {  // matmul_ogs_backward's recompute: the gradient at h (swiglu only)
+    const int64_t c = row * p.out_cols + n / 2;
+    const SwigluGrad d = swiglu_backward(h0, h1, load_float(p.grad_a, p.grad_a_bf16, c), p.alpha, p.limit);
+    store_float(p.out, p.out_bf16, row * p.N + n, d.glu);
+    store_float(p.out, p.out_bf16, row * p.N + n + 1, d.lin);
+    if (p.act) p.act[c] = swiglu(h0, h1, p.alpha, p.limit);
+  } else if (p.swiglu) {
     store_float(p.out, p.out_bf16, row * p.out_cols + n / 2, swiglu(h0, h1, p.alpha, p.limit));
   } else {
     store_float(p.out, p.out_bf16, row * p.out_cols + n, h0);

@@ -132,14 +132,14 @@ __device__ __forceinline__ bool locate_tile(const MatmulOgsParams& p, int& exper
   return true;
 }
 
-// For a 1-D grid over (row tile, column tile of BN), column tiles fastest: the blocks of one row
-// tile run together and read its gathered x rows from L2, not DRAM (one x tile per column tile,
-// with row tiles fastest, made mlp1 at T = 8192 read 3.8 GB from DRAM). The tile of block x and
-// its first column n0; false if the block has no work.
+// For a 1-D grid over (row tile, column tile of BN of the `cols` output columns), column tiles
+// fastest: the blocks of one row tile run together and read its gathered x rows from L2, not
+// DRAM (one x tile per column tile, with row tiles fastest, made mlp1 at T = 8192 read 3.8 GB
+// from DRAM). The tile of block x and its first column n0; false if the block has no work.
 template <int BM, int BN>
-__device__ __forceinline__ bool locate_column_tile(const MatmulOgsParams& p, int& expert, int64_t& row_begin,
-                                                   int64_t& row_end, int64_t& n0) {
-  const int64_t n_tiles = (p.N + BN - 1) / BN, tile = blockIdx.x / n_tiles;
+__device__ __forceinline__ bool locate_column_tile(const MatmulOgsParams& p, int64_t cols, int& expert,
+                                                   int64_t& row_begin, int64_t& row_end, int64_t& n0) {
+  const int64_t n_tiles = (cols + BN - 1) / BN, tile = blockIdx.x / n_tiles;
   if (tile >= tile_count<BM>(p)) return false;
   tile_at<BM>(p, tile, expert, row_begin, row_end);
   n0 = static_cast<int64_t>(blockIdx.x % n_tiles) * BN;
