@@ -79,13 +79,13 @@ void matmul_ogs(const MatmulOgsArgs& args, const ExecContext& ctx = {});
 //   grad_bias[e]            = sum over expert e's rows p, in row order, of g_h[p]   (with bias)
 //   grad_combine_weight[t,j]= grad_out[t] . a_{scatter_idx[t, j]}          (with combine_weight)
 // Sums in float32, each rounded once: grad_x to x's dtype, grad_bias to bias's, grad_combine_weight
-// float32. The same bits on every run.
+// float32. The same bits on every run. A gradient left absent is not computed.
 struct MatmulOgsBackwardArgs {
   MatmulOgsArgs forward;  // the forward call's arguments (its out and workspace unused)
   TensorView grad_out;    // [out rows, out cols] x's dtype or float32
-  TensorView grad_x;      // [M, K] x's dtype
-  TensorView grad_bias;   // [E, N] bias's dtype, present with bias
-  TensorView grad_combine_weight;  // f32 [T, k], present with combine_weight
+  TensorView grad_x;      // optional [M, K] x's dtype
+  TensorView grad_bias;   // optional [E, N] bias's dtype, only with bias
+  TensorView grad_combine_weight;  // optional f32 [T, k], only with combine_weight
   // 1-D uint8 buffer of at least matmul_ogs_backward_workspace_size() bytes on the tensors' device,
   // which the CUDA backend needs (its row maps, sort buffers and intermediates).
   TensorView workspace;

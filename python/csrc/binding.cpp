@@ -13,6 +13,7 @@
 #include <c10/core/GradMode.h>
 #include <torch/library.h>
 
+#include <array>
 #include <cfloat>
 #include <cmath>
 #include <optional>
@@ -259,13 +260,14 @@ Tensor matmul_ogs(const Tensor& x, const Tensor& w, const OptTensor& w_scales, c
   });
 }
 
-// The gradients of matmul_ogs (moekit::matmul_ogs_backward); grad_bias and grad_combine_weight
-// have no elements where the forward had no bias or combine weights.
+// The gradients of matmul_ogs (moekit::matmul_ogs_backward) that output_mask asks for (x, bias,
+// combine_weight); one not asked for, or whose input the forward lacked, has no elements.
 std::tuple<Tensor, Tensor, Tensor> matmul_ogs_backward(const Tensor& grad_out, const Tensor& x, const Tensor& w,
                                                        const OptTensor& w_scales, const OptTensor& bias,
                                                        const OptTensor& expert_offsets, const OptTensor& gather_idx,
                                                        const OptTensor& scatter_idx, const OptTensor& combine_weight,
-                                                       bool swiglu, double swiglu_alpha, double swiglu_limit) {
+                                                       bool swiglu, double swiglu_alpha, double swiglu_limit,
+                                                       std::array<bool, 3> output_mask) {
   return translate_errors([&] {
     const char* op = "matmul_ogs_backward";
     moekit::MatmulOgsBackwardArgs b;
@@ -274,15 +276,17 @@ std::tuple<Tensor, Tensor, Tensor> matmul_ogs_backward(const Tensor& grad_out, c
     b.grad_out = view(op, "grad_out", grad_out);
     const moekit::MatmulOgsProblem p = moekit::check_matmul_ogs_backward_inputs(b);
     const OnDevice on(p.device);
-    Tensor grad_x = at::empty({p.M, p.K}, options(p.device, x.scalar_type()));
-    Tensor grad_bias = bias.has_value() ? at::empty({p.E, p.N}, options(p.device, bias->scalar_type()))
-                                        : at::empty({0}, options(p.device, x.scalar_type()));
-    Tensor grad_combine_weight = at::empty(combine_weight.has_value() ? std::vector<int64_t>{p.T, p.k}
-                                                                      : std::vector<int64_t>{0},
+    const bool want_x = output_mask[0], want_bias = output_mask[1] && bias.has_value(),
+               want_cw = output_mask[2] && combine_weight.has_value();
+    Tensor grad_x = at::empty(want_x ? std::vector<int64_t>{p.M, p.K} : std::vector<int64_t>{0},
+                              options(p.device, x.scalar_type()));
+    Tensor grad_bias = at::empty(want_bias ? std::vector<int64_t>{p.E, p.N} : std::vector<int64_t>{0},
+                                 options(p.device, bias.has_value() ? bias->scalar_type() : x.scalar_type()));
+    Tensor grad_combine_weight = at::empty(want_cw ? std::vector<int64_t>{p.T, p.k} : std::vector<int64_t>{0},
                                            options(p.device, at::kFloat));
-    b.grad_x = view(op, "grad_x", grad_x);
-    if (bias.has_value()) b.grad_bias = view(op, "grad_bias", grad_bias);
-    if (combine_weight.has_value()) b.grad_combine_weight = view(op, "grad_combine_weight", grad_combine_weight);
+    if (want_x) b.grad_x = view(op, "grad_x", grad_x);
+    if (want_bias) b.grad_bias = view(op, "grad_bias", grad_bias);
+    if (want_cw) b.grad_combine_weight = view(op, "grad_combine_weight", grad_combine_weight);
     if (shapes_only(p.device)) return std::make_tuple(grad_x, grad_bias, grad_combine_weight);
     Tensor workspace;  // only the CUDA backend needs one
     if (p.device.type == moekit::DeviceType::kCUDA) {
@@ -481,7 +485,8 @@ TORCH_LIBRARY(moekit, m) {
         "float swiglu_limit, ScalarType? out_dtype=None) -> Tensor");
   m.def("matmul_ogs_backward(Tensor grad_out, Tensor x, Tensor w, Tensor? w_scales, Tensor? bias, "
         "Tensor? expert_offsets, Tensor? gather_idx, Tensor? scatter_idx, Tensor? combine_weight, bool swiglu, "
-        "float swiglu_alpha, float swiglu_limit) -> (Tensor grad_x, Tensor grad_bias, Tensor grad_combine_weight)");
+        "float swiglu_alpha, float swiglu_limit, bool[3] output_mask=[True, True, True]) -> (Tensor grad_x, "
+        "Tensor grad_bias, Tensor grad_combine_weight)");
   m.def("moe_mlp(Tensor x, Tensor gate_weight, Tensor? gate_bias, Tensor mlp1_weight, Tensor? mlp1_scales, "
         "Tensor? mlp1_bias, Tensor mlp2_weight, Tensor? mlp2_scales, Tensor? mlp2_bias, int experts_per_token, "
         "float swiglu_alpha, float swiglu_limit) -> Tensor");

@@ -38,9 +38,10 @@ def _matmul_ogs_setup_context(ctx, inputs, output) -> None:
 
 def _matmul_ogs_backward(ctx, grad):
     x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx, combine_weight = ctx.saved_tensors
-    grad_x, grad_bias, grad_combine_weight = torch.ops.moekit.matmul_ogs_backward(
-        grad.contiguous(), x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx, combine_weight, *ctx.swiglu)
     needs = ctx.needs_input_grad
+    grad_x, grad_bias, grad_combine_weight = torch.ops.moekit.matmul_ogs_backward(
+        grad.contiguous(), x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx, combine_weight, *ctx.swiglu,
+        [needs[0], needs[3], needs[7]])
     return (grad_x if needs[0] else None, None, None, grad_bias if needs[3] else None, None, None, None,
             grad_combine_weight if needs[7] else None, None, None, None, None)
 
@@ -149,17 +150,22 @@ def _moe_mlp_backward(ctx, grad_y):
     ops = torch.ops.moekit
     routing, act = _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit)
     expert_idx, expert_weight, _, offsets, gather_idx, scatter_idx = routing
-    grad_act, grad_b2, grad_weight = ops.matmul_ogs_backward(grad_y.contiguous(), act, w2, s2, b2, offsets, None,
-                                                             scatter_idx, expert_weight, False, 0.0, 0.0)
-    grad_x, grad_b1, _ = ops.matmul_ogs_backward(grad_act, x, w1, s1, b1, offsets, gather_idx, None, None, True,
-                                                 alpha, limit)
-    grad_logits = _logits_grad(expert_idx, expert_weight, grad_weight, expert_weight.shape[:1] + gate_weight.shape[:1])
     needs = ctx.needs_input_grad
-    gate_x, grad_gate_weight, grad_gate_bias = _gate_grads(grad_logits, x, gate_weight,
-                                                           gate_bias.dtype if gate_bias is not None else None,
-                                                           (needs[0], needs[1], needs[2]))
-    if needs[0]:
-        grad_x = grad_x + gate_x
+    gate = needs[0] or needs[1] or needs[2]  # the gate's gradients need the combine weights'
+    grad_act, grad_b2, grad_weight = ops.matmul_ogs_backward(grad_y.contiguous(), act, w2, s2, b2, offsets, None,
+                                                             scatter_idx, expert_weight, False, 0.0, 0.0,
+                                                             [True, needs[8], gate])
+    grad_x, grad_b1, _ = ops.matmul_ogs_backward(grad_act, x, w1, s1, b1, offsets, gather_idx, None, None, True,
+                                                 alpha, limit, [needs[0], needs[5], False])
+    grad_gate_weight = grad_gate_bias = None
+    if gate:
+        grad_logits = _logits_grad(expert_idx, expert_weight, grad_weight,
+                                   expert_weight.shape[:1] + gate_weight.shape[:1])
+        gate_x, grad_gate_weight, grad_gate_bias = _gate_grads(grad_logits, x, gate_weight,
+                                                               gate_bias.dtype if gate_bias is not None else None,
+                                                               (needs[0], needs[1], needs[2]))
+        if needs[0]:
+            grad_x = grad_x + gate_x
     return (grad_x if needs[0] else None, grad_gate_weight, grad_gate_bias, None, None, grad_b1 if needs[5] else None,
             None, None, grad_b2 if needs[8] else None, None, None, None)
 

@@ -8,7 +8,7 @@ real calls are accepted and refused alike, with the same messages. Sizes that to
 symbolic are checked at the values it traced with.
 """
 
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
@@ -26,6 +26,14 @@ def _hints(sizes) -> Optional[List[int]]:
         return None
 
 
+class _TensorSpec(NamedTuple):
+    """A fake tensor's concrete sizes, strides and dtype, to make a meta tensor of."""
+
+    sizes: List[int]
+    strides: List[int]
+    dtype: torch.dtype
+
+
 def _check(op: torch._ops.OpOverload, *args) -> None:
     """Runs the C++ op's own checks on a call with fake or meta tensors."""
     names = [a.name for a in op._schema.arguments]
@@ -36,14 +44,14 @@ def _check(op: torch._ops.OpOverload, *args) -> None:
             sizes, strides = _hints(a.shape), _hints(a.stride())
             if sizes is None or strides is None:
                 return
-            shaped.append((sizes, strides, a.dtype))
+            shaped.append(_TensorSpec(sizes, strides, a.dtype))
         else:
             shaped.append(a)
     with unset_fake_temporarily():
         torch.ops.moekit.check_devices(op._schema.name.split("::")[1], [n for n, _ in tensors],
                                        [str(t.device) for _, t in tensors])
-        metas = [torch.empty_strided(a[0], a[1], dtype=a[2], device="meta") if isinstance(a, tuple) else a
-                 for a in shaped]
+        metas = [torch.empty_strided(a.sizes, a.strides, dtype=a.dtype, device="meta") if isinstance(a, _TensorSpec)
+                 else a for a in shaped]
         op.redispatch(_IMPLEMENTATION, *metas)
 
 
@@ -84,13 +92,15 @@ def _matmul_ogs(x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx, c
 
 @torch.library.register_fake("moekit::matmul_ogs_backward")
 def _matmul_ogs_backward(grad_out, x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx, combine_weight,
-                         swiglu, swiglu_alpha, swiglu_limit):
+                         swiglu, swiglu_alpha, swiglu_limit, output_mask=(True, True, True)):
     _check(torch.ops.moekit.matmul_ogs_backward.default, grad_out, x, w, w_scales, bias, expert_offsets, gather_idx,
-           scatter_idx, combine_weight, swiglu, swiglu_alpha, swiglu_limit)
-    grad_bias = bias.new_empty(bias.shape) if bias is not None else x.new_empty((0,))
-    grad_combine_weight = (combine_weight.new_empty(combine_weight.shape) if combine_weight is not None
-                           else x.new_empty((0,), dtype=torch.float32))
-    return x.new_empty(x.shape), grad_bias, grad_combine_weight
+           scatter_idx, combine_weight, swiglu, swiglu_alpha, swiglu_limit, output_mask)
+    grad_x = x.new_empty(x.shape if output_mask[0] else (0,))
+    grad_bias = (bias.new_empty(bias.shape if output_mask[1] else (0,)) if bias is not None
+                 else x.new_empty((0,)))
+    grad_combine_weight = x.new_empty(combine_weight.shape if combine_weight is not None and output_mask[2] else (0,),
+                                      dtype=torch.float32)
+    return grad_x, grad_bias, grad_combine_weight
 
 
 @torch.library.register_fake("moekit::moe_mlp")

@@ -241,11 +241,14 @@ MatmulOgsProblem check_matmul_ogs_backward_inputs(const MatmulOgsBackwardArgs& a
 void check_matmul_ogs_backward_outputs(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs& a) {
   const char* op = "matmul_ogs_backward";
   const MatmulOgsArgs& f = a.forward;
-  check_tensor(op, "grad_x", a.grad_x, {f.x.dtype}, {p.M, p.K});
-  if (f.bias.present()) check_tensor(op, "grad_bias", a.grad_bias, {f.bias.dtype}, {p.E, p.N});
+  check_optional(op, "grad_x", a.grad_x, {f.x.dtype}, {p.M, p.K});
+  if (f.bias.present()) check_optional(op, "grad_bias", a.grad_bias, {f.bias.dtype}, {p.E, p.N});
   else if (a.grad_bias.present()) fail(kValue, op, "grad_bias", "None without bias", "a tensor");
-  if (f.combine_weight.present()) check_tensor(op, "grad_combine_weight", a.grad_combine_weight, {DType::kFloat32}, {p.T, p.k});
-  else if (a.grad_combine_weight.present()) fail(kValue, op, "grad_combine_weight", "None without combine_weight", "a tensor");
+  if (f.combine_weight.present()) {
+    check_optional(op, "grad_combine_weight", a.grad_combine_weight, {DType::kFloat32}, {p.T, p.k});
+  } else if (a.grad_combine_weight.present()) {
+    fail(kValue, op, "grad_combine_weight", "None without combine_weight", "a tensor");
+  }
   check::same_device(op, {{"x", &f.x}, {"grad_x", &a.grad_x}, {"grad_bias", &a.grad_bias},
                           {"grad_combine_weight", &a.grad_combine_weight}});
 }

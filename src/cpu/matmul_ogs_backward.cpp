@@ -83,6 +83,7 @@ void matmul_ogs_backward(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs&
     }
   }
 
+  if (!b.grad_x.present()) return;
   // x's gradient: each problem row's g_h @ W[e] (over n in order), then summed per x row in row order.
   std::vector<float> contribution(static_cast<size_t>(P * K), 0.0f);
   struct Item { int64_t e, k0; };

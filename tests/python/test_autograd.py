@@ -121,6 +121,26 @@ def test_only_the_asked_gradients_flow(gen):
     assert args["bias"].grad is None
 
 
+@pytest.mark.parametrize("mode", ["swiglu", "combine"])
+def test_backward_computes_only_the_gradients_asked_for(gen, mode):
+    """output_mask: a gradient not asked for comes back without elements, the others with the
+    bits of a call that asks for all three."""
+    x, w, args = matmul_case(gen, "mxfp4", 9, 4, 2, 64, 64, mode)
+    call = (x.detach(), *w.arg, args["bias"].detach(), args["expert_offsets"], args.get("gather_idx"),
+            args.get("scatter_idx"), args["combine_weight"].detach() if "combine_weight" in args else None,
+            mode == "swiglu", 1.702, 1.0)
+    rows = 9 if mode == "combine" else 18
+    grad_out = randn(gen, rows, 32 if mode == "swiglu" else 64)
+    full = torch.ops.moekit.matmul_ogs_backward(grad_out, *call)
+    for mask in ([False, True, True], [True, False, False], [False, False, True]):
+        got = torch.ops.moekit.matmul_ogs_backward(grad_out, *call, mask)
+        for asked, g, f in zip(mask, got, full):
+            if asked:
+                assert torch.equal(g, f)
+            else:
+                assert g.numel() == 0
+
+
 def test_frozen_float_weights_requiring_grad_are_refused(gen):
     x = randn(gen, 4, 32).requires_grad_()
     w = randn(gen, 1, 16, 32).requires_grad_()

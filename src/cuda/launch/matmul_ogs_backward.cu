@@ -151,6 +151,7 @@ void matmul_ogs_backward(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs&
   const int64_t P = p.P, M = p.M, K = p.K, N = p.N, cols = p.out_cols;
   const int k = static_cast<int>(p.k);
   const bool slots = p.scatter && !p.swiglu;
+  const bool want_x = b.grad_x.present(), want_cw = b.grad_combine_weight.present(), want_bias = b.grad_bias.present();
   const bool x_bf16 = a.x.dtype == DType::kBFloat16, grad_out_bf16 = b.grad_out.dtype == DType::kBFloat16;
   const int32_t* gather = p.gather ? a.gather_idx.ptr<int32_t>() : nullptr;
   const float* cw = a.combine_weight.present() ? a.combine_weight.ptr<float>() : nullptr;
@@ -159,8 +160,10 @@ void matmul_ogs_backward(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs&
   constexpr int kThreads = kElementwiseThreads;
 
   if (P == 0) {  // nothing reads x and every sum is empty
-    if (M * K > 0) MOEKIT_CUDA_CHECK(cudaMemsetAsync(b.grad_x.data, 0, static_cast<size_t>(M * K * dtype_size(b.grad_x.dtype)), stream));
-    if (b.grad_bias.present() && p.E * N > 0) {
+    if (want_x && M * K > 0) {
+      MOEKIT_CUDA_CHECK(cudaMemsetAsync(b.grad_x.data, 0, static_cast<size_t>(M * K * dtype_size(b.grad_x.dtype)), stream));
+    }
+    if (want_bias && p.E * N > 0) {
       MOEKIT_CUDA_CHECK(cudaMemsetAsync(b.grad_bias.data, 0, static_cast<size_t>(p.E * N * dtype_size(b.grad_bias.dtype)), stream));
     }
     return;
@@ -208,9 +211,11 @@ void matmul_ogs_backward(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs&
   auto* x_sorted = reinterpret_cast<uint32_t*>(at(l.x_sorted));
   auto* order = reinterpret_cast<int32_t*>(at(l.order));
   auto* x_start = reinterpret_cast<int32_t*>(at(l.x_start));
-  sort_pairs(at(l.sort_temp), l.sort_bytes, keys, x_sorted, values, order, P, M, stream);
-  run_starts_kernel<<<blocks_for(M + 1, kThreads), kThreads, 0, stream>>>(x_sorted, P, nullptr, M, M + 1, x_start);
-  check_launch("run_starts_kernel");
+  if (want_x) {
+    sort_pairs(at(l.sort_temp), l.sort_bytes, keys, x_sorted, values, order, P, M, stream);
+    run_starts_kernel<<<blocks_for(M + 1, kThreads), kThreads, 0, stream>>>(x_sorted, P, nullptr, M, M + 1, x_start);
+    check_launch("run_starts_kernel");
+  }
 
   // g: grad_out's rows, or the gradient at h from the recompute.
   const void* g = b.grad_out.data;
@@ -235,7 +240,7 @@ void matmul_ogs_backward(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs&
       h.grad_a = g_a;
       h.grad_a_bf16 = false;
     }
-    if (cw) act = reinterpret_cast<float*>(at(l.act));
+    if (want_cw) act = reinterpret_cast<float*>(at(l.act));
     h.act = act;
     h.out = at(l.grad_h);
     h.out_bf16 = x_bf16;
@@ -246,9 +251,11 @@ void matmul_ogs_backward(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs&
   t.x = g;
   float* u = reinterpret_cast<float*>(at(l.u));
   t.out = u;
-  if (K > 0) launch_transposed(p, t, g_bf16, a.w.values.dtype == DType::kBFloat16, stream, ctx);
+  if (K > 0 && (want_x || (slots && want_cw))) {
+    launch_transposed(p, t, g_bf16, a.w.values.dtype == DType::kBFloat16, stream, ctx);
+  }
 
-  if (cw) {
+  if (want_cw) {
     float* grad_cw = b.grad_combine_weight.ptr<float>();
     if (slots) {
       const SlotCombineGrad c{u, slot_of, slot_row, gather, offsets, static_cast<int>(p.E), k, P, M, K, N,
@@ -263,13 +270,13 @@ void matmul_ogs_backward(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs&
       check_launch("act_combine_grad_kernel");
     }
   }
-  if (b.grad_bias.present() && N > 0) {
+  if (want_bias && N > 0) {
     bias_grad_kernel<<<dim3(static_cast<unsigned>(p.E), blocks_for(N, kThreads)), kThreads, 0, stream>>>(
         g, g_bf16, N, t.gather_idx, scale, t.expert_offsets, P, b.grad_bias.data,
         b.grad_bias.dtype == DType::kBFloat16);
     check_launch("bias_grad_kernel");
   }
-  if (M > 0 && K > 0) {
+  if (want_x && M > 0 && K > 0) {
     const int vec = K % 4 == 0 ? 4 : 1;  // u's rows start 16 bytes apart (the workspace region is 256-aligned)
     const dim3 grid(static_cast<unsigned>(M), blocks_for(ceil_div(K, vec), kThreads));
     if (vec == 4) x_grad_kernel<4><<<grid, kThreads, 0, stream>>>(u, K, order, x_start, scale, b.grad_x.data, x_bf16);
