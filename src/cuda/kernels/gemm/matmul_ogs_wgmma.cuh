@@ -84,16 +84,17 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
     x_from[j] = static_cast<const bf16*>(p.x) + (src >= 0 ? src * red : 0) + xc * 8;
   }
   const int wr = kTransposed ? tid / 4 : tid / 2, wb = kTransposed ? tid % 4 : tid % 2;
-  const int64_t expert_row0 = static_cast<int64_t>(e) * p.N;
-  // The index of this thread's block of `step` among the weights' [E, N, K/32], or -1 past them.
-  auto block_at = [&](int step) -> int64_t {
-    if constexpr (kTransposed) {
-      const int64_t row = static_cast<int64_t>(step) * kBK + wr, block = n0 / 32 + wb;
-      return row < p.N && block < k_blocks ? (expert_row0 + row) * k_blocks + block : -1;
-    } else {
-      const int block = 2 * step + wb;
-      return n0 + wr < p.N && block < k_blocks ? (expert_row0 + n0 + wr) * k_blocks + block : -1;
-    }
+  // This thread's block of step 0 (its code bytes and scale), and how far a step moves them: two
+  // blocks along the row forward; 64 weight rows transposed (a runtime stride; the forward's are
+  // constants, so its loop keeps the pointer arithmetic it had before the transposed form).
+  const int64_t w_row0 = static_cast<int64_t>(e) * p.N + (kTransposed ? wr : n0 + wr);
+  const int block0 = kTransposed ? static_cast<int>(n0 / 32) + wb : wb;
+  const bool w_valid = kTransposed ? block0 < k_blocks : n0 + wr < p.N;
+  const uint8_t* code_from = static_cast<const uint8_t*>(p.w) + (w_valid ? (w_row0 * k_blocks + block0) * 16 : 0);
+  const uint8_t* scale_from = p.w_scales + (w_valid ? w_row0 * k_blocks + block0 : 0);
+  const int64_t scale_step = kTransposed ? static_cast<int64_t>(kBK) * k_blocks : 2;
+  auto block_valid = [&](int step) {
+    return w_valid && (kTransposed ? static_cast<int64_t>(step) * kBK + wr < p.N : 2 * step + wb < k_blocks);
   };
 
   auto issue = [&](int step) {  // x rows and codes of `step`, one commit group
@@ -106,14 +107,11 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
       cp_async_16(xs + stage * kXTileBytes + sw128_offset(xr + 16 * j, xc), x_from[j] + k_from,
                   x_valid[j] && k_valid ? 16 : 0);
     }
-    const int64_t block = block_at(step);
-    cp_async_16(codes_s + stage * kCodeTileBytes + tid * 16, static_cast<const uint8_t*>(p.w) + (block >= 0 ? block * 16 : 0),
-                block >= 0 ? 16 : 0);
+    const bool valid = block_valid(step);
+    cp_async_16(codes_s + stage * kCodeTileBytes + tid * 16, valid ? code_from + step * scale_step * 16 : code_from,
+                valid ? 16 : 0);
   };
-  auto load_scale = [&](int step) -> uint32_t {
-    const int64_t block = block_at(step);
-    return block >= 0 ? p.w_scales[block] : 127;
-  };
+  auto load_scale = [&](int step) -> uint32_t { return block_valid(step) ? scale_from[step * scale_step] : 127; };
   auto decode = [&](int step, uint32_t scale) {
     const int stage = step % kStages;
     const uint4 codes = *reinterpret_cast<const uint4*>(codes_s + stage * kCodeTileBytes + tid * 16);
