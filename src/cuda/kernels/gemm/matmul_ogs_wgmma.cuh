@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
   const int k_blocks = static_cast<int>(p.K / 32);  // MXFP4 blocks per weight row; K % 32 == 0
   // This thread's copies, fixed for the block. x: chunk xc of rows xr + 16j (j < 4) of its
   // warpgroup's 64, so 8 consecutive threads copy one row's 128-byte line. Weights: one MXFP4
-  // block a step (16 code bytes, at tid * 16 of the code stage), which it also waits for and
+  // block a step (16 code bytes, at code_at of the code stage), which it also waits for and
   // decodes itself: block wb of each step's two in weight row n0 + wr (a thread pair reads the
   // row's 32 bytes), or, transposed, block wb of the tile's four in weight row 64 step + wr.
   const int xc = local % 8, xr = warpgroup * 64 + local / 8;
@@ -84,18 +84,24 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
     x_from[j] = static_cast<const bf16*>(p.x) + (src >= 0 ? src * red : 0) + xc * 8;
   }
   const int wr = kTransposed ? tid / 4 : tid / 2, wb = kTransposed ? tid % 4 : tid % 2;
-  // This thread's block of step 0 (its code bytes and scale), and how far a step moves them: two
-  // blocks along the row forward; 64 weight rows transposed (a runtime stride; the forward's are
-  // constants, so its loop keeps the pointer arithmetic it had before the transposed form).
+  // This thread's block of step 0 (its code bytes and scale). Forward a step moves two blocks
+  // along the row, in 32-bit offsets as the kernel had them before its transposed form (64-bit
+  // ones cost the loop 13 instructions and the layer ~4%); transposed, 64 weight rows.
   const int64_t w_row0 = static_cast<int64_t>(e) * p.N + (kTransposed ? wr : n0 + wr);
   const int block0 = kTransposed ? static_cast<int>(n0 / 32) + wb : wb;
   const bool w_valid = kTransposed ? block0 < k_blocks : n0 + wr < p.N;
   const uint8_t* code_from = static_cast<const uint8_t*>(p.w) + (w_valid ? (w_row0 * k_blocks + block0) * 16 : 0);
   const uint8_t* scale_from = p.w_scales + (w_valid ? w_row0 * k_blocks + block0 : 0);
-  const int64_t scale_step = kTransposed ? static_cast<int64_t>(kBK) * k_blocks : 2;
+  const int64_t rows_step = static_cast<int64_t>(kBK) * k_blocks;  // transposed: blocks between steps
   auto block_valid = [&](int step) {
-    return w_valid && (kTransposed ? static_cast<int64_t>(step) * kBK + wr < p.N : 2 * step + wb < k_blocks);
+    if constexpr (kTransposed) return w_valid && static_cast<int64_t>(step) * kBK + wr < p.N;
+    else return w_valid && 2 * step + wb < k_blocks;
   };
+  auto block_offset = [&](int step) -> int64_t {  // in blocks from step 0's
+    if constexpr (kTransposed) return step * rows_step;
+    else return 2 * step;
+  };
+  const int code_at = wr * (kTransposed ? 64 : 32) + wb * 16;  // in a code stage
 
   auto issue = [&](int step) {  // x rows and codes of `step`, one commit group
     const int stage = step % kStages;
@@ -108,13 +114,13 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
                   x_valid[j] && k_valid ? 16 : 0);
     }
     const bool valid = block_valid(step);
-    cp_async_16(codes_s + stage * kCodeTileBytes + tid * 16, valid ? code_from + step * scale_step * 16 : code_from,
+    cp_async_16(codes_s + stage * kCodeTileBytes + code_at, valid ? code_from + block_offset(step) * 16 : code_from,
                 valid ? 16 : 0);
   };
-  auto load_scale = [&](int step) -> uint32_t { return block_valid(step) ? scale_from[step * scale_step] : 127; };
+  auto load_scale = [&](int step) -> uint32_t { return block_valid(step) ? scale_from[block_offset(step)] : 127; };
   auto decode = [&](int step, uint32_t scale) {
     const int stage = step % kStages;
-    const uint4 codes = *reinterpret_cast<const uint4*>(codes_s + stage * kCodeTileBytes + tid * 16);
+    const uint4 codes = *reinterpret_cast<const uint4*>(codes_s + stage * kCodeTileBytes + code_at);
     unsigned char* tile = ws + stage * kWTileBytes + (kTransposed ? (wb / 2) * (kWTileBytes / 2) : 0);
     const int chunk0 = kTransposed ? (wb % 2) * 4 : wb * 4;
     decode_e2m1_block(codes, scale, [&](int i, uint4 v) {
