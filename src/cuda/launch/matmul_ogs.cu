@@ -59,8 +59,13 @@ void launch_wgmma(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsPa
   plan_tiles<wg::kBM>(params, stream, ctx);
   const dim3 grid(static_cast<unsigned>(max_row_tiles(params, wg::kBM) * ceil_div(p.N, wg::kBN)));
   static_assert(wg::kSmemBytes + wg::kBM * 8 <= kWgmmaSharedMemoryBytes, "the kernel choice assumes this budget");
-  allow_dynamic_smem<matmul_ogs_wgmma_kernel<false>>(wg::kSmemBytes, p.device.index);
-  matmul_ogs_wgmma_kernel<false><<<grid, wg::kThreads, wg::kSmemBytes, stream>>>(params);
+  if (params.grad_a) {  // the backward's recompute: its own form, so the forward's epilogue has no branch for it
+    allow_dynamic_smem<matmul_ogs_wgmma_kernel<WgmmaForm::kRecompute>>(wg::kSmemBytes, p.device.index);
+    matmul_ogs_wgmma_kernel<WgmmaForm::kRecompute><<<grid, wg::kThreads, wg::kSmemBytes, stream>>>(params);
+  } else {
+    allow_dynamic_smem<matmul_ogs_wgmma_kernel<WgmmaForm::kForward>>(wg::kSmemBytes, p.device.index);
+    matmul_ogs_wgmma_kernel<WgmmaForm::kForward><<<grid, wg::kThreads, wg::kSmemBytes, stream>>>(params);
+  }
 }
 
 // A persistent grid over (token tile, 16 output columns) work items: as many blocks as fit on

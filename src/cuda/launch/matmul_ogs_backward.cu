@@ -105,8 +105,8 @@ void launch_transposed(const MatmulOgsProblem& p, const MatmulOgsParams& params,
       MatmulOgsTransposedKernel::kWgmma128) {
     plan_tiles<wg::kBM>(params, stream, ctx);
     const dim3 grid(static_cast<unsigned>(max_row_tiles(params, wg::kBM) * ceil_div(p.K, wg::kBN)));
-    allow_dynamic_smem<matmul_ogs_wgmma_kernel<true>>(wg::kSmemBytes, p.device.index);
-    matmul_ogs_wgmma_kernel<true><<<grid, wg::kThreads, wg::kSmemBytes, stream>>>(params);
+    allow_dynamic_smem<matmul_ogs_wgmma_kernel<WgmmaForm::kTransposed>>(wg::kSmemBytes, p.device.index);
+    matmul_ogs_wgmma_kernel<WgmmaForm::kTransposed><<<grid, wg::kThreads, wg::kSmemBytes, stream>>>(params);
   } else {
     plan_tiles<simt::kBM>(params, stream, ctx);
     const dim3 grid(static_cast<unsigned>(max_row_tiles(params, simt::kBM)), static_cast<unsigned>(ceil_div(p.K, simt::kBN)));

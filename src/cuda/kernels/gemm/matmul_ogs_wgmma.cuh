@@ -17,6 +17,9 @@
 // at T = 8192 took 5.6 ms instead of 3.0.) The epilogue (bias, SwiGLU, NaN for bad gather
 // indices) is the tiled kernels'.
 //
+// Three forms (WgmmaForm): the forward; the backward's recompute of h, whose epilogue writes the
+// gradient at h (tile_io.cuh; a form of its own, so the forward's epilogue carries none of it:
+// with a runtime branch the layer measured 1-1.5% slower); and the transposed product.
 // kTransposed: matmul_ogs_backward's product u[r] = x[r] W[e] (x holds rows of N, the gradient
 // at h; out takes float32 rows of K). The reduction runs over the weight rows, 64 a step, and a
 // block's 128 columns over K; the decoded tile is wgmma's MN-major B (a weight row's 64 k values
@@ -46,10 +49,13 @@ constexpr int kXTileBytes = kBM * kBK * 2, kWTileBytes = kBN * kBK * 2, kCodeTil
 constexpr int kSmemBytes = kStages * (kXTileBytes + kWTileBytes + kCodeTileBytes) + 1024;
 }  // namespace wg
 
-template <bool kTransposed>
+enum class WgmmaForm { kForward, kRecompute, kTransposed };
+
+template <WgmmaForm kForm>
 __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const MatmulOgsParams p) {
 #if MOEKIT_WGMMA
   using namespace wg;
+  constexpr bool kTransposed = kForm == WgmmaForm::kTransposed;
   const int64_t red = kTransposed ? p.N : p.K;  // the reduction's length, and x's row length
   int e;
   int64_t row_begin, row_end, n0;
@@ -214,7 +220,7 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
     for (int j = 0; j < kBN / 8; ++j) {
       const int64_t n = n0 + 8 * j + 2 * t;
       if (n < p.N) {
-        store_output_pair(p, e, row_begin + rr, n, src_row[rr] == kBadRow, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1],
+        store_output_pair<kForm == WgmmaForm::kRecompute>(p, e, row_begin + rr, n, src_row[rr] == kBadRow, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1],
                           /*add_bias=*/false);
       }
     }

@@ -43,7 +43,9 @@ static __device__ __noinline__ void store_gradient_pair(const void* grad_a, bool
 
 // Output columns n and n + 1 (n even) of problem row `row` of expert e: bias (unless the caller
 // added it), then SwiGLU over the (glu, linear) pair or two plain columns; a bad gather index
-// makes them NaN. In the backward's recompute (p.grad_a), the pair's gradients instead.
+// makes them NaN. In the backward's recompute (p.grad_a), the pair's gradients instead, unless
+// the caller is a kernel form that never recomputes (kMayRecompute false: no branch for it).
+template <bool kMayRecompute = true>
 __device__ __forceinline__ void store_output_pair(const MatmulOgsParams& p, int e, int64_t row, int64_t n, bool bad,
                                                   float h0, float h1, bool add_bias = true) {
   if (add_bias && p.bias) {
@@ -51,7 +53,7 @@ __device__ __forceinline__ void store_output_pair(const MatmulOgsParams& p, int 
     if (n + 1 < p.N) h1 += load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + n + 1);
   }
   if (bad) h0 = h1 = __int_as_float(0x7fc00000);
-  if (p.grad_a) {  // matmul_ogs_backward's recompute (swiglu only), out of line: see store_gradient_pair
+  if (kMayRecompute && p.grad_a) {  // matmul_ogs_backward's recompute (swiglu only), out of line: see store_gradient_pair
     store_gradient_pair(p.grad_a, p.grad_a_bf16, p.act, p.out, p.out_bf16, p.out_cols, p.N, p.alpha, p.limit, row, n,
                         h0, h1);
   } else if (p.swiglu) {
