@@ -12,8 +12,7 @@ training, the model completes the first sentence from its first tokens behind th
 Under torchrun the prompt is a DistributedDataParallel parameter (gloo on the CPU, NCCL on
 GPUs, each rank's model on its own device without torch.cuda.set_device) and rank r trains on
 sentences r, r + world, ...: the ranks' mean gradient is the whole batch's. Prints the first
-and the last loss; --output-json writes them with the trained prompt. The CPU only for now:
-moekit's CUDA backward kernels are not written yet.
+and the last loss; --output-json writes them with the trained prompt.
 """
 
 import argparse

@@ -11,6 +11,7 @@ import torch
 import moekit
 import reference as ref
 from conftest import TOLERANCE, H, MoeLayer, make_weights, randn
+from test_autograd import matmul_case, moe_reference_grads, moekit_grads, reference_grads
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -137,3 +138,33 @@ def test_moe_mlp_gradients_on_cuda_match_cpu(gen, T, E, k, path):
         grads.append({name: t.grad for name, t in leaves.items()})
     for name, want in grads[0].items():
         assert_matches_cpu(grads[1][name], want, torch.bfloat16, name)
+
+
+@pytest.mark.parametrize("mode", ["swiglu", "combine"])
+def test_matmul_ogs_gradients_on_cuda_against_float64_autograd(gen, mode):
+    """bf16 on CUDA against torch autograd through the float64 dequantized reference (the
+    acceptance's 1e-2), many rows per expert: the tensor-core kernels."""
+    T, k, N = 600, 4, 256
+    x, w, args = matmul_case(gen, "mxfp4", T, 8, k, N, 192, mode, dtype=torch.bfloat16)
+    grad_out = randn(gen, *((T * k, N // 2) if mode == "swiglu" else (T, N)), dtype=torch.bfloat16)
+    want = reference_grads(x, w, args, grad_out)
+    cuda_args = {n: (v.detach().cuda().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v)
+                 for n, v in args.items()}
+    w_cuda = type(w)(tuple(t.cuda() for t in w.arg), w.dense)
+    _, got = moekit_grads(x.detach().cuda().requires_grad_(), w_cuda, cuda_args, grad_out.cuda())
+    for name, g in got.items():
+        assert ref.rel_err(g.cpu(), want[name]) <= TOLERANCE[torch.bfloat16], (name, ref.rel_err(g.cpu(), want[name]))
+
+
+def test_moe_mlp_gradients_on_cuda_against_float64_autograd(gen):
+    layer = MoeLayer(gen, 32, "mxfp4", torch.bfloat16)
+    x = layer.draw_x(gen, 500, H, dtype=torch.bfloat16, k=4)
+    leaves = {"gate_weight": layer.gate_weight, "gate_bias": layer.gate_bias, "b1": layer.b1, "b2": layer.b2}
+    grad_y = randn(gen, 500, H, dtype=torch.bfloat16)
+    want = moe_reference_grads(layer, x, 4, grad_y, leaves)
+    on_gpu = {name: t.detach().cuda().requires_grad_() for name, t in {"x": x, **leaves}.items()}
+    y = moekit.moe_mlp(on_gpu["x"], on_gpu["gate_weight"], on_gpu["gate_bias"], tuple(t.cuda() for t in layer.w1.arg),
+                       on_gpu["b1"], tuple(t.cuda() for t in layer.w2.arg), on_gpu["b2"], experts_per_token=4)
+    y.backward(grad_y.cuda())
+    for name, t in on_gpu.items():
+        assert ref.rel_err(t.grad.cpu(), want[name]) <= TOLERANCE[torch.bfloat16], (name, ref.rel_err(t.grad.cpu(), want[name]))

@@ -1,6 +1,6 @@
-"""examples/train_soft_prompt.py on the CPU: a soft prompt trained through the frozen shipped
-model (its MoE layers MXFP4, run by moekit) lowers the loss; two gloo ranks under DDP end with
-the prompt one process gets from the whole batch."""
+"""examples/train_soft_prompt.py: a soft prompt trained through the frozen shipped model (its MoE
+layers MXFP4, run by moekit) lowers the loss, on the CPU and on a GPU; two gloo ranks under DDP
+end with the prompt one process gets from the whole batch."""
 
 import json
 import os
@@ -8,16 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_example(out: Path, nproc: int, steps: int, sentences: int = 4) -> dict:
+def run_example(out: Path, nproc: int, steps: int, sentences: int = 4, device: str = "cpu") -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)), PYTHONUNBUFFERED="1")
     launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
     proc = subprocess.run([sys.executable, *launcher, str(ROOT / "examples" / "train_soft_prompt.py"),
-                           "--steps", str(steps), "--sentences", str(sentences), "--output-json", str(out)],
+                           "--steps", str(steps), "--sentences", str(sentences), "--output-json", str(out),
+                           "--device", device],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     print(proc.stdout)
@@ -39,3 +41,14 @@ def test_two_gloo_ranks_train_the_prompt_one_process_does(tmp_path):
     two = torch.tensor(run_example(tmp_path / "two.json", 2, steps=4)["prompt"])
     assert (one - two).abs().max() <= 1e-5 * one.abs().max(), (one - two).abs().max()
     assert not torch.equal(one, torch.tensor(run_example(tmp_path / "zero.json", 1, steps=0)["prompt"]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_loss_falls_on_a_gpu(tmp_path):
+    """The same training on CUDA (moekit's CUDA backward): the same first loss as the CPU's, to
+    float32 rounding, and the same fall."""
+    gpu = run_example(tmp_path / "gpu.json", 1, steps=20, device="cuda")["losses"]
+    cpu = run_example(tmp_path / "cpu.json", 1, steps=1)["losses"]
+    print(f"first loss {gpu[0]:.4f} (CPU {cpu[0]:.4f}), last {gpu[-1]:.4f}")
+    assert abs(gpu[0] - cpu[0]) <= 1e-4 * cpu[0]
+    assert gpu[-1] < 0.5 * gpu[0], gpu
