@@ -6,7 +6,10 @@ peer layer), in the same process, on the same weights and inputs.
     python bench/train_layer.py [--experts 32 128] [--tokens 2048 8192] [--out bench/results/NAME.json]
         [--kernels]   (also prints the kernels of one moekit step, by time, from torch's profiler)
 
-x requires grad, the weights are frozen (as when training modules around the model). Each rep
+x requires grad, the weights are frozen (as when training modules around the model). moekit is
+timed both ways it trains: moekit.moe_mlp in grad mode (its activations kept by autograd, mlp1's h
+recomputed) and torch.ops.moekit.moe_mlp called directly (only its inputs kept, gate, routing and
+mlp1 recomputed in the backward): the saved-against-recomputed choice of docs/design.md. Each rep
 runs the forward and then the backward of a fresh graph, timed apart with CUDA events (eager,
 median over reps). Peak memory: the most allocated during a step beyond what was held before it
 (saved activations and intermediates). Weight memory: the layer's expert weights (MXFP4 blocks
@@ -28,6 +31,12 @@ from moe_layer import H, K, dequantized, grouped_mm_layer, make_layer, reference
 def moekit_layer(x, layer):
     return moekit.moe_mlp(x, layer["gate_weight"], layer["gate_bias"], layer["mlp1_weight"], layer["mlp1_bias"],
                           layer["mlp2_weight"], layer["mlp2_bias"], experts_per_token=K)
+
+
+def moekit_op(x, layer):
+    """The op called directly: its registered backward recomputes the layer's steps."""
+    return torch.ops.moekit.moe_mlp(x, layer["gate_weight"], layer["gate_bias"], *layer["mlp1_weight"],
+                                    layer["mlp1_bias"], *layer["mlp2_weight"], layer["mlp2_bias"], K, 1.702, 7.0)
 
 
 def time_training(forward, x, grad_y, reps):
@@ -94,12 +103,15 @@ def main():
             m_grad = x.grad.clone()
             if args.kernels:
                 print_kernels(lambda x: moekit_layer(x, layer), x, grad_y)
+            r_fwd, r_bwd, r_peak = time_training(lambda x: moekit_op(x, layer), x, grad_y, args.reps)
             b_fwd, b_bwd, b_peak = time_training(lambda x: grouped_mm_layer(x, layer, w1t, w2t)[0], x, grad_y, args.reps)
             b_grad = x.grad.clone()
             want = reference_grad(x, layer, w1, w2, grad_y)
             row = {"E": E, "T": T,
                    "moekit_forward_ms": m_fwd, "moekit_backward_ms": m_bwd, "moekit_backward_over_forward": m_bwd / m_fwd,
                    "moekit_step_peak_GB": m_peak / 1e9, "moekit_expert_weight_GB": mx_bytes / 1e9,
+                   "moekit_op_recompute_forward_ms": r_fwd, "moekit_op_recompute_backward_ms": r_bwd,
+                   "moekit_op_recompute_step_peak_GB": r_peak / 1e9,
                    "bf16_forward_ms": b_fwd, "bf16_backward_ms": b_bwd, "bf16_step_peak_GB": b_peak / 1e9,
                    "bf16_expert_weight_GB": bf16_bytes / 1e9,
                    "step_speedup": (b_fwd + b_bwd) / (m_fwd + m_bwd), "weight_memory_ratio": mx_bytes / bf16_bytes,
@@ -108,7 +120,8 @@ def main():
             print(f"E={E:4d} T={T:5d}  moekit fwd {m_fwd:7.3f} bwd {m_bwd:7.3f} ms (bwd/fwd {m_bwd / m_fwd:4.2f}, "
                   f"peak {m_peak / 1e9:5.2f} GB, err {row['moekit_grad_x_rel_err']:.1e})  bf16 fwd {b_fwd:7.3f} "
                   f"bwd {b_bwd:7.3f} ms (peak {b_peak / 1e9:5.2f} GB, err {row['bf16_grad_x_rel_err']:.1e})  "
-                  f"step x{row['step_speedup']:4.2f}  weights {mx_bytes / 1e9:.2f} vs {bf16_bytes / 1e9:.2f} GB",
+                  f"step x{row['step_speedup']:4.2f}  weights {mx_bytes / 1e9:.2f} vs {bf16_bytes / 1e9:.2f} GB  "
+                  f"(the op, recomputing: fwd {r_fwd:7.3f} bwd {r_bwd:7.3f} ms, peak {r_peak / 1e9:5.2f} GB)",
                   flush=True)
             del x, grad_y, m_grad, b_grad, want
         del layer, w1, w2, w1t, w2t
