@@ -86,12 +86,7 @@ void matmul_ogs_backward(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs&
   if (!b.grad_x.present()) return;
   // x's gradient: each problem row's g_h @ W[e] (over n in order), then summed per x row in row order.
   std::vector<float> contribution(static_cast<size_t>(P * K), 0.0f);
-  struct Item { int64_t e, k0; };
-  std::vector<Item> items;
-  for (int64_t e = 0; e < p.E; ++e) {
-    if (row_begin[e + 1] == row_begin[e]) continue;
-    for (int64_t k0 = 0; k0 < K; k0 += kKPerItem) items.push_back({e, k0});
-  }
+  const std::vector<ExpertBlock> items = expert_blocks(p, row_begin, K, kKPerItem);
   parallel_for(static_cast<int64_t>(items.size()), 1, ctx, [&](int64_t begin, int64_t end) {
     std::vector<float> wcols(static_cast<size_t>(N * kKPerItem));
     for (int64_t it = begin; it < end; ++it) {

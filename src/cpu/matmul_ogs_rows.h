@@ -73,6 +73,21 @@ inline void decode_weight_row(const MatmulOgsProblem& p, const ExpertWeights& w,
   }
 }
 
+// The work items of a loop over the experts that have rows and blocks of `width` of `extent`
+// columns, in order: (expert, first column).
+struct ExpertBlock {
+  int64_t e, c0;
+};
+inline std::vector<ExpertBlock> expert_blocks(const MatmulOgsProblem& p, const std::vector<int64_t>& row_begin,
+                                              int64_t extent, int64_t width) {
+  std::vector<ExpertBlock> items;
+  for (int64_t e = 0; e < p.E; ++e) {
+    if (row_begin[e + 1] == row_begin[e]) continue;
+    for (int64_t c0 = 0; c0 < extent; c0 += width) items.push_back({e, c0});
+  }
+  return items;
+}
+
 // Fixed-order fp32 dot product (8 independent partial sums, then summed in order).
 inline float dot(const float* a, const float* b, int64_t K) {
   float acc[8] = {};
@@ -91,12 +106,7 @@ template <class Visit>
 void for_each_h_block(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const std::vector<int64_t>& row_begin,
                       const ExecContext& ctx, Visit visit) {
   const int64_t K = p.K, N = p.N;
-  struct Item { int64_t e, n0; };
-  std::vector<Item> items;
-  for (int64_t e = 0; e < p.E; ++e) {
-    if (row_begin[e + 1] == row_begin[e]) continue;
-    for (int64_t n0 = 0; n0 < N; n0 += kColsPerItem) items.push_back({e, n0});
-  }
+  const std::vector<ExpertBlock> items = expert_blocks(p, row_begin, N, kColsPerItem);
   parallel_for(static_cast<int64_t>(items.size()), 1, ctx, [&](int64_t begin, int64_t end) {
     std::vector<float> wrows(static_cast<size_t>(kColsPerItem * K)), xrow(static_cast<size_t>(K));
     float h[kColsPerItem];

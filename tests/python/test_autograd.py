@@ -329,6 +329,15 @@ def test_moe_mlp_op_and_its_training_composition_agree(gen, x_dtype):
         assert ref.rel_err(a, b.double()) <= TOLERANCE[x_dtype] / 10
 
 
+def test_moe_mlp_in_grad_mode_refuses_as_the_op_does(gen):
+    """Bad input to the training composition is refused with the layer's own message."""
+    layer = MoeLayer(gen, 8, "mxfp4", torch.float32)
+    x = layer.draw_x(gen, 5, H, dtype=torch.float32, k=2).requires_grad_()
+    with pytest.raises(ValueError, match=r"moekit.moe_mlp: 'gate_bias' expected shape \[8\], got \[7\]"):
+        moekit.moe_mlp(x, layer.gate_weight, layer.gate_bias[:7], layer.w1.arg, layer.b1, layer.w2.arg, layer.b2,
+                       experts_per_token=2)
+
+
 def test_moe_mlp_gradients_same_bits_every_run(gen):
     layer = MoeLayer(gen, 8, "mxfp4", torch.bfloat16)
     x = layer.draw_x(gen, 17, H, dtype=torch.bfloat16, k=2).requires_grad_()

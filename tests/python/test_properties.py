@@ -77,28 +77,34 @@ def expert_weights(kind: str, seed: int, E: int, N: int, K: int):
     return w, w.double()
 
 
-@SETTINGS
-@given(matmul_problems())
-def test_matmul_ogs(p):
+def draw_matmul(p):
+    """The drawn problem's call: (x, w, w64, bias, combine_weight, index kwargs, swiglu), the
+    bias and combine weights tensors of their own (leaves a test may make require grad)."""
     E, N, K, T, k, seed = p["E"], p["N"], p["K"], p["T"], p["k"], p["seed"]
     w, w64 = expert_weights(p["w_kind"], seed + 1, E, N, K)
     bias = normal(seed + 2, E, N) if p["bias"] else None
     r = moekit.route(normal(seed + 3, T, E), k)
-    kwargs = {}
+    combine, kwargs = None, {}
     if p["mode"] == "plain":  # one expert, rows in order
         w, w64 = (tuple(t[:1] for t in w) if isinstance(w, tuple) else w[:1]), w64[:1]
-        bias = bias[:1] if bias is not None else None
+        bias = bias[:1].clone() if bias is not None else None
         x = normal(seed + 4, T, K, dtype=p["x_dtype"])
     elif p["mode"] == "gather":
         x = normal(seed + 4, T, K, dtype=p["x_dtype"])
         kwargs = dict(expert_offsets=r.expert_offsets, gather_idx=r.gather_idx)
     else:
         x = normal(seed + 4, T * k, K, dtype=p["x_dtype"])
-        kwargs = dict(expert_offsets=r.expert_offsets, scatter_idx=r.scatter_idx,
-                      combine_weight=r.expert_weight if p["combine"] else None)
-    swiglu = (1.702, 7.0) if p["swiglu"] else None
-    got = moekit.matmul_ogs(x, w, bias, swiglu=swiglu, **kwargs)
-    want = ref.matmul_ogs(x, w64, bias, swiglu_args=swiglu, **kwargs)
+        combine = r.expert_weight.clone() if p["combine"] else None
+        kwargs = dict(expert_offsets=r.expert_offsets, scatter_idx=r.scatter_idx)
+    return x, w, w64, bias, combine, kwargs, (1.702, 7.0) if p["swiglu"] else None
+
+
+@SETTINGS
+@given(matmul_problems())
+def test_matmul_ogs(p):
+    x, w, w64, bias, combine, kwargs, swiglu = draw_matmul(p)
+    got = moekit.matmul_ogs(x, w, bias, swiglu=swiglu, combine_weight=combine, **kwargs)
+    want = ref.matmul_ogs(x, w64, bias, swiglu_args=swiglu, combine_weight=combine, **kwargs)
     assert_every_element_close(got, want, p["x_dtype"])
 
 
@@ -170,30 +176,13 @@ def leaf64(t):
 @given(matmul_problems())
 def test_matmul_ogs_gradients(p):
     """x, bias and combine_weight; the weights frozen."""
-    E, N, K, T, k, seed = p["E"], p["N"], p["K"], p["T"], p["k"], p["seed"]
-    w, w64 = expert_weights(p["w_kind"], seed + 1, E, N, K)
-    bias = normal(seed + 2, E, N) if p["bias"] else None
-    r = moekit.route(normal(seed + 3, T, E), k)
-    combine = None
-    kwargs = {}
-    if p["mode"] == "plain":
-        w, w64 = (tuple(t[:1] for t in w) if isinstance(w, tuple) else w[:1]), w64[:1]
-        bias = bias[:1].clone() if bias is not None else None
-        x = normal(seed + 4, T, K, dtype=p["x_dtype"])
-    elif p["mode"] == "gather":
-        x = normal(seed + 4, T, K, dtype=p["x_dtype"])
-        kwargs = dict(expert_offsets=r.expert_offsets, gather_idx=r.gather_idx)
-    else:
-        x = normal(seed + 4, T * k, K, dtype=p["x_dtype"])
-        combine = r.expert_weight.clone() if p["combine"] else None
-        kwargs = dict(expert_offsets=r.expert_offsets, scatter_idx=r.scatter_idx)
+    x, w, w64, bias, combine, kwargs, swiglu = draw_matmul(p)
     leaves = {"x": x, "bias": bias, "combine_weight": combine}
     for t in leaves.values():
         if t is not None:
             t.requires_grad_()
-    swiglu = (1.702, 7.0) if p["swiglu"] else None
     out = moekit.matmul_ogs(x, w, bias, swiglu=swiglu, combine_weight=combine, **kwargs)
-    grad = normal(seed + 5, *out.shape, dtype=out.dtype)
+    grad = normal(p["seed"] + 5, *out.shape, dtype=out.dtype)
     out.backward(grad)
     ref_leaves = {name: leaf64(t) for name, t in leaves.items()}
     want = ref.matmul_ogs(ref_leaves["x"], w64, ref_leaves["bias"], swiglu_args=swiglu,
