@@ -52,3 +52,14 @@ def test_the_loss_falls_on_a_gpu(tmp_path):
     print(f"first loss {gpu[0]:.4f} (CPU {cpu[0]:.4f}), last {gpu[-1]:.4f}")
     assert abs(gpu[0] - cpu[0]) <= 1e-4 * cpu[0]
     assert gpu[-1] < 0.5 * gpu[0], gpu
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_two_nccl_ranks_on_two_gpus_train_the_prompt_one_gpu_does(tmp_path, monkeypatch):
+    """As the gloo test, over NCCL: rank r on cuda:r (no set_device), against one process on
+    cuda:0 with the whole batch; the same 1e-5 bound (float32 sums in another order)."""
+    monkeypatch.setenv("NCCL_NVLS_ENABLE", "0")
+    monkeypatch.setenv("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+    one = torch.tensor(run_example(tmp_path / "one.json", 1, steps=4, device="cuda")["prompt"])
+    two = torch.tensor(run_example(tmp_path / "two.json", 2, steps=4, device="cuda")["prompt"])
+    assert (one - two).abs().max() <= 1e-5 * one.abs().max(), (one - two).abs().max()

@@ -90,16 +90,8 @@ __device__ __forceinline__ const void* element_at(const void* base, bool is_bf16
   return static_cast<const char*>(base) + offset * (is_bf16 ? 2 : 4);
 }
 
-// a . b over n elements in a warp: each lane sums its strided elements in order, then a fixed
-// butterfly; every lane gets the total.
-__device__ __forceinline__ float warp_dot(const float* a, const void* b, bool b_bf16, int64_t n) {
-  const int lane = threadIdx.x % 32;
-  float sum = 0.0f;
-  for (int64_t i = lane; i < n; i += 32) sum += a[i] * load_float(b, b_bf16, i);
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-  return sum;
-}
+// a . b over n elements in a warp (each operand float32 or bfloat16): each lane sums its strided
+// elements in order, then a fixed butterfly; every lane gets the total.
 __device__ __forceinline__ float warp_dot(const void* a, bool a_bf16, const void* b, bool b_bf16, int64_t n) {
   const int lane = threadIdx.x % 32;
   float sum = 0.0f;
@@ -139,7 +131,7 @@ __global__ void __launch_bounds__(32 * kDotWarps) slot_combine_grad_kernel(const
   const int64_t x_row = row < g.P ? (g.gather_idx ? g.gather_idx[row] : row) : -1;
   float sum = __int_as_float(0x7fc00000);
   if (x_row >= 0 && x_row < g.M) {
-    sum = warp_dot(g.u + i * g.K, element_at(g.x, g.x_bf16, x_row * g.K), g.x_bf16, g.K);
+    sum = warp_dot(g.u + i * g.K, false, element_at(g.x, g.x_bf16, x_row * g.K), g.x_bf16, g.K);
     if (g.bias) {
       int lo = 0, hi = g.E - 1;  // the expert: the last one whose rows start at or before the row
       while (g.expert_offsets && lo < hi) {
@@ -164,7 +156,7 @@ __global__ void __launch_bounds__(32 * kDotWarps)
   const int64_t row = scatter_idx[s];
   float sum = __int_as_float(0x7fc00000);
   if (row >= 0 && row < P) {
-    sum = warp_dot(act + row * cols, element_at(grad_out, grad_out_bf16, (s / k) * cols), grad_out_bf16, cols);
+    sum = warp_dot(act + row * cols, false, element_at(grad_out, grad_out_bf16, (s / k) * cols), grad_out_bf16, cols);
   }
   if (threadIdx.x % 32 == 0) grad_combine_weight[s] = sum;
 }
