@@ -12,7 +12,8 @@ recomputed) and torch.ops.moekit.moe_mlp called directly (only its inputs kept, 
 mlp1 recomputed in the backward): the saved-against-recomputed choice of docs/design.md. Each rep
 runs the forward and then the backward of a fresh graph, timed apart with CUDA events (eager,
 median over reps). Peak memory: the most allocated during a step beyond what was held before it
-(saved activations and intermediates). Weight memory: the layer's expert weights (MXFP4 blocks
+(saved activations and intermediates); kept: what the forward leaves allocated for the backward,
+its output included (what a model's layers add up between its forward and its backward). Weight memory: the layer's expert weights (MXFP4 blocks
 and scales, or the bf16 copies). The gradient at x of each path against a float32 autograd
 reference on the same weights: relative Frobenius error.
 """
@@ -40,7 +41,8 @@ def moekit_op(x, layer):
 
 
 def time_training(forward, x, grad_y, reps):
-    """Median forward and backward ms of `forward(x)` then its backward, and the step's peak bytes."""
+    """Median forward and backward ms of `forward(x)` then its backward, the step's peak bytes and the
+    bytes the forward leaves held for the backward (its output included)."""
     fwd, bwd = [], []
     torch.cuda.synchronize()
     held = torch.cuda.memory_allocated()
@@ -51,6 +53,7 @@ def time_training(forward, x, grad_y, reps):
         events[0].record()
         y = forward(x)
         events[1].record()
+        kept = torch.cuda.memory_allocated() - held
         y.backward(grad_y)
         events[2].record()
         events[2].synchronize()
@@ -58,7 +61,7 @@ def time_training(forward, x, grad_y, reps):
         bwd.append(events[1].elapsed_time(events[2]))
         del y
     peak = torch.cuda.max_memory_allocated() - held
-    return statistics.median(fwd[2:]), statistics.median(bwd[2:]), peak
+    return statistics.median(fwd[2:]), statistics.median(bwd[2:]), peak, kept
 
 
 def print_kernels(forward, x, grad_y):
@@ -99,29 +102,29 @@ def main():
         for T in args.tokens:
             x = torch.randn(T, H, device=dev, generator=gen).bfloat16().requires_grad_()
             grad_y = torch.randn(T, H, device=dev, generator=gen).bfloat16()
-            m_fwd, m_bwd, m_peak = time_training(lambda x: moekit_layer(x, layer), x, grad_y, args.reps)
+            m_fwd, m_bwd, m_peak, m_kept = time_training(lambda x: moekit_layer(x, layer), x, grad_y, args.reps)
             m_grad = x.grad.clone()
             if args.kernels:
                 print_kernels(lambda x: moekit_layer(x, layer), x, grad_y)
-            r_fwd, r_bwd, r_peak = time_training(lambda x: moekit_op(x, layer), x, grad_y, args.reps)
-            b_fwd, b_bwd, b_peak = time_training(lambda x: grouped_mm_layer(x, layer, w1t, w2t)[0], x, grad_y, args.reps)
+            r_fwd, r_bwd, r_peak, r_kept = time_training(lambda x: moekit_op(x, layer), x, grad_y, args.reps)
+            b_fwd, b_bwd, b_peak, b_kept = time_training(lambda x: grouped_mm_layer(x, layer, w1t, w2t)[0], x, grad_y, args.reps)
             b_grad = x.grad.clone()
             want = reference_grad(x, layer, w1, w2, grad_y)
             row = {"E": E, "T": T,
                    "moekit_forward_ms": m_fwd, "moekit_backward_ms": m_bwd, "moekit_backward_over_forward": m_bwd / m_fwd,
-                   "moekit_step_peak_GB": m_peak / 1e9, "moekit_expert_weight_GB": mx_bytes / 1e9,
+                   "moekit_step_peak_GB": m_peak / 1e9, "moekit_kept_GB": m_kept / 1e9, "moekit_expert_weight_GB": mx_bytes / 1e9,
                    "moekit_op_recompute_forward_ms": r_fwd, "moekit_op_recompute_backward_ms": r_bwd,
-                   "moekit_op_recompute_step_peak_GB": r_peak / 1e9,
-                   "bf16_forward_ms": b_fwd, "bf16_backward_ms": b_bwd, "bf16_step_peak_GB": b_peak / 1e9,
+                   "moekit_op_recompute_step_peak_GB": r_peak / 1e9, "moekit_op_recompute_kept_GB": r_kept / 1e9,
+                   "bf16_forward_ms": b_fwd, "bf16_backward_ms": b_bwd, "bf16_step_peak_GB": b_peak / 1e9, "bf16_kept_GB": b_kept / 1e9,
                    "bf16_expert_weight_GB": bf16_bytes / 1e9,
                    "step_speedup": (b_fwd + b_bwd) / (m_fwd + m_bwd), "weight_memory_ratio": mx_bytes / bf16_bytes,
                    "moekit_grad_x_rel_err": rel_err(m_grad, want), "bf16_grad_x_rel_err": rel_err(b_grad, want)}
             result["rows"].append(row)
             print(f"E={E:4d} T={T:5d}  moekit fwd {m_fwd:7.3f} bwd {m_bwd:7.3f} ms (bwd/fwd {m_bwd / m_fwd:4.2f}, "
-                  f"peak {m_peak / 1e9:5.2f} GB, err {row['moekit_grad_x_rel_err']:.1e})  bf16 fwd {b_fwd:7.3f} "
-                  f"bwd {b_bwd:7.3f} ms (peak {b_peak / 1e9:5.2f} GB, err {row['bf16_grad_x_rel_err']:.1e})  "
+                  f"peak {m_peak / 1e9:5.2f} GB, kept {m_kept / 1e9:5.2f} GB, err {row['moekit_grad_x_rel_err']:.1e})  bf16 fwd {b_fwd:7.3f} "
+                  f"bwd {b_bwd:7.3f} ms (peak {b_peak / 1e9:5.2f} GB, kept {b_kept / 1e9:5.2f} GB, err {row['bf16_grad_x_rel_err']:.1e})  "
                   f"step x{row['step_speedup']:4.2f}  weights {mx_bytes / 1e9:.2f} vs {bf16_bytes / 1e9:.2f} GB  "
-                  f"(the op, recomputing: fwd {r_fwd:7.3f} bwd {r_bwd:7.3f} ms, peak {r_peak / 1e9:5.2f} GB)",
+                  f"(the op, recomputing: fwd {r_fwd:7.3f} bwd {r_bwd:7.3f} ms, peak {r_peak / 1e9:5.2f} GB, kept {r_kept / 1e9:5.2f} GB)",
                   flush=True)
             del x, grad_y, m_grad, b_grad, want
         del layer, w1, w2, w1t, w2t
