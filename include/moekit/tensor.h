@@ -62,7 +62,10 @@ struct TensorView {
 // pool, so moekit and torch share the cores instead of oversubscribing them. Unset, moekit runs
 // its own std::threads, `cpu_threads` of them (<= 0: one per hardware thread). Results never
 // depend on how the work is split. `sync_after_launch` is a debug switch: synchronise after
-// every CUDA launch so a fault is reported by the op that caused it.
+// every CUDA launch so a fault is reported by the op that caused it. `matmul_ogs_config`, when
+// not empty, forces the CUDA matmul_ogs kernel it names (the names and what each needs:
+// docs/kernels.md; refused where it cannot run the call), for tests and benchmarks; empty, the
+// kernel is chosen from the problem and the device. The CPU backend ignores it.
 struct ExecContext {
   using ParallelBody = std::function<void(int64_t begin, int64_t end)>;
   void* cuda_stream = nullptr;
@@ -70,6 +73,7 @@ struct ExecContext {
   std::function<void(int64_t n, int64_t grain, const ParallelBody& body)> cpu_parallel;
   int cpu_threads = 0;
   bool sync_after_launch = false;
+  std::string matmul_ogs_config;
 
   static ExecContext on_stream(void* stream) {
     ExecContext ctx;

@@ -235,7 +235,7 @@ moekit::MatmulOgsArgs matmul_ogs_args(const char* op, const Tensor& x, const Ten
 Tensor matmul_ogs(const Tensor& x, const Tensor& w, const OptTensor& w_scales, const OptTensor& bias,
                   const OptTensor& expert_offsets, const OptTensor& gather_idx, const OptTensor& scatter_idx,
                   const OptTensor& combine_weight, bool swiglu, double swiglu_alpha, double swiglu_limit,
-                  std::optional<at::ScalarType> out_dtype) {
+                  std::optional<at::ScalarType> out_dtype, const std::optional<std::string>& config) {
   return translate_errors([&] {
     const char* op = "matmul_ogs";
     moekit::MatmulOgsArgs a = matmul_ogs_args(op, x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx,
@@ -255,7 +255,9 @@ Tensor matmul_ogs(const Tensor& x, const Tensor& w, const OptTensor& w_scales, c
       workspace = at::empty({static_cast<int64_t>(p.workspace.total)}, options(p.device, at::kByte));
       a.workspace = view(op, "workspace", workspace);
     }
-    moekit::matmul_ogs(a, on.ctx());
+    moekit::ExecContext ctx = on.ctx();
+    ctx.matmul_ogs_config = config.value_or("");
+    moekit::matmul_ogs(a, ctx);
     return out;
   });
 }
@@ -482,7 +484,7 @@ TORCH_LIBRARY(moekit, m) {
         "Tensor expert_offsets, Tensor gather_idx, Tensor scatter_idx)");
   m.def("matmul_ogs(Tensor x, Tensor w, Tensor? w_scales, Tensor? bias, Tensor? expert_offsets, "
         "Tensor? gather_idx, Tensor? scatter_idx, Tensor? combine_weight, bool swiglu, float swiglu_alpha, "
-        "float swiglu_limit, ScalarType? out_dtype=None) -> Tensor");
+        "float swiglu_limit, ScalarType? out_dtype=None, str? config=None) -> Tensor");
   m.def("matmul_ogs_backward(Tensor grad_out, Tensor x, Tensor w, Tensor? w_scales, Tensor? bias, "
         "Tensor? expert_offsets, Tensor? gather_idx, Tensor? scatter_idx, Tensor? combine_weight, bool swiglu, "
         "float swiglu_alpha, float swiglu_limit, bool[3] output_mask=[True, True, True]) -> (Tensor grad_x, "

@@ -127,7 +127,8 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
                scatter_idx: Optional[torch.Tensor] = None,
                combine_weight: Optional[torch.Tensor] = None,
                swiglu: Optional[Tuple[float, float]] = None,
-               out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+               out_dtype: Optional[torch.dtype] = None,
+               config: Optional[str] = None) -> torch.Tensor:
     """Grouped matmul over experts with optional gather, scatter-combine and fused SwiGLU.
 
     Row p of the problem reads ``x[gather_idx[p]]`` (or ``x[p]``) and belongs to expert e
@@ -136,10 +137,12 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
     [E, N, K/32]). ``swiglu=(alpha, limit)`` turns h's interleaved (glu, linear) column pairs
     into SwiGLU (N/2 columns). With ``scatter_idx`` [T, k] the output row t is
     ``sum_j combine_weight[t, j] * h[scatter_idx[t, j]]``. The output has x's dtype, or
-    ``out_dtype`` (float32: the fp32 result unrounded).
+    ``out_dtype`` (float32: the fp32 result unrounded). ``config`` forces the CUDA kernel it
+    names (``"wgmma128"``, ``"stream16"``...: docs/kernels.md), refused where that kernel cannot
+    run the call; by default the kernel is chosen from the problem and the device.
 
-    Differentiable for ``x``, ``bias`` and ``combine_weight`` (``torch.ops.moekit.matmul_ogs_backward``;
-    CPU tensors for now), the weights frozen: float weights that require grad are refused.
+    Differentiable for ``x``, ``bias`` and ``combine_weight`` (``torch.ops.moekit.matmul_ogs_backward``),
+    the weights frozen: float weights that require grad are refused.
     """
     _require_tensor("matmul_ogs", "x", x)
     values, scales = _split_weights("matmul_ogs", "w", w)
@@ -152,7 +155,7 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
     alpha = _require_float("matmul_ogs", "swiglu_alpha", alpha)
     limit = _require_float("matmul_ogs", "swiglu_limit", limit)
     return torch.ops.moekit.matmul_ogs(x, values, scales, bias, expert_offsets, gather_idx, scatter_idx,
-                                       combine_weight, swiglu is not None, alpha, limit, out_dtype)
+                                       combine_weight, swiglu is not None, alpha, limit, out_dtype, config)
 
 
 def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torch.Tensor],

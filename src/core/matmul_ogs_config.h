@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "device_info.h"
 #include "problem.h"
@@ -40,30 +41,124 @@ inline int64_t gemv_shared_rows(const MatmulOgsProblem& p, const DeviceInfo& dev
 }
 
 enum class MatmulOgsKernel {
-  kSimt,           // fp32 FMA; any dtypes, any K
-  kStream8,        // bf16 MMA with weights streamed into fragments, 8-token tiles (decode)
-  kStream8Wide,    //   the same with 16 warps splitting K: few, long work items (the gate)
-  kStream16,       //   the same, 16-token tiles
-  kStream32,       //   the same, 32-token tiles
-  kTiled64,        // MXFP4 weights: bf16 mma.sync on 64 x 128 tiles, cp.async pipeline (prefill)
-  kWgmma128,       // MXFP4 weights on sm_90: wgmma on 128 x 128 tiles, decode overlapping the MMAs
-  kTensorCore64,   // bf16 weights: bf16 HMMA, 64-row tiles staged in shared memory
-  kGemv,           // one dense bf16 weight, a few rows of x (sm_90): weights copied in before the wait
+  kSimt,          // fp32 FMA; any dtypes, any K
+  kStream8,       // bf16 MMA with weights streamed into fragments, 8-token tiles (decode)
+  kStream8Wide,   //   the same with 16 warps splitting K: few, long work items (bf16 weights: the gate)
+  kStream16,      //   the same, 16-token tiles
+  kStream32,      //   the same, 32-token tiles
+  kTiled64,       // MXFP4 weights: bf16 mma.sync on 64 x 128 tiles, cp.async pipeline (prefill)
+  kWgmma128,      // MXFP4 weights on sm_90: wgmma on 128 x 128 tiles, decode overlapping the MMAs
+  kWmma64,        // bf16 weights: nvcuda::wmma on 64 x 64 tiles staged in shared memory
+  kGemv,          // one dense bf16 weight, a few rows of x (sm_90): weights copied in before the wait
 };
+constexpr MatmulOgsKernel kMatmulOgsKernels[] = {
+    MatmulOgsKernel::kSimt,     MatmulOgsKernel::kStream8,  MatmulOgsKernel::kStream8Wide,
+    MatmulOgsKernel::kStream16, MatmulOgsKernel::kStream32, MatmulOgsKernel::kTiled64,
+    MatmulOgsKernel::kWgmma128, MatmulOgsKernel::kWmma64,   MatmulOgsKernel::kGemv};
+
+// How a kernel's blocks cover the problem.
+enum class MatmulOgsSchedule {
+  kTileGrid,      // a block per (row tile, column tile): the planned tile list times the column tiles
+  kPersistent,    // as many blocks as are resident at once, each walking (row tile, column tile) items
+  kColumnShares,  // a block per SM at most, each a share of the output columns for every row (the GEMV)
+};
+
+// Everything a matmul_ogs launch needs: launchers read it and decide nothing. The kernels'
+// compiled constants are checked against it (static_asserts in src/cuda/launch/matmul_ogs.cu).
+struct MatmulOgsConfig {
+  MatmulOgsKernel kernel = MatmulOgsKernel::kSimt;
+  int tile_rows = 0;  // token rows of one expert per tile (work item)
+  int tile_cols = 0;  // output columns per tile
+  int tile_k = 0;     // k per main-loop step
+  int stages = 1;     // k steps buffered in shared memory ahead of the MMAs (1: none)
+  int warps = 0;      // per block
+  int k_split = 1;    // ways a block's warps split each tile's k range (their sums added in a fixed order)
+  int cluster = 1;    // blocks per cluster
+  MatmulOgsSchedule schedule = MatmulOgsSchedule::kTileGrid;
+};
+
+// The name an override gives each kernel (ExecContext::matmul_ogs_config, matmul_ogs's `config`).
+inline const char* matmul_ogs_kernel_name(MatmulOgsKernel k) {
+  switch (k) {
+    case MatmulOgsKernel::kSimt: return "simt";
+    case MatmulOgsKernel::kStream8: return "stream8";
+    case MatmulOgsKernel::kStream8Wide: return "stream8_wide";
+    case MatmulOgsKernel::kStream16: return "stream16";
+    case MatmulOgsKernel::kStream32: return "stream32";
+    case MatmulOgsKernel::kTiled64: return "tiled64";
+    case MatmulOgsKernel::kWgmma128: return "wgmma128";
+    case MatmulOgsKernel::kWmma64: return "wmma64";
+    case MatmulOgsKernel::kGemv: return "gemv";
+  }
+  return "?";
+}
+
+// The launch facts of `kernel` on problem p (the streaming kernels' MXFP4 items span two slabs).
+constexpr MatmulOgsConfig matmul_ogs_config(MatmulOgsKernel kernel, bool mxfp4) {
+  using S = MatmulOgsSchedule;
+  const int slab_cols = mxfp4 ? 32 : 16;  // streaming items of 8 or 16 tokens: two slabs of 16 for MXFP4
+  switch (kernel) {
+    case MatmulOgsKernel::kSimt: return {kernel, 64, 64, 32, 1, 8, 1, 1, S::kTileGrid};
+    case MatmulOgsKernel::kStream8: return {kernel, 8, slab_cols, 128, 1, 4, 4, 1, S::kPersistent};
+    case MatmulOgsKernel::kStream8Wide: return {kernel, 8, 16, 128, 1, 16, 16, 1, S::kPersistent};
+    case MatmulOgsKernel::kStream16: return {kernel, 16, slab_cols, 128, 1, 4, 4, 1, S::kPersistent};
+    case MatmulOgsKernel::kStream32: return {kernel, 32, 16, 128, 1, 4, 4, 1, S::kPersistent};
+    case MatmulOgsKernel::kTiled64: return {kernel, 64, 128, 32, 4, 4, 1, 1, S::kTileGrid};
+    case MatmulOgsKernel::kWgmma128: return {kernel, 128, 128, 64, 3, 8, 1, 1, S::kTileGrid};
+    case MatmulOgsKernel::kWmma64: return {kernel, 64, 64, 32, 1, 4, 1, 1, S::kTileGrid};
+    case MatmulOgsKernel::kGemv: return {kernel, kGemvMaxRows, 0, 0, 1, kGemvWarps, 1, 1, S::kColumnShares};
+  }
+  return {};
+}
 
 struct MatmulOgsOperands {
   bool x_bf16 = false;
-  bool w_bf16 = false;         // float weights in bf16 (MXFP4 is in the problem)
-  bool aligned_16 = false;     // x and w data start on 16-byte boundaries
+  bool w_bf16 = false;          // float weights in bf16 (MXFP4 is in the problem)
+  bool aligned_16 = false;      // x and w data start on 16-byte boundaries
   bool expert_offsets = false;  // given (else one expert)
 };
 
-inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const MatmulOgsOperands& o,
-                                                const DeviceInfo& device) {
+// Why `kernel` cannot run problem p on `device`, or nullptr when it can: a forced config is
+// refused with this, and every automatic choice passes it (tests/cpp/matmul_ogs_config_test.cpp).
+inline const char* matmul_ogs_config_refusal(MatmulOgsKernel kernel, const MatmulOgsProblem& p,
+                                             const MatmulOgsOperands& o, const DeviceInfo& device) {
+  if (kernel == MatmulOgsKernel::kSimt) return nullptr;
   // Tensor cores take bf16 operands exactly: bf16 x, and bf16 or MXFP4 weights (an e2m1 value
   // times a power of two is a bf16). 16-byte vector loads need K % 8 == 0 and aligned data.
-  const bool tensor_cores = device.major >= 8 && o.x_bf16 && (p.mxfp4 || o.w_bf16) && p.K % 8 == 0 && o.aligned_16;
-  if (!tensor_cores) return MatmulOgsKernel::kSimt;
+  if (device.major < 8) return "tensor cores of sm_80 or later";
+  if (!o.x_bf16) return "bf16 x";
+  if (!p.mxfp4 && !o.w_bf16) return "bf16 or MXFP4 weights";
+  if (p.K % 8 != 0) return "K a multiple of 8";
+  if (!o.aligned_16) return "x and w data on 16-byte boundaries";
+  const bool sm90 = device.major == 9 && device.minor == 0;
+  switch (kernel) {
+    case MatmulOgsKernel::kStream8Wide:
+      return p.mxfp4 ? "bf16 weights" : nullptr;
+    case MatmulOgsKernel::kTiled64:
+      if (!p.mxfp4) return "MXFP4 weights";
+      return device.max_smem_per_block_optin < kTiledSharedMemoryBytes ? "72 KB of shared memory a block" : nullptr;
+    case MatmulOgsKernel::kWgmma128:
+      if (!p.mxfp4) return "MXFP4 weights";
+      if (!sm90) return "sm_90 (wgmma)";
+      return device.max_smem_per_block_optin < kWgmmaSharedMemoryBytes ? "113 KB of shared memory a block" : nullptr;
+    case MatmulOgsKernel::kWmma64:
+      return p.mxfp4 ? "bf16 weights" : nullptr;
+    case MatmulOgsKernel::kGemv:
+      if (p.mxfp4 || o.expert_offsets || p.E != 1 || p.gather || p.scatter || p.swiglu) {
+        return "one dense bf16 weight without expert offsets, gather, scatter or SwiGLU";
+      }
+      if (p.P > kGemvMaxRows) return "at most 8 rows";
+      if (!sm90) return "sm_90 (bulk copies)";
+      return gemv_shared_rows(p, device, 1) > 0 ? nullptr : "a weight row and x in shared memory";
+    default:
+      return nullptr;
+  }
+}
+
+inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const MatmulOgsOperands& o,
+                                                const DeviceInfo& device) {
+  const auto fits = [&](MatmulOgsKernel k) { return matmul_ogs_config_refusal(k, p, o, device) == nullptr; };
+  if (!fits(MatmulOgsKernel::kStream8)) return MatmulOgsKernel::kSimt;  // no tensor cores for these operands
   const int64_t groups = p.E < p.P ? p.E : (p.P > 0 ? p.P : 1);
   const int64_t rows_per_expert = (p.P + groups - 1) / groups;  // rounded up
   // Few output columns of bf16 weights (the gate: N = E): 64-row tiles would make a handful of
@@ -74,19 +169,27 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   if (!p.mxfp4 && p.N <= 256) return p.P >= kGateTallRows ? MatmulOgsKernel::kStream32 : MatmulOgsKernel::kStream8Wide;
   // One dense bf16 weight against a few rows (torch's Linear in a decode step): the GEMV asks for
   // its block's whole share of the weight before it waits for the kernel before it.
-  const bool dense = !p.mxfp4 && !o.expert_offsets && p.E == 1 && !p.gather && !p.scatter && !p.swiglu;
-  if (dense && p.P <= kGemvMaxRows && device.major == 9 && gemv_shared_rows(p, device, 1) > 0) return MatmulOgsKernel::kGemv;
+  if (fits(MatmulOgsKernel::kGemv)) return MatmulOgsKernel::kGemv;
   // Up to 32 rows per expert the weights dominate the traffic: stream them once, in token tiles
   // that cover an average expert.
   if (rows_per_expert <= 8) return MatmulOgsKernel::kStream8;
   if (rows_per_expert <= 16) return MatmulOgsKernel::kStream16;
   if (rows_per_expert <= 32) return MatmulOgsKernel::kStream32;
-  if (!p.mxfp4 || device.max_smem_per_block_optin < kTiledSharedMemoryBytes) return MatmulOgsKernel::kTensorCore64;
-  // wgmma exists on sm_90 alone (the library carries sm_90a code for it); elsewhere, mma.sync
-  // on 64-row tiles.
-  const bool wgmma = device.major == 9 && device.minor == 0 && device.max_smem_per_block_optin >= kWgmmaSharedMemoryBytes;
-  return wgmma ? MatmulOgsKernel::kWgmma128 : MatmulOgsKernel::kTiled64;
+  if (!p.mxfp4) return MatmulOgsKernel::kWmma64;
+  // wgmma exists on sm_90 alone (the library carries sm_90a code for it); elsewhere, mma.sync on
+  // 64-row tiles (every sm_80+ GPU lets a block take the 72 KB; where one would not, the SIMT
+  // kernel, which needs no opt-in).
+  if (fits(MatmulOgsKernel::kWgmma128)) return MatmulOgsKernel::kWgmma128;
+  return fits(MatmulOgsKernel::kTiled64) ? MatmulOgsKernel::kTiled64 : MatmulOgsKernel::kSimt;
 }
+
+// The kernel an override names; refused, listing the names, when none has it.
+MatmulOgsKernel matmul_ogs_kernel_named(const std::string& name);
+
+// The config a launch runs: the one `forced` names (refused with the reason where it cannot run
+// the problem, or where no kernel has that name), else the choice above.
+MatmulOgsConfig matmul_ogs_launch_config(const MatmulOgsProblem& p, const MatmulOgsOperands& o,
+                                         const DeviceInfo& device, const std::string& forced);
 
 // matmul_ogs_backward's transposed product u = g W[e] (g: the gradient at h, rows of N).
 enum class MatmulOgsTransposedKernel {

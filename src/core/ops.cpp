@@ -1,6 +1,7 @@
 // Public entry points: accept the call (every check, the backend's limits included), then hand
 // it to the backend of the tensors' device.
 #include "accept.h"
+#include "matmul_ogs_config.h"
 
 #include "moekit/error.h"
 #include "moekit/ops.h"
@@ -170,7 +171,10 @@ size_t matmul_ogs_workspace_size(const MatmulOgsArgs& args) {
   return check_matmul_ogs_inputs(args).workspace.total;
 }
 
-void matmul_ogs(const MatmulOgsArgs& args, const ExecContext& ctx) { run_matmul_ogs(accept_matmul_ogs(args), args, ctx); }
+void matmul_ogs(const MatmulOgsArgs& args, const ExecContext& ctx) {
+  if (!ctx.matmul_ogs_config.empty()) matmul_ogs_kernel_named(ctx.matmul_ogs_config);  // a name, on every backend
+  run_matmul_ogs(accept_matmul_ogs(args), args, ctx);
+}
 
 size_t matmul_ogs_backward_workspace_size(const MatmulOgsBackwardArgs& args) {
   const MatmulOgsProblem p = check_matmul_ogs_backward_inputs(args);

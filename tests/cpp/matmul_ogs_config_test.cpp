@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "core/matmul_ogs_config.h"
+#include "moekit/error.h"
 
 namespace {
 
@@ -52,7 +53,7 @@ TEST(MatmulOgsConfig, TileHeightFollowsRowsPerExpert) {
       << "wgmma is sm_90 only";
   moekit::MatmulOgsProblem wide = problem(1025, 32, 2880, false);
   wide.N = 5760;
-  EXPECT_EQ(choose_matmul_ogs_kernel(wide, kBf16, device(9)), MatmulOgsKernel::kTensorCore64) << "bf16 weights";
+  EXPECT_EQ(choose_matmul_ogs_kernel(wide, kBf16, device(9)), MatmulOgsKernel::kWmma64) << "bf16 weights";
   moekit::MatmulOgsProblem gate = problem(4095, 1, 2880, false);
   gate.N = 32;
   EXPECT_EQ(choose_matmul_ogs_kernel(gate, kBf16, device(9)), MatmulOgsKernel::kStream8Wide) << "few bf16 columns";
@@ -63,10 +64,10 @@ TEST(MatmulOgsConfig, TileHeightFollowsRowsPerExpert) {
   gate.N = 32;
   EXPECT_EQ(choose_matmul_ogs_kernel(gate, kBf16, device(9)), MatmulOgsKernel::kStream32);
   gate.N = 257;
-  EXPECT_EQ(choose_matmul_ogs_kernel(gate, kBf16, device(9)), MatmulOgsKernel::kTensorCore64) << "more columns";
+  EXPECT_EQ(choose_matmul_ogs_kernel(gate, kBf16, device(9)), MatmulOgsKernel::kWmma64) << "more columns";
   moekit::DeviceInfo small_smem = device(9);
-  small_smem.max_smem_per_block_optin = 48 * 1024;
-  EXPECT_EQ(choose_matmul_ogs_kernel(problem(2049, 32, 2880, true), kBf16, small_smem), MatmulOgsKernel::kTensorCore64);
+  small_smem.max_smem_per_block_optin = 48 * 1024;  // no sm_80+ GPU has so little; the SIMT kernel needs no opt-in
+  EXPECT_EQ(choose_matmul_ogs_kernel(problem(2049, 32, 2880, true), kBf16, small_smem), MatmulOgsKernel::kSimt);
   small_smem.max_smem_per_block_optin = 80 * 1024;
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(2049, 32, 2880, true), kBf16, small_smem), MatmulOgsKernel::kTiled64);
   EXPECT_EQ(choose_matmul_ogs_kernel(problem(3, 128, 96, true), kBf16, device(9)), MatmulOgsKernel::kStream8);
@@ -129,6 +130,72 @@ TEST(MatmulOgsConfig, TransposedProductTakesWgmmaForMxfp4AndBf16OnSm90) {
   moekit::MatmulOgsProblem odd = mx;
   odd.N = 60;  // g's rows are copied 8 elements at a time
   EXPECT_EQ(choose_matmul_ogs_transposed_kernel(odd, true, true, device(9)), MatmulOgsTransposedKernel::kSimt);
+}
+
+TEST(MatmulOgsConfig, EveryChoiceIsAConfigThatCanRunTheProblem) {
+  for (int major : {7, 8, 9}) {
+    moekit::DeviceInfo d = device(major);
+    for (int smem : {48, 80, 227}) {
+      d.max_smem_per_block_optin = smem * 1024;
+      for (int64_t P : {0, 1, 8, 9, 100, 1025, 5000}) {
+        for (int64_t E : {1, 32}) {
+          for (int64_t N : {32, 257, 2880}) {
+            for (bool mxfp4 : {false, true}) {
+              for (const moekit::MatmulOgsOperands& o : {kBf16, moekit::MatmulOgsOperands{true, false, true},
+                                                         moekit::MatmulOgsOperands{false, true, true},
+                                                         moekit::MatmulOgsOperands{true, true, false, true}}) {
+                moekit::MatmulOgsProblem p = problem(P, E, 2880, mxfp4);
+                p.N = N;
+                const MatmulOgsKernel k = choose_matmul_ogs_kernel(p, o, d);
+                EXPECT_EQ(matmul_ogs_config_refusal(k, p, o, d), nullptr)
+                    << moekit::matmul_ogs_kernel_name(k) << " sm_" << major << " smem " << smem << " P " << P << " E " << E
+                    << " N " << N << " mxfp4 " << mxfp4;
+                EXPECT_EQ(moekit::matmul_ogs_launch_config(p, o, d, "").kernel, k);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(MatmulOgsConfig, AForcedConfigRunsWhereItCanAndIsRefusedWhereItCannot) {
+  const moekit::MatmulOgsProblem p = problem(4, 32, 2880, true);  // chosen: the 8-token streaming kernel
+  const moekit::MatmulOgsConfig forced = moekit::matmul_ogs_launch_config(p, kBf16, device(9), "wgmma128");
+  EXPECT_EQ(forced.kernel, MatmulOgsKernel::kWgmma128);
+  EXPECT_EQ(forced.tile_rows, 128);
+  EXPECT_EQ(moekit::matmul_ogs_launch_config(p, kBf16, device(9), "simt").kernel, MatmulOgsKernel::kSimt);
+  const auto refusal = [&](const moekit::MatmulOgsProblem& q, const moekit::DeviceInfo& d, const char* name) {
+    try {
+      moekit::matmul_ogs_launch_config(q, kBf16, d, name);
+    } catch (const moekit::Error& e) {
+      EXPECT_EQ(e.kind(), moekit::Error::Kind::kValue);
+      return std::string(e.what());
+    }
+    return std::string("not refused");
+  };
+  EXPECT_EQ(refusal(p, device(8), "wgmma128"), "moekit.matmul_ogs: 'config' wgmma128 cannot run this call: it needs sm_90 (wgmma)");
+  EXPECT_EQ(refusal(p, device(9), "wmma64"), "moekit.matmul_ogs: 'config' wmma64 cannot run this call: it needs bf16 weights");
+  EXPECT_EQ(refusal(p, device(9), "gemv"), "moekit.matmul_ogs: 'config' gemv cannot run this call: it needs one dense bf16 "
+                                           "weight without expert offsets, gather, scatter or SwiGLU");
+  EXPECT_EQ(refusal(p, device(9), "fast"), "moekit.matmul_ogs: 'config' expected one of simt, stream8, stream8_wide, "
+                                           "stream16, stream32, tiled64, wgmma128, wmma64, gemv, got 'fast'");
+}
+
+TEST(MatmulOgsConfig, TheTableDescribesEachKernel) {
+  for (MatmulOgsKernel k : moekit::kMatmulOgsKernels) {
+    for (bool mxfp4 : {false, true}) {
+      const moekit::MatmulOgsConfig c = moekit::matmul_ogs_config(k, mxfp4);
+      EXPECT_EQ(c.kernel, k);
+      EXPECT_GT(c.tile_rows, 0) << moekit::matmul_ogs_kernel_name(k);
+      EXPECT_GT(c.warps, 0) << moekit::matmul_ogs_kernel_name(k);
+      EXPECT_GE(c.stages, 1);
+      EXPECT_EQ(c.warps % c.k_split, 0) << "the k split is over the block's warps";
+    }
+  }
+  EXPECT_EQ(moekit::matmul_ogs_config(MatmulOgsKernel::kStream8, true).tile_cols, 32) << "two slabs for MXFP4";
+  EXPECT_EQ(moekit::matmul_ogs_config(MatmulOgsKernel::kStream8, false).tile_cols, 16);
 }
 
 }  // namespace

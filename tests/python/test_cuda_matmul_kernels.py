@@ -281,3 +281,80 @@ def test_bad_gather_index_gives_nan_rows(gen, kernel):
     want = ref.matmul_ogs(x, dense, expert_offsets=offsets, gather_idx=good)
     terms = ref.matmul_ogs(x.abs(), dense.abs(), expert_offsets=offsets, gather_idx=good)
     assert_elementwise(got[keep], want[keep], accumulation(K) * terms[keep])
+
+
+FORCED = {  # config -> (weight kinds it runs, the kernel's name as the profiler shows it)
+    "simt": (["mxfp4", "bfloat16"], "matmul_ogs_simt_kernel"),
+    "stream8": (["mxfp4", "bfloat16"], "matmul_ogs_stream_kernel<1, "),
+    "stream8_wide": (["bfloat16"], "matmul_ogs_stream_kernel<1, false, 16>"),
+    "stream16": (["mxfp4", "bfloat16"], "matmul_ogs_stream_kernel<2, "),
+    "stream32": (["mxfp4", "bfloat16"], "matmul_ogs_stream_kernel<4, "),
+    "tiled64": (["mxfp4"], "matmul_ogs_tiled_kernel"),
+    "wgmma128": (["mxfp4"], "matmul_ogs_wgmma_kernel"),
+    "wmma64": (["bfloat16"], "matmul_ogs_wmma_kernel"),
+}
+
+
+@pytest.mark.parametrize("config,kind", [(c, k) for c, (kinds, _) in FORCED.items() for k in kinds])
+@pytest.mark.parametrize("rows", list(ROWS_PER_EXPERT))
+def test_every_config_forced(gen, config, kind, rows):
+    """Each kernel forced (matmul_ogs's `config`) on every rows-per-expert layout, whatever the
+    choice would be: mlp1's shape (gather, bias, SwiGLU) and mlp2's (scatter, combine), every
+    element within its bound, and the profiler names the forced kernel."""
+    if config == "wgmma128" and torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("wgmma needs sm_90")
+    E, P, offsets = problem(rows)
+    N, K, M = 80, 544, P // 2 + 3
+    x = randn(gen, M, K, dtype=torch.bfloat16)
+    w, dense = weights(gen, kind, E, N, K)
+    bias = randn(gen, E, N, dtype=torch.bfloat16, scale=0.5)
+    gather = torch.randint(0, M, (P,), generator=gen, dtype=torch.int32)
+    swiglu = (SWIGLU_ALPHA, SWIGLU_LIMIT)
+    got, ran = cuda_kernels_during(lambda: moekit.matmul_ogs(
+        x.cuda(), to_cuda(w), bias.cuda(), expert_offsets=offsets.cuda(), gather_idx=gather.cuda(), swiglu=swiglu,
+        config=config))
+    assert any(FORCED[config][1] in name for name in ran), ran
+    h = ref.matmul_ogs(x, dense, bias, expert_offsets=offsets, gather_idx=gather)
+    terms = ref.matmul_ogs(x.abs(), dense.abs(), bias.abs(), expert_offsets=offsets, gather_idx=gather)
+    assert_elementwise(got, ref.swiglu(h, *swiglu), swiglu_bound(h, accumulation(K) * terms))
+
+    k = 2 if P % 2 == 0 else 1
+    a = randn(gen, P, K, dtype=torch.bfloat16)
+    scatter = torch.randperm(P, generator=gen).to(torch.int32).reshape(P // k, k)
+    combine = torch.rand(P // k, k, generator=gen)
+    got = moekit.matmul_ogs(a.cuda(), to_cuda(w), bias.cuda(), expert_offsets=offsets.cuda(), scatter_idx=scatter.cuda(),
+                            combine_weight=combine.cuda(), config=config)
+    want = ref.matmul_ogs(a, dense, bias, expert_offsets=offsets, scatter_idx=scatter, combine_weight=combine)
+    terms = ref.matmul_ogs(a.abs(), dense.abs(), bias.abs(), expert_offsets=offsets, scatter_idx=scatter,
+                           combine_weight=combine)
+    assert_elementwise(got, want, accumulation(K) * terms)
+
+
+def test_the_gemv_forced(gen):
+    """The GEMV forced on one dense bf16 weight and 5 rows (which it would be chosen for on sm_90
+    anyway); refused on other GPUs."""
+    x = randn(gen, 5, 512, dtype=torch.bfloat16)
+    w, dense = weights(gen, "bfloat16", 1, 300, 512)
+    call = lambda: moekit.matmul_ogs(x.cuda(), w.cuda(), config="gemv")  # noqa: E731
+    if torch.cuda.get_device_capability() != (9, 0):
+        with pytest.raises(ValueError, match="needs sm_90"):
+            call()
+        return
+    got, ran = cuda_kernels_during(call)
+    assert any("matmul_ogs_gemv_kernel" in name for name in ran), ran
+    assert_elementwise(got, ref.matmul_ogs(x, dense), accumulation(512) * ref.matmul_ogs(x.abs(), dense.abs()))
+
+
+@pytest.mark.parametrize("config,kind,why", [
+    ("wgmma128", "bfloat16", "it needs MXFP4 weights"),
+    ("wmma64", "mxfp4", "it needs bf16 weights"),
+    ("stream8_wide", "mxfp4", "it needs bf16 weights"),
+    ("gemv", "mxfp4", "it needs one dense bf16 weight"),
+    ("stream8", "float32", "it needs bf16 x"),
+])
+def test_a_config_that_cannot_run_the_call_is_refused(gen, config, kind, why):
+    E, P, offsets = problem("stream8")
+    x = randn(gen, P, 64, dtype=torch.float32 if kind == "float32" else torch.bfloat16)
+    w, _ = weights(gen, "bfloat16" if kind == "float32" else kind, E, 32, 64)
+    with pytest.raises(ValueError, match=f"'config' {config} cannot run this call: {why}"):
+        moekit.matmul_ogs(x.cuda(), to_cuda(w), expert_offsets=offsets.cuda(), config=config)

@@ -13,6 +13,7 @@
 #include "../runtime/device_guard.h"
 #include "../runtime/device_info.h"
 #include "../runtime/dynamic_smem.h"
+#include "../runtime/occupancy.h"
 #include "../runtime/stream.h"
 #include "backend.h"
 #include "launch_kernel.h"
@@ -22,11 +23,37 @@
 namespace moekit::cuda {
 namespace {
 
+// The config table (src/core) and the kernels' compiled constants agree.
+constexpr MatmulOgsConfig config_of(MatmulOgsKernel k, bool mxfp4 = true) { return matmul_ogs_config(k, mxfp4); }
+static_assert(config_of(MatmulOgsKernel::kSimt).tile_rows == simt::kBM && config_of(MatmulOgsKernel::kSimt).tile_cols ==
+                  simt::kBN && config_of(MatmulOgsKernel::kSimt).warps * 32 == simt::kThreads, "simt");
+static_assert(config_of(MatmulOgsKernel::kTiled64).tile_rows == tiled::kBM &&
+                  config_of(MatmulOgsKernel::kTiled64).tile_cols == tiled::kBN &&
+                  config_of(MatmulOgsKernel::kTiled64).stages == tiled::kStages &&
+                  config_of(MatmulOgsKernel::kTiled64).warps * 32 == tiled::kThreads, "tiled64");
+static_assert(config_of(MatmulOgsKernel::kWgmma128).tile_rows == wg::kBM &&
+                  config_of(MatmulOgsKernel::kWgmma128).tile_cols == wg::kBN &&
+                  config_of(MatmulOgsKernel::kWgmma128).tile_k == wg::kBK &&
+                  config_of(MatmulOgsKernel::kWgmma128).stages == wg::kStages &&
+                  config_of(MatmulOgsKernel::kWgmma128).warps * 32 == wg::kThreads, "wgmma128");
+static_assert(config_of(MatmulOgsKernel::kWmma64, false).tile_rows == tc::kBM &&
+                  config_of(MatmulOgsKernel::kWmma64, false).tile_cols == tc::kBN &&
+                  config_of(MatmulOgsKernel::kWmma64, false).warps * 32 == tc::kThreads, "wmma64");
+static_assert(config_of(MatmulOgsKernel::kStream8).tile_cols == stream::kCols * stream::slabs(1, true) &&
+                  config_of(MatmulOgsKernel::kStream8, false).tile_cols == stream::kCols * stream::slabs(1, false) &&
+                  config_of(MatmulOgsKernel::kStream16).tile_cols == stream::kCols * stream::slabs(2, true) &&
+                  config_of(MatmulOgsKernel::kStream32).tile_cols == stream::kCols * stream::slabs(4, true), "stream");
+
+// A block per (row tile, column tile) of the planned list.
+dim3 tile_grid(const MatmulOgsProblem& p, const MatmulOgsParams& params, const MatmulOgsConfig& c) {
+  return dim3(static_cast<unsigned>(max_row_tiles(params, c.tile_rows) * ceil_div(p.N, c.tile_cols)));
+}
+
 template <class XT>
-void launch_simt(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
-                 const ExecContext& ctx) {
+void launch_simt(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const MatmulOgsConfig& c, MatmulOgsParams params,
+                 cudaStream_t stream, const ExecContext& ctx) {
   plan_tiles<simt::kBM>(params, stream, ctx);
-  const dim3 grid(static_cast<unsigned>(max_row_tiles(params, simt::kBM)), static_cast<unsigned>(ceil_div(p.N, simt::kBN)));
+  const dim3 grid(static_cast<unsigned>(max_row_tiles(params, c.tile_rows)), static_cast<unsigned>(ceil_div(p.N, c.tile_cols)));
   if (p.mxfp4) {
     matmul_ogs_simt_kernel<XT, WeightKind::kMxfp4, false><<<grid, simt::kThreads, 0, stream>>>(params);
   } else if (a.w.values.dtype == DType::kBFloat16) {
@@ -36,28 +63,25 @@ void launch_simt(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsPar
   }
 }
 
-template <int BM>
-void launch_tensor_core(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params,
-                        cudaStream_t stream, const ExecContext& ctx) {
-  plan_tiles<BM>(params, stream, ctx);
-  const dim3 grid(static_cast<unsigned>(max_row_tiles(params, BM)), static_cast<unsigned>(ceil_div(p.N, tc::kBN)));
-  if (p.mxfp4) matmul_ogs_wmma_kernel<BM, true><<<grid, tc::kThreads, 0, stream>>>(params);
-  else matmul_ogs_wmma_kernel<BM, false><<<grid, tc::kThreads, 0, stream>>>(params);
+void launch_wmma(const MatmulOgsProblem& p, const MatmulOgsConfig& c, MatmulOgsParams params, cudaStream_t stream,
+                 const ExecContext& ctx) {
+  plan_tiles<tc::kBM>(params, stream, ctx);
+  const dim3 grid(static_cast<unsigned>(max_row_tiles(params, c.tile_rows)), static_cast<unsigned>(ceil_div(p.N, c.tile_cols)));
+  matmul_ogs_wmma_kernel<<<grid, tc::kThreads, 0, stream>>>(params);
 }
 
-void launch_tiled(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
+void launch_tiled(const MatmulOgsProblem& p, const MatmulOgsConfig& c, MatmulOgsParams params, cudaStream_t stream,
                   const ExecContext& ctx) {
   plan_tiles<tiled::kBM>(params, stream, ctx);
-  const dim3 grid(static_cast<unsigned>(max_row_tiles(params, tiled::kBM) * ceil_div(p.N, tiled::kBN)));
   static_assert(tiled::kSmemBytes + tiled::kBM * 8 <= kTiledSharedMemoryBytes, "the kernel choice assumes this budget");
   allow_dynamic_smem<matmul_ogs_tiled_kernel>(tiled::kSmemBytes, p.device.index);
-  matmul_ogs_tiled_kernel<<<grid, tiled::kThreads, tiled::kSmemBytes, stream>>>(params);
+  matmul_ogs_tiled_kernel<<<tile_grid(p, params, c), tiled::kThreads, tiled::kSmemBytes, stream>>>(params);
 }
 
-void launch_wgmma(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
+void launch_wgmma(const MatmulOgsProblem& p, const MatmulOgsConfig& c, MatmulOgsParams params, cudaStream_t stream,
                   const ExecContext& ctx) {
   plan_tiles<wg::kBM>(params, stream, ctx);
-  const dim3 grid(static_cast<unsigned>(max_row_tiles(params, wg::kBM) * ceil_div(p.N, wg::kBN)));
+  const dim3 grid = tile_grid(p, params, c);
   static_assert(wg::kSmemBytes + wg::kBM * 8 <= kWgmmaSharedMemoryBytes, "the kernel choice assumes this budget");
   if (params.grad_a) {  // the backward's recompute: its own form, so the forward's epilogue has no branch for it
     allow_dynamic_smem<matmul_ogs_wgmma_kernel<WgmmaForm::kRecompute>>(wg::kSmemBytes, p.device.index);
@@ -68,24 +92,27 @@ void launch_wgmma(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsPa
   }
 }
 
-// A persistent grid over (token tile, 16 output columns) work items: as many blocks as fit on
-// the device at once, never more than there can be items.
-template <int NT, int kWarps = 4>
-void launch_stream(const MatmulOgsProblem& p, const MatmulOgsArgs& a, MatmulOgsParams params, cudaStream_t stream,
-                   const ExecContext& ctx) {
-  constexpr int BM = 8 * NT;
-  if (!blocks_scan_tiles(a.expert_offsets.present(), p.E, p.P)) plan_tiles<BM>(params, stream, ctx);
-  const int64_t max_items = max_row_tiles(params, BM) * ceil_div(p.N, stream::kCols * stream::slabs(NT, p.mxfp4));
-  const int64_t resident =
-      static_cast<int64_t>(device_info(p.device.index).sm_count) * stream::min_blocks(NT, p.mxfp4, kWarps);
+// A persistent grid over (token tile, output columns) work items: as many blocks as are resident
+// on the device at once (the occupancy API), never more than there can be items.
+template <int NT, bool kMxfp4, int kWarps>
+void launch_stream(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const MatmulOgsConfig& c, MatmulOgsParams params,
+                   cudaStream_t stream, const ExecContext& ctx) {
+  constexpr auto* kernel = matmul_ogs_stream_kernel<NT, kMxfp4, kWarps>;
+  static_assert(8 * NT == config_of(NT == 1 ? MatmulOgsKernel::kStream8 : NT == 2 ? MatmulOgsKernel::kStream16
+                                                                                  : MatmulOgsKernel::kStream32).tile_rows);
+  if (!blocks_scan_tiles(a.expert_offsets.present(), p.E, p.P)) plan_tiles<8 * NT>(params, stream, ctx);
+  const int64_t max_items = max_row_tiles(params, c.tile_rows) * ceil_div(p.N, c.tile_cols);
+  const int64_t resident = static_cast<int64_t>(device_info(p.device.index).sm_count) *
+                           resident_blocks_per_sm<kernel>(32 * kWarps, 0, p.device.index);
   const dim3 grid(static_cast<unsigned>(std::min(max_items, resident)));
-  if (!p.mxfp4) {
-    matmul_ogs_stream_kernel<NT, false, kWarps><<<grid, 32 * kWarps, 0, stream>>>(params);
-  } else if constexpr (kWarps == 4) {  // the 16-warp form is the gate's (bf16 weights)
-    matmul_ogs_stream_kernel<NT, true, kWarps><<<grid, 32 * kWarps, 0, stream>>>(params);
-  } else {
-    throw Error(Error::Kind::kRuntime, "moekit.matmul_ogs: internal error: the 16-warp streaming kernel takes bf16 weights");
-  }
+  kernel<<<grid, 32 * kWarps, 0, stream>>>(params);
+}
+
+template <int NT>
+void launch_stream(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const MatmulOgsConfig& c, MatmulOgsParams params,
+                   cudaStream_t stream, const ExecContext& ctx) {
+  if (p.mxfp4) launch_stream<NT, true, 4>(p, a, c, params, stream, ctx);
+  else launch_stream<NT, false, 4>(p, a, c, params, stream, ctx);
 }
 
 // One block an SM at most, each holding its rows of the weight in shared memory where they fit.
@@ -149,18 +176,19 @@ void launch_matmul_ogs_rows(const MatmulOgsProblem& p, const MatmulOgsArgs& a, c
                             cudaStream_t stream, const ExecContext& ctx) {
   const MatmulOgsOperands operands{a.x.dtype == DType::kBFloat16, a.w.values.dtype == DType::kBFloat16,
                                    aligned_16(a.x.data) && aligned_16(a.w.values.data), a.expert_offsets.present()};
-  switch (choose_matmul_ogs_kernel(p, operands, device_info(p.device.index))) {
-    case MatmulOgsKernel::kStream8: launch_stream<1>(p, a, params, stream, ctx); break;
-    case MatmulOgsKernel::kStream8Wide: launch_stream<1, 16>(p, a, params, stream, ctx); break;
-    case MatmulOgsKernel::kStream16: launch_stream<2>(p, a, params, stream, ctx); break;
-    case MatmulOgsKernel::kStream32: launch_stream<4>(p, a, params, stream, ctx); break;
-    case MatmulOgsKernel::kTiled64: launch_tiled(p, a, params, stream, ctx); break;
-    case MatmulOgsKernel::kWgmma128: launch_wgmma(p, a, params, stream, ctx); break;
-    case MatmulOgsKernel::kTensorCore64: launch_tensor_core<64>(p, a, params, stream, ctx); break;
+  const MatmulOgsConfig c = matmul_ogs_launch_config(p, operands, device_info(p.device.index), ctx.matmul_ogs_config);
+  switch (c.kernel) {
+    case MatmulOgsKernel::kStream8: launch_stream<1>(p, a, c, params, stream, ctx); break;
+    case MatmulOgsKernel::kStream8Wide: launch_stream<1, false, 16>(p, a, c, params, stream, ctx); break;
+    case MatmulOgsKernel::kStream16: launch_stream<2>(p, a, c, params, stream, ctx); break;
+    case MatmulOgsKernel::kStream32: launch_stream<4>(p, a, c, params, stream, ctx); break;
+    case MatmulOgsKernel::kTiled64: launch_tiled(p, c, params, stream, ctx); break;
+    case MatmulOgsKernel::kWgmma128: launch_wgmma(p, c, params, stream, ctx); break;
+    case MatmulOgsKernel::kWmma64: launch_wmma(p, c, params, stream, ctx); break;
     case MatmulOgsKernel::kGemv: launch_gemv(p, params, stream); break;
     case MatmulOgsKernel::kSimt:
-      if (a.x.dtype == DType::kBFloat16) launch_simt<bf16>(p, a, params, stream, ctx);
-      else launch_simt<float>(p, a, params, stream, ctx);
+      if (a.x.dtype == DType::kBFloat16) launch_simt<bf16>(p, a, c, params, stream, ctx);
+      else launch_simt<float>(p, a, c, params, stream, ctx);
       break;
   }
   MOEKIT_CHECK_LAUNCH(ctx, stream, "matmul_ogs kernel");

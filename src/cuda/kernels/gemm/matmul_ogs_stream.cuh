@@ -37,7 +37,8 @@ constexpr int kCols = 16;       // output columns (weight rows) per slab: the MM
 // permute, address and epilogue serves twice the weight bytes, and each lane has 4 weight loads
 // in flight.
 __host__ __device__ constexpr int slabs(int NT, bool mxfp4) { return mxfp4 && NT <= 2 ? 2 : 1; }
-// Resident blocks per SM (launch bounds cap the registers to fit them): the persistent grid's size.
+// Blocks per SM the launch bounds cap the registers for (the launcher sizes its persistent grid by
+// the occupancy API).
 __host__ __device__ constexpr int min_blocks(int NT, bool mxfp4, int warps) {
   return warps == 16 ? 1 : (NT == 1 && mxfp4 ? 5 : 4);
 }

@@ -1,14 +1,13 @@
-// matmul_ogs on tensor cores (bf16 HMMA through nvcuda::wmma, fp32 accumulation), for bf16 x
-// with bf16 or MXFP4 weights: MXFP4 values times their power-of-two scale are exact in bf16, so
-// decoding to bf16 in shared memory loses nothing. One BM x 64 output tile of one expert per
-// block (4 warps), k-steps of 32; tiles are found and epilogues applied as in the SIMT kernel.
+// matmul_ogs on tensor cores (bf16 HMMA through nvcuda::wmma, fp32 accumulation), for bf16 x and
+// bf16 weights with more rows per expert than the streaming kernels take (MXFP4 weights take the
+// tiled or wgmma kernels on every sm_80+ GPU). One 64 x 64 output tile of one expert per block (4
+// warps), k-steps of 32; tiles are found and epilogues applied as in the SIMT kernel.
 #pragma once
 
 #include <mma.h>
 
 #include <cstdint>
 
-#include "../../../core/mxfp4.h"
 #include "../element.cuh"
 #include "matmul_ogs_params.cuh"
 #include "tile_io.cuh"
@@ -17,13 +16,13 @@
 namespace moekit::cuda {
 
 namespace tc {
-constexpr int kBN = 64, kBK = 32, kThreads = 128, kPad = 8;  // pad keeps rows 16-byte aligned
+constexpr int kBM = 64, kBN = 64, kBK = 32, kThreads = 128, kPad = 8;  // pad keeps rows 16-byte aligned
 }
 
-template <int BM, bool kMxfp4>
 __global__ void __launch_bounds__(tc::kThreads) matmul_ogs_wmma_kernel(const MatmulOgsParams p) {
   using namespace nvcuda;
   using namespace tc;
+  constexpr int BM = kBM;
   static_assert(BM % 32 == 0, "2 x 2 warps of 16-row fragments");
   constexpr int kWarpsM = 2, kWarpsN = 2;
   constexpr int kFragsM = BM / kWarpsM / 16, kFragsN = kBN / kWarpsN / 16;
@@ -62,34 +61,14 @@ __global__ void __launch_bounds__(tc::kThreads) matmul_ogs_wmma_kernel(const Mat
       else if (src == kBadRow) val = nan8;
       *reinterpret_cast<uint4*>(&As[r][c]) = val;
     }
-    // B: 64 weight rows x 32 k, decoded to bf16.
-    if constexpr (kMxfp4) {
-      const int r = tid / 2, half = tid % 2;  // each thread: 16 codes of one row
+    // B: 64 weight rows x 32 k.
+    const bf16* w = static_cast<const bf16*>(p.w);
+    for (int v = tid; v < kBN * (kBK / 8); v += kThreads) {
+      const int r = v / (kBK / 8), c = (v % (kBK / 8)) * 8;
       const int64_t n = n0 + r;
-      uint2 codes = make_uint2(0, 0);
-      float scale = 0.0f;
-      if (n < p.N) {
-        const int64_t row = static_cast<int64_t>(e) * p.N + n;
-        scale = mxfp4::e8m0_to_float(p.w_scales[row * (p.K / 32) + k0 / 32]);
-        codes = *reinterpret_cast<const uint2*>(static_cast<const uint8_t*>(p.w) + row * (p.K / 2) + k0 / 2 + half * 8);
-      }
-      alignas(16) bf16 vals[16];
-#pragma unroll
-      for (int i = 0; i < 16; ++i) {
-        const uint32_t word = i < 8 ? codes.x : codes.y;
-        vals[i] = __float2bfloat16_rn(mxfp4::e2m1_to_float((word >> (4 * (i % 8))) & 0xf) * scale);
-      }
-      *reinterpret_cast<uint4*>(&Bs[r][half * 16]) = *reinterpret_cast<const uint4*>(&vals[0]);
-      *reinterpret_cast<uint4*>(&Bs[r][half * 16 + 8]) = *reinterpret_cast<const uint4*>(&vals[8]);
-    } else {
-      const bf16* w = static_cast<const bf16*>(p.w);
-      for (int v = tid; v < kBN * (kBK / 8); v += kThreads) {
-        const int r = v / (kBK / 8), c = (v % (kBK / 8)) * 8;
-        const int64_t n = n0 + r;
-        uint4 val = make_uint4(0, 0, 0, 0);
-        if (n < p.N && k0 + c < p.K) val = *reinterpret_cast<const uint4*>(w + (static_cast<int64_t>(e) * p.N + n) * p.K + k0 + c);
-        *reinterpret_cast<uint4*>(&Bs[r][c]) = val;
-      }
+      uint4 val = make_uint4(0, 0, 0, 0);
+      if (n < p.N && k0 + c < p.K) val = *reinterpret_cast<const uint4*>(w + (static_cast<int64_t>(e) * p.N + n) * p.K + k0 + c);
+      *reinterpret_cast<uint4*>(&Bs[r][c]) = val;
     }
     __syncthreads();
 #pragma unroll
