@@ -7,8 +7,8 @@ weight-streaming kernel with 8-, 16- or 32-token tiles; beyond, MXFP4 weights ru
 weights with at most 256 output columns (the gate) take 8-token tiles with 16 warps (32-token
 tiles from 4096 rows), so the bf16 cases of the gather and scatter tests run that kernel, and
 N = 288 below the others. One bf16 weight without offsets, gather or scatter against at most 8
-rows takes the GEMV (test_gemv). On
-an H100 the 64-row mma.sync tiles (GPUs other than sm_90) do not run.
+rows takes the GEMV (test_gemv). The 64-row mma.sync tiles (GPUs other than sm_90) run on sm_90
+where forced (test_every_config_forced: each config by matmul_ogs's `config` argument).
 Expert sizes are uneven on purpose: empty experts, and experts spanning several tiles.
 
 Every output element must lie within its own bound: the bf16 rounding of the result (2^-8
