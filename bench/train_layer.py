@@ -44,6 +44,7 @@ def time_training(forward, x, grad_y, reps):
     """Median forward and backward ms of `forward(x)` then its backward, the step's peak bytes and the
     bytes the forward leaves held for the backward (its output included)."""
     fwd, bwd = [], []
+    x.grad = None  # a previous path's gradient is not this one's memory
     torch.cuda.synchronize()
     held = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
