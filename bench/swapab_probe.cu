@@ -3,17 +3,17 @@
 // of one expert as its N (R = 8 to 128)?
 //
 // Each block is persistent and walks (expert, 128 weight rows) tiles. A producer warp streams
-// chunks of KS k steps (64 k each) with one bulk copy per operand into a ring of S stages
-// (mbarriers full/empty): the codes of the tile's 128 rows, repacked so that each consumer
-// thread's 32 codes of a k step are 16 contiguous bytes laid out for decode_e2m1x8_strided's
-// pairing; the rows' scale bytes; and the tokens' bf16 rows, pre-arranged in wgmma's 128-byte
-// swizzle (the library would gather them). Two consumer warpgroups (64 weight rows each) decode
+// chunks of KS k steps (64 k each) by bulk copies into a ring of S stages (mbarriers
+// full/empty): for each of the tile's two 64-row slabs its codes and scales in the library's
+// repack_mxfp4 layout (a slab's steps are contiguous; each consumer thread's 32 codes of a step
+// 16 bytes laid out for decode_e2m1x8_strided's pairing), and the tokens' bf16 rows, pre-arranged
+// in wgmma's 128-byte swizzle (the library would gather them). Two consumer warpgroups (64 weight rows each) decode
 // a k step into 16 bf16x2 A registers (two register sets, so step i + 1 decodes while step i's
 // wgmmas run) and issue 4 wgmma.m64nRk16 with A from registers and B (the tokens) from shared
 // memory. Outputs (bf16, [E][R][N]) are checked against a CPU sum on sampled elements.
 //
-//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I bench bench/swapab_probe.cu \
-//       -o build/mb/swapab_probe
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench bench/swapab_probe.cu \
+//       build/python/libmoekit.a -o build/mb/swapab_probe
 //   build/mb/swapab_probe [E N K]     (default: 32 5760 2880, mlp1 of gpt-oss-20b)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -27,10 +27,12 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/mxfp4_slabs.h"
 #include "cuda/kernels/bulk_copy.cuh"
 #include "cuda/kernels/gemm/mma.cuh"
 #include "cuda/kernels/quant/e2m1_bf16.cuh"
 #include "graph_timing.h"
+#include "moekit/ops.h"
 
 using namespace moekit::cuda;
 
@@ -38,12 +40,16 @@ namespace {
 
 constexpr int kTileRows = 128, kStepK = 64, kThreads = 384;
 
-// A chunk of KS k steps for R tokens, in each ring stage: codes, tokens, scales (each 1 KB-aligned).
+namespace slabs = moekit::mxfp4_slabs;
+
+// A chunk of KS k steps for R tokens, in each ring stage: both slabs' codes, the tokens, both
+// slabs' scales (the stage 1 KB-aligned).
 template <int R, int KS>
 struct Chunk {
-  static constexpr int kCodes = kTileRows * kStepK * KS / 2;                 // 4 KB a step
-  static constexpr int kScales = (kTileRows * 2 * KS + 1023) / 1024 * 1024;  // 2 bytes a row a step
-  static constexpr int kX = R * 128 * KS;                                    // a 128-byte line a token a step
+  static constexpr int kSlabCodes = slabs::kCodeBytes * KS, kSlabScales = slabs::kScaleBytes * KS;
+  static constexpr int kCodes = 2 * kSlabCodes;
+  static constexpr int kScales = (2 * kSlabScales + 1023) / 1024 * 1024;
+  static constexpr int kX = R * 128 * KS;  // a 128-byte line a token a step
   static constexpr int kStage = kCodes + kX + kScales;
 };
 
@@ -107,8 +113,8 @@ __device__ __forceinline__ void wgmma_rs<128>(float (&d)[64], const uint32_t (&a
 }
 #endif
 
-// codes: [E][tiles][chunks][Chunk::kCodes]; scales: [E][tiles][chunks][Chunk::kScales];
-// x: [E][chunks][R rows x 128 bytes x KS, swizzled]; out: [E][R][N].
+// codes, scales: repack_mxfp4's [E][N/64][K/64][2048 or 128]; x: [E][chunks][R rows x 128 bytes x
+// KS, swizzled]; out: [E][R][N].
 template <int R, int KS, int S>
 __global__ void __launch_bounds__(kThreads, 1)
     swapab_kernel(const uint8_t* codes, const uint8_t* scales, const uint8_t* x, __nv_bfloat16* out, int E, int N,
@@ -138,18 +144,21 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int s = n % S;
         if (n >= S) barrier_wait(&empty[s], ((n / S) - 1) & 1);
         unsigned char* st = smem + s * kStage;
-        barrier_arrive_expect(&full[s], C::kCodes + C::kX + C::kScales);
-        const size_t at = (static_cast<size_t>(e) * tiles + tile) * chunks + c;
-        bulk_copy(st, codes + at * C::kCodes, C::kCodes, &full[s]);
-        bulk_copy(st + C::kCodes, x + (static_cast<size_t>(e) * chunks + c) * C::kX,
-                  C::kX, &full[s]);
-        bulk_copy(st + C::kCodes + C::kX, scales + at * C::kScales, C::kScales, &full[s]);
+        barrier_arrive_expect(&full[s], C::kCodes + C::kX + 2 * C::kSlabScales);
+        for (int h = 0; h < 2; ++h) {  // the tile's two slabs
+          const size_t step0 = (static_cast<size_t>(e) * 2 * tiles + 2 * tile + h) * (chunks * KS) + c * KS;
+          bulk_copy(st + h * C::kSlabCodes, codes + step0 * slabs::kCodeBytes, C::kSlabCodes, &full[s]);
+          bulk_copy(st + C::kCodes + C::kX + h * C::kSlabScales, scales + step0 * slabs::kScaleBytes, C::kSlabScales,
+                    &full[s]);
+        }
+        bulk_copy(st + C::kCodes, x + (static_cast<size_t>(e) * chunks + c) * C::kX, C::kX, &full[s]);
       }
     }
     return;
   }
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int row0 = wg * 64 + warp * 16 + g;  // this thread's weight rows: row0 and row0 + 8
+  const int row0 = wg * 64 + warp * 16 + g;  // this thread's weight rows in the tile: row0 and row0 + 8
+  const int slab_row = warp * 16 + g;        // and in its warpgroup's slab
   int n = 0;
   for (int item = blockIdx.x; item < items; item += gridDim.x) {
     const int e = item / tiles, tile = item % tiles;
@@ -165,10 +174,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       const uint64_t b0 = wgmma_descriptor_sw128(st + C::kCodes);
       auto step = [&](int ks, auto set_c) {
         constexpr int set = decltype(set_c)::value;
-        const uint4 w = *reinterpret_cast<const uint4*>(st + ks * 4096 + threadIdx.x * 16);
-        const unsigned char* sc = st + C::kCodes + C::kX + ks * kTileRows * 2;
-        const uint32_t s0 = *reinterpret_cast<const uint16_t*>(sc + row0 * 2);
-        const uint32_t s1 = *reinterpret_cast<const uint16_t*>(sc + (row0 + 8) * 2);
+        const uint4 w = *reinterpret_cast<const uint4*>(st + wg * C::kSlabCodes + ks * slabs::kCodeBytes +
+                                                        (threadIdx.x % 128) * 16);
+        const unsigned char* sc = st + C::kCodes + C::kX + wg * C::kSlabScales + ks * slabs::kScaleBytes;
+        const uint32_t s0 = *reinterpret_cast<const uint16_t*>(sc + slab_row * 2);
+        const uint32_t s1 = *reinterpret_cast<const uint16_t*>(sc + (slab_row + 8) * 2);
         wgmma_wait<1>();  // step i - 2's wgmmas (which read this register set) are done
         uint32_t r[4];
         decode_e2m1x8_strided(w.x, mxfp4_multiplier_upto_128(s0 & 0xff), r);  // row g, block 0
@@ -223,7 +233,7 @@ void run(int E, int N, int K, int sms) {
     std::printf("R=%d KS=%d: K %% %d or N %% 128 != 0, skipped\n", R, KS, kStepK * KS);
     return;
   }
-  const int tiles = N / kTileRows, chunks = K / (kStepK * KS);
+  const int chunks = K / (kStepK * KS);
   std::mt19937 rng(7);
   // Logical codes [E][N][K] (4 bits), scales [E][N][K/32], x [E][R][K].
   std::vector<uint8_t> code(static_cast<size_t>(E) * N * K), scale(static_cast<size_t>(E) * N * (K / 32));
@@ -237,39 +247,26 @@ void run(int E, int N, int K, int sms) {
     xf[i] = __bfloat162float(b);
     std::memcpy(&xb[i], &b, 2);
   }
-  // Repack. Codes: thread (wg, warp, lane = 4g + t) of k step ks holds 4 words; word q covers row
-  // row0 + 8 (q % 2), 32-block q / 2 of the step; its nibble i (i < 4) and i + 4 are the two
-  // elements of fragment register i's pair: k = 16 (i / 2) + 8 (i % 2) + 2t (+1 for nibble i + 4).
-  std::vector<uint8_t> packed(static_cast<size_t>(E) * tiles * chunks * C::kCodes, 0);
-  std::vector<uint8_t> packed_scales(static_cast<size_t>(E) * tiles * chunks * C::kScales, 0);
-  for (int e = 0; e < E; ++e)
-    for (int tile = 0; tile < tiles; ++tile)
-      for (int c = 0; c < chunks; ++c) {
-        const size_t at = (static_cast<size_t>(e) * tiles + tile) * chunks + c;
-        for (int ks = 0; ks < KS; ++ks)
-          for (int thread = 0; thread < 256; ++thread) {
-            const int wg = thread / 128, warp = (thread / 32) % 4, lane = thread % 32, g = lane / 4, t = lane % 4;
-            const int row0 = wg * 64 + warp * 16 + g;
-            for (int q = 0; q < 4; ++q) {
-              const int row = tile * kTileRows + row0 + 8 * (q % 2);
-              const int k0 = (c * KS + ks) * kStepK + 32 * (q / 2);
-              uint32_t word = 0;
-              for (int i = 0; i < 4; ++i) {
-                const int k = k0 + 16 * (i / 2) + 8 * (i % 2) + 2 * t;
-                word |= static_cast<uint32_t>(code[(static_cast<size_t>(e) * N + row) * K + k]) << (4 * i);
-                word |= static_cast<uint32_t>(code[(static_cast<size_t>(e) * N + row) * K + k + 1]) << (4 * i + 16);
-              }
-              std::memcpy(&packed[at * C::kCodes + ks * 4096 + thread * 16 + 4 * q], &word, 4);
-            }
-          }
-        for (int ks = 0; ks < KS; ++ks)
-          for (int row = 0; row < kTileRows; ++row)
-            for (int b = 0; b < 2; ++b) {
-              const int n = tile * kTileRows + row, block = ((c * KS + ks) * kStepK) / 32 + b;
-              packed_scales[at * C::kScales + ks * kTileRows * 2 + row * 2 + b] =
-                  scale[(static_cast<size_t>(e) * N + n) * (K / 32) + block];
-            }
-      }
+  // The checkpoint layout, repacked on the device by the library (repack_mxfp4).
+  std::vector<uint8_t> blocks(code.size() / 2);
+  for (size_t i = 0; i < blocks.size(); ++i) blocks[i] = static_cast<uint8_t>(code[2 * i] | (code[2 * i + 1] << 4));
+  uint8_t* blocks_d = upload(blocks);
+  uint8_t* ckpt_scales_d = upload(scale);
+  const int64_t n_slabs = slabs::slabs(N), n_steps = slabs::steps(K);
+  uint8_t *codes_d = nullptr, *scales_d = nullptr;
+  CHECK(cudaMalloc(&codes_d, static_cast<size_t>(E) * n_slabs * n_steps * slabs::kCodeBytes));
+  CHECK(cudaMalloc(&scales_d, static_cast<size_t>(E) * n_slabs * n_steps * slabs::kScaleBytes));
+  const moekit::Device dev{moekit::DeviceType::kCUDA, 0};
+  cudaStream_t stream;
+  CHECK(cudaStreamCreate(&stream));
+  moekit::repack_mxfp4(moekit::TensorView(blocks_d, moekit::DType::kUInt8, {E, N, K / 32, 16}, dev),
+                       moekit::TensorView(ckpt_scales_d, moekit::DType::kUInt8, {E, N, K / 32}, dev),
+                       moekit::TensorView(codes_d, moekit::DType::kUInt8, {E, n_slabs, n_steps, slabs::kCodeBytes}, dev),
+                       moekit::TensorView(scales_d, moekit::DType::kUInt8, {E, n_slabs, n_steps, slabs::kScaleBytes}, dev),
+                       moekit::ExecContext::on_stream(stream));
+  CHECK(cudaStreamSynchronize(stream));
+  CHECK(cudaFree(blocks_d));
+  CHECK(cudaFree(ckpt_scales_d));
   // x: per (expert, chunk, step) R rows of 128 bytes, 16-byte piece p of row r at p ^ (r % 8).
   std::vector<uint8_t> packed_x(static_cast<size_t>(E) * chunks * C::kX);
   for (int e = 0; e < E; ++e)
@@ -282,16 +279,12 @@ void run(int E, int N, int K, int sms) {
             const size_t src = (static_cast<size_t>(e) * R + r) * K + (c * KS + ks) * kStepK + 8 * p;
             std::memcpy(&packed_x[dst], &xb[src], 16);
           }
-  uint8_t* codes_d = upload(packed);
-  uint8_t* scales_d = upload(packed_scales);
   uint8_t* x_d = upload(packed_x);
   __nv_bfloat16* out_d = nullptr;
   CHECK(cudaMalloc(&out_d, static_cast<size_t>(E) * R * N * 2));
   constexpr int smem = S * C::kStage + 1024;
   auto kernel = swapab_kernel<R, KS, S>;
   CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  cudaStream_t stream;
-  CHECK(cudaStreamCreate(&stream));
   kernel<<<sms, kThreads, smem, stream>>>(codes_d, scales_d, x_d, out_d, E, N, chunks);
   CHECK(cudaStreamSynchronize(stream));
   CHECK(cudaGetLastError());

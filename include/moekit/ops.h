@@ -30,6 +30,11 @@ void quantize_mxfp4(const TensorView& w, const TensorView& blocks, const TensorV
 // blocks [..., K/32, 16], scales [..., K/32] -> out f32/bf16 [..., K].
 void dequantize_mxfp4(const TensorView& blocks, const TensorView& scales, const TensorView& out,
                       const ExecContext& ctx = {});
+// Expert weights blocks [E, N, K/32, 16], scales [E, N, K/32] -> the Hopper main loop's layout
+// (docs/semantics.md, "repack_mxfp4"): codes u8 [E, ceil(N/64), ceil(K/64), 2048] and
+// slab_scales u8 [E, ceil(N/64), ceil(K/64), 128], each 64-row slab's 64-k step contiguous.
+void repack_mxfp4(const TensorView& blocks, const TensorView& scales, const TensorView& codes,
+                  const TensorView& slab_scales, const ExecContext& ctx = {});
 
 // Top-k routing of logits [T, E] (f32/bf16). Outputs (P = T*k):
 //   expert_idx     i32 [T, k]  chosen experts, best first (ties: lower index first)

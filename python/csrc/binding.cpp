@@ -25,6 +25,7 @@
 #endif
 
 #include "../../src/core/check.h"
+#include "../../src/core/mxfp4_slabs.h"
 #include "../../src/core/problem.h"
 #include "moekit/moekit.h"
 
@@ -174,6 +175,21 @@ std::tuple<Tensor, Tensor> quantize_mxfp4(const Tensor& w) {
     moekit::quantize_mxfp4(wv, view("quantize_mxfp4", "blocks", blocks), view("quantize_mxfp4", "scales", scales),
                            on.ctx());
     return std::make_tuple(blocks, scales);
+  });
+}
+
+std::tuple<Tensor, Tensor> repack_mxfp4(const Tensor& blocks, const Tensor& scales) {
+  return translate_errors([&] {
+    const char* op = "repack_mxfp4";
+    const TensorView bv = view(op, "blocks", blocks), sv = view(op, "scales", scales);
+    const moekit::MxSlabsProblem p = moekit::check_repack_mxfp4_inputs(bv, sv);
+    const OnDevice on(p.device);
+    Tensor codes = at::empty({p.E, p.slabs, p.steps, moekit::mxfp4_slabs::kCodeBytes}, options(p.device, at::kByte));
+    Tensor slab_scales =
+        at::empty({p.E, p.slabs, p.steps, moekit::mxfp4_slabs::kScaleBytes}, options(p.device, at::kByte));
+    if (shapes_only(p.device)) return std::make_tuple(codes, slab_scales);
+    moekit::repack_mxfp4(bv, sv, view(op, "codes", codes), view(op, "slab_scales", slab_scales), on.ctx());
+    return std::make_tuple(codes, slab_scales);
   });
 }
 
@@ -461,7 +477,7 @@ void check_devices(c10::string_view op, const std::vector<std::string>& names, c
   });
 }
 
-constexpr const char* kOps[] = {"quantize_mxfp4", "dequantize_mxfp4", "route", "matmul_ogs",
+constexpr const char* kOps[] = {"quantize_mxfp4", "dequantize_mxfp4", "repack_mxfp4", "route", "matmul_ogs",
                                 "matmul_ogs_backward", "moe_mlp", "add_rms_norm", "attention_decode",
                                 "greedy_token"};
 // The ops whose gradients python/moekit/_autograd.py registers (torch.library.register_autograd):
@@ -480,6 +496,7 @@ bool differentiable(const char* op) {
 TORCH_LIBRARY(moekit, m) {
   m.def("quantize_mxfp4(Tensor w) -> (Tensor blocks, Tensor scales)");
   m.def("dequantize_mxfp4(Tensor blocks, Tensor scales, ScalarType dtype) -> Tensor");
+  m.def("repack_mxfp4(Tensor blocks, Tensor scales) -> (Tensor codes, Tensor slab_scales)");
   m.def("route(Tensor logits, int k) -> (Tensor expert_idx, Tensor expert_weight, Tensor expert_counts, "
         "Tensor expert_offsets, Tensor gather_idx, Tensor scatter_idx)");
   m.def("matmul_ogs(Tensor x, Tensor w, Tensor? w_scales, Tensor? bias, Tensor? expert_offsets, "
@@ -503,6 +520,7 @@ TORCH_LIBRARY(moekit, m) {
 #define MOEKIT_REGISTER_IMPLS(m)                     \
   m.impl("quantize_mxfp4", &quantize_mxfp4);         \
   m.impl("dequantize_mxfp4", &dequantize_mxfp4);     \
+  m.impl("repack_mxfp4", &repack_mxfp4);             \
   m.impl("route", &route);                           \
   m.impl("matmul_ogs", &matmul_ogs);                 \
   m.impl("matmul_ogs_backward", &matmul_ogs_backward); \

@@ -13,9 +13,10 @@ from moekit.ops import (
     matmul_ogs,
     moe_mlp,
     quantize_mxfp4,
+    repack_mxfp4,
     route,
 )
 
 __all__ = ["Routing", "add_rms_norm", "attention_decode", "dequantize_mxfp4", "greedy_token", "matmul_ogs", "moe_mlp",
-           "quantize_mxfp4", "route"]
+           "quantize_mxfp4", "repack_mxfp4", "route"]
 __version__ = "0.1.0"

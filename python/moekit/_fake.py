@@ -69,6 +69,14 @@ def _dequantize_mxfp4(blocks, scales, dtype):
     return blocks.new_empty((*blocks.shape[:-2], blocks.shape[-2] * 32), dtype=dtype)
 
 
+@torch.library.register_fake("moekit::repack_mxfp4")
+def _repack_mxfp4(blocks, scales):
+    _check(torch.ops.moekit.repack_mxfp4.default, blocks, scales)
+    e, n, k = blocks.shape[0], blocks.shape[1], blocks.shape[2] * 32
+    slabs, steps = (n + 63) // 64, (k + 63) // 64
+    return (blocks.new_empty((e, slabs, steps, 2048)), blocks.new_empty((e, slabs, steps, 128)))
+
+
 @torch.library.register_fake("moekit::route")
 def _route(logits, k):
     _check(torch.ops.moekit.route.default, logits, k)

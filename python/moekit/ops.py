@@ -113,6 +113,16 @@ def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, axis: int = -1,
     return out if last else out.movedim(-1, axis)
 
 
+def repack_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Expert weights in the checkpoint layout (``blocks`` [E, N, K/32, 16], ``scales``
+    [E, N, K/32]) -> the layout of moekit's Hopper main loop: ``codes`` [E, ceil(N/64),
+    ceil(K/64), 2048] and ``slab_scales`` [E, ceil(N/64), ceil(K/64), 128], each 64-row slab's
+    64-k step one contiguous run (docs/semantics.md, "repack_mxfp4"). Same bytes on every device."""
+    _require_tensor("repack_mxfp4", "blocks", blocks)
+    _require_tensor("repack_mxfp4", "scales", scales)
+    return tuple(torch.ops.moekit.repack_mxfp4(blocks, scales))
+
+
 def route(logits: torch.Tensor, k: int) -> Routing:
     """Top-k routing of ``logits`` [T, E]; see :class:`Routing`. Differentiable: the expert
     weights' gradient reaches each token's k chosen logits (the others take none)."""

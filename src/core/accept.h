@@ -18,6 +18,11 @@ MxProblem accept_dequantize_mxfp4(const TensorView& blocks, const TensorView& sc
 void run_dequantize_mxfp4(const MxProblem& p, const TensorView& blocks, const TensorView& scales,
                           const TensorView& out, const ExecContext& ctx);
 
+MxSlabsProblem accept_repack_mxfp4(const TensorView& blocks, const TensorView& scales, const TensorView& codes,
+                                   const TensorView& slab_scales);
+void run_repack_mxfp4(const MxSlabsProblem& p, const TensorView& blocks, const TensorView& scales,
+                      const TensorView& codes, const TensorView& slab_scales, const ExecContext& ctx);
+
 RouteProblem accept_route(const TensorView& logits, int64_t k, const RouteOutputs& out);
 void run_route(const RouteProblem& p, const TensorView& logits, const RouteOutputs& out, const ExecContext& ctx);
 

@@ -74,6 +74,21 @@ void run_dequantize_mxfp4(const MxProblem& p, const TensorView& blocks, const Te
                     cuda::dequantize_mxfp4(p, blocks, scales, out, ctx));
 }
 
+MxSlabsProblem accept_repack_mxfp4(const TensorView& blocks, const TensorView& scales, const TensorView& codes,
+                                   const TensorView& slab_scales) {
+  const MxSlabsProblem p = check_repack_mxfp4_inputs(blocks, scales);
+  check_repack_mxfp4_outputs(p, codes, slab_scales);
+  check_backend("repack_mxfp4", p.device);
+  return p;
+}
+
+void run_repack_mxfp4(const MxSlabsProblem& p, const TensorView& blocks, const TensorView& scales,
+                      const TensorView& codes, const TensorView& slab_scales, const ExecContext& ctx) {
+  if (p.E == 0 || p.slabs == 0 || p.steps == 0) return;
+  MOEKIT_ON_BACKEND(p.device, cpu::repack_mxfp4(p, blocks, scales, codes, slab_scales, ctx),
+                    cuda::repack_mxfp4(p, blocks, scales, codes, slab_scales, ctx));
+}
+
 RouteProblem accept_route(const TensorView& logits, int64_t k, const RouteOutputs& out) {
   const RouteProblem p = check_route_inputs(logits, k);
   check_route_outputs(p, out);
@@ -156,6 +171,11 @@ void run_greedy_token(const GreedyTokenProblem& p, const TensorView& logits, con
 
 void quantize_mxfp4(const TensorView& w, const TensorView& blocks, const TensorView& scales, const ExecContext& ctx) {
   run_quantize_mxfp4(accept_quantize_mxfp4(w, blocks, scales), w, blocks, scales, ctx);
+}
+
+void repack_mxfp4(const TensorView& blocks, const TensorView& scales, const TensorView& codes,
+                  const TensorView& slab_scales, const ExecContext& ctx) {
+  run_repack_mxfp4(accept_repack_mxfp4(blocks, scales, codes, slab_scales), blocks, scales, codes, slab_scales, ctx);
 }
 
 void dequantize_mxfp4(const TensorView& blocks, const TensorView& scales, const TensorView& out,

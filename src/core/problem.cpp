@@ -6,6 +6,7 @@
 #include "byte_layout.h"
 #include "check.h"
 #include "mxfp4.h"
+#include "mxfp4_slabs.h"
 
 namespace moekit {
 namespace {
@@ -127,6 +128,28 @@ void check_dequantize_mxfp4_outputs(const MxProblem& p, const TensorView& out) {
   const char* op = "dequantize_mxfp4";
   check_tensor(op, "out", out, kFloatTypes, concat(p.lead, {p.K}));
   check::on_device(op, "out", out, p.device, "blocks");
+}
+
+MxSlabsProblem check_repack_mxfp4_inputs(const TensorView& blocks, const TensorView& scales) {
+  const char* op = "repack_mxfp4";
+  check_tensor(op, "blocks", blocks, {DType::kUInt8}, {-1, -1, -1, mxfp4::kBytesPerBlock});
+  check_tensor(op, "scales", scales, {DType::kUInt8}, dims(blocks, 0, 3));
+  MxSlabsProblem p;
+  p.device = check::same_device(op, {{"blocks", &blocks}, {"scales", &scales}});
+  p.E = blocks.shape[0];
+  p.N = blocks.shape[1];
+  p.K = blocks.shape[2] * mxfp4::kBlock;
+  p.slabs = mxfp4_slabs::slabs(p.N);
+  p.steps = mxfp4_slabs::steps(p.K);
+  return p;
+}
+
+void check_repack_mxfp4_outputs(const MxSlabsProblem& p, const TensorView& codes, const TensorView& slab_scales) {
+  const char* op = "repack_mxfp4";
+  check_tensor(op, "codes", codes, {DType::kUInt8}, {p.E, p.slabs, p.steps, mxfp4_slabs::kCodeBytes});
+  check_tensor(op, "slab_scales", slab_scales, {DType::kUInt8}, {p.E, p.slabs, p.steps, mxfp4_slabs::kScaleBytes});
+  check::on_device(op, "codes", codes, p.device, "blocks");
+  check::on_device(op, "slab_scales", slab_scales, p.device, "blocks");
 }
 
 // ---------------------------------------------------------------------------------------- route

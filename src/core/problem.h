@@ -33,6 +33,15 @@ void check_quantize_mxfp4_outputs(const MxProblem& p, const TensorView& blocks, 
 MxProblem check_dequantize_mxfp4_inputs(const TensorView& blocks, const TensorView& scales);
 void check_dequantize_mxfp4_outputs(const MxProblem& p, const TensorView& out);
 
+// repack_mxfp4: expert weights [E, N, K/32, 16] and scales [E, N, K/32] into the Hopper main
+// loop's slabs (mxfp4_slabs.h).
+struct MxSlabsProblem {
+  int64_t E = 0, N = 0, K = 0, slabs = 0, steps = 0;
+  Device device;
+};
+MxSlabsProblem check_repack_mxfp4_inputs(const TensorView& blocks, const TensorView& scales);
+void check_repack_mxfp4_outputs(const MxSlabsProblem& p, const TensorView& codes, const TensorView& slab_scales);
+
 struct RouteProblem {
   int64_t T = 0, E = 0;
   int k = 0;

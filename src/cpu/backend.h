@@ -8,6 +8,8 @@ namespace moekit::cpu {
 
 void quantize_mxfp4(const MxProblem& p, const TensorView& w, const TensorView& blocks, const TensorView& scales,
                     const ExecContext& ctx);
+void repack_mxfp4(const MxSlabsProblem& p, const TensorView& blocks, const TensorView& scales, const TensorView& codes,
+                  const TensorView& slab_scales, const ExecContext& ctx);
 void dequantize_mxfp4(const MxProblem& p, const TensorView& blocks, const TensorView& scales, const TensorView& out,
                       const ExecContext& ctx);
 void route(const RouteProblem& p, const TensorView& logits, const RouteOutputs& out, const ExecContext& ctx);

@@ -1,4 +1,5 @@
 #include "../core/mxfp4.h"
+#include "../core/mxfp4_slabs.h"
 
 #include <cmath>
 
@@ -54,6 +55,25 @@ void dequantize_mxfp4(const MxProblem& p, const TensorView& blocks, const Tensor
         const int64_t at = b * mxfp4::kBlock + 2 * i;
         store_float(out.data, out.dtype, at, mxfp4::e2m1_to_float(byte & 0xf) * scale);
         store_float(out.data, out.dtype, at + 1, mxfp4::e2m1_to_float(byte >> 4) * scale);
+      }
+    }
+  });
+}
+
+void repack_mxfp4(const MxSlabsProblem& p, const TensorView& blocks, const TensorView& scales, const TensorView& codes,
+                  const TensorView& slab_scales, const ExecContext& ctx) {
+  parallel_for(p.E * p.slabs * p.steps, 16, ctx, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {  // one slab step: (expert, slab, step)
+      const int64_t e = i / (p.slabs * p.steps), slab = i / p.steps % p.slabs, step = i % p.steps;
+      const uint8_t* expert_blocks = blocks.ptr<uint8_t>() + e * p.N * (p.K / 2);
+      const uint8_t* expert_scales = scales.ptr<uint8_t>() + e * p.N * (p.K / 32);
+      uint8_t* out = codes.ptr<uint8_t>() + i * mxfp4_slabs::kCodeBytes;
+      for (int o = 0; o < mxfp4_slabs::kCodeBytes; ++o) {
+        out[o] = mxfp4_slabs::code_byte(expert_blocks, p.N, p.K, slab, step, o);
+      }
+      uint8_t* out_scales = slab_scales.ptr<uint8_t>() + i * mxfp4_slabs::kScaleBytes;
+      for (int o = 0; o < mxfp4_slabs::kScaleBytes; ++o) {
+        out_scales[o] = mxfp4_slabs::scale_byte(expert_scales, p.N, p.K, slab, step, o);
       }
     }
   });

@@ -67,6 +67,11 @@ def dequantize_base(gen):
     return dict(blocks=blocks, scales=scales, axis=-1, dtype=torch.float32)
 
 
+def repack_base(gen):
+    blocks, scales = moekit.quantize_mxfp4(randn(gen, 2, 3, H))
+    return dict(blocks=blocks, scales=scales)
+
+
 def norm_base(gen):
     return dict(x=randn(gen, T, H, dtype=BF16), residual=randn(gen, T, H, dtype=BF16),
                 scale=torch.rand(H, generator=gen) + 0.5, eps=1e-5)
@@ -99,6 +104,7 @@ OPS = {
     "route": (route_base, moekit.route),
     "quantize_mxfp4": (quantize_base, moekit.quantize_mxfp4),
     "dequantize_mxfp4": (dequantize_base, moekit.dequantize_mxfp4),
+    "repack_mxfp4": (repack_base, moekit.repack_mxfp4),
 }
 
 
@@ -413,6 +419,18 @@ CASES = [
          ("contiguous",)),
     Case("dequantize_mxfp4", "scales_meta", set_("scales", lambda t, g: meta(t)), VE, "scales", ("meta",)),
     Case("dequantize_mxfp4", "blocks_meta", set_("blocks", lambda t, g: meta(t)), VE, "blocks", ("meta",)),
+    # ---------------------------------------------------------------- repack_mxfp4
+    Case("repack_mxfp4", "blocks_int32", set_("blocks", lambda t, g: t.int()), TE, "blocks", ("int32",)),
+    Case("repack_mxfp4", "scales_float", set_("scales", lambda t, g: t.float()), TE, "scales", ("float32",)),
+    Case("repack_mxfp4", "blocks_3d", set_("blocks", lambda t, g: t[0].contiguous()), VE, "blocks", ("[3, ",)),
+    Case("repack_mxfp4", "blocks_last_dim", set_("blocks", lambda t, g: t[..., :8].contiguous()), VE, "blocks",
+         ("8]",)),
+    Case("repack_mxfp4", "scales_wrong", set_("scales", lambda t, g: t[:, :1].contiguous()), VE, "scales",
+         ("[2, 1, ",)),
+    Case("repack_mxfp4", "blocks_noncontig", set_("blocks", lambda t, g: noncontig(t)), VE, "blocks",
+         ("contiguous",)),
+    Case("repack_mxfp4", "scales_meta", set_("scales", lambda t, g: meta(t)), VE, "scales", ("meta",)),
+    Case("repack_mxfp4", "blocks_list", set_("blocks", lambda t, g: t.tolist()), TE, "blocks", ("list",)),
     Case("dequantize_mxfp4", "axis_out_of_range", lambda a, g: a.update(axis=-3), VE, "axis", ("got -3",)),
     Case("dequantize_mxfp4", "blocks_list", set_("blocks", lambda t, g: t.tolist()), TE, "blocks", ("list",)),
     Case("dequantize_mxfp4", "scales_ndarray", set_("scales", lambda t, g: t.numpy()), TE, "scales", ("ndarray",)),

@@ -87,7 +87,7 @@ def test_cuda_edge(cuda_records, edge):
 
 
 def test_cases_cover_every_op():
-    assert {c.op for c in CASES} == {"moe_mlp", "matmul_ogs", "route", "quantize_mxfp4", "dequantize_mxfp4",
+    assert {c.op for c in CASES} == {"moe_mlp", "matmul_ogs", "route", "quantize_mxfp4", "dequantize_mxfp4", "repack_mxfp4",
                                      "add_rms_norm", "attention_decode", "greedy_token"}
 
 

@@ -44,6 +44,7 @@ def test_current_device_and_stream_unchanged():
         r = moekit.route(torch.randn(7, E, device="cuda"), K)
         moekit.matmul_ogs(x, layer["mlp1_weight"], expert_offsets=r.expert_offsets, gather_idx=r.gather_idx)
         moekit.dequantize_mxfp4(*moekit.quantize_mxfp4(torch.randn(4, 64, device="cuda")))
+        moekit.repack_mxfp4(*moekit.quantize_mxfp4(torch.randn(2, 4, 64, device="cuda")))
         moekit.add_rms_norm(x, x, torch.ones(H, device="cuda"), 1e-5)
         token, ids = (torch.zeros(n, dtype=torch.int32, device="cuda") for n in (1, 4))
         moekit.greedy_token(torch.randn(1000, device="cuda"), torch.ones(1, dtype=torch.int32, device="cuda"), token, ids)

@@ -33,6 +33,11 @@ def test_opcheck_dequantize_mxfp4(gen, dtype):
     opcheck_ok(ops.dequantize_mxfp4.default, (blocks, scales, dtype))
 
 
+@pytest.mark.parametrize("E,N,K", [(2, 100, 96), (1, 64, 64), (0, 3, 32)])
+def test_opcheck_repack_mxfp4(gen, E, N, K):
+    opcheck_ok(ops.repack_mxfp4.default, moekit.quantize_mxfp4(randn(gen, E, N, K)))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("T,E,k", [(7, 4, 2), (0, 32, 4), (64, 32, 1)])
 def test_opcheck_route(gen, T, E, k, dtype):

@@ -1,3 +1,5 @@
+#include <algorithm>
+
 #include "../kernels/quant/mxfp4.cuh"
 #include "../runtime/device_guard.h"
 #include "../runtime/stream.h"
@@ -45,6 +47,19 @@ void dequantize_mxfp4(const MxProblem& p, const TensorView& blocks, const Tensor
                                                                        out.ptr<float>(), n_blocks);
   }
   MOEKIT_CHECK_LAUNCH(ctx, stream, "dequantize_mxfp4_kernel");
+}
+
+void repack_mxfp4(const MxSlabsProblem& p, const TensorView& blocks, const TensorView& scales, const TensorView& codes,
+                  const TensorView& slab_scales, const ExecContext& ctx) {
+  DeviceGuard guard(p.device.index);
+  const cudaStream_t stream = stream_of("repack_mxfp4", p.device, ctx);
+  const int64_t n_code_bytes = p.E * p.slabs * p.steps * mxfp4_slabs::kCodeBytes;
+  const int64_t n = n_code_bytes / mxfp4_slabs::kCodeBytes * (mxfp4_slabs::kCodeBytes + mxfp4_slabs::kScaleBytes);
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(ceil_div(n, kElementwiseThreads), 1 << 20));
+  repack_mxfp4_kernel<<<grid, kElementwiseThreads, 0, stream>>>(
+      blocks.ptr<uint8_t>(), scales.ptr<uint8_t>(), codes.ptr<uint8_t>(), slab_scales.ptr<uint8_t>(), p.N, p.K,
+      p.slabs, p.steps, n_code_bytes);
+  MOEKIT_CHECK_LAUNCH(ctx, stream, "repack_mxfp4_kernel");
 }
 
 }  // namespace moekit::cuda

@@ -1,9 +1,11 @@
-// MXFP4 quantize / dequantize: one thread per block of 32 values (format: src/core/mxfp4.h).
+// MXFP4 quantize / dequantize: one thread per block of 32 values (format: src/core/mxfp4.h); the
+// repack into the Hopper main loop's slabs (src/core/mxfp4_slabs.h).
 #pragma once
 
 #include <cstdint>
 
 #include "../../../core/mxfp4.h"
+#include "../../../core/mxfp4_slabs.h"
 #include "../element.cuh"
 
 namespace moekit::cuda {
@@ -56,6 +58,29 @@ __global__ void dequantize_mxfp4_kernel(const uint8_t* __restrict__ blocks, cons
       const float v = mxfp4::e2m1_to_float((words[word] >> (4 * i)) & 0xf) * scale;
       if constexpr (sizeof(T) == 2) out[b * mxfp4::kBlock + word * 8 + i] = __float2bfloat16_rn(v);
       else out[b * mxfp4::kBlock + word * 8 + i] = v;
+    }
+  }
+}
+
+// repack_mxfp4: a thread per output byte of the codes, then of the scales (a grid-stride loop),
+// each computed by the specification's own function (mxfp4_slabs.h); n_code_bytes = E * slabs *
+// steps * 2048.
+__global__ void repack_mxfp4_kernel(const uint8_t* __restrict__ blocks, const uint8_t* __restrict__ scales,
+                                    uint8_t* __restrict__ codes, uint8_t* __restrict__ slab_scales, int64_t N,
+                                    int64_t K, int64_t slabs, int64_t steps, int64_t n_code_bytes) {
+  const int64_t n = n_code_bytes + n_code_bytes / mxfp4_slabs::kCodeBytes * mxfp4_slabs::kScaleBytes;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const bool scale = i >= n_code_bytes;
+    const int64_t at = scale ? i - n_code_bytes : i;
+    const int run = scale ? mxfp4_slabs::kScaleBytes : mxfp4_slabs::kCodeBytes;
+    const int64_t slab_step = at / run, e = slab_step / (slabs * steps);
+    const int64_t slab = slab_step / steps % slabs, step = slab_step % steps;
+    const int o = static_cast<int>(at % run);
+    if (scale) {
+      slab_scales[at] = mxfp4_slabs::scale_byte(scales + e * N * (K / 32), N, K, slab, step, o);
+    } else {
+      codes[at] = mxfp4_slabs::code_byte(blocks + e * N * (K / 2), N, K, slab, step, o);
     }
   }
 }
