@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/mxfp4.h"
+#include "core/mxfp4_slabs.h"
 #include "test_util.h"
 
 namespace moekit::test {
@@ -382,6 +383,34 @@ TEST(QuantizeMxfp4, EmptyTensorsAreANoOp) {
   EXPECT_NO_THROW(quantize_mxfp4(w.view(), blocks.view(), scales.view()));
   HostTensor out(DType::kFloat32, {0, 64});
   EXPECT_NO_THROW(dequantize_mxfp4(blocks.view(), scales.view(), out.view()));
+}
+
+TEST(RepackMxfp4, EachCodeOfASlabStepHasExactlyOnePlace) {
+  // The slab layout is a permutation: the 2048 bytes' 4096 nibbles cover the 64 rows x 64 k once.
+  std::vector<int> seen(mxfp4_slabs::kRows * mxfp4_slabs::kStepK, 0);
+  for (int o = 0; o < mxfp4_slabs::kCodeBytes; ++o) {
+    for (int high = 0; high < 2; ++high) {
+      int row = -1, k = -1;
+      mxfp4_slabs::code_source(o, high, row, k);
+      ASSERT_TRUE(row >= 0 && row < mxfp4_slabs::kRows && k >= 0 && k < mxfp4_slabs::kStepK) << o;
+      ++seen[row * mxfp4_slabs::kStepK + k];
+    }
+  }
+  for (int i = 0; i < static_cast<int>(seen.size()); ++i) EXPECT_EQ(seen[i], 1) << "row " << i / 64 << " k " << i % 64;
+}
+
+TEST(RepackMxfp4, AThreadsWordHoldsOneRowAndOneScaleBlock) {
+  // Word q of a thread is one row's codes of one 32-block, so one scale multiplies its 8 codes.
+  for (int o = 0; o < mxfp4_slabs::kCodeBytes; o += 4) {
+    int row0, k0;
+    mxfp4_slabs::code_source(o, 0, row0, k0);
+    for (int b = 0; b < 8; ++b) {
+      int row, k;
+      mxfp4_slabs::code_source(o + b / 2, b % 2, row, k);
+      EXPECT_EQ(row, row0) << o;
+      EXPECT_EQ(k / 32, k0 / 32) << o;
+    }
+  }
 }
 
 }  // namespace
