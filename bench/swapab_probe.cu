@@ -2,15 +2,16 @@
 // through a swap-AB wgmma loop, the weights decoded in registers as wgmma's A operand and R tokens
 // of one expert as its N (R = 8 to 128)?
 //
-// Each block is persistent and walks (expert, 128 weight rows) tiles. A producer warp streams
+// Each block is persistent and walks (expert, 64 WG weight rows) tiles. A producer warp streams
 // chunks of KS k steps (64 k each) by bulk copies into a ring of S stages (mbarriers
-// full/empty): for each of the tile's two 64-row slabs its codes and scales in the library's
+// full/empty): for each of the tile's WG 64-row slabs its codes and scales in the library's
 // repack_mxfp4 layout (a slab's steps are contiguous; each consumer thread's 32 codes of a step
 // 16 bytes laid out for decode_e2m1x8_strided's pairing), and the tokens' bf16 rows, pre-arranged
-// in wgmma's 128-byte swizzle (the library would gather them). Two consumer warpgroups (64 weight rows each) decode
-// a k step into 16 bf16x2 A registers (two register sets, so step i + 1 decodes while step i's
-// wgmmas run) and issue 4 wgmma.m64nRk16 with A from registers and B (the tokens) from shared
-// memory. Outputs (bf16, [E][R][N]) are checked against a CPU sum on sampled elements.
+// in wgmma's 128-byte swizzle (the library would gather them). WG consumer warpgroups (2 or 3, a
+// slab each) decode a k step into 16 bf16x2 A registers (two register sets, so step i + 1 decodes
+// while step i's wgmmas run) and issue 4 wgmma.m64nRk16 with A from registers and B (the tokens)
+// from shared memory; with PF, a step's codes and scales are loaded while the step before it
+// decodes. Outputs (bf16, [E][R][N]) are checked against a CPU sum on sampled elements.
 //
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench bench/swapab_probe.cu \
 //       build/python/libmoekit.a -o build/mb/swapab_probe
@@ -38,17 +39,17 @@ using namespace moekit::cuda;
 
 namespace {
 
-constexpr int kTileRows = 128, kStepK = 64, kThreads = 384;
+constexpr int kStepK = 64;
 
 namespace slabs = moekit::mxfp4_slabs;
 
-// A chunk of KS k steps for R tokens, in each ring stage: both slabs' codes, the tokens, both
-// slabs' scales (the stage 1 KB-aligned).
-template <int R, int KS>
+// A chunk of KS k steps for R tokens, in each ring stage: the WG slabs' codes (one a consumer
+// warpgroup), the tokens, the slabs' scales (the stage 1 KB-aligned).
+template <int R, int KS, int WG>
 struct Chunk {
   static constexpr int kSlabCodes = slabs::kCodeBytes * KS, kSlabScales = slabs::kScaleBytes * KS;
-  static constexpr int kCodes = 2 * kSlabCodes;
-  static constexpr int kScales = (2 * kSlabScales + 1023) / 1024 * 1024;
+  static constexpr int kCodes = WG * kSlabCodes;
+  static constexpr int kScales = (WG * kSlabScales + 1023) / 1024 * 1024;
   static constexpr int kX = R * 128 * KS;  // a 128-byte line a token a step
   static constexpr int kStage = kCodes + kX + kScales;
 };
@@ -115,13 +116,15 @@ __device__ __forceinline__ void wgmma_rs<128>(float (&d)[64], const uint32_t (&a
 
 // codes, scales: repack_mxfp4's [E][N/64][K/64][2048 or 128]; x: [E][chunks][R rows x 128 bytes x
 // KS, swizzled]; out: [E][R][N].
-template <int R, int KS, int S>
-__global__ void __launch_bounds__(kThreads, 1)
+// WG consumer warpgroups (64 weight rows each) and a producer warpgroup; PF: each step's codes and
+// scales loaded from shared memory a step ahead (else right before their decode).
+template <int R, int KS, int S, int WG, bool PF>
+__global__ void __launch_bounds__(128 * (WG + 1), 1)
     swapab_kernel(const uint8_t* codes, const uint8_t* scales, const uint8_t* x, __nv_bfloat16* out, int E, int N,
                   int chunks) {
 #if MOEKIT_WGMMA
-  using C = Chunk<R, KS>;
-  constexpr int kStage = C::kStage;
+  using C = Chunk<R, KS, WG>;
+  constexpr int kStage = C::kStage, kTileRows = 64 * WG;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + (1024 - shared_address(smem_raw) % 1024) % 1024;
   __shared__ uint64_t full[S], empty[S];
@@ -129,14 +132,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < S; ++s) {
       barrier_init(&full[s], 1);
-      barrier_init(&empty[s], 8);  // one arrival per consumer warp
+      barrier_init(&empty[s], 4 * WG);  // one arrival per consumer warp
     }
     barrier_init_fence();
   }
   __syncthreads();
   const int wg = threadIdx.x / 128;
-  if (wg == 2) {  // producer
-    if (threadIdx.x != 256) return;
+  if (wg == WG) {  // producer
+    if (threadIdx.x != 128 * WG) return;
     int n = 0;
     for (int item = blockIdx.x; item < items; item += gridDim.x) {
       const int e = item / tiles, tile = item % tiles;
@@ -144,9 +147,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int s = n % S;
         if (n >= S) barrier_wait(&empty[s], ((n / S) - 1) & 1);
         unsigned char* st = smem + s * kStage;
-        barrier_arrive_expect(&full[s], C::kCodes + C::kX + 2 * C::kSlabScales);
-        for (int h = 0; h < 2; ++h) {  // the tile's two slabs
-          const size_t step0 = (static_cast<size_t>(e) * 2 * tiles + 2 * tile + h) * (chunks * KS) + c * KS;
+        barrier_arrive_expect(&full[s], C::kCodes + C::kX + WG * C::kSlabScales);
+        for (int h = 0; h < WG; ++h) {  // the tile's slabs
+          const size_t step0 = (static_cast<size_t>(e) * WG * tiles + WG * tile + h) * (chunks * KS) + c * KS;
           bulk_copy(st + h * C::kSlabCodes, codes + step0 * slabs::kCodeBytes, C::kSlabCodes, &full[s]);
           bulk_copy(st + C::kCodes + C::kX + h * C::kSlabScales, scales + step0 * slabs::kScaleBytes, C::kSlabScales,
                     &full[s]);
@@ -172,13 +175,21 @@ __global__ void __launch_bounds__(kThreads, 1)
       barrier_wait(&full[s], (n / S) & 1);
       const unsigned char* st = smem + s * kStage;
       const uint64_t b0 = wgmma_descriptor_sw128(st + C::kCodes);
-      auto step = [&](int ks, auto set_c) {
-        constexpr int set = decltype(set_c)::value;
-        const uint4 w = *reinterpret_cast<const uint4*>(st + wg * C::kSlabCodes + ks * slabs::kCodeBytes +
-                                                        (threadIdx.x % 128) * 16);
+      struct StepLoad {
+        uint4 w;
+        uint32_t s0, s1;
+      };
+      auto load = [&](int ks) {
         const unsigned char* sc = st + C::kCodes + C::kX + wg * C::kSlabScales + ks * slabs::kScaleBytes;
-        const uint32_t s0 = *reinterpret_cast<const uint16_t*>(sc + slab_row * 2);
-        const uint32_t s1 = *reinterpret_cast<const uint16_t*>(sc + (slab_row + 8) * 2);
+        return StepLoad{*reinterpret_cast<const uint4*>(st + wg * C::kSlabCodes + ks * slabs::kCodeBytes +
+                                                        (threadIdx.x % 128) * 16),
+                        *reinterpret_cast<const uint16_t*>(sc + slab_row * 2),
+                        *reinterpret_cast<const uint16_t*>(sc + (slab_row + 8) * 2)};
+      };
+      auto step = [&](int ks, auto set_c, const StepLoad& l) {
+        constexpr int set = decltype(set_c)::value;
+        const uint4 w = l.w;
+        const uint32_t s0 = l.s0, s1 = l.s1;
         wgmma_wait<1>();  // step i - 2's wgmmas (which read this register set) are done
         uint32_t r[4];
         decode_e2m1x8_strided(w.x, mxfp4_multiplier_upto_128(s0 & 0xff), r);  // row g, block 0
@@ -196,10 +207,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int j = 0; j < 4; ++j) wgmma_rs<R>(acc, a[set][j], wgmma_descriptor_advance(b0, ks * R * 128 + 32 * j));
         wgmma_commit();
       };
+      StepLoad cur = load(0), next{};
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks, ++i) {
-        if (i % 2 == 0) step(ks, std::integral_constant<int, 0>());
-        else step(ks, std::integral_constant<int, 1>());
+        if (PF && ks + 1 < KS) next = load(ks + 1);
+        if (i % 2 == 0) step(ks, std::integral_constant<int, 0>(), cur);
+        else step(ks, std::integral_constant<int, 1>(), cur);
+        if (ks + 1 < KS) cur = PF ? next : load(ks + 1);
       }
     }
     wgmma_wait<0>();
@@ -226,11 +240,11 @@ float e2m1(int code) {
   return (code & 8 ? -1.0f : 1.0f) * mag[code & 7];
 }
 
-template <int R, int KS, int S>
+template <int R, int KS, int S, int WG, bool PF>
 void run(int E, int N, int K, int sms) {
-  using C = Chunk<R, KS>;
-  if (K % (kStepK * KS) != 0 || N % kTileRows != 0) {
-    std::printf("R=%d KS=%d: K %% %d or N %% 128 != 0, skipped\n", R, KS, kStepK * KS);
+  using C = Chunk<R, KS, WG>;
+  if (K % (kStepK * KS) != 0 || N % (64 * WG) != 0) {
+    std::printf("R=%d KS=%d WG=%d: K %% %d or N %% %d != 0, skipped\n", R, KS, WG, kStepK * KS, 64 * WG);
     return;
   }
   const int chunks = K / (kStepK * KS);
@@ -283,7 +297,8 @@ void run(int E, int N, int K, int sms) {
   __nv_bfloat16* out_d = nullptr;
   CHECK(cudaMalloc(&out_d, static_cast<size_t>(E) * R * N * 2));
   constexpr int smem = S * C::kStage + 1024;
-  auto kernel = swapab_kernel<R, KS, S>;
+  auto kernel = swapab_kernel<R, KS, S, WG, PF>;
+  constexpr int kThreads = 128 * (WG + 1);
   CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   kernel<<<sms, kThreads, smem, stream>>>(codes_d, scales_d, x_d, out_d, E, N, chunks);
   CHECK(cudaStreamSynchronize(stream));
@@ -308,8 +323,8 @@ void run(int E, int N, int K, int sms) {
     kernel<<<sms, kThreads, smem, stream>>>(codes_d, scales_d, x_d, out_d, E, N, chunks);
   });
   const double weight_bytes = static_cast<double>(E) * N * K * (0.5 + 1.0 / 32);
-  std::printf("R=%2d KS=%d S=%d smem %3d KB: %8.1f us  %5.2f TB/s of weights  %6.1f TFLOP/s  worst |err|/sum|terms| %.1e%s\n",
-              R, KS, S, smem / 1024, us, weight_bytes / us / 1e6, 2.0 * E * R * N * K / us / 1e6, worst,
+  std::printf("R=%3d KS=%d S=%d WG=%d PF=%d smem %3d KB: %8.1f us  %5.2f TB/s of weights  %6.1f TFLOP/s  worst |err|/sum|terms| %.1e%s\n",
+              R, KS, S, WG, PF ? 1 : 0, smem / 1024, us, weight_bytes / us / 1e6, 2.0 * E * R * N * K / us / 1e6, worst,
               worst < 8e-3 ? "" : "  WRONG");
   CHECK(cudaFree(codes_d));
   CHECK(cudaFree(scales_d));
@@ -327,13 +342,20 @@ int main(int argc, char** argv) {
   CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("%s, E=%d N=%d K=%d, %d blocks\n", prop.name, E, N, K, prop.multiProcessorCount);
   const int sms = prop.multiProcessorCount;
-  run<8, 5, 8>(E, N, K, sms);
-  run<16, 5, 6>(E, N, K, sms);
-  run<16, 3, 8>(E, N, K, sms);
-  run<32, 5, 4>(E, N, K, sms);
-  run<32, 3, 6>(E, N, K, sms);
-  run<64, 5, 3>(E, N, K, sms);
-  run<64, 3, 4>(E, N, K, sms);
-  run<128, 3, 3>(E, N, K, sms);
+  // Two consumer warpgroups, loads right before their decode (the first probe's loop), then loads
+  // a step ahead, then three consumer warpgroups (192 rows a tile), both ways.
+  run<8, 5, 8, 2, true>(E, N, K, sms);
+  run<16, 5, 6, 2, false>(E, N, K, sms);
+  run<16, 5, 6, 2, true>(E, N, K, sms);
+  run<16, 5, 5, 3, false>(E, N, K, sms);
+  run<16, 5, 5, 3, true>(E, N, K, sms);
+  run<32, 5, 4, 2, false>(E, N, K, sms);
+  run<32, 5, 4, 2, true>(E, N, K, sms);
+  run<32, 5, 4, 3, true>(E, N, K, sms);
+  run<64, 5, 3, 2, false>(E, N, K, sms);
+  run<64, 5, 3, 2, true>(E, N, K, sms);
+  run<64, 5, 3, 3, true>(E, N, K, sms);
+  run<128, 3, 3, 2, false>(E, N, K, sms);
+  run<128, 3, 3, 2, true>(E, N, K, sms);
   return 0;
 }
