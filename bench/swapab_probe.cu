@@ -1,24 +1,28 @@
-// Probe for issue 22's main loop (not a library kernel): how fast can MXFP4 weights stream
-// through a swap-AB wgmma loop, the weights decoded in registers as wgmma's A operand and R tokens
-// of one expert as its N (R = 8 to 128)?
+// Probe for issue 22's main loop (not a library kernel): mlp1 of a routed gpt-oss layer (gather,
+// bias, SwiGLU) through a swap-AB wgmma loop, the MXFP4 weights decoded in registers as wgmma's A
+// operand and a tile of up to R rows of one expert as its N, beside the library's matmul_ogs on the
+// same routing, weights and tokens.
 //
-// Each block is persistent and walks (expert, 64 WG weight rows) tiles. A producer warp streams
-// chunks of KS k steps (64 k each) by bulk copies into a ring of S stages (mbarriers
-// full/empty): for each of the tile's WG 64-row slabs its codes and scales in the library's
-// repack_mxfp4 layout (a slab's steps are contiguous; each consumer thread's 32 codes of a step
-// 16 bytes laid out for decode_e2m1x8_strided's pairing), and the tokens' bf16 rows, pre-arranged
-// in wgmma's 128-byte swizzle (the library would gather them). WG consumer warpgroups (2 or 3, a
-// slab each) decode a k step into 16 bf16x2 A registers (two register sets, so step i + 1 decodes
-// while step i's wgmmas run) and issue 4 wgmma.m64nRk16 with A from registers and B (the tokens)
-// from shared memory; with PF, a step's codes and scales are loaded while the step before it
-// decodes. Outputs (bf16, [E][R][N]) are checked against a CPU sum on sampled elements.
+// A first kernel gathers each token tile's rows (zeros past the tile's rows) into the layout the
+// loop copies (128-byte swizzled lines, k step by k step). The loop's blocks are persistent and
+// walk (token tile, 64 WG weight rows) items. A producer warp streams chunks of KS k steps by bulk
+// copies into a ring of S stages (mbarriers full/empty): for each of the item's WG 64-row slabs
+// its codes and scales in the library's repack_mxfp4 layout (a slab's steps contiguous; each
+// consumer thread's 32 codes of a step 16 bytes laid out for decode_e2m1x8_strided's pairing),
+// and the token tile's rows. WG consumer warpgroups (2 or 3, a slab each) decode a k step into 16
+// bf16x2 A registers (two register sets, so a step decodes while the previous step's wgmmas run)
+// and issue 4 wgmma.m64nRk16 with B (the tokens) from shared memory; with PF a step's codes and
+// scales are loaded while the step before it decodes. The epilogue adds the bias and takes each
+// (glu, linear) column pair, rows g and g + 1 of the MMA, through SwiGLU. Outputs are checked
+// against a CPU sum on 2000 sampled elements, the library's too.
 //
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench bench/swapab_probe.cu \
 //       build/python/libmoekit.a -o build/mb/swapab_probe
-//   build/mb/swapab_probe [E N K]     (default: 32 5760 2880, mlp1 of gpt-oss-20b)
+//   build/mb/swapab_probe [E T]     (default: 32 512)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -63,15 +67,6 @@ __device__ __forceinline__ void barrier_arrive(uint64_t* bar) {
 template <int R>
 __device__ __forceinline__ void wgmma_rs(float (&d)[R / 2], const uint32_t (&a)[4], uint64_t b);
 template <>
-__device__ __forceinline__ void wgmma_rs<8>(float (&d)[4], const uint32_t (&a)[4], uint64_t b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, "
-      "{%4, %5, %6, %7}, %8, p, 1, 1, 0;\n}"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
-}
-template <>
 __device__ __forceinline__ void wgmma_rs<16>(float (&d)[8], const uint32_t (&a)[4], uint64_t b) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
@@ -114,21 +109,49 @@ __device__ __forceinline__ void wgmma_rs<128>(float (&d)[64], const uint32_t (&a
 }
 #endif
 
-// codes, scales: repack_mxfp4's [E][N/64][K/64][2048 or 128]; x: [E][chunks][R rows x 128 bytes x
-// KS, swizzled]; out: [E][R][N].
+// A token tile: up to R expert-grouped rows of one expert.
+struct TokenTiles {
+  const int* expert;  // [Q]
+  const int* row;     // [Q] its first row
+  const int* rows;    // [Q] its rows, 1..R
+  int count;          // Q
+};
+
+// The tokens of every tile gathered (rows past a tile's count zero) into the layout the loop copies:
+// x_tiles [Q][chunks][KS steps][R rows x 128 bytes], 16-byte piece p of row r at p ^ (r % 8).
+template <int R, int KS>
+__global__ void stage_tokens_kernel(const __nv_bfloat16* x, const int* gather, TokenTiles tiles, int K,
+                                    uint8_t* x_tiles) {
+  const int pieces = K / 8;  // 16-byte pieces a row
+  const int64_t n = static_cast<int64_t>(tiles.count) * R * pieces;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int piece = static_cast<int>(i % pieces), r = static_cast<int>(i / pieces % R);
+    const int q = static_cast<int>(i / (static_cast<int64_t>(pieces) * R));
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (r < tiles.rows[q]) v = reinterpret_cast<const uint4*>(x + static_cast<int64_t>(gather[tiles.row[q] + r]) * K)[piece];
+    const int step = piece / 8, p = piece % 8;  // 8 pieces a 64-k step
+    const int64_t at = (static_cast<int64_t>(q) * (K / kStepK) + step) * R * 128 + r * 128 + (p ^ (r % 8)) * 16;
+    *reinterpret_cast<uint4*>(x_tiles + at) = v;
+  }
+}
+
+// mlp1 with SwiGLU: out [P][N/2] bf16 for the expert-grouped rows, h = x W[e]^T + bias[e] with
+// h's columns (2j, 2j + 1) the pair (glu, linear) of output j. codes, scales: repack_mxfp4's
+// [E][N/64][K/64][2048 or 128]; x_tiles: stage_tokens_kernel's.
 // WG consumer warpgroups (64 weight rows each) and a producer warpgroup; PF: each step's codes and
 // scales loaded from shared memory a step ahead (else right before their decode).
 template <int R, int KS, int S, int WG, bool PF>
 __global__ void __launch_bounds__(128 * (WG + 1), 1)
-    swapab_kernel(const uint8_t* codes, const uint8_t* scales, const uint8_t* x, __nv_bfloat16* out, int E, int N,
-                  int chunks) {
+    swapab_kernel(const uint8_t* codes, const uint8_t* scales, const uint8_t* x_tiles, const __nv_bfloat16* bias,
+                  TokenTiles token_tiles, __nv_bfloat16* out, int N, int chunks, float alpha, float limit) {
 #if MOEKIT_WGMMA
   using C = Chunk<R, KS, WG>;
   constexpr int kStage = C::kStage, kTileRows = 64 * WG;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + (1024 - shared_address(smem_raw) % 1024) % 1024;
   __shared__ uint64_t full[S], empty[S];
-  const int tiles = N / kTileRows, items = E * tiles;
+  const int tiles = N / kTileRows, items = token_tiles.count * tiles;
   if (threadIdx.x == 0) {
     for (int s = 0; s < S; ++s) {
       barrier_init(&full[s], 1);
@@ -142,7 +165,7 @@ __global__ void __launch_bounds__(128 * (WG + 1), 1)
     if (threadIdx.x != 128 * WG) return;
     int n = 0;
     for (int item = blockIdx.x; item < items; item += gridDim.x) {
-      const int e = item / tiles, tile = item % tiles;
+      const int q = item / tiles, tile = item % tiles, e = token_tiles.expert[q];
       for (int c = 0; c < chunks; ++c, ++n) {
         const int s = n % S;
         if (n >= S) barrier_wait(&empty[s], ((n / S) - 1) & 1);
@@ -154,7 +177,7 @@ __global__ void __launch_bounds__(128 * (WG + 1), 1)
           bulk_copy(st + C::kCodes + C::kX + h * C::kSlabScales, scales + step0 * slabs::kScaleBytes, C::kSlabScales,
                     &full[s]);
         }
-        bulk_copy(st + C::kCodes, x + (static_cast<size_t>(e) * chunks + c) * C::kX, C::kX, &full[s]);
+        bulk_copy(st + C::kCodes, x_tiles + (static_cast<size_t>(q) * chunks + c) * C::kX, C::kX, &full[s]);
       }
     }
     return;
@@ -164,7 +187,7 @@ __global__ void __launch_bounds__(128 * (WG + 1), 1)
   const int slab_row = warp * 16 + g;        // and in its warpgroup's slab
   int n = 0;
   for (int item = blockIdx.x; item < items; item += gridDim.x) {
-    const int e = item / tiles, tile = item % tiles;
+    const int q = item / tiles, tile = item % tiles, e = token_tiles.expert[q];
     float acc[R / 2];
 #pragma unroll
     for (int i = 0; i < R / 2; ++i) acc[i] = 0.0f;
@@ -217,15 +240,27 @@ __global__ void __launch_bounds__(128 * (WG + 1), 1)
       }
     }
     wgmma_wait<0>();
-    // acc[4q + 2h + i]: weight row row0 + 8h, token 8q + 2t + i.
+    // acc[4u + 2h + i]: h's column row0 + 8h of the tile (a weight row), token 8u + 2t + i. Row g's
+    // pair partner (g + 1: the linear half when g is even) is lane + 4's value.
+    const int rows = token_tiles.rows[q], row_begin = token_tiles.row[q];
+    const int col0 = tile * kTileRows + row0;
+    float b[2];
 #pragma unroll
-    for (int q = 0; q < R / 8; ++q)
+    for (int h = 0; h < 2; ++h) b[h] = __bfloat162float(bias[static_cast<size_t>(e) * N + col0 + 8 * h]);
+#pragma unroll
+    for (int u = 0; u < R / 8; ++u)
 #pragma unroll
       for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-          const int token = 8 * q + 2 * t + i, col = tile * kTileRows + row0 + 8 * h;
-          out[(static_cast<size_t>(e) * R + token) * N + col] = __float2bfloat16(acc[4 * q + 2 * h + i]);
+          const float v = acc[4 * u + 2 * h + i] + b[h];
+          const float linear = __shfl_down_sync(0xffffffffu, v, 4);
+          const int token = 8 * u + 2 * t + i;
+          if (g % 2 == 0 && token < rows) {
+            const float glu = fminf(v, limit), lin = fminf(fmaxf(linear, -limit), limit);
+            const float a = glu / (1.0f + __expf(-alpha * glu)) * (lin + 1.0f);
+            out[static_cast<size_t>(row_begin + token) * (N / 2) + (col0 + 8 * h) / 2] = __float2bfloat16(a);
+          }
         }
   }
   // The last chunk's stage: released so the ring's bookkeeping is whole (nothing waits on it).
@@ -240,122 +275,227 @@ float e2m1(int code) {
   return (code & 8 ? -1.0f : 1.0f) * mag[code & 7];
 }
 
+float bf16_value(const uint16_t b) {
+  __nv_bfloat16 v;
+  std::memcpy(&v, &b, 2);
+  return __bfloat162float(v);
+}
+
+// One routed layer's mlp1 (gpt-oss: k = 4, N = 2I = 5760, K = 2880), built once for every config.
+struct Layer {
+  int E, T, N, K;
+  int64_t P;
+  std::vector<uint8_t> code, scale;  // logical codes [E][N][K], scales [E][N][K/32]
+  std::vector<float> x;              // [T][K], bf16 values
+  std::vector<float> bias;           // [E][N], bf16 values
+  std::vector<int> offsets, gather;  // route()'s grouping
+  uint8_t *blocks_d, *ckpt_scales_d, *codes_d, *scales_d;
+  __nv_bfloat16 *x_d, *bias_d;
+  int *offsets_d, *gather_d;
+  uint8_t* workspace_d;
+  size_t workspace_bytes;
+  cudaStream_t stream;
+};
+
+constexpr float kAlpha = 1.702f, kLimit = 7.0f;
+const moekit::Device kDev{moekit::DeviceType::kCUDA, 0};
+
+Layer make_layer(int E, int T, int N, int K) {
+  Layer l{E, T, N, K, static_cast<int64_t>(T) * 4};
+  std::mt19937 rng(7);
+  l.code.resize(static_cast<size_t>(E) * N * K);
+  l.scale.resize(static_cast<size_t>(E) * N * (K / 32));
+  for (auto& v : l.code) v = rng() & 15;
+  for (auto& v : l.scale) v = static_cast<uint8_t>(119 + rng() % 4);
+  std::normal_distribution<float> normal;
+  std::vector<uint16_t> xb(static_cast<size_t>(T) * K), bb(static_cast<size_t>(E) * N);
+  l.x.resize(xb.size());
+  l.bias.resize(bb.size());
+  auto to_bf16 = [](float f, uint16_t& bits) {
+    const __nv_bfloat16 b = __float2bfloat16(f);
+    std::memcpy(&bits, &b, 2);
+    return __bfloat162float(b);
+  };
+  for (size_t i = 0; i < xb.size(); ++i) l.x[i] = to_bf16(normal(rng), xb[i]);
+  for (size_t i = 0; i < bb.size(); ++i) l.bias[i] = to_bf16(0.5f * normal(rng), bb[i]);
+  // Each token's 4 experts drawn without repeats; rows grouped by expert in token order.
+  std::vector<int> choice(l.P);
+  for (int t = 0; t < T; ++t) {
+    std::vector<int> experts(E);
+    for (int e = 0; e < E; ++e) experts[e] = e;
+    for (int j = 0; j < 4; ++j) {
+      std::swap(experts[j], experts[j + rng() % (E - j)]);
+      choice[t * 4 + j] = experts[j];
+    }
+  }
+  l.offsets.assign(E + 1, 0);
+  for (int e : choice) ++l.offsets[e + 1];
+  for (int e = 0; e < E; ++e) l.offsets[e + 1] += l.offsets[e];
+  std::vector<int> next(l.offsets.begin(), l.offsets.end() - 1);
+  l.gather.resize(l.P);
+  for (int64_t s = 0; s < l.P; ++s) l.gather[next[choice[s]]++] = static_cast<int>(s / 4);
+  std::vector<uint8_t> blocks(l.code.size() / 2);
+  for (size_t i = 0; i < blocks.size(); ++i) blocks[i] = static_cast<uint8_t>(l.code[2 * i] | (l.code[2 * i + 1] << 4));
+  l.blocks_d = upload(blocks);
+  l.ckpt_scales_d = upload(l.scale);
+  l.x_d = reinterpret_cast<__nv_bfloat16*>(upload(xb));
+  l.bias_d = reinterpret_cast<__nv_bfloat16*>(upload(bb));
+  l.offsets_d = upload(l.offsets);
+  l.gather_d = upload(l.gather);
+  CHECK(cudaStreamCreate(&l.stream));
+  const int64_t n_slabs = slabs::slabs(N), n_steps = slabs::steps(K);
+  CHECK(cudaMalloc(&l.codes_d, static_cast<size_t>(E) * n_slabs * n_steps * slabs::kCodeBytes));
+  CHECK(cudaMalloc(&l.scales_d, static_cast<size_t>(E) * n_slabs * n_steps * slabs::kScaleBytes));
+  moekit::repack_mxfp4(moekit::TensorView(l.blocks_d, moekit::DType::kUInt8, {E, N, K / 32, 16}, kDev),
+                       moekit::TensorView(l.ckpt_scales_d, moekit::DType::kUInt8, {E, N, K / 32}, kDev),
+                       moekit::TensorView(l.codes_d, moekit::DType::kUInt8, {E, n_slabs, n_steps, slabs::kCodeBytes}, kDev),
+                       moekit::TensorView(l.scales_d, moekit::DType::kUInt8, {E, n_slabs, n_steps, slabs::kScaleBytes}, kDev),
+                       moekit::ExecContext::on_stream(l.stream));
+  CHECK(cudaStreamSynchronize(l.stream));
+  return l;
+}
+
+// The library's matmul_ogs on the same layer (its own choice of config), writing out_d [P][N/2].
+moekit::MatmulOgsArgs library_args(const Layer& l, __nv_bfloat16* out_d) {
+  moekit::MatmulOgsArgs a;
+  a.x = moekit::TensorView(l.x_d, moekit::DType::kBFloat16, {l.T, l.K}, kDev);
+  a.w.values = moekit::TensorView(l.blocks_d, moekit::DType::kUInt8, {l.E, l.N, l.K / 32, 16}, kDev);
+  a.w.scales = moekit::TensorView(l.ckpt_scales_d, moekit::DType::kUInt8, {l.E, l.N, l.K / 32}, kDev);
+  a.bias = moekit::TensorView(l.bias_d, moekit::DType::kBFloat16, {l.E, l.N}, kDev);
+  a.expert_offsets = moekit::TensorView(l.offsets_d, moekit::DType::kInt32, {l.E + 1}, kDev);
+  a.gather_idx = moekit::TensorView(l.gather_d, moekit::DType::kInt32, {l.P}, kDev);
+  a.swiglu = {true, kAlpha, kLimit};
+  a.out = moekit::TensorView(out_d, moekit::DType::kBFloat16, {l.P, l.N / 2}, kDev);
+  return a;
+}
+
+// The largest |got - want| over 2000 sampled outputs, relative to the samples' RMS.
+double sampled_error(const Layer& l, const std::vector<uint16_t>& out) {
+  std::mt19937 rng(11);
+  std::vector<double> want(2000), got(2000);
+  double rms = 0;
+  for (int i = 0; i < 2000; ++i) {
+    const int64_t p = rng() % l.P;
+    const int j = rng() % (l.N / 2);
+    int e = 0;
+    while (l.offsets[e + 1] <= p) ++e;
+    double h[2];
+    for (int c = 0; c < 2; ++c) {
+      const int64_t n = 2 * j + c;
+      double sum = l.bias[static_cast<size_t>(e) * l.N + n];
+      for (int k = 0; k < l.K; ++k) {
+        sum += e2m1(l.code[(static_cast<size_t>(e) * l.N + n) * l.K + k]) *
+               std::ldexp(1.0, l.scale[(static_cast<size_t>(e) * l.N + n) * (l.K / 32) + k / 32] - 127) *
+               l.x[static_cast<size_t>(l.gather[p]) * l.K + k];
+      }
+      h[c] = sum;
+    }
+    const double glu = std::min(h[0], double(kLimit)), lin = std::clamp(h[1], -double(kLimit), double(kLimit));
+    want[i] = glu / (1.0 + std::exp(-kAlpha * glu)) * (lin + 1.0);
+    got[i] = bf16_value(out[p * (l.N / 2) + j]);
+    rms += want[i] * want[i];
+  }
+  rms = std::sqrt(rms / 2000);
+  double worst = 0;
+  for (int i = 0; i < 2000; ++i) worst = std::max(worst, std::fabs(got[i] - want[i]) / rms);
+  return worst;
+}
+
 template <int R, int KS, int S, int WG, bool PF>
-void run(int E, int N, int K, int sms) {
+void run(const Layer& l, int sms, float library_us) {
   using C = Chunk<R, KS, WG>;
-  if (K % (kStepK * KS) != 0 || N % (64 * WG) != 0) {
+  if (l.K % (kStepK * KS) != 0 || l.N % (64 * WG) != 0) {
     std::printf("R=%d KS=%d WG=%d: K %% %d or N %% %d != 0, skipped\n", R, KS, WG, kStepK * KS, 64 * WG);
     return;
   }
-  const int chunks = K / (kStepK * KS);
-  std::mt19937 rng(7);
-  // Logical codes [E][N][K] (4 bits), scales [E][N][K/32], x [E][R][K].
-  std::vector<uint8_t> code(static_cast<size_t>(E) * N * K), scale(static_cast<size_t>(E) * N * (K / 32));
-  for (auto& v : code) v = rng() & 15;
-  for (auto& v : scale) v = static_cast<uint8_t>(119 + rng() % 6);
-  std::vector<float> xf(static_cast<size_t>(E) * R * K);
-  std::vector<uint16_t> xb(xf.size());
-  std::normal_distribution<float> normal;
-  for (size_t i = 0; i < xf.size(); ++i) {
-    const __nv_bfloat16 b = __float2bfloat16(normal(rng));
-    xf[i] = __bfloat162float(b);
-    std::memcpy(&xb[i], &b, 2);
+  const int chunks = l.K / (kStepK * KS);
+  std::vector<int> tile_expert, tile_row, tile_rows;
+  for (int e = 0; e < l.E; ++e) {
+    for (int r = l.offsets[e]; r < l.offsets[e + 1]; r += R) {
+      tile_expert.push_back(e);
+      tile_row.push_back(r);
+      tile_rows.push_back(std::min(R, l.offsets[e + 1] - r));
+    }
   }
-  // The checkpoint layout, repacked on the device by the library (repack_mxfp4).
-  std::vector<uint8_t> blocks(code.size() / 2);
-  for (size_t i = 0; i < blocks.size(); ++i) blocks[i] = static_cast<uint8_t>(code[2 * i] | (code[2 * i + 1] << 4));
-  uint8_t* blocks_d = upload(blocks);
-  uint8_t* ckpt_scales_d = upload(scale);
-  const int64_t n_slabs = slabs::slabs(N), n_steps = slabs::steps(K);
-  uint8_t *codes_d = nullptr, *scales_d = nullptr;
-  CHECK(cudaMalloc(&codes_d, static_cast<size_t>(E) * n_slabs * n_steps * slabs::kCodeBytes));
-  CHECK(cudaMalloc(&scales_d, static_cast<size_t>(E) * n_slabs * n_steps * slabs::kScaleBytes));
-  const moekit::Device dev{moekit::DeviceType::kCUDA, 0};
-  cudaStream_t stream;
-  CHECK(cudaStreamCreate(&stream));
-  moekit::repack_mxfp4(moekit::TensorView(blocks_d, moekit::DType::kUInt8, {E, N, K / 32, 16}, dev),
-                       moekit::TensorView(ckpt_scales_d, moekit::DType::kUInt8, {E, N, K / 32}, dev),
-                       moekit::TensorView(codes_d, moekit::DType::kUInt8, {E, n_slabs, n_steps, slabs::kCodeBytes}, dev),
-                       moekit::TensorView(scales_d, moekit::DType::kUInt8, {E, n_slabs, n_steps, slabs::kScaleBytes}, dev),
-                       moekit::ExecContext::on_stream(stream));
-  CHECK(cudaStreamSynchronize(stream));
-  CHECK(cudaFree(blocks_d));
-  CHECK(cudaFree(ckpt_scales_d));
-  // x: per (expert, chunk, step) R rows of 128 bytes, 16-byte piece p of row r at p ^ (r % 8).
-  std::vector<uint8_t> packed_x(static_cast<size_t>(E) * chunks * C::kX);
-  for (int e = 0; e < E; ++e)
-    for (int c = 0; c < chunks; ++c)
-      for (int ks = 0; ks < KS; ++ks)
-        for (int r = 0; r < R; ++r)
-          for (int p = 0; p < 8; ++p) {
-            const size_t dst = (static_cast<size_t>(e) * chunks + c) * C::kX + ks * R * 128 +
-                               r * 128 + ((p ^ (r % 8)) * 16);
-            const size_t src = (static_cast<size_t>(e) * R + r) * K + (c * KS + ks) * kStepK + 8 * p;
-            std::memcpy(&packed_x[dst], &xb[src], 16);
-          }
-  uint8_t* x_d = upload(packed_x);
+  const int Q = static_cast<int>(tile_expert.size());
+  int* te = upload(tile_expert);
+  int* tr = upload(tile_row);
+  int* tn = upload(tile_rows);
+  const TokenTiles tiles{te, tr, tn, Q};
+  uint8_t* x_tiles = nullptr;
+  CHECK(cudaMalloc(&x_tiles, std::max<size_t>(16, static_cast<size_t>(Q) * chunks * C::kX)));
   __nv_bfloat16* out_d = nullptr;
-  CHECK(cudaMalloc(&out_d, static_cast<size_t>(E) * R * N * 2));
+  CHECK(cudaMalloc(&out_d, static_cast<size_t>(l.P) * (l.N / 2) * 2));
+  CHECK(cudaMemset(out_d, 0xff, static_cast<size_t>(l.P) * (l.N / 2) * 2));  // NaNs where nothing is written
   constexpr int smem = S * C::kStage + 1024;
   auto kernel = swapab_kernel<R, KS, S, WG, PF>;
   constexpr int kThreads = 128 * (WG + 1);
   CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  kernel<<<sms, kThreads, smem, stream>>>(codes_d, scales_d, x_d, out_d, E, N, chunks);
-  CHECK(cudaStreamSynchronize(stream));
+  auto stage = [&] {
+    stage_tokens_kernel<R, KS><<<4 * sms, 256, 0, l.stream>>>(l.x_d, l.gather_d, tiles, l.K, x_tiles);
+  };
+  auto loop = [&] {
+    kernel<<<sms, kThreads, smem, l.stream>>>(l.codes_d, l.scales_d, x_tiles, l.bias_d, tiles, out_d, l.N, chunks,
+                                              kAlpha, kLimit);
+  };
+  stage();
+  loop();
+  CHECK(cudaStreamSynchronize(l.stream));
   CHECK(cudaGetLastError());
-  std::vector<uint16_t> out(static_cast<size_t>(E) * R * N);
+  std::vector<uint16_t> out(static_cast<size_t>(l.P) * (l.N / 2));
   CHECK(cudaMemcpy(out.data(), out_d, out.size() * 2, cudaMemcpyDeviceToHost));
-  double worst = 0;
-  for (int sample = 0; sample < 2000; ++sample) {
-    const int e = rng() % E, r = rng() % R, n = rng() % N;
-    double want = 0, size = 0;
-    for (int k = 0; k < K; ++k) {
-      const double w = e2m1(code[(static_cast<size_t>(e) * N + n) * K + k]) *
-                       std::ldexp(1.0, scale[(static_cast<size_t>(e) * N + n) * (K / 32) + k / 32] - 127);
-      want += w * xf[(static_cast<size_t>(e) * R + r) * K + k];
-      size += std::fabs(w * xf[(static_cast<size_t>(e) * R + r) * K + k]);
-    }
-    __nv_bfloat16 got_b;
-    std::memcpy(&got_b, &out[(static_cast<size_t>(e) * R + r) * N + n], 2);
-    worst = std::max(worst, std::fabs(__bfloat162float(got_b) - want) / (size + 1e-30));
-  }
-  const float us = graph_us_per_call(stream, 20, [&](int) {
-    kernel<<<sms, kThreads, smem, stream>>>(codes_d, scales_d, x_d, out_d, E, N, chunks);
+  const double err = sampled_error(l, out);
+  const float stage_us = graph_us_per_call(l.stream, 20, [&](int) { stage(); });
+  const float loop_us = graph_us_per_call(l.stream, 20, [&](int) { loop(); });
+  const float both_us = graph_us_per_call(l.stream, 20, [&](int) {
+    stage();
+    loop();
   });
-  const double weight_bytes = static_cast<double>(E) * N * K * (0.5 + 1.0 / 32);
-  std::printf("R=%3d KS=%d S=%d WG=%d PF=%d smem %3d KB: %8.1f us  %5.2f TB/s of weights  %6.1f TFLOP/s  worst |err|/sum|terms| %.1e%s\n",
-              R, KS, S, WG, PF ? 1 : 0, smem / 1024, us, weight_bytes / us / 1e6, 2.0 * E * R * N * K / us / 1e6, worst,
-              worst < 8e-3 ? "" : "  WRONG");
-  CHECK(cudaFree(codes_d));
-  CHECK(cudaFree(scales_d));
-  CHECK(cudaFree(x_d));
-  CHECK(cudaFree(out_d));
-  CHECK(cudaStreamDestroy(stream));
+  std::printf("R=%3d KS=%d S=%d WG=%d PF=%d (%4d token tiles, smem %3d KB): staging %6.1f + loop %7.1f = %7.1f us, "
+              "library / probe %.2f, max error %.1e of RMS%s\n",
+              R, KS, S, WG, PF ? 1 : 0, Q, smem / 1024, stage_us, loop_us, both_us, library_us / both_us, err,
+              err < 2e-2 ? "" : "  WRONG");
+  for (void* p : {static_cast<void*>(te), static_cast<void*>(tr), static_cast<void*>(tn), static_cast<void*>(x_tiles),
+                  static_cast<void*>(out_d)}) {
+    CHECK(cudaFree(p));
+  }
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int E = argc > 1 ? std::atoi(argv[1]) : 32, N = argc > 2 ? std::atoi(argv[2]) : 5760,
-            K = argc > 3 ? std::atoi(argv[3]) : 2880;
+  const int E = argc > 1 ? std::atoi(argv[1]) : 32, T = argc > 2 ? std::atoi(argv[2]) : 512;
+  constexpr int N = 5760, K = 2880;
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("%s, E=%d N=%d K=%d, %d blocks\n", prop.name, E, N, K, prop.multiProcessorCount);
   const int sms = prop.multiProcessorCount;
+  Layer l = make_layer(E, T, N, K);
+  __nv_bfloat16* lib_out = nullptr;
+  CHECK(cudaMalloc(&lib_out, static_cast<size_t>(l.P) * (N / 2) * 2));
+  moekit::MatmulOgsArgs a = library_args(l, lib_out);
+  const size_t ws_bytes = moekit::matmul_ogs_workspace_size(a);
+  uint8_t* ws = nullptr;
+  CHECK(cudaMalloc(&ws, std::max<size_t>(16, ws_bytes)));
+  a.workspace = moekit::TensorView(ws, moekit::DType::kUInt8, {static_cast<int64_t>(ws_bytes)}, kDev);
+  const moekit::ExecContext ctx = moekit::ExecContext::on_stream(l.stream);
+  moekit::matmul_ogs(a, ctx);
+  CHECK(cudaStreamSynchronize(l.stream));
+  std::vector<uint16_t> lib(static_cast<size_t>(l.P) * (N / 2));
+  CHECK(cudaMemcpy(lib.data(), lib_out, lib.size() * 2, cudaMemcpyDeviceToHost));
+  const float library_us = graph_us_per_call(l.stream, 20, [&](int) { moekit::matmul_ogs(a, ctx); });
+  std::printf("%s: mlp1 E=%d T=%d (P=%lld rows, N=%d, K=%d), routed at random; the library's matmul_ogs %.1f us, "
+              "max error %.1e of RMS\n", prop.name, E, T, static_cast<long long>(l.P), N, K, library_us,
+              sampled_error(l, lib));
   // Two consumer warpgroups, loads right before their decode (the first probe's loop), then loads
-  // a step ahead, then three consumer warpgroups (192 rows a tile), both ways.
-  run<8, 5, 8, 2, true>(E, N, K, sms);
-  run<16, 5, 6, 2, false>(E, N, K, sms);
-  run<16, 5, 6, 2, true>(E, N, K, sms);
-  run<16, 5, 5, 3, false>(E, N, K, sms);
-  run<16, 5, 5, 3, true>(E, N, K, sms);
-  run<32, 5, 4, 2, false>(E, N, K, sms);
-  run<32, 5, 4, 2, true>(E, N, K, sms);
-  run<32, 5, 4, 3, true>(E, N, K, sms);
-  run<64, 5, 3, 2, false>(E, N, K, sms);
-  run<64, 5, 3, 2, true>(E, N, K, sms);
-  run<64, 5, 3, 3, true>(E, N, K, sms);
-  run<128, 3, 3, 2, false>(E, N, K, sms);
-  run<128, 3, 3, 2, true>(E, N, K, sms);
+  // a step ahead, then three consumer warpgroups (192 rows a tile).
+  run<16, 5, 6, 2, false>(l, sms, library_us);
+  run<16, 5, 6, 2, true>(l, sms, library_us);
+  run<16, 5, 5, 3, true>(l, sms, library_us);
+  run<32, 5, 4, 2, false>(l, sms, library_us);
+  run<32, 5, 4, 2, true>(l, sms, library_us);
+  run<32, 5, 4, 3, true>(l, sms, library_us);
+  run<64, 5, 3, 2, true>(l, sms, library_us);
+  run<64, 5, 3, 3, true>(l, sms, library_us);
+  run<128, 3, 3, 2, true>(l, sms, library_us);
   return 0;
 }
