@@ -6,8 +6,8 @@
 //       build/python/libmoekit.a -L /usr/local/cuda/lib64 -lcudart -lpthread -o build/mb/matmul_ogs_configs
 //   build/mb/matmul_ogs_configs [--experts 32] [--tokens 512] [--mlp 1|2] [--configs wgmma128,stream32]
 //
-// Routing: each token's k = 4 experts drawn uniformly without repeats (seeded), grouped by expert
-// as route() groups them. Weights: random MXFP4 codes with scales around 2^-4 (several copies
+// Routing: each token's k = 4 experts drawn uniformly without repeats (seeded, random_routing.h),
+// grouped by expert as route() groups them. Weights: random MXFP4 codes with scales around 2^-4 (several copies
 // when one would fit in L2, each call of the graph reading the next). Each config: the median
 // time per call of a CUDA graph of 20 calls, the routed experts' weight bytes per second, the
 // useful FLOP/s (2 P N K), and the largest difference from the first config's output relative to
@@ -25,22 +25,11 @@
 #include "graph_timing.h"
 #include "moekit/error.h"
 #include "moekit/ops.h"
+#include "random_routing.h"
 
 namespace {
 
 constexpr int kHidden = 2880, kIntermediate = 2880, kTopK = 4;
-
-uint16_t bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return static_cast<uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-}
-float bf16_value(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 template <class T>
 T* device_buffer(size_t n) {
@@ -82,26 +71,9 @@ int main(int argc, char** argv) {
   const int64_t M = mlp == 1 ? T : P;  // x's rows: tokens (gathered) or expert-grouped slots
   const int64_t out_rows = mlp == 1 ? P : T, out_cols = mlp == 1 ? N / 2 : N;
 
-  // Routing, grouped by expert (stable in token order).
   std::mt19937 rng(1234);
-  std::vector<int32_t> choice(P);
-  for (int t = 0; t < T; ++t) {
-    std::vector<int32_t> experts(E);
-    for (int e = 0; e < E; ++e) experts[e] = e;
-    for (int j = 0; j < kTopK; ++j) {
-      std::swap(experts[j], experts[j + rng() % (E - j)]);
-      choice[t * kTopK + j] = experts[j];
-    }
-  }
-  std::vector<int32_t> offsets(E + 1, 0), gather(P), scatter(P);
-  for (int32_t e : choice) ++offsets[e + 1];
-  for (int e = 0; e < E; ++e) offsets[e + 1] += offsets[e];
-  std::vector<int32_t> next(offsets.begin(), offsets.end() - 1);
-  for (int64_t s = 0; s < P; ++s) {
-    const int32_t row = next[choice[s]]++;
-    gather[row] = static_cast<int32_t>(s / kTopK);
-    scatter[s] = row;
-  }
+  const RandomRouting routing = random_routing(T, E, kTopK, rng);
+  const std::vector<int32_t>&offsets = routing.offsets, &gather = routing.gather, &scatter = routing.scatter;
   int used = 0;
   for (int e = 0; e < E; ++e) used += offsets[e + 1] > offsets[e];
 

@@ -38,6 +38,7 @@
 #include "cuda/kernels/quant/e2m1_bf16.cuh"
 #include "graph_timing.h"
 #include "moekit/ops.h"
+#include "random_routing.h"
 
 using namespace moekit::cuda;
 
@@ -275,12 +276,6 @@ float e2m1(int code) {
   return (code & 8 ? -1.0f : 1.0f) * mag[code & 7];
 }
 
-float bf16_value(const uint16_t b) {
-  __nv_bfloat16 v;
-  std::memcpy(&v, &b, 2);
-  return __bfloat162float(v);
-}
-
 // One routed layer's mlp1 (gpt-oss: k = 4, N = 2I = 5760, K = 2880), built once for every config.
 struct Layer {
   int E, T, N, K;
@@ -288,10 +283,10 @@ struct Layer {
   std::vector<uint8_t> code, scale;  // logical codes [E][N][K], scales [E][N][K/32]
   std::vector<float> x;              // [T][K], bf16 values
   std::vector<float> bias;           // [E][N], bf16 values
-  std::vector<int> offsets, gather;  // route()'s grouping
+  std::vector<int32_t> offsets, gather;  // random_routing()'s grouping
   uint8_t *blocks_d, *ckpt_scales_d, *codes_d, *scales_d;
   __nv_bfloat16 *x_d, *bias_d;
-  int *offsets_d, *gather_d;
+  int32_t *offsets_d, *gather_d;
   uint8_t* workspace_d;
   size_t workspace_bytes;
   cudaStream_t stream;
@@ -311,29 +306,11 @@ Layer make_layer(int E, int T, int N, int K) {
   std::vector<uint16_t> xb(static_cast<size_t>(T) * K), bb(static_cast<size_t>(E) * N);
   l.x.resize(xb.size());
   l.bias.resize(bb.size());
-  auto to_bf16 = [](float f, uint16_t& bits) {
-    const __nv_bfloat16 b = __float2bfloat16(f);
-    std::memcpy(&bits, &b, 2);
-    return __bfloat162float(b);
-  };
-  for (size_t i = 0; i < xb.size(); ++i) l.x[i] = to_bf16(normal(rng), xb[i]);
-  for (size_t i = 0; i < bb.size(); ++i) l.bias[i] = to_bf16(0.5f * normal(rng), bb[i]);
-  // Each token's 4 experts drawn without repeats; rows grouped by expert in token order.
-  std::vector<int> choice(l.P);
-  for (int t = 0; t < T; ++t) {
-    std::vector<int> experts(E);
-    for (int e = 0; e < E; ++e) experts[e] = e;
-    for (int j = 0; j < 4; ++j) {
-      std::swap(experts[j], experts[j + rng() % (E - j)]);
-      choice[t * 4 + j] = experts[j];
-    }
-  }
-  l.offsets.assign(E + 1, 0);
-  for (int e : choice) ++l.offsets[e + 1];
-  for (int e = 0; e < E; ++e) l.offsets[e + 1] += l.offsets[e];
-  std::vector<int> next(l.offsets.begin(), l.offsets.end() - 1);
-  l.gather.resize(l.P);
-  for (int64_t s = 0; s < l.P; ++s) l.gather[next[choice[s]]++] = static_cast<int>(s / 4);
+  for (size_t i = 0; i < xb.size(); ++i) l.x[i] = bf16_value(xb[i] = bf16_bits(normal(rng)));
+  for (size_t i = 0; i < bb.size(); ++i) l.bias[i] = bf16_value(bb[i] = bf16_bits(0.5f * normal(rng)));
+  RandomRouting routing = random_routing(T, E, 4, rng);
+  l.offsets = std::move(routing.offsets);
+  l.gather = std::move(routing.gather);
   std::vector<uint8_t> blocks(l.code.size() / 2);
   for (size_t i = 0; i < blocks.size(); ++i) blocks[i] = static_cast<uint8_t>(l.code[2 * i] | (l.code[2 * i + 1] << 4));
   l.blocks_d = upload(blocks);
