@@ -6,7 +6,8 @@
 //       build/python/libmoekit.a -L /usr/local/cuda/lib64 -lcudart -lpthread -o build/mb/matmul_ogs_configs
 //   build/mb/matmul_ogs_configs [--experts 32] [--tokens 512] [--mlp 1|2] [--configs wgmma128,stream32]
 //
-// Routing: each token's k = 4 experts drawn uniformly without repeats (seeded, random_routing.h),
+// Every call carries the weights in both layouts (checkpoint, and repack_mxfp4's for the swap-AB
+// configs). Routing: each token's k = 4 experts drawn uniformly without repeats (seeded, random_routing.h),
 // grouped by expert as route() groups them. Weights: random MXFP4 codes with scales around 2^-4 (several copies
 // when one would fit in L2, each call of the graph reading the next). Each config: the median
 // time per call of a CUDA graph of 20 calls, the routed experts' weight bytes per second, the
@@ -54,7 +55,7 @@ std::vector<std::string> split(const std::string& s) {
 
 int main(int argc, char** argv) {
   int E = 32, T = 512, mlp = 1;
-  std::string configs = "simt,stream8,stream16,stream32,tiled64,wgmma128";
+  std::string configs = "simt,stream8,stream16,stream32,tiled64,wgmma128,swapab16,swapab32,swapab64,swapab128";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     if (flag == "--experts") E = std::atoi(argv[i + 1]);
@@ -94,6 +95,18 @@ int main(int argc, char** argv) {
     codes_d[c] = upload(codes);
     scales_d[c] = upload(scales);
   }
+  // Each copy also repacked (repack_mxfp4), which the swap-AB configs read; every call carries both.
+  const moekit::Device dev{moekit::DeviceType::kCUDA, 0};
+  const int64_t n_slabs = (N + 63) / 64, n_steps = (K + 63) / 64;
+  std::vector<uint8_t*> slab_codes_d(copies), slab_scales_d(copies);
+  for (int c = 0; c < copies; ++c) {
+    slab_codes_d[c] = device_buffer<uint8_t>(static_cast<size_t>(E) * n_slabs * n_steps * 2048);
+    slab_scales_d[c] = device_buffer<uint8_t>(static_cast<size_t>(E) * n_slabs * n_steps * 128);
+    moekit::repack_mxfp4(moekit::TensorView(codes_d[c], moekit::DType::kUInt8, {E, N, K / 32, 16}, dev),
+                         moekit::TensorView(scales_d[c], moekit::DType::kUInt8, {E, N, K / 32}, dev),
+                         moekit::TensorView(slab_codes_d[c], moekit::DType::kUInt8, {E, n_slabs, n_steps, 2048}, dev),
+                         moekit::TensorView(slab_scales_d[c], moekit::DType::kUInt8, {E, n_slabs, n_steps, 128}, dev));
+  }
   uint16_t* x_d = upload(x);
   uint16_t* bias_d = upload(bias);
   int32_t* offsets_d = upload(offsets);
@@ -102,12 +115,13 @@ int main(int argc, char** argv) {
   float* combine_d = upload(combine);
   uint16_t* out_d = device_buffer<uint16_t>(out_rows * out_cols);
 
-  const moekit::Device dev{moekit::DeviceType::kCUDA, 0};
   auto args_for = [&](int c) {
     moekit::MatmulOgsArgs a;
     a.x = moekit::TensorView(x_d, moekit::DType::kBFloat16, {M, K}, dev);
     a.w.values = moekit::TensorView(codes_d[c], moekit::DType::kUInt8, {E, N, K / 32, 16}, dev);
     a.w.scales = moekit::TensorView(scales_d[c], moekit::DType::kUInt8, {E, N, K / 32}, dev);
+    a.w.slab_codes = moekit::TensorView(slab_codes_d[c], moekit::DType::kUInt8, {E, n_slabs, n_steps, 2048}, dev);
+    a.w.slab_scales = moekit::TensorView(slab_scales_d[c], moekit::DType::kUInt8, {E, n_slabs, n_steps, 128}, dev);
     a.bias = moekit::TensorView(bias_d, moekit::DType::kBFloat16, {E, N}, dev);
     a.expert_offsets = moekit::TensorView(offsets_d, moekit::DType::kInt32, {E + 1}, dev);
     if (mlp == 1) {

@@ -1,5 +1,5 @@
-// What the C++ layer benchmarks in bench/ share: bf16 bits on the host, and a random routing grouped
-// as route() groups it.
+// bf16 bits on the host, and a random routing grouped as route() groups it, for the C++ layer
+// benchmarks in bench/.
 #pragma once
 
 #include <cstdint>

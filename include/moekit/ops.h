@@ -11,11 +11,16 @@ namespace moekit {
 
 // Expert weights [E, N, K]: either float (values f32/bf16 [E, N, K], scales absent) or
 // MXFP4 in the gpt-oss checkpoint layout (values uint8 [E, N, K/32, 16], two e2m1 codes per
-// byte, low nibble = even element; scales uint8 e8m0 [E, N, K/32]).
+// byte, low nibble = even element; scales uint8 e8m0 [E, N, K/32]). MXFP4 weights may also
+// carry their repack_mxfp4 (below) output, slab_codes and slab_scales, which matmul_ogs's
+// swap-AB kernels read (the caller's promise: the same weights; moe_mlp takes none yet).
 struct ExpertWeights {
   TensorView values;
   TensorView scales;
+  TensorView slab_codes;   // optional u8 [E, ceil(N/64), ceil(K/64), 2048]
+  TensorView slab_scales;  // u8 [E, ceil(N/64), ceil(K/64), 128], with slab_codes
   bool is_mxfp4() const { return scales.present(); }
+  bool has_slabs() const { return slab_codes.present() || slab_scales.present(); }
 };
 
 struct Swiglu {

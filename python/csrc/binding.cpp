@@ -251,11 +251,14 @@ moekit::MatmulOgsArgs matmul_ogs_args(const char* op, const Tensor& x, const Ten
 Tensor matmul_ogs(const Tensor& x, const Tensor& w, const OptTensor& w_scales, const OptTensor& bias,
                   const OptTensor& expert_offsets, const OptTensor& gather_idx, const OptTensor& scatter_idx,
                   const OptTensor& combine_weight, bool swiglu, double swiglu_alpha, double swiglu_limit,
-                  std::optional<at::ScalarType> out_dtype, const std::optional<std::string>& config) {
+                  std::optional<at::ScalarType> out_dtype, const std::optional<std::string>& config,
+                  const OptTensor& w_codes, const OptTensor& w_slab_scales) {
   return translate_errors([&] {
     const char* op = "matmul_ogs";
     moekit::MatmulOgsArgs a = matmul_ogs_args(op, x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx,
                                               combine_weight, swiglu, swiglu_alpha, swiglu_limit);
+    a.w.slab_codes = view(op, "w_codes", w_codes);
+    a.w.slab_scales = view(op, "w_slab_scales", w_slab_scales);
     const moekit::MatmulOgsProblem p = moekit::check_matmul_ogs_inputs(a);
     const at::ScalarType dtype = out_dtype.value_or(x.scalar_type());
     if (dtype != x.scalar_type() && dtype != at::kFloat) {
@@ -501,7 +504,8 @@ TORCH_LIBRARY(moekit, m) {
         "Tensor expert_offsets, Tensor gather_idx, Tensor scatter_idx)");
   m.def("matmul_ogs(Tensor x, Tensor w, Tensor? w_scales, Tensor? bias, Tensor? expert_offsets, "
         "Tensor? gather_idx, Tensor? scatter_idx, Tensor? combine_weight, bool swiglu, float swiglu_alpha, "
-        "float swiglu_limit, ScalarType? out_dtype=None, str? config=None) -> Tensor");
+        "float swiglu_limit, ScalarType? out_dtype=None, str? config=None, Tensor? w_codes=None, "
+        "Tensor? w_slab_scales=None) -> Tensor");
   m.def("matmul_ogs_backward(Tensor grad_out, Tensor x, Tensor w, Tensor? w_scales, Tensor? bias, "
         "Tensor? expert_offsets, Tensor? gather_idx, Tensor? scatter_idx, Tensor? combine_weight, bool swiglu, "
         "float swiglu_alpha, float swiglu_limit, bool[3] output_mask=[True, True, True]) -> (Tensor grad_x, "

@@ -43,7 +43,7 @@ def _matmul_ogs_backward(ctx, grad):
         grad.contiguous(), x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx, combine_weight, *ctx.swiglu,
         [needs[0], needs[3], needs[7]])
     return (grad_x if needs[0] else None, None, None, grad_bias if needs[3] else None, None, None, None,
-            grad_combine_weight if needs[7] else None, None, None, None, None, None)
+            grad_combine_weight if needs[7] else None, None, None, None, None, None, None, None)
 
 
 torch.library.register_autograd("moekit::matmul_ogs", _matmul_ogs_backward, setup_context=_matmul_ogs_setup_context)

@@ -89,9 +89,9 @@ def _route(logits, k):
 
 @torch.library.register_fake("moekit::matmul_ogs")
 def _matmul_ogs(x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx, combine_weight,
-                swiglu, swiglu_alpha, swiglu_limit, out_dtype=None, config=None):
+                swiglu, swiglu_alpha, swiglu_limit, out_dtype=None, config=None, w_codes=None, w_slab_scales=None):
     _check(torch.ops.moekit.matmul_ogs.default, x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx,
-           combine_weight, swiglu, swiglu_alpha, swiglu_limit, out_dtype, config)
+           combine_weight, swiglu, swiglu_alpha, swiglu_limit, out_dtype, config, w_codes, w_slab_scales)
     rows = scatter_idx.shape[0] if scatter_idx is not None else (
         gather_idx.shape[0] if gather_idx is not None else x.shape[0])
     n = w.shape[1]

@@ -11,7 +11,8 @@ import torch
 
 from moekit import _autograd
 
-Weights = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+# A float tensor, an MXFP4 (blocks, scales) pair, or (matmul_ogs) (blocks, scales, codes, slab_scales).
+Weights = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
 
 
 class Routing(NamedTuple):
@@ -67,17 +68,22 @@ def _normalize_axis(op: str, axis: int, ndim: int) -> int:
     return axis % ndim
 
 
-def _split_weights(op: str, arg: str, w: Weights) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """A float tensor, or an MXFP4 (blocks, scales) pair in the checkpoint layout."""
+def _split_weights(op: str, arg: str, w: Weights, slabs: bool = False) -> Tuple[Optional[torch.Tensor], ...]:
+    """A float tensor, or an MXFP4 (blocks, scales) pair in the checkpoint layout; with ``slabs``
+    (matmul_ogs), also (blocks, scales, codes, slab_scales), the last two :func:`repack_mxfp4`'s.
+    Returns (values, scales), with slabs (values, scales, codes, slab_scales)."""
+    names = ("blocks", "scales", "codes", "slab_scales")
     if isinstance(w, (tuple, list)):
-        if len(w) != 2:
-            raise ValueError(f"moekit.{op}: '{arg}' expected a tensor or a (blocks, scales) pair, "
-                             f"got a sequence of {len(w)}")
-        _require_tensor(op, f"{arg}[0] (blocks)", w[0])
-        _require_tensor(op, f"{arg}[1] (scales)", w[1])
-        return w[0], w[1]
-    _require_tensor(op, arg, w)
-    return w, None
+        if len(w) != 2 and not (slabs and len(w) == 4):
+            what = "a (blocks, scales) pair or (blocks, scales, codes, slab_scales)" if slabs else "a (blocks, scales) pair"
+            raise ValueError(f"moekit.{op}: '{arg}' expected a tensor or {what}, got a sequence of {len(w)}")
+        for i, t in enumerate(w):
+            _require_tensor(op, f"{arg}[{i}] ({names[i]})", t)
+        parts = tuple(w)
+    else:
+        _require_tensor(op, arg, w)
+        parts = (w, None)
+    return parts + (None, None) if slabs and len(parts) == 2 else parts
 
 
 def quantize_mxfp4(w: torch.Tensor, axis: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -144,7 +150,8 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
     Row p of the problem reads ``x[gather_idx[p]]`` (or ``x[p]``) and belongs to expert e
     where ``expert_offsets[e] <= p < expert_offsets[e+1]``; ``h[p] = row @ w[e].T + bias[e]``
     with fp32 accumulation. ``w`` is float [E, N, K] or an MXFP4 pair ([E, N, K/32, 16],
-    [E, N, K/32]). ``swiglu=(alpha, limit)`` turns h's interleaved (glu, linear) column pairs
+    [E, N, K/32]), optionally with its :func:`repack_mxfp4` output as (blocks, scales, codes,
+    slab_scales): the weights the swap-AB kernels (``config="swapab64"``...) read. ``swiglu=(alpha, limit)`` turns h's interleaved (glu, linear) column pairs
     into SwiGLU (N/2 columns). With ``scatter_idx`` [T, k] the output row t is
     ``sum_j combine_weight[t, j] * h[scatter_idx[t, j]]``. The output has x's dtype, or
     ``out_dtype`` (float32: the fp32 result unrounded). ``config`` forces the CUDA kernel it
@@ -155,7 +162,7 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
     the weights frozen: float weights that require grad are refused.
     """
     _require_tensor("matmul_ogs", "x", x)
-    values, scales = _split_weights("matmul_ogs", "w", w)
+    values, scales, codes, slab_scales = _split_weights("matmul_ogs", "w", w, slabs=True)
     for name, value in (("bias", bias), ("expert_offsets", expert_offsets), ("gather_idx", gather_idx),
                         ("scatter_idx", scatter_idx), ("combine_weight", combine_weight)):
         _require_tensor("matmul_ogs", name, value, optional=True)
@@ -165,7 +172,8 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
     alpha = _require_float("matmul_ogs", "swiglu_alpha", alpha)
     limit = _require_float("matmul_ogs", "swiglu_limit", limit)
     return torch.ops.moekit.matmul_ogs(x, values, scales, bias, expert_offsets, gather_idx, scatter_idx,
-                                       combine_weight, swiglu is not None, alpha, limit, out_dtype, config)
+                                       combine_weight, swiglu is not None, alpha, limit, out_dtype, config, codes,
+                                       slab_scales)
 
 
 def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torch.Tensor],

@@ -14,6 +14,7 @@ namespace moekit {
 // 99 KB or more).
 constexpr int kTiledSharedMemoryBytes = 72 * 1024;
 constexpr int kWgmmaSharedMemoryBytes = 113 * 1024;
+constexpr int kSwapabSharedMemoryBytes = 207 * 1024;  // the swap-AB kernels' rings (the largest: 128 rows)
 // Rows from which the gate (bf16 weights, at most 256 columns) takes 32-token streaming items.
 constexpr int64_t kGateTallRows = 4096;
 // Rows of x up to which one dense bf16 weight (a decode step's projections) takes the GEMV.
@@ -50,11 +51,16 @@ enum class MatmulOgsKernel {
   kWgmma128,      // MXFP4 weights on sm_90: wgmma on 128 x 128 tiles, decode overlapping the MMAs
   kWmma64,        // bf16 weights: nvcuda::wmma on 64 x 64 tiles staged in shared memory
   kGemv,          // one dense bf16 weight, a few rows of x (sm_90): weights copied in before the wait
+  kSwapab16,      // MXFP4 weights repacked (repack_mxfp4) on sm_90: swap-AB wgmma, the weights decoded in
+  kSwapab32,      //   registers as A (128 rows a work item), token tiles of 16 .. 128 rows as N, a
+  kSwapab64,      //   producer warp's bulk copies into an mbarrier ring, persistent
+  kSwapab128,
 };
 constexpr MatmulOgsKernel kMatmulOgsKernels[] = {
     MatmulOgsKernel::kSimt,     MatmulOgsKernel::kStream8,  MatmulOgsKernel::kStream8Wide,
     MatmulOgsKernel::kStream16, MatmulOgsKernel::kStream32, MatmulOgsKernel::kTiled64,
-    MatmulOgsKernel::kWgmma128, MatmulOgsKernel::kWmma64,   MatmulOgsKernel::kGemv};
+    MatmulOgsKernel::kWgmma128, MatmulOgsKernel::kWmma64,   MatmulOgsKernel::kGemv,
+    MatmulOgsKernel::kSwapab16, MatmulOgsKernel::kSwapab32, MatmulOgsKernel::kSwapab64, MatmulOgsKernel::kSwapab128};
 
 // How a kernel's blocks cover the problem.
 enum class MatmulOgsSchedule {
@@ -89,6 +95,10 @@ inline const char* matmul_ogs_kernel_name(MatmulOgsKernel k) {
     case MatmulOgsKernel::kWgmma128: return "wgmma128";
     case MatmulOgsKernel::kWmma64: return "wmma64";
     case MatmulOgsKernel::kGemv: return "gemv";
+    case MatmulOgsKernel::kSwapab16: return "swapab16";
+    case MatmulOgsKernel::kSwapab32: return "swapab32";
+    case MatmulOgsKernel::kSwapab64: return "swapab64";
+    case MatmulOgsKernel::kSwapab128: return "swapab128";
   }
   return "?";
 }
@@ -107,6 +117,11 @@ constexpr MatmulOgsConfig matmul_ogs_config(MatmulOgsKernel kernel, bool mxfp4) 
     case MatmulOgsKernel::kWgmma128: return {kernel, 128, 128, 64, 3, 8, 1, 1, S::kTileGrid};
     case MatmulOgsKernel::kWmma64: return {kernel, 64, 64, 32, 1, 4, 1, 1, S::kTileGrid};
     case MatmulOgsKernel::kGemv: return {kernel, kGemvMaxRows, 0, 0, 1, kGemvWarps, 1, 1, S::kColumnShares};
+    // 12 warps: two consumer warpgroups and the producer's; stages of 4 (2 at 128 rows) k steps.
+    case MatmulOgsKernel::kSwapab16: return {kernel, 16, 128, 64, 7, 12, 1, 1, S::kPersistent};
+    case MatmulOgsKernel::kSwapab32: return {kernel, 32, 128, 64, 5, 12, 1, 1, S::kPersistent};
+    case MatmulOgsKernel::kSwapab64: return {kernel, 64, 128, 64, 4, 12, 1, 1, S::kPersistent};
+    case MatmulOgsKernel::kSwapab128: return {kernel, 128, 128, 64, 5, 12, 1, 1, S::kPersistent};
   }
   return {};
 }
@@ -116,6 +131,7 @@ struct MatmulOgsOperands {
   bool w_bf16 = false;          // float weights in bf16 (MXFP4 is in the problem)
   bool aligned_16 = false;      // x and w data start on 16-byte boundaries
   bool expert_offsets = false;  // given (else one expert)
+  bool slabs = false;           // MXFP4 weights repacked (ExpertWeights::slab_codes) and x's staging room
 };
 
 // Why `kernel` cannot run problem p on `device`, or nullptr when it can: a forced config is
@@ -150,6 +166,14 @@ inline const char* matmul_ogs_config_refusal(MatmulOgsKernel kernel, const Matmu
       if (p.P > kGemvMaxRows) return "at most 8 rows";
       if (!sm90) return "sm_90 (bulk copies)";
       return gemv_shared_rows(p, device, 1) > 0 ? nullptr : "a weight row and x in shared memory";
+    case MatmulOgsKernel::kSwapab16:
+    case MatmulOgsKernel::kSwapab32:
+    case MatmulOgsKernel::kSwapab64:
+    case MatmulOgsKernel::kSwapab128:
+      if (!p.mxfp4) return "MXFP4 weights";
+      if (!o.slabs) return "the weights repacked by repack_mxfp4 (slab codes and scales) and matmul_ogs's workspace";
+      if (!sm90) return "sm_90 (wgmma)";
+      return device.max_smem_per_block_optin < kSwapabSharedMemoryBytes ? "207 KB of shared memory a block" : nullptr;
     default:
       return nullptr;
   }

@@ -195,6 +195,13 @@ MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a, const char* op)
   const WeightDims w = check_expert_weights(op, "w", "w_scales", a.w, p.K);
   p.E = w.E;
   p.N = w.N;
+  p.slabs = a.w.has_slabs();
+  if (p.slabs) {
+    if (!p.mxfp4) fail(kValue, op, "w_codes", "None with float weights (repack_mxfp4's layout is MXFP4's)", "a tensor");
+    const int64_t slabs = mxfp4_slabs::slabs(p.N), steps = mxfp4_slabs::steps(p.K);
+    check_tensor(op, "w_codes", a.w.slab_codes, {DType::kUInt8}, {p.E, slabs, steps, mxfp4_slabs::kCodeBytes});
+    check_tensor(op, "w_slab_scales", a.w.slab_scales, {DType::kUInt8}, {p.E, slabs, steps, mxfp4_slabs::kScaleBytes});
+  }
   check::at_most(op, "w", "experts", p.E, kMaxIndex - 1, "int32 expert offsets");
   check_optional(op, "bias", a.bias, kFloatTypes, {p.E, p.N});
   if (a.expert_offsets.present()) {
@@ -228,7 +235,8 @@ MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a, const char* op)
   p.out_rows = p.scatter ? p.T : p.P;
   p.out_cols = p.swiglu ? p.N / 2 : p.N;
   check::mul(op, "w", check::mul(op, "w", p.out_rows, p.out_cols), sizeof(float));  // the output's bytes
-  p.device = check::same_device(op, {{"x", &a.x}, {"w", &a.w.values}, {"w_scales", &a.w.scales}, {"bias", &a.bias},
+  p.device = check::same_device(op, {{"x", &a.x}, {"w", &a.w.values}, {"w_scales", &a.w.scales},
+                                     {"w_codes", &a.w.slab_codes}, {"w_slab_scales", &a.w.slab_scales}, {"bias", &a.bias},
                                      {"expert_offsets", &a.expert_offsets}, {"gather_idx", &a.gather_idx},
                                      {"scatter_idx", &a.scatter_idx}, {"combine_weight", &a.combine_weight}});
   p.workspace = matmul_ogs_workspace_layout(p);
@@ -243,6 +251,9 @@ MatmulOgsWorkspace matmul_ogs_workspace_layout(const MatmulOgsProblem& p) {
   w.tiles = layout.take("x", max_tiles, 2 * sizeof(int32_t));
   w.tile_count = layout.take("x", 1, sizeof(int32_t));
   w.combine = layout.take("w", p.scatter ? check::mul(op, "w", p.P, p.out_cols) : 0, sizeof(float));
+  const int64_t staged = p.slabs ? check::mul(op, "x", check::add(op, "x", p.P, kSwapabMaxTileRows),
+                                              mxfp4_slabs::steps(p.K)) : 0;
+  w.staged = layout.take("x", staged, 128);
   w.total = layout.size();
   return w;
 }
@@ -376,6 +387,9 @@ MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a) {
   p.E = a.gate_weight.shape[0];
   if (p.E < 1) fail(kValue, op, "gate_weight", "at least one expert row", a.gate_weight.shape_str());
   check_optional(op, "gate_bias", a.gate_bias, kFloatTypes, {p.E});
+  for (const auto& [arg, w] : {std::pair{"mlp1_weight", &a.mlp1}, {"mlp2_weight", &a.mlp2}}) {
+    if (w->has_slabs()) fail(kValue, op, arg, "no repacked slabs (moe_mlp reads the checkpoint layout)", "slabs");
+  }
   const WeightDims w1 = check_expert_weights(op, "mlp1_weight", "mlp1_scales", a.mlp1, p.H);
   if (w1.E != p.E) fail(kValue, op, "mlp1_weight", std::to_string(p.E) + " experts (rows of gate_weight)", std::to_string(w1.E));
   if (w1.N % 2 != 0) fail(kValue, op, "mlp1_weight", "an even number of rows 2I (interleaved SwiGLU pairs)", std::to_string(w1.N));

@@ -18,6 +18,9 @@ constexpr int64_t kMaxIndex = 2147483647;
 // No matmul_ogs kernel has row tiles shorter than this (each launcher static_asserts it): the
 // tile list in the workspace is sized by it.
 constexpr int64_t kMinTileRows = 8;
+// The swap-AB kernels' tallest token tile: x's staged rows run this far past P (a tile reads R
+// rows from its first).
+constexpr int64_t kSwapabMaxTileRows = 128;
 
 // Throws if this build has no backend for `device` (names `op`); meta tensors have none.
 void check_backend(const char* op, const Device& device);
@@ -51,10 +54,11 @@ RouteProblem check_route_inputs(const TensorView& logits, int64_t k);
 void check_route_outputs(const RouteProblem& p, const RouteOutputs& out);
 
 // matmul_ogs's workspace (CUDA backend; byte offsets, 256-aligned): the list of row tiles
-// (int2 per tile of at least kMinTileRows rows, and their count) and, with scatter, the float32
-// rows [P, out_cols] that the combine sums. A function of shapes alone.
+// (int2 per tile of at least kMinTileRows rows, and their count); with scatter, the float32
+// rows [P, out_cols] that the combine sums; with repacked weights, x's rows staged for the
+// swap-AB kernels (staged_rows() rows of 128 bytes a 64-k step). A function of shapes alone.
 struct MatmulOgsWorkspace {
-  size_t tiles = 0, tile_count = 0, combine = 0, total = 0;
+  size_t tiles = 0, tile_count = 0, combine = 0, staged = 0, total = 0;
 };
 
 struct MatmulOgsProblem {
@@ -64,6 +68,7 @@ struct MatmulOgsProblem {
   int64_t T = 0;  // output rows with scatter
   int64_t k = 0;  // slots per output row with scatter
   bool mxfp4 = false, gather = false, scatter = false, swiglu = false;
+  bool slabs = false;  // the MXFP4 weights repacked too (ExpertWeights::slab_codes)
   int64_t out_rows = 0, out_cols = 0;
   Device device;
   MatmulOgsWorkspace workspace;  // laid out by check_matmul_ogs_inputs (sizes checked)
@@ -74,6 +79,8 @@ MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a, const char* op 
 // its gradients against that problem.
 MatmulOgsProblem check_matmul_ogs_backward_inputs(const MatmulOgsBackwardArgs& a);
 void check_matmul_ogs_backward_outputs(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs& a);
+// Rows of x's staging for the swap-AB kernels: P and the tallest tile's overrun.
+inline int64_t staged_rows(const MatmulOgsProblem& p) { return p.P + kSwapabMaxTileRows; }
 // The workspace of a problem's shapes; throws if its sizes do not fit in int64.
 MatmulOgsWorkspace matmul_ogs_workspace_layout(const MatmulOgsProblem& p);
 void check_matmul_ogs_outputs(const MatmulOgsProblem& p, const MatmulOgsArgs& a);

@@ -180,7 +180,34 @@ TEST(MatmulOgsConfig, AForcedConfigRunsWhereItCanAndIsRefusedWhereItCannot) {
   EXPECT_EQ(refusal(p, device(9), "gemv"), "moekit.matmul_ogs: 'config' gemv cannot run this call: it needs one dense bf16 "
                                            "weight without expert offsets, gather, scatter or SwiGLU");
   EXPECT_EQ(refusal(p, device(9), "fast"), "moekit.matmul_ogs: 'config' expected one of simt, stream8, stream8_wide, "
-                                           "stream16, stream32, tiled64, wgmma128, wmma64, gemv, got 'fast'");
+                                           "stream16, stream32, tiled64, wgmma128, wmma64, gemv, swapab16, "
+                                           "swapab32, swapab64, swapab128, got 'fast'");
+}
+
+TEST(MatmulOgsConfig, TheSwapAbKernelsRunRepackedMxfp4OnSm90AndAreNeverChosenYet) {
+  const moekit::MatmulOgsOperands slabs{true, false, true, true, true};
+  const moekit::MatmulOgsOperands no_slabs{true, false, true, true, false};
+  for (MatmulOgsKernel k : {MatmulOgsKernel::kSwapab16, MatmulOgsKernel::kSwapab32, MatmulOgsKernel::kSwapab64,
+                            MatmulOgsKernel::kSwapab128}) {
+    const std::string name = moekit::matmul_ogs_kernel_name(k);
+    for (int64_t P : {16, 512, 2048, 32768}) {
+      const moekit::MatmulOgsProblem p = problem(P, 32, 2880, true);
+      EXPECT_EQ(matmul_ogs_config_refusal(k, p, slabs, device(9)), nullptr) << name;
+      EXPECT_NE(choose_matmul_ogs_kernel(p, slabs, device(9)), k) << name << ": forced only until measured";
+      EXPECT_STREQ(matmul_ogs_config_refusal(k, p, no_slabs, device(9)),
+                   "the weights repacked by repack_mxfp4 (slab codes and scales) and matmul_ogs's workspace");
+      EXPECT_STREQ(matmul_ogs_config_refusal(k, p, slabs, device(8)), "sm_90 (wgmma)");
+      moekit::DeviceInfo small = device(9);
+      small.max_smem_per_block_optin = moekit::kSwapabSharedMemoryBytes - 1;
+      EXPECT_STREQ(matmul_ogs_config_refusal(k, p, slabs, small), "207 KB of shared memory a block");
+      EXPECT_STREQ(matmul_ogs_config_refusal(k, problem(P, 32, 2880, false), {true, true, true, true, true}, device(9)),
+                   "MXFP4 weights");
+      const moekit::MatmulOgsConfig c = moekit::matmul_ogs_launch_config(p, slabs, device(9), name);
+      EXPECT_EQ(c.kernel, k);
+      EXPECT_EQ(c.tile_cols, 128) << "two 64-row slabs a work item";
+      EXPECT_EQ(c.schedule, moekit::MatmulOgsSchedule::kPersistent);
+    }
+  }
 }
 
 TEST(MatmulOgsConfig, TheTableDescribesEachKernel) {

@@ -164,6 +164,15 @@ def set_mxfp4(key, i, fn):
     return mutate
 
 
+def set_slab(i, fn):
+    """matmul_ogs's w with its repack_mxfp4 output (blocks, scales, codes, slab_scales), part i
+    (2: codes, 3: slab_scales) replaced by fn of it."""
+    def mutate(a, g):
+        w = tuple(a["w"]) + moekit.repack_mxfp4(*a["w"])
+        a["w"] = w[:i] + (fn(w[i], g),) + w[i + 1:]
+    return mutate
+
+
 TE, VE = TypeError, ValueError
 F16, F64 = torch.float16, torch.float64
 HALF, DOUBLE = ("float16", "half"), ("float64", "double")
@@ -362,6 +371,18 @@ CASES = [
     Case("matmul_ogs", "gather_meta", set_("gather_idx", lambda t, g: meta(t)), VE, "gather_idx", ("meta",)),
     Case("matmul_ogs", "combine_meta", set_("combine_weight", lambda t, g: meta(t)), VE, "combine_weight",
          ("meta",)),
+    Case("matmul_ogs", "w_codes_int32", set_slab(2, lambda t, g: t.int()), TE, "w_codes", ("int32", "int")),
+    Case("matmul_ogs", "w_slab_scales_float", set_slab(3, lambda t, g: t.float()), TE, "w_slab_scales",
+         ("float32", "float")),
+    Case("matmul_ogs", "w_codes_one_slab_short", set_slab(2, lambda t, g: t[:, :1].contiguous()), VE, "w_codes",
+         ("[4, 1, 1, 2048]",)),
+    Case("matmul_ogs", "w_slab_scales_k_short", set_slab(3, lambda t, g: t[..., :64].contiguous()), VE,
+         "w_slab_scales", ("[4, 2, 1, 64]",)),
+    Case("matmul_ogs", "w_codes_noncontig", set_slab(2, lambda t, g: noncontig(t)), VE, "w_codes", ("contiguous",)),
+    Case("matmul_ogs", "w_slab_scales_meta", set_slab(3, lambda t, g: meta(t)), VE, "w_slab_scales", ("meta",)),
+    Case("matmul_ogs", "w_codes_list", set_slab(2, lambda t, g: t.tolist()), TE, "w[2] (codes)", ("list",)),
+    Case("matmul_ogs", "w_three_parts", lambda a, g: a.update(w=tuple(a["w"]) + (a["w"][0],)), VE, "w",
+         ("sequence of 3",)),
     Case("matmul_ogs", "x_list", set_("x", lambda t, g: t.tolist()), TE, "x", ("list",)),
     Case("matmul_ogs", "w_ndarray", set_mxfp4("w", 0, lambda t, g: t.numpy()), TE, "w", ("ndarray",)),
     Case("matmul_ogs", "bias_list", set_("bias", lambda t, g: t.tolist()), TE, "bias", ("list",)),
@@ -587,6 +608,11 @@ CASES += [
          custom=raw("matmul_ogs", x=zeros(2 ** 31, 0), w=zeros(1, 4, 0), w_scales=None, bias=None,
                     expert_offsets=None, gather_idx=None, scatter_idx=None, combine_weight=None, swiglu=False,
                     swiglu_alpha=0.0, swiglu_limit=0.0)),
+    Case("matmul_ogs", "slabs_with_float_w", None, VE, "w_codes", ("a tensor",),
+         custom=raw("matmul_ogs", x=zeros(T, H, dtype=BF16), w=zeros(1, 2 * I, H, dtype=BF16), w_scales=None,
+                    bias=None, expert_offsets=None, gather_idx=None, scatter_idx=None, combine_weight=None,
+                    swiglu=False, swiglu_alpha=0.0, swiglu_limit=0.0, w_codes=zeros(1, 2, 1, 2048, dtype=torch.uint8),
+                    w_slab_scales=zeros(1, 2, 1, 128, dtype=torch.uint8))),
     # 3. SwiGLU parameters the formula forbids
     Case("moe_mlp", "swiglu_limit_negative", lambda a, g: a.update(swiglu_limit=-1.0), VE, "swiglu_limit", ("-1",)),
     Case("moe_mlp", "swiglu_limit_zero", lambda a, g: a.update(swiglu_limit=0.0), VE, "swiglu_limit", ("got 0",)),
@@ -610,6 +636,13 @@ CASES += [
     Case("moe_mlp", "misaligned_mlp1_codes_cuda", None, VE, "mlp1_weight", ("aligned to 16 bytes",),
          devices=("cuda",), custom=lambda gen, device: (OPS_RAW.moe_mlp, moe_raw_args(gen, device,
                                                                                         mlp1_blocks=misaligned))),
+    Case("matmul_ogs", "misaligned_slab_codes_cuda", None, VE, "w_codes", ("aligned to 16 bytes",), devices=("cuda",),
+         custom=raw("matmul_ogs", x=zeros(T, H, dtype=BF16), w=zeros(1, 2 * I, H // 32, 16, dtype=torch.uint8),
+                    w_scales=zeros(1, 2 * I, H // 32, dtype=torch.uint8), bias=None, expert_offsets=None,
+                    gather_idx=None, scatter_idx=None, combine_weight=None, swiglu=False, swiglu_alpha=0.0,
+                    swiglu_limit=0.0, w_codes=lambda g, d: misaligned(torch.zeros(1, 2, 1, 2048, dtype=torch.uint8,
+                                                                                   device=d)),
+                    w_slab_scales=zeros(1, 2, 1, 128, dtype=torch.uint8))),
     Case("route", "experts_4096_cuda", None, VE, "logits", ("2048",), devices=("cuda",),
          custom=raw("route", logits=lambda g, d: randn(g, T, 4096).to(d), k=2)),
     Case("dequantize_mxfp4", "misaligned_blocks_cuda", None, VE, "blocks", ("aligned to 16 bytes",),

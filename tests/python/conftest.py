@@ -53,7 +53,7 @@ def randn(gen: torch.Generator, *shape: int, dtype=torch.float32, scale: float =
 class Weights(NamedTuple):
     """Expert weights as handed to moekit (`arg`) and the exact float64 values they stand for."""
 
-    arg: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+    arg: Union[torch.Tensor, Tuple[torch.Tensor, ...]]
     dense: torch.Tensor  # float64 [E, N, K]
 
 
@@ -70,12 +70,16 @@ def checkpoint_mxfp4(gen: torch.Generator, E: int, N: int, K: int, scale_exp: in
 
 def make_weights(gen: torch.Generator, kind: str, E: int, N: int, K: int) -> Weights:
     """Expert weights [E, N, K] of `kind`: 'float32', 'bfloat16', 'mxfp4' (quantize_mxfp4 of
-    random normals) or 'checkpoint' (random checkpoint-layout bytes). Scaled by 1/sqrt(K) so
+    random normals), 'slabs' (those with their repack_mxfp4 output: the swap-AB kernels'
+    operand) or 'checkpoint' (random checkpoint-layout bytes). Scaled by 1/sqrt(K) so
     activations stay O(1) and SwiGLU works in its interesting range."""
     scale = K ** -0.5
     if kind in ("float32", "bfloat16"):
         w = randn(gen, E, N, K, dtype=getattr(torch, kind), scale=scale)
         return Weights(w, w.to(torch.float64))
+    if kind == "slabs":
+        mx = make_weights(gen, "mxfp4", E, N, K)
+        return Weights(mx.arg + moekit.repack_mxfp4(*mx.arg), mx.dense)
     if kind == "mxfp4":
         blocks, scales = moekit.quantize_mxfp4(randn(gen, E, N, K, scale=scale))
     elif kind == "checkpoint":

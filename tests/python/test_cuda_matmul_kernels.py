@@ -292,7 +292,12 @@ FORCED = {  # config -> (weight kinds it runs, the kernel's name as the profiler
     "tiled64": (["mxfp4"], "matmul_ogs_tiled_kernel"),
     "wgmma128": (["mxfp4"], "matmul_ogs_wgmma_kernel"),
     "wmma64": (["bfloat16"], "matmul_ogs_wmma_kernel"),
+    "swapab16": (["slabs"], "matmul_ogs_swapab_kernel<16>"),
+    "swapab32": (["slabs"], "matmul_ogs_swapab_kernel<32>"),
+    "swapab64": (["slabs"], "matmul_ogs_swapab_kernel<64>"),
+    "swapab128": (["slabs"], "matmul_ogs_swapab_kernel<128>"),
 }
+SWAPAB = [c for c in FORCED if c.startswith("swapab")]
 
 
 @pytest.mark.parametrize("config,kind", [(c, k) for c, (kinds, _) in FORCED.items() for k in kinds])
@@ -301,7 +306,7 @@ def test_every_config_forced(gen, config, kind, rows):
     """Each kernel forced (matmul_ogs's `config`) on every rows-per-expert layout, whatever the
     choice would be: mlp1's shape (gather, bias, SwiGLU) and mlp2's (scatter, combine), every
     element within its bound, and the profiler names the forced kernel."""
-    if config == "wgmma128" and torch.cuda.get_device_capability() != (9, 0):
+    if config in ("wgmma128", *SWAPAB) and torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("wgmma needs sm_90")
     E, P, offsets = problem(rows)
     N, K, M = 80, 544, P // 2 + 3
@@ -330,6 +335,35 @@ def test_every_config_forced(gen, config, kind, rows):
     assert_elementwise(got, want, accumulation(K) * terms)
 
 
+@pytest.mark.parametrize("config", SWAPAB)
+def test_swapab_edges(gen, config):
+    """The swap-AB kernels where their tiles and chunks run out, on extreme scale bytes (the
+    two-multiply decode, a NaN block, subnormal-path values): N = 150 (three 64-row slabs, so the
+    last 128-row item repeats a slab it must not store; rows past N), K = 1088 (17 k steps: chunks
+    of 4 and a last of one step), experts of 0 to 200 rows (several token tiles, partial ones),
+    bad gather indices (NaN rows), plain float32 rows without bias."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("wgmma needs sm_90")
+    E, P, offsets = problem("wgmma128")
+    N, K, M = 150, 1088, P + 1
+    x = randn(gen, M, K, dtype=torch.bfloat16, scale=2.0 ** 20)
+    (blocks, scales), dense = extreme_mxfp4(gen, E, N, K)
+    w = (blocks, scales) + moekit.repack_mxfp4(blocks, scales)
+    gather = torch.randint(0, M, (P,), generator=gen, dtype=torch.int32)
+    good = gather.clone()
+    gather[[0, 131, P - 1]] = torch.tensor([-1, M, -7], dtype=torch.int32)
+    got, ran = cuda_kernels_during(lambda: moekit.matmul_ogs(
+        x.cuda(), to_cuda(w), expert_offsets=offsets.cuda(), gather_idx=gather.cuda(), out_dtype=torch.float32,
+        config=config))
+    assert any(FORCED[config][1] in name for name in ran), ran
+    assert got[[0, 131, P - 1]].isnan().all()
+    keep = torch.ones(P, dtype=torch.bool)
+    keep[[0, 131, P - 1]] = False
+    want = ref.matmul_ogs(x, dense, expert_offsets=offsets, gather_idx=good)
+    terms = ref.matmul_ogs(x.abs(), dense.abs(), expert_offsets=offsets, gather_idx=good)
+    assert_elementwise(got[keep], want[keep], accumulation(K) * terms[keep])
+
+
 def test_the_gemv_forced(gen):
     """The GEMV forced on one dense bf16 weight and 5 rows (which it would be chosen for on sm_90
     anyway); refused on other GPUs."""
@@ -351,6 +385,8 @@ def test_the_gemv_forced(gen):
     ("stream8_wide", "mxfp4", "it needs bf16 weights"),
     ("gemv", "mxfp4", "it needs one dense bf16 weight"),
     ("stream8", "float32", "it needs bf16 x"),
+    ("swapab64", "mxfp4", "it needs the weights repacked by repack_mxfp4"),
+    ("swapab16", "bfloat16", "it needs MXFP4 weights"),
 ])
 def test_a_config_that_cannot_run_the_call_is_refused(gen, config, kind, why):
     E, P, offsets = problem("stream8")

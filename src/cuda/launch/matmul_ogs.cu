@@ -7,6 +7,7 @@
 #include "../kernels/gemm/matmul_ogs_gemv.cuh"
 #include "../kernels/gemm/matmul_ogs_simt.cuh"
 #include "../kernels/gemm/matmul_ogs_stream.cuh"
+#include "../kernels/gemm/matmul_ogs_swapab.cuh"
 #include "../kernels/gemm/matmul_ogs_tiled.cuh"
 #include "../kernels/gemm/matmul_ogs_wgmma.cuh"
 #include "../kernels/gemm/matmul_ogs_wmma.cuh"
@@ -43,6 +44,16 @@ static_assert(config_of(MatmulOgsKernel::kStream8).tile_cols == stream::kCols * 
                   config_of(MatmulOgsKernel::kStream8, false).tile_cols == stream::kCols * stream::slabs(1, false) &&
                   config_of(MatmulOgsKernel::kStream16).tile_cols == stream::kCols * stream::slabs(2, true) &&
                   config_of(MatmulOgsKernel::kStream32).tile_cols == stream::kCols * stream::slabs(4, true), "stream");
+template <int R>
+constexpr bool swapab_config_is(MatmulOgsKernel k) {
+  const MatmulOgsConfig c = config_of(k);
+  return c.tile_rows == R && c.tile_cols == swapab::kTileCols && c.tile_k == mxfp4_slabs::kStepK &&
+         c.stages == swapab::Shape<R>::kStages && c.warps * 32 == swapab::kThreads &&
+         swapab::smem_bytes<R>() <= kSwapabSharedMemoryBytes && R <= kSwapabMaxTileRows && R >= kMinTileRows;
+}
+static_assert(swapab_config_is<16>(MatmulOgsKernel::kSwapab16) && swapab_config_is<32>(MatmulOgsKernel::kSwapab32) &&
+                  swapab_config_is<64>(MatmulOgsKernel::kSwapab64) &&
+                  swapab_config_is<128>(MatmulOgsKernel::kSwapab128), "swapab");
 
 // A block per (row tile, column tile) of the planned list.
 dim3 tile_grid(const MatmulOgsProblem& p, const MatmulOgsParams& params, const MatmulOgsConfig& c) {
@@ -115,6 +126,24 @@ void launch_stream(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const Matm
   else launch_stream<NT, false, 4>(p, a, c, params, stream, ctx);
 }
 
+// The token tiles listed, their x rows staged, then a persistent grid over (token tile, 128
+// weight rows) items: as many blocks as are resident at once (one an SM), never more than there
+// can be items.
+template <int R>
+void launch_swapab(const MatmulOgsProblem& p, const MatmulOgsConfig& c, MatmulOgsParams params, cudaStream_t stream,
+                   const ExecContext& ctx) {
+  constexpr auto* kernel = matmul_ogs_swapab_kernel<R>;
+  constexpr int smem = swapab::smem_bytes<R>();
+  plan_tiles<R>(params, stream, ctx);
+  const int64_t sms = device_info(p.device.index).sm_count, tiles = max_row_tiles(params, c.tile_rows);
+  stage_x_kernel<R><<<static_cast<unsigned>(std::min(tiles, 8 * sms)), swapab::kStageThreads, 0, stream>>>(params);
+  MOEKIT_CHECK_LAUNCH(ctx, stream, "stage_x_kernel");
+  allow_dynamic_smem<kernel>(smem, p.device.index);
+  const int64_t items = tiles * ceil_div(ceil_div(p.N, mxfp4_slabs::kRows), swapab::kSlabsPerTile);
+  const int64_t resident = sms * resident_blocks_per_sm<kernel>(swapab::kThreads, smem, p.device.index);
+  kernel<<<static_cast<unsigned>(std::min(items, resident)), swapab::kThreads, smem, stream>>>(params);
+}
+
 // One block an SM at most, each holding its rows of the weight in shared memory where they fit.
 void launch_gemv(const MatmulOgsProblem& p, MatmulOgsParams params, cudaStream_t stream) {
   const DeviceInfo& device = device_info(p.device.index);
@@ -136,6 +165,10 @@ void can_implement_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a)
   check::on_device(op, "workspace", a.workspace, p.device, "x");
   require_aligned(op, "workspace", a.workspace, 16);
   if (p.mxfp4) require_aligned(op, "w", a.w.values, 16);
+  if (p.slabs) {  // the swap-AB kernels' bulk copies
+    require_aligned(op, "w_codes", a.w.slab_codes, 16);
+    require_aligned(op, "w_slab_scales", a.w.slab_scales, 16);
+  }
   check_matmul_ogs_grids(op, p, a);
 }
 
@@ -169,13 +202,17 @@ MatmulOgsParams matmul_ogs_params(const MatmulOgsProblem& p, const MatmulOgsArgs
   params.alpha = a.swiglu.alpha;
   params.limit = a.swiglu.limit;
   params.out_cols = p.out_cols;
+  params.slab_codes = a.w.slab_codes.present() ? a.w.slab_codes.ptr<uint8_t>() : nullptr;
+  params.slab_scales = a.w.slab_scales.present() ? a.w.slab_scales.ptr<uint8_t>() : nullptr;
+  params.staged_rows = staged_rows(p);
   return params;
 }
 
 void launch_matmul_ogs_rows(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const MatmulOgsParams& params,
                             cudaStream_t stream, const ExecContext& ctx) {
   const MatmulOgsOperands operands{a.x.dtype == DType::kBFloat16, a.w.values.dtype == DType::kBFloat16,
-                                   aligned_16(a.x.data) && aligned_16(a.w.values.data), a.expert_offsets.present()};
+                                   aligned_16(a.x.data) && aligned_16(a.w.values.data), a.expert_offsets.present(),
+                                   params.slab_codes != nullptr && params.x_staged != nullptr};
   const MatmulOgsConfig c = matmul_ogs_launch_config(p, operands, device_info(p.device.index), ctx.matmul_ogs_config);
   switch (c.kernel) {
     case MatmulOgsKernel::kStream8: launch_stream<1>(p, a, c, params, stream, ctx); break;
@@ -186,6 +223,10 @@ void launch_matmul_ogs_rows(const MatmulOgsProblem& p, const MatmulOgsArgs& a, c
     case MatmulOgsKernel::kWgmma128: launch_wgmma(p, c, params, stream, ctx); break;
     case MatmulOgsKernel::kWmma64: launch_wmma(p, c, params, stream, ctx); break;
     case MatmulOgsKernel::kGemv: launch_gemv(p, params, stream); break;
+    case MatmulOgsKernel::kSwapab16: launch_swapab<16>(p, c, params, stream, ctx); break;
+    case MatmulOgsKernel::kSwapab32: launch_swapab<32>(p, c, params, stream, ctx); break;
+    case MatmulOgsKernel::kSwapab64: launch_swapab<64>(p, c, params, stream, ctx); break;
+    case MatmulOgsKernel::kSwapab128: launch_swapab<128>(p, c, params, stream, ctx); break;
     case MatmulOgsKernel::kSimt:
       if (a.x.dtype == DType::kBFloat16) launch_simt<bf16>(p, a, c, params, stream, ctx);
       else launch_simt<float>(p, a, c, params, stream, ctx);
@@ -204,6 +245,7 @@ void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecCon
   char* ws_base = static_cast<char*>(a.workspace.data);
   params.tile_items = reinterpret_cast<int2*>(ws_base + ws.tiles);  // written by plan_tiles_kernel
   params.tile_count = reinterpret_cast<int*>(ws_base + ws.tile_count);
+  params.x_staged = p.slabs ? reinterpret_cast<uint8_t*>(ws_base + ws.staged) : nullptr;
   // With scatter, rows go to the workspace as float32 and the combine writes `out`.
   float* combine_rows = reinterpret_cast<float*>(ws_base + ws.combine);
   params.out = p.scatter ? static_cast<void*>(combine_rows) : a.out.data;

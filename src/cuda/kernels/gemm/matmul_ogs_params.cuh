@@ -30,6 +30,12 @@ struct MatmulOgsParams {
   // plan_tiles_kernel into the workspace (see tile_locate.cuh).
   int2* tile_items;
   int* tile_count;
+  // The swap-AB kernels (matmul_ogs_swapab.cuh): the weights as repack_mxfp4 left them
+  // ([E][slabs][steps][2048 and 128]) and x's rows staged for their copies.
+  const uint8_t* slab_codes;
+  const uint8_t* slab_scales;
+  uint8_t* x_staged;
+  int64_t staged_rows;
   // The GEMV: weight rows of a block held in shared memory (matmul_ogs_gemv.cuh).
   int64_t gemv_shared_rows;
   // matmul_ogs_backward's recompute of h (with swiglu; tile_io.cuh): given grad_a [P, out_cols],

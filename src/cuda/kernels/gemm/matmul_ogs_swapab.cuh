@@ -1,0 +1,274 @@
+// matmul_ogs's Hopper main loop (issue 22; sm_90a): swap-AB. The MXFP4 weights are wgmma's A
+// operand (M: 64 weight rows, one slab of repack_mxfp4's layout, per consumer warpgroup) decoded
+// in registers, and a token tile of up to R rows of one expert is its N, from shared memory. So a
+// tile of few tokens fills the tensor cores' M with weights instead of padding a 64- or 128-row
+// token tile.
+//
+// Three launches: plan_tiles_kernel lists the token tiles of R rows (tile_locate.cuh);
+// stage_x_kernel copies each tile's x rows (gathered) into the 128-byte swizzle layout wgmma
+// reads, step by 64-k step (staged_x_offset); the main kernel's persistent blocks walk (token
+// tile, 128 weight rows) items, token tile major, so the blocks at work at once share their x
+// tiles through L2.
+//
+// A block: a producer warp streams chunks of KS k steps by bulk copies into a ring of S stages
+// (mbarriers full/empty): both slabs' codes and scales of the chunk (each slab step's 2 KB and
+// 128 B contiguous in repack_mxfp4's layout) and the tile's x rows of each step. Two consumer
+// warpgroups each decode a k step of their slab into 16 bf16x2 A registers (two register sets,
+// so a step decodes while the previous step's wgmmas run; a step's codes and scales are loaded
+// from shared memory while the step before it decodes) and issue 4 wgmma.m64nRk16. The epilogue
+// adds the bias and finishes each (n, n + 1) column pair, rows g and g + 1 of the MMA, through
+// tile_io.cuh's store_output_pair (SwiGLU, plain rows, or the backward's recompute).
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "../../../core/mxfp4_slabs.h"
+#include "../bulk_copy.cuh"
+#include "../element.cuh"
+#include "../quant/e2m1_bf16.cuh"
+#include "matmul_ogs_params.cuh"
+#include "mma.cuh"
+#include "tile_io.cuh"
+#include "tile_locate.cuh"
+
+namespace moekit::cuda {
+
+namespace swapab {
+namespace slabs = ::moekit::mxfp4_slabs;
+constexpr int kSlabsPerTile = 2;                         // consumer warpgroups
+constexpr int kTileCols = kSlabsPerTile * slabs::kRows;  // weight rows (output columns) of a work item
+constexpr int kThreads = 128 * (kSlabsPerTile + 1);      // and the producer's warpgroup
+constexpr int kStageThreads = 256;
+// Registers a thread after setmaxnreg: the block's 64 K shared as 128 x 40 + 256 x 232.
+constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
+static_assert(128 * kProducerRegisters + 128 * kSlabsPerTile * kConsumerRegisters <= 65536, "one block an SM");
+
+// Per token tile height R: k steps a chunk (one ring stage; even, so that step ks of every chunk
+// decodes into register set ks % 2) and stages (as many as fit).
+template <int R>
+struct Shape;
+template <>
+struct Shape<16> { static constexpr int kChunkSteps = 4, kStages = 7; };
+template <>
+struct Shape<32> { static constexpr int kChunkSteps = 4, kStages = 5; };
+template <>
+struct Shape<64> { static constexpr int kChunkSteps = 4, kStages = 4; };
+template <>
+struct Shape<128> { static constexpr int kChunkSteps = 2, kStages = 5; };
+
+// A ring stage: the slabs' codes (a consumer warpgroup each), the x rows, the slabs' scales; 1 KB
+// multiples, so the x rows start where the swizzle's 8-row groups must (1 KB-aligned).
+template <int R>
+struct Stage {
+  static constexpr int KS = Shape<R>::kChunkSteps;
+  static constexpr int kSlabCodes = slabs::kCodeBytes * KS, kSlabScales = slabs::kScaleBytes * KS;
+  static constexpr int kCodes = kSlabsPerTile * kSlabCodes;
+  static constexpr int kX = R * 128 * KS;  // a 128-byte line a token a step
+  static constexpr int kScales = (kSlabsPerTile * kSlabScales + 1023) / 1024 * 1024;
+  static constexpr int kBytes = kCodes + kX + kScales;
+  static_assert(kCodes % 1024 == 0 && kX % 1024 == 0, "1 KB-aligned parts");
+};
+template <int R>
+constexpr int smem_bytes() {
+  return Shape<R>::kStages * Stage<R>::kBytes + 1024;  // and slack to align the ring to 1 KB
+}
+}  // namespace swapab
+
+// Where staged x holds 16-byte piece c (0..7) of k step s of problem row r: rows of 128 bytes,
+// step-major ([steps][staged_rows][128]), so that R rows from a tile's first row are one
+// contiguous run a step; the piece at c ^ ((r - tile's first row) % 8), the 128-byte swizzle of
+// the tile's own rows (rows past the tile, read with it, only feed columns nobody stores).
+__device__ __forceinline__ int64_t staged_x_offset(const MatmulOgsParams& p, int64_t step, int64_t row, int phase,
+                                                   int c) {
+  return (step * p.staged_rows + row) * 128 + ((c ^ phase) * 16);
+}
+
+// x's rows of every token tile into staged x: gathered, zeros past K and for bad gather indices
+// (the epilogue makes those rows NaN), every k step of the row.
+template <int R>
+__global__ void __launch_bounds__(swapab::kStageThreads) stage_x_kernel(const MatmulOgsParams p) {
+  const int pieces = static_cast<int>((p.K + 63) / 64) * 8;  // 16-byte pieces of a staged row
+  const int64_t count = tile_count<R>(p);
+  for (int64_t q = blockIdx.x; q < count; q += gridDim.x) {
+    int e;
+    int64_t row_begin, row_end;
+    tile_at<R>(p, q, e, row_begin, row_end);
+    const int n = static_cast<int>(row_end - row_begin) * pieces;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+      const int r = i / pieces, piece = i % pieces;
+      const int64_t src = source_row(p, row_begin + r, row_end);
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (src >= 0 && piece * 8 < p.K) v = reinterpret_cast<const uint4*>(static_cast<const bf16*>(p.x) + src * p.K)[piece];
+      *reinterpret_cast<uint4*>(p.x_staged + staged_x_offset(p, piece / 8, row_begin + r, r % 8, piece % 8)) = v;
+    }
+  }
+}
+
+// A thread's 32 codes of a k step (its 16 bytes of the slab step) and their scale bytes (s0: row
+// g's blocks 0 and 1, s1: row g + 8's) into its four A fragments of the step's k16 steps
+// (mxfp4_slabs.h: word q is row g + 8 (q % 2), block q / 2; decode_e2m1x8_strided's pairs are
+// registers 0 and 2 of k16 step 2 (q / 2), then of 2 (q / 2) + 1). kWide: scale bytes of 128 or
+// more, two multiplies.
+template <bool kWide>
+__device__ __forceinline__ void decode_step(const uint4 w, uint32_t s0, uint32_t s1, uint32_t (&a)[4][4]) {
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+  const uint32_t scales[4] = {s0 & 0xff, s1 & 0xff, s0 >> 8, s1 >> 8};
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    uint32_t r[4];
+    decode_e2m1x8_strided(words[q], kWide ? mxfp4_first_multiplier(scales[q]) : mxfp4_multiplier_upto_128(scales[q]), r);
+    if (kWide) apply_second_step(r, mxfp4_second_multiplier(scales[q]));
+    const int j = 2 * (q / 2), reg = q % 2;
+    a[j][reg] = r[0];
+    a[j][reg + 2] = r[1];
+    a[j + 1][reg] = r[2];
+    a[j + 1][reg + 2] = r[3];
+  }
+}
+
+template <int R>
+__global__ void __launch_bounds__(swapab::kThreads, 1) matmul_ogs_swapab_kernel(const MatmulOgsParams p) {
+#if MOEKIT_WGMMA
+  using namespace swapab;
+  using St = Stage<R>;
+  constexpr int KS = Shape<R>::kChunkSteps, S = Shape<R>::kStages, WG = kSlabsPerTile;
+  static_assert(S >= 3, "a chunk of one step frees its stage a chunk late (see the consumers' release)");
+  static_assert(KS % 2 == 0, "register sets by the step's parity in its chunk");
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + (1024 - shared_address(smem_raw) % 1024) % 1024;
+  __shared__ uint64_t full[S], empty[S];
+  const int steps = static_cast<int>((p.K + 63) / 64), chunks = (steps + KS - 1) / KS;
+  const int n_slabs = static_cast<int>((p.N + 63) / 64), tiles = (n_slabs + WG - 1) / WG;
+  const int64_t items = tile_count<R>(p) * tiles;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < S; ++s) {
+      barrier_init(&full[s], 1);
+      barrier_init(&empty[s], 4 * WG);  // one arrival per consumer warp
+    }
+    barrier_init_fence();
+  }
+  __syncthreads();
+  const int wg = threadIdx.x / 128;
+  // The producer's warpgroup gives registers to the consumers': with the launch's 168 each, ptxas
+  // serializes the consumers' wgmmas (C7511: no room for two register sets in flight).
+  if (wg == WG) {  // the producer: one thread
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(kProducerRegisters));
+    if (threadIdx.x != 128 * WG) return;
+    int n = 0;  // chunks issued by this block
+    for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+      const int tile = static_cast<int>(item % tiles);
+      int e;
+      int64_t row_begin, row_end;
+      tile_at<R>(p, item / tiles, e, row_begin, row_end);
+      for (int c = 0; c < chunks; ++c, ++n) {
+        const int s = n % S, nst = min(KS, steps - c * KS);
+        if (n >= S) barrier_wait(&empty[s], ((n / S) - 1) & 1);
+        unsigned char* st = smem + s * St::kBytes;
+        barrier_arrive_expect(&full[s], nst * (WG * (slabs::kCodeBytes + slabs::kScaleBytes) + R * 128));
+        for (int h = 0; h < WG; ++h) {
+          // The last tile of an odd slab count repeats the last slab; its columns are not stored.
+          const int slab = min(WG * tile + h, n_slabs - 1);
+          const int64_t step0 = (static_cast<int64_t>(e) * n_slabs + slab) * steps + c * KS;
+          bulk_copy(st + h * St::kSlabCodes, p.slab_codes + step0 * slabs::kCodeBytes, nst * slabs::kCodeBytes,
+                    &full[s]);
+          bulk_copy(st + St::kCodes + St::kX + h * St::kSlabScales, p.slab_scales + step0 * slabs::kScaleBytes,
+                    nst * slabs::kScaleBytes, &full[s]);
+        }
+        for (int ks = 0; ks < nst; ++ks) {
+          bulk_copy<true>(st + St::kCodes + ks * R * 128, p.x_staged + staged_x_offset(p, c * KS + ks, row_begin, 0, 0),
+                          R * 128, &full[s]);
+        }
+      }
+    }
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(kConsumerRegisters));
+  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int slab_row = warp * 16 + g;  // this thread's weight rows in its slab: slab_row and slab_row + 8
+  int n = 0;         // chunks consumed by this block
+  int released = 0;  // chunks whose stage this warp has given back
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+    const int tile = static_cast<int>(item % tiles);
+    int e;
+    int64_t row_begin, row_end;
+    tile_at<R>(p, item / tiles, e, row_begin, row_end);
+    float acc[R / 2];
+#pragma unroll
+    for (int i = 0; i < R / 2; ++i) acc[i] = 0.0f;
+    uint32_t a[2][4][4];  // [register set: the step's parity][k16 step j][fragment register]
+    for (int c = 0; c < chunks; ++c, ++n) {
+      const int s = n % S, nst = min(KS, steps - c * KS);
+      barrier_wait(&full[s], (n / S) & 1);
+      const unsigned char* st = smem + s * St::kBytes;
+      const uint64_t b0 = wgmma_descriptor_sw128(st + St::kCodes);
+      struct StepLoad {
+        uint4 w;
+        uint32_t s0, s1;  // the scale bytes of rows slab_row and slab_row + 8, blocks 0 and 1 of the step
+      };
+      auto load = [&](int ks) {
+        const unsigned char* sc = st + St::kCodes + St::kX + wg * St::kSlabScales + ks * slabs::kScaleBytes;
+        return StepLoad{*reinterpret_cast<const uint4*>(st + wg * St::kSlabCodes + ks * slabs::kCodeBytes +
+                                                        (threadIdx.x % 128) * 16),
+                        *reinterpret_cast<const uint16_t*>(sc + slab_row * 2),
+                        *reinterpret_cast<const uint16_t*>(sc + (slab_row + 8) * 2)};
+      };
+      auto step = [&](int ks, const StepLoad& l) {
+        const int set = ks % 2;  // ks is a constant of the unrolled loop
+        wgmma_wait<1>();  // the wgmmas of two steps ago (which read this register set) are done
+        // A scale byte of 128 or more anywhere in the warp (rare) takes the two-multiply decode.
+        if (warp_needs_second_step(((l.s0 | l.s1) & 0x8080u) != 0)) decode_step<true>(l.w, l.s0, l.s1, a[set]);
+        else decode_step<false>(l.w, l.s0, l.s1, a[set]);
+        // After the wait only the previous step's wgmmas may run. So at a chunk's second step the
+        // previous chunk is done with its stage; at its first, the chunk before that (pending
+        // here only when the previous chunk, an item's last, had a single step).
+        if (ks <= 1 && released < n - 1 + ks) {
+          if (lane == 0) barrier_arrive(&empty[released % S]);
+          ++released;
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int j = 0; j < 4; ++j) wgmma_rs<R>(acc, a[set][j], wgmma_descriptor_advance(b0, ks * R * 128 + 32 * j));
+        wgmma_commit();
+      };
+      StepLoad cur = load(0), next{};
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        if (ks >= nst) break;
+        if (ks + 1 < nst) next = load(ks + 1);
+        step(ks, cur);
+        cur = next;
+      }
+    }
+    wgmma_wait<0>();
+    // acc[4u + 2h + i]: weight row slab_row + 8h of the slab (output column n_h), token 8u + 2t + i
+    // of the tile. Column n_h + 1 (row g + 1, when g is even) is lane + 4's value. The bias is
+    // read before any store (loads cannot move above stores that might alias them).
+    const int64_t n0 = static_cast<int64_t>(tile) * kTileCols + wg * slabs::kRows + slab_row;
+    float b[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t col = n0 + 8 * h;
+      b[h] = p.bias && col < p.N ? load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + col) : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < R / 8; ++u)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+          const float v = acc[4 * u + 2 * h + k] + b[h];
+          const float next_col = __shfl_down_sync(0xffffffffu, v, 4);
+          const int64_t row = row_begin + 8 * u + 2 * t + k, col = n0 + 8 * h;
+          if (g % 2 == 0 && row < row_end && col < p.N) {
+            store_output_pair(p, e, row, col, source_row(p, row, row_end) == kBadRow, v, next_col, /*add_bias=*/false);
+          }
+        }
+  }
+#else
+  __trap();  // chosen on sm_90 only: a build without sm_90a code must not write nothing silently
+#endif
+}
+
+}  // namespace moekit::cuda
