@@ -13,7 +13,7 @@ namespace moekit {
 // MXFP4 in the gpt-oss checkpoint layout (values uint8 [E, N, K/32, 16], two e2m1 codes per
 // byte, low nibble = even element; scales uint8 e8m0 [E, N, K/32]). MXFP4 weights may also
 // carry their repack_mxfp4 (below) output, slab_codes and slab_scales, which matmul_ogs's
-// swap-AB kernels read (the caller's promise: the same weights; moe_mlp takes none yet).
+// swap-AB kernels read (the caller's promise: the same weights).
 struct ExpertWeights {
   TensorView values;
   TensorView scales;

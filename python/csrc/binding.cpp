@@ -323,16 +323,19 @@ std::tuple<Tensor, Tensor, Tensor> matmul_ogs_backward(const Tensor& grad_out, c
 Tensor moe_mlp(const Tensor& x, const Tensor& gate_weight, const OptTensor& gate_bias, const Tensor& mlp1_weight,
                const OptTensor& mlp1_scales, const OptTensor& mlp1_bias, const Tensor& mlp2_weight,
                const OptTensor& mlp2_scales, const OptTensor& mlp2_bias, int64_t experts_per_token,
-               double swiglu_alpha, double swiglu_limit) {
+               double swiglu_alpha, double swiglu_limit, const OptTensor& mlp1_codes,
+               const OptTensor& mlp1_slab_scales, const OptTensor& mlp2_codes, const OptTensor& mlp2_slab_scales) {
   return translate_errors([&] {
     const char* op = "moe_mlp";
     moekit::MoeMlpArgs a;
     a.x = view(op, "x", x);
     a.gate_weight = view(op, "gate_weight", gate_weight);
     a.gate_bias = view(op, "gate_bias", gate_bias);
-    a.mlp1 = {view(op, "mlp1_weight", mlp1_weight), view(op, "mlp1_scales", mlp1_scales)};
+    a.mlp1 = {view(op, "mlp1_weight", mlp1_weight), view(op, "mlp1_scales", mlp1_scales),
+              view(op, "mlp1_codes", mlp1_codes), view(op, "mlp1_slab_scales", mlp1_slab_scales)};
     a.mlp1_bias = view(op, "mlp1_bias", mlp1_bias);
-    a.mlp2 = {view(op, "mlp2_weight", mlp2_weight), view(op, "mlp2_scales", mlp2_scales)};
+    a.mlp2 = {view(op, "mlp2_weight", mlp2_weight), view(op, "mlp2_scales", mlp2_scales),
+              view(op, "mlp2_codes", mlp2_codes), view(op, "mlp2_slab_scales", mlp2_slab_scales)};
     a.mlp2_bias = view(op, "mlp2_bias", mlp2_bias);
     a.experts_per_token = experts_per_token;
     a.swiglu_alpha = to_float(op, "swiglu_alpha", swiglu_alpha);
@@ -512,7 +515,8 @@ TORCH_LIBRARY(moekit, m) {
         "Tensor grad_bias, Tensor grad_combine_weight)");
   m.def("moe_mlp(Tensor x, Tensor gate_weight, Tensor? gate_bias, Tensor mlp1_weight, Tensor? mlp1_scales, "
         "Tensor? mlp1_bias, Tensor mlp2_weight, Tensor? mlp2_scales, Tensor? mlp2_bias, int experts_per_token, "
-        "float swiglu_alpha, float swiglu_limit) -> Tensor");
+        "float swiglu_alpha, float swiglu_limit, Tensor? mlp1_codes=None, Tensor? mlp1_slab_scales=None, "
+        "Tensor? mlp2_codes=None, Tensor? mlp2_slab_scales=None) -> Tensor");
   m.def("add_rms_norm(Tensor x, Tensor residual, Tensor scale, float eps) -> (Tensor sum, Tensor out)");
   m.def("attention_decode(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor sinks, Tensor position, "
         "Tensor inv_freq, float rope_scale, float sm_scale, int window) -> Tensor");

@@ -110,37 +110,38 @@ class _GateLogits(torch.autograd.Function):
         return _gate_grads(grad_logits, x, gate_weight, ctx.bias_dtype, ctx.needs_input_grad)
 
 
-def _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit):
+def _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit, slabs1=(None, None)):
     """The layer up to mlp1 as the op composes it: the gate's float32 logits, the routing, mlp1's
-    SwiGLU rows; differentiable where grad mode is on."""
+    SwiGLU rows (slabs1: mlp1's repacked weights, or Nones); differentiable where grad mode is on."""
     routing = torch.ops.moekit.route(_GateLogits.apply(x, gate_weight, gate_bias), k)
     offsets, gather_idx = routing[3], routing[4]
     return routing, torch.ops.moekit.matmul_ogs(x, w1, s1, b1, offsets, gather_idx, None, None, True, alpha, limit,
-                                                None)
+                                                None, None, *slabs1)
 
 
-def moe_mlp_with_saved_activations(x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, k, alpha, limit):
+def moe_mlp_with_saved_activations(x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, k, alpha, limit,
+                                   c1=None, ss1=None, c2=None, ss2=None):
     """moe_mlp for training (moekit.moe_mlp in grad mode): the op's own composition, each step
     differentiable, so autograd keeps mlp1's output and the routing (T k I elements of x's dtype)
     and the backward recomputes only mlp1's h; the same output as the op on its general path."""
     _refuse_expert_weight_grads(w1, w2)
     try:
-        routing, act = _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit)
+        routing, act = _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit, (c1, ss1))
         _, expert_weight, _, offsets, _, scatter_idx = routing
         return torch.ops.moekit.matmul_ogs(act, w2, s2, b2, offsets, None, scatter_idx, expert_weight, False, 0.0,
-                                           0.0, None)
+                                           0.0, None, None, c2, ss2)
     except (ValueError, TypeError, RuntimeError):
         # A step refused the call, naming its own argument: the layer's checks (off the hot path,
         # ~50 us) name the layer's instead; where they pass, the step's refusal stands.
         _fake._check(torch.ops.moekit.moe_mlp.default, x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, k, alpha,
-                     limit)
+                     limit, c1, ss1, c2, ss2)
         raise
 
 
 def _moe_mlp_setup_context(ctx, inputs, output) -> None:
-    x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, k, alpha, limit = inputs
+    x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, k, alpha, limit = inputs[:12]
     _refuse_expert_weight_grads(w1, w2)
-    ctx.save_for_backward(x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2)
+    ctx.save_for_backward(x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, *inputs[12:])
     ctx.params = (k, alpha, limit)
 
 
@@ -150,10 +151,11 @@ def _moe_mlp_backward(ctx, grad_y):
     the ops the forward composes, then mlp2's and mlp1's backward, the routing's and the gate's;
     nothing but the inputs is kept from the forward."""
     _first_order_only("moe_mlp")
-    x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2 = ctx.saved_tensors
+    x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, *slabs = ctx.saved_tensors
     k, alpha, limit = ctx.params
     ops = torch.ops.moekit
-    routing, act = _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit)
+    routing, act = _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit,
+                                tuple(slabs[:2]) if slabs else (None, None))
     expert_idx, expert_weight, _, offsets, gather_idx, scatter_idx = routing
     needs = ctx.needs_input_grad
     gate = needs[0] or needs[1] or needs[2]  # the gate's gradients need the combine weights'
@@ -172,7 +174,7 @@ def _moe_mlp_backward(ctx, grad_y):
         if needs[0]:
             grad_x = grad_x + gate_x
     return (grad_x if needs[0] else None, grad_gate_weight, grad_gate_bias, None, None, grad_b1 if needs[5] else None,
-            None, None, grad_b2 if needs[8] else None, None, None, None)
+            None, None, grad_b2 if needs[8] else None, None, None, None) + (None,) * (len(needs) - 12)
 
 
 torch.library.register_autograd("moekit::moe_mlp", _moe_mlp_backward, setup_context=_moe_mlp_setup_context)

@@ -113,9 +113,11 @@ def _matmul_ogs_backward(grad_out, x, w, w_scales, bias, expert_offsets, gather_
 
 @torch.library.register_fake("moekit::moe_mlp")
 def _moe_mlp(x, gate_weight, gate_bias, mlp1_weight, mlp1_scales, mlp1_bias, mlp2_weight, mlp2_scales,
-             mlp2_bias, experts_per_token, swiglu_alpha, swiglu_limit):
+             mlp2_bias, experts_per_token, swiglu_alpha, swiglu_limit, mlp1_codes=None, mlp1_slab_scales=None,
+             mlp2_codes=None, mlp2_slab_scales=None):
     _check(torch.ops.moekit.moe_mlp.default, x, gate_weight, gate_bias, mlp1_weight, mlp1_scales, mlp1_bias,
-           mlp2_weight, mlp2_scales, mlp2_bias, experts_per_token, swiglu_alpha, swiglu_limit)
+           mlp2_weight, mlp2_scales, mlp2_bias, experts_per_token, swiglu_alpha, swiglu_limit, mlp1_codes,
+           mlp1_slab_scales, mlp2_codes, mlp2_slab_scales)
     return torch.empty_like(x)
 
 

@@ -11,7 +11,7 @@ import torch
 
 from moekit import _autograd
 
-# A float tensor, an MXFP4 (blocks, scales) pair, or (matmul_ogs) (blocks, scales, codes, slab_scales).
+# A float tensor, an MXFP4 (blocks, scales) pair, or (blocks, scales, codes, slab_scales).
 Weights = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
 
 
@@ -68,22 +68,20 @@ def _normalize_axis(op: str, axis: int, ndim: int) -> int:
     return axis % ndim
 
 
-def _split_weights(op: str, arg: str, w: Weights, slabs: bool = False) -> Tuple[Optional[torch.Tensor], ...]:
-    """A float tensor, or an MXFP4 (blocks, scales) pair in the checkpoint layout; with ``slabs``
-    (matmul_ogs), also (blocks, scales, codes, slab_scales), the last two :func:`repack_mxfp4`'s.
-    Returns (values, scales), with slabs (values, scales, codes, slab_scales)."""
+def _split_weights(op: str, arg: str, w: Weights) -> Tuple[Optional[torch.Tensor], ...]:
+    """A float tensor, an MXFP4 (blocks, scales) pair in the checkpoint layout, or (blocks, scales,
+    codes, slab_scales), the last two :func:`repack_mxfp4`'s -> (values, scales, codes, slab_scales),
+    None where absent."""
     names = ("blocks", "scales", "codes", "slab_scales")
-    if isinstance(w, (tuple, list)):
-        if len(w) != 2 and not (slabs and len(w) == 4):
-            what = "a (blocks, scales) pair or (blocks, scales, codes, slab_scales)" if slabs else "a (blocks, scales) pair"
-            raise ValueError(f"moekit.{op}: '{arg}' expected a tensor or {what}, got a sequence of {len(w)}")
-        for i, t in enumerate(w):
-            _require_tensor(op, f"{arg}[{i}] ({names[i]})", t)
-        parts = tuple(w)
-    else:
+    if not isinstance(w, (tuple, list)):
         _require_tensor(op, arg, w)
-        parts = (w, None)
-    return parts + (None, None) if slabs and len(parts) == 2 else parts
+        return w, None, None, None
+    if len(w) not in (2, 4):
+        raise ValueError(f"moekit.{op}: '{arg}' expected a tensor, a (blocks, scales) pair or (blocks, scales, codes, "
+                         f"slab_scales), got a sequence of {len(w)}")
+    for i, t in enumerate(w):
+        _require_tensor(op, f"{arg}[{i}] ({names[i]})", t)
+    return tuple(w) + (None, None) * (len(w) == 2)
 
 
 def quantize_mxfp4(w: torch.Tensor, axis: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -162,7 +160,7 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
     the weights frozen: float weights that require grad are refused.
     """
     _require_tensor("matmul_ogs", "x", x)
-    values, scales, codes, slab_scales = _split_weights("matmul_ogs", "w", w, slabs=True)
+    values, scales, codes, slab_scales = _split_weights("matmul_ogs", "w", w)
     for name, value in (("bias", bias), ("expert_offsets", expert_offsets), ("gather_idx", gather_idx),
                         ("scatter_idx", scatter_idx), ("combine_weight", combine_weight)):
         _require_tensor("matmul_ogs", name, value, optional=True)
@@ -184,15 +182,16 @@ def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torc
     """The gpt-oss MoE layer: gate, top-k routing, mlp1 + SwiGLU, mlp2, weighted combine.
 
     ``x`` is [..., H]; ``gate_weight`` [E, H]; ``mlp1_weight`` [E, 2I, H] and ``mlp2_weight``
-    [E, H, I], each float or an MXFP4 (blocks, scales) pair in the gpt-oss checkpoint layout.
+    [E, H, I], each float or an MXFP4 (blocks, scales) pair in the gpt-oss checkpoint layout,
+    optionally with its :func:`repack_mxfp4` output: (blocks, scales, codes, slab_scales).
     Returns a tensor of x's shape and dtype.
     """
     _require_tensor("moe_mlp", "x", x)
     _require_tensor("moe_mlp", "gate_weight", gate_weight)
     for name, value in (("gate_bias", gate_bias), ("mlp1_bias", mlp1_bias), ("mlp2_bias", mlp2_bias)):
         _require_tensor("moe_mlp", name, value, optional=True)
-    w1, s1 = _split_weights("moe_mlp", "mlp1_weight", mlp1_weight)
-    w2, s2 = _split_weights("moe_mlp", "mlp2_weight", mlp2_weight)
+    w1, s1, c1, ss1 = _split_weights("moe_mlp", "mlp1_weight", mlp1_weight)
+    w2, s2, c2, ss2 = _split_weights("moe_mlp", "mlp2_weight", mlp2_weight)
     _require_int("moe_mlp", "experts_per_token", experts_per_token)
     alpha = _require_float("moe_mlp", "swiglu_alpha", swiglu_alpha)
     limit = _require_float("moe_mlp", "swiglu_limit", swiglu_limit)
@@ -200,7 +199,7 @@ def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torc
         raise ValueError("moekit.moe_mlp: 'x' expected shape [..., H], got a 0-d tensor")
     # math.prod, not -1: a reshape cannot infer -1 for a tensor without elements (H = 0).
     args = (x.reshape(math.prod(x.shape[:-1]), x.shape[-1]), gate_weight, gate_bias, w1, s1, mlp1_bias, w2, s2,
-            mlp2_bias, experts_per_token, alpha, limit)
+            mlp2_bias, experts_per_token, alpha, limit, c1, ss1, c2, ss2)
     training = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in args)
     # In grad mode the layer runs as its composition of differentiable ops, so that autograd keeps
     # its activations instead of the backward recomputing them (moekit/_autograd.py).

@@ -73,6 +73,18 @@ WeightDims check_expert_weights(const char* op, const char* values_arg, const ch
   return d;
 }
 
+// The repacked MXFP4 weights (repack_mxfp4's codes and scales) where given: both, beside MXFP4
+// weights of dims d. Returns whether they are.
+bool check_weight_slabs(const char* op, const char* codes_arg, const char* scales_arg, const ExpertWeights& w,
+                        const WeightDims& d) {
+  if (!w.has_slabs()) return false;
+  if (!w.is_mxfp4()) fail(kValue, op, codes_arg, "None with float weights (repack_mxfp4's layout is MXFP4's)", "a tensor");
+  const int64_t slabs = mxfp4_slabs::slabs(d.N), steps = mxfp4_slabs::steps(d.K);
+  check_tensor(op, codes_arg, w.slab_codes, {DType::kUInt8}, {d.E, slabs, steps, mxfp4_slabs::kCodeBytes});
+  check_tensor(op, scales_arg, w.slab_scales, {DType::kUInt8}, {d.E, slabs, steps, mxfp4_slabs::kScaleBytes});
+  return true;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------- mxfp4
@@ -195,13 +207,7 @@ MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a, const char* op)
   const WeightDims w = check_expert_weights(op, "w", "w_scales", a.w, p.K);
   p.E = w.E;
   p.N = w.N;
-  p.slabs = a.w.has_slabs();
-  if (p.slabs) {
-    if (!p.mxfp4) fail(kValue, op, "w_codes", "None with float weights (repack_mxfp4's layout is MXFP4's)", "a tensor");
-    const int64_t slabs = mxfp4_slabs::slabs(p.N), steps = mxfp4_slabs::steps(p.K);
-    check_tensor(op, "w_codes", a.w.slab_codes, {DType::kUInt8}, {p.E, slabs, steps, mxfp4_slabs::kCodeBytes});
-    check_tensor(op, "w_slab_scales", a.w.slab_scales, {DType::kUInt8}, {p.E, slabs, steps, mxfp4_slabs::kScaleBytes});
-  }
+  p.slabs = check_weight_slabs(op, "w_codes", "w_slab_scales", a.w, w);
   check::at_most(op, "w", "experts", p.E, kMaxIndex - 1, "int32 expert offsets");
   check_optional(op, "bias", a.bias, kFloatTypes, {p.E, p.N});
   if (a.expert_offsets.present()) {
@@ -317,6 +323,8 @@ MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype) 
   mlp1.N = 2 * p.I;
   mlp1.E = p.E;
   mlp1.gather = mlp1.swiglu = true;
+  mlp1.slabs = p.slabs1;
+  mlp2.slabs = p.slabs2;
   mlp1.out_cols = p.I;
   mlp2.M = mlp2.P = slots;
   mlp2.K = p.I;
@@ -387,9 +395,6 @@ MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a) {
   p.E = a.gate_weight.shape[0];
   if (p.E < 1) fail(kValue, op, "gate_weight", "at least one expert row", a.gate_weight.shape_str());
   check_optional(op, "gate_bias", a.gate_bias, kFloatTypes, {p.E});
-  for (const auto& [arg, w] : {std::pair{"mlp1_weight", &a.mlp1}, {"mlp2_weight", &a.mlp2}}) {
-    if (w->has_slabs()) fail(kValue, op, arg, "no repacked slabs (moe_mlp reads the checkpoint layout)", "slabs");
-  }
   const WeightDims w1 = check_expert_weights(op, "mlp1_weight", "mlp1_scales", a.mlp1, p.H);
   if (w1.E != p.E) fail(kValue, op, "mlp1_weight", std::to_string(p.E) + " experts (rows of gate_weight)", std::to_string(w1.E));
   if (w1.N % 2 != 0) fail(kValue, op, "mlp1_weight", "an even number of rows 2I (interleaved SwiGLU pairs)", std::to_string(w1.N));
@@ -401,6 +406,8 @@ MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a) {
          std::to_string(p.I) + "] (E, H, I)", a.mlp2.values.shape_str());
   }
   check_optional(op, "mlp2_bias", a.mlp2_bias, kFloatTypes, {p.E, p.H});
+  p.slabs1 = check_weight_slabs(op, "mlp1_codes", "mlp1_slab_scales", a.mlp1, w1);
+  p.slabs2 = check_weight_slabs(op, "mlp2_codes", "mlp2_slab_scales", a.mlp2, w2);
   check::at_most(op, "gate_weight", "experts", p.E, kMaxIndex - 1, "int32 expert offsets");
   if (a.experts_per_token < 1 || a.experts_per_token > p.E) {
     fail(kValue, op, "experts_per_token", "1 <= k <= " + std::to_string(p.E) + " (the number of experts)",
@@ -412,8 +419,10 @@ MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a) {
   check::finite(op, "swiglu_limit", a.swiglu_limit, true);
   p.device = check::same_device(op, {{"x", &a.x}, {"gate_weight", &a.gate_weight}, {"gate_bias", &a.gate_bias},
                                      {"mlp1_weight", &a.mlp1.values}, {"mlp1_scales", &a.mlp1.scales},
+                                     {"mlp1_codes", &a.mlp1.slab_codes}, {"mlp1_slab_scales", &a.mlp1.slab_scales},
                                      {"mlp1_bias", &a.mlp1_bias}, {"mlp2_weight", &a.mlp2.values},
-                                     {"mlp2_scales", &a.mlp2.scales}, {"mlp2_bias", &a.mlp2_bias},
+                                     {"mlp2_scales", &a.mlp2.scales}, {"mlp2_codes", &a.mlp2.slab_codes},
+                                     {"mlp2_slab_scales", &a.mlp2.slab_scales}, {"mlp2_bias", &a.mlp2_bias},
                                      {"y", &a.y}, {"workspace", &a.workspace}});
   p.decode = moe_decode_plan(p);
   p.workspace = moe_mlp_workspace_layout(p, a.x.dtype);

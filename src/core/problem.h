@@ -144,6 +144,7 @@ struct MoeMlpWorkspace {
 struct MoeMlpProblem {
   int64_t T = 0, H = 0, E = 0, I = 0;
   int k = 0;
+  bool slabs1 = false, slabs2 = false;  // mlp1's, mlp2's MXFP4 weights repacked too (repack_mxfp4)
   Device device;
   MoeDecodePlan decode;       // from moe_decode_plan
   MoeMlpWorkspace workspace;  // laid out by check_moe_mlp_inputs (sizes checked)

@@ -164,12 +164,12 @@ def set_mxfp4(key, i, fn):
     return mutate
 
 
-def set_slab(i, fn):
-    """matmul_ogs's w with its repack_mxfp4 output (blocks, scales, codes, slab_scales), part i
-    (2: codes, 3: slab_scales) replaced by fn of it."""
+def set_slab(i, fn, key="w"):
+    """The MXFP4 weights a[key] with their repack_mxfp4 output (blocks, scales, codes,
+    slab_scales), part i (2: codes, 3: slab_scales) replaced by fn of it."""
     def mutate(a, g):
-        w = tuple(a["w"]) + moekit.repack_mxfp4(*a["w"])
-        a["w"] = w[:i] + (fn(w[i], g),) + w[i + 1:]
+        w = tuple(a[key]) + moekit.repack_mxfp4(*a[key])
+        a[key] = w[:i] + (fn(w[i], g),) + w[i + 1:]
     return mutate
 
 
@@ -383,6 +383,11 @@ CASES = [
     Case("matmul_ogs", "w_codes_list", set_slab(2, lambda t, g: t.tolist()), TE, "w[2] (codes)", ("list",)),
     Case("matmul_ogs", "w_three_parts", lambda a, g: a.update(w=tuple(a["w"]) + (a["w"][0],)), VE, "w",
          ("sequence of 3",)),
+    Case("moe_mlp", "mlp1_codes_one_slab_short", set_slab(2, lambda t, g: t[:, :1].contiguous(), "mlp1_weight"), VE,
+         "mlp1_codes", ("[4, 1, 1, 2048]",)),
+    Case("moe_mlp", "mlp2_slab_scales_int32", set_slab(3, lambda t, g: t.int(), "mlp2_weight"), TE,
+         "mlp2_slab_scales", ("int32", "int")),
+    Case("moe_mlp", "mlp2_codes_meta", set_slab(2, lambda t, g: meta(t), "mlp2_weight"), VE, "mlp2_codes", ("meta",)),
     Case("matmul_ogs", "x_list", set_("x", lambda t, g: t.tolist()), TE, "x", ("list",)),
     Case("matmul_ogs", "w_ndarray", set_mxfp4("w", 0, lambda t, g: t.numpy()), TE, "w", ("ndarray",)),
     Case("matmul_ogs", "bias_list", set_("bias", lambda t, g: t.tolist()), TE, "bias", ("list",)),

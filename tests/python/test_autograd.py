@@ -183,6 +183,37 @@ def test_opcheck_moe_mlp_and_add_rms_norm_with_gradients(gen):
         assert all(v == "SUCCESS" for v in result.values()), (op, result)
 
 
+def test_repacked_weights_change_no_gradient(gen):
+    """moe_mlp given each expert weight with its repack_mxfp4 output too, through both training
+    paths (moekit.moe_mlp's composition, the op's own backward) and opcheck: the output and every
+    gradient the same bits as without."""
+    layer = MoeLayer(gen, 8, "mxfp4", torch.float32)
+    x = layer.draw_x(gen, 6, H, dtype=torch.float32, k=2)
+    slabs = (*moekit.repack_mxfp4(*layer.w1.arg), *moekit.repack_mxfp4(*layer.w2.arg))
+    w1, w2 = layer.w1.arg + slabs[:2], layer.w2.arg + slabs[2:]
+    runs = {}
+    for name, w in (("plain", (layer.w1.arg, layer.w2.arg)), ("repacked", (w1, w2))):
+        for path in ("composed", "op"):
+            leaves = [x.clone().requires_grad_(), layer.gate_weight.clone().requires_grad_(),
+                      layer.b1.clone().requires_grad_()]
+            if path == "composed":
+                y = moekit.moe_mlp(leaves[0], leaves[1], layer.gate_bias, w[0], leaves[2], w[1], layer.b2,
+                                   experts_per_token=2)
+            else:
+                extra = slabs if name == "repacked" else ()
+                y = torch.ops.moekit.moe_mlp(leaves[0], leaves[1], layer.gate_bias, *layer.w1.arg, leaves[2],
+                                             *layer.w2.arg, layer.b2, 2, 1.702, 7.0, *extra)
+            y.backward(torch.ones_like(y))
+            runs[name, path] = [y.detach()] + [t.grad for t in leaves]
+    for path in ("composed", "op"):
+        for plain, repacked in zip(runs["plain", path], runs["repacked", path]):
+            assert torch.equal(plain, repacked), path
+    call = (x, layer.gate_weight.requires_grad_(), layer.gate_bias, *layer.w1.arg, layer.b1, *layer.w2.arg, layer.b2,
+            2, 1.702, 7.0, *slabs)
+    result = opcheck(torch.ops.moekit.moe_mlp.default, call)
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
 def test_backward_op_checks_its_gradient(gen):
     x, w, args = matmul_case(gen, "mxfp4", 5, 4, 2, 64, 64, "swiglu")
     with pytest.raises(ValueError, match=r"moekit.matmul_ogs_backward: 'grad_out' expected shape \[10, 32\]"):

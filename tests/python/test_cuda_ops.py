@@ -159,6 +159,22 @@ def test_matmul_ogs_matches_cpu(T, E, k, mxfp4):
         assert torch.isfinite(got2).all()
 
 
+@pytest.mark.parametrize("T,E", [(7, 32), (128, 32), (1000, 128)])
+def test_moe_mlp_with_repacked_weights_matches_cpu(T, E):
+    """The layer given each expert weight with its repack_mxfp4 output too (the operand of the
+    swap-AB kernels), on the decode path and both matmul paths: the CPU's result (which reads
+    the checkpoint layout) within the layer's bound, bitwise stable."""
+    gen = generator("moe-slabs", T, E)
+    x = torch.randn(T, H, generator=gen).bfloat16()
+    L = layer(gen, E, True)
+    want = moekit.moe_mlp(x, **L, experts_per_token=4)
+    for name in ("mlp1_weight", "mlp2_weight"):
+        L[name] = L[name] + moekit.repack_mxfp4(*L[name])
+    got = run3(lambda: moekit.moe_mlp(x.cuda(), **to_cuda(L), experts_per_token=4))
+    assert torch.isfinite(got).all()
+    assert rel_err(got, want) < 5e-3
+
+
 @pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16])
 def test_matmul_ogs_plain_float32(wdtype):
     """One expert, no gather/scatter, float32 x and K not a multiple of 32: tight tolerance."""

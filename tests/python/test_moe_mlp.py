@@ -18,7 +18,7 @@ TS = [0, 1, 7, 64]
 EK = [(E, k) for E, k in itertools.product([1, 4, 32], [1, 2, 4]) if k <= E]
 X_DTYPES = [torch.bfloat16, torch.float32]
 
-@pytest.mark.parametrize("w_kind", ["bfloat16", "mxfp4"])
+@pytest.mark.parametrize("w_kind", ["bfloat16", "mxfp4", "slabs"])
 @pytest.mark.parametrize("x_dtype", X_DTYPES)
 @pytest.mark.parametrize("E,k", EK)
 @pytest.mark.parametrize("T", TS)
