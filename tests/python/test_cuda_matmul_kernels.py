@@ -98,25 +98,58 @@ def problem(kernel):
     return len(counts), int(counts.sum()), offsets
 
 
-@pytest.mark.parametrize("kernel", list(ROWS_PER_EXPERT))
-@pytest.mark.parametrize("kind,K", [("mxfp4", 544), ("checkpoint", 544), ("mxfp4", 6176), ("bfloat16", 544),
-                                    ("bfloat16", 40)])
-def test_gather_bias_swiglu(gen, kernel, kind, K):
-    """mlp1's shape: rows gathered from x, bias, SwiGLU over column pairs; N = 80 (5 column
-    slabs of 16), K = 544 (17 blocks of 32, split unevenly over 4 warps), 6176 (193 blocks, many
-    k steps per warp and tile) or 40 (bf16 only)."""
-    E, P, offsets = problem(kernel)
-    N, M = 80, P // 2 + 3
+def run_forced(call, config):
+    """call()'s result, and the CUDA kernels it ran where a config is forced (else None)."""
+    return cuda_kernels_during(call) if config else (call(), None)
+
+
+def check_gather_bias_swiglu(gen, rows, kind, N, K, config=None):
+    """mlp1's shape on a ROWS_PER_EXPERT layout (rows gathered from x, bias, SwiGLU over column
+    pairs), `config` forced where given: every element within its bound. Returns the kernels that
+    ran with a forced config."""
+    E, P, offsets = problem(rows)
+    M = P // 2 + 3
     x = randn(gen, M, K, dtype=torch.bfloat16)
     w, dense = weights(gen, kind, E, N, K)
     bias = randn(gen, E, N, dtype=torch.bfloat16, scale=0.5)
     gather = torch.randint(0, M, (P,), generator=gen, dtype=torch.int32)
     swiglu = (SWIGLU_ALPHA, SWIGLU_LIMIT)
-    got = moekit.matmul_ogs(x.cuda(), to_cuda(w), bias.cuda(), expert_offsets=offsets.cuda(), gather_idx=gather.cuda(),
-                            swiglu=swiglu)
+    got, ran = run_forced(lambda: moekit.matmul_ogs(x.cuda(), to_cuda(w), bias.cuda(), expert_offsets=offsets.cuda(),
+                                                    gather_idx=gather.cuda(), swiglu=swiglu, config=config), config)
     h = ref.matmul_ogs(x, dense, bias, expert_offsets=offsets, gather_idx=gather)
     terms = ref.matmul_ogs(x.abs(), dense.abs(), bias.abs(), expert_offsets=offsets, gather_idx=gather)
     assert_elementwise(got, ref.swiglu(h, *swiglu), swiglu_bound(h, accumulation(K) * terms))
+    return ran
+
+
+def check_scatter_combine(gen, rows, kind, N, K, config=None):
+    """mlp2's shape on a ROWS_PER_EXPERT layout (expert-grouped rows, bias, then the weighted
+    combine of each token's rows), `config` forced where given: every element within its bound.
+    Returns the kernels that ran with a forced config."""
+    E, P, offsets = problem(rows)
+    k = 2 if P % 2 == 0 else 1
+    x = randn(gen, P, K, dtype=torch.bfloat16)
+    w, dense = weights(gen, kind, E, N, K)
+    bias = randn(gen, E, N, dtype=torch.bfloat16, scale=0.5)
+    scatter = torch.randperm(P, generator=gen).to(torch.int32).reshape(P // k, k)
+    combine = torch.rand(P // k, k, generator=gen)
+    got, ran = run_forced(lambda: moekit.matmul_ogs(x.cuda(), to_cuda(w), bias.cuda(), expert_offsets=offsets.cuda(),
+                                                    scatter_idx=scatter.cuda(), combine_weight=combine.cuda(),
+                                                    config=config), config)
+    want = ref.matmul_ogs(x, dense, bias, expert_offsets=offsets, scatter_idx=scatter, combine_weight=combine)
+    terms = ref.matmul_ogs(x.abs(), dense.abs(), bias.abs(), expert_offsets=offsets, scatter_idx=scatter,
+                           combine_weight=combine)
+    assert_elementwise(got, want, accumulation(K) * terms)
+    return ran
+
+
+@pytest.mark.parametrize("kernel", list(ROWS_PER_EXPERT))
+@pytest.mark.parametrize("kind,K", [("mxfp4", 544), ("checkpoint", 544), ("mxfp4", 6176), ("bfloat16", 544),
+                                    ("bfloat16", 40)])
+def test_gather_bias_swiglu(gen, kernel, kind, K):
+    """mlp1's shape; N = 80 (5 column slabs of 16), K = 544 (17 blocks of 32, split unevenly over
+    4 warps), 6176 (193 blocks, many k steps per warp and tile) or 40 (bf16 only)."""
+    check_gather_bias_swiglu(gen, kernel, kind, 80, K)
 
 
 @pytest.mark.parametrize("kernel", list(ROWS_PER_EXPERT))
@@ -138,22 +171,8 @@ def test_extreme_scales(gen, kernel):
 @pytest.mark.parametrize("kernel", list(ROWS_PER_EXPERT))
 @pytest.mark.parametrize("kind", ["mxfp4", "checkpoint", "bfloat16"])
 def test_scatter_combine(gen, kernel, kind):
-    """mlp2's shape: expert-grouped rows, bias, then the weighted combine of each token's rows;
-    N = 48, K = 544."""
-    E, P, offsets = problem(kernel)
-    k = 2 if P % 2 == 0 else 1
-    N, K = 48, 544
-    x = randn(gen, P, K, dtype=torch.bfloat16)
-    w, dense = weights(gen, kind, E, N, K)
-    bias = randn(gen, E, N, dtype=torch.bfloat16, scale=0.5)
-    scatter = torch.randperm(P, generator=gen).to(torch.int32).reshape(P // k, k)
-    combine = torch.rand(P // k, k, generator=gen)
-    got = moekit.matmul_ogs(x.cuda(), to_cuda(w), bias.cuda(), expert_offsets=offsets.cuda(),
-                            scatter_idx=scatter.cuda(), combine_weight=combine.cuda())
-    want = ref.matmul_ogs(x, dense, bias, expert_offsets=offsets, scatter_idx=scatter, combine_weight=combine)
-    terms = ref.matmul_ogs(x.abs(), dense.abs(), bias.abs(), expert_offsets=offsets, scatter_idx=scatter,
-                           combine_weight=combine)
-    assert_elementwise(got, want, accumulation(K) * terms)
+    """mlp2's shape; N = 48, K = 544."""
+    check_scatter_combine(gen, kernel, kind, 48, 544)
 
 
 @pytest.mark.parametrize("kernel", ["stream8", "stream16", "stream32"])
@@ -308,31 +327,9 @@ def test_every_config_forced(gen, config, kind, rows):
     element within its bound, and the profiler names the forced kernel."""
     if config in ("wgmma128", *SWAPAB) and torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("wgmma needs sm_90")
-    E, P, offsets = problem(rows)
-    N, K, M = 80, 544, P // 2 + 3
-    x = randn(gen, M, K, dtype=torch.bfloat16)
-    w, dense = weights(gen, kind, E, N, K)
-    bias = randn(gen, E, N, dtype=torch.bfloat16, scale=0.5)
-    gather = torch.randint(0, M, (P,), generator=gen, dtype=torch.int32)
-    swiglu = (SWIGLU_ALPHA, SWIGLU_LIMIT)
-    got, ran = cuda_kernels_during(lambda: moekit.matmul_ogs(
-        x.cuda(), to_cuda(w), bias.cuda(), expert_offsets=offsets.cuda(), gather_idx=gather.cuda(), swiglu=swiglu,
-        config=config))
-    assert any(FORCED[config][1] in name for name in ran), ran
-    h = ref.matmul_ogs(x, dense, bias, expert_offsets=offsets, gather_idx=gather)
-    terms = ref.matmul_ogs(x.abs(), dense.abs(), bias.abs(), expert_offsets=offsets, gather_idx=gather)
-    assert_elementwise(got, ref.swiglu(h, *swiglu), swiglu_bound(h, accumulation(K) * terms))
-
-    k = 2 if P % 2 == 0 else 1
-    a = randn(gen, P, K, dtype=torch.bfloat16)
-    scatter = torch.randperm(P, generator=gen).to(torch.int32).reshape(P // k, k)
-    combine = torch.rand(P // k, k, generator=gen)
-    got = moekit.matmul_ogs(a.cuda(), to_cuda(w), bias.cuda(), expert_offsets=offsets.cuda(), scatter_idx=scatter.cuda(),
-                            combine_weight=combine.cuda(), config=config)
-    want = ref.matmul_ogs(a, dense, bias, expert_offsets=offsets, scatter_idx=scatter, combine_weight=combine)
-    terms = ref.matmul_ogs(a.abs(), dense.abs(), bias.abs(), expert_offsets=offsets, scatter_idx=scatter,
-                           combine_weight=combine)
-    assert_elementwise(got, want, accumulation(K) * terms)
+    for check in (check_gather_bias_swiglu, check_scatter_combine):
+        ran = check(gen, rows, kind, 80, 544, config)
+        assert any(FORCED[config][1] in name for name in ran), (check.__name__, ran)
 
 
 @pytest.mark.parametrize("config", SWAPAB)
@@ -362,6 +359,35 @@ def test_swapab_edges(gen, config):
     want = ref.matmul_ogs(x, dense, expert_offsets=offsets, gather_idx=good)
     terms = ref.matmul_ogs(x.abs(), dense.abs(), expert_offsets=offsets, gather_idx=good)
     assert_elementwise(got[keep], want[keep], accumulation(K) * terms[keep])
+
+
+@pytest.mark.parametrize("config", SWAPAB)
+@pytest.mark.parametrize("E", [32, 128])
+def test_swapab_rows_are_batch_invariant(gen, config, E):
+    """A token's mlp1 rows from a swap-AB kernel are the same bits whether it runs alone or inside
+    batches of 16 to 2048 tokens (issue 22's batch invariance at the kernel: one k order, no split,
+    whatever the tiles around the token hold)."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("wgmma needs sm_90")
+    N, K, k = 256, 1024, 4
+    w, _ = weights(gen, "slabs", E, N, K)
+    w = to_cuda(w)
+    bias = randn(gen, E, N, dtype=torch.bfloat16, scale=0.5).cuda()
+    tokens = randn(gen, 64, K, dtype=torch.bfloat16)
+    logits = randn(gen, 64, E)
+
+    def rows(x, lg):  # each token's k rows of h: [T, k, N]
+        r = moekit.route(lg.cuda(), k)
+        h = moekit.matmul_ogs(x.cuda(), w, bias, expert_offsets=r.expert_offsets, gather_idx=r.gather_idx,
+                              config=config)
+        return h[r.scatter_idx.long()]
+
+    alone = torch.stack([rows(tokens[t : t + 1], logits[t : t + 1])[0] for t in range(64)])
+    for T in (16, 64, 512, 2048):
+        x, lg = randn(gen, T, K, dtype=torch.bfloat16), randn(gen, T, E)
+        at = torch.randperm(T, generator=gen)[: min(T, 64)]
+        x[at], lg[at] = tokens[: len(at)], logits[: len(at)]
+        assert torch.equal(rows(x, lg)[at.cuda()], alone[: len(at)]), T
 
 
 def test_the_gemv_forced(gen):
