@@ -118,6 +118,35 @@ def test_cuda_graph_capture_and_replay_equals_eager():
         assert torch.equal(y_graph, moe(x, layer)), f"replay {trial}"
 
 
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() != (9, 0), reason="sm_90")
+def test_swap_ab_kernels_on_a_side_stream_and_in_a_graph():
+    """The swap-AB configs (three launches a call: tile list, staged x, the persistent loop) on the
+    caller's side stream with the current device and stream untouched, and replayed from a CUDA
+    graph with the eager call's bits."""
+    layer = make_layer(5)
+    w = layer["mlp1_weight"] + moekit.repack_mxfp4(*layer["mlp1_weight"])
+    x = torch.randn(40, H, device="cuda").bfloat16()
+    r = moekit.route(torch.randn(40, E, device="cuda"), K)
+    for config in ("swapab16", "swapab32", "swapab64", "swapab128"):
+        call = lambda: moekit.matmul_ogs(x, w, layer["mlp1_bias"], expert_offsets=r.expert_offsets,  # noqa: E731
+                                         gather_idx=r.gather_idx, swiglu=(1.702, 7.0), config=config)
+        device_before = torch.cuda.current_device()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            stream_before = torch.cuda.current_stream()
+            eager = call()
+            assert torch.cuda.current_stream() == stream_before
+        torch.cuda.current_stream().wait_stream(side)
+        assert torch.cuda.current_device() == device_before
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            replayed = call()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(replayed, eager), config
+
+
 def test_torch_compile_on_cuda():
     layer = make_layer(4)
     x = torch.randn(9, H, device="cuda").bfloat16()
