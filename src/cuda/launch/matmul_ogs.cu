@@ -7,7 +7,6 @@
 #include "../kernels/gemm/matmul_ogs_gemv.cuh"
 #include "../kernels/gemm/matmul_ogs_simt.cuh"
 #include "../kernels/gemm/matmul_ogs_stream.cuh"
-#include "../kernels/gemm/matmul_ogs_swapab.cuh"
 #include "../kernels/gemm/matmul_ogs_tiled.cuh"
 #include "../kernels/gemm/matmul_ogs_wgmma.cuh"
 #include "../kernels/gemm/matmul_ogs_wmma.cuh"
@@ -20,6 +19,7 @@
 #include "launch_kernel.h"
 #include "launch_util.h"
 #include "matmul_ogs_launch.h"
+#include "matmul_ogs_swapab_launch.h"
 
 namespace moekit::cuda {
 namespace {
@@ -44,16 +44,17 @@ static_assert(config_of(MatmulOgsKernel::kStream8).tile_cols == stream::kCols * 
                   config_of(MatmulOgsKernel::kStream8, false).tile_cols == stream::kCols * stream::slabs(1, false) &&
                   config_of(MatmulOgsKernel::kStream16).tile_cols == stream::kCols * stream::slabs(2, true) &&
                   config_of(MatmulOgsKernel::kStream32).tile_cols == stream::kCols * stream::slabs(4, true), "stream");
-template <int R>
+template <class Sh>
 constexpr bool swapab_config_is(MatmulOgsKernel k) {
   const MatmulOgsConfig c = config_of(k);
-  return c.tile_rows == R && c.tile_cols == swapab::kTileCols && c.tile_k == mxfp4_slabs::kStepK &&
-         c.stages == swapab::Shape<R>::kStages && c.warps * 32 == swapab::kThreads &&
-         swapab::smem_bytes<R>() <= kSwapabSharedMemoryBytes && R <= kSwapabMaxTileRows && R >= kMinTileRows;
+  return c.tile_rows == Sh::kRows && c.tile_cols == Sh::kTileCols && c.tile_k == mxfp4_slabs::kStepK &&
+         c.stages == Sh::kStages && c.warps * 32 == Sh::kThreads && Sh::kSmemBytes <= kSwapabSharedMemoryBytes &&
+         Sh::kRows >= kMinTileRows;
 }
-static_assert(swapab_config_is<16>(MatmulOgsKernel::kSwapab16) && swapab_config_is<32>(MatmulOgsKernel::kSwapab32) &&
-                  swapab_config_is<64>(MatmulOgsKernel::kSwapab64) &&
-                  swapab_config_is<128>(MatmulOgsKernel::kSwapab128), "swapab");
+static_assert(swapab_config_is<swapab::Swapab16>(MatmulOgsKernel::kSwapab16) &&
+                  swapab_config_is<swapab::Swapab32>(MatmulOgsKernel::kSwapab32) &&
+                  swapab_config_is<swapab::Swapab64>(MatmulOgsKernel::kSwapab64) &&
+                  swapab_config_is<swapab::Swapab128>(MatmulOgsKernel::kSwapab128), "swapab");
 
 // A block per (row tile, column tile) of the planned list.
 dim3 tile_grid(const MatmulOgsProblem& p, const MatmulOgsParams& params, const MatmulOgsConfig& c) {
@@ -124,24 +125,6 @@ void launch_stream(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const Matm
                    cudaStream_t stream, const ExecContext& ctx) {
   if (p.mxfp4) launch_stream<NT, true, 4>(p, a, c, params, stream, ctx);
   else launch_stream<NT, false, 4>(p, a, c, params, stream, ctx);
-}
-
-// The token tiles listed, their x rows staged, then a persistent grid over (token tile, 128
-// weight rows) items: as many blocks as are resident at once (one an SM), never more than there
-// can be items.
-template <int R>
-void launch_swapab(const MatmulOgsProblem& p, const MatmulOgsConfig& c, MatmulOgsParams params, cudaStream_t stream,
-                   const ExecContext& ctx) {
-  constexpr auto* kernel = matmul_ogs_swapab_kernel<R>;
-  constexpr int smem = swapab::smem_bytes<R>();
-  plan_tiles<R>(params, stream, ctx);
-  const int64_t sms = device_info(p.device.index).sm_count, tiles = max_row_tiles(params, c.tile_rows);
-  stage_x_kernel<R><<<static_cast<unsigned>(std::min(tiles, 8 * sms)), swapab::kStageThreads, 0, stream>>>(params);
-  MOEKIT_CHECK_LAUNCH(ctx, stream, "stage_x_kernel");
-  allow_dynamic_smem<kernel>(smem, p.device.index);
-  const int64_t items = tiles * ceil_div(ceil_div(p.N, mxfp4_slabs::kRows), swapab::kSlabsPerTile);
-  const int64_t resident = sms * resident_blocks_per_sm<kernel>(swapab::kThreads, smem, p.device.index);
-  kernel<<<static_cast<unsigned>(std::min(items, resident)), swapab::kThreads, smem, stream>>>(params);
 }
 
 // One block an SM at most, each holding its rows of the weight in shared memory where they fit.
@@ -223,10 +206,10 @@ void launch_matmul_ogs_rows(const MatmulOgsProblem& p, const MatmulOgsArgs& a, c
     case MatmulOgsKernel::kWgmma128: launch_wgmma(p, c, params, stream, ctx); break;
     case MatmulOgsKernel::kWmma64: launch_wmma(p, c, params, stream, ctx); break;
     case MatmulOgsKernel::kGemv: launch_gemv(p, params, stream); break;
-    case MatmulOgsKernel::kSwapab16: launch_swapab<16>(p, c, params, stream, ctx); break;
-    case MatmulOgsKernel::kSwapab32: launch_swapab<32>(p, c, params, stream, ctx); break;
-    case MatmulOgsKernel::kSwapab64: launch_swapab<64>(p, c, params, stream, ctx); break;
-    case MatmulOgsKernel::kSwapab128: launch_swapab<128>(p, c, params, stream, ctx); break;
+    case MatmulOgsKernel::kSwapab16: launch_swapab<swapab::Swapab16>(p, params, stream, ctx); break;
+    case MatmulOgsKernel::kSwapab32: launch_swapab<swapab::Swapab32>(p, params, stream, ctx); break;
+    case MatmulOgsKernel::kSwapab64: launch_swapab<swapab::Swapab64>(p, params, stream, ctx); break;
+    case MatmulOgsKernel::kSwapab128: launch_swapab<swapab::Swapab128>(p, params, stream, ctx); break;
     case MatmulOgsKernel::kSimt:
       if (a.x.dtype == DType::kBFloat16) launch_simt<bf16>(p, a, c, params, stream, ctx);
       else launch_simt<float>(p, a, c, params, stream, ctx);
@@ -235,27 +218,29 @@ void launch_matmul_ogs_rows(const MatmulOgsProblem& p, const MatmulOgsArgs& a, c
   MOEKIT_CHECK_LAUNCH(ctx, stream, "matmul_ogs kernel");
 }
 
-void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecContext& ctx) {
-  const char* op = "matmul_ogs";
+MatmulOgsParams matmul_ogs_forward_params(const MatmulOgsProblem& p, const MatmulOgsArgs& a) {
   const MatmulOgsWorkspace& ws = p.workspace;
-  DeviceGuard guard(p.device.index);
-  const cudaStream_t stream = stream_of(op, p.device, ctx);
-
   MatmulOgsParams params = matmul_ogs_params(p, a);
   char* ws_base = static_cast<char*>(a.workspace.data);
   params.tile_items = reinterpret_cast<int2*>(ws_base + ws.tiles);  // written by plan_tiles_kernel
   params.tile_count = reinterpret_cast<int*>(ws_base + ws.tile_count);
   params.x_staged = p.slabs ? reinterpret_cast<uint8_t*>(ws_base + ws.staged) : nullptr;
   // With scatter, rows go to the workspace as float32 and the combine writes `out`.
-  float* combine_rows = reinterpret_cast<float*>(ws_base + ws.combine);
-  params.out = p.scatter ? static_cast<void*>(combine_rows) : a.out.data;
+  params.out = p.scatter ? static_cast<void*>(ws_base + ws.combine) : a.out.data;
   params.out_bf16 = !p.scatter && a.out.dtype == DType::kBFloat16;
+  return params;
+}
 
+void matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const ExecContext& ctx) {
+  const char* op = "matmul_ogs";
+  DeviceGuard guard(p.device.index);
+  const cudaStream_t stream = stream_of(op, p.device, ctx);
+  const MatmulOgsParams params = matmul_ogs_forward_params(p, a);
   if (p.P > 0) launch_matmul_ogs_rows(p, a, params, stream, ctx);
   if (p.scatter) {
     const int64_t n = p.T * p.out_cols;
     combine_kernel<<<static_cast<unsigned>(ceil_div(n, kElementwiseThreads)), kElementwiseThreads, 0, stream>>>(
-        combine_rows, a.scatter_idx.ptr<int32_t>(),
+        static_cast<const float*>(params.out), a.scatter_idx.ptr<int32_t>(),
         a.combine_weight.present() ? a.combine_weight.ptr<float>() : nullptr, p.T, static_cast<int>(p.k), p.out_cols,
         p.P, a.out.data, a.out.dtype == DType::kBFloat16);
     MOEKIT_CHECK_LAUNCH(ctx, stream, "combine_kernel");

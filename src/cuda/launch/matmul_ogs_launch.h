@@ -12,8 +12,11 @@
 
 namespace moekit::cuda {
 
-// The kernels' arguments of a call, but for out and the workspace's tile list.
+// The kernels' arguments of a call, but for out and the workspace's parts.
 MatmulOgsParams matmul_ogs_params(const MatmulOgsProblem& p, const MatmulOgsArgs& a);
+// A forward call's: those and the workspace's parts (the tile list, x's staged rows, and with
+// scatter the float32 rows the combine sums, as out).
+MatmulOgsParams matmul_ogs_forward_params(const MatmulOgsProblem& p, const MatmulOgsArgs& a);
 
 // Refuses (naming `op`) problems whose grids would pass the CUDA limits.
 void check_matmul_ogs_grids(const char* op, const MatmulOgsProblem& p, const MatmulOgsArgs& a);

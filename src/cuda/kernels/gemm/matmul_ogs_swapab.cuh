@@ -37,43 +37,43 @@ namespace moekit::cuda {
 
 namespace swapab {
 namespace slabs = ::moekit::mxfp4_slabs;
-constexpr int kSlabsPerTile = 2;                         // consumer warpgroups
-constexpr int kTileCols = kSlabsPerTile * slabs::kRows;  // weight rows (output columns) of a work item
-constexpr int kThreads = 128 * (kSlabsPerTile + 1);      // and the producer's warpgroup
 constexpr int kStageThreads = 256;
-// Registers a thread after setmaxnreg: the block's 64 K shared as 128 x 40 + 256 x 232.
-constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
-static_assert(128 * kProducerRegisters + 128 * kSlabsPerTile * kConsumerRegisters <= 65536, "one block an SM");
+constexpr int kProducerRegisters = 40;  // after setmaxnreg (the producer's warpgroup)
 
-// Per token tile height R: k steps a chunk (one ring stage; even, so that step ks of every chunk
-// decodes into register set ks % 2) and stages (as many as fit).
-template <int R>
-struct Shape;
-template <>
-struct Shape<16> { static constexpr int kChunkSteps = 4, kStages = 7; };
-template <>
-struct Shape<32> { static constexpr int kChunkSteps = 4, kStages = 5; };
-template <>
-struct Shape<64> { static constexpr int kChunkSteps = 4, kStages = 4; };
-template <>
-struct Shape<128> { static constexpr int kChunkSteps = 2, kStages = 5; };
-
-// A ring stage: the slabs' codes (a consumer warpgroup each), the x rows, the slabs' scales; 1 KB
-// multiples, so the x rows start where the swizzle's 8-row groups must (1 KB-aligned).
-template <int R>
-struct Stage {
-  static constexpr int KS = Shape<R>::kChunkSteps;
+// A kernel's shape: R token rows a tile (wgmma's N); KS k steps a chunk (one ring stage; even, so
+// that step ks of every chunk decodes into register set ks % 2); S stages; WG consumer
+// warpgroups, a 64-row slab each (the work item's weight rows). The library's configs
+// (matmul_ogs_config.h) are the Swapab* aliases below; bench/swapab_variants.cu times others.
+template <int R, int KS, int S, int WG>
+struct Shape {
+  static constexpr int kRows = R, kChunkSteps = KS, kStages = S, kSlabs = WG;
+  static constexpr int kTileCols = WG * slabs::kRows;  // weight rows (output columns) of a work item
+  static constexpr int kThreads = 128 * (WG + 1);      // and the producer's warpgroup
+  // Registers a consumer thread after setmaxnreg: what the producer leaves of the SM's 64 K, in
+  // setmaxnreg's multiples of 8, at most its 256.
+  static constexpr int kConsumerRegisters =
+      (65536 - 128 * kProducerRegisters) / (128 * WG) / 8 * 8 > 256 ? 256
+                                                                     : (65536 - 128 * kProducerRegisters) / (128 * WG) / 8 * 8;
+  // A ring stage: the slabs' codes (a consumer warpgroup each), the x rows, the slabs' scales;
+  // 1 KB multiples, so the x rows start where the swizzle's 8-row groups must (1 KB-aligned).
   static constexpr int kSlabCodes = slabs::kCodeBytes * KS, kSlabScales = slabs::kScaleBytes * KS;
-  static constexpr int kCodes = kSlabsPerTile * kSlabCodes;
+  static constexpr int kCodes = WG * kSlabCodes;
   static constexpr int kX = R * 128 * KS;  // a 128-byte line a token a step
-  static constexpr int kScales = (kSlabsPerTile * kSlabScales + 1023) / 1024 * 1024;
-  static constexpr int kBytes = kCodes + kX + kScales;
+  static constexpr int kScales = (WG * kSlabScales + 1023) / 1024 * 1024;
+  static constexpr int kStageBytes = kCodes + kX + kScales;
+  static constexpr int kSmemBytes = S * kStageBytes + 1024;  // and slack to align the ring to 1 KB
+  static_assert(R % 8 == 0 && R >= 8 && R <= 256, "wgmma's N");
+  static_assert(KS % 2 == 0, "register sets by the step's parity in its chunk");
+  static_assert(S >= 3, "a chunk of one step frees its stage a chunk late (see the consumers' release)");
   static_assert(kCodes % 1024 == 0 && kX % 1024 == 0, "1 KB-aligned parts");
+  static_assert(kConsumerRegisters >= 24, "setmaxnreg's least");
 };
-template <int R>
-constexpr int smem_bytes() {
-  return Shape<R>::kStages * Stage<R>::kBytes + 1024;  // and slack to align the ring to 1 KB
-}
+
+// The library's configs (matmul_ogs_config.h): two consumer warpgroups, as many stages as fit.
+using Swapab16 = Shape<16, 4, 7, 2>;
+using Swapab32 = Shape<32, 4, 5, 2>;
+using Swapab64 = Shape<64, 4, 4, 2>;
+using Swapab128 = Shape<128, 2, 5, 2>;
 }  // namespace swapab
 
 // Where staged x holds 16-byte piece c (0..7) of k step s of problem row r: rows of 128 bytes,
@@ -85,8 +85,8 @@ __device__ __forceinline__ int64_t staged_x_offset(const MatmulOgsParams& p, int
   return (step * p.staged_rows + row) * 128 + ((c ^ phase) * 16);
 }
 
-// x's rows of every token tile into staged x: gathered, zeros past K and for bad gather indices
-// (the epilogue makes those rows NaN), every k step of the row.
+// x's rows of every token tile of R rows into staged x: gathered, zeros past K and for bad gather
+// indices (the epilogue makes those rows NaN), every k step of the row.
 template <int R>
 __global__ void __launch_bounds__(swapab::kStageThreads) stage_x_kernel(const MatmulOgsParams p) {
   const int pieces = static_cast<int>((p.K + 63) / 64) * 8;  // 16-byte pieces of a staged row
@@ -128,14 +128,12 @@ __device__ __forceinline__ void decode_step(const uint4 w, uint32_t s0, uint32_t
   }
 }
 
-template <int R>
-__global__ void __launch_bounds__(swapab::kThreads, 1) matmul_ogs_swapab_kernel(const MatmulOgsParams p) {
+template <class Sh>
+__global__ void __launch_bounds__(Sh::kThreads, 1) matmul_ogs_swapab_kernel(const MatmulOgsParams p) {
 #if MOEKIT_WGMMA
   using namespace swapab;
-  using St = Stage<R>;
-  constexpr int KS = Shape<R>::kChunkSteps, S = Shape<R>::kStages, WG = kSlabsPerTile;
-  static_assert(S >= 3, "a chunk of one step frees its stage a chunk late (see the consumers' release)");
-  static_assert(KS % 2 == 0, "register sets by the step's parity in its chunk");
+  using St = Sh;
+  constexpr int R = Sh::kRows, KS = Sh::kChunkSteps, S = Sh::kStages, WG = Sh::kSlabs;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + (1024 - shared_address(smem_raw) % 1024) % 1024;
   __shared__ uint64_t full[S], empty[S];
@@ -151,8 +149,9 @@ __global__ void __launch_bounds__(swapab::kThreads, 1) matmul_ogs_swapab_kernel(
   }
   __syncthreads();
   const int wg = threadIdx.x / 128;
-  // The producer's warpgroup gives registers to the consumers': with the launch's 168 each, ptxas
-  // serializes the consumers' wgmmas (C7511: no room for two register sets in flight).
+  // The producer's warpgroup gives registers to the consumers': with the launch's share each (168
+  // at two consumer warpgroups), ptxas serializes the consumers' wgmmas (C7511: no room for two
+  // register sets in flight).
   if (wg == WG) {  // the producer: one thread
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(kProducerRegisters));
     if (threadIdx.x != 128 * WG) return;
@@ -165,7 +164,7 @@ __global__ void __launch_bounds__(swapab::kThreads, 1) matmul_ogs_swapab_kernel(
       for (int c = 0; c < chunks; ++c, ++n) {
         const int s = n % S, nst = min(KS, steps - c * KS);
         if (n >= S) barrier_wait(&empty[s], ((n / S) - 1) & 1);
-        unsigned char* st = smem + s * St::kBytes;
+        unsigned char* st = smem + s * St::kStageBytes;
         barrier_arrive_expect(&full[s], nst * (WG * (slabs::kCodeBytes + slabs::kScaleBytes) + R * 128));
         for (int h = 0; h < WG; ++h) {
           // The last tile of an odd slab count repeats the last slab; its columns are not stored.
@@ -184,7 +183,7 @@ __global__ void __launch_bounds__(swapab::kThreads, 1) matmul_ogs_swapab_kernel(
     }
     return;
   }
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(kConsumerRegisters));
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(Sh::kConsumerRegisters));
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int slab_row = warp * 16 + g;  // this thread's weight rows in its slab: slab_row and slab_row + 8
   int n = 0;         // chunks consumed by this block
@@ -201,7 +200,7 @@ __global__ void __launch_bounds__(swapab::kThreads, 1) matmul_ogs_swapab_kernel(
     for (int c = 0; c < chunks; ++c, ++n) {
       const int s = n % S, nst = min(KS, steps - c * KS);
       barrier_wait(&full[s], (n / S) & 1);
-      const unsigned char* st = smem + s * St::kBytes;
+      const unsigned char* st = smem + s * St::kStageBytes;
       const uint64_t b0 = wgmma_descriptor_sw128(st + St::kCodes);
       struct StepLoad {
         uint4 w;
@@ -245,7 +244,7 @@ __global__ void __launch_bounds__(swapab::kThreads, 1) matmul_ogs_swapab_kernel(
     // acc[4u + 2h + i]: weight row slab_row + 8h of the slab (output column n_h), token 8u + 2t + i
     // of the tile. Column n_h + 1 (row g + 1, when g is even) is lane + 4's value. The bias is
     // read before any store (loads cannot move above stores that might alias them).
-    const int64_t n0 = static_cast<int64_t>(tile) * kTileCols + wg * slabs::kRows + slab_row;
+    const int64_t n0 = static_cast<int64_t>(tile) * Sh::kTileCols + wg * slabs::kRows + slab_row;
     float b[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
