@@ -81,7 +81,7 @@ def _split_weights(op: str, arg: str, w: Weights) -> Tuple[Optional[torch.Tensor
                          f"slab_scales), got a sequence of {len(w)}")
     for i, t in enumerate(w):
         _require_tensor(op, f"{arg}[{i}] ({names[i]})", t)
-    return tuple(w) + (None, None) * (len(w) == 2)
+    return tuple(w) if len(w) == 4 else (w[0], w[1], None, None)
 
 
 def quantize_mxfp4(w: torch.Tensor, axis: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -149,8 +149,9 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
     where ``expert_offsets[e] <= p < expert_offsets[e+1]``; ``h[p] = row @ w[e].T + bias[e]``
     with fp32 accumulation. ``w`` is float [E, N, K] or an MXFP4 pair ([E, N, K/32, 16],
     [E, N, K/32]), optionally with its :func:`repack_mxfp4` output as (blocks, scales, codes,
-    slab_scales): the weights the swap-AB kernels (``config="swapab64"``...) read. ``swiglu=(alpha, limit)`` turns h's interleaved (glu, linear) column pairs
-    into SwiGLU (N/2 columns). With ``scatter_idx`` [T, k] the output row t is
+    slab_scales), which the swap-AB kernels (``config="swapab64"``...) read.
+    ``swiglu=(alpha, limit)`` turns h's interleaved (glu, linear) column pairs into SwiGLU (N/2
+    columns). With ``scatter_idx`` [T, k] the output row t is
     ``sum_j combine_weight[t, j] * h[scatter_idx[t, j]]``. The output has x's dtype, or
     ``out_dtype`` (float32: the fp32 result unrounded). ``config`` forces the CUDA kernel it
     names (``"wgmma128"``, ``"stream16"``...: docs/kernels.md), refused where that kernel cannot

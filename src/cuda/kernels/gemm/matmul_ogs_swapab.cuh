@@ -6,16 +6,18 @@
 //
 // Three launches: plan_tiles_kernel lists the token tiles of R rows (tile_locate.cuh);
 // stage_x_kernel copies each tile's x rows (gathered) into the 128-byte swizzle layout wgmma
-// reads, step by 64-k step (staged_x_offset); the main kernel's persistent blocks walk (token
-// tile, 128 weight rows) items, token tile major, so the blocks at work at once share their x
-// tiles through L2.
+// reads, step by 64-k step (staged_x_offset); the main kernel's persistent blocks (one an SM)
+// walk (token tile, WG x 64 weight rows) items, token tile major, so the blocks at work at once
+// share their x tiles through L2.
 //
-// A block: a producer warp streams chunks of KS k steps by bulk copies into a ring of S stages
-// (mbarriers full/empty): both slabs' codes and scales of the chunk (each slab step's 2 KB and
-// 128 B contiguous in repack_mxfp4's layout) and the tile's x rows of each step. Two consumer
-// warpgroups each decode a k step of their slab into 16 bf16x2 A registers (two register sets,
-// so a step decodes while the previous step's wgmmas run; a step's codes and scales are loaded
-// from shared memory while the step before it decodes) and issue 4 wgmma.m64nRk16. The epilogue
+// A block (swapab::Shape: R, KS, S, WG; the library's configs have WG = 2): a producer warp
+// streams chunks of KS k steps by bulk copies into a ring of S stages (mbarriers full/empty): the
+// WG slabs' codes and scales of the chunk (each slab step's 2 KB and 128 B contiguous in
+// repack_mxfp4's layout) and the tile's x rows of each step. WG consumer warpgroups, holding the
+// registers the producer's warpgroup gave up (setmaxnreg), each decode a k step of their slab
+// into 16 bf16x2 A registers (two register sets, so a step decodes while the previous step's
+// wgmmas run; a step's codes and scales are loaded from shared memory while the step before it
+// decodes) and issue 4 wgmma.m64nRk16. The epilogue
 // adds the bias and finishes each (n, n + 1) column pair, rows g and g + 1 of the MMA, through
 // tile_io.cuh's store_output_pair (SwiGLU, plain rows, or the backward's recompute).
 #pragma once
