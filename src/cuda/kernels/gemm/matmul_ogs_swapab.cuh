@@ -244,14 +244,26 @@ __global__ void __launch_bounds__(Sh::kThreads, 1) matmul_ogs_swapab_kernel(cons
     }
     wgmma_wait<0>();
     // acc[4u + 2h + i]: weight row slab_row + 8h of the slab (output column n_h), token 8u + 2t + i
-    // of the tile. Column n_h + 1 (row g + 1, when g is even) is lane + 4's value. The bias is
-    // read before any store (loads cannot move above stores that might alias them).
+    // of the tile. Column n_h + 1 (row g + 1, when g is even) is lane + 4's value. The bias and
+    // the bad-gather-index flags of this thread's R / 4 tokens are read before any store (a load
+    // cannot move above a store that might alias it: one a token, between stores, waited out its
+    // latency each time).
     const int64_t n0 = static_cast<int64_t>(tile) * Sh::kTileCols + wg * slabs::kRows + slab_row;
     float b[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int64_t col = n0 + 8 * h;
       b[h] = p.bias && col < p.N ? load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + col) : 0.0f;
+    }
+    static_assert(R / 4 <= 32, "a flag bit a token of this thread");
+    uint32_t bad = 0;  // bit 2u + k: token 8u + 2t + k
+    if (p.gather_idx) {
+#pragma unroll
+      for (int u = 0; u < R / 8; ++u)
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+          bad |= static_cast<uint32_t>(source_row(p, row_begin + 8 * u + 2 * t + k, row_end) == kBadRow) << (2 * u + k);
+        }
     }
 #pragma unroll
     for (int u = 0; u < R / 8; ++u)
@@ -263,7 +275,7 @@ __global__ void __launch_bounds__(Sh::kThreads, 1) matmul_ogs_swapab_kernel(cons
           const float next_col = __shfl_down_sync(0xffffffffu, v, 4);
           const int64_t row = row_begin + 8 * u + 2 * t + k, col = n0 + 8 * h;
           if (g % 2 == 0 && row < row_end && col < p.N) {
-            store_output_pair(p, e, row, col, source_row(p, row, row_end) == kBadRow, v, next_col, /*add_bias=*/false);
+            store_output_pair(p, e, row, col, (bad >> (2 * u + k)) & 1, v, next_col, /*add_bias=*/false);
           }
         }
   }
