@@ -26,7 +26,7 @@ void launch_swapab(const MatmulOgsProblem& p, const MatmulOgsParams& params, cud
   static_assert(R <= kSwapabMaxTileRows, "x's staged rows run kSwapabMaxTileRows past P");
   plan_tiles<R>(params, stream, ctx);
   const int64_t sms = device_info(p.device.index).sm_count, tiles = max_row_tiles(params, R);
-  stage_x_kernel<R><<<static_cast<unsigned>(std::min(tiles, 8 * sms)), swapab::kStageThreads, 0, stream>>>(params);
+  stage_x_kernel<R><<<static_cast<unsigned>(tiles * (R / 8)), swapab::kStageThreads, 0, stream>>>(params);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "stage_x_kernel");
   allow_dynamic_smem<kernel>(Sh::kSmemBytes, p.device.index);
   const int64_t items = tiles * ceil_div(ceil_div(p.N, mxfp4_slabs::kRows), Sh::kSlabs);

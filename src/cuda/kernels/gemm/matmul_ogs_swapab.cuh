@@ -88,22 +88,38 @@ __device__ __forceinline__ int64_t staged_x_offset(const MatmulOgsParams& p, int
 }
 
 // x's rows of every token tile of R rows into staged x: gathered, zeros past K and for bad gather
-// indices (the epilogue makes those rows NaN), every k step of the row.
+// indices (the epilogue makes those rows NaN), every k step of the row. A block copies 8 rows of
+// one tile (grid: the most tiles there can be, times R / 8), a warp a row, its lanes the row's
+// 16-byte pieces in turn, four loads in flight before their stores.
 template <int R>
 __global__ void __launch_bounds__(swapab::kStageThreads) stage_x_kernel(const MatmulOgsParams p) {
-  const int pieces = static_cast<int>((p.K + 63) / 64) * 8;  // 16-byte pieces of a staged row
-  const int64_t count = tile_count<R>(p);
-  for (int64_t q = blockIdx.x; q < count; q += gridDim.x) {
-    int e;
-    int64_t row_begin, row_end;
-    tile_at<R>(p, q, e, row_begin, row_end);
-    const int n = static_cast<int>(row_end - row_begin) * pieces;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-      const int r = i / pieces, piece = i % pieces;
-      const int64_t src = source_row(p, row_begin + r, row_end);
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (src >= 0 && piece * 8 < p.K) v = reinterpret_cast<const uint4*>(static_cast<const bf16*>(p.x) + src * p.K)[piece];
-      *reinterpret_cast<uint4*>(p.x_staged + staged_x_offset(p, piece / 8, row_begin + r, r % 8, piece % 8)) = v;
+  static_assert(swapab::kStageThreads == 8 * 32, "a warp a row of the block's 8");
+  constexpr int kGroups = R / 8, kBatch = 4;
+  const int64_t q = blockIdx.x / kGroups;
+  if (q >= tile_count<R>(p)) return;
+  int e;
+  int64_t row_begin, row_end;
+  tile_at<R>(p, q, e, row_begin, row_end);
+  const int r = static_cast<int>(blockIdx.x % kGroups) * 8 + static_cast<int>(threadIdx.x / 32);  // the tile's row
+  const int64_t row = row_begin + r;
+  if (row >= row_end) return;
+  const int64_t src = source_row(p, row, row_end);
+  const int pieces = static_cast<int>((p.K + 63) / 64) * 8;  // of a staged row
+  const int filled = src >= 0 ? static_cast<int>(p.K / 8) : 0;  // pieces read from x
+  const uint4* from = reinterpret_cast<const uint4*>(static_cast<const bf16*>(p.x) + (src >= 0 ? src * p.K : 0));
+  for (int base = threadIdx.x % 32; base < pieces; base += 32 * kBatch) {
+    uint4 v[kBatch];
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int piece = base + 32 * j;
+      v[j] = piece < filled ? from[piece] : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int piece = base + 32 * j;
+      if (piece < pieces) {
+        *reinterpret_cast<uint4*>(p.x_staged + staged_x_offset(p, piece / 8, row, r % 8, piece % 8)) = v[j];
+      }
     }
   }
 }
