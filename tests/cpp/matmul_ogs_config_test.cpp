@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "core/matmul_ogs_config.h"
+#include "core/problem.h"
 #include "moekit/error.h"
 
 namespace {
@@ -206,6 +207,25 @@ TEST(MatmulOgsConfig, TheSwapAbKernelsRunRepackedMxfp4OnSm90AndAreNeverChosenYet
       EXPECT_EQ(c.kernel, k);
       EXPECT_EQ(c.tile_cols, 128) << "two 64-row slabs a work item";
       EXPECT_EQ(c.schedule, moekit::MatmulOgsSchedule::kPersistent);
+    }
+  }
+}
+
+TEST(MatmulOgsConfig, RepackedWeightsAddXsStagedRowsToTheWorkspace) {
+  // (P + the tallest tile) rows of 128 bytes a 64-k step, 16-byte aligned for the bulk copies,
+  // and nothing without the repacked weights.
+  for (int64_t P : {0, 1, 100, 32768}) {
+    for (int64_t K : {32, 2880, 2912}) {
+      moekit::MatmulOgsProblem p = problem(P, 32, K, true);
+      const moekit::MatmulOgsWorkspace without = moekit::matmul_ogs_workspace_layout(p);
+      p.slabs = true;
+      const moekit::MatmulOgsWorkspace with = moekit::matmul_ogs_workspace_layout(p);
+      const size_t staged = static_cast<size_t>((P + moekit::kSwapabMaxTileRows) * ((K + 63) / 64) * 128);
+      EXPECT_EQ(with.staged % 16, 0u);
+      EXPECT_GE(with.total, with.staged + staged) << P << " " << K;
+      EXPECT_LT(with.total, without.total + staged + 512) << "the staged rows and alignment only";
+      EXPECT_EQ(with.tiles, without.tiles);
+      EXPECT_EQ(with.combine, without.combine);
     }
   }
 }
