@@ -198,14 +198,18 @@ def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torc
     limit = _require_float("moe_mlp", "swiglu_limit", swiglu_limit)
     if x.ndim < 1:
         raise ValueError("moekit.moe_mlp: 'x' expected shape [..., H], got a 0-d tensor")
-    # math.prod, not -1: a reshape cannot infer -1 for a tensor without elements (H = 0).
-    args = (x.reshape(math.prod(x.shape[:-1]), x.shape[-1]), gate_weight, gate_bias, w1, s1, mlp1_bias, w2, s2,
-            mlp2_bias, experts_per_token, alpha, limit, c1, ss1, c2, ss2)
-    training = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in args)
+    # math.prod, not -1: a reshape cannot infer -1 for a tensor without elements (H = 0). A [T, H] x
+    # (the decode step's) skips both reshapes: each costs ~1 us of host time a layer.
+    flat = x if x.ndim == 2 else x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+    args = (flat, gate_weight, gate_bias, w1, s1, mlp1_bias, w2, s2, mlp2_bias, experts_per_token, alpha, limit, c1,
+            ss1, c2, ss2)
+    # Only float tensors can require grad: the MXFP4 bytes never do.
+    training = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, gate_weight, gate_bias, mlp1_bias, mlp2_bias, w1, w2))
     # In grad mode the layer runs as its composition of differentiable ops, so that autograd keeps
     # its activations instead of the backward recomputing them (moekit/_autograd.py).
     y = _autograd.moe_mlp_with_saved_activations(*args) if training else torch.ops.moekit.moe_mlp(*args)
-    return y.reshape(x.shape)
+    return y if x.ndim == 2 else y.reshape(x.shape)
 
 
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor,
