@@ -1,7 +1,7 @@
 """The sweep of docs/benchmark.md: one gpt-oss MoE layer (x -> y) on the GPU it finds.
 
     python bench/moe_layer.py [--experts 32 128] [--tokens 1 8 ...] [--out bench/results/NAME.json]
-        [--peer-dir .peers/triton_kernels-3.6.0]
+        [--peer-dir .peers/triton_kernels-3.6.0] [--repacked]
 
 Measures both ceilings in the same run (device-to-device copy counting read + write; an
 8192^3 bf16 matmul), times moekit.moe_mlp captured in a CUDA graph (median of replays, L2 flushed
@@ -9,7 +9,8 @@ before each) and eager, and beside it, in the same process: OpenAI's triton_kern
 (bench/triton_kernels_peer.py; in a graph and eager) when --peer-dir holds the package, and the
 layer a user without either would write (bf16 torch._grouped_mm on dequantized weights, eager).
 Both libraries quantize the same float weights (values MXFP4 represents exactly, so both hold the
-same numbers) and get the same x. Numerics against a float32 reference on those weights; prints a
+same numbers) and get the same x; with --repacked moekit's expert weights also carry their
+repack_mxfp4 output (the swap-AB kernels' operand). Numerics against a float32 reference on those weights; prints a
 table, writes JSON and a PNG of floor/time per row.
 """
 
@@ -27,11 +28,12 @@ K = 4
 ALPHA, LIMIT = 1.702, 7.0
 
 
-def make_layer(E, dev, gen):
-    """moekit's arguments; the float expert weights are what its MXFP4 blocks hold, exactly."""
+def make_layer(E, dev, gen, repacked=False):
+    """moekit's arguments; the float expert weights are what its MXFP4 blocks hold, exactly (with
+    `repacked`, each pair followed by its repack_mxfp4 output)."""
     def mx(n, k):
-        w = torch.randn(E, n, k, device=dev, generator=gen) / k ** 0.5
-        return moekit.quantize_mxfp4(w)
+        w = moekit.quantize_mxfp4(torch.randn(E, n, k, device=dev, generator=gen) / k ** 0.5)
+        return w + moekit.repack_mxfp4(*w) if repacked else w
     return dict(gate_weight=(torch.randn(E, H, device=dev, generator=gen) / H ** 0.5).bfloat16(),
                 gate_bias=torch.zeros(E, device=dev, dtype=torch.bfloat16) + 0.01,
                 mlp1_weight=mx(2 * I, H), mlp1_bias=(0.1 * torch.randn(E, 2 * I, device=dev, generator=gen)).bfloat16(),
@@ -39,8 +41,8 @@ def make_layer(E, dev, gen):
 
 
 def dequantized(layer):
-    w1 = moekit.dequantize_mxfp4(*layer["mlp1_weight"], dtype=torch.bfloat16)  # [E, 2I, H]
-    w2 = moekit.dequantize_mxfp4(*layer["mlp2_weight"], dtype=torch.bfloat16)  # [E, H, I]
+    w1 = moekit.dequantize_mxfp4(*layer["mlp1_weight"][:2], dtype=torch.bfloat16)  # [E, 2I, H]
+    w2 = moekit.dequantize_mxfp4(*layer["mlp2_weight"][:2], dtype=torch.bfloat16)  # [E, H, I]
     return w1, w2
 
 
@@ -80,7 +82,9 @@ def reference_f32(x, layer, w1, w2):
 
 
 def main():
-    args = sweep_arguments(__doc__.splitlines()[0]).parse_args()
+    parser = sweep_arguments(__doc__.splitlines()[0])
+    parser.add_argument("--repacked", action="store_true", help="moekit's experts carry repack_mxfp4's layout too")
+    args = parser.parse_args()
     dev = torch.device("cuda", torch.cuda.current_device())
     props = torch.cuda.get_device_properties(dev)
     ceil = ceilings(dev)
@@ -92,7 +96,7 @@ def main():
     gen = torch.Generator(device=dev).manual_seed(0)
     rows = []
     for E in args.experts:
-        layer = make_layer(E, dev, gen)
+        layer = make_layer(E, dev, gen, args.repacked)
         w1, w2 = dequantized(layer)
         w1t, w2t = w1.transpose(1, 2), w2.transpose(1, 2)  # [E, H, 2I], [E, I, H] views for grouped_mm
         tk = None
@@ -153,7 +157,7 @@ def main():
         del layer, w1, w2, tk
     commit = commit_of(args)
     result = dict(gpu=props.name, driver=driver_version(), commit=commit, date=datetime.date.today().isoformat(),
-                  torch=torch.__version__, ceilings=ceil, H=H, I=I, k=K, rows=rows)
+                  torch=torch.__version__, ceilings=ceil, H=H, I=I, k=K, repacked=args.repacked, rows=rows)
     out = args.out or Path("bench/results") / f"moe_layer_{props.name.replace(' ', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
