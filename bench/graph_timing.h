@@ -1,5 +1,5 @@
-// What the C++ micro-benchmarks in bench/ share: a CUDA error check that ends the program, a copy
-// of a host vector to a new device buffer, and the time per call of a CUDA graph that replays a
+// What the C++ micro-benchmarks in bench/ share: a CUDA error check that ends the program, new
+// device buffers (empty, or a copy of a host vector), and the time per call of a CUDA graph that replays a
 // number of calls.
 #pragma once
 
@@ -19,11 +19,18 @@
     }                                                                                            \
   } while (0)
 
+// A new device buffer of n elements (freed by the caller).
+template <class T>
+T* device_buffer(size_t n) {
+  T* dev = nullptr;
+  CHECK(cudaMalloc(&dev, n * sizeof(T)));
+  return dev;
+}
+
 // A new device buffer holding `host` (freed by the caller).
 template <class T>
 T* upload(const std::vector<T>& host) {
-  T* dev = nullptr;
-  CHECK(cudaMalloc(&dev, host.size() * sizeof(T)));
+  T* dev = device_buffer<T>(host.size());
   CHECK(cudaMemcpy(dev, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
   return dev;
 }

@@ -20,13 +20,6 @@
 #include "moekit/ops.h"
 #include "random_routing.h"
 
-template <class T>
-T* device_buffer(size_t n) {
-  T* p = nullptr;
-  CHECK(cudaMalloc(&p, n * sizeof(T)));
-  return p;
-}
-
 struct MlpLayer {
   static constexpr int kHidden = 2880, kIntermediate = 2880, kTopK = 4;
   int E = 0, T = 0, mlp = 1, used = 0, copies = 1;  // used: experts with rows

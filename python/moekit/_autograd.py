@@ -110,7 +110,7 @@ class _GateLogits(torch.autograd.Function):
         return _gate_grads(grad_logits, x, gate_weight, ctx.bias_dtype, ctx.needs_input_grad)
 
 
-def _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit, slabs1=(None, None)):
+def _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit, slabs1):
     """The layer up to mlp1 as the op composes it: the gate's float32 logits, the routing, mlp1's
     SwiGLU rows (slabs1: mlp1's repacked weights, or Nones); differentiable where grad mode is on."""
     routing = torch.ops.moekit.route(_GateLogits.apply(x, gate_weight, gate_bias), k)
@@ -139,9 +139,10 @@ def moe_mlp_with_saved_activations(x, gate_weight, gate_bias, w1, s1, b1, w2, s2
 
 
 def _moe_mlp_setup_context(ctx, inputs, output) -> None:
-    x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, k, alpha, limit = inputs[:12]
+    # torch fills in the schema's defaults: all 16 inputs are here.
+    x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, k, alpha, limit, c1, ss1, _, _ = inputs
     _refuse_expert_weight_grads(w1, w2)
-    ctx.save_for_backward(x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, *inputs[12:])
+    ctx.save_for_backward(x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, c1, ss1)
     ctx.params = (k, alpha, limit)
 
 
@@ -151,11 +152,10 @@ def _moe_mlp_backward(ctx, grad_y):
     the ops the forward composes, then mlp2's and mlp1's backward, the routing's and the gate's;
     nothing but the inputs is kept from the forward."""
     _first_order_only("moe_mlp")
-    x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, *slabs = ctx.saved_tensors
+    x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, c1, ss1 = ctx.saved_tensors
     k, alpha, limit = ctx.params
     ops = torch.ops.moekit
-    routing, act = _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit,
-                                tuple(slabs[:2]) if slabs else (None, None))
+    routing, act = _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit, (c1, ss1))
     expert_idx, expert_weight, _, offsets, gather_idx, scatter_idx = routing
     needs = ctx.needs_input_grad
     gate = needs[0] or needs[1] or needs[2]  # the gate's gradients need the combine weights'
@@ -174,7 +174,7 @@ def _moe_mlp_backward(ctx, grad_y):
         if needs[0]:
             grad_x = grad_x + gate_x
     return (grad_x if needs[0] else None, grad_gate_weight, grad_gate_bias, None, None, grad_b1 if needs[5] else None,
-            None, None, grad_b2 if needs[8] else None, None, None, None) + (None,) * (len(needs) - 12)
+            None, None, grad_b2 if needs[8] else None, None, None, None, None, None, None, None)
 
 
 torch.library.register_autograd("moekit::moe_mlp", _moe_mlp_backward, setup_context=_moe_mlp_setup_context)

@@ -79,8 +79,8 @@ MatmulOgsProblem check_matmul_ogs_inputs(const MatmulOgsArgs& a, const char* op 
 // its gradients against that problem.
 MatmulOgsProblem check_matmul_ogs_backward_inputs(const MatmulOgsBackwardArgs& a);
 void check_matmul_ogs_backward_outputs(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs& a);
-// Rows of x's staging for the swap-AB kernels: P and the tallest tile's overrun.
-inline int64_t staged_rows(const MatmulOgsProblem& p) { return p.P + kSwapabMaxTileRows; }
+// Rows of x's staging for the swap-AB kernels: the problem's P and the tallest tile's overrun.
+MOEKIT_HD constexpr int64_t swapab_staged_rows(int64_t P) { return P + kSwapabMaxTileRows; }
 // The workspace of a problem's shapes; throws if its sizes do not fit in int64.
 MatmulOgsWorkspace matmul_ogs_workspace_layout(const MatmulOgsProblem& p);
 void check_matmul_ogs_outputs(const MatmulOgsProblem& p, const MatmulOgsArgs& a);

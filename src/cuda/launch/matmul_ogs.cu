@@ -187,7 +187,6 @@ MatmulOgsParams matmul_ogs_params(const MatmulOgsProblem& p, const MatmulOgsArgs
   params.out_cols = p.out_cols;
   params.slab_codes = a.w.slab_codes.present() ? a.w.slab_codes.ptr<uint8_t>() : nullptr;
   params.slab_scales = a.w.slab_scales.present() ? a.w.slab_scales.ptr<uint8_t>() : nullptr;
-  params.staged_rows = staged_rows(p);
   return params;
 }
 

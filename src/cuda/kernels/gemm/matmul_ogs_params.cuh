@@ -35,7 +35,6 @@ struct MatmulOgsParams {
   const uint8_t* slab_codes;
   const uint8_t* slab_scales;
   uint8_t* x_staged;
-  int64_t staged_rows;
   // The GEMV: weight rows of a block held in shared memory (matmul_ogs_gemv.cuh).
   int64_t gemv_shared_rows;
   // matmul_ogs_backward's recompute of h (with swiglu; tile_io.cuh): given grad_a [P, out_cols],

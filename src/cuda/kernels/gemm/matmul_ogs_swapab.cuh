@@ -27,6 +27,7 @@
 #include <cstdint>
 
 #include "../../../core/mxfp4_slabs.h"
+#include "../../../core/problem.h"
 #include "../bulk_copy.cuh"
 #include "../element.cuh"
 #include "../quant/e2m1_bf16.cuh"
@@ -53,9 +54,8 @@ struct Shape {
   static constexpr int kThreads = 128 * (WG + 1);      // and the producer's warpgroup
   // Registers a consumer thread after setmaxnreg: what the producer leaves of the SM's 64 K, in
   // setmaxnreg's multiples of 8, at most its 256.
-  static constexpr int kConsumerRegisters =
-      (65536 - 128 * kProducerRegisters) / (128 * WG) / 8 * 8 > 256 ? 256
-                                                                     : (65536 - 128 * kProducerRegisters) / (128 * WG) / 8 * 8;
+  static constexpr int kLeftRegisters = (65536 - 128 * kProducerRegisters) / (128 * WG) / 8 * 8;
+  static constexpr int kConsumerRegisters = kLeftRegisters < 256 ? kLeftRegisters : 256;
   // A ring stage: the slabs' codes (a consumer warpgroup each), the x rows, the slabs' scales;
   // 1 KB multiples, so the x rows start where the swizzle's 8-row groups must (1 KB-aligned).
   static constexpr int kSlabCodes = slabs::kCodeBytes * KS, kSlabScales = slabs::kScaleBytes * KS;
@@ -79,12 +79,12 @@ using Swapab128 = Shape<128, 2, 5, 2>;
 }  // namespace swapab
 
 // Where staged x holds 16-byte piece c (0..7) of k step s of problem row r: rows of 128 bytes,
-// step-major ([steps][staged_rows][128]), so that R rows from a tile's first row are one
+// step-major ([steps][swapab_staged_rows(P)][128]), so that R rows from a tile's first row are one
 // contiguous run a step; the piece at c ^ ((r - tile's first row) % 8), the 128-byte swizzle of
 // the tile's own rows (rows past the tile, read with it, only feed columns nobody stores).
 __device__ __forceinline__ int64_t staged_x_offset(const MatmulOgsParams& p, int64_t step, int64_t row, int phase,
                                                    int c) {
-  return (step * p.staged_rows + row) * 128 + ((c ^ phase) * 16);
+  return (step * swapab_staged_rows(p.P) + row) * 128 + ((c ^ phase) * 16);
 }
 
 // x's rows of every token tile of R rows into staged x: gathered, zeros past K and for bad gather
