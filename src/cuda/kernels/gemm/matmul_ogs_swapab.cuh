@@ -19,7 +19,8 @@
 // wgmmas run; a step's codes and scales are loaded from shared memory while the step before it
 // decodes) and issue 4 wgmma.m64nRk16. The epilogue
 // adds the bias and finishes each (n, n + 1) column pair, rows g and g + 1 of the MMA, through
-// tile_io.cuh's store_output_pair (SwiGLU, plain rows, or the backward's recompute).
+// tile_io.cuh's store_output_pair (SwiGLU or plain rows). The backward's recompute never runs
+// here (its call carries no staged x, so the configs are refused there): no branch for it.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -291,7 +292,7 @@ __global__ void __launch_bounds__(Sh::kThreads, 1) matmul_ogs_swapab_kernel(cons
           const float next_col = __shfl_down_sync(0xffffffffu, v, 4);
           const int64_t row = row_begin + 8 * u + 2 * t + k, col = n0 + 8 * h;
           if (g % 2 == 0 && row < row_end && col < p.N) {
-            store_output_pair(p, e, row, col, (bad >> (2 * u + k)) & 1, v, next_col, /*add_bias=*/false);
+            store_output_pair<false>(p, e, row, col, (bad >> (2 * u + k)) & 1, v, next_col, /*add_bias=*/false);
           }
         }
   }
