@@ -1,7 +1,7 @@
 """The sweep of docs/benchmark.md: one gpt-oss MoE layer (x -> y) on the GPU it finds.
 
     python bench/moe_layer.py [--experts 32 128] [--tokens 1 8 ...] [--out bench/results/NAME.json]
-        [--peer-dir .peers/triton_kernels-3.6.0] [--repacked]
+        [--peer-dir .peers/triton_kernels-3.6.0] [--repacked] [--batch-invariant]
 
 Measures both ceilings in the same run (device-to-device copy counting read + write; an
 8192^3 bf16 matmul), times moekit.moe_mlp captured in a CUDA graph (median of replays, L2 flushed
@@ -10,8 +10,9 @@ before each) and eager, and beside it, in the same process: OpenAI's triton_kern
 layer a user without either would write (bf16 torch._grouped_mm on dequantized weights, eager).
 Both libraries quantize the same float weights (values MXFP4 represents exactly, so both hold the
 same numbers) and get the same x; with --repacked moekit's expert weights also carry their
-repack_mxfp4 output (the swap-AB kernels' operand). Numerics against a float32 reference on those weights; prints a
-table, writes JSON and a PNG of floor/time per row.
+repack_mxfp4 output (the swap-AB kernels' operand), and with --batch-invariant (which implies
+--repacked) moekit's layer runs batch-invariant (moe_mlp's batch_invariant=True). Numerics against
+a float32 reference on those weights; prints a table, writes JSON and a PNG of floor/time per row.
 """
 
 import datetime
@@ -84,7 +85,10 @@ def reference_f32(x, layer, w1, w2):
 def main():
     parser = sweep_arguments(__doc__.splitlines()[0])
     parser.add_argument("--repacked", action="store_true", help="moekit's experts carry repack_mxfp4's layout too")
+    parser.add_argument("--batch-invariant", action="store_true",
+                        help="moekit's layer batch-invariant (moe_mlp's batch_invariant=True); implies --repacked")
     args = parser.parse_args()
+    args.repacked |= args.batch_invariant
     dev = torch.device("cuda", torch.cuda.current_device())
     props = torch.cuda.get_device_properties(dev)
     ceil = ceilings(dev)
@@ -106,7 +110,8 @@ def main():
                                     layer["mlp1_bias"], w2.float(), layer["mlp2_bias"], K)
         for T in args.tokens:
             x = torch.randn(T, H, device=dev, generator=gen).bfloat16()
-            run = lambda: moekit.moe_mlp(x, **layer, experts_per_token=K)  # noqa: E731
+            run = lambda: moekit.moe_mlp(x, **layer, experts_per_token=K,  # noqa: E731
+                                         batch_invariant=args.batch_invariant)
             run()  # warm-up, outside the timings
             torch.cuda.synchronize(dev)
             reps = args.reps if T <= 512 else max(3, args.reps // 4)
@@ -157,7 +162,8 @@ def main():
         del layer, w1, w2, tk
     commit = commit_of(args)
     result = dict(gpu=props.name, driver=driver_version(), commit=commit, date=datetime.date.today().isoformat(),
-                  torch=torch.__version__, ceilings=ceil, H=H, I=I, k=K, repacked=args.repacked, rows=rows)
+                  torch=torch.__version__, ceilings=ceil, H=H, I=I, k=K, repacked=args.repacked,
+                  batch_invariant=args.batch_invariant, rows=rows)
     out = args.out or Path("bench/results") / f"moe_layer_{props.name.replace(' ', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -66,6 +66,10 @@ struct TensorView {
 // not empty, forces the CUDA matmul_ogs kernel it names (the names and what each needs:
 // docs/kernels.md; refused where it cannot run the call), for tests and benchmarks; empty, the
 // kernel is chosen from the problem and the device. The CPU backend ignores it.
+// `batch_invariant` asks for outputs whose every row has the same bits whatever the other rows of
+// the call (their number, their values, the row's place): matmul_ogs chooses one kernel family
+// for every row count, and moe_mlp takes its general path at every T (docs/semantics.md, "Batch
+// invariance"). The CPU backend is batch-invariant always.
 struct ExecContext {
   using ParallelBody = std::function<void(int64_t begin, int64_t end)>;
   void* cuda_stream = nullptr;
@@ -74,6 +78,7 @@ struct ExecContext {
   int cpu_threads = 0;
   bool sync_after_launch = false;
   std::string matmul_ogs_config;
+  bool batch_invariant = false;
 
   static ExecContext on_stream(void* stream) {
     ExecContext ctx;

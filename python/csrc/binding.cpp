@@ -252,7 +252,7 @@ Tensor matmul_ogs(const Tensor& x, const Tensor& w, const OptTensor& w_scales, c
                   const OptTensor& expert_offsets, const OptTensor& gather_idx, const OptTensor& scatter_idx,
                   const OptTensor& combine_weight, bool swiglu, double swiglu_alpha, double swiglu_limit,
                   std::optional<at::ScalarType> out_dtype, const std::optional<std::string>& config,
-                  const OptTensor& w_codes, const OptTensor& w_slab_scales) {
+                  const OptTensor& w_codes, const OptTensor& w_slab_scales, bool batch_invariant) {
   return translate_errors([&] {
     const char* op = "matmul_ogs";
     moekit::MatmulOgsArgs a = matmul_ogs_args(op, x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx,
@@ -276,6 +276,7 @@ Tensor matmul_ogs(const Tensor& x, const Tensor& w, const OptTensor& w_scales, c
     }
     moekit::ExecContext ctx = on.ctx();
     ctx.matmul_ogs_config = config.value_or("");
+    ctx.batch_invariant = batch_invariant;
     moekit::matmul_ogs(a, ctx);
     return out;
   });
@@ -324,7 +325,8 @@ Tensor moe_mlp(const Tensor& x, const Tensor& gate_weight, const OptTensor& gate
                const OptTensor& mlp1_scales, const OptTensor& mlp1_bias, const Tensor& mlp2_weight,
                const OptTensor& mlp2_scales, const OptTensor& mlp2_bias, int64_t experts_per_token,
                double swiglu_alpha, double swiglu_limit, const OptTensor& mlp1_codes,
-               const OptTensor& mlp1_slab_scales, const OptTensor& mlp2_codes, const OptTensor& mlp2_slab_scales) {
+               const OptTensor& mlp1_slab_scales, const OptTensor& mlp2_codes, const OptTensor& mlp2_slab_scales,
+               bool batch_invariant) {
   return translate_errors([&] {
     const char* op = "moe_mlp";
     moekit::MoeMlpArgs a;
@@ -347,7 +349,9 @@ Tensor moe_mlp(const Tensor& x, const Tensor& gate_weight, const OptTensor& gate
     Tensor workspace = at::empty({static_cast<int64_t>(p.workspace.total)}, options(p.device, at::kByte));
     a.y = view(op, "y", y);
     a.workspace = view(op, "workspace", workspace);
-    moekit::moe_mlp(a, on.ctx());
+    moekit::ExecContext ctx = on.ctx();
+    ctx.batch_invariant = batch_invariant;
+    moekit::moe_mlp(a, ctx);
     return y;
   });
 }
@@ -508,7 +512,7 @@ TORCH_LIBRARY(moekit, m) {
   m.def("matmul_ogs(Tensor x, Tensor w, Tensor? w_scales, Tensor? bias, Tensor? expert_offsets, "
         "Tensor? gather_idx, Tensor? scatter_idx, Tensor? combine_weight, bool swiglu, float swiglu_alpha, "
         "float swiglu_limit, ScalarType? out_dtype=None, str? config=None, Tensor? w_codes=None, "
-        "Tensor? w_slab_scales=None) -> Tensor");
+        "Tensor? w_slab_scales=None, bool batch_invariant=False) -> Tensor");
   m.def("matmul_ogs_backward(Tensor grad_out, Tensor x, Tensor w, Tensor? w_scales, Tensor? bias, "
         "Tensor? expert_offsets, Tensor? gather_idx, Tensor? scatter_idx, Tensor? combine_weight, bool swiglu, "
         "float swiglu_alpha, float swiglu_limit, bool[3] output_mask=[True, True, True]) -> (Tensor grad_x, "
@@ -516,7 +520,7 @@ TORCH_LIBRARY(moekit, m) {
   m.def("moe_mlp(Tensor x, Tensor gate_weight, Tensor? gate_bias, Tensor mlp1_weight, Tensor? mlp1_scales, "
         "Tensor? mlp1_bias, Tensor mlp2_weight, Tensor? mlp2_scales, Tensor? mlp2_bias, int experts_per_token, "
         "float swiglu_alpha, float swiglu_limit, Tensor? mlp1_codes=None, Tensor? mlp1_slab_scales=None, "
-        "Tensor? mlp2_codes=None, Tensor? mlp2_slab_scales=None) -> Tensor");
+        "Tensor? mlp2_codes=None, Tensor? mlp2_slab_scales=None, bool batch_invariant=False) -> Tensor");
   m.def("add_rms_norm(Tensor x, Tensor residual, Tensor scale, float eps) -> (Tensor sum, Tensor out)");
   m.def("attention_decode(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor sinks, Tensor position, "
         "Tensor inv_freq, float rope_scale, float sm_scale, int window) -> Tensor");

@@ -43,7 +43,7 @@ def _matmul_ogs_backward(ctx, grad):
         grad.contiguous(), x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx, combine_weight, *ctx.swiglu,
         [needs[0], needs[3], needs[7]])
     return (grad_x if needs[0] else None, None, None, grad_bias if needs[3] else None, None, None, None,
-            grad_combine_weight if needs[7] else None, None, None, None, None, None, None, None)
+            grad_combine_weight if needs[7] else None, None, None, None, None, None, None, None, None)
 
 
 torch.library.register_autograd("moekit::matmul_ogs", _matmul_ogs_backward, setup_context=_matmul_ogs_setup_context)
@@ -95,55 +95,57 @@ class _GateLogits(torch.autograd.Function):
     the gradients of x and the gate's weight and bias in torch."""
 
     @staticmethod
-    def forward(ctx, x, gate_weight, gate_bias):
+    def forward(ctx, x, gate_weight, gate_bias, batch_invariant):
         E, H = gate_weight.shape
         ctx.save_for_backward(x, gate_weight)
         ctx.bias_dtype = gate_bias.dtype if gate_bias is not None else None
         return torch.ops.moekit.matmul_ogs(x, gate_weight.reshape(1, E, H), None,
                                            gate_bias.reshape(1, E) if gate_bias is not None else None,
-                                           None, None, None, None, False, 0.0, 0.0, torch.float32)
+                                           None, None, None, None, False, 0.0, 0.0, torch.float32, None, None, None,
+                                           batch_invariant)
 
     @staticmethod
     def backward(ctx, grad_logits):
         _first_order_only("moe_mlp")
         x, gate_weight = ctx.saved_tensors
-        return _gate_grads(grad_logits, x, gate_weight, ctx.bias_dtype, ctx.needs_input_grad)
+        return (*_gate_grads(grad_logits, x, gate_weight, ctx.bias_dtype, ctx.needs_input_grad), None)
 
 
-def _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit, slabs1):
+def _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit, slabs1, batch_invariant):
     """The layer up to mlp1 as the op composes it: the gate's float32 logits, the routing, mlp1's
     SwiGLU rows (slabs1: mlp1's repacked weights, or Nones); differentiable where grad mode is on."""
-    routing = torch.ops.moekit.route(_GateLogits.apply(x, gate_weight, gate_bias), k)
+    routing = torch.ops.moekit.route(_GateLogits.apply(x, gate_weight, gate_bias, batch_invariant), k)
     offsets, gather_idx = routing[3], routing[4]
     return routing, torch.ops.moekit.matmul_ogs(x, w1, s1, b1, offsets, gather_idx, None, None, True, alpha, limit,
-                                                None, None, *slabs1)
+                                                None, None, *slabs1, batch_invariant)
 
 
 def moe_mlp_with_saved_activations(x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, k, alpha, limit,
-                                   c1=None, ss1=None, c2=None, ss2=None):
+                                   c1, ss1, c2, ss2, batch_invariant):
     """moe_mlp for training (moekit.moe_mlp in grad mode): the op's own composition, each step
     differentiable, so autograd keeps mlp1's output and the routing (T k I elements of x's dtype)
     and the backward recomputes only mlp1's h; the same output as the op on its general path."""
     _refuse_expert_weight_grads(w1, w2)
     try:
-        routing, act = _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit, (c1, ss1))
+        routing, act = _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit, (c1, ss1),
+                                    batch_invariant)
         _, expert_weight, _, offsets, _, scatter_idx = routing
         return torch.ops.moekit.matmul_ogs(act, w2, s2, b2, offsets, None, scatter_idx, expert_weight, False, 0.0,
-                                           0.0, None, None, c2, ss2)
+                                           0.0, None, None, c2, ss2, batch_invariant)
     except (ValueError, TypeError, RuntimeError):
         # A step refused the call, naming its own argument: the layer's checks (off the hot path,
         # ~50 us) name the layer's instead; where they pass, the step's refusal stands.
         _fake._check(torch.ops.moekit.moe_mlp.default, x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, k, alpha,
-                     limit, c1, ss1, c2, ss2)
+                     limit, c1, ss1, c2, ss2, batch_invariant)
         raise
 
 
 def _moe_mlp_setup_context(ctx, inputs, output) -> None:
-    # torch fills in the schema's defaults: all 16 inputs are here.
-    x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, k, alpha, limit, c1, ss1, _, _ = inputs
+    # torch fills in the schema's defaults: all 17 inputs are here.
+    x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, k, alpha, limit, c1, ss1, _, _, batch_invariant = inputs
     _refuse_expert_weight_grads(w1, w2)
     ctx.save_for_backward(x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, c1, ss1)
-    ctx.params = (k, alpha, limit)
+    ctx.params = (k, alpha, limit, batch_invariant)
 
 
 def _moe_mlp_backward(ctx, grad_y):
@@ -153,9 +155,9 @@ def _moe_mlp_backward(ctx, grad_y):
     nothing but the inputs is kept from the forward."""
     _first_order_only("moe_mlp")
     x, gate_weight, gate_bias, w1, s1, b1, w2, s2, b2, c1, ss1 = ctx.saved_tensors
-    k, alpha, limit = ctx.params
+    k, alpha, limit, batch_invariant = ctx.params
     ops = torch.ops.moekit
-    routing, act = _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit, (c1, ss1))
+    routing, act = _layer_front(x, gate_weight, gate_bias, w1, s1, b1, k, alpha, limit, (c1, ss1), batch_invariant)
     expert_idx, expert_weight, _, offsets, gather_idx, scatter_idx = routing
     needs = ctx.needs_input_grad
     gate = needs[0] or needs[1] or needs[2]  # the gate's gradients need the combine weights'
@@ -174,7 +176,7 @@ def _moe_mlp_backward(ctx, grad_y):
         if needs[0]:
             grad_x = grad_x + gate_x
     return (grad_x if needs[0] else None, grad_gate_weight, grad_gate_bias, None, None, grad_b1 if needs[5] else None,
-            None, None, grad_b2 if needs[8] else None, None, None, None, None, None, None, None)
+            None, None, grad_b2 if needs[8] else None, None, None, None, None, None, None, None, None)
 
 
 torch.library.register_autograd("moekit::moe_mlp", _moe_mlp_backward, setup_context=_moe_mlp_setup_context)

@@ -89,9 +89,11 @@ def _route(logits, k):
 
 @torch.library.register_fake("moekit::matmul_ogs")
 def _matmul_ogs(x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx, combine_weight,
-                swiglu, swiglu_alpha, swiglu_limit, out_dtype=None, config=None, w_codes=None, w_slab_scales=None):
+                swiglu, swiglu_alpha, swiglu_limit, out_dtype=None, config=None, w_codes=None, w_slab_scales=None,
+                batch_invariant=False):
     _check(torch.ops.moekit.matmul_ogs.default, x, w, w_scales, bias, expert_offsets, gather_idx, scatter_idx,
-           combine_weight, swiglu, swiglu_alpha, swiglu_limit, out_dtype, config, w_codes, w_slab_scales)
+           combine_weight, swiglu, swiglu_alpha, swiglu_limit, out_dtype, config, w_codes, w_slab_scales,
+           batch_invariant)
     rows = scatter_idx.shape[0] if scatter_idx is not None else (
         gather_idx.shape[0] if gather_idx is not None else x.shape[0])
     n = w.shape[1]
@@ -114,10 +116,10 @@ def _matmul_ogs_backward(grad_out, x, w, w_scales, bias, expert_offsets, gather_
 @torch.library.register_fake("moekit::moe_mlp")
 def _moe_mlp(x, gate_weight, gate_bias, mlp1_weight, mlp1_scales, mlp1_bias, mlp2_weight, mlp2_scales,
              mlp2_bias, experts_per_token, swiglu_alpha, swiglu_limit, mlp1_codes=None, mlp1_slab_scales=None,
-             mlp2_codes=None, mlp2_slab_scales=None):
+             mlp2_codes=None, mlp2_slab_scales=None, batch_invariant=False):
     _check(torch.ops.moekit.moe_mlp.default, x, gate_weight, gate_bias, mlp1_weight, mlp1_scales, mlp1_bias,
            mlp2_weight, mlp2_scales, mlp2_bias, experts_per_token, swiglu_alpha, swiglu_limit, mlp1_codes,
-           mlp1_slab_scales, mlp2_codes, mlp2_slab_scales)
+           mlp1_slab_scales, mlp2_codes, mlp2_slab_scales, batch_invariant)
     return torch.empty_like(x)
 
 

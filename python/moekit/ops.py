@@ -51,6 +51,11 @@ def _require_int(op: str, arg: str, value) -> None:
         raise ValueError(f"moekit.{op}: '{arg}' expected an int in int64's range, got {_short(value)}")
 
 
+def _require_bool(op: str, arg: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"moekit.{op}: '{arg}' expected a bool, got {type(value).__name__} {_short(value)}")
+
+
 def _require_float(op: str, arg: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"moekit.{op}: '{arg}' expected a float, got {type(value).__name__} {_short(value)}")
@@ -142,7 +147,8 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
                combine_weight: Optional[torch.Tensor] = None,
                swiglu: Optional[Tuple[float, float]] = None,
                out_dtype: Optional[torch.dtype] = None,
-               config: Optional[str] = None) -> torch.Tensor:
+               config: Optional[str] = None,
+               batch_invariant: bool = False) -> torch.Tensor:
     """Grouped matmul over experts with optional gather, scatter-combine and fused SwiGLU.
 
     Row p of the problem reads ``x[gather_idx[p]]`` (or ``x[p]``) and belongs to expert e
@@ -156,6 +162,10 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
     ``out_dtype`` (float32: the fp32 result unrounded). ``config`` forces the CUDA kernel it
     names (``"wgmma128"``, ``"stream16"``...: docs/kernels.md), refused where that kernel cannot
     run the call; by default the kernel is chosen from the problem and the device.
+    ``batch_invariant=True``: each output row has the same bits whatever the other rows (their
+    number, their values, its place among them); on CUDA this takes one kernel family at every
+    row count, fast for repacked MXFP4 weights on sm_90 and for bf16 weights (docs/semantics.md,
+    "Batch invariance"). The CPU backend is batch-invariant always.
 
     Differentiable for ``x``, ``bias`` and ``combine_weight`` (``torch.ops.moekit.matmul_ogs_backward``),
     the weights frozen: float weights that require grad are refused.
@@ -170,22 +180,25 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
     alpha, limit = swiglu if swiglu is not None else (0.0, 0.0)
     alpha = _require_float("matmul_ogs", "swiglu_alpha", alpha)
     limit = _require_float("matmul_ogs", "swiglu_limit", limit)
+    _require_bool("matmul_ogs", "batch_invariant", batch_invariant)
     return torch.ops.moekit.matmul_ogs(x, values, scales, bias, expert_offsets, gather_idx, scatter_idx,
                                        combine_weight, swiglu is not None, alpha, limit, out_dtype, config, codes,
-                                       slab_scales)
+                                       slab_scales, batch_invariant)
 
 
 def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torch.Tensor],
             mlp1_weight: Weights, mlp1_bias: Optional[torch.Tensor],
             mlp2_weight: Weights, mlp2_bias: Optional[torch.Tensor], *,
             experts_per_token: int = 4, swiglu_alpha: float = 1.702,
-            swiglu_limit: float = 7.0) -> torch.Tensor:
+            swiglu_limit: float = 7.0, batch_invariant: bool = False) -> torch.Tensor:
     """The gpt-oss MoE layer: gate, top-k routing, mlp1 + SwiGLU, mlp2, weighted combine.
 
     ``x`` is [..., H]; ``gate_weight`` [E, H]; ``mlp1_weight`` [E, 2I, H] and ``mlp2_weight``
     [E, H, I], each float or an MXFP4 (blocks, scales) pair in the gpt-oss checkpoint layout,
     optionally with its :func:`repack_mxfp4` output: (blocks, scales, codes, slab_scales).
-    Returns a tensor of x's shape and dtype.
+    Returns a tensor of x's shape and dtype. ``batch_invariant=True``: each token's output has
+    the same bits whatever the other tokens of the call (on CUDA: the general path at every T,
+    its matmuls as :func:`matmul_ogs` with ``batch_invariant``; fast with repacked weights).
     """
     _require_tensor("moe_mlp", "x", x)
     _require_tensor("moe_mlp", "gate_weight", gate_weight)
@@ -196,13 +209,14 @@ def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torc
     _require_int("moe_mlp", "experts_per_token", experts_per_token)
     alpha = _require_float("moe_mlp", "swiglu_alpha", swiglu_alpha)
     limit = _require_float("moe_mlp", "swiglu_limit", swiglu_limit)
+    _require_bool("moe_mlp", "batch_invariant", batch_invariant)
     if x.ndim < 1:
         raise ValueError("moekit.moe_mlp: 'x' expected shape [..., H], got a 0-d tensor")
     # math.prod, not -1: a reshape cannot infer -1 for a tensor without elements (H = 0). A [T, H] x
     # (the decode step's) skips both reshapes: each costs ~1 us of host time a layer.
     flat = x if x.ndim == 2 else x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
     args = (flat, gate_weight, gate_bias, w1, s1, mlp1_bias, w2, s2, mlp2_bias, experts_per_token, alpha, limit, c1,
-            ss1, c2, ss2)
+            ss1, c2, ss2, batch_invariant)
     # Only float tensors can require grad: the MXFP4 bytes never do.
     training = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, gate_weight, gate_bias, mlp1_bias, mlp2_bias, w1, w2))

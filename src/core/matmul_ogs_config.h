@@ -132,6 +132,7 @@ struct MatmulOgsOperands {
   bool aligned_16 = false;      // x and w data start on 16-byte boundaries
   bool expert_offsets = false;  // given (else one expert)
   bool slabs = false;           // MXFP4 weights repacked (ExpertWeights::slab_codes) and x's staging room
+  bool batch_invariant = false; // asked for (ExecContext::batch_invariant): one kernel family at every row count
 };
 
 // Why `kernel` cannot run problem p on `device`, or nullptr when it can: a forced config is
@@ -185,6 +186,19 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   if (!fits(MatmulOgsKernel::kStream8)) return MatmulOgsKernel::kSimt;  // no tensor cores for these operands
   const int64_t groups = p.E < p.P ? p.E : (p.P > 0 ? p.P : 1);
   const int64_t rows_per_expert = (p.P + groups - 1) / groups;  // rounded up
+  // Batch-invariant: kernels whose row sums never depend on the other rows, the same at every row
+  // count. The swap-AB loop (a token is a column of wgmma's N: one k order, no split; its tile
+  // height should not change a column's bits, which the GPU tests check) for repacked MXFP4; the
+  // 8-token streaming items with their fixed 16-way k split for bf16 weights (the gate); else
+  // the SIMT kernel. The tile heights follow the rows per expert until the sweep sets them.
+  if (o.batch_invariant) {
+    if (!p.mxfp4) return fits(MatmulOgsKernel::kStream8Wide) ? MatmulOgsKernel::kStream8Wide : MatmulOgsKernel::kSimt;
+    const MatmulOgsKernel swapab = rows_per_expert <= 16   ? MatmulOgsKernel::kSwapab16
+                                   : rows_per_expert <= 32 ? MatmulOgsKernel::kSwapab32
+                                   : rows_per_expert <= 64 ? MatmulOgsKernel::kSwapab64
+                                                           : MatmulOgsKernel::kSwapab128;
+    return fits(swapab) ? swapab : MatmulOgsKernel::kSimt;
+  }
   // Few output columns of bf16 weights (the gate: N = E): 64-row tiles would make a handful of
   // blocks (180 us for T = 128 on an H100); 8-token work items make the most, and 16 warps per
   // item split its long k loop. From 4096 rows, 32-token items with 4 warps: enough items, each

@@ -82,8 +82,9 @@ void moe_mlp(const MoeMlpArgs& a, const ExecContext& ctx) {
   const auto mlp2_p = accept_step("mlp2", "mlp2_weight", [&] { return accept_matmul_ogs(mlp2); });
 
 #if defined(MOEKIT_WITH_CUDA)
-  // A few tokens on CUDA: the same layer in three kernels (src/cuda/kernels/moe).
-  if (dev.type == DeviceType::kCUDA && cuda::moe_mlp_decode_fits(p, a)) {
+  // A few tokens on CUDA: the same layer in three kernels (src/cuda/kernels/moe), whose sums
+  // run in other orders than the general path's: not when the call asks for batch invariance.
+  if (dev.type == DeviceType::kCUDA && !ctx.batch_invariant && cuda::moe_mlp_decode_fits(p, a)) {
     cuda::moe_mlp_decode(p, a, ctx);
     return;
   }

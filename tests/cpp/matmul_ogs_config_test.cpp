@@ -142,9 +142,12 @@ TEST(MatmulOgsConfig, EveryChoiceIsAConfigThatCanRunTheProblem) {
         for (int64_t E : {1, 32}) {
           for (int64_t N : {32, 257, 2880}) {
             for (bool mxfp4 : {false, true}) {
-              for (const moekit::MatmulOgsOperands& o : {kBf16, moekit::MatmulOgsOperands{true, false, true},
-                                                         moekit::MatmulOgsOperands{false, true, true},
-                                                         moekit::MatmulOgsOperands{true, true, false, true}}) {
+              for (const moekit::MatmulOgsOperands& o :
+                   {kBf16, moekit::MatmulOgsOperands{true, false, true}, moekit::MatmulOgsOperands{false, true, true},
+                    moekit::MatmulOgsOperands{true, true, false, true},
+                    moekit::MatmulOgsOperands{true, false, true, true, true, true},  // batch-invariant
+                    moekit::MatmulOgsOperands{true, true, true, false, false, true},
+                    moekit::MatmulOgsOperands{true, false, true, true, false, true}}) {
                 moekit::MatmulOgsProblem p = problem(P, E, 2880, mxfp4);
                 p.N = N;
                 const MatmulOgsKernel k = choose_matmul_ogs_kernel(p, o, d);
@@ -185,7 +188,7 @@ TEST(MatmulOgsConfig, AForcedConfigRunsWhereItCanAndIsRefusedWhereItCannot) {
                                            "swapab32, swapab64, swapab128, got 'fast'");
 }
 
-TEST(MatmulOgsConfig, TheSwapAbKernelsRunRepackedMxfp4OnSm90AndAreNeverChosenYet) {
+TEST(MatmulOgsConfig, TheSwapAbKernelsRunRepackedMxfp4OnSm90AndByDefaultAreNotChosenYet) {
   const moekit::MatmulOgsOperands slabs{true, false, true, true, true};
   const moekit::MatmulOgsOperands no_slabs{true, false, true, true, false};
   for (MatmulOgsKernel k : {MatmulOgsKernel::kSwapab16, MatmulOgsKernel::kSwapab32, MatmulOgsKernel::kSwapab64,
@@ -194,7 +197,7 @@ TEST(MatmulOgsConfig, TheSwapAbKernelsRunRepackedMxfp4OnSm90AndAreNeverChosenYet
     for (int64_t P : {16, 512, 2048, 32768}) {
       const moekit::MatmulOgsProblem p = problem(P, 32, 2880, true);
       EXPECT_EQ(matmul_ogs_config_refusal(k, p, slabs, device(9)), nullptr) << name;
-      EXPECT_NE(choose_matmul_ogs_kernel(p, slabs, device(9)), k) << name << ": forced only until measured";
+      EXPECT_NE(choose_matmul_ogs_kernel(p, slabs, device(9)), k) << name << ": forced or batch-invariant only until measured";
       EXPECT_STREQ(matmul_ogs_config_refusal(k, p, no_slabs, device(9)),
                    "the weights repacked by repack_mxfp4 (slab codes and scales) and matmul_ogs's workspace");
       EXPECT_STREQ(matmul_ogs_config_refusal(k, p, slabs, device(8)), "sm_90 (wgmma)");
@@ -207,6 +210,37 @@ TEST(MatmulOgsConfig, TheSwapAbKernelsRunRepackedMxfp4OnSm90AndAreNeverChosenYet
       EXPECT_EQ(c.kernel, k);
       EXPECT_EQ(c.tile_cols, 128) << "two 64-row slabs a work item";
       EXPECT_EQ(c.schedule, moekit::MatmulOgsSchedule::kPersistent);
+    }
+  }
+}
+
+TEST(MatmulOgsConfig, BatchInvariantCallsTakeOneKernelFamilyAtEveryRowCount) {
+  // Repacked MXFP4 on sm_90: the swap-AB loop at every row count, its tile following the rows per
+  // expert; never the streaming, wgmma or GEMV kernels the same problems take otherwise.
+  const moekit::MatmulOgsOperands slabs{true, false, true, true, true, true};
+  const moekit::MatmulOgsOperands slabs_default{true, false, true, true, true, false};
+  const moekit::MatmulOgsOperands no_slabs{true, false, true, true, false, true};
+  const std::pair<int64_t, MatmulOgsKernel> rows[] = {
+      {1, MatmulOgsKernel::kSwapab16},     {8, MatmulOgsKernel::kSwapab16},      {512, MatmulOgsKernel::kSwapab16},
+      {513, MatmulOgsKernel::kSwapab32},   {1024, MatmulOgsKernel::kSwapab32},   {2048, MatmulOgsKernel::kSwapab64},
+      {2049, MatmulOgsKernel::kSwapab128}, {32768, MatmulOgsKernel::kSwapab128}};
+  for (const auto& [P, want] : rows) {
+    const moekit::MatmulOgsProblem p = problem(P, 32, 2880, true);
+    EXPECT_EQ(choose_matmul_ogs_kernel(p, slabs, device(9)), want) << P;
+    EXPECT_NE(choose_matmul_ogs_kernel(p, slabs_default, device(9)), want) << P << ": the default choice";
+    // Where the loop cannot run (no repacked weights, not sm_90): the SIMT kernel.
+    EXPECT_EQ(choose_matmul_ogs_kernel(p, no_slabs, device(9)), MatmulOgsKernel::kSimt) << P;
+    EXPECT_EQ(choose_matmul_ogs_kernel(p, slabs, device(8)), MatmulOgsKernel::kSimt) << P;
+  }
+  // bf16 weights (the gate, and one dense weight the GEMV would take): the 8-token streaming
+  // items at every row count, past kGateTallRows too; float32 weights: SIMT.
+  const moekit::MatmulOgsOperands bf16{true, true, true, false, false, true};
+  for (int64_t P : {int64_t{1}, int64_t{8}, moekit::kGateTallRows, int64_t{32768}}) {
+    for (int64_t N : {32, 256, 2880}) {
+      moekit::MatmulOgsProblem p = problem(P, 1, 2880, false);
+      p.N = N;
+      EXPECT_EQ(choose_matmul_ogs_kernel(p, bf16, device(9)), MatmulOgsKernel::kStream8Wide) << P << " " << N;
+      EXPECT_EQ(choose_matmul_ogs_kernel(p, {true, false, true, false, false, true}, device(9)), MatmulOgsKernel::kSimt);
     }
   }
 }

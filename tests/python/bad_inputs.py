@@ -306,6 +306,7 @@ CASES = [
     Case("moe_mlp", "mlp2_bias_float", set_("mlp2_bias", lambda t, g: 1.5), TE, "mlp2_bias", ("float",)),
     Case("moe_mlp", "k_str", set_("experts_per_token", lambda t, g: "2"), TE, "experts_per_token", ("str",)),
     Case("moe_mlp", "k_float", set_("experts_per_token", lambda t, g: 2.0), TE, "experts_per_token", ("float",)),
+    Case("moe_mlp", "batch_invariant_int", lambda a, g: a.update(batch_invariant=1), TE, "batch_invariant", ("int",)),
 
     # ---------------------------------------------------------------- matmul_ogs
     Case("matmul_ogs", "x_float16", set_("x", lambda t, g: t.to(F16)), TE, "x", HALF),
@@ -324,6 +325,8 @@ CASES = [
     Case("matmul_ogs", "combine_bf16", set_("combine_weight", lambda t, g: t.to(BF16)), TE, "combine_weight",
          ("bfloat16",)),
     Case("matmul_ogs", "x_3d", set_("x", lambda t, g: t[None]), VE, "x", ("[1, 5, 64]",)),
+    Case("matmul_ogs", "batch_invariant_str", lambda a, g: a.update(batch_invariant="yes"), TE, "batch_invariant",
+         ("str",)),
     Case("matmul_ogs", "x_wrong_K_dense", lambda a, g: a.update(w=dense(g, E, 2 * I, H + 32)), VE, "w",
          ("[4, 128, 96]",)),
     Case("matmul_ogs", "w_dense_2d", lambda a, g: a.update(w=dense(g, 2 * I, H)), VE, "w", ("[128, 64]",)),

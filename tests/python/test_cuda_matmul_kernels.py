@@ -390,6 +390,30 @@ def test_swapab_rows_are_batch_invariant(gen, config, E):
         assert torch.equal(rows(x, lg)[at.cuda()], alone[: len(at)]), T
 
 
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_swapab_configs_agree_bitwise(gen, swiglu):
+    """Every swap-AB tile height gives each row the same bits (a token is a column of wgmma's N,
+    summed in one k order whatever the N), so batch-invariant calls may pick the height by the
+    rows per expert. Experts of 0 to 300 rows, N = 320 (two and a half work items), K = 1088."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("wgmma needs sm_90")
+    E, N, K = 8, 320, 1088
+    counts = torch.tensor([0, 1, 15, 17, 64, 129, 300, 40])
+    w, _ = weights(gen, "slabs", E, N, K)
+    w = to_cuda(w)
+    bias = randn(gen, E, N, dtype=torch.bfloat16, scale=0.5).cuda()
+    x = randn(gen, int(counts.sum()), K, dtype=torch.bfloat16).cuda()
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).int().cuda()
+    gather = torch.randperm(x.shape[0], generator=gen).int().cuda()
+    swiglu_arg = (SWIGLU_ALPHA, SWIGLU_LIMIT) if swiglu else None
+    outs = {c: moekit.matmul_ogs(x, w, bias, expert_offsets=offsets, gather_idx=gather, swiglu=swiglu_arg, config=c)
+            for c in SWAPAB}
+    first = outs[SWAPAB[0]]
+    assert torch.isfinite(first).all()
+    for c, out in outs.items():
+        assert torch.equal(out.view(torch.int16), first.view(torch.int16)), c
+
+
 def test_the_gemv_forced(gen):
     """The GEMV forced on one dense bf16 weight and 5 rows (which it would be chosen for on sm_90
     anyway); refused on other GPUs."""

@@ -194,7 +194,7 @@ void launch_matmul_ogs_rows(const MatmulOgsProblem& p, const MatmulOgsArgs& a, c
                             cudaStream_t stream, const ExecContext& ctx) {
   const MatmulOgsOperands operands{a.x.dtype == DType::kBFloat16, a.w.values.dtype == DType::kBFloat16,
                                    aligned_16(a.x.data) && aligned_16(a.w.values.data), a.expert_offsets.present(),
-                                   params.slab_codes != nullptr && params.x_staged != nullptr};
+                                   params.slab_codes != nullptr && params.x_staged != nullptr, ctx.batch_invariant};
   const MatmulOgsConfig c = matmul_ogs_launch_config(p, operands, device_info(p.device.index), ctx.matmul_ogs_config);
   switch (c.kernel) {
     case MatmulOgsKernel::kStream8: launch_stream<1>(p, a, c, params, stream, ctx); break;

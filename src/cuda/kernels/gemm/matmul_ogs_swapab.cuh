@@ -82,16 +82,19 @@ using Swapab128 = Shape<128, 2, 5, 2>;
 // Where staged x holds 16-byte piece c (0..7) of k step s of problem row r: rows of 128 bytes,
 // step-major ([steps][swapab_staged_rows(P)][128]), so that R rows from a tile's first row are one
 // contiguous run a step; the piece at c ^ ((r - tile's first row) % 8), the 128-byte swizzle of
-// the tile's own rows (rows past the tile, read with it, only feed columns nobody stores).
+// the tile's own rows (rows past the tile, read with it, only feed columns nobody stores; past P
+// they are zeros).
 __device__ __forceinline__ int64_t staged_x_offset(const MatmulOgsParams& p, int64_t step, int64_t row, int phase,
                                                    int c) {
   return (step * swapab_staged_rows(p.P) + row) * 128 + ((c ^ phase) * 16);
 }
 
 // x's rows of every token tile of R rows into staged x: gathered, zeros past K and for bad gather
-// indices (the epilogue makes those rows NaN), every k step of the row. A block copies 8 rows of
-// one tile (grid: the most tiles there can be, times R / 8), a warp a row, its lanes the row's
-// 16-byte pieces in turn, four loads in flight before their stores.
+// indices (the epilogue makes those rows NaN), every k step of the row. The rows past P that the
+// last tiles' copies read (up to R) get zeros too, so the loop reads no byte left unwritten (the
+// tiles that reach them write the same zeros). A block copies 8 rows of one tile (grid: the most
+// tiles there can be, times R / 8), a warp a row, its lanes the row's 16-byte pieces in turn, four
+// loads in flight before their stores.
 template <int R>
 __global__ void __launch_bounds__(swapab::kStageThreads) stage_x_kernel(const MatmulOgsParams p) {
   static_assert(swapab::kStageThreads == 8 * 32, "a warp a row of the block's 8");
@@ -103,8 +106,8 @@ __global__ void __launch_bounds__(swapab::kStageThreads) stage_x_kernel(const Ma
   tile_at<R>(p, q, e, row_begin, row_end);
   const int r = static_cast<int>(blockIdx.x % kGroups) * 8 + static_cast<int>(threadIdx.x / 32);  // the tile's row
   const int64_t row = row_begin + r;
-  if (row >= row_end) return;
-  const int64_t src = source_row(p, row, row_end);
+  if (row >= row_end && row < p.P) return;           // another tile's row
+  const int64_t src = source_row(p, row, row_end);  // kNoRow past the tile: zeros
   const int pieces = static_cast<int>((p.K + 63) / 64) * 8;  // of a staged row
   const int filled = src >= 0 ? static_cast<int>(p.K / 8) : 0;  // pieces read from x
   const uint4* from = reinterpret_cast<const uint4*>(static_cast<const bf16*>(p.x) + (src >= 0 ? src * p.K : 0));
