@@ -55,8 +55,9 @@ void check_route_outputs(const RouteProblem& p, const RouteOutputs& out);
 
 // matmul_ogs's workspace (CUDA backend; byte offsets, 256-aligned): the list of row tiles
 // (int2 per tile of at least kMinTileRows rows, and their count); with scatter, the float32
-// rows [P, out_cols] that the combine sums; with repacked weights, x's rows staged for the
-// swap-AB kernels (staged_rows() rows of 128 bytes a 64-k step). A function of shapes alone.
+// rows [P, out_cols] that the combine sums; with repacked weights and a gather, x's gathered rows
+// staged for the swap-AB kernels (swapab_staged_rows(P) rows of 128 bytes a 64-k step; without a
+// gather they read x in place). A function of shapes alone.
 struct MatmulOgsWorkspace {
   size_t tiles = 0, tile_count = 0, combine = 0, staged = 0, total = 0;
 };

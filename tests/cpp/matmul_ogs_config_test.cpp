@@ -245,14 +245,20 @@ TEST(MatmulOgsConfig, BatchInvariantCallsTakeOneKernelFamilyAtEveryRowCount) {
   }
 }
 
-TEST(MatmulOgsConfig, RepackedWeightsAddXsStagedRowsToTheWorkspace) {
+TEST(MatmulOgsConfig, RepackedWeightsAddXsStagedRowsToTheWorkspaceWithAGather) {
   // (P + the tallest tile) rows of 128 bytes a 64-k step, 16-byte aligned for the bulk copies,
-  // and nothing without the repacked weights.
+  // and nothing without the repacked weights, or without a gather (x is read in place).
   for (int64_t P : {0, 1, 100, 32768}) {
     for (int64_t K : {32, 2880, 2912}) {
       moekit::MatmulOgsProblem p = problem(P, 32, K, true);
+      p.gather = true;
       const moekit::MatmulOgsWorkspace without = moekit::matmul_ogs_workspace_layout(p);
       p.slabs = true;
+      p.gather = false;
+      const moekit::MatmulOgsWorkspace in_place = moekit::matmul_ogs_workspace_layout(p);
+      EXPECT_EQ(in_place.total, without.total);
+      EXPECT_EQ(in_place.staged, in_place.total) << "an empty region";
+      p.gather = true;
       const moekit::MatmulOgsWorkspace with = moekit::matmul_ogs_workspace_layout(p);
       const size_t staged = static_cast<size_t>((P + moekit::kSwapabMaxTileRows) * ((K + 63) / 64) * 128);
       EXPECT_EQ(with.staged % 16, 0u);

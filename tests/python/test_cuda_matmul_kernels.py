@@ -332,30 +332,37 @@ def test_every_config_forced(gen, config, kind, rows):
         assert any(FORCED[config][1] in name for name in ran), (check.__name__, ran)
 
 
+@pytest.mark.parametrize("gather", [True, False], ids=["staged", "in_place"])
 @pytest.mark.parametrize("config", SWAPAB)
-def test_swapab_edges(gen, config):
+def test_swapab_edges(gen, config, gather):
     """The swap-AB kernels where their tiles and chunks run out, on extreme scale bytes (the
     two-multiply decode, a NaN block, subnormal-path values): N = 150 (three 64-row slabs, so the
     last 128-row item repeats a slab it must not store; rows past N), K = 1088 (17 k steps: chunks
     of 4 and a last of one step), experts of 0 to 200 rows (several token tiles, partial ones),
-    bad gather indices (NaN rows), plain float32 rows without bias."""
+    plain float32 rows without bias. With a gather (x's rows staged) bad indices too (NaN rows);
+    without one, x's rows come in place by the TMA descriptor, the last tiles reading past P."""
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("wgmma needs sm_90")
     E, P, offsets = problem("wgmma128")
-    N, K, M = 150, 1088, P + 1
+    N, K, M = 150, 1088, P + 1 if gather else P
     x = randn(gen, M, K, dtype=torch.bfloat16, scale=2.0 ** 20)
     (blocks, scales), dense = extreme_mxfp4(gen, E, N, K)
     w = (blocks, scales) + moekit.repack_mxfp4(blocks, scales)
-    gather = torch.randint(0, M, (P,), generator=gen, dtype=torch.int32)
-    good = gather.clone()
-    gather[[0, 131, P - 1]] = torch.tensor([-1, M, -7], dtype=torch.int32)
+    good, gather_arg, bad = None, None, []
+    if gather:
+        gather_arg = torch.randint(0, M, (P,), generator=gen, dtype=torch.int32)
+        good = gather_arg.clone()
+        bad = [0, 131, P - 1]
+        gather_arg[bad] = torch.tensor([-1, M, -7], dtype=torch.int32)
+        gather_arg = gather_arg.cuda()
     got, ran = cuda_kernels_during(lambda: moekit.matmul_ogs(
-        x.cuda(), to_cuda(w), expert_offsets=offsets.cuda(), gather_idx=gather.cuda(), out_dtype=torch.float32,
+        x.cuda(), to_cuda(w), expert_offsets=offsets.cuda(), gather_idx=gather_arg, out_dtype=torch.float32,
         config=config))
     assert any(FORCED[config][1] in name for name in ran), ran
-    assert got[[0, 131, P - 1]].isnan().all()
+    assert any("stage_x_kernel" in name for name in ran) == gather, ran
+    assert got[bad].isnan().all()
     keep = torch.ones(P, dtype=torch.bool)
-    keep[[0, 131, P - 1]] = False
+    keep[bad] = False
     want = ref.matmul_ogs(x, dense, expert_offsets=offsets, gather_idx=good)
     terms = ref.matmul_ogs(x.abs(), dense.abs(), expert_offsets=offsets, gather_idx=good)
     assert_elementwise(got[keep], want[keep], accumulation(K) * terms[keep])

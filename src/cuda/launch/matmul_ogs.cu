@@ -192,9 +192,13 @@ MatmulOgsParams matmul_ogs_params(const MatmulOgsProblem& p, const MatmulOgsArgs
 
 void launch_matmul_ogs_rows(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const MatmulOgsParams& params,
                             cudaStream_t stream, const ExecContext& ctx) {
+  // The backward's recompute (params.grad_a): no swap-AB kernel (their epilogue has no recompute),
+  // and no batch invariance (it is the forward's promise).
+  const bool forward = params.grad_a == nullptr;
+  const bool slabs = forward && params.slab_codes != nullptr && (params.gather_idx == nullptr || params.x_staged != nullptr);
   const MatmulOgsOperands operands{a.x.dtype == DType::kBFloat16, a.w.values.dtype == DType::kBFloat16,
                                    aligned_16(a.x.data) && aligned_16(a.w.values.data), a.expert_offsets.present(),
-                                   params.slab_codes != nullptr && params.x_staged != nullptr, ctx.batch_invariant};
+                                   slabs, forward && ctx.batch_invariant};
   const MatmulOgsConfig c = matmul_ogs_launch_config(p, operands, device_info(p.device.index), ctx.matmul_ogs_config);
   switch (c.kernel) {
     case MatmulOgsKernel::kStream8: launch_stream<1>(p, a, c, params, stream, ctx); break;
@@ -223,7 +227,7 @@ MatmulOgsParams matmul_ogs_forward_params(const MatmulOgsProblem& p, const Matmu
   char* ws_base = static_cast<char*>(a.workspace.data);
   params.tile_items = reinterpret_cast<int2*>(ws_base + ws.tiles);  // written by plan_tiles_kernel
   params.tile_count = reinterpret_cast<int*>(ws_base + ws.tile_count);
-  params.x_staged = p.slabs ? reinterpret_cast<uint8_t*>(ws_base + ws.staged) : nullptr;
+  params.x_staged = p.slabs && p.gather ? reinterpret_cast<uint8_t*>(ws_base + ws.staged) : nullptr;
   // With scatter, rows go to the workspace as float32 and the combine writes `out`.
   params.out = p.scatter ? static_cast<void*>(ws_base + ws.combine) : a.out.data;
   params.out_bf16 = !p.scatter && a.out.dtype == DType::kBFloat16;

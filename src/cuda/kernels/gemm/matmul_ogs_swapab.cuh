@@ -4,25 +4,28 @@
 // tile of few tokens fills the tensor cores' M with weights instead of padding a 64- or 128-row
 // token tile.
 //
-// Three launches: plan_tiles_kernel lists the token tiles of R rows (tile_locate.cuh);
+// Launches: plan_tiles_kernel lists the token tiles of R rows (tile_locate.cuh); with a gather,
 // stage_x_kernel copies each tile's x rows (gathered) into the 128-byte swizzle layout wgmma
-// reads, step by 64-k step (staged_x_offset); the main kernel's persistent blocks (one an SM)
-// walk (token tile, WG x 64 weight rows) items, token tile major, so the blocks at work at once
-// share their x tiles through L2.
+// reads, step by 64-k step (staged_x_offset), while rows read in place (mlp2's) come by a TMA
+// descriptor's tiles, which land in that swizzle; the main kernel's persistent blocks (one an
+// SM) walk (token tile, WG x 64 weight rows) items, token tile major, so the blocks at work at
+// once share their x tiles through L2.
 //
 // A block (swapab::Shape: R, KS, S, WG; the library's configs have WG = 2): a producer warp
 // streams chunks of KS k steps by bulk copies into a ring of S stages (mbarriers full/empty): the
 // WG slabs' codes and scales of the chunk (each slab step's 2 KB and 128 B contiguous in
-// repack_mxfp4's layout) and the tile's x rows of each step. WG consumer warpgroups, holding the
+// repack_mxfp4's layout) and the tile's x rows of each step (one contiguous run of staged x, or
+// one tile of x_rows, the TMA descriptor of x [P, K]). WG consumer warpgroups, holding the
 // registers the producer's warpgroup gave up (setmaxnreg), each decode a k step of their slab
 // into 16 bf16x2 A registers (two register sets, so a step decodes while the previous step's
 // wgmmas run; a step's codes and scales are loaded from shared memory while the step before it
 // decodes) and issue 4 wgmma.m64nRk16. The epilogue
 // adds the bias and finishes each (n, n + 1) column pair, rows g and g + 1 of the MMA, through
 // tile_io.cuh's store_output_pair (SwiGLU or plain rows). The backward's recompute never runs
-// here (its call carries no staged x, so the configs are refused there): no branch for it.
+// here (launch_matmul_ogs_rows refuses these configs for it): no branch for it.
 #pragma once
 
+#include <cuda.h>
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -89,7 +92,7 @@ __device__ __forceinline__ int64_t staged_x_offset(const MatmulOgsParams& p, int
   return (step * swapab_staged_rows(p.P) + row) * 128 + ((c ^ phase) * 16);
 }
 
-// x's rows of every token tile of R rows into staged x: gathered, zeros past K and for bad gather
+// x's rows of every token tile of R rows into staged x (calls with a gather): zeros past K and for bad gather
 // indices (the epilogue makes those rows NaN), every k step of the row. The rows past P that the
 // last tiles' copies read (up to R) get zeros too, so the loop reads no byte left unwritten (the
 // tiles that reach them write the same zeros). A block copies 8 rows of one tile (grid: the most
@@ -150,8 +153,11 @@ __device__ __forceinline__ void decode_step(const uint4 w, uint32_t s0, uint32_t
   }
 }
 
+// x_rows: x's tiles of R rows x 64 k (tensor_map.h's bf16_row_tiles) where p has no gather;
+// unused with one.
 template <class Sh>
-__global__ void __launch_bounds__(Sh::kThreads, 1) matmul_ogs_swapab_kernel(const MatmulOgsParams p) {
+__global__ void __launch_bounds__(Sh::kThreads, 1)
+    matmul_ogs_swapab_kernel(const MatmulOgsParams p, const __grid_constant__ CUtensorMap x_rows) {
 #if MOEKIT_WGMMA
   using namespace swapab;
   using St = Sh;
@@ -177,6 +183,8 @@ __global__ void __launch_bounds__(Sh::kThreads, 1) matmul_ogs_swapab_kernel(cons
   if (wg == WG) {  // the producer: one thread
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(kProducerRegisters));
     if (threadIdx.x != 128 * WG) return;
+    const bool staged = p.gather_idx != nullptr;
+    if (!staged) prefetch_tensor_map(&x_rows);
     int n = 0;  // chunks issued by this block
     for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
       const int tile = static_cast<int>(item % tiles);
@@ -198,8 +206,10 @@ __global__ void __launch_bounds__(Sh::kThreads, 1) matmul_ogs_swapab_kernel(cons
                     nst * slabs::kScaleBytes, &full[s]);
         }
         for (int ks = 0; ks < nst; ++ks) {
-          bulk_copy<true>(st + St::kCodes + ks * R * 128, p.x_staged + staged_x_offset(p, c * KS + ks, row_begin, 0, 0),
-                          R * 128, &full[s]);
+          unsigned char* x_tile = st + St::kCodes + ks * R * 128;
+          const int step = c * KS + ks;
+          if (staged) bulk_copy<true>(x_tile, p.x_staged + staged_x_offset(p, step, row_begin, 0, 0), R * 128, &full[s]);
+          else tensor_copy_2d<true>(x_tile, &x_rows, step * slabs::kStepK, static_cast<int>(row_begin), &full[s]);
         }
       }
     }
