@@ -11,8 +11,9 @@ layer a user without either would write (bf16 torch._grouped_mm on dequantized w
 Both libraries quantize the same float weights (values MXFP4 represents exactly, so both hold the
 same numbers) and get the same x; with --repacked moekit's expert weights also carry their
 repack_mxfp4 output (the swap-AB kernels' operand), and with --batch-invariant (which implies
---repacked) moekit's layer runs batch-invariant (moe_mlp's batch_invariant=True). Numerics against
-a float32 reference on those weights; prints a table, writes JSON and a PNG of floor/time per row.
+--repacked) moekit's layer is also timed batch-invariant (moe_mlp's batch_invariant=True) beside
+its default, the cost the ratio of the two graphs. Numerics against a float32 reference on those
+weights; prints a table, writes JSON and a PNG of floor/time per row.
 """
 
 import datetime
@@ -82,11 +83,25 @@ def reference_f32(x, layer, w1, w2):
     return y, top.indices
 
 
+def time_layer(run, dev, reps, flush):
+    """run()'s median eager and CUDA-graph times (ms; L2 flushed before each), and the graph with
+    its output (kept together: the output lives in the graph's memory pool)."""
+    run()  # warm-up, outside the timings
+    torch.cuda.synchronize(dev)
+    eager_ms = median_ms(run, reps, flush)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = run()
+    graph_ms = median_ms(graph.replay, reps, flush)
+    return eager_ms, graph_ms, (graph, y)
+
+
 def main():
     parser = sweep_arguments(__doc__.splitlines()[0])
     parser.add_argument("--repacked", action="store_true", help="moekit's experts carry repack_mxfp4's layout too")
     parser.add_argument("--batch-invariant", action="store_true",
-                        help="moekit's layer batch-invariant (moe_mlp's batch_invariant=True); implies --repacked")
+                        help="moekit's layer also timed batch-invariant (moe_mlp's batch_invariant=True); implies "
+                             "--repacked")
     args = parser.parse_args()
     args.repacked |= args.batch_invariant
     dev = torch.device("cuda", torch.cuda.current_device())
@@ -110,20 +125,22 @@ def main():
                                     layer["mlp1_bias"], w2.float(), layer["mlp2_bias"], K)
         for T in args.tokens:
             x = torch.randn(T, H, device=dev, generator=gen).bfloat16()
-            run = lambda: moekit.moe_mlp(x, **layer, experts_per_token=K,  # noqa: E731
-                                         batch_invariant=args.batch_invariant)
-            run()  # warm-up, outside the timings
-            torch.cuda.synchronize(dev)
             reps = args.reps if T <= 512 else max(3, args.reps // 4)
-            eager_ms = median_ms(run, reps, flush)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                y_graph = run()
-            graph_ms = median_ms(graph.replay, reps, flush)
+            eager_ms, graph_ms, (graph, y_graph) = time_layer(
+                lambda: moekit.moe_mlp(x, **layer, experts_per_token=K), dev, reps, flush)
+            inv_row = {}
+            if args.batch_invariant:
+                inv_eager_ms, inv_graph_ms, (inv_graph, inv_y) = time_layer(
+                    lambda: moekit.moe_mlp(x, **layer, experts_per_token=K, batch_invariant=True), dev, reps, flush)
             peer_y, _ = grouped_mm_layer(x, layer, w1t, w2t)
             peer_ms = median_ms(lambda: grouped_mm_layer(x, layer, w1t, w2t), reps, flush)
             ref, top = reference_f32(x, layer, w1, w2)
             err = float((y_graph.float() - ref).norm() / ref.norm())
+            if args.batch_invariant:
+                inv_row = dict(invariant_graph_us=inv_graph_ms * 1e3, invariant_eager_us=inv_eager_ms * 1e3,
+                               invariant_cost=inv_graph_ms / graph_ms,
+                               invariant_rel_err=float((inv_y.float() - ref).norm() / ref.norm()))
+                del inv_graph, inv_y
             peer_err = float((peer_y.float() - ref).norm() / ref.norm())
             tk_row = {}
             if tk is not None:
@@ -148,7 +165,7 @@ def main():
             row = dict(E=E, T=T, experts_hit=hit, floor_us=floor_us, moekit_graph_us=graph_ms * 1e3,
                        moekit_eager_us=eager_ms * 1e3, grouped_mm_eager_us=peer_ms * 1e3,
                        floor_over_time=floor_us / (graph_ms * 1e3), rel_err=err, grouped_mm_rel_err=peer_err,
-                       **tk_row)
+                       **tk_row, **inv_row)
             if tk_row:
                 row["tk_floor_over_time"] = floor_us / tk_row["tk_graph_us"]
             rows.append(row)
@@ -157,7 +174,9 @@ def main():
                        if tk_row else "")
             print(f"E={E:4d} T={T:5d} floor {floor_us:9.1f} us  moekit graph {graph_ms * 1e3:10.1f} us "
                   f"eager {eager_ms * 1e3:10.1f} us  floor/time {row['floor_over_time']:.3f}  err {err:.2e}"
-                  f"{tk_text}  grouped_mm {peer_ms * 1e3:9.1f} us", flush=True)
+                  f"{tk_text}  grouped_mm {peer_ms * 1e3:9.1f} us"
+                  + (f"  invariant {inv_row['invariant_graph_us']:9.1f} us (x{inv_row['invariant_cost']:.3f})"
+                     if inv_row else ""), flush=True)
             del graph, y_graph
         del layer, w1, w2, tk
     commit = commit_of(args)
