@@ -32,6 +32,7 @@
 
 #include "../../../core/mxfp4_slabs.h"
 #include "../../../core/problem.h"
+#include "../../../core/swapab_ring.h"
 #include "../bulk_copy.cuh"
 #include "../element.cuh"
 #include "../quant/e2m1_bf16.cuh"
@@ -192,8 +193,8 @@ __global__ void __launch_bounds__(Sh::kThreads, 1)
       int64_t row_begin, row_end;
       tile_at<R>(p, item / tiles, e, row_begin, row_end);
       for (int c = 0; c < chunks; ++c, ++n) {
-        const int s = n % S, nst = min(KS, steps - c * KS);
-        if (n >= S) barrier_wait(&empty[s], ((n / S) - 1) & 1);
+        const int s = swapab_ring::stage(n, S), nst = min(KS, steps - c * KS);
+        if (swapab_ring::producer_waits(n, S)) barrier_wait(&empty[s], swapab_ring::empty_parity(n, S));
         unsigned char* st = smem + s * St::kStageBytes;
         barrier_arrive_expect(&full[s], nst * (WG * (slabs::kCodeBytes + slabs::kScaleBytes) + R * 128));
         for (int h = 0; h < WG; ++h) {
@@ -230,8 +231,8 @@ __global__ void __launch_bounds__(Sh::kThreads, 1)
     for (int i = 0; i < R / 2; ++i) acc[i] = 0.0f;
     uint32_t a[2][4][4];  // [register set: the step's parity][k16 step j][fragment register]
     for (int c = 0; c < chunks; ++c, ++n) {
-      const int s = n % S, nst = min(KS, steps - c * KS);
-      barrier_wait(&full[s], (n / S) & 1);
+      const int s = swapab_ring::stage(n, S), nst = min(KS, steps - c * KS);
+      barrier_wait(&full[s], swapab_ring::full_parity(n, S));
       const unsigned char* st = smem + s * St::kStageBytes;
       const uint64_t b0 = wgmma_descriptor_sw128(st + St::kCodes);
       struct StepLoad {
@@ -251,11 +252,9 @@ __global__ void __launch_bounds__(Sh::kThreads, 1)
         // A scale byte of 128 or more anywhere in the warp (rare) takes the two-multiply decode.
         if (warp_needs_second_step(((l.s0 | l.s1) & 0x8080u) != 0)) decode_step<true>(l.w, l.s0, l.s1, a[set]);
         else decode_step<false>(l.w, l.s0, l.s1, a[set]);
-        // After the wait only the previous step's wgmmas may run. So at a chunk's second step the
-        // previous chunk is done with its stage; at its first, the chunk before that (pending
-        // here only when the previous chunk, an item's last, had a single step).
-        if (ks <= 1 && released < n - 1 + ks) {
-          if (lane == 0) barrier_arrive(&empty[released % S]);
+        // After the wait only the previous step's wgmmas may run (swapab_ring.h's release rule).
+        if (swapab_ring::release_due(ks, released, n)) {
+          if (lane == 0) barrier_arrive(&empty[swapab_ring::stage(released, S)]);
           ++released;
         }
         wgmma_fence();
