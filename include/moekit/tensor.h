@@ -69,7 +69,8 @@ struct TensorView {
 // `batch_invariant` asks for outputs whose every row has the same bits whatever the other rows of
 // the call (their number, their values, the row's place): matmul_ogs chooses one kernel family
 // for every row count, and moe_mlp takes its general path at every T (docs/semantics.md, "Batch
-// invariance"); matmul_ogs_backward ignores it. The CPU backend is batch-invariant always.
+// invariance"); a forced `matmul_ogs_config` takes precedence, and matmul_ogs_backward ignores
+// it. The CPU backend is batch-invariant always.
 struct ExecContext {
   using ParallelBody = std::function<void(int64_t begin, int64_t end)>;
   void* cuda_stream = nullptr;

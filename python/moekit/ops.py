@@ -164,8 +164,9 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
     run the call; by default the kernel is chosen from the problem and the device.
     ``batch_invariant=True``: each output row has the same bits whatever the other rows (their
     number, their values, its place among them); on CUDA this takes one kernel family at every
-    row count, fast for repacked MXFP4 weights on sm_90 and for bf16 weights (docs/semantics.md,
-    "Batch invariance"). The CPU backend is batch-invariant always.
+    row count: the swap-AB loop for repacked MXFP4 weights on sm_90, the gate's streaming kernel
+    for bf16 weights, else the SIMT kernel (docs/semantics.md, "Batch invariance"); a ``config``
+    given takes precedence. The CPU backend is batch-invariant always.
 
     Differentiable for ``x``, ``bias`` and ``combine_weight`` (``torch.ops.moekit.matmul_ogs_backward``),
     the weights frozen: float weights that require grad are refused.

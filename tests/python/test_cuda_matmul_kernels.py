@@ -311,10 +311,10 @@ FORCED = {  # config -> (weight kinds it runs, the kernel's name as the profiler
     "tiled64": (["mxfp4"], "matmul_ogs_tiled_kernel"),
     "wgmma128": (["mxfp4"], "matmul_ogs_wgmma_kernel"),
     "wmma64": (["bfloat16"], "matmul_ogs_wmma_kernel"),
-    "swapab16": (["slabs"], "matmul_ogs_swapab_kernel<16>"),
-    "swapab32": (["slabs"], "matmul_ogs_swapab_kernel<32>"),
-    "swapab64": (["slabs"], "matmul_ogs_swapab_kernel<64>"),
-    "swapab128": (["slabs"], "matmul_ogs_swapab_kernel<128>"),
+    "swapab16": (["slabs"], "matmul_ogs_swapab_kernel<moekit::cuda::swapab::Shape<16, "),
+    "swapab32": (["slabs"], "matmul_ogs_swapab_kernel<moekit::cuda::swapab::Shape<32, "),
+    "swapab64": (["slabs"], "matmul_ogs_swapab_kernel<moekit::cuda::swapab::Shape<64, "),
+    "swapab128": (["slabs"], "matmul_ogs_swapab_kernel<moekit::cuda::swapab::Shape<128, "),
 }
 SWAPAB = [c for c in FORCED if c.startswith("swapab")]
 
@@ -397,11 +397,13 @@ def test_swapab_rows_are_batch_invariant(gen, config, E):
         assert torch.equal(rows(x, lg)[at.cuda()], alone[: len(at)]), T
 
 
+@pytest.mark.parametrize("gather", [True, False], ids=["staged", "in_place"])
 @pytest.mark.parametrize("swiglu", [False, True])
-def test_swapab_configs_agree_bitwise(gen, swiglu):
+def test_swapab_configs_agree_bitwise(gen, swiglu, gather):
     """Every swap-AB tile height gives each row the same bits (a token is a column of wgmma's N,
     summed in one k order whatever the N), so batch-invariant calls may pick the height by the
-    rows per expert. Experts of 0 to 300 rows, N = 320 (two and a half work items), K = 1088."""
+    rows per expert. Experts of 0 to 300 rows, N = 320 (two and a half work items), K = 1088; x's
+    rows gathered (staged) or read in place (the TMA tiles)."""
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("wgmma needs sm_90")
     E, N, K = 8, 320, 1088
@@ -411,10 +413,10 @@ def test_swapab_configs_agree_bitwise(gen, swiglu):
     bias = randn(gen, E, N, dtype=torch.bfloat16, scale=0.5).cuda()
     x = randn(gen, int(counts.sum()), K, dtype=torch.bfloat16).cuda()
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).int().cuda()
-    gather = torch.randperm(x.shape[0], generator=gen).int().cuda()
+    gather_idx = torch.randperm(x.shape[0], generator=gen).int().cuda() if gather else None
     swiglu_arg = (SWIGLU_ALPHA, SWIGLU_LIMIT) if swiglu else None
-    outs = {c: moekit.matmul_ogs(x, w, bias, expert_offsets=offsets, gather_idx=gather, swiglu=swiglu_arg, config=c)
-            for c in SWAPAB}
+    outs = {c: moekit.matmul_ogs(x, w, bias, expert_offsets=offsets, gather_idx=gather_idx, swiglu=swiglu_arg,
+                                 config=c) for c in SWAPAB}
     first = outs[SWAPAB[0]]
     assert torch.isfinite(first).all()
     for c, out in outs.items():

@@ -32,7 +32,7 @@ void launch_swapab(const MatmulOgsProblem& p, const MatmulOgsParams& params, cud
   if (params.gather_idx != nullptr) {
     stage_x_kernel<R><<<static_cast<unsigned>(tiles * (R / 8)), swapab::kStageThreads, 0, stream>>>(params);
     MOEKIT_CHECK_LAUNCH(ctx, stream, "stage_x_kernel");
-  } else {
+  } else if (params.K > 0) {  // K = 0: no k steps, nothing copied (the rows are their bias)
     x_rows = bf16_row_tiles(params.x, params.P, params.K, R);
   }
   allow_dynamic_smem<kernel>(Sh::kSmemBytes, p.device.index);
