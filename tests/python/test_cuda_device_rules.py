@@ -2,6 +2,7 @@
 stream honoured, threads with their own streams, CUDA-graph capture, torch.compile, and two
 torchrun processes sharing the GPU. Skips without a CUDA GPU."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -120,16 +121,25 @@ def test_cuda_graph_capture_and_replay_equals_eager():
 
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() != (9, 0), reason="sm_90")
 def test_swap_ab_kernels_on_a_side_stream_and_in_a_graph():
-    """The swap-AB configs (three launches a call: tile list, staged x, the persistent loop) on the
-    caller's side stream with the current device and stream untouched, and replayed from a CUDA
-    graph with the eager call's bits."""
+    """The swap-AB configs on the caller's side stream with the current device and stream
+    untouched, and replayed from a CUDA graph with the eager call's bits: mlp1's call (tile list,
+    staged x, the persistent loop) and mlp2's (x read in place through a TMA descriptor, built on
+    the host and captured as a kernel argument; then the combine)."""
     layer = make_layer(5)
-    w = layer["mlp1_weight"] + moekit.repack_mxfp4(*layer["mlp1_weight"])
+    w1 = layer["mlp1_weight"] + moekit.repack_mxfp4(*layer["mlp1_weight"])
+    w2 = layer["mlp2_weight"] + moekit.repack_mxfp4(*layer["mlp2_weight"])
     x = torch.randn(40, H, device="cuda").bfloat16()
     r = moekit.route(torch.randn(40, E, device="cuda"), K)
-    for config in ("swapab16", "swapab32", "swapab64", "swapab128"):
-        call = lambda: moekit.matmul_ogs(x, w, layer["mlp1_bias"], expert_offsets=r.expert_offsets,  # noqa: E731
-                                         gather_idx=r.gather_idx, swiglu=(1.702, 7.0), config=config)
+    act = torch.randn(40 * K, I, device="cuda").bfloat16()
+    calls = {
+        "mlp1": lambda config: moekit.matmul_ogs(x, w1, layer["mlp1_bias"], expert_offsets=r.expert_offsets,
+                                                 gather_idx=r.gather_idx, swiglu=(1.702, 7.0), config=config),
+        "mlp2": lambda config: moekit.matmul_ogs(act, w2, layer["mlp2_bias"], expert_offsets=r.expert_offsets,
+                                                 scatter_idx=r.scatter_idx, combine_weight=r.expert_weight,
+                                                 config=config),
+    }
+    for (name, step), config in itertools.product(calls.items(), ("swapab16", "swapab32", "swapab64", "swapab128")):
+        call = lambda: step(config)  # noqa: E731
         device_before = torch.cuda.current_device()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -144,7 +154,8 @@ def test_swap_ab_kernels_on_a_side_stream_and_in_a_graph():
             replayed = call()
         graph.replay()
         torch.cuda.synchronize()
-        assert torch.equal(replayed, eager), config
+        assert torch.isfinite(eager).all() and eager.float().abs().sum() > 0, (name, config)
+        assert torch.equal(replayed, eager), (name, config)
 
 
 def test_torch_compile_on_cuda():

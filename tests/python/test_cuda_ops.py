@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import moekit
+from conftest import cuda_kernels_during
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -159,18 +160,25 @@ def test_matmul_ogs_matches_cpu(T, E, k, mxfp4):
         assert torch.isfinite(got2).all()
 
 
+@pytest.mark.parametrize("invariant", [False, True], ids=["default", "batch_invariant"])
 @pytest.mark.parametrize("T,E", [(7, 32), (128, 32), (1000, 128)])
-def test_moe_mlp_with_repacked_weights_matches_cpu(T, E):
+def test_moe_mlp_with_repacked_weights_matches_cpu(T, E, invariant):
     """The layer given each expert weight with its repack_mxfp4 output too (the operand of the
-    swap-AB kernels), on the decode path and both matmul paths: the CPU's result (which reads
-    the checkpoint layout) within the layer's bound, bitwise stable."""
+    swap-AB kernels), on the decode path and both matmul paths, and batch-invariant (on sm_90 the
+    swap-AB kernels for mlp1 and mlp2: K = 96 and 160, partial k steps; mlp2's N = 96, a partial
+    slab): the CPU's result (which reads the checkpoint layout) within the layer's bound,
+    bitwise stable."""
+    if invariant and torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the swap-AB kernels need sm_90")
     gen = generator("moe-slabs", T, E)
     x = torch.randn(T, H, generator=gen).bfloat16()
     L = layer(gen, E, True)
     want = moekit.moe_mlp(x, **L, experts_per_token=4)
     for name in ("mlp1_weight", "mlp2_weight"):
         L[name] = L[name] + moekit.repack_mxfp4(*L[name])
-    got = run3(lambda: moekit.moe_mlp(x.cuda(), **to_cuda(L), experts_per_token=4))
+    got, ran = cuda_kernels_during(lambda: run3(lambda: moekit.moe_mlp(x.cuda(), **to_cuda(L), experts_per_token=4,
+                                                                        batch_invariant=invariant)))
+    assert any("swapab" in name for name in ran) == invariant, ran
     assert torch.isfinite(got).all()
     assert rel_err(got, want) < 5e-3
 
