@@ -582,6 +582,15 @@ def moe_raw_args(gen, device, E_=E, mlp1_blocks=None):
                 swiglu_alpha=1.702, swiglu_limit=7.0)
 
 
+def with_mlp1_slabs(codes_fn):
+    """moe_raw_args with mlp1's repack_mxfp4 output, its codes passed through codes_fn."""
+    def make(gen, device):
+        args = moe_raw_args(gen, device)
+        codes, slab_scales = moekit.repack_mxfp4(args["mlp1_weight"], args["mlp1_scales"])
+        return OPS_RAW.moe_mlp, dict(args, mlp1_codes=codes_fn(codes), mlp1_slab_scales=slab_scales)
+    return make
+
+
 def moe_custom(**changes):
     def make(gen, device):
         args = moe_raw_args(gen, device)
@@ -644,6 +653,8 @@ CASES += [
     Case("moe_mlp", "misaligned_mlp1_codes_cuda", None, VE, "mlp1_weight", ("aligned to 16 bytes",),
          devices=("cuda",), custom=lambda gen, device: (OPS_RAW.moe_mlp, moe_raw_args(gen, device,
                                                                                         mlp1_blocks=misaligned))),
+    Case("moe_mlp", "misaligned_mlp1_slab_codes_cuda", None, VE, "mlp1_weight", ("aligned to 16 bytes",),
+         devices=("cuda",), custom=with_mlp1_slabs(misaligned)),
     Case("matmul_ogs", "misaligned_slab_codes_cuda", None, VE, "w_codes", ("aligned to 16 bytes",), devices=("cuda",),
          custom=raw("matmul_ogs", x=zeros(T, H, dtype=BF16), w=zeros(1, 2 * I, H // 32, 16, dtype=torch.uint8),
                     w_scales=zeros(1, 2 * I, H // 32, dtype=torch.uint8), bias=None, expert_offsets=None,
