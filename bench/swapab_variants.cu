@@ -1,9 +1,11 @@
 // Times shapes of the swap-AB kernel (matmul_ogs_swapab.cuh: token tile rows R, chunk steps KS,
 // stages S, consumer warpgroups WG) beyond the library's four configs, on one gpt-oss layer's mlp1
 // or mlp2 (mlp_layer.h), each beside the library's config of its R in the same run. Each shape
-// runs the library's own launch (matmul_ogs_swapab_launch.h: tile list, staged x, the loop) on
-// the arguments matmul_ogs builds, and its output rows (mlp2: the float rows before the combine)
-// are compared bit for bit with the library config's: the shapes change no sum's order.
+// runs the library's own launch (matmul_ogs_swapab_launch.h: tile list, staged x or x's TMA
+// tiles, the loop) on the arguments matmul_ogs builds, and its output rows (mlp2: the float rows
+// before the combine) are compared bit for bit with the library config's: the shapes change no
+// sum's order. For mlp2 each library config also runs its x staged (through an identity gather)
+// beside x read in place, the combined outputs compared bit for bit: what the TMA tiles save.
 //
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench \
 //       bench/swapab_variants.cu build/python/libmoekit.a -o build/mb/swapab_variants
@@ -11,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <numeric>
 #include <vector>
 
 #include "core/problem.h"
@@ -60,6 +63,42 @@ struct Run {
   }
 };
 
+// mlp2's call with x read in place (TMA tiles) and the same rows through an identity gather
+// (staged by stage_x_kernel, in a workspace sized for it), each library config.
+void staged_beside_in_place(const MlpLayer& l, cudaStream_t stream) {
+  std::vector<int32_t> iota(l.P);
+  std::iota(iota.begin(), iota.end(), 0);
+  int32_t* identity = upload(iota);
+  const moekit::Device dev{moekit::DeviceType::kCUDA, 0};
+  auto staged_args = [&](int c, uint8_t* ws, size_t bytes) {
+    moekit::MatmulOgsArgs a = l.args(c % l.copies);
+    a.gather_idx = moekit::TensorView(identity, moekit::DType::kInt32, {l.P}, dev);
+    a.workspace = moekit::TensorView(ws, moekit::DType::kUInt8, {static_cast<int64_t>(bytes)}, dev);
+    return a;
+  };
+  const size_t bytes = moekit::matmul_ogs_workspace_size(staged_args(0, nullptr, 0));
+  uint8_t* ws = device_buffer<uint8_t>(bytes);
+  auto combined = [&]() {
+    std::vector<uint16_t> host(l.out_rows * l.out_cols);
+    CHECK(cudaDeviceSynchronize());
+    CHECK(cudaMemcpy(host.data(), l.out, host.size() * 2, cudaMemcpyDeviceToHost));
+    return host;
+  };
+  for (const char* config : {"swapab16", "swapab32", "swapab64", "swapab128"}) {
+    moekit::ExecContext forced = moekit::ExecContext::on_stream(stream);
+    forced.matmul_ogs_config = config;
+    auto in_place = [&](int c) { moekit::matmul_ogs(l.args(c % l.copies), forced); };
+    auto staged = [&](int c) { moekit::matmul_ogs(staged_args(c, ws, bytes), forced); };
+    in_place(0);
+    const std::vector<uint16_t> want = combined();
+    staged(0);
+    const bool same = combined() == want;
+    const float in_place_us = graph_us_per_call(stream, 20, in_place), staged_us = graph_us_per_call(stream, 20, staged);
+    std::printf("%-9s x in place (TMA) %8.1f us, staged %8.1f us (with the combine); outputs %s\n", config, in_place_us,
+                staged_us, same ? "bitwise equal" : "DIFFER");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -85,6 +124,7 @@ int main(int argc, char** argv) {
     run.shape<Shape<64, 4, 3, 3>>("swapab64");
     run.shape<swapab::Swapab128>("swapab128");
     run.shape<Shape<128, 2, 4, 2>>("swapab128");
+    if (mlp == 2) staged_beside_in_place(l, stream);
   } catch (const moekit::Error& e) {
     std::printf("refused: %s\n", e.what());
     return 1;
