@@ -131,7 +131,7 @@ struct MatmulOgsOperands {
   bool w_bf16 = false;          // float weights in bf16 (MXFP4 is in the problem)
   bool aligned_16 = false;      // x and w data start on 16-byte boundaries
   bool expert_offsets = false;  // given (else one expert)
-  bool slabs = false;           // MXFP4 weights repacked (ExpertWeights::slab_codes) and x's staging room
+  bool slabs = false;           // MXFP4 weights repacked (ExpertWeights::slab_codes); with a gather, x's staging room too
   bool batch_invariant = false; // asked for (ExecContext::batch_invariant): one kernel family at every row count
 };
 
