@@ -73,15 +73,21 @@ WeightDims check_expert_weights(const char* op, const char* values_arg, const ch
   return d;
 }
 
+// repack_mxfp4's codes and scales of E experts' [N, K] MXFP4 weights: their dtype and shapes.
+void check_slab_tensors(const char* op, const char* codes_arg, const char* scales_arg, const TensorView& codes,
+                        const TensorView& scales, int64_t E, int64_t N, int64_t K) {
+  const int64_t slabs = mxfp4_slabs::slabs(N), steps = mxfp4_slabs::steps(K);
+  check_tensor(op, codes_arg, codes, {DType::kUInt8}, {E, slabs, steps, mxfp4_slabs::kCodeBytes});
+  check_tensor(op, scales_arg, scales, {DType::kUInt8}, {E, slabs, steps, mxfp4_slabs::kScaleBytes});
+}
+
 // The repacked MXFP4 weights (repack_mxfp4's codes and scales) where given: both, beside MXFP4
 // weights of dims d. Returns whether they are.
 bool check_weight_slabs(const char* op, const char* codes_arg, const char* scales_arg, const ExpertWeights& w,
                         const WeightDims& d) {
   if (!w.has_slabs()) return false;
   if (!w.is_mxfp4()) fail(kValue, op, codes_arg, "None with float weights (repack_mxfp4's layout is MXFP4's)", "a tensor");
-  const int64_t slabs = mxfp4_slabs::slabs(d.N), steps = mxfp4_slabs::steps(d.K);
-  check_tensor(op, codes_arg, w.slab_codes, {DType::kUInt8}, {d.E, slabs, steps, mxfp4_slabs::kCodeBytes});
-  check_tensor(op, scales_arg, w.slab_scales, {DType::kUInt8}, {d.E, slabs, steps, mxfp4_slabs::kScaleBytes});
+  check_slab_tensors(op, codes_arg, scales_arg, w.slab_codes, w.slab_scales, d.E, d.N, d.K);
   return true;
 }
 
@@ -158,8 +164,7 @@ MxSlabsProblem check_repack_mxfp4_inputs(const TensorView& blocks, const TensorV
 
 void check_repack_mxfp4_outputs(const MxSlabsProblem& p, const TensorView& codes, const TensorView& slab_scales) {
   const char* op = "repack_mxfp4";
-  check_tensor(op, "codes", codes, {DType::kUInt8}, {p.E, p.slabs, p.steps, mxfp4_slabs::kCodeBytes});
-  check_tensor(op, "slab_scales", slab_scales, {DType::kUInt8}, {p.E, p.slabs, p.steps, mxfp4_slabs::kScaleBytes});
+  check_slab_tensors(op, "codes", "slab_scales", codes, slab_scales, p.E, p.N, p.K);
   check::on_device(op, "codes", codes, p.device, "blocks");
   check::on_device(op, "slab_scales", slab_scales, p.device, "blocks");
 }
