@@ -85,15 +85,16 @@ def reference_f32(x, layer, w1, w2):
 
 def time_layer(run, dev, reps, flush):
     """run()'s median eager and CUDA-graph times (ms; L2 flushed before each), and the graph with
-    its output (kept together: the output lives in the graph's memory pool)."""
-    run()  # warm-up, outside the timings
+    its output (kept together: the output lives in the graph's memory pool) and the warm-up's
+    eager output."""
+    eager_y = run()  # warm-up, outside the timings (triton_kernels compiles its kernels here)
     torch.cuda.synchronize(dev)
     eager_ms = median_ms(run, reps, flush)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         y = run()
     graph_ms = median_ms(graph.replay, reps, flush)
-    return eager_ms, graph_ms, (graph, y)
+    return eager_ms, graph_ms, (graph, y, eager_y)
 
 
 def main():
@@ -126,11 +127,11 @@ def main():
         for T in args.tokens:
             x = torch.randn(T, H, device=dev, generator=gen).bfloat16()
             reps = args.reps if T <= 512 else max(3, args.reps // 4)
-            eager_ms, graph_ms, (graph, y_graph) = time_layer(
+            eager_ms, graph_ms, (graph, y_graph, _) = time_layer(
                 lambda: moekit.moe_mlp(x, **layer, experts_per_token=K), dev, reps, flush)
             inv_row = {}
             if args.batch_invariant:
-                inv_eager_ms, inv_graph_ms, (inv_graph, inv_y) = time_layer(
+                inv_eager_ms, inv_graph_ms, (inv_graph, inv_y, _) = time_layer(
                     lambda: moekit.moe_mlp(x, **layer, experts_per_token=K, batch_invariant=True), dev, reps, flush)
             peer_y, _ = grouped_mm_layer(x, layer, w1t, w2t)
             peer_ms = median_ms(lambda: grouped_mm_layer(x, layer, w1t, w2t), reps, flush)
@@ -144,15 +145,7 @@ def main():
             peer_err = float((peer_y.float() - ref).norm() / ref.norm())
             tk_row = {}
             if tk is not None:
-                tk_eager_y = tk(x)  # warm-up: compiles its kernels for this shape
-                torch.cuda.synchronize(dev)
-                tk_eager_ms = median_ms(lambda: tk(x), reps, flush)
-                tk_graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(tk_graph):
-                    tk_y = tk(x)
-                tk_graph_ms = median_ms(tk_graph.replay, reps, flush)
-                tk_graph.replay()
-                torch.cuda.synchronize(dev)
+                tk_eager_ms, tk_graph_ms, (tk_graph, tk_y, tk_eager_y) = time_layer(lambda: tk(x), dev, reps, flush)
                 tk_row = dict(tk_graph_us=tk_graph_ms * 1e3, tk_eager_us=tk_eager_ms * 1e3,
                               tk_over_moekit=tk_graph_ms / graph_ms,
                               tk_rel_err=float((tk_eager_y.float() - ref).norm() / ref.norm()),
