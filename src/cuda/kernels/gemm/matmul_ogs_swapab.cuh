@@ -69,6 +69,11 @@ struct Shape {
   static constexpr int kScales = (WG * kSlabScales + 1023) / 1024 * 1024;
   static constexpr int kStageBytes = kCodes + kX + kScales;
   static constexpr int kSmemBytes = S * kStageBytes + 1024;  // and slack to align the ring to 1 KB
+  // Where in a stage the producer puts, and the consumers read: slab h's codes and scales of the
+  // chunk, and step ks's x rows.
+  __device__ static constexpr int codes_at(int h) { return h * kSlabCodes; }
+  __device__ static constexpr int x_at(int ks) { return kCodes + ks * R * 128; }
+  __device__ static constexpr int scales_at(int h) { return kCodes + kX + h * kSlabScales; }
   static_assert(R % 8 == 0 && R >= 8 && R <= 256, "wgmma's N");
   static_assert(KS % 2 == 0, "register sets by the step's parity in its chunk");
   static_assert(S >= 3, "a chunk of one step frees its stage a chunk late (see the consumers' release)");
@@ -161,7 +166,6 @@ __global__ void __launch_bounds__(Sh::kThreads, 1)
     matmul_ogs_swapab_kernel(const MatmulOgsParams p, const __grid_constant__ CUtensorMap x_rows) {
 #if MOEKIT_WGMMA
   using namespace swapab;
-  using St = Sh;
   constexpr int R = Sh::kRows, KS = Sh::kChunkSteps, S = Sh::kStages, WG = Sh::kSlabs;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + (1024 - shared_address(smem_raw) % 1024) % 1024;
@@ -195,19 +199,19 @@ __global__ void __launch_bounds__(Sh::kThreads, 1)
       for (int c = 0; c < chunks; ++c, ++n) {
         const int s = swapab_ring::stage(n, S), nst = min(KS, steps - c * KS);
         if (swapab_ring::producer_waits(n, S)) barrier_wait(&empty[s], swapab_ring::empty_parity(n, S));
-        unsigned char* st = smem + s * St::kStageBytes;
+        unsigned char* st = smem + s * Sh::kStageBytes;
         barrier_arrive_expect(&full[s], nst * (WG * (slabs::kCodeBytes + slabs::kScaleBytes) + R * 128));
         for (int h = 0; h < WG; ++h) {
           // The last tile of an odd slab count repeats the last slab; its columns are not stored.
           const int slab = min(WG * tile + h, n_slabs - 1);
           const int64_t step0 = (static_cast<int64_t>(e) * n_slabs + slab) * steps + c * KS;
-          bulk_copy(st + h * St::kSlabCodes, p.slab_codes + step0 * slabs::kCodeBytes, nst * slabs::kCodeBytes,
+          bulk_copy(st + Sh::codes_at(h), p.slab_codes + step0 * slabs::kCodeBytes, nst * slabs::kCodeBytes,
                     &full[s]);
-          bulk_copy(st + St::kCodes + St::kX + h * St::kSlabScales, p.slab_scales + step0 * slabs::kScaleBytes,
+          bulk_copy(st + Sh::scales_at(h), p.slab_scales + step0 * slabs::kScaleBytes,
                     nst * slabs::kScaleBytes, &full[s]);
         }
         for (int ks = 0; ks < nst; ++ks) {
-          unsigned char* x_tile = st + St::kCodes + ks * R * 128;
+          unsigned char* x_tile = st + Sh::x_at(ks);
           const int step = c * KS + ks;
           if (staged) bulk_copy<true>(x_tile, p.x_staged + staged_x_offset(p, step, row_begin, 0, 0), R * 128, &full[s]);
           else tensor_copy_2d<true>(x_tile, &x_rows, step * slabs::kStepK, static_cast<int>(row_begin), &full[s]);
@@ -233,15 +237,15 @@ __global__ void __launch_bounds__(Sh::kThreads, 1)
     for (int c = 0; c < chunks; ++c, ++n) {
       const int s = swapab_ring::stage(n, S), nst = min(KS, steps - c * KS);
       barrier_wait(&full[s], swapab_ring::full_parity(n, S));
-      const unsigned char* st = smem + s * St::kStageBytes;
-      const uint64_t b0 = wgmma_descriptor_sw128(st + St::kCodes);
+      const unsigned char* st = smem + s * Sh::kStageBytes;
+      const uint64_t b0 = wgmma_descriptor_sw128(st + Sh::x_at(0));
       struct StepLoad {
         uint4 w;
         uint32_t s0, s1;  // the scale bytes of rows slab_row and slab_row + 8, blocks 0 and 1 of the step
       };
       auto load = [&](int ks) {
-        const unsigned char* sc = st + St::kCodes + St::kX + wg * St::kSlabScales + ks * slabs::kScaleBytes;
-        return StepLoad{*reinterpret_cast<const uint4*>(st + wg * St::kSlabCodes + ks * slabs::kCodeBytes +
+        const unsigned char* sc = st + Sh::scales_at(wg) + ks * slabs::kScaleBytes;
+        return StepLoad{*reinterpret_cast<const uint4*>(st + Sh::codes_at(wg) + ks * slabs::kCodeBytes +
                                                         (threadIdx.x % 128) * 16),
                         *reinterpret_cast<const uint16_t*>(sc + slab_row * 2),
                         *reinterpret_cast<const uint16_t*>(sc + (slab_row + 8) * 2)};
@@ -259,7 +263,7 @@ __global__ void __launch_bounds__(Sh::kThreads, 1)
         }
         wgmma_fence();
 #pragma unroll
-        for (int j = 0; j < 4; ++j) wgmma_rs<R>(acc, a[set][j], wgmma_descriptor_advance(b0, ks * R * 128 + 32 * j));
+        for (int j = 0; j < 4; ++j) wgmma_rs<R>(acc, a[set][j], wgmma_descriptor_advance(b0, Sh::x_at(ks) - Sh::x_at(0) + 32 * j));
         wgmma_commit();
       };
       StepLoad cur = load(0), next{};
