@@ -133,6 +133,7 @@ struct MatmulOgsOperands {
   bool expert_offsets = false;  // given (else one expert)
   bool slabs = false;           // MXFP4 weights repacked (ExpertWeights::slab_codes); with a gather, x's staging room too
   bool batch_invariant = false; // asked for (ExecContext::batch_invariant): one kernel family at every row count
+  bool recompute = false;       // matmul_ogs_backward's recompute of h (MatmulOgsParams::grad_a): no invariance asked
 };
 
 // Why `kernel` cannot run problem p on `device`, or nullptr when it can: a forced config is
@@ -172,6 +173,7 @@ inline const char* matmul_ogs_config_refusal(MatmulOgsKernel kernel, const Matmu
     case MatmulOgsKernel::kSwapab64:
     case MatmulOgsKernel::kSwapab128:
       if (!p.mxfp4) return "MXFP4 weights";
+      if (o.recompute) return "a forward call (its epilogue has no backward recompute)";
       if (!o.slabs) return "the weights repacked by repack_mxfp4 (slab codes and scales) and matmul_ogs's workspace";
       if (!sm90) return "sm_90 (wgmma)";
       return device.max_smem_per_block_optin < kSwapabSharedMemoryBytes ? "207 KB of shared memory a block" : nullptr;
@@ -191,7 +193,7 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   // height should not change a column's bits, which the GPU tests check) for repacked MXFP4; the
   // 8-token streaming items with their fixed 16-way k split for bf16 weights (the gate); else
   // the SIMT kernel. The tile heights follow the rows per expert until the sweep sets them.
-  if (o.batch_invariant) {
+  if (o.batch_invariant && !o.recompute) {
     if (!p.mxfp4) return fits(MatmulOgsKernel::kStream8Wide) ? MatmulOgsKernel::kStream8Wide : MatmulOgsKernel::kSimt;
     const MatmulOgsKernel swapab = rows_per_expert <= 16   ? MatmulOgsKernel::kSwapab16
                                    : rows_per_expert <= 32 ? MatmulOgsKernel::kSwapab32

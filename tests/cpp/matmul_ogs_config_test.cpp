@@ -201,6 +201,8 @@ TEST(MatmulOgsConfig, TheSwapAbKernelsRunRepackedMxfp4OnSm90AndByDefaultAreNotCh
       EXPECT_STREQ(matmul_ogs_config_refusal(k, p, no_slabs, device(9)),
                    "the weights repacked by repack_mxfp4 (slab codes and scales) and matmul_ogs's workspace");
       EXPECT_STREQ(matmul_ogs_config_refusal(k, p, slabs, device(8)), "sm_90 (wgmma)");
+      EXPECT_STREQ(matmul_ogs_config_refusal(k, p, {true, false, true, true, true, false, true}, device(9)),
+                   "a forward call (its epilogue has no backward recompute)");
       moekit::DeviceInfo small = device(9);
       small.max_smem_per_block_optin = moekit::kSwapabSharedMemoryBytes - 1;
       EXPECT_STREQ(matmul_ogs_config_refusal(k, p, slabs, small), "207 KB of shared memory a block");
@@ -228,6 +230,10 @@ TEST(MatmulOgsConfig, BatchInvariantCallsTakeOneKernelFamilyAtEveryRowCount) {
     const moekit::MatmulOgsProblem p = problem(P, 32, 2880, true);
     EXPECT_EQ(choose_matmul_ogs_kernel(p, slabs, device(9)), want) << P;
     EXPECT_NE(choose_matmul_ogs_kernel(p, slabs_default, device(9)), want) << P << ": the default choice";
+    // The backward's recompute asks for no invariance (nor could the loop recompute).
+    EXPECT_EQ(choose_matmul_ogs_kernel(p, {true, false, true, true, true, true, true}, device(9)),
+              choose_matmul_ogs_kernel(p, slabs_default, device(9)))
+        << P;
     // Where the loop cannot run (no repacked weights, not sm_90): the SIMT kernel.
     EXPECT_EQ(choose_matmul_ogs_kernel(p, no_slabs, device(9)), MatmulOgsKernel::kSimt) << P;
     EXPECT_EQ(choose_matmul_ogs_kernel(p, slabs, device(8)), MatmulOgsKernel::kSimt) << P;

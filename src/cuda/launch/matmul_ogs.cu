@@ -192,13 +192,10 @@ MatmulOgsParams matmul_ogs_params(const MatmulOgsProblem& p, const MatmulOgsArgs
 
 void launch_matmul_ogs_rows(const MatmulOgsProblem& p, const MatmulOgsArgs& a, const MatmulOgsParams& params,
                             cudaStream_t stream, const ExecContext& ctx) {
-  // The backward's recompute (params.grad_a): no swap-AB kernel (their epilogue has no recompute),
-  // and no batch invariance (it is the forward's promise).
-  const bool forward = params.grad_a == nullptr;
-  const bool slabs = forward && params.slab_codes != nullptr && (params.gather_idx == nullptr || params.x_staged != nullptr);
+  const bool slabs = params.slab_codes != nullptr && (params.gather_idx == nullptr || params.x_staged != nullptr);
   const MatmulOgsOperands operands{a.x.dtype == DType::kBFloat16, a.w.values.dtype == DType::kBFloat16,
                                    aligned_16(a.x.data) && aligned_16(a.w.values.data), a.expert_offsets.present(),
-                                   slabs, forward && ctx.batch_invariant};
+                                   slabs, ctx.batch_invariant, params.grad_a != nullptr};
   const MatmulOgsConfig c = matmul_ogs_launch_config(p, operands, device_info(p.device.index), ctx.matmul_ogs_config);
   switch (c.kernel) {
     case MatmulOgsKernel::kStream8: launch_stream<1>(p, a, c, params, stream, ctx); break;

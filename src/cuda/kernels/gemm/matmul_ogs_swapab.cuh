@@ -22,7 +22,7 @@
 // decodes) and issue 4 wgmma.m64nRk16. The epilogue
 // adds the bias and finishes each (n, n + 1) column pair, rows g and g + 1 of the MMA, through
 // tile_io.cuh's store_output_pair (SwiGLU or plain rows). The backward's recompute never runs
-// here (launch_matmul_ogs_rows refuses these configs for it): no branch for it.
+// here (matmul_ogs_config_refusal refuses these configs for it): no branch for it.
 #pragma once
 
 #include <cuda.h>
