@@ -13,7 +13,8 @@ same numbers) and get the same x; with --repacked moekit's expert weights also c
 repack_mxfp4 output (the swap-AB kernels' operand), and with --batch-invariant (which implies
 --repacked) moekit's layer is also timed batch-invariant (moe_mlp's batch_invariant=True) beside
 its default, the cost the ratio of the two graphs. Numerics against a float32 reference on those
-weights; prints a table, writes JSON and a PNG of floor/time per row.
+weights; prints a table, then each layer's distance to issue 22's goals (acceptance()), and writes
+both as JSON and a PNG of floor/time per row.
 """
 
 import datetime
@@ -173,14 +174,70 @@ def main():
             del graph, y_graph
         del layer, w1, w2, tk
     commit = commit_of(args)
+    goals = acceptance(rows)
+    print_acceptance(goals)
     result = dict(gpu=props.name, driver=driver_version(), commit=commit, date=datetime.date.today().isoformat(),
                   torch=torch.__version__, ceilings=ceil, H=H, I=I, k=K, repacked=args.repacked,
-                  batch_invariant=args.batch_invariant, rows=rows)
+                  batch_invariant=args.batch_invariant, rows=rows, acceptance=goals)
     out = args.out or Path("bench/results") / f"moe_layer_{props.name.replace(' ', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     plot(result, out.with_suffix(".png"))
     print(f"ceilings: copy {ceil['copy_GBps']:.0f} GB/s, bf16 GEMM {ceil['bf16_gemm_TFLOPs']:.0f} TFLOP/s; wrote {out}")
+
+
+# Issue 22's goals: at least triton_kernels' speed on every row (aiming at 1.2x and 0.6 of the
+# floor), relative error within 5e-3, and at most 15 us of eager host overhead at T = 1.
+PEER_GOAL, FLOOR_GOAL, MAX_REL_ERR, MAX_EAGER_OVERHEAD_US = 1.2, 0.6, 5e-3, 15.0
+
+
+def acceptance(rows):
+    """Per row and layer (the default one, and the batch-invariant one where timed), its speed
+    against triton_kernels and the floor, and how far each is from its goal (the factor its time
+    must still shrink by; 1 or less where met); then the counts the issue asks for."""
+    layers = [("moekit", "moekit_graph_us", "rel_err"), ("invariant", "invariant_graph_us", "invariant_rel_err")]
+    per_row = []
+    for r in rows:
+        for name, time_key, err_key in layers:
+            if time_key not in r:
+                continue
+            row = dict(E=r["E"], T=r["T"], layer=name, floor_over_time=r["floor_us"] / r[time_key], rel_err=r[err_key])
+            row["to_floor_goal"] = FLOOR_GOAL / row["floor_over_time"]
+            if "tk_graph_us" in r:
+                row["tk_over_layer"] = r["tk_graph_us"] / r[time_key]
+                row["to_peer_goal"] = PEER_GOAL / row["tk_over_layer"]
+            per_row.append(row)
+    out = dict(rows=per_row)
+    for name, _, _ in layers:
+        mine = [row for row in per_row if row["layer"] == name]
+        if not mine:
+            continue
+        timed = [row for row in mine if "tk_over_layer" in row]
+        out[name] = dict(rows=len(mine), at_least_peer=sum(row["tk_over_layer"] >= 1.0 for row in timed),
+                         at_peer_goal=sum(row["tk_over_layer"] >= PEER_GOAL for row in timed), peer_timed=len(timed),
+                         at_floor_goal=sum(row["floor_over_time"] >= FLOOR_GOAL for row in mine),
+                         rel_err_ok=sum(row["rel_err"] <= MAX_REL_ERR for row in mine))
+    overhead = {str(r["E"]): r["moekit_eager_us"] - r["moekit_graph_us"] for r in rows if r["T"] == 1}
+    out["eager_overhead_us_at_T1"] = overhead
+    out["eager_overhead_ok"] = bool(overhead) and all(v <= MAX_EAGER_OVERHEAD_US for v in overhead.values())
+    return out
+
+
+def print_acceptance(goals):
+    print(f"{'E':>4} {'T':>5} {'layer':>9} {'tk/layer':>8} {'to 1.2x':>8} {'floor/t':>8} {'to 0.6':>7} {'rel err':>8}")
+    for row in goals["rows"]:
+        tk = f"{row['tk_over_layer']:8.2f} {row['to_peer_goal']:8.2f}" if "tk_over_layer" in row else f"{'-':>8} {'-':>8}"
+        print(f"{row['E']:4d} {row['T']:5d} {row['layer']:>9} {tk} {row['floor_over_time']:8.3f} "
+              f"{row['to_floor_goal']:7.2f} {row['rel_err']:8.2e}")
+    for name in ("moekit", "invariant"):
+        if name in goals:
+            g = goals[name]
+            print(f"{name}: >= triton_kernels on {g['at_least_peer']} of {g['peer_timed']} rows, >= {PEER_GOAL}x on "
+                  f"{g['at_peer_goal']}; >= {FLOOR_GOAL} of the floor on {g['at_floor_goal']} of {g['rows']}; "
+                  f"rel err <= {MAX_REL_ERR} on {g['rel_err_ok']} of {g['rows']}")
+    over = ", ".join(f"E={e}: {v:.1f} us" for e, v in goals["eager_overhead_us_at_T1"].items())
+    print(f"eager minus graph at T = 1 ({over}): {'ok' if goals['eager_overhead_ok'] else 'over'} "
+          f"(<= {MAX_EAGER_OVERHEAD_US} us)")
 
 
 def plot(result, path):
