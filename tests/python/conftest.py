@@ -94,6 +94,28 @@ def make_bias(gen: torch.Generator, *shape: int, present: bool = True, dtype=tor
     return randn(gen, *shape, dtype=dtype, scale=0.5) if present else None
 
 
+def where_set(mask: torch.Tensor) -> str:
+    """Where a boolean mask holds: how many elements, and per dimension how many of its indices hold
+    one, the first few listed, so a failure's message shows its pattern (whole rows, a column every
+    64, one tile) without a rerun."""
+    mask = mask.detach().cpu()
+    hit = torch.nonzero(mask)
+    parts = [f"{len(hit)} of {mask.numel()} elements"]
+    for d in range(mask.dim()):
+        at = torch.unique(hit[:, d])
+        parts.append(f"dim {d}: {len(at)} of {mask.shape[d]} indices {at[:8].tolist()}")
+    return "; ".join(parts)
+
+
+def where_differ(a: torch.Tensor, b: torch.Tensor) -> str:
+    """where_set of the elements two same-shaped tensors differ in (NaN equal to NaN)."""
+    a, b = a.detach().cpu(), b.detach().cpu()
+    mask = a != b
+    if a.is_floating_point():
+        mask &= ~(a.isnan() & b.isnan())
+    return "differ: " + where_set(mask)
+
+
 def assert_close_rel(got: torch.Tensor, want64: torch.Tensor, dtype: torch.dtype) -> None:
     """Every element finite (the inputs are) and the relative Frobenius error within TOLERANCE."""
     assert got.dtype == dtype

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import moekit
-from conftest import H, SWIGLU_ALPHA, SWIGLU_LIMIT, MoeLayer, cuda_kernels_during, make_weights, randn
+from conftest import (H, SWIGLU_ALPHA, SWIGLU_LIMIT, MoeLayer, cuda_kernels_during, make_weights, randn,
+                      where_differ)
 
 
 def inside_batches(gen, tokens, batch_sizes, draw):
@@ -36,7 +37,7 @@ def test_moe_mlp_on_the_cpu_is_batch_invariant(gen, flag):
     draw = lambda T: layer.draw_x(gen, T, H, dtype=torch.bfloat16, k=k)  # noqa: E731
     for batch, at in inside_batches(gen, tokens, (16, 64, 300), draw):
         y = layer.run(batch, experts_per_token=k, batch_invariant=flag)
-        assert torch.equal(y[at], alone[: len(at)]), batch.shape[0]
+        assert torch.equal(y[at], alone[: len(at)]), (batch.shape[0], where_differ(y[at], alone[: len(at)]))
 
 
 def test_the_flag_changes_no_bit_on_the_cpu(gen):
@@ -99,7 +100,8 @@ def test_moe_mlp_on_cuda_is_batch_invariant(E):
     assert torch.isfinite(alone).all()
     for batch, at in inside_batches(torch.Generator().manual_seed(E), tokens, (16, 64, 512, 2048, 8192), draw):
         y = run(batch, batch_invariant=True)
-        assert torch.equal(y[at.to(dev)], alone[: len(at)]), batch.shape[0]
+        assert torch.equal(y[at.to(dev)], alone[: len(at)]), (batch.shape[0],
+                                                               where_differ(y[at.to(dev)], alone[: len(at)]))
         if batch.shape[0] == 512:
             want = run(batch).float()
             assert float((y.float() - want).norm() / want.norm()) < 5e-3

@@ -23,7 +23,8 @@ import torch
 
 import moekit
 import reference as ref
-from conftest import SWIGLU_ALPHA, SWIGLU_LIMIT, checkpoint_mxfp4, cuda_kernels_during, make_weights, randn
+from conftest import (SWIGLU_ALPHA, SWIGLU_LIMIT, checkpoint_mxfp4, cuda_kernels_during, make_weights, randn,
+                      where_differ, where_set)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -87,7 +88,7 @@ def assert_elementwise(got: torch.Tensor, want: torch.Tensor, bound: torch.Tenso
     bad = (diff > tol) & ~nan
     if bad.any():
         i = tuple(torch.nonzero(bad)[0].tolist())
-        raise AssertionError(f"{int(bad.sum())} of {bad.numel()} elements out of bounds; first {i}: "
+        raise AssertionError(f"out of bounds: {where_set(bad)}; first {i}: "
                              f"got {got[i].item()!r}, want {want[i].item()!r}, bound {tol[i].item():.3g}")
 
 
@@ -394,7 +395,8 @@ def test_swapab_rows_are_batch_invariant(gen, config, E):
         x, lg = randn(gen, T, K, dtype=torch.bfloat16), randn(gen, T, E)
         at = torch.randperm(T, generator=gen)[: min(T, 64)]
         x[at], lg[at] = tokens[: len(at)], logits[: len(at)]
-        assert torch.equal(rows(x, lg)[at.cuda()], alone[: len(at)]), T
+        got = rows(x, lg)[at.cuda()]
+        assert torch.equal(got, alone[: len(at)]), (T, where_differ(got, alone[: len(at)]))
 
 
 @pytest.mark.parametrize("gather", [True, False], ids=["staged", "in_place"])
@@ -422,7 +424,8 @@ def test_swapab_configs_agree_bitwise(gen, swiglu, gather):
     default = moekit.matmul_ogs(x, w, bias, expert_offsets=offsets, gather_idx=gather_idx, swiglu=swiglu_arg).float()
     assert float((first.float() - default).norm() / default.norm()) < 1e-2, "not the product"
     for c, out in outs.items():
-        assert torch.equal(out.view(torch.int16), first.view(torch.int16)), c
+        assert torch.equal(out.view(torch.int16), first.view(torch.int16)), (c, where_differ(out.view(torch.int16),
+                                                                                          first.view(torch.int16)))
 
 
 def test_the_gemv_forced(gen):
