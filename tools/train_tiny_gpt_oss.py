@@ -156,7 +156,7 @@ def forward_batch(model, tokens, *, qat=False, dropout=0.0, training=False):
     windowed = causal & (i[:, None] - i[None, :] < c.sliding_window)
     x = model.embedding(tokens)
     auxes, loads = [], []
-    for n, blk in enumerate(model.block):
+    for blk in model.block:
         visible = windowed if blk.attn.window > 0 else causal
         x = _attention(blk.attn, x, cos, sin, visible, dropout, training)
         x, aux, load = _moe(blk.mlp, x, qat, dropout, training)

@@ -3,7 +3,6 @@ its own MoE layer on cuda:0 and checking it against the CPU backend, then agreei
 all_reduce that both succeeded."""
 
 import json
-import os
 import sys
 from pathlib import Path
 

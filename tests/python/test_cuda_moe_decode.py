@@ -19,7 +19,7 @@ import torch
 
 import moekit
 import reference as ref
-from conftest import SWIGLU_ALPHA, SWIGLU_LIMIT, checkpoint_mxfp4, cuda_kernels_during, randn
+from conftest import SWIGLU_ALPHA, SWIGLU_LIMIT, cuda_kernels_during, randn
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
