@@ -1,8 +1,9 @@
 // Times matmul_ogs on one gpt-oss layer's mlp1 or mlp2 with each config forced
-// (ExecContext::matmul_ogs_config), through the library's public C++ API: no Python, and it
-// builds in seconds against the library already built by `make install`:
+// (ExecContext::matmul_ogs_config), through the library's public C++ API (and its host bf16
+// conversion, core/bf16.h): no Python, and it builds in seconds against the library already built
+// by `make install`:
 //
-//   g++ -O2 -std=c++17 -I include -I /usr/local/cuda/include bench/matmul_ogs_configs.cpp \
+//   g++ -O2 -std=c++17 -I include -I src -I /usr/local/cuda/include bench/matmul_ogs_configs.cpp \
 //       build/python/libmoekit.a -L /usr/local/cuda/lib64 -lcudart -lpthread -o build/mb/matmul_ogs_configs
 //   build/mb/matmul_ogs_configs [--experts 32] [--tokens 512] [--mlp 1|2] [--configs wgmma128,stream32]
 //
@@ -69,10 +70,10 @@ int main(int argc, char** argv) {
     CHECK(cudaMemcpy(out.data(), l.out, out.size() * 2, cudaMemcpyDeviceToHost));
     double diff = 0, scale = 0;
     if (first.empty()) {
-      for (uint16_t b : out) first.push_back(bf16_value(b));
+      for (uint16_t b : out) first.push_back(moekit::bf16_to_float(b));
     }
     for (size_t i = 0; i < out.size(); ++i) {
-      diff = std::max(diff, static_cast<double>(std::fabs(bf16_value(out[i]) - first[i])));
+      diff = std::max(diff, static_cast<double>(std::fabs(moekit::bf16_to_float(out[i]) - first[i])));
       scale = std::max(scale, static_cast<double>(std::fabs(first[i])));
     }
     const float us = graph_us_per_call(stream, 20, call);

@@ -33,7 +33,7 @@ REFUSED = re.compile(r"^(\S+)\s+refused: (.*)$")
 def build() -> None:
     if Path("build/python/libmoekit.a").is_file():
         BINARY.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["g++", "-O2", "-std=c++17", "-I", "include", "-I", "/usr/local/cuda/include",
+        subprocess.run(["g++", "-O2", "-std=c++17", "-I", "include", "-I", "src", "-I", "/usr/local/cuda/include",
                         "bench/matmul_ogs_configs.cpp", "build/python/libmoekit.a", "-L", "/usr/local/cuda/lib64",
                         "-lcudart", "-lpthread", "-o", str(BINARY)], check=True)
     if not BINARY.is_file():

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "core/bf16.h"
 #include "graph_timing.h"
 #include "moekit/ops.h"
 #include "random_routing.h"
@@ -97,8 +98,8 @@ inline MlpLayer make_mlp_layer(int E, int T, int mlp) {
   for (int e = 0; e < E; ++e) l.used += routing.offsets[e + 1] > routing.offsets[e];
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<uint16_t> x(l.M * l.K), bias(E * l.N);
-  for (auto& v : x) v = bf16_bits(normal(rng));
-  for (auto& v : bias) v = bf16_bits(0.1f * normal(rng));
+  for (auto& v : x) v = moekit::float_to_bf16(normal(rng));
+  for (auto& v : bias) v = moekit::float_to_bf16(0.1f * normal(rng));
   std::vector<float> combine(l.P);
   for (auto& v : combine) v = std::uniform_real_distribution<float>(0.0f, 1.0f)(rng);
   const size_t code_bytes = static_cast<size_t>(E) * l.N * l.K / 2, scale_bytes = static_cast<size_t>(E) * l.N * l.K / 32;

@@ -1,25 +1,10 @@
-// bf16 bits on the host, and a random routing grouped as route() groups it, for the C++ layer
-// benchmarks in bench/.
+// A random routing grouped as route() groups it, for the C++ layer benchmarks in bench/.
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 #include <random>
 #include <utility>
 #include <vector>
-
-// Round to nearest even (finite values), as the bits of a bf16.
-inline uint16_t bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return static_cast<uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-}
-inline float bf16_value(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 // Each token's k experts drawn uniformly without repeats; slot s = t k + j. Rows grouped by expert,
 // in token order within an expert: offsets [E + 1], gather [P] (the token of each row), scatter [P]
