@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/bf16.h"
+#include "core/mxfp4_slabs.h"
 #include "graph_timing.h"
 #include "moekit/ops.h"
 #include "random_routing.h"
@@ -35,13 +36,15 @@ struct MlpLayer {
   // matmul_ogs's arguments on weight copy c, the workspace included.
   moekit::MatmulOgsArgs args(int c) const {
     const moekit::Device dev{moekit::DeviceType::kCUDA, 0};
-    const int64_t slabs = (N + 63) / 64, steps = (K + 63) / 64;
+    namespace slab = moekit::mxfp4_slabs;
+    const int64_t slabs = slab::slabs(N), steps = slab::steps(K);
     moekit::MatmulOgsArgs a;
     a.x = moekit::TensorView(x, moekit::DType::kBFloat16, {M, K}, dev);
     a.w.values = moekit::TensorView(codes[c], moekit::DType::kUInt8, {E, N, K / 32, 16}, dev);
     a.w.scales = moekit::TensorView(scales[c], moekit::DType::kUInt8, {E, N, K / 32}, dev);
-    a.w.slab_codes = moekit::TensorView(slab_codes[c], moekit::DType::kUInt8, {E, slabs, steps, 2048}, dev);
-    a.w.slab_scales = moekit::TensorView(slab_scales[c], moekit::DType::kUInt8, {E, slabs, steps, 128}, dev);
+    a.w.slab_codes = moekit::TensorView(slab_codes[c], moekit::DType::kUInt8, {E, slabs, steps, slab::kCodeBytes}, dev);
+    a.w.slab_scales =
+        moekit::TensorView(slab_scales[c], moekit::DType::kUInt8, {E, slabs, steps, slab::kScaleBytes}, dev);
     a.bias = moekit::TensorView(bias, moekit::DType::kBFloat16, {E, N}, dev);
     a.expert_offsets = moekit::TensorView(offsets, moekit::DType::kInt32, {E + 1}, dev);
     if (mlp == 1) {
@@ -105,19 +108,17 @@ inline MlpLayer make_mlp_layer(int E, int T, int mlp) {
   const size_t code_bytes = static_cast<size_t>(E) * l.N * l.K / 2, scale_bytes = static_cast<size_t>(E) * l.N * l.K / 32;
   l.copies = static_cast<int>(std::max<size_t>(1, (256u << 20) / (code_bytes + scale_bytes) + 1));
   std::vector<uint8_t> codes(code_bytes), scales(scale_bytes);
-  const moekit::Device dev{moekit::DeviceType::kCUDA, 0};
-  const int64_t slabs = (l.N + 63) / 64, steps = (l.K + 63) / 64;
+  namespace slab = moekit::mxfp4_slabs;
+  const int64_t slabs = slab::slabs(l.N), steps = slab::steps(l.K);
   for (int c = 0; c < l.copies; ++c) {
     for (auto& b : codes) b = static_cast<uint8_t>(rng());
     for (auto& s : scales) s = static_cast<uint8_t>(121 + rng() % 3);
     l.codes.push_back(upload(codes));
     l.scales.push_back(upload(scales));
-    l.slab_codes.push_back(device_buffer<uint8_t>(static_cast<size_t>(E) * slabs * steps * 2048));
-    l.slab_scales.push_back(device_buffer<uint8_t>(static_cast<size_t>(E) * slabs * steps * 128));
-    moekit::repack_mxfp4(moekit::TensorView(l.codes[c], moekit::DType::kUInt8, {E, l.N, l.K / 32, 16}, dev),
-                         moekit::TensorView(l.scales[c], moekit::DType::kUInt8, {E, l.N, l.K / 32}, dev),
-                         moekit::TensorView(l.slab_codes[c], moekit::DType::kUInt8, {E, slabs, steps, 2048}, dev),
-                         moekit::TensorView(l.slab_scales[c], moekit::DType::kUInt8, {E, slabs, steps, 128}, dev));
+    l.slab_codes.push_back(device_buffer<uint8_t>(static_cast<size_t>(E) * slabs * steps * slab::kCodeBytes));
+    l.slab_scales.push_back(device_buffer<uint8_t>(static_cast<size_t>(E) * slabs * steps * slab::kScaleBytes));
+    const moekit::ExpertWeights w = l.args(c).w;  // this copy's views, both layouts
+    moekit::repack_mxfp4(w.values, w.scales, w.slab_codes, w.slab_scales);
   }
   l.x = upload(x);
   l.bias = upload(bias);
