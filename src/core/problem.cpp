@@ -262,9 +262,8 @@ MatmulOgsWorkspace matmul_ogs_workspace_layout(const MatmulOgsProblem& p) {
   w.tiles = layout.take("x", max_tiles, 2 * sizeof(int32_t));
   w.tile_count = layout.take("x", 1, sizeof(int32_t));
   w.combine = layout.take("w", p.scatter ? check::mul(op, "w", p.P, p.out_cols) : 0, sizeof(float));
-  // swapab_staged_rows(P) rows, each checked for overflow.
-  const int64_t staged = p.slabs && p.gather ? check::mul(op, "x", check::add(op, "x", p.P, kSwapabMaxTileRows),
-                                              mxfp4_slabs::steps(p.K)) : 0;
+  // swapab_staged_rows(P) rows (P < 2^31) of 128 bytes a 64-k step.
+  const int64_t staged = p.slabs && p.gather ? check::mul(op, "x", swapab_staged_rows(p.P), mxfp4_slabs::steps(p.K)) : 0;
   w.staged = layout.take("x", staged, 128);
   w.total = layout.size();
   return w;
