@@ -118,7 +118,8 @@ inline MlpLayer make_mlp_layer(int E, int T, int mlp) {
     l.slab_codes.push_back(device_buffer<uint8_t>(static_cast<size_t>(E) * slabs * steps * slab::kCodeBytes));
     l.slab_scales.push_back(device_buffer<uint8_t>(static_cast<size_t>(E) * slabs * steps * slab::kScaleBytes));
     const moekit::ExpertWeights w = l.args(c).w;  // this copy's views, both layouts
-    moekit::repack_mxfp4(w.values, w.scales, w.slab_codes, w.slab_scales);
+    moekit::repack_mxfp4(w.values, w.scales, w.slab_codes, w.slab_scales,
+                         moekit::ExecContext::on_stream(nullptr));  // the legacy stream; synchronized below
   }
   l.x = upload(x);
   l.bias = upload(bias);

@@ -258,6 +258,7 @@ __global__ void __launch_bounds__(Sh::kThreads, 1)
         else decode_step<false>(l.w, l.s0, l.s1, a[set]);
         // After the wait only the previous step's wgmmas may run (swapab_ring.h's release rule).
         if (swapab_ring::release_due(ks, released, n)) {
+          __syncwarp();  // orders every lane's reads of the stage before lane 0's arrival
           if (lane == 0) barrier_arrive(&empty[swapab_ring::stage(released, S)]);
           ++released;
         }
