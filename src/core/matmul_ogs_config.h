@@ -192,10 +192,12 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   // count. The swap-AB loop (a token is a column of wgmma's N: one k order, no split; its tile
   // height should not change a column's bits, which the GPU tests check) for repacked MXFP4; the
   // 8-token streaming items with their fixed 16-way k split for bf16 weights (the gate); else
-  // the SIMT kernel. The tile heights follow the rows per expert until the sweep sets them.
+  // the SIMT kernel. The tile heights are the fastest swap-AB ones of the H200 sweep
+  // (bench/results/matmul_ogs_configs_H200.json): 16 rows at up to 8 rows per expert, 32 at 16
+  // (1.2-1.3x faster than 16 there), 64 at 64, 128 from 256.
   if (o.batch_invariant && !o.recompute) {
     if (!p.mxfp4) return fits(MatmulOgsKernel::kStream8Wide) ? MatmulOgsKernel::kStream8Wide : MatmulOgsKernel::kSimt;
-    const MatmulOgsKernel swapab = rows_per_expert <= 16   ? MatmulOgsKernel::kSwapab16
+    const MatmulOgsKernel swapab = rows_per_expert <= 8    ? MatmulOgsKernel::kSwapab16
                                    : rows_per_expert <= 32 ? MatmulOgsKernel::kSwapab32
                                    : rows_per_expert <= 64 ? MatmulOgsKernel::kSwapab64
                                                            : MatmulOgsKernel::kSwapab128;
@@ -213,9 +215,18 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   // Up to 32 rows per expert the weights dominate the traffic: stream them once, in token tiles
   // that cover an average expert.
   if (rows_per_expert <= 8) return MatmulOgsKernel::kStream8;
+  // Weights repacked for the swap-AB loop (sm_90), as the H200 sweep measured it on gpt-oss's
+  // layers (bench/results/matmul_ogs_configs_H200.json): from 9 rows per expert its 32-row tiles
+  // (at 16 rows 1.31-1.40x faster than stream16); past 32 rows, with x read in place (mlp2), its
+  // 64- and 128-row tiles (1.03-1.16x faster than wgmma128), but with a gather (mlp1) wgmma128,
+  // which gathers as it loads where the loop first stages the rows (equal at 64 rows, 1.2x
+  // faster at 256).
+  const bool swapab = fits(MatmulOgsKernel::kSwapab32);
+  if (swapab && rows_per_expert <= 32) return MatmulOgsKernel::kSwapab32;
   if (rows_per_expert <= 16) return MatmulOgsKernel::kStream16;
   if (rows_per_expert <= 32) return MatmulOgsKernel::kStream32;
   if (!p.mxfp4) return MatmulOgsKernel::kWmma64;
+  if (swapab && !p.gather) return rows_per_expert <= 64 ? MatmulOgsKernel::kSwapab64 : MatmulOgsKernel::kSwapab128;
   // wgmma exists on sm_90 alone (the library carries sm_90a code for it); elsewhere, mma.sync on
   // 64-row tiles (every sm_80+ GPU lets a block take the 72 KB; where one would not, the SIMT
   // kernel, which needs no opt-in).

@@ -1,6 +1,8 @@
 // The matmul_ogs kernel choice: a pure function of problem and device facts.
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 #include "core/matmul_ogs_config.h"
 #include "core/problem.h"
 #include "moekit/error.h"
@@ -188,7 +190,7 @@ TEST(MatmulOgsConfig, AForcedConfigRunsWhereItCanAndIsRefusedWhereItCannot) {
                                            "swapab32, swapab64, swapab128, got 'fast'");
 }
 
-TEST(MatmulOgsConfig, TheSwapAbKernelsRunRepackedMxfp4OnSm90AndByDefaultAreNotChosenYet) {
+TEST(MatmulOgsConfig, TheSwapAbKernelsRunRepackedMxfp4OnSm90) {
   const moekit::MatmulOgsOperands slabs{true, false, true, true, true};
   const moekit::MatmulOgsOperands no_slabs{true, false, true, true, false};
   for (MatmulOgsKernel k : {MatmulOgsKernel::kSwapab16, MatmulOgsKernel::kSwapab32, MatmulOgsKernel::kSwapab64,
@@ -197,7 +199,6 @@ TEST(MatmulOgsConfig, TheSwapAbKernelsRunRepackedMxfp4OnSm90AndByDefaultAreNotCh
     for (int64_t P : {16, 512, 2048, 32768}) {
       const moekit::MatmulOgsProblem p = problem(P, 32, 2880, true);
       EXPECT_EQ(matmul_ogs_config_refusal(k, p, slabs, device(9)), nullptr) << name;
-      EXPECT_NE(choose_matmul_ogs_kernel(p, slabs, device(9)), k) << name << ": forced or batch-invariant only until measured";
       EXPECT_STREQ(matmul_ogs_config_refusal(k, p, no_slabs, device(9)),
                    "the weights repacked by repack_mxfp4 (slab codes and scales) and matmul_ogs's workspace");
       EXPECT_STREQ(matmul_ogs_config_refusal(k, p, slabs, device(8)), "sm_90 (wgmma)");
@@ -216,23 +217,54 @@ TEST(MatmulOgsConfig, TheSwapAbKernelsRunRepackedMxfp4OnSm90AndByDefaultAreNotCh
   }
 }
 
+TEST(MatmulOgsConfig, RepackedMxfp4TakesTheSwapAbLoopWhereTheH200SweepFoundItFaster) {
+  // E = 32: the rows per expert are P / 32. Up to 8 the streaming kernel; to 32 swapab32; past
+  // 32 swapab64 / 128 with x read in place, wgmma128 with a gather (the loop would stage it).
+  const moekit::MatmulOgsOperands slabs{true, false, true, true, true};
+  const moekit::MatmulOgsOperands no_slabs{true, false, true, true, false};
+  const std::tuple<int64_t, MatmulOgsKernel, MatmulOgsKernel> rows[] = {
+      {256, MatmulOgsKernel::kStream8, MatmulOgsKernel::kStream8},
+      {257, MatmulOgsKernel::kSwapab32, MatmulOgsKernel::kSwapab32},
+      {1024, MatmulOgsKernel::kSwapab32, MatmulOgsKernel::kSwapab32},
+      {1025, MatmulOgsKernel::kSwapab64, MatmulOgsKernel::kWgmma128},
+      {2048, MatmulOgsKernel::kSwapab64, MatmulOgsKernel::kWgmma128},
+      {2049, MatmulOgsKernel::kSwapab128, MatmulOgsKernel::kWgmma128},
+      {32768, MatmulOgsKernel::kSwapab128, MatmulOgsKernel::kWgmma128}};
+  for (const auto& [P, in_place, gathered] : rows) {
+    moekit::MatmulOgsProblem p = problem(P, 32, 2880, true);
+    p.slabs = true;
+    EXPECT_EQ(choose_matmul_ogs_kernel(p, slabs, device(9)), in_place) << P;
+    p.gather = true;
+    EXPECT_EQ(choose_matmul_ogs_kernel(p, slabs, device(9)), gathered) << P << " with a gather";
+    // Without the repacked weights, or off sm_90, or for the backward's recompute: as before.
+    EXPECT_EQ(choose_matmul_ogs_kernel(p, no_slabs, device(9)),
+              P <= 256 ? MatmulOgsKernel::kStream8 : P <= 512 ? MatmulOgsKernel::kStream16
+                                                    : P <= 1024 ? MatmulOgsKernel::kStream32
+                                                                : MatmulOgsKernel::kWgmma128)
+        << P;
+    EXPECT_EQ(choose_matmul_ogs_kernel(p, slabs, device(8)), choose_matmul_ogs_kernel(p, no_slabs, device(8))) << P;
+    EXPECT_EQ(choose_matmul_ogs_kernel(p, {true, false, true, true, true, false, true}, device(9)),
+              choose_matmul_ogs_kernel(p, no_slabs, device(9)))
+        << P;
+  }
+}
+
 TEST(MatmulOgsConfig, BatchInvariantCallsTakeOneKernelFamilyAtEveryRowCount) {
   // Repacked MXFP4 on sm_90: the swap-AB loop at every row count, its tile following the rows per
   // expert; never the streaming, wgmma or GEMV kernels the same problems take otherwise.
   const moekit::MatmulOgsOperands slabs{true, false, true, true, true, true};
-  const moekit::MatmulOgsOperands slabs_default{true, false, true, true, true, false};
   const moekit::MatmulOgsOperands no_slabs{true, false, true, true, false, true};
   const std::pair<int64_t, MatmulOgsKernel> rows[] = {
-      {1, MatmulOgsKernel::kSwapab16},     {8, MatmulOgsKernel::kSwapab16},      {512, MatmulOgsKernel::kSwapab16},
-      {513, MatmulOgsKernel::kSwapab32},   {1024, MatmulOgsKernel::kSwapab32},   {2048, MatmulOgsKernel::kSwapab64},
+      {1, MatmulOgsKernel::kSwapab16},     {8, MatmulOgsKernel::kSwapab16},      {256, MatmulOgsKernel::kSwapab16},
+      {257, MatmulOgsKernel::kSwapab32},   {1024, MatmulOgsKernel::kSwapab32},   {2048, MatmulOgsKernel::kSwapab64},
       {2049, MatmulOgsKernel::kSwapab128}, {32768, MatmulOgsKernel::kSwapab128}};
   for (const auto& [P, want] : rows) {
     const moekit::MatmulOgsProblem p = problem(P, 32, 2880, true);
     EXPECT_EQ(choose_matmul_ogs_kernel(p, slabs, device(9)), want) << P;
-    EXPECT_NE(choose_matmul_ogs_kernel(p, slabs_default, device(9)), want) << P << ": the default choice";
-    // The backward's recompute asks for no invariance (nor could the loop recompute).
+    // The backward's recompute asks for no invariance (nor could the loop recompute): the
+    // flag changes nothing there.
     EXPECT_EQ(choose_matmul_ogs_kernel(p, {true, false, true, true, true, true, true}, device(9)),
-              choose_matmul_ogs_kernel(p, slabs_default, device(9)))
+              choose_matmul_ogs_kernel(p, {true, false, true, true, true, false, true}, device(9)))
         << P;
     // Where the loop cannot run (no repacked weights, not sm_90): the SIMT kernel.
     EXPECT_EQ(choose_matmul_ogs_kernel(p, no_slabs, device(9)), MatmulOgsKernel::kSimt) << P;
