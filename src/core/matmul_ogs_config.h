@@ -219,8 +219,8 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   // layers (bench/results/matmul_ogs_configs_H200.json): from 9 rows per expert its 32-row tiles
   // (at 16 rows 1.31-1.40x faster than stream16); past 32 rows, with x read in place (mlp2), its
   // 64- and 128-row tiles (1.03-1.16x faster than wgmma128), but with a gather (mlp1) wgmma128,
-  // which gathers as it loads where the loop first stages the rows (equal at 64 rows, 1.2x
-  // faster at 256).
+  // which gathers as it loads where the loop first stages the rows (0-3% faster at 64 rows,
+  // 13-21% from 256).
   const bool swapab = fits(MatmulOgsKernel::kSwapab32);
   if (swapab && rows_per_expert <= 32) return MatmulOgsKernel::kSwapab32;
   if (rows_per_expert <= 16) return MatmulOgsKernel::kStream16;
