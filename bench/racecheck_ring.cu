@@ -16,10 +16,13 @@
 #include <cstdlib>
 #include <vector>
 
+#include "core/swapab_ring.h"
 #include "cuda/kernels/bulk_copy.cuh"
 #include "cuda/kernels/gemm/mma.cuh"
 
 namespace {
+
+namespace ring = moekit::swapab_ring;  // the kernel's stage and phase rules
 
 enum Form : int {
   kLaneZeroAfterSyncwarp = 0,  // the library's: __syncwarp, then lane 0 arrives (empty counts 4)
@@ -47,8 +50,10 @@ __global__ void ring_kernel(const uint4* in, uint32_t* out, int form) {
   if (threadIdx.x >= kConsumers) {  // the producer warp: one thread
     if (threadIdx.x != kConsumers) return;
     for (int n = 0; n < kChunks; ++n) {
-      const int s = n % kStages;
-      if (n >= kStages && form != kNoWait) moekit::cuda::barrier_wait(&empty[s], (n / kStages - 1) & 1);
+      const int s = ring::stage(n, kStages);
+      if (ring::producer_waits(n, kStages) && form != kNoWait) {
+        moekit::cuda::barrier_wait(&empty[s], ring::empty_parity(n, kStages));
+      }
       moekit::cuda::barrier_arrive_expect(&full[s], kChunkBytes);
       moekit::cuda::bulk_copy(stage[s], in + static_cast<size_t>(n) * kConsumers, kChunkBytes, &full[s]);
     }
@@ -56,8 +61,8 @@ __global__ void ring_kernel(const uint4* in, uint32_t* out, int form) {
   }
   uint32_t sum = 0;
   for (int n = 0; n < kChunks; ++n) {
-    const int s = n % kStages;
-    moekit::cuda::barrier_wait(&full[s], (n / kStages) & 1);
+    const int s = ring::stage(n, kStages);
+    moekit::cuda::barrier_wait(&full[s], ring::full_parity(n, kStages));
     const uint4 v = reinterpret_cast<const uint4*>(stage[s])[threadIdx.x];
     sum += v.x + v.y + v.z + v.w;
     if (form == kFenceLaneZero || form == kFenceEveryThread) moekit::cuda::fence_proxy_async_shared();
