@@ -14,7 +14,7 @@ namespace moekit {
 // 99 KB or more).
 constexpr int kTiledSharedMemoryBytes = 72 * 1024;
 constexpr int kWgmmaSharedMemoryBytes = 113 * 1024;
-constexpr int kSwapabSharedMemoryBytes = 207 * 1024;  // the swap-AB kernels' rings (the largest: 128 rows)
+constexpr int kSwapabSharedMemoryBytes = 211 * 1024;  // the swap-AB kernels' rings (the largest: 32 rows)
 // Rows from which the gate (bf16 weights, at most 256 columns) takes 32-token streaming items.
 constexpr int64_t kGateTallRows = 4096;
 // Rows of x up to which one dense bf16 weight (a decode step's projections) takes the GEMV.
@@ -117,10 +117,11 @@ constexpr MatmulOgsConfig matmul_ogs_config(MatmulOgsKernel kernel, bool mxfp4) 
     case MatmulOgsKernel::kWgmma128: return {kernel, 128, 128, 64, 3, 8, 1, 1, S::kTileGrid};
     case MatmulOgsKernel::kWmma64: return {kernel, 64, 64, 32, 1, 4, 1, 1, S::kTileGrid};
     case MatmulOgsKernel::kGemv: return {kernel, kGemvMaxRows, 0, 0, 1, kGemvWarps, 1, 1, S::kColumnShares};
-    // 12 warps: two consumer warpgroups and the producer's; stages of 4 (2 at 128 rows) k steps.
-    case MatmulOgsKernel::kSwapab16: return {kernel, 16, 128, 64, 7, 12, 1, 1, S::kPersistent};
-    case MatmulOgsKernel::kSwapab32: return {kernel, 32, 128, 64, 5, 12, 1, 1, S::kPersistent};
-    case MatmulOgsKernel::kSwapab64: return {kernel, 64, 128, 64, 4, 12, 1, 1, S::kPersistent};
+    // 16 warps: three consumer warpgroups (a 64-row slab each) and the producer's (12 and two at
+    // 128 rows); stages of 4 (2 at 128 rows) k steps.
+    case MatmulOgsKernel::kSwapab16: return {kernel, 16, 192, 64, 6, 16, 1, 1, S::kPersistent};
+    case MatmulOgsKernel::kSwapab32: return {kernel, 32, 192, 64, 5, 16, 1, 1, S::kPersistent};
+    case MatmulOgsKernel::kSwapab64: return {kernel, 64, 192, 64, 3, 16, 1, 1, S::kPersistent};
     case MatmulOgsKernel::kSwapab128: return {kernel, 128, 128, 64, 5, 12, 1, 1, S::kPersistent};
   }
   return {};
@@ -176,7 +177,7 @@ inline const char* matmul_ogs_config_refusal(MatmulOgsKernel kernel, const Matmu
       if (o.recompute) return "a forward call (its epilogue has no backward recompute)";
       if (!o.slabs) return "the weights repacked by repack_mxfp4 (slab codes and scales) and matmul_ogs's workspace";
       if (!sm90) return "sm_90 (wgmma)";
-      return device.max_smem_per_block_optin < kSwapabSharedMemoryBytes ? "207 KB of shared memory a block" : nullptr;
+      return device.max_smem_per_block_optin < kSwapabSharedMemoryBytes ? "211 KB of shared memory a block" : nullptr;
     default:
       return nullptr;
   }

@@ -337,15 +337,15 @@ def test_every_config_forced(gen, config, kind, rows):
 @pytest.mark.parametrize("config", SWAPAB)
 def test_swapab_edges(gen, config, gather):
     """The swap-AB kernels where their tiles and chunks run out, on extreme scale bytes (the
-    two-multiply decode, a NaN block, subnormal-path values): N = 150 (three 64-row slabs, so the
-    last 128-row item repeats a slab it must not store; rows past N), K = 1088 (17 k steps: chunks
+    two-multiply decode, a NaN block, subnormal-path values): N = 280 (five 64-row slabs, so the
+    last item, of two or three slabs, repeats a slab it must not store; rows past N), K = 1088 (17 k steps: chunks
     of 4 and a last of one step), experts of 0 to 200 rows (several token tiles, partial ones),
     plain float32 rows without bias. With a gather (x's rows staged) bad indices too (NaN rows);
     without one, x's rows come in place by the TMA descriptor, the last tiles reading past P."""
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("wgmma needs sm_90")
     E, P, offsets = problem("wgmma128")
-    N, K, M = 150, 1088, P + 1 if gather else P
+    N, K, M = 280, 1088, P + 1 if gather else P
     x = randn(gen, M, K, dtype=torch.bfloat16, scale=2.0 ** 20)
     (blocks, scales), dense = extreme_mxfp4(gen, E, N, K)
     w = (blocks, scales) + moekit.repack_mxfp4(blocks, scales)

@@ -81,10 +81,12 @@ struct Shape {
   static_assert(kConsumerRegisters >= 24, "setmaxnreg's least");
 };
 
-// The library's configs (matmul_ogs_config.h): two consumer warpgroups, as many stages as fit.
-using Swapab16 = Shape<16, 4, 7, 2>;
-using Swapab32 = Shape<32, 4, 5, 2>;
-using Swapab64 = Shape<64, 4, 4, 2>;
+// The library's configs (matmul_ogs_config.h), as many stages as fit: three consumer warpgroups
+// up to 64 rows (on an H200 10-12% faster than two: bench/results/swapab_variants_H200.txt),
+// two at 128 (not measured with three).
+using Swapab16 = Shape<16, 4, 6, 3>;
+using Swapab32 = Shape<32, 4, 5, 3>;
+using Swapab64 = Shape<64, 4, 3, 3>;
 using Swapab128 = Shape<128, 2, 5, 2>;
 }  // namespace swapab
 
