@@ -3,7 +3,7 @@
 //
 // A block's chunks (KS k steps each; an item's last may have fewer) go through S stages: chunk n
 // uses stage n % S. The producer fills a stage and its `full` barrier completes a phase; the
-// consumer warps read it and each arrives on the stage's `empty` barrier once it is done with the
+// consumer threads read it and each arrives on the stage's `empty` barrier once it is done with the
 // chunk, completing a phase when all have. A barrier wait names the parity of the phase it waits
 // for (mbarrier.try_wait.parity), so neither side may run two phases ahead: the simulation checks
 // that each wait passes at the exact phase meant.

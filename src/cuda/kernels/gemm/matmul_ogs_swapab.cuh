@@ -178,7 +178,10 @@ __global__ void __launch_bounds__(Sh::kThreads, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < S; ++s) {
       barrier_init(&full[s], 1);
-      barrier_init(&empty[s], 4 * WG);  // one arrival per consumer warp
+      // One arrival per consumer thread: an arrival releases only its own thread's reads of the
+      // stage (a warp's lane 0 arriving after a __syncwarp left racecheck reporting the other
+      // lanes' loads against the producer's next copy into the stage).
+      barrier_init(&empty[s], 128 * WG);
     }
     barrier_init_fence();
   }
@@ -260,8 +263,7 @@ __global__ void __launch_bounds__(Sh::kThreads, 1)
         else decode_step<false>(l.w, l.s0, l.s1, a[set]);
         // After the wait only the previous step's wgmmas may run (swapab_ring.h's release rule).
         if (swapab_ring::release_due(ks, released, n)) {
-          __syncwarp();  // orders every lane's reads of the stage before lane 0's arrival
-          if (lane == 0) barrier_arrive(&empty[swapab_ring::stage(released, S)]);
+          barrier_arrive(&empty[swapab_ring::stage(released, S)]);
           ++released;
         }
         wgmma_fence();
