@@ -213,21 +213,26 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   // One dense bf16 weight against a few rows (torch's Linear in a decode step): the GEMV asks for
   // its block's whole share of the weight before it waits for the kernel before it.
   if (fits(MatmulOgsKernel::kGemv)) return MatmulOgsKernel::kGemv;
+  // Weights repacked for the swap-AB loop (sm_90), as the H200 sweep measured it on gpt-oss's
+  // layers (bench/results/matmul_ogs_configs_H200.json, three consumer warpgroups): the tile
+  // height of the batch-invariant choice up to 64 rows per expert (16 rows: 1.05-1.19x faster
+  // than stream8 from 1 to 4 rows, 0.98-1.07x at 0.25; 32 rows at 16, 1.41-1.57x stream16; 64
+  // rows at 64, 1.23-1.24x wgmma128 on mlp2 and 1.07-1.10x on mlp1, gathered); past that 128-row tiles
+  // with x read in place (mlp2, 1.06-1.10x wgmma128), but with a gather (mlp1) wgmma128, which
+  // gathers as it loads where the loop first stages the rows (1.09-1.13x faster from 256 rows).
+  const bool swapab = fits(MatmulOgsKernel::kSwapab16);
+  if (swapab && rows_per_expert <= 64) {
+    return rows_per_expert <= 8    ? MatmulOgsKernel::kSwapab16
+           : rows_per_expert <= 32 ? MatmulOgsKernel::kSwapab32
+                                   : MatmulOgsKernel::kSwapab64;
+  }
+  if (swapab && !p.gather) return MatmulOgsKernel::kSwapab128;
   // Up to 32 rows per expert the weights dominate the traffic: stream them once, in token tiles
   // that cover an average expert.
   if (rows_per_expert <= 8) return MatmulOgsKernel::kStream8;
-  // Weights repacked for the swap-AB loop (sm_90), as the H200 sweep measured it on gpt-oss's
-  // layers (bench/results/matmul_ogs_configs_H200.json): from 9 rows per expert its 32-row tiles
-  // (at 16 rows 1.31-1.40x faster than stream16); past 32 rows, with x read in place (mlp2), its
-  // 64- and 128-row tiles (1.03-1.16x faster than wgmma128), but with a gather (mlp1) wgmma128,
-  // which gathers as it loads where the loop first stages the rows (0-3% faster at 64 rows,
-  // 13-21% from 256).
-  const bool swapab = fits(MatmulOgsKernel::kSwapab32);
-  if (swapab && rows_per_expert <= 32) return MatmulOgsKernel::kSwapab32;
   if (rows_per_expert <= 16) return MatmulOgsKernel::kStream16;
   if (rows_per_expert <= 32) return MatmulOgsKernel::kStream32;
   if (!p.mxfp4) return MatmulOgsKernel::kWmma64;
-  if (swapab && !p.gather) return rows_per_expert <= 64 ? MatmulOgsKernel::kSwapab64 : MatmulOgsKernel::kSwapab128;
   // wgmma exists on sm_90 alone (the library carries sm_90a code for it); elsewhere, mma.sync on
   // 64-row tiles (every sm_80+ GPU lets a block take the 72 KB; where one would not, the SIMT
   // kernel, which needs no opt-in).

@@ -218,16 +218,18 @@ TEST(MatmulOgsConfig, TheSwapAbKernelsRunRepackedMxfp4OnSm90) {
 }
 
 TEST(MatmulOgsConfig, RepackedMxfp4TakesTheSwapAbLoopWhereTheH200SweepFoundItFaster) {
-  // E = 32: the rows per expert are P / 32. Up to 8 the streaming kernel; to 32 swapab32; past
-  // 32 swapab64 / 128 with x read in place, wgmma128 with a gather (the loop would stage it).
+  // E = 32: the rows per expert are P / 32. The batch-invariant tile heights up to 64 (16 rows
+  // to 8, 32 to 32, 64 to 64); past that swapab128 with x read in place, wgmma128 with a gather
+  // (the loop would stage it).
   const moekit::MatmulOgsOperands slabs{true, false, true, true, true};
   const moekit::MatmulOgsOperands no_slabs{true, false, true, true, false};
   const std::tuple<int64_t, MatmulOgsKernel, MatmulOgsKernel> rows[] = {
-      {256, MatmulOgsKernel::kStream8, MatmulOgsKernel::kStream8},
+      {1, MatmulOgsKernel::kSwapab16, MatmulOgsKernel::kSwapab16},
+      {256, MatmulOgsKernel::kSwapab16, MatmulOgsKernel::kSwapab16},
       {257, MatmulOgsKernel::kSwapab32, MatmulOgsKernel::kSwapab32},
       {1024, MatmulOgsKernel::kSwapab32, MatmulOgsKernel::kSwapab32},
-      {1025, MatmulOgsKernel::kSwapab64, MatmulOgsKernel::kWgmma128},
-      {2048, MatmulOgsKernel::kSwapab64, MatmulOgsKernel::kWgmma128},
+      {1025, MatmulOgsKernel::kSwapab64, MatmulOgsKernel::kSwapab64},
+      {2048, MatmulOgsKernel::kSwapab64, MatmulOgsKernel::kSwapab64},
       {2049, MatmulOgsKernel::kSwapab128, MatmulOgsKernel::kWgmma128},
       {32768, MatmulOgsKernel::kSwapab128, MatmulOgsKernel::kWgmma128}};
   for (const auto& [P, in_place, gathered] : rows) {
