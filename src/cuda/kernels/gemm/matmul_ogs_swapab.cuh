@@ -18,9 +18,9 @@
 // one tile of x_rows, the TMA descriptor of x [P, K]). WG consumer warpgroups, holding the
 // registers the producer's warpgroup gave up (setmaxnreg), each decode a k step of their slab
 // into 16 bf16x2 A registers (two register sets, so a step decodes while the previous step's
-// wgmmas run; a chunk's scales are loaded at its start, with one warp vote a chunk for the
-// two-multiply decode, and a step's codes while the step before it decodes) and issue 4
-// wgmma.m64nRk16. The epilogue adds the bias (loaded before the item's k loop) and finishes each (n, n + 1) column pair, rows g and g + 1 of the MMA, through
+// wgmmas run; a step's codes and scales are loaded from shared memory while the step before it
+// decodes) and issue 4 wgmma.m64nRk16. The epilogue
+// adds the bias and finishes each (n, n + 1) column pair, rows g and g + 1 of the MMA, through
 // tile_io.cuh's store_output_pair (SwiGLU or plain rows). The backward's recompute never runs
 // here (matmul_ogs_config_refusal refuses these configs for it): no branch for it.
 #pragma once
@@ -235,15 +235,6 @@ __global__ void __launch_bounds__(Sh::kThreads, 1)
     int e;
     int64_t row_begin, row_end;
     tile_at<R>(p, item / tiles, e, row_begin, row_end);
-    // The item's bias, loaded before its k loop, which hides the load (in the epilogue its
-    // latency stood before every store).
-    const int64_t n0 = static_cast<int64_t>(tile) * Sh::kTileCols + wg * slabs::kRows + slab_row;
-    float b[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t col = n0 + 8 * h;
-      b[h] = p.bias && col < p.N ? load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + col) : 0.0f;
-    }
     float acc[R / 2];
 #pragma unroll
     for (int i = 0; i < R / 2; ++i) acc[i] = 0.0f;
@@ -253,32 +244,23 @@ __global__ void __launch_bounds__(Sh::kThreads, 1)
       barrier_wait(&full[s], swapab_ring::full_parity(n, S));
       const unsigned char* st = smem + s * Sh::kStageBytes;
       const uint64_t b0 = wgmma_descriptor_sw128(st + Sh::x_at(0));
-      // The chunk's scale bytes (rows slab_row and slab_row + 8, blocks 0 and 1 of each step)
-      // first, and one warp vote on them for the whole chunk: a scale byte of 128 or more
-      // anywhere in the warp (rare) takes the two-multiply decode for the chunk. A vote and
-      // branch each step put the scales' load latency in front of every decode.
-      uint32_t s0[KS], s1[KS];
-      uint32_t wide = 0;
-#pragma unroll
-      for (int ks = 0; ks < KS; ++ks) {
-        const unsigned char* sc = st + Sh::scales_at(wg) + ks * slabs::kScaleBytes;
-        s0[ks] = ks < nst ? *reinterpret_cast<const uint16_t*>(sc + slab_row * 2) : 0u;
-        s1[ks] = ks < nst ? *reinterpret_cast<const uint16_t*>(sc + (slab_row + 8) * 2) : 0u;
-        wide |= (s0[ks] | s1[ks]) & 0x8080u;
-      }
-      auto codes = [&](int ks) {
-        return *reinterpret_cast<const uint4*>(st + Sh::codes_at(wg) + ks * slabs::kCodeBytes + (threadIdx.x % 128) * 16);
+      struct StepLoad {
+        uint4 w;
+        uint32_t s0, s1;  // the scale bytes of rows slab_row and slab_row + 8, blocks 0 and 1 of the step
       };
-      const bool two_step = warp_needs_second_step(wide != 0);
-      uint4 cur = codes(0), next{};
-#pragma unroll
-      for (int ks = 0; ks < KS; ++ks) {
-        if (ks >= nst) break;
-        if (ks + 1 < nst) next = codes(ks + 1);
+      auto load = [&](int ks) {
+        const unsigned char* sc = st + Sh::scales_at(wg) + ks * slabs::kScaleBytes;
+        return StepLoad{*reinterpret_cast<const uint4*>(st + Sh::codes_at(wg) + ks * slabs::kCodeBytes +
+                                                        (threadIdx.x % 128) * 16),
+                        *reinterpret_cast<const uint16_t*>(sc + slab_row * 2),
+                        *reinterpret_cast<const uint16_t*>(sc + (slab_row + 8) * 2)};
+      };
+      auto step = [&](int ks, const StepLoad& l) {
         const int set = ks % 2;  // ks is a constant of the unrolled loop
         wgmma_wait<1>();  // the wgmmas of two steps ago (which read this register set) are done
-        if (two_step) decode_step<true>(cur, s0[ks], s1[ks], a[set]);
-        else decode_step<false>(cur, s0[ks], s1[ks], a[set]);
+        // A scale byte of 128 or more anywhere in the warp (rare) takes the two-multiply decode.
+        if (warp_needs_second_step(((l.s0 | l.s1) & 0x8080u) != 0)) decode_step<true>(l.w, l.s0, l.s1, a[set]);
+        else decode_step<false>(l.w, l.s0, l.s1, a[set]);
         // After the wait only the previous step's wgmmas may run (swapab_ring.h's release rule).
         if (swapab_ring::release_due(ks, released, n)) {
           barrier_arrive(&empty[swapab_ring::stage(released, S)]);
@@ -286,19 +268,31 @@ __global__ void __launch_bounds__(Sh::kThreads, 1)
         }
         wgmma_fence();
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          wgmma_rs<R>(acc, a[set][j], wgmma_descriptor_advance(b0, Sh::x_at(ks) - Sh::x_at(0) + 32 * j));
-        }
+        for (int j = 0; j < 4; ++j) wgmma_rs<R>(acc, a[set][j], wgmma_descriptor_advance(b0, Sh::x_at(ks) - Sh::x_at(0) + 32 * j));
         wgmma_commit();
+      };
+      StepLoad cur = load(0), next{};
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        if (ks >= nst) break;
+        if (ks + 1 < nst) next = load(ks + 1);
+        step(ks, cur);
         cur = next;
       }
     }
     wgmma_wait<0>();
     // acc[4u + 2h + i]: weight row slab_row + 8h of the slab (output column n_h), token 8u + 2t + i
-    // of the tile. Column n_h + 1 (row g + 1, when g is even) is lane + 4's value. The
-    // bad-gather-index flags of this thread's R / 4 tokens are read before any store (a load
+    // of the tile. Column n_h + 1 (row g + 1, when g is even) is lane + 4's value. The bias and
+    // the bad-gather-index flags of this thread's R / 4 tokens are read before any store (a load
     // cannot move above a store that might alias it: one a token, between stores, waited out its
     // latency each time).
+    const int64_t n0 = static_cast<int64_t>(tile) * Sh::kTileCols + wg * slabs::kRows + slab_row;
+    float b[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t col = n0 + 8 * h;
+      b[h] = p.bias && col < p.N ? load_float(p.bias, p.bias_bf16, static_cast<int64_t>(e) * p.N + col) : 0.0f;
+    }
     static_assert(R / 4 <= 32, "a flag bit a token of this thread");
     uint32_t bad = 0;  // bit 2u + k: token 8u + 2t + k
     if (p.gather_idx) {
