@@ -85,8 +85,30 @@ def _split_weights(op: str, arg: str, w: Weights) -> Tuple[Optional[torch.Tensor
         raise ValueError(f"moekit.{op}: '{arg}' expected a tensor, a (blocks, scales) pair or (blocks, scales, codes, "
                          f"slab_scales), got a sequence of {len(w)}")
     for i, t in enumerate(w):
-        _require_tensor(op, f"{arg}[{i}] ({names[i]})", t)
+        if not isinstance(t, torch.Tensor) or t.layout != torch.strided:  # the name built only to refuse
+            _require_tensor(op, f"{arg}[{i}] ({names[i]})", t)
     return tuple(w) if len(w) == 4 else (w[0], w[1], None, None)
+
+
+def _requires_grad(tensors) -> bool:
+    """Whether autograd must record a call on these tensors (None for an absent one). A loop, not
+    any() over a generator: this runs on every eager decode step."""
+    if torch.is_grad_enabled():
+        for t in tensors:
+            if t is not None and t.requires_grad:
+                return True
+    return False
+
+
+def _call(op, args, recorded: bool):
+    """op(*args), below the Autograd dispatch key unless autograd must record it: the
+    differentiable ops' autograd kernels are Python (torch.library.register_autograd, moekit/
+    _autograd.py) and cost ~5 us of host time a call even with nothing to record, which an eager
+    decode step pays once a layer. Under torch.compile the op is called as is, for dynamo to trace."""
+    if recorded or torch.compiler.is_compiling():
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
 
 
 def quantize_mxfp4(w: torch.Tensor, axis: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -137,7 +159,7 @@ def route(logits: torch.Tensor, k: int) -> Routing:
     weights' gradient reaches each token's k chosen logits (the others take none)."""
     _require_tensor("route", "logits", logits)
     _require_int("route", "k", k)
-    return Routing(*torch.ops.moekit.route(logits, k))
+    return Routing(*_call(torch.ops.moekit.route.default, (logits, k), _requires_grad((logits,))))
 
 
 def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None, *,
@@ -182,9 +204,9 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
     alpha = _require_float("matmul_ogs", "swiglu_alpha", alpha)
     limit = _require_float("matmul_ogs", "swiglu_limit", limit)
     _require_bool("matmul_ogs", "batch_invariant", batch_invariant)
-    return torch.ops.moekit.matmul_ogs(x, values, scales, bias, expert_offsets, gather_idx, scatter_idx,
-                                       combine_weight, swiglu is not None, alpha, limit, out_dtype, config, codes,
-                                       slab_scales, batch_invariant)
+    args = (x, values, scales, bias, expert_offsets, gather_idx, scatter_idx, combine_weight, swiglu is not None, alpha,
+            limit, out_dtype, config, codes, slab_scales, batch_invariant)
+    return _call(torch.ops.moekit.matmul_ogs.default, args, _requires_grad((x, values, bias, combine_weight)))
 
 
 def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torch.Tensor],
@@ -218,12 +240,13 @@ def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torc
     flat = x if x.ndim == 2 else x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
     args = (flat, gate_weight, gate_bias, w1, s1, mlp1_bias, w2, s2, mlp2_bias, experts_per_token, alpha, limit, c1,
             ss1, c2, ss2, batch_invariant)
-    # Only float tensors can require grad: the MXFP4 bytes never do.
-    training = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, gate_weight, gate_bias, mlp1_bias, mlp2_bias, w1, w2))
-    # In grad mode the layer runs as its composition of differentiable ops, so that autograd keeps
-    # its activations instead of the backward recomputing them (moekit/_autograd.py).
-    y = _autograd.moe_mlp_with_saved_activations(*args) if training else torch.ops.moekit.moe_mlp(*args)
+    # Only float tensors can require grad: the MXFP4 bytes never do. In grad mode the layer runs as
+    # its composition of differentiable ops, so that autograd keeps its activations instead of the
+    # backward recomputing them (moekit/_autograd.py).
+    if _requires_grad((x, gate_weight, gate_bias, mlp1_bias, mlp2_bias, w1, w2)):
+        y = _autograd.moe_mlp_with_saved_activations(*args)
+    else:
+        y = _call(torch.ops.moekit.moe_mlp.default, args, False)
     return y if x.ndim == 2 else y.reshape(x.shape)
 
 
@@ -237,7 +260,8 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor,
     _require_tensor("add_rms_norm", "x", x)
     _require_tensor("add_rms_norm", "residual", residual)
     _require_tensor("add_rms_norm", "scale", scale)
-    return torch.ops.moekit.add_rms_norm(x, residual, scale, _require_float("add_rms_norm", "eps", eps))
+    args = (x, residual, scale, _require_float("add_rms_norm", "eps", eps))
+    return _call(torch.ops.moekit.add_rms_norm.default, args, _requires_grad((x, residual, scale)))
 
 
 def attention_decode(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, sinks: torch.Tensor,
