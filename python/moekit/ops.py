@@ -34,8 +34,12 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _is_dense_tensor(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.layout == torch.strided
+
+
 def _require_tensor(op: str, arg: str, value, optional: bool = False) -> None:
-    if value is None and optional:
+    if (value is None and optional) or _is_dense_tensor(value):
         return
     if not isinstance(value, torch.Tensor):
         what = "a torch.Tensor or None" if optional else "a torch.Tensor"
@@ -85,7 +89,7 @@ def _split_weights(op: str, arg: str, w: Weights) -> Tuple[Optional[torch.Tensor
         raise ValueError(f"moekit.{op}: '{arg}' expected a tensor, a (blocks, scales) pair or (blocks, scales, codes, "
                          f"slab_scales), got a sequence of {len(w)}")
     for i, t in enumerate(w):
-        if not isinstance(t, torch.Tensor) or t.layout != torch.strided:  # the name built only to refuse
+        if not _is_dense_tensor(t):  # the name built only to refuse
             _require_tensor(op, f"{arg}[{i}] ({names[i]})", t)
     return tuple(w) if len(w) == 4 else (w[0], w[1], None, None)
 

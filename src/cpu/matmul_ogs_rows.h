@@ -3,7 +3,6 @@
 #pragma once
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -12,6 +11,7 @@
 #include "../core/mxfp4.h"
 #include "../core/problem.h"
 #include "element.h"
+#include "mxfp4_block.h"
 #include "parallel.h"
 
 namespace moekit::cpu {
@@ -65,22 +65,10 @@ inline void decode_weight_row(const MatmulOgsProblem& p, const ExpertWeights& w,
     for (int64_t i = k0; i < k1; ++i) dst[i - k0] = load_float(w.values.data, w.values.dtype, row * p.K + i);
     return;
   }
-  // The backend's inner loop on the weights: e2m1_to_float's 16 values from a table, one scale a block.
-  static const std::array<float, 16> kValues = [] {
-    std::array<float, 16> v{};
-    for (int c = 0; c < 16; ++c) v[c] = mxfp4::e2m1_to_float(static_cast<uint8_t>(c));
-    return v;
-  }();
   const uint8_t* codes = w.values.ptr<uint8_t>() + row * (p.K / 2);
   const uint8_t* scales = w.scales.ptr<uint8_t>() + row * (p.K / mxfp4::kBlock);
   for (int64_t b = k0 / mxfp4::kBlock; b < k1 / mxfp4::kBlock; ++b) {
-    const float scale = mxfp4::e8m0_to_float(scales[b]);
-    const uint8_t* block = codes + b * mxfp4::kBytesPerBlock;
-    float* out = dst + b * mxfp4::kBlock - k0;
-    for (int i = 0; i < mxfp4::kBytesPerBlock; ++i) {
-      out[2 * i] = kValues[block[i] & 0xf] * scale;
-      out[2 * i + 1] = kValues[block[i] >> 4] * scale;
-    }
+    decode_mxfp4_block(codes + b * mxfp4::kBytesPerBlock, scales[b], dst + b * mxfp4::kBlock - k0);
   }
 }
 

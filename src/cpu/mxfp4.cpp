@@ -5,6 +5,7 @@
 
 #include "backend.h"
 #include "element.h"
+#include "mxfp4_block.h"
 #include "parallel.h"
 
 namespace moekit::cpu {
@@ -48,14 +49,10 @@ void dequantize_mxfp4(const MxProblem& p, const TensorView& blocks, const Tensor
   const uint8_t* codes = blocks.ptr<uint8_t>();
   const uint8_t* scale_in = scales.ptr<uint8_t>();
   parallel_for(n_blocks, 1024, ctx, [&](int64_t begin, int64_t end) {
+    float values[mxfp4::kBlock];
     for (int64_t b = begin; b < end; ++b) {
-      const float scale = mxfp4::e8m0_to_float(scale_in[b]);
-      for (int i = 0; i < mxfp4::kBytesPerBlock; ++i) {
-        const uint8_t byte = codes[b * mxfp4::kBytesPerBlock + i];
-        const int64_t at = b * mxfp4::kBlock + 2 * i;
-        store_float(out.data, out.dtype, at, mxfp4::e2m1_to_float(byte & 0xf) * scale);
-        store_float(out.data, out.dtype, at + 1, mxfp4::e2m1_to_float(byte >> 4) * scale);
-      }
+      decode_mxfp4_block(codes + b * mxfp4::kBytesPerBlock, scale_in[b], values);
+      for (int i = 0; i < mxfp4::kBlock; ++i) store_float(out.data, out.dtype, b * mxfp4::kBlock + i, values[i]);
     }
   });
 }
