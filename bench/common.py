@@ -38,11 +38,17 @@ def driver_version() -> str:
     return smi.stdout.strip().splitlines()[0] if smi.returncode == 0 and smi.stdout.strip() else "unknown"
 
 
-def median_ms(fn, reps, flush=None):
+def median_ms(fn, reps, flush=None, idle_start=False):
+    """The median of reps CUDA-event times of fn() (ms), flush() before each. By default the host
+    queues fn() while the flush still runs, so a time is the GPU's alone (the host's launching
+    hidden behind the flush). idle_start waits for the GPU before each call instead: the time
+    then counts the host's launching too, what eager minus graph measures."""
     times = []
     for _ in range(reps):
         if flush is not None:
             flush()
+        if idle_start:
+            torch.cuda.synchronize()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
