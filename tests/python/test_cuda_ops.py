@@ -161,8 +161,8 @@ def test_matmul_ogs_matches_cpu(T, E, k, mxfp4):
 
 
 @pytest.mark.parametrize("invariant", [False, True], ids=["default", "batch_invariant"])
-@pytest.mark.parametrize("T,E", [(7, 32), (128, 32), (1000, 128)])
-def test_moe_mlp_with_repacked_weights_matches_cpu(T, E, invariant):
+@pytest.mark.parametrize("T,E,decode_path", [(7, 32, True), (128, 32, False), (1000, 128, False)])
+def test_moe_mlp_with_repacked_weights_matches_cpu(T, E, decode_path, invariant):
     """The layer given each expert weight with its repack_mxfp4 output too (the operand of the
     swap-AB kernels), on the decode path and the matmul path, by default and batch-invariant (on
     sm_90 the swap-AB kernels for mlp1 and mlp2 past the decode path, and with the flag always:
@@ -179,8 +179,9 @@ def test_moe_mlp_with_repacked_weights_matches_cpu(T, E, invariant):
     got, ran = cuda_kernels_during(lambda: run3(lambda: moekit.moe_mlp(x.cuda(), **to_cuda(L), experts_per_token=4,
                                                                         batch_invariant=invariant)))
     # The swap-AB kernels run where the choice takes them: always with the flag; by default on
-    # sm_90 past the decode path's 8 tokens (here 16 and 32 rows per expert, which they take).
-    takes_swapab = invariant or (T > 8 and torch.cuda.get_device_capability() == (9, 0))
+    # sm_90 off the decode path (here 16 and 32 rows per expert, which they take). Each case says
+    # which path its T takes, so a change of the decode path's limit fails here, not silently.
+    takes_swapab = invariant or (not decode_path and torch.cuda.get_device_capability() == (9, 0))
     assert any("swapab" in name for name in ran) == takes_swapab, ran
     assert torch.isfinite(got).all()
     assert rel_err(got, want) < 5e-3
