@@ -1,7 +1,12 @@
 """moekit's Python entry points: thin wrappers over torch.ops.moekit.
 
 Each op runs on the device its tensors live on (never the current device) and validates its
-arguments in C++; errors name the op, the argument, what was expected and what came.
+arguments in C++; errors name the op, the argument, what was expected and what came. A wrapper
+checks its scalars before the call (torch's schema would take True for an int, None for a bool);
+its tensors are the op's to refuse, and only once the op refused a call does the wrapper look
+for an argument that is not a dense tensor, to name it in moekit's words rather than torch's
+schema error: the checks cost no host time on a call that runs (an eager decode step makes
+several a layer).
 """
 
 import math
@@ -38,14 +43,34 @@ def _is_dense_tensor(value) -> bool:
     return isinstance(value, torch.Tensor) and value.layout == torch.strided
 
 
-def _require_tensor(op: str, arg: str, value, optional: bool = False) -> None:
+def _tensor_error(op: str, arg: str, value, optional: bool) -> Optional[TypeError]:
     if (value is None and optional) or _is_dense_tensor(value):
-        return
+        return None
     if not isinstance(value, torch.Tensor):
         what = "a torch.Tensor or None" if optional else "a torch.Tensor"
-        raise TypeError(f"moekit.{op}: '{arg}' expected {what}, got {type(value).__name__}")
-    if value.layout != torch.strided:
-        raise TypeError(f"moekit.{op}: '{arg}' expected a dense (strided) tensor, got layout {value.layout}")
+        return TypeError(f"moekit.{op}: '{arg}' expected {what}, got {type(value).__name__}")
+    return TypeError(f"moekit.{op}: '{arg}' expected a dense (strided) tensor, got layout {value.layout}")
+
+
+_WEIGHT_PARTS = ("blocks", "scales", "codes", "slab_scales")
+
+
+def _name_bad_tensor(op: str, tensors=(), weights=(), optional=()) -> None:
+    """Where the op refused a call: raises a TypeError naming the first argument that is not a
+    dense tensor, in place of the op's error (tensors: required (name, value) pairs; weights:
+    (name, Weights) pairs, each part named; optional: None allowed); else returns, for the caller
+    to re-raise the op's own error."""
+    named = [(arg, value, False) for arg, value in tensors]
+    for arg, w in weights:
+        if isinstance(w, (tuple, list)):
+            named += [(f"{arg}[{i}] ({_WEIGHT_PARTS[i]})", t, False) for i, t in enumerate(w[:len(_WEIGHT_PARTS)])]
+        else:
+            named.append((arg, w, False))
+    named += [(arg, value, True) for arg, value in optional]
+    for arg, value, may_be_none in named:
+        error = _tensor_error(op, arg, value, may_be_none)
+        if error is not None:
+            raise error from None
 
 
 def _require_int(op: str, arg: str, value) -> None:
@@ -80,18 +105,15 @@ def _normalize_axis(op: str, axis: int, ndim: int) -> int:
 def _split_weights(op: str, arg: str, w: Weights) -> Tuple[Optional[torch.Tensor], ...]:
     """A float tensor, an MXFP4 (blocks, scales) pair in the checkpoint layout, or (blocks, scales,
     codes, slab_scales), the last two :func:`repack_mxfp4`'s -> (values, scales, codes, slab_scales),
-    None where absent."""
-    names = ("blocks", "scales", "codes", "slab_scales")
+    None where absent (the parts are the op's to check)."""
     if not isinstance(w, (tuple, list)):
-        _require_tensor(op, arg, w)
         return w, None, None, None
-    if len(w) not in (2, 4):
-        raise ValueError(f"moekit.{op}: '{arg}' expected a tensor, a (blocks, scales) pair or (blocks, scales, codes, "
-                         f"slab_scales), got a sequence of {len(w)}")
-    for i, t in enumerate(w):
-        if not _is_dense_tensor(t):  # the name built only to refuse
-            _require_tensor(op, f"{arg}[{i}] ({names[i]})", t)
-    return tuple(w) if len(w) == 4 else (w[0], w[1], None, None)
+    if len(w) == 2:
+        return w[0], w[1], None, None
+    if len(w) == 4:
+        return tuple(w)
+    raise ValueError(f"moekit.{op}: '{arg}' expected a tensor, a (blocks, scales) pair or (blocks, scales, codes, "
+                     f"slab_scales), got a sequence of {len(w)}")
 
 
 def _requires_grad(tensors) -> bool:
@@ -123,10 +145,13 @@ def quantize_mxfp4(w: torch.Tensor, axis: int = -1) -> Tuple[torch.Tensor, torch
     ``scales`` (e8m0). For ``axis=-1`` this is the gpt-oss checkpoint layout. Each block's
     scale is the smallest power of two that needs no saturation (see docs/mxfp4.md).
     """
-    _require_tensor("quantize_mxfp4", "w", w)
-    axis = _normalize_axis("quantize_mxfp4", axis, max(w.ndim, 1))
-    last = axis == w.ndim - 1
-    blocks, scales = torch.ops.moekit.quantize_mxfp4(w if last else w.movedim(axis, -1).contiguous())
+    try:
+        axis = _normalize_axis("quantize_mxfp4", axis, max(w.ndim, 1))
+        last = axis == w.ndim - 1
+        blocks, scales = torch.ops.moekit.quantize_mxfp4(w if last else w.movedim(axis, -1).contiguous())
+    except Exception:
+        _name_bad_tensor("quantize_mxfp4", (("w", w),))
+        raise
     if last:
         return blocks, scales
     return blocks.movedim((-2, -1), (axis, axis + 1)).contiguous(), scales.movedim(-1, axis).contiguous()
@@ -135,16 +160,18 @@ def quantize_mxfp4(w: torch.Tensor, axis: int = -1) -> Tuple[torch.Tensor, torch
 def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, axis: int = -1,
                      dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """Inverse of :func:`quantize_mxfp4`: ``axis`` names the quantized axis of the result."""
-    _require_tensor("dequantize_mxfp4", "blocks", blocks)
-    _require_tensor("dequantize_mxfp4", "scales", scales)
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"moekit.dequantize_mxfp4: 'dtype' expected a torch.dtype, got {type(dtype).__name__} {dtype!r}")
-    axis = _normalize_axis("dequantize_mxfp4", axis, max(scales.ndim, 1))
-    last = axis == scales.ndim - 1
-    if not last and blocks.ndim == scales.ndim + 1:
-        blocks = blocks.movedim((axis, axis + 1), (-2, -1)).contiguous()
-        scales = scales.movedim(axis, -1).contiguous()
-    out = torch.ops.moekit.dequantize_mxfp4(blocks, scales, dtype)
+    try:
+        axis = _normalize_axis("dequantize_mxfp4", axis, max(scales.ndim, 1))
+        last = axis == scales.ndim - 1
+        if not last and blocks.ndim == scales.ndim + 1:
+            blocks = blocks.movedim((axis, axis + 1), (-2, -1)).contiguous()
+            scales = scales.movedim(axis, -1).contiguous()
+        out = torch.ops.moekit.dequantize_mxfp4(blocks, scales, dtype)
+    except Exception:
+        _name_bad_tensor("dequantize_mxfp4", (("blocks", blocks), ("scales", scales)))
+        raise
     return out if last else out.movedim(-1, axis)
 
 
@@ -153,17 +180,22 @@ def repack_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> Tuple[torch.Tens
     [E, N, K/32]) -> the layout of moekit's Hopper main loop: ``codes`` [E, ceil(N/64),
     ceil(K/64), 2048] and ``slab_scales`` [E, ceil(N/64), ceil(K/64), 128], each 64-row slab's
     64-k step one contiguous run (docs/semantics.md, "repack_mxfp4"). Same bytes on every device."""
-    _require_tensor("repack_mxfp4", "blocks", blocks)
-    _require_tensor("repack_mxfp4", "scales", scales)
-    return tuple(torch.ops.moekit.repack_mxfp4(blocks, scales))
+    try:
+        return tuple(torch.ops.moekit.repack_mxfp4(blocks, scales))
+    except Exception:
+        _name_bad_tensor("repack_mxfp4", (("blocks", blocks), ("scales", scales)))
+        raise
 
 
 def route(logits: torch.Tensor, k: int) -> Routing:
     """Top-k routing of ``logits`` [T, E]; see :class:`Routing`. Differentiable: the expert
     weights' gradient reaches each token's k chosen logits (the others take none)."""
-    _require_tensor("route", "logits", logits)
     _require_int("route", "k", k)
-    return Routing(*_call(torch.ops.moekit.route.default, (logits, k), _requires_grad((logits,))))
+    try:
+        return Routing(*_call(torch.ops.moekit.route.default, (logits, k), _requires_grad((logits,))))
+    except Exception:
+        _name_bad_tensor("route", (("logits", logits),))
+        raise
 
 
 def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None, *,
@@ -197,11 +229,7 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
     Differentiable for ``x``, ``bias`` and ``combine_weight`` (``torch.ops.moekit.matmul_ogs_backward``),
     the weights frozen: float weights that require grad are refused.
     """
-    _require_tensor("matmul_ogs", "x", x)
     values, scales, codes, slab_scales = _split_weights("matmul_ogs", "w", w)
-    for name, value in (("bias", bias), ("expert_offsets", expert_offsets), ("gather_idx", gather_idx),
-                        ("scatter_idx", scatter_idx), ("combine_weight", combine_weight)):
-        _require_tensor("matmul_ogs", name, value, optional=True)
     if swiglu is not None and (not isinstance(swiglu, (tuple, list)) or len(swiglu) != 2):
         raise TypeError(f"moekit.matmul_ogs: 'swiglu' expected None or an (alpha, limit) pair, got {swiglu!r}")
     alpha, limit = swiglu if swiglu is not None else (0.0, 0.0)
@@ -210,7 +238,13 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
     _require_bool("matmul_ogs", "batch_invariant", batch_invariant)
     args = (x, values, scales, bias, expert_offsets, gather_idx, scatter_idx, combine_weight, swiglu is not None, alpha,
             limit, out_dtype, config, codes, slab_scales, batch_invariant)
-    return _call(torch.ops.moekit.matmul_ogs.default, args, _requires_grad((x, values, bias, combine_weight)))
+    try:
+        return _call(torch.ops.moekit.matmul_ogs.default, args, _requires_grad((x, values, bias, combine_weight)))
+    except Exception:
+        _name_bad_tensor("matmul_ogs", (("x", x),), (("w", w),),
+                         (("bias", bias), ("expert_offsets", expert_offsets), ("gather_idx", gather_idx),
+                          ("scatter_idx", scatter_idx), ("combine_weight", combine_weight)))
+        raise
 
 
 def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torch.Tensor],
@@ -227,30 +261,32 @@ def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torc
     the same bits whatever the other tokens of the call (on CUDA: the general path at every T,
     its matmuls as :func:`matmul_ogs` with ``batch_invariant``; fast with repacked weights).
     """
-    _require_tensor("moe_mlp", "x", x)
-    _require_tensor("moe_mlp", "gate_weight", gate_weight)
-    for name, value in (("gate_bias", gate_bias), ("mlp1_bias", mlp1_bias), ("mlp2_bias", mlp2_bias)):
-        _require_tensor("moe_mlp", name, value, optional=True)
     w1, s1, c1, ss1 = _split_weights("moe_mlp", "mlp1_weight", mlp1_weight)
     w2, s2, c2, ss2 = _split_weights("moe_mlp", "mlp2_weight", mlp2_weight)
     _require_int("moe_mlp", "experts_per_token", experts_per_token)
     alpha = _require_float("moe_mlp", "swiglu_alpha", swiglu_alpha)
     limit = _require_float("moe_mlp", "swiglu_limit", swiglu_limit)
     _require_bool("moe_mlp", "batch_invariant", batch_invariant)
-    if x.ndim < 1:
-        raise ValueError("moekit.moe_mlp: 'x' expected shape [..., H], got a 0-d tensor")
-    # math.prod, not -1: a reshape cannot infer -1 for a tensor without elements (H = 0). A [T, H] x
-    # (the decode step's) skips both reshapes: each costs ~1 us of host time a layer.
-    flat = x if x.ndim == 2 else x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
-    args = (flat, gate_weight, gate_bias, w1, s1, mlp1_bias, w2, s2, mlp2_bias, experts_per_token, alpha, limit, c1,
-            ss1, c2, ss2, batch_invariant)
-    # Only float tensors can require grad: the MXFP4 bytes never do. In grad mode the layer runs as
-    # its composition of differentiable ops, so that autograd keeps its activations instead of the
-    # backward recomputing them (moekit/_autograd.py).
-    if _requires_grad((x, gate_weight, gate_bias, mlp1_bias, mlp2_bias, w1, w2)):
-        y = _autograd.moe_mlp_with_saved_activations(*args)
-    else:
-        y = _call(torch.ops.moekit.moe_mlp.default, args, False)
+    try:
+        if x.ndim < 1:
+            raise ValueError("moekit.moe_mlp: 'x' expected shape [..., H], got a 0-d tensor")
+        # math.prod, not -1: a reshape cannot infer -1 for a tensor without elements (H = 0). A [T, H]
+        # x (the decode step's) skips both reshapes: each costs ~1 us of host time a layer.
+        flat = x if x.ndim == 2 else x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+        args = (flat, gate_weight, gate_bias, w1, s1, mlp1_bias, w2, s2, mlp2_bias, experts_per_token, alpha, limit,
+                c1, ss1, c2, ss2, batch_invariant)
+        # Only float tensors can require grad: the MXFP4 bytes never do. In grad mode the layer runs
+        # as its composition of differentiable ops, so that autograd keeps its activations instead
+        # of the backward recomputing them (moekit/_autograd.py).
+        if _requires_grad((x, gate_weight, gate_bias, mlp1_bias, mlp2_bias, w1, w2)):
+            y = _autograd.moe_mlp_with_saved_activations(*args)
+        else:
+            y = _call(torch.ops.moekit.moe_mlp.default, args, False)
+    except Exception:
+        _name_bad_tensor("moe_mlp", (("x", x), ("gate_weight", gate_weight)),
+                         (("mlp1_weight", mlp1_weight), ("mlp2_weight", mlp2_weight)),
+                         (("gate_bias", gate_bias), ("mlp1_bias", mlp1_bias), ("mlp2_bias", mlp2_bias)))
+        raise
     return y if x.ndim == 2 else y.reshape(x.shape)
 
 
@@ -261,11 +297,12 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor,
     (float32 arithmetic, rounded to x's dtype). ``x`` and ``residual`` are [T, H] of one dtype
     (float32 or bfloat16), ``scale`` float32 [H].
     """
-    _require_tensor("add_rms_norm", "x", x)
-    _require_tensor("add_rms_norm", "residual", residual)
-    _require_tensor("add_rms_norm", "scale", scale)
     args = (x, residual, scale, _require_float("add_rms_norm", "eps", eps))
-    return _call(torch.ops.moekit.add_rms_norm.default, args, _requires_grad((x, residual, scale)))
+    try:
+        return _call(torch.ops.moekit.add_rms_norm.default, args, _requires_grad((x, residual, scale)))
+    except Exception:
+        _name_bad_tensor("add_rms_norm", (("x", x), ("residual", residual), ("scale", scale)))
+        raise
 
 
 def attention_decode(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, sinks: torch.Tensor,
@@ -283,13 +320,16 @@ def attention_decode(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     [Hq]) and scores scaled by ``sm_scale``. Returns [T, Hq D] in qkv's dtype. A position
     outside ``0 <= p0, p0 + T <= L`` writes nothing: the CPU raises, CUDA returns NaN.
     """
-    for name, value in (("qkv", qkv), ("k_cache", k_cache), ("v_cache", v_cache), ("sinks", sinks),
-                        ("position", position), ("inv_freq", inv_freq)):
-        _require_tensor("attention_decode", name, value)
     _require_int("attention_decode", "window", window)
-    return torch.ops.moekit.attention_decode(qkv, k_cache, v_cache, sinks, position, inv_freq,
-                                             _require_float("attention_decode", "rope_scale", rope_scale),
-                                             _require_float("attention_decode", "sm_scale", sm_scale), window)
+    rope_scale = _require_float("attention_decode", "rope_scale", rope_scale)
+    sm_scale = _require_float("attention_decode", "sm_scale", sm_scale)
+    try:
+        return torch.ops.moekit.attention_decode(qkv, k_cache, v_cache, sinks, position, inv_freq, rope_scale,
+                                                 sm_scale, window)
+    except Exception:
+        _name_bad_tensor("attention_decode", (("qkv", qkv), ("k_cache", k_cache), ("v_cache", v_cache),
+                                              ("sinks", sinks), ("position", position), ("inv_freq", inv_freq)))
+        raise
 
 
 def greedy_token(logits: torch.Tensor, position: torch.Tensor, token: torch.Tensor, ids: torch.Tensor) -> None:
@@ -299,6 +339,8 @@ def greedy_token(logits: torch.Tensor, position: torch.Tensor, token: torch.Tens
     (int32 [1]), in place, with no host read, so a captured CUDA graph replays it. A position
     outside ``[0, L)`` writes no id: the CPU raises before writing anything, CUDA writes ``token``
     alone."""
-    for name, value in (("logits", logits), ("position", position), ("token", token), ("ids", ids)):
-        _require_tensor("greedy_token", name, value)
-    torch.ops.moekit.greedy_token(logits, position, token, ids)
+    try:
+        torch.ops.moekit.greedy_token(logits, position, token, ids)
+    except Exception:
+        _name_bad_tensor("greedy_token", (("logits", logits), ("position", position), ("token", token), ("ids", ids)))
+        raise
