@@ -39,17 +39,15 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _is_dense_tensor(value) -> bool:
-    return isinstance(value, torch.Tensor) and value.layout == torch.strided
-
-
 def _tensor_error(op: str, arg: str, value, optional: bool) -> Optional[TypeError]:
-    if (value is None and optional) or _is_dense_tensor(value):
+    if value is None and optional:
         return None
     if not isinstance(value, torch.Tensor):
         what = "a torch.Tensor or None" if optional else "a torch.Tensor"
         return TypeError(f"moekit.{op}: '{arg}' expected {what}, got {type(value).__name__}")
-    return TypeError(f"moekit.{op}: '{arg}' expected a dense (strided) tensor, got layout {value.layout}")
+    if value.layout != torch.strided:
+        return TypeError(f"moekit.{op}: '{arg}' expected a dense (strided) tensor, got layout {value.layout}")
+    return None
 
 
 _WEIGHT_PARTS = ("blocks", "scales", "codes", "slab_scales")
@@ -63,7 +61,7 @@ def _name_bad_tensor(op: str, tensors=(), weights=(), optional=()) -> None:
     named = [(arg, value, False) for arg, value in tensors]
     for arg, w in weights:
         if isinstance(w, (tuple, list)):
-            named += [(f"{arg}[{i}] ({_WEIGHT_PARTS[i]})", t, False) for i, t in enumerate(w[:len(_WEIGHT_PARTS)])]
+            named += [(f"{arg}[{i}] ({_WEIGHT_PARTS[i]})", t, False) for i, t in enumerate(w)]
         else:
             named.append((arg, w, False))
     named += [(arg, value, True) for arg, value in optional]
