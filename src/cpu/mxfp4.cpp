@@ -65,8 +65,9 @@ void repack_mxfp4(const MxSlabsProblem& p, const TensorView& blocks, const Tenso
       const uint8_t* expert_blocks = blocks.ptr<uint8_t>() + e * p.N * (p.K / 2);
       const uint8_t* expert_scales = scales.ptr<uint8_t>() + e * p.N * (p.K / 32);
       uint8_t* out = codes.ptr<uint8_t>() + i * mxfp4_slabs::kCodeBytes;
-      for (int o = 0; o < mxfp4_slabs::kCodeBytes; ++o) {
-        out[o] = mxfp4_slabs::code_byte(expert_blocks, p.N, p.K, slab, step, o);
+      for (int w = 0; w < mxfp4_slabs::kCodeWords; ++w) {
+        const uint32_t word = mxfp4_slabs::code_word(expert_blocks, p.N, p.K, slab, step, w);
+        for (int j = 0; j < 4; ++j) out[4 * w + j] = static_cast<uint8_t>(word >> (8 * j));  // little-endian
       }
       uint8_t* out_scales = slab_scales.ptr<uint8_t>() + i * mxfp4_slabs::kScaleBytes;
       for (int o = 0; o < mxfp4_slabs::kScaleBytes; ++o) {

@@ -6,6 +6,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -386,13 +387,13 @@ TEST(QuantizeMxfp4, EmptyTensorsAreANoOp) {
 }
 
 TEST(RepackMxfp4, EachCodeOfASlabStepHasExactlyOnePlace) {
-  // The slab layout is a permutation: the 2048 bytes' 4096 nibbles cover the 64 rows x 64 k once.
+  // The slab layout is a permutation: the 512 words' 4096 codes cover the 64 rows x 64 k once.
   std::vector<int> seen(mxfp4_slabs::kRows * mxfp4_slabs::kStepK, 0);
-  for (int o = 0; o < mxfp4_slabs::kCodeBytes; ++o) {
-    for (int high = 0; high < 2; ++high) {
+  for (int w = 0; w < mxfp4_slabs::kCodeWords; ++w) {
+    for (int p = 0; p < 8; ++p) {
       int row = -1, k = -1;
-      mxfp4_slabs::code_source(o, high, row, k);
-      ASSERT_TRUE(row >= 0 && row < mxfp4_slabs::kRows && k >= 0 && k < mxfp4_slabs::kStepK) << o;
+      mxfp4_slabs::code_source(w, p, row, k);
+      ASSERT_TRUE(row >= 0 && row < mxfp4_slabs::kRows && k >= 0 && k < mxfp4_slabs::kStepK) << w;
       ++seen[row * mxfp4_slabs::kStepK + k];
     }
   }
@@ -401,14 +402,88 @@ TEST(RepackMxfp4, EachCodeOfASlabStepHasExactlyOnePlace) {
 
 TEST(RepackMxfp4, AThreadsWordHoldsOneRowAndOneScaleBlock) {
   // Word q of a thread is one row's codes of one 32-block, so one scale multiplies its 8 codes.
-  for (int o = 0; o < mxfp4_slabs::kCodeBytes; o += 4) {
+  for (int w = 0; w < mxfp4_slabs::kCodeWords; ++w) {
     int row0, k0;
-    mxfp4_slabs::code_source(o, 0, row0, k0);
-    for (int b = 0; b < 8; ++b) {
+    mxfp4_slabs::code_source(w, 0, row0, k0);
+    for (int p = 1; p < 8; ++p) {
       int row, k;
-      mxfp4_slabs::code_source(o + b / 2, b % 2, row, k);
-      EXPECT_EQ(row, row0) << o;
-      EXPECT_EQ(k / 32, k0 / 32) << o;
+      mxfp4_slabs::code_source(w, p, row, k);
+      EXPECT_EQ(row, row0) << w;
+      EXPECT_EQ(k / 32, k0 / 32) << w;
+    }
+  }
+}
+
+TEST(RepackMxfp4, TheCodesBitsTileTheWord) {
+  std::vector<int> seen(32, 0);
+  for (int p = 0; p < 8; ++p)
+    for (int b = 0; b < 4; ++b) ++seen[mxfp4_slabs::code_bit(p, b)];
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(seen[i], 1) << "bit " << i;
+}
+
+// A bf16 bit pattern's value (bf16 is float's upper half).
+double bf16_value(uint32_t bits) {
+  const uint32_t f = bits << 16;
+  float v;
+  std::memcpy(&v, &f, sizeof(v));
+  return v;
+}
+
+template <int I>
+uint32_t pair_bits(uint32_t c) { return mxfp4_slabs::pair_bits<I>(c); }
+
+// The same value, the sign of a zero included (code 8 is -0).
+bool same(double a, double b) { return a == b && std::signbit(a) == std::signbit(b); }
+
+TEST(RepackMxfp4, EachPairDecodesItsTwoCodesExactlyWhateverTheOtherBits) {
+  // pair_bits<i> (what the kernel runs, a rotation or a multiply and masks) of a word holding
+  // codes (c0, c1) as codes i and i + 4: each half reads as that code's e2m1 value times 2^-126,
+  // for every (c0, c1) and whatever the word's other 24 bits hold (no carry from them, none
+  // between the multiply's copies).
+  uint32_t (*const pair[4])(uint32_t) = {pair_bits<0>, pair_bits<1>, pair_bits<2>, pair_bits<3>};
+  std::mt19937 rng(7);
+  for (int i = 0; i < 4; ++i) {
+    for (int c0 = 0; c0 < 16; ++c0) {
+      for (int c1 = 0; c1 < 16; ++c1) {
+        uint32_t mine = 0;
+        for (int b = 0; b < 4; ++b) {
+          mine |= ((c0 >> b) & 1u) << mxfp4_slabs::code_bit(i, b);
+          mine |= ((c1 >> b) & 1u) << mxfp4_slabs::code_bit(i + 4, b);
+        }
+        uint32_t theirs_mask = 0;
+        for (int b = 0; b < 4; ++b) theirs_mask |= (1u << mxfp4_slabs::code_bit(i, b)) | (1u << mxfp4_slabs::code_bit(i + 4, b));
+        for (uint32_t other : {0u, ~0u, static_cast<uint32_t>(rng()), static_cast<uint32_t>(rng())}) {
+          const uint32_t r = pair[i](mine | (other & ~theirs_mask));
+          ASSERT_TRUE(same(bf16_value(r & 0xffffu), std::ldexp(code_value(c0), -126))) << i << " " << c0 << " " << c1;
+          ASSERT_TRUE(same(bf16_value(r >> 16), std::ldexp(code_value(c1), -126))) << i << " " << c0 << " " << c1;
+        }
+      }
+    }
+  }
+}
+
+TEST(RepackMxfp4, AWordDecodesToTheCheckpointCodesAtItsFragmentPlaces) {
+  // code_word (what repack_mxfp4 writes) read back by pair_bits: pair i's halves are the
+  // checkpoint's codes at code_source(word, i) and code_source(word, i + 4), for a slab past N's
+  // end and a step past K's (code 0 there).
+  const int64_t N = 100, K = 96;
+  std::mt19937 rng(11);
+  std::vector<uint8_t> blocks(N * K / 2);
+  for (auto& b : blocks) b = static_cast<uint8_t>(rng());
+  uint32_t (*const pair[4])(uint32_t) = {pair_bits<0>, pair_bits<1>, pair_bits<2>, pair_bits<3>};
+  for (int64_t slab = 0; slab < mxfp4_slabs::slabs(N); ++slab) {
+    for (int64_t step = 0; step < mxfp4_slabs::steps(K); ++step) {
+      for (int w = 0; w < mxfp4_slabs::kCodeWords; ++w) {
+        const uint32_t word = mxfp4_slabs::code_word(blocks.data(), N, K, slab, step, w);
+        for (int p = 0; p < 8; ++p) {
+          int r, k;
+          mxfp4_slabs::code_source(w, p, r, k);
+          const int64_t row = slab * 64 + r, col = step * 64 + k;
+          const uint8_t code = row < N && col < K ? (blocks[row * (K / 2) + col / 2] >> (4 * (col % 2))) & 0xf : 0;
+          const uint32_t half = (pair[p % 4](word) >> (16 * (p / 4))) & 0xffffu;
+          ASSERT_TRUE(same(bf16_value(half), std::ldexp(code_value(code), -126))) << slab << " " << step << " " << w << " " << p;
+        }
+      }
     }
   }
 }

@@ -15,15 +15,25 @@ def logical_codes(blocks: torch.Tensor) -> torch.Tensor:
     return torch.stack([lo, hi], dim=-1).reshape(*blocks.shape[:2], blocks.shape[2] * 32)
 
 
+def bit_place(i: int, h: int, b: int) -> int:
+    """Where bit b (0: mantissa, 1-2: exponent, 3: sign) of the word's code i + 4h lies: pair i
+    (codes i and i + 4) decodes into one bf16x2 register, each code's bits 0..2 at bf16 bits 6..8
+    and its sign at 15 of its half. Pair 0 lies there; pairs 1 and 2 there rotated right by 10 and
+    13 bits; pair 3 at bits 4, 0, 1, 3 of each half (one multiply moves them there)."""
+    bf16 = (15 if b == 3 else 6 + b) + 16 * h
+    return [bf16, (bf16 - 10) % 32, (bf16 - 13) % 32, [4, 0, 1, 3][b] + 16 * h][i]
+
+
 def expected(blocks: torch.Tensor, scales: torch.Tensor):
-    """The slab layout from the thread's side: thread (warp w, lane 4g + t) of a slab step owns 16
-    bytes, word q of them row 16w + g + 8(q % 2) and 32-block q / 2; its nibble i + 4h holds the
-    code at k = 32(q / 2) + 16(i / 2) + 8(i % 2) + 2t + h. Scales: byte 2r + b, row r's block b."""
+    """The slab layout from the thread's side: thread (warp w, lane 4g + t) of a slab step owns 4
+    words (little-endian), word q of them row 16w + g + 8(q % 2) and 32-block q / 2; its code
+    i + 4h is the code at k = 32(q / 2) + 16(i / 2) + 8(i % 2) + 2t + h, its bits where bit_place
+    says. Scales: byte 2r + b, row r's block b."""
     E, N, K = blocks.shape[0], blocks.shape[1], blocks.shape[2] * 32
     slabs, steps = -(-N // 64), -(-K // 64)
-    codes = torch.zeros(E, slabs * 64, steps * 64, dtype=torch.uint8)
-    codes[:, :N, :K] = logical_codes(blocks)
-    out = torch.zeros(E, slabs, steps, 2048, dtype=torch.uint8)
+    codes = torch.zeros(E, slabs * 64, steps * 64, dtype=torch.int64)
+    codes[:, :N, :K] = logical_codes(blocks).long()
+    words = torch.zeros(E, slabs, steps, 512, dtype=torch.int64)
     for w in range(4):
         for g in range(8):
             for t in range(4):
@@ -32,14 +42,15 @@ def expected(blocks: torch.Tensor, scales: torch.Tensor):
                         for h in range(2):
                             row = 16 * w + g + 8 * (q % 2)
                             k = 32 * (q // 2) + 16 * (i // 2) + 8 * (i % 2) + 2 * t + h
-                            nibble = i + 4 * h
-                            byte = 512 * w + 16 * (4 * g + t) + 4 * q + nibble // 2
+                            word = 128 * w + 4 * (4 * g + t) + q
                             values = codes[:, row::64, k::64][:, :slabs, :steps]
-                            out[..., byte] |= values << (4 * (nibble % 2))
+                            for b in range(4):
+                                words[..., word] |= ((values >> b) & 1) << bit_place(i, h, b)
+    out = torch.stack([(words >> (8 * j)) & 0xFF for j in range(4)], dim=-1).reshape(E, slabs, steps, 2048)
     padded = torch.full((E, slabs * 64, steps * 2), 127, dtype=torch.uint8)
     padded[:, :N, :K // 32] = scales
     slab_scales = padded.reshape(E, slabs, 64, steps, 2).permute(0, 1, 3, 2, 4).reshape(E, slabs, steps, 128)
-    return out, slab_scales
+    return out.to(torch.uint8), slab_scales
 
 
 @pytest.mark.parametrize("E,N,K", [(2, 128, 128), (3, 100, 96), (1, 64, 2880), (2, 5, 32), (0, 64, 64),

@@ -53,12 +53,12 @@ void repack_mxfp4(const MxSlabsProblem& p, const TensorView& blocks, const Tenso
                   const TensorView& slab_scales, const ExecContext& ctx) {
   DeviceGuard guard(p.device.index);
   const cudaStream_t stream = stream_of("repack_mxfp4", p.device, ctx);
-  const int64_t n_code_bytes = p.E * p.slabs * p.steps * mxfp4_slabs::kCodeBytes;
-  const int64_t n = n_code_bytes / mxfp4_slabs::kCodeBytes * (mxfp4_slabs::kCodeBytes + mxfp4_slabs::kScaleBytes);
+  const int64_t n_code_words = p.E * p.slabs * p.steps * mxfp4_slabs::kCodeWords;
+  const int64_t n = n_code_words / mxfp4_slabs::kCodeWords * (mxfp4_slabs::kCodeWords + mxfp4_slabs::kScaleBytes);
   const unsigned grid = static_cast<unsigned>(std::min<int64_t>(ceil_div(n, kElementwiseThreads), 1 << 20));
   repack_mxfp4_kernel<<<grid, kElementwiseThreads, 0, stream>>>(
       blocks.ptr<uint8_t>(), scales.ptr<uint8_t>(), codes.ptr<uint8_t>(), slab_scales.ptr<uint8_t>(), p.N, p.K,
-      p.slabs, p.steps, n_code_bytes);
+      p.slabs, p.steps, n_code_words);
   MOEKIT_CHECK_LAUNCH(ctx, stream, "repack_mxfp4_kernel");
 }
 

@@ -139,11 +139,11 @@ __global__ void __launch_bounds__(swapab::kStageThreads) stage_x_kernel(const Ma
   }
 }
 
-// A thread's 32 codes of a k step (its 16 bytes of the slab step) and their scale bytes (s0: row
+// A thread's 32 codes of a k step (its four words of the slab step) and their scale bytes (s0: row
 // g's blocks 0 and 1, s1: row g + 8's) into its four A fragments of the step's k16 steps
-// (mxfp4_slabs.h: word q is row g + 8 (q % 2), block q / 2; decode_e2m1x8_strided's pairs are
-// registers 0 and 2 of k16 step 2 (q / 2), then of 2 (q / 2) + 1). kWide: scale bytes of 128 or
-// more, two multiplies.
+// (mxfp4_slabs.h: word q is row g + 8 (q % 2), block q / 2; its pairs 0..3 are registers 0 and 2
+// of k16 step 2 (q / 2), then of 2 (q / 2) + 1). kWide: scale bytes of 128 or more, two
+// multiplies.
 template <bool kWide>
 __device__ __forceinline__ void decode_step(const uint4 w, uint32_t s0, uint32_t s1, uint32_t (&a)[4][4]) {
   const uint32_t words[4] = {w.x, w.y, w.z, w.w};
@@ -151,7 +151,7 @@ __device__ __forceinline__ void decode_step(const uint4 w, uint32_t s0, uint32_t
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
     uint32_t r[4];
-    decode_e2m1x8_strided(words[q], kWide ? mxfp4_first_multiplier(scales[q]) : mxfp4_multiplier_upto_128(scales[q]), r);
+    decode_e2m1x8_slab(words[q], kWide ? mxfp4_first_multiplier(scales[q]) : mxfp4_multiplier_upto_128(scales[q]), r);
     if (kWide) apply_second_step(r, mxfp4_second_multiplier(scales[q]));
     const int j = 2 * (q / 2), reg = q % 2;
     a[j][reg] = r[0];
@@ -275,7 +275,10 @@ __global__ void __launch_bounds__(Sh::kThreads, 1)
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks) {
         if (ks >= nst) break;
-        if (ks + 1 < nst) next = load(ks + 1);
+        // Unconditional (a load only where nst allowed it cost six register copies a step): past a
+        // short last chunk's steps it reads its stage's unused slot, in bounds and not yet
+        // released, and never decodes it.
+        if (ks + 1 < KS) next = load(ks + 1);
         step(ks, cur);
         cur = next;
       }

@@ -2,7 +2,8 @@
 // - strided pairs for kernels free to permute k: an e2m1 code's magnitude bits placed at bf16 bits
 //   8..6 (sign at 15) read as (e2m1 value) * 2^-126, exactly, subnormals included; one or two
 //   power-of-two multiplies then apply the 2^-126 and the block's e8m0 scale, also exactly (or to
-//   the same inf/NaN as the CPU's float math);
+//   the same inf/NaN as the CPU's float math); the codes come from a checkpoint word's nibbles or,
+//   cheaper, from a word of repack_mxfp4's slabs, whose bits already lie near those places;
 // - memory order, through a per-block table of the 8 scaled magnitudes and byte permutes: fewer
 //   instructions per code when a thread decodes a whole block.
 #pragma once
@@ -10,6 +11,8 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+
+#include "../../../core/mxfp4_slabs.h"
 
 namespace moekit::cuda {
 
@@ -50,6 +53,17 @@ __device__ __forceinline__ void decode_e2m1x8_strided(uint32_t c, uint32_t first
   r[1] = bf16x2_mul(e2m1_pair_bits<4>(c), first);
   r[2] = bf16x2_mul(e2m1_pair_bits<0>(c >> 8), first);
   r[3] = bf16x2_mul(e2m1_pair_bits<4>(c >> 8), first);
+}
+
+// A word of repack_mxfp4's slabs (8 codes whose bits lie where the decode wants them:
+// mxfp4_slabs::pair_bits) -> bf16x2 registers holding its pairs 0..3 (codes (0,4), (1,5), (2,6),
+// (3,7), as decode_e2m1x8_strided pairs a checkpoint word's), 8 integer instructions where a
+// checkpoint word takes 13. Only the first multiply, as there.
+__device__ __forceinline__ void decode_e2m1x8_slab(uint32_t c, uint32_t first, uint32_t (&r)[4]) {
+  r[0] = bf16x2_mul(mxfp4_slabs::pair_bits<0>(c), first);
+  r[1] = bf16x2_mul(mxfp4_slabs::pair_bits<1>(c), first);
+  r[2] = bf16x2_mul(mxfp4_slabs::pair_bits<2>(c), first);
+  r[3] = bf16x2_mul(mxfp4_slabs::pair_bits<3>(c), first);
 }
 
 // 8 consecutive bf16 -> bf16x2 registers holding elements (0,4), (1,5), (2,6), (3,7), the

@@ -62,25 +62,28 @@ __global__ void dequantize_mxfp4_kernel(const uint8_t* __restrict__ blocks, cons
   }
 }
 
-// repack_mxfp4: a thread per output byte of the codes, then of the scales (a grid-stride loop),
-// each computed by the specification's own function (mxfp4_slabs.h); n_code_bytes = E * slabs *
-// steps * 2048.
+// repack_mxfp4: a thread per code word (its four bytes, little-endian), then per scale byte (a
+// grid-stride loop), each computed by the specification's own function (mxfp4_slabs.h);
+// n_code_words = E * slabs * steps * 512.
 __global__ void repack_mxfp4_kernel(const uint8_t* __restrict__ blocks, const uint8_t* __restrict__ scales,
                                     uint8_t* __restrict__ codes, uint8_t* __restrict__ slab_scales, int64_t N,
-                                    int64_t K, int64_t slabs, int64_t steps, int64_t n_code_bytes) {
-  const int64_t n = n_code_bytes + n_code_bytes / mxfp4_slabs::kCodeBytes * mxfp4_slabs::kScaleBytes;
+                                    int64_t K, int64_t slabs, int64_t steps, int64_t n_code_words) {
+  namespace sl = mxfp4_slabs;
+  const int64_t n = n_code_words + n_code_words / sl::kCodeWords * sl::kScaleBytes;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const bool scale = i >= n_code_bytes;
-    const int64_t at = scale ? i - n_code_bytes : i;
-    const int run = scale ? mxfp4_slabs::kScaleBytes : mxfp4_slabs::kCodeBytes;
+    const bool scale = i >= n_code_words;
+    const int64_t at = scale ? i - n_code_words : i;
+    const int run = scale ? sl::kScaleBytes : sl::kCodeWords;
     const int64_t slab_step = at / run, e = slab_step / (slabs * steps);
     const int64_t slab = slab_step / steps % slabs, step = slab_step % steps;
     const int o = static_cast<int>(at % run);
     if (scale) {
-      slab_scales[at] = mxfp4_slabs::scale_byte(scales + e * N * (K / 32), N, K, slab, step, o);
+      slab_scales[at] = sl::scale_byte(scales + e * N * (K / 32), N, K, slab, step, o);
     } else {
-      codes[at] = mxfp4_slabs::code_byte(blocks + e * N * (K / 2), N, K, slab, step, o);
+      const uint32_t word = sl::code_word(blocks + e * N * (K / 2), N, K, slab, step, o);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) codes[4 * at + j] = static_cast<uint8_t>(word >> (8 * j));
     }
   }
 }
