@@ -24,7 +24,7 @@ import torch
 from common import ceilings, commit_of, driver_version, sweep_arguments
 
 BINARY = Path("build/mb/matmul_ogs_configs")
-CONFIGS = "stream8,stream16,stream32,tiled64,wgmma128,swapab16,swapab32,swapab64,swapab128"
+CONFIGS = "stream8,stream16,stream32,tiled64,wgmma128,swapab16,swapab32,swapab64,swapab80,swapab128"
 HEADER = re.compile(r"mlp(\d) E=(\d+) T=(\d+) \(P=(\d+), N=(\d+), K=(\d+)\), (\d+) experts routed")
 TIMED = re.compile(r"^(\S+)\s+([\d.]+) us\s+([\d.]+) TB/s of weights\s+([\d.]+) TFLOP/s\s+max diff ([-+.\de]+) of max")
 REFUSED = re.compile(r"^(\S+)\s+refused: (.*)$")

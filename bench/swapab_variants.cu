@@ -84,7 +84,7 @@ void staged_beside_in_place(const MlpLayer& l, cudaStream_t stream) {
     CHECK(cudaMemcpy(host.data(), l.out, host.size() * 2, cudaMemcpyDeviceToHost));
     return host;
   };
-  for (const char* config : {"swapab16", "swapab32", "swapab64", "swapab128"}) {
+  for (const char* config : {"swapab16", "swapab32", "swapab64", "swapab80", "swapab128"}) {
     moekit::ExecContext forced = moekit::ExecContext::on_stream(stream);
     forced.matmul_ogs_config = config;
     auto in_place = [&](int c) { moekit::matmul_ogs(l.args(c % l.copies), forced); };
@@ -115,13 +115,16 @@ int main(int argc, char** argv) {
   try {
     using swapab::Shape;
     // The library's shapes, then two consumer warpgroups where it has three (its shapes before
-    // the three were measured faster) and three where it has two.
+    // the three were measured faster) and three where it has two; at 80 rows, chunks of two
+    // steps in five stages beside its four in three.
     run.shape<swapab::Swapab16>("swapab16");
     run.shape<Shape<16, 4, 7, 2>>("swapab16");
     run.shape<swapab::Swapab32>("swapab32");
     run.shape<Shape<32, 4, 5, 2>>("swapab32");
     run.shape<swapab::Swapab64>("swapab64");
     run.shape<Shape<64, 4, 4, 2>>("swapab64");
+    run.shape<swapab::Swapab80>("swapab80");
+    run.shape<Shape<80, 2, 5, 3>>("swapab80");
     run.shape<swapab::Swapab128>("swapab128");
     run.shape<Shape<128, 2, 4, 3>>("swapab128");
     if (mlp == 2) staged_beside_in_place(l, stream);

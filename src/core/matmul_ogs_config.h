@@ -54,13 +54,15 @@ enum class MatmulOgsKernel {
   kSwapab16,      // MXFP4 weights repacked (repack_mxfp4) on sm_90: swap-AB wgmma, the weights decoded in
   kSwapab32,      //   registers as A (128 rows a work item), token tiles of 16 .. 128 rows as N, a
   kSwapab64,      //   producer warp's bulk copies into an mbarrier ring, persistent
+  kSwapab80,      //   (80 rows: one tile for experts of 65 to 80; forced only, until a GPU sweep times it)
   kSwapab128,
 };
 constexpr MatmulOgsKernel kMatmulOgsKernels[] = {
     MatmulOgsKernel::kSimt,     MatmulOgsKernel::kStream8,  MatmulOgsKernel::kStream8Wide,
     MatmulOgsKernel::kStream16, MatmulOgsKernel::kStream32, MatmulOgsKernel::kTiled64,
     MatmulOgsKernel::kWgmma128, MatmulOgsKernel::kWmma64,   MatmulOgsKernel::kGemv,
-    MatmulOgsKernel::kSwapab16, MatmulOgsKernel::kSwapab32, MatmulOgsKernel::kSwapab64, MatmulOgsKernel::kSwapab128};
+    MatmulOgsKernel::kSwapab16, MatmulOgsKernel::kSwapab32, MatmulOgsKernel::kSwapab64, MatmulOgsKernel::kSwapab80,
+    MatmulOgsKernel::kSwapab128};
 
 // How a kernel's blocks cover the problem.
 enum class MatmulOgsSchedule {
@@ -98,6 +100,7 @@ inline const char* matmul_ogs_kernel_name(MatmulOgsKernel k) {
     case MatmulOgsKernel::kSwapab16: return "swapab16";
     case MatmulOgsKernel::kSwapab32: return "swapab32";
     case MatmulOgsKernel::kSwapab64: return "swapab64";
+    case MatmulOgsKernel::kSwapab80: return "swapab80";
     case MatmulOgsKernel::kSwapab128: return "swapab128";
   }
   return "?";
@@ -122,6 +125,7 @@ constexpr MatmulOgsConfig matmul_ogs_config(MatmulOgsKernel kernel, bool mxfp4) 
     case MatmulOgsKernel::kSwapab16: return {kernel, 16, 192, 64, 6, 16, 1, 1, S::kPersistent};
     case MatmulOgsKernel::kSwapab32: return {kernel, 32, 192, 64, 5, 16, 1, 1, S::kPersistent};
     case MatmulOgsKernel::kSwapab64: return {kernel, 64, 192, 64, 3, 16, 1, 1, S::kPersistent};
+    case MatmulOgsKernel::kSwapab80: return {kernel, 80, 192, 64, 3, 16, 1, 1, S::kPersistent};
     case MatmulOgsKernel::kSwapab128: return {kernel, 128, 128, 64, 5, 12, 1, 1, S::kPersistent};
   }
   return {};
@@ -172,6 +176,7 @@ inline const char* matmul_ogs_config_refusal(MatmulOgsKernel kernel, const Matmu
     case MatmulOgsKernel::kSwapab16:
     case MatmulOgsKernel::kSwapab32:
     case MatmulOgsKernel::kSwapab64:
+    case MatmulOgsKernel::kSwapab80:
     case MatmulOgsKernel::kSwapab128:
       if (!p.mxfp4) return "MXFP4 weights";
       if (o.recompute) return "a forward call (its epilogue has no backward recompute)";

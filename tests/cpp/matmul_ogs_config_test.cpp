@@ -187,14 +187,14 @@ TEST(MatmulOgsConfig, AForcedConfigRunsWhereItCanAndIsRefusedWhereItCannot) {
                                            "weight without expert offsets, gather, scatter or SwiGLU");
   EXPECT_EQ(refusal(p, device(9), "fast"), "moekit.matmul_ogs: 'config' expected one of simt, stream8, stream8_wide, "
                                            "stream16, stream32, tiled64, wgmma128, wmma64, gemv, swapab16, "
-                                           "swapab32, swapab64, swapab128, got 'fast'");
+                                           "swapab32, swapab64, swapab80, swapab128, got 'fast'");
 }
 
 TEST(MatmulOgsConfig, TheSwapAbKernelsRunRepackedMxfp4OnSm90) {
   const moekit::MatmulOgsOperands slabs{true, false, true, true, true};
   const moekit::MatmulOgsOperands no_slabs{true, false, true, true, false};
   for (MatmulOgsKernel k : {MatmulOgsKernel::kSwapab16, MatmulOgsKernel::kSwapab32, MatmulOgsKernel::kSwapab64,
-                            MatmulOgsKernel::kSwapab128}) {
+                            MatmulOgsKernel::kSwapab80, MatmulOgsKernel::kSwapab128}) {
     const std::string name = moekit::matmul_ogs_kernel_name(k);
     for (int64_t P : {16, 512, 2048, 32768}) {
       const moekit::MatmulOgsProblem p = problem(P, 32, 2880, true);

@@ -315,6 +315,7 @@ FORCED = {  # config -> (weight kinds it runs, the kernel's name as the profiler
     "swapab16": (["slabs"], "matmul_ogs_swapab_kernel<moekit::cuda::swapab::Shape<16, "),
     "swapab32": (["slabs"], "matmul_ogs_swapab_kernel<moekit::cuda::swapab::Shape<32, "),
     "swapab64": (["slabs"], "matmul_ogs_swapab_kernel<moekit::cuda::swapab::Shape<64, "),
+    "swapab80": (["slabs"], "matmul_ogs_swapab_kernel<moekit::cuda::swapab::Shape<80, "),
     "swapab128": (["slabs"], "matmul_ogs_swapab_kernel<moekit::cuda::swapab::Shape<128, "),
 }
 SWAPAB = [c for c in FORCED if c.startswith("swapab")]
