@@ -1,5 +1,5 @@
 // Times shapes of the swap-AB kernel (matmul_ogs_swapab.cuh: token tile rows R, chunk steps KS,
-// stages S, consumer warpgroups WG) beyond the library's four configs, on one gpt-oss layer's mlp1
+// stages S, consumer warpgroups WG) beyond the library's five configs, on one gpt-oss layer's mlp1
 // or mlp2 (mlp_layer.h), each beside the library's config of its R in the same run. Each shape
 // runs the library's own launch (matmul_ogs_swapab_launch.h: tile list, staged x or x's TMA
 // tiles, the loop) on the arguments matmul_ogs builds, and its output rows (mlp2: the float rows
@@ -115,10 +115,12 @@ int main(int argc, char** argv) {
   try {
     using swapab::Shape;
     // The library's shapes, then two consumer warpgroups where it has three (its shapes before
-    // the three were measured faster) and three where it has two; at 80 rows, chunks of two
-    // steps in five stages beside its four in three.
+    // the three were measured faster) and three where it has two; at 16 rows also four (at 32
+    // rows four spill: 48 bytes, sm_90a); at 80 rows, chunks of two steps in five stages beside
+    // its four in three.
     run.shape<swapab::Swapab16>("swapab16");
     run.shape<Shape<16, 4, 7, 2>>("swapab16");
+    run.shape<Shape<16, 4, 5, 4>>("swapab16");
     run.shape<swapab::Swapab32>("swapab32");
     run.shape<Shape<32, 4, 5, 2>>("swapab32");
     run.shape<swapab::Swapab64>("swapab64");
