@@ -20,15 +20,16 @@ BUILD_INPUTS := $(shell find src include python/csrc tests/cpp -type f) CMakeLis
 RUN_ARGS = $(if $(PROMPT),--prompt "$(PROMPT)") $(if $(DEVICE),--device $(DEVICE)) \
            $(if $(BACKEND),--backend $(BACKEND)) $(ARGS)
 
-.PHONY: setup install test test-cpp test-install test-python test-sanitize run clean
+.PHONY: setup install test test-cpp test-install test-python test-sanitize run clean gpu-wheels
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-headers.txt
 	@bash tools/install_deps.sh
 	@echo "== moekit: creating $(VENV) with the pinned packages of requirements.txt (the first time this downloads" \
 	      "PyTorch, a 4.8 GB CUDA build: PyPI has no CPU-only one)"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --progress-bar on --upgrade pip
 	$(PY) -m pip install --progress-bar on -r requirements.txt
+	$(PY) -m pip install --progress-bar on --no-deps -r requirements-headers.txt
 	@touch $@
 
 setup: $(VENV)/.installed
@@ -73,6 +74,11 @@ run: install
 	@echo "== torchrun: $(NPROC) rank(s), $(THREADS) CPU thread(s) each"
 	@OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m moekit.generate \
 	  $(RUN_ARGS)
+
+# The wheels an offline GPU machine needs beyond its image (tools/gpu_build.sh installs them from
+# build/wheels): requirements-headers.txt's (CuTe's headers).
+gpu-wheels: setup
+	$(PY) -m pip download -q --no-deps -d build/wheels -r requirements-headers.txt
 
 clean:
 	rm -rf build $(VENV)

@@ -4,7 +4,7 @@
 // cached in a cache of 256, the kernel chained after a kernel that lets it start at once and
 // spins 5 us (as QKV's projection does in the decode step), each launch a graph of 24.
 //
-//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench \
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I "$CUTE" -I bench \
 //        bench/attention_phases.cu src/core/problem.cpp src/core/check.cpp src/core/tensor.cpp \
 //        -o build/attention_phases && build/attention_phases
 //

@@ -28,7 +28,7 @@
 // 24 warps 616 and 927. Every form with more instructions, or the same on the FMA pipe, is
 // slower, and wgmma takes the 8-column products dearer than mma.sync.
 //
-//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench \
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I "$CUTE" -I bench \
 //        bench/decode_pipes.cu -o build/decode_pipes && build/decode_pipes
 #include <cuda_runtime.h>
 
@@ -164,7 +164,7 @@ __global__ void __launch_bounds__(32 * kWarps, 1) k_steps(const uint4* codes, co
       }
 #if MOEKIT_WGMMA
       if constexpr (kVariant == 5) {
-        wgmma_fence();
+        cute::warpgroup_arrive();
 #pragma unroll
         for (int w = 0; w < 4; ++w) {
 #pragma unroll
@@ -172,8 +172,8 @@ __global__ void __launch_bounds__(32 * kWarps, 1) k_steps(const uint4* codes, co
             wgmma_m64n8k16_rs(acc[h], kept[w][h], descriptor_no_swizzle(&xb_s[slot % (kSlots / 2)][2 * w + h][0]));
           }
         }
-        wgmma_commit();
-        wgmma_wait<0>();
+        cute::warpgroup_commit_batch();
+        cute::warpgroup_wait<0>();
       }
 #endif
     };

@@ -6,7 +6,7 @@
 // Kernels chain as the step chains them (programmatic dependent launch; cuBLAS does not chain).
 // A graph of 24 layers, each with its own weight; time per layer, median of 5 replays; the
 // GEMV's outputs against cuBLAS's on random values.
-//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench bench/gemv_chain.cu \
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I "$CUTE" -I bench bench/gemv_chain.cu \
 //        -lcublas -o build/mb/gemv_chain && build/mb/gemv_chain
 #include <cublas_v2.h>
 #include <cuda_bf16.h>

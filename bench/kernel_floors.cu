@@ -21,7 +21,7 @@
 //     them (k steps ahead in registers) but not decoded, from the checkpoint's rows or from a
 //     layout that puts each unit's k step in one contiguous KB.
 //
-//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include bench/kernel_floors.cu \
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I "$CUTE" bench/kernel_floors.cu \
 //        -o build/kernel_floors && build/kernel_floors
 #include <cuda_runtime.h>
 

@@ -19,7 +19,7 @@
 //     53 MB of expert weights pass, and what it costs the expert kernels (16 layers, the
 //     routings' counters zeroed once a graph); the fork also before mlp2.
 //
-//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include bench/l2_prefetch.cu \
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I "$CUTE" bench/l2_prefetch.cu \
 //        -lcublas -o build/mb/l2_prefetch && build/mb/l2_prefetch
 #include <cublas_v2.h>
 #include <cuda_bf16.h>

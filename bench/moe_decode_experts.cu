@@ -2,7 +2,7 @@
 // compiled config and k split, at gpt-oss shapes on one GPU: no Python, builds in seconds, so
 // one run sweeps every config (docs/kernels.md has the figures).
 //
-//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include bench/moe_decode_experts.cu \
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I "$CUTE" bench/moe_decode_experts.cu \
 //        -o build/moe_decode_experts && build/moe_decode_experts 32 1 32 8 128 1
 //
 // Arguments: pairs E T (default 32 1). Weights are random codes with scales near 2^0, biases

@@ -8,7 +8,7 @@
 // passed wait: per phase the earliest, median and latest block (a block's warp 0 for phases 0-3,
 // its latest warp for 4-7).
 //
-//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench \
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I "$CUTE" -I bench \
 //        bench/moe_decode_phases.cu -o build/moe_decode_phases && build/moe_decode_phases
 #include <cuda_runtime.h>
 

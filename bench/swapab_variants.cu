@@ -7,7 +7,7 @@
 // sum's order. For mlp2 each library config also runs its x staged (through an identity gather)
 // beside x read in place, the combined outputs compared bit for bit: what the TMA tiles save.
 //
-//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench \
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I "$CUTE" -I bench \
 //       bench/swapab_variants.cu build/python/libmoekit.a -o build/mb/swapab_variants
 //   build/mb/swapab_variants [--experts 32] [--tokens 512] [--mlp 1|2]
 #include <cuda_runtime.h>

@@ -4,7 +4,7 @@
 // flushed by a 256 MB read (as the step's weights flush it) shows what fetching the code costs;
 // the later passes, the top-k itself. Logits random normal, float32, k = 4.
 //
-//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench \
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I "$CUTE" -I bench \
 //        bench/topk_cycles.cu -o build/topk_cycles && build/topk_cycles
 #include <cuda_runtime.h>
 

@@ -258,7 +258,7 @@ __global__ void __launch_bounds__(Sh::kThreads, 1)
       };
       auto step = [&](int ks, const StepLoad& l) {
         const int set = ks % 2;  // ks is a constant of the unrolled loop
-        wgmma_wait<1>();  // the wgmmas of two steps ago (which read this register set) are done
+        cute::warpgroup_wait<1>();  // the wgmmas of two steps ago (which read this register set) are done
         // A scale byte of 128 or more anywhere in the warp (rare) takes the two-multiply decode.
         if (warp_needs_second_step(((l.s0 | l.s1) & 0x8080u) != 0)) decode_step<true>(l.w, l.s0, l.s1, a[set]);
         else decode_step<false>(l.w, l.s0, l.s1, a[set]);
@@ -267,10 +267,10 @@ __global__ void __launch_bounds__(Sh::kThreads, 1)
           barrier_arrive(&empty[swapab_ring::stage(released, S)]);
           ++released;
         }
-        wgmma_fence();
+        cute::warpgroup_arrive();
 #pragma unroll
         for (int j = 0; j < 4; ++j) wgmma_rs<R>(acc, a[set][j], wgmma_descriptor_advance(b0, Sh::x_at(ks) - Sh::x_at(0) + 32 * j));
-        wgmma_commit();
+        cute::warpgroup_commit_batch();
       };
       StepLoad cur = load(0), next{};
 #pragma unroll
@@ -284,7 +284,7 @@ __global__ void __launch_bounds__(Sh::kThreads, 1)
         cur = next;
       }
     }
-    wgmma_wait<0>();
+    cute::warpgroup_wait<0>();
     // acc[4u + 2h + i]: weight row slab_row + 8h of the slab (output column n_h), token 8u + 2t + i
     // of the tile. Column n_h + 1 (row g + 1, when g is even) is lane + 4's value. The bias and
     // the bad-gather-index flags of this thread's R / 4 tokens are read before any store (a load

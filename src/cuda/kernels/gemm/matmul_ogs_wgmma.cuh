@@ -152,15 +152,15 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
   auto run_step = [&](int step, uint32_t& scale) {  // scale: step + 1's on entry, step + 3's on exit
     __syncthreads();  // x and weights of this step are in (each thread waited and fenced its own)
     const int stage = step % kStages;
-    wgmma_fence();
+    cute::warpgroup_arrive();
 #pragma unroll
     for (int j = 0; j < kBK / 16; ++j) {  // k16 sub-step j: 32 bytes into each K-major row, 16 MN-major rows on
       wgmma_m64n128k16_bf16<kTransposed>(
           acc, wgmma_descriptor_advance(a_desc, stage * kXTileBytes + 32 * j),
           wgmma_descriptor_advance(b_desc, stage * kWTileBytes + (kTransposed ? 16 * 128 : 32) * j));
     }
-    wgmma_commit();
-    wgmma_wait<1>();  // this warpgroup's step - 1: its x rows and codes stage are free again
+    cute::warpgroup_commit_batch();
+    cute::warpgroup_wait<1>();  // this warpgroup's step - 1: its x rows and codes stage are free again
 
     if (step + 2 < k_steps) issue(step + 2);
     cp_async_commit();
@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(wg::kThreads, 2) matmul_ogs_wgmma_kernel(const
     run_step(step, scale_even);
     if (step + 1 < k_steps) run_step(step + 1, scale_odd);
   }
-  wgmma_wait<0>();
+  cute::warpgroup_wait<0>();
   cp_async_wait<0>();
 
   // Epilogue: warp w of the warpgroup holds rows 16w + g and 16w + g + 8; acc[4j ..] columns
