@@ -1,10 +1,16 @@
-// Tensor-core and async-copy primitives the matmul kernels share (sm_80+ PTX).
+// Tensor-core and async-copy primitives the matmul kernels share (sm_80+ PTX). The MMAs and
+// ldmatrix are CuTe's atoms, unpacked from moekit's register arrays (the same SASS as the
+// hand-written forms they replaced: docs/kernels.md). cp.async and the streaming loads stay
+// written here: CuTe's zero-filling cp.async adds an L2::128B prefetch hint (other machine code,
+// not measured) and its wait has no memory clobber (the shared loads after it must stay after it).
 #pragma once
 
 // Every wgmma N that is a multiple of 8 (80 among them), not only CuTe's default ones.
 #ifndef CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
 #define CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
 #endif
+#include <cute/arch/copy_sm75.hpp>
+#include <cute/arch/mma_sm80.hpp>
 #include <cute/arch/mma_sm90.hpp>
 
 #include <cstdint>
@@ -18,17 +24,12 @@ namespace moekit::cuda {
 // 4 * g + t): a = {(g, 2t..2t+1), (g+8, 2t..), (g, 2t+8..), (g+8, 2t+8..)}, b = {(k 2t.., n g),
 // (k 2t+8.., n g)}, d = {(g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1)}.
 __device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  cute::SM80_16x8x16_F32BF16BF16F32_TN::fma(d[0], d[1], d[2], d[3], a[0], a[1], a[2], a[3], b0, b1, d[0], d[1], d[2], d[3]);
 }
 
 // Four 8x8 bf16 matrices from shared memory; lane i gives the address of row i % 8 of matrix i / 8.
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(smem_row)));
+  cute::SM75_U32x4_LDSM_N::copy(*reinterpret_cast<const cute::uint128_t*>(smem_row), r[0], r[1], r[2], r[3]);
 }
 
 // 16 bytes global -> shared without registers; src_bytes = 0 writes zeros (and reads nothing).
@@ -95,11 +96,9 @@ __device__ __forceinline__ uint64_t wgmma_descriptor_advance(uint64_t desc, uint
 __device__ __forceinline__ int sw128_offset(int row, int chunk) { return row * 128 + ((chunk ^ (row % 8)) * 16); }
 
 #if MOEKIT_WGMMA
-// The wgmma instructions are CuTe's atoms (cute/arch/mma_sm90_gmma*.hpp); their fma takes each
-// register as its own argument, which this unpacks from moekit's arrays (the same SASS as the
-// hand-written forms these replaced, instruction for instruction: docs/kernels.md). The fence,
-// commit and wait around them are CuTe's too: cute::warpgroup_arrive, warpgroup_commit_batch,
-// warpgroup_wait<N>.
+// CuTe's wgmma atoms (cute/arch/mma_sm90_gmma*.hpp) take each register as its own argument:
+// this unpacks moekit's arrays. The fence, commit and wait around them are CuTe's too
+// (cute::warpgroup_arrive, warpgroup_commit_batch, warpgroup_wait<N>).
 template <class Atom, size_t... I, class... Operands>
 __device__ __forceinline__ void wgmma_unpacked(float* d, std::index_sequence<I...>, const Operands&... operands) {
   static_assert(sizeof(typename Atom::CRegisters) == sizeof...(I) * sizeof(float), "one atom for the whole tile");
