@@ -116,11 +116,13 @@ int main(int argc, char** argv) {
     using swapab::Shape;
     // The library's shapes, then two consumer warpgroups where it has three (its shapes before
     // the three were measured faster) and three where it has two; at 16 rows also four (at 32
-    // rows four spill: 48 bytes, sm_90a); at 80 rows, chunks of two steps in five stages beside
-    // its four in three.
+    // rows four spill: 48 bytes, sm_90a); at 16 rows chunks of six steps (a chunk's own
+    // instructions, its barrier wait and stage arithmetic, over more steps; at 32 rows they spill
+    // 12 bytes); at 80 rows chunks of two steps in five stages beside its four in three.
     run.shape<swapab::Swapab16>("swapab16");
     run.shape<Shape<16, 4, 7, 2>>("swapab16");
     run.shape<Shape<16, 4, 5, 4>>("swapab16");
+    run.shape<Shape<16, 6, 4, 3>>("swapab16");
     run.shape<swapab::Swapab32>("swapab32");
     run.shape<Shape<32, 4, 5, 2>>("swapab32");
     run.shape<swapab::Swapab64>("swapab64");

@@ -35,8 +35,8 @@ struct Shape {
 };
 
 // A consumer warp, one action a turn, as the kernel's loop: wait for the chunk's full phase;
-// then per step: wgmma_wait<1> (only the previous step's group stays pending), maybe release,
-// commit a group reading the chunk's stage and register set ks % 2; wgmma_wait<0> after an item.
+// then per step: warpgroup_wait<1> (only the previous step's group stays pending), maybe release,
+// commit a group reading the chunk's stage and register set ks % 2; warpgroup_wait<0> after an item.
 struct Warp {
   int n = 0, ks = -1, released = 0;
   std::vector<std::pair<int, int>> pending;  // committed wgmma groups: (chunk, register set)
@@ -101,7 +101,7 @@ std::string simulate(const Shape& sh, uint32_t seed) {
       w.ks = 0;
       continue;
     }
-    if (w.pending.size() > 1) w.pending.erase(w.pending.begin(), w.pending.end() - 1);  // wgmma_wait<1>
+    if (w.pending.size() > 1) w.pending.erase(w.pending.begin(), w.pending.end() - 1);  // warpgroup_wait<1>
     const int set = w.ks % 2;
     if (!w.pending.empty() && w.pending.back().second == set) {
       return "step " + std::to_string(w.ks) + " of chunk " + std::to_string(w.n) + " decodes into a register set in use";
@@ -117,19 +117,20 @@ std::string simulate(const Shape& sh, uint32_t seed) {
     if (++w.ks == steps_of[w.n]) {
       w.ks = -1;
       ++w.n;
-      if (w.n % chunks_per_item == 0) w.pending.clear();  // the epilogue's wgmma_wait<0>
+      if (w.n % chunks_per_item == 0) w.pending.clear();  // the epilogue's warpgroup_wait<0>
     }
   }
 }
 
 TEST(SwapabRing, EveryScheduleOfEveryShapeRunsToTheEndSafely) {
   // The library's shapes (KS, S) and bench/swapab_variants.cu's, with S down to 3; 1 to 13 k steps
-  // (one-step chunks, short last chunks), blocks of 0 to 6 items, 8 (two warpgroups) and 12 warps.
-  const int shapes[][2] = {{4, 7}, {4, 5}, {4, 4}, {2, 5}, {2, 12}, {4, 6}, {4, 3}, {2, 8}, {2, 3}};
+  // (one-step chunks, short last chunks), blocks of 0 to 6 items, 8, 12 and 16 consumer warps (two
+  // to four warpgroups).
+  const int shapes[][2] = {{4, 7}, {4, 5}, {4, 4}, {2, 5}, {2, 12}, {4, 6}, {4, 3}, {2, 8}, {2, 3}, {6, 4}};
   for (const auto& ks_s : shapes) {
     for (int steps = 1; steps <= 13; ++steps) {
       for (int items = 0; items <= 6; ++items) {
-        for (int warps : {8, 12}) {
+        for (int warps : {8, 12, 16}) {
           const Shape sh{ks_s[0], ks_s[1], steps, items, warps};
           for (uint32_t seed = 0; seed < 4; ++seed) ASSERT_EQ(simulate(sh, seed), "") << sh.str() << " seed " << seed;
         }
