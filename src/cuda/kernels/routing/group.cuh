@@ -110,7 +110,9 @@ __device__ __forceinline__ void group_by_expert_block(const int32_t* expert_idx,
   }
 }
 
-__global__ void __launch_bounds__(kGroupThreads)
+// One block per SM at most, said so: with the block size alone ptxas held these kernels to 32
+// registers and spilled (12-40 bytes, nvcc 13.0); a launch is one block.
+__global__ void __launch_bounds__(kGroupThreads, 1)
     group_by_expert_kernel(const int32_t* __restrict__ expert_idx, int64_t n_slots, int k, int n_experts, int chunks,
                            int32_t* __restrict__ counts, int32_t* __restrict__ offsets,
                            int32_t* __restrict__ gather_idx, int32_t* __restrict__ scatter_idx) {

@@ -15,7 +15,7 @@ namespace moekit::cuda {
 constexpr int64_t kRouteOneBlockTokens = 32;
 
 template <class T>
-__global__ void __launch_bounds__(kGroupThreads)
+__global__ void __launch_bounds__(kGroupThreads, 1)  // as group_by_expert_kernel's (group.cuh)
     route_one_block_kernel(const T* __restrict__ logits, int64_t n_tokens, int n_experts, int k, int chunks,
                            int32_t* expert_idx, float* __restrict__ expert_weight, int32_t* __restrict__ counts,
                            int32_t* __restrict__ offsets, int32_t* __restrict__ gather_idx,
