@@ -198,13 +198,14 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   // count. The swap-AB loop (a token is a column of wgmma's N: one k order, no split; its tile
   // height should not change a column's bits, which the GPU tests check) for repacked MXFP4; the
   // 8-token streaming items with their fixed 16-way k split for bf16 weights (the gate); else
-  // the SIMT kernel. The tile heights are the fastest swap-AB ones of the H200 sweep
-  // (bench/results/matmul_ogs_configs_H200.json): 16 rows at up to 8 rows per expert, 32 at 16
-  // (1.18-1.27x faster than 16 there), 64 at 64, 128 from 256.
+  // the SIMT kernel. The tile heights are the fastest swap-AB ones of the sweeps: 16 rows at up
+  // to 8 rows per expert, 32 at 16 (H200, bench/results/matmul_ogs_configs_H200.json: 1.18-1.27x
+  // faster than 16 there), 80 from 64 (H100, bench/results/matmul_ogs_configs_swapab80_H100.json:
+  // at 64 rows per expert 1.20-1.32x faster than 64-row tiles, which decode the weights again for
+  // the experts past 64 rows; at 256 and 1024 1.05-1.16x faster than 128-row tiles).
   const MatmulOgsKernel swapab = rows_per_expert <= 8    ? MatmulOgsKernel::kSwapab16
                                  : rows_per_expert <= 32 ? MatmulOgsKernel::kSwapab32
-                                 : rows_per_expert <= 64 ? MatmulOgsKernel::kSwapab64
-                                                         : MatmulOgsKernel::kSwapab128;
+                                                         : MatmulOgsKernel::kSwapab80;
   if (o.batch_invariant && !o.recompute) {
     if (!p.mxfp4) return fits(MatmulOgsKernel::kStream8Wide) ? MatmulOgsKernel::kStream8Wide : MatmulOgsKernel::kSimt;
     return fits(swapab) ? swapab : MatmulOgsKernel::kSimt;
@@ -218,13 +219,13 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   // One dense bf16 weight against a few rows (torch's Linear in a decode step): the GEMV asks for
   // its block's whole share of the weight before it waits for the kernel before it.
   if (fits(MatmulOgsKernel::kGemv)) return MatmulOgsKernel::kGemv;
-  // Weights repacked for the swap-AB loop (sm_90), as the H200 sweep measured it on gpt-oss's
-  // layers (bench/results/matmul_ogs_configs_H200.json, three consumer warpgroups): the
-  // batch-invariant choice's tile height up to 64 rows per expert (16 rows: 1.05-1.19x faster
-  // than stream8 from 1 to 4 rows, 0.98-1.07x at 0.25; 32 rows at 16, 1.41-1.57x stream16; 64
-  // rows at 64, 1.23-1.24x wgmma128 on mlp2 and 1.07-1.10x on mlp1, gathered); past that 128-row tiles
-  // with x read in place (mlp2, 1.06-1.10x wgmma128), but with a gather (mlp1) wgmma128, which
-  // gathers as it loads where the loop first stages the rows (1.09-1.13x faster from 256 rows).
+  // Weights repacked for the swap-AB loop (sm_90), as the sweeps measured it on gpt-oss's layers
+  // (three consumer warpgroups): the batch-invariant choice's tile height up to 64 rows per
+  // expert (H200: 16 rows 1.05-1.19x faster than stream8 from 1 to 4 rows, 0.98-1.07x at 0.25;
+  // 32 rows at 16, 1.41-1.57x stream16; H100: 80 rows at 64, 1.44-1.68x wgmma128); past that
+  // 80-row tiles with x read in place (mlp2; H100 1.12-1.20x wgmma128), but with a gather (mlp1)
+  // wgmma128, which gathers as it loads where the loop first stages the rows (H100: 1.00-1.03x
+  // faster than swapab80 from 256 rows).
   if (fits(swapab) && (rows_per_expert <= 64 || !p.gather)) return swapab;
   // Up to 32 rows per expert the weights dominate the traffic: stream them once, in token tiles
   // that cover an average expert.

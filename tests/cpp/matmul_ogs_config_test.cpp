@@ -217,9 +217,9 @@ TEST(MatmulOgsConfig, TheSwapAbKernelsRunRepackedMxfp4OnSm90) {
   }
 }
 
-TEST(MatmulOgsConfig, RepackedMxfp4TakesTheSwapAbLoopWhereTheH200SweepFoundItFaster) {
+TEST(MatmulOgsConfig, RepackedMxfp4TakesTheSwapAbLoopWhereTheSweepsFoundItFaster) {
   // E = 32: the rows per expert are P / 32. The batch-invariant tile heights up to 64 (16 rows
-  // to 8, 32 to 32, 64 to 64); past that swapab128 with x read in place, wgmma128 with a gather
+  // to 8, 32 to 32, 80 past 32); past 64 swapab80 with x read in place, wgmma128 with a gather
   // (the loop would stage it).
   const moekit::MatmulOgsOperands slabs{true, false, true, true, true};
   const moekit::MatmulOgsOperands no_slabs{true, false, true, true, false};
@@ -228,10 +228,10 @@ TEST(MatmulOgsConfig, RepackedMxfp4TakesTheSwapAbLoopWhereTheH200SweepFoundItFas
       {256, MatmulOgsKernel::kSwapab16, MatmulOgsKernel::kSwapab16},
       {257, MatmulOgsKernel::kSwapab32, MatmulOgsKernel::kSwapab32},
       {1024, MatmulOgsKernel::kSwapab32, MatmulOgsKernel::kSwapab32},
-      {1025, MatmulOgsKernel::kSwapab64, MatmulOgsKernel::kSwapab64},
-      {2048, MatmulOgsKernel::kSwapab64, MatmulOgsKernel::kSwapab64},
-      {2049, MatmulOgsKernel::kSwapab128, MatmulOgsKernel::kWgmma128},
-      {32768, MatmulOgsKernel::kSwapab128, MatmulOgsKernel::kWgmma128}};
+      {1025, MatmulOgsKernel::kSwapab80, MatmulOgsKernel::kSwapab80},
+      {2048, MatmulOgsKernel::kSwapab80, MatmulOgsKernel::kSwapab80},
+      {2049, MatmulOgsKernel::kSwapab80, MatmulOgsKernel::kWgmma128},
+      {32768, MatmulOgsKernel::kSwapab80, MatmulOgsKernel::kWgmma128}};
   for (const auto& [P, in_place, gathered] : rows) {
     moekit::MatmulOgsProblem p = problem(P, 32, 2880, true);
     p.slabs = true;
@@ -258,8 +258,8 @@ TEST(MatmulOgsConfig, BatchInvariantCallsTakeOneKernelFamilyAtEveryRowCount) {
   const moekit::MatmulOgsOperands no_slabs{true, false, true, true, false, true};
   const std::pair<int64_t, MatmulOgsKernel> rows[] = {
       {1, MatmulOgsKernel::kSwapab16},     {8, MatmulOgsKernel::kSwapab16},      {256, MatmulOgsKernel::kSwapab16},
-      {257, MatmulOgsKernel::kSwapab32},   {1024, MatmulOgsKernel::kSwapab32},   {2048, MatmulOgsKernel::kSwapab64},
-      {2049, MatmulOgsKernel::kSwapab128}, {32768, MatmulOgsKernel::kSwapab128}};
+      {257, MatmulOgsKernel::kSwapab32},   {1024, MatmulOgsKernel::kSwapab32},   {1025, MatmulOgsKernel::kSwapab80},
+      {2048, MatmulOgsKernel::kSwapab80},  {32768, MatmulOgsKernel::kSwapab80}};
   for (const auto& [P, want] : rows) {
     const moekit::MatmulOgsProblem p = problem(P, 32, 2880, true);
     EXPECT_EQ(choose_matmul_ogs_kernel(p, slabs, device(9)), want) << P;
