@@ -54,7 +54,7 @@ enum class MatmulOgsKernel {
   kSwapab16,      // MXFP4 weights repacked (repack_mxfp4) on sm_90: swap-AB wgmma, the weights decoded in
   kSwapab32,      //   registers as A (128 rows a work item), token tiles of 16 .. 128 rows as N, a
   kSwapab64,      //   producer warp's bulk copies into an mbarrier ring, persistent
-  kSwapab80,      //   (80 rows: one tile for experts of 65 to 80; forced only, until a GPU sweep times it)
+  kSwapab80,      //   (80 rows: one tile for experts of 65 to 80, where 64-row tiles decode the weights twice)
   kSwapab128,
 };
 constexpr MatmulOgsKernel kMatmulOgsKernels[] = {
