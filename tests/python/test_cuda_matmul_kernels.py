@@ -360,14 +360,16 @@ def test_swapab_edges(gen, config, gather):
     got, ran = cuda_kernels_during(lambda: moekit.matmul_ogs(
         x.cuda(), to_cuda(w), expert_offsets=offsets.cuda(), gather_idx=gather_arg, out_dtype=torch.float32,
         config=config))
-    assert any(FORCED[config][1] in name for name in ran), ran
-    assert any("stage_x_kernel" in name for name in ran) == gather, ran
     assert got[bad].isnan().all()
     keep = torch.ones(P, dtype=torch.bool)
     keep[bad] = False
     want = ref.matmul_ogs(x, dense, expert_offsets=offsets, gather_idx=good)
     terms = ref.matmul_ogs(x.abs(), dense.abs(), expert_offsets=offsets, gather_idx=good)
     assert_elementwise(got[keep], want[keep], accumulation(K) * terms[keep])
+    # Last: under compute-sanitizer (tools/gpu_check.sh) the profiler does not start, so these two
+    # fail there after the values above were checked.
+    assert any(FORCED[config][1] in name for name in ran), ran
+    assert any("stage_x_kernel" in name for name in ran) == gather, ran
 
 
 @pytest.mark.parametrize("config", SWAPAB)
