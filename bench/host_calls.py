@@ -1,10 +1,19 @@
-"""The host's cost of a call of moekit's differentiable entry points, nothing computed: each on
-empty inputs (no tokens) on the CPU, so the time is Python, the dispatcher and the C++ checks.
-Each wrapper (moekit.moe_mlp, route, add_rms_norm) beside its op called through the dispatcher
-as torch.ops.moekit.* (which enters the op's Python autograd kernel, torch.library.register_autograd,
-even when nothing requires grad: the wrappers skip it then), in one process, grad mode on.
+"""The host's cost of a call of moekit's differentiable entry points. Each wrapper (moekit.moe_mlp,
+route, add_rms_norm) beside its op called through the dispatcher as torch.ops.moekit.* (which
+enters the op's Python autograd kernel, torch.library.register_autograd, even when nothing
+requires grad: the wrappers skip it then), in one process, grad mode on.
 
-    python3 bench/host_calls.py [--calls 20000] [--out bench/results/host_calls_CPU.json]
+On the CPU (the default) each runs on empty inputs (no tokens): the time is Python, the
+dispatcher and the C++ checks. With --device cuda the MoE layer also runs at gpt-oss's shapes
+(H = I = 2880, k = 4, MXFP4 experts, --experts E) on one token, the decode step's call: each
+call's host time alone (the time until the call returns, its kernels queued, never waited
+for), beside the op called below the Autograd key as the wrapper calls it, so that the
+difference is the wrapper's Python. --trace DIR also writes, per E, a torch.profiler trace (Chrome
+JSON) of ten one-token calls each started on an idle GPU, eager and then as a CUDA graph's
+replay: where eager minus graph goes (the host's spans, the launches, the kernels).
+
+    python3 bench/host_calls.py [--device cpu|cuda] [--experts 32 128] [--calls 20000] [--trace DIR]
+        [--out bench/results/host_calls_<CPU or GPU>.json]
 """
 
 import argparse
@@ -12,11 +21,20 @@ import json
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 import moekit
 from common import commit_of
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def us_per_call(fn, calls: int) -> float:
@@ -31,12 +49,22 @@ def us_per_call(fn, calls: int) -> float:
     return statistics.median(runs)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=20000)
-    parser.add_argument("--commit", default=None, help="the commit measured (default: git rev-parse HEAD)")
-    parser.add_argument("--out", default=None, help="write the rows as JSON here")
-    args = parser.parse_args()
+def host_us(fn, calls: int, dev: torch.device) -> float:
+    """The median host time of a call (us): each call timed alone, the GPU's queue drained every
+    64 calls so that a launch never waits for room in it."""
+    times = []
+    for i in range(calls + 100):
+        if i % 64 == 0:
+            torch.cuda.synchronize(dev)
+        start = time.perf_counter()
+        fn()
+        if i >= 100:
+            times.append(time.perf_counter() - start)
+    torch.cuda.synchronize(dev)
+    return statistics.median(times) * 1e6
+
+
+def empty_inputs_rows(calls: int) -> list:
     torch.manual_seed(0)
     E, H, I, k = 4, 64, 64, 2
     mx = lambda n, kk: moekit.quantize_mxfp4(torch.randn(E, n, kk))  # noqa: E731
@@ -52,13 +80,82 @@ def main():
         ("add_rms_norm", lambda: moekit.add_rms_norm(x, x, scale),
          lambda: torch.ops.moekit.add_rms_norm.default(x, x, scale, 1e-5)),
     ]
-    out = dict(cpu=platform.processor() or platform.machine(), torch=torch.__version__,
-               commit=commit_of(args), calls=args.calls, rows=[])
     print(f"{'entry point':14s} {'wrapper us':>11s} {'torch.ops us':>13s}")
+    out = []
     for name, wrapper, op in rows:
-        w_us, op_us = us_per_call(wrapper, args.calls), us_per_call(op, args.calls)
-        out["rows"].append(dict(op=name, wrapper_us=w_us, torch_ops_us=op_us))
+        w_us, op_us = us_per_call(wrapper, calls), us_per_call(op, calls)
+        out.append(dict(op=name, wrapper_us=w_us, torch_ops_us=op_us))
         print(f"{name:14s} {w_us:11.2f} {op_us:13.2f}")
+    return out
+
+
+def write_trace(path, eager, dev: torch.device) -> None:
+    """Ten idle-start eager calls, then ten replays of one captured in a graph, in one trace."""
+    for _ in range(3):
+        y = eager()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = eager()
+    torch.cuda.synchronize(dev)
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        for name, fn in (("eager", eager), ("graph", graph.replay)):
+            for _ in range(10):
+                torch.cuda.synchronize(dev)
+                with torch.profiler.record_function(name):
+                    fn()
+                torch.cuda.synchronize(dev)
+    prof.export_chrome_trace(str(path))
+    del graph, y
+
+
+def decode_step_rows(experts: list, calls: int, dev: torch.device, trace_dir) -> list:
+    H = I = 2880
+    k = 4
+    out = []
+    print(f"{'E':>4s} {'T':>2s} {'wrapper us':>11s} {'op below Autograd us':>21s}")
+    for E in experts:
+        gen = torch.Generator(device=dev).manual_seed(E)
+        mx = lambda n, kk: moekit.quantize_mxfp4(torch.randn(E, n, kk, device=dev, generator=gen) / kk ** 0.5)  # noqa: E731
+        w1, w2 = mx(2 * I, H), mx(H, I)
+        w1, w2 = w1 + moekit.repack_mxfp4(*w1), w2 + moekit.repack_mxfp4(*w2)
+        gate_w = torch.randn(E, H, device=dev, generator=gen).bfloat16()
+        gate_b, b1, b2 = (torch.randn(n, device=dev, generator=gen) for n in (E, (E, 2 * I), (E, H)))
+        for T in (0, 1):
+            x = torch.randn(T, H, device=dev, generator=gen).bfloat16()
+            args = (x, gate_w, gate_b, *w1[:2], b1, *w2[:2], b2, k, 1.702, 7.0, *w1[2:], *w2[2:], False)
+            op = torch.ops.moekit.moe_mlp.default
+
+            def below():
+                with torch._C._AutoDispatchBelowAutograd():
+                    return op(*args)
+            w_us = host_us(lambda: moekit.moe_mlp(x, gate_w, gate_b, w1, b1, w2, b2, experts_per_token=k), calls, dev)
+            op_us = host_us(below, calls, dev)
+            out.append(dict(op="moe_mlp", E=E, T=T, wrapper_us=w_us, torch_ops_below_autograd_us=op_us))
+            print(f"{E:4d} {T:2d} {w_us:11.2f} {op_us:21.2f}")
+            if trace_dir is not None and T == 1:
+                trace_dir.mkdir(parents=True, exist_ok=True)
+                write_trace(trace_dir / f"moe_mlp_E{E}_T1.json",
+                            lambda: moekit.moe_mlp(x, gate_w, gate_b, w1, b1, w2, b2, experts_per_token=k), dev)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--experts", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--trace", type=Path, default=None, help="with --device cuda: write profiler traces here")
+    parser.add_argument("--commit", default=None, help="the commit measured (default: git rev-parse HEAD)")
+    parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = parser.parse_args()
+    out = dict(cpu=cpu_model(), torch=torch.__version__,
+               commit=commit_of(args), calls=args.calls)
+    out["rows"] = empty_inputs_rows(args.calls)
+    if args.device == "cuda":
+        dev = torch.device("cuda", torch.cuda.current_device())
+        out["gpu"] = torch.cuda.get_device_name(dev)
+        out["decode_step_rows"] = decode_step_rows(args.experts, min(args.calls, 5000), dev, args.trace)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1)

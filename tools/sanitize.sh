@@ -24,7 +24,7 @@ ASAN_OPTIONS=detect_leaks=1 "$B/tests/cpp/moekit_tests" --gtest_brief=1
 site="$PWD/$B/site"
 rm -rf "$site"
 mkdir -p "$site/moekit"
-cp python/moekit/*.py "$B/python/csrc/_moekit_ops.so" "$site/moekit/"
+cp python/moekit/*.py "$B/python/csrc/_moekit_ops.so" "$B"/python/csrc/_eager.*.so "$site/moekit/"
 ln -s "$PWD/python/moekit/models" "$site/moekit/models"
 packages=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 export ASAN_OPTIONS=detect_leaks=0 PYTHONPATH="$site:$packages"

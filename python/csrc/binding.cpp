@@ -4,7 +4,8 @@
 // same C++ checks and return meta outputs without running (python/moekit/_fake.py sends fake
 // and meta calls here). The ops are inference-only: an Autograd kernel refuses inputs that
 // require grad while grad mode is on; calls no kernel takes (sparse tensors, None, other
-// devices) are refused by name.
+// devices) are refused by name. moekit._eager (eager_calls.cpp) reads the eager calls of plain
+// arguments in C and calls these ops through the dispatcher.
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
@@ -24,6 +25,7 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include "../../src/core/accept.h"
 #include "../../src/core/check.h"
 #include "../../src/core/mxfp4_slabs.h"
 #include "../../src/core/problem.h"
@@ -351,7 +353,7 @@ Tensor moe_mlp(const Tensor& x, const Tensor& gate_weight, const OptTensor& gate
     a.workspace = view(op, "workspace", workspace);
     moekit::ExecContext ctx = on.ctx();
     ctx.batch_invariant = batch_invariant;
-    moekit::moe_mlp(a, ctx);
+    moekit::run_moe_mlp(p, a, ctx);  // p: its inputs checked above
     return y;
   });
 }

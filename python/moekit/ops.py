@@ -14,7 +14,7 @@ from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 
-from moekit import _autograd
+from moekit import _autograd, _eager
 
 # A float tensor, an MXFP4 (blocks, scales) pair, or (blocks, scales, codes, slab_scales).
 Weights = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
@@ -259,6 +259,13 @@ def moe_mlp(x: torch.Tensor, gate_weight: torch.Tensor, gate_bias: Optional[torc
     the same bits whatever the other tokens of the call (on CUDA: the general path at every T,
     its matmuls as :func:`matmul_ogs` with ``batch_invariant``; fast with repacked weights).
     """
+    if not torch.compiler.is_compiling():
+        # The eager call of plain arguments, read in C (python/csrc/eager_calls.cpp); anything
+        # else (autograd to record included) comes back NotImplemented and takes the path below.
+        y = _eager.moe_mlp(x, gate_weight, gate_bias, mlp1_weight, mlp1_bias, mlp2_weight, mlp2_bias,
+                           experts_per_token, swiglu_alpha, swiglu_limit, batch_invariant)
+        if y is not NotImplemented:
+            return y
     w1, s1, c1, ss1 = _split_weights("moe_mlp", "mlp1_weight", mlp1_weight)
     w2, s2, c2, ss2 = _split_weights("moe_mlp", "mlp2_weight", mlp2_weight)
     _require_int("moe_mlp", "experts_per_token", experts_per_token)

@@ -32,6 +32,10 @@ void run_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& args, const 
 MatmulOgsProblem accept_matmul_ogs_backward(const MatmulOgsBackwardArgs& args);
 void run_matmul_ogs_backward(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs& args, const ExecContext& ctx);
 
+// moe_mlp whose inputs check_moe_mlp_inputs accepted as p (the torch binding sized y and the
+// workspace from p): the rest of moekit::moe_mlp, its outputs' checks and its four steps'.
+void run_moe_mlp(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecContext& ctx);
+
 AddRmsNormProblem accept_add_rms_norm(const TensorView& x, const TensorView& residual, const TensorView& scale,
                                       float eps, const TensorView& sum, const TensorView& out);
 void run_add_rms_norm(const AddRmsNormProblem& p, const TensorView& x, const TensorView& residual,

@@ -29,8 +29,9 @@ auto accept_step(const char* step, const char* arg, Accept&& accept) -> decltype
 
 size_t moe_mlp_workspace_size(const MoeMlpArgs& args) { return check_moe_mlp_inputs(args).workspace.total; }
 
-void moe_mlp(const MoeMlpArgs& a, const ExecContext& ctx) {
-  const MoeMlpProblem p = check_moe_mlp_inputs(a);
+void moe_mlp(const MoeMlpArgs& a, const ExecContext& ctx) { run_moe_mlp(check_moe_mlp_inputs(a), a, ctx); }
+
+void run_moe_mlp(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecContext& ctx) {
   check_moe_mlp_outputs(p, a);
   check_backend("moe_mlp", p.device);
   if (p.T == 0) return;

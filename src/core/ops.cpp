@@ -32,14 +32,14 @@
 namespace moekit {
 
 void check_backend(const char* op, const Device& device) {
-  const std::string where = std::string("moekit.") + op + ": tensors are on " + device.str();
+  const auto where = [&] { return std::string("moekit.") + op + ": tensors are on " + device.str(); };
   if (device.type == DeviceType::kMeta) {
-    throw Error(Error::Kind::kDevice, where + ", which holds no data: moekit validates calls on meta tensors "
-                                              "but runs none");
+    throw Error(Error::Kind::kDevice, where() + ", which holds no data: moekit validates calls on meta tensors "
+                                                "but runs none");
   }
 #if !defined(MOEKIT_WITH_CUDA)
   if (device.type == DeviceType::kCUDA) {
-    throw Error(Error::Kind::kDevice, where + ", but this build of moekit has no CUDA backend");
+    throw Error(Error::Kind::kDevice, where() + ", but this build of moekit has no CUDA backend");
   }
 #endif
 }

@@ -1,0 +1,158 @@
+"""moekit._eager (python/csrc/eager_calls.cpp): the eager call of moekit.moe_mlp with its
+arguments read in C. A call of plain arguments runs the op there and gives the op's bits; any
+other call comes back NotImplemented, and moekit.moe_mlp's general path then gives what it
+always gave: the same result, the same error, autograd's record."""
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+import moekit
+from moekit import _eager
+from conftest import H, MoeLayer
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def layer_on(gen, device, w_kind, **bias):
+    layer = MoeLayer(gen, 4, w_kind, torch.bfloat16, **bias)
+    move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    w1 = tuple(map(move, layer.w1.arg)) if isinstance(layer.w1.arg, tuple) else move(layer.w1.arg)
+    w2 = tuple(map(move, layer.w2.arg)) if isinstance(layer.w2.arg, tuple) else move(layer.w2.arg)
+    return [move(layer.gate_weight), move(layer.gate_bias), w1, move(layer.b1), w2, move(layer.b2)], layer
+
+
+def op_result(x, args, k=2, alpha=1.702, limit=7.0, batch_invariant=False):
+    """torch.ops.moekit.moe_mlp on the same arguments, below the Autograd key (as the wrapper calls it)."""
+    gw, gb, w1, b1, w2, b2 = args
+    parts = lambda w: (list(w) + [None] * (4 - len(w))) if isinstance(w, tuple) else [w, None, None, None]  # noqa: E731
+    (v1, s1, c1, ss1), (v2, s2, c2, ss2) = parts(w1), parts(w2)
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.moekit.moe_mlp.default(x, gw, gb, v1, s1, b1, v2, s2, b2, k, alpha, limit, c1, ss1, c2, ss2,
+                                                batch_invariant)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("w_kind", ["bfloat16", "mxfp4", "slabs"])
+@pytest.mark.parametrize("biases", [True, False])
+def test_plain_call_runs_the_op(gen, device, w_kind, biases):
+    args, layer = layer_on(gen, device, w_kind, gate_bias=biases, mlp1_bias=biases, mlp2_bias=biases)
+    x = layer.draw_x(gen, 9, H, dtype=torch.bfloat16, k=2).to(device)
+    y = _eager.moe_mlp(x, *args, 2, 1.702, 7.0, False)
+    assert isinstance(y, torch.Tensor) and y.device == x.device
+    assert torch.equal(y, op_result(x, args))
+    assert torch.equal(moekit.moe_mlp(x, *args, experts_per_token=2), y)
+    # an int where a float goes, as the wrapper takes it; a list of weight parts as a tuple
+    y_int = _eager.moe_mlp(x, *args[:4], list(args[4]) if isinstance(args[4], tuple) else args[4], args[5], 2, 2, 7,
+                           True)
+    assert torch.equal(y_int, op_result(x, args, alpha=2.0, limit=7.0, batch_invariant=True))
+
+
+class Marked(torch.Tensor):
+    """A tensor subclass: its __torch_function__ is the subclass's to run."""
+
+
+@pytest.mark.parametrize("case", ["subclass", "x 3-d", "x 1-d", "bool k", "float k", "three weight parts",
+                                  "int batch_invariant", "string alpha", "huge int alpha", "requires grad",
+                                  "function mode"])
+def test_other_calls_take_the_general_path(gen, case):
+    args, layer = layer_on(gen, "cpu", "mxfp4")
+    x = layer.draw_x(gen, 6, H, dtype=torch.bfloat16, k=2)
+    scalars = dict(experts_per_token=2, swiglu_alpha=1.702, swiglu_limit=7.0, batch_invariant=False)
+    want = op_result(x, args)
+    if case == "subclass":
+        x = x.as_subclass(Marked)
+    elif case == "x 3-d":
+        x = x.reshape(2, 3, H)
+        want = want.reshape(2, 3, H)
+    elif case == "x 1-d":
+        x, want = x[0], want[0]
+    elif case == "bool k":
+        scalars["experts_per_token"] = True
+    elif case == "float k":
+        scalars["experts_per_token"] = 2.0
+    elif case == "three weight parts":
+        args[2] = args[2] + (args[2][0],)
+    elif case == "int batch_invariant":
+        scalars["batch_invariant"] = 0
+    elif case == "string alpha":
+        scalars["swiglu_alpha"] = "1.702"
+    elif case == "huge int alpha":
+        scalars["swiglu_alpha"] = 10 ** 400
+    elif case == "requires grad":
+        args[1] = args[1].float().requires_grad_()  # gate_bias
+        want = op_result(x, args)
+
+    def general_path():
+        return moekit.moe_mlp(x, *args, **scalars)
+
+    if case == "function mode":
+        class Counting(TorchFunctionMode):
+            calls = 0
+
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                Counting.calls += 1
+                return func(*args, **(kwargs or {}))
+        with Counting():
+            assert _eager.moe_mlp(x, *args, *scalars.values()) is NotImplemented
+            y = moekit.moe_mlp(x, *args, **scalars)
+        assert Counting.calls > 0 and torch.equal(y, want)
+        return
+    assert _eager.moe_mlp(x, *args, *scalars.values()) is NotImplemented
+    if case in ("bool k", "float k", "int batch_invariant", "string alpha"):
+        with pytest.raises(TypeError, match="moekit.moe_mlp: '(experts_per_token|batch_invariant|swiglu_alpha)'"):
+            general_path()
+    elif case == "huge int alpha":
+        with pytest.raises(ValueError, match="an int too large"):
+            general_path()
+    elif case == "three weight parts":
+        with pytest.raises(ValueError, match="a sequence of 3"):
+            general_path()
+    elif case == "requires grad":
+        y = general_path()
+        assert y.grad_fn is not None and torch.equal(y.detach(), want)
+        y.float().sum().backward()
+        assert args[1].grad is not None and torch.isfinite(args[1].grad).all()
+    else:
+        y = general_path()
+        assert type(y) is torch.Tensor or case == "subclass"
+        assert torch.equal(y.as_subclass(torch.Tensor), want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_grad_call_of_a_trainable_layer_runs_in_c(gen, device):
+    args, layer = layer_on(gen, device, "bfloat16")
+    args[0].requires_grad_()
+    x = layer.draw_x(gen, 5, H, dtype=torch.bfloat16, k=2).to(device)
+    assert _eager.moe_mlp(x, *args, 2, 1.702, 7.0, False) is NotImplemented
+    with torch.no_grad():
+        y = _eager.moe_mlp(x, *args, 2, 1.702, 7.0, False)
+        assert isinstance(y, torch.Tensor) and y.grad_fn is None
+        assert torch.equal(y, op_result(x, args))
+
+
+@pytest.mark.parametrize("bad", ["x dtype", "gate shape", "k too large", "alpha beyond float32"])
+def test_errors_are_the_ops(gen, bad):
+    args, layer = layer_on(gen, "cpu", "mxfp4")
+    x = layer.draw_x(gen, 6, H, dtype=torch.bfloat16, k=2)
+    k, alpha = 2, 1.702
+    if bad == "x dtype":
+        x = x.half()
+    elif bad == "gate shape":
+        args[0] = args[0][:, :-1]
+    elif bad == "k too large":
+        k = 5
+    else:
+        alpha = 1e39
+    with pytest.raises(Exception) as eager_error:
+        _eager.moe_mlp(x, *args, k, alpha, 7.0, False)
+    with pytest.raises(Exception) as op_error:
+        op_result(x, args, k=k, alpha=alpha)
+    assert type(eager_error.value) is type(op_error.value) and str(eager_error.value) == str(op_error.value)
+    assert str(eager_error.value).startswith("moekit.moe_mlp: ")
+    assert isinstance(eager_error.value, (TypeError, ValueError))
+
+
+def test_arity_is_checked():
+    with pytest.raises(TypeError, match="expected 11 arguments, got 2"):
+        _eager.moe_mlp(torch.zeros(1, H), None)
