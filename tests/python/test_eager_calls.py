@@ -156,3 +156,32 @@ def test_errors_are_the_ops(gen, bad):
 def test_arity_is_checked():
     with pytest.raises(TypeError, match="expected 11 arguments, got 2"):
         _eager.moe_mlp(torch.zeros(1, H), None)
+
+
+def test_the_gil_is_released_while_the_op_runs(gen):
+    """Another Python thread runs while a call's op works (a rank a thread, another GPU's layer),
+    as torch.ops lets it: the main thread's loop keeps counting between the call's start and end."""
+    import threading
+    import time
+
+    args, layer = layer_on(gen, "cpu", "mxfp4")
+    x = layer.draw_x(gen, 2048, H, dtype=torch.bfloat16, k=2)
+    span, ticks, done = [], [], threading.Event()
+
+    def call():
+        time.sleep(0.01)
+        start = time.perf_counter()
+        y = _eager.moe_mlp(x, *args, 2, 1.702, 7.0, False)
+        span.extend([start, time.perf_counter()])
+        assert isinstance(y, torch.Tensor)
+        done.set()
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    while not done.is_set():
+        ticks.append(time.perf_counter())
+    worker.join()
+    start, end = span
+    inside = [t for t in ticks if start + 0.25 * (end - start) < t < end - 0.25 * (end - start)]
+    assert end - start > 0.005, "the call was too short to tell"
+    assert len(inside) > 100
