@@ -1,7 +1,7 @@
 # Two entry points (see README): `make run` and `make test`. Both set up .venv from
 # requirements.txt, build moekit once into build/python (the op library, its gtest suite and the
 # torch extension, in one CMake build) and install it editable into .venv; they need nothing
-# installed by hand beyond Debian's build tools (g++, cmake, ninja, libgtest-dev), which
+# installed by hand beyond Debian's build tools (g++, cmake, ninja, libgtest-dev, python3-dev), which
 # tools/install_deps.sh adds.
 
 SHELL  := /bin/bash
