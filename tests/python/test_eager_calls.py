@@ -191,6 +191,6 @@ def test_the_profiler_sees_the_op(gen):
     """The call goes through the dispatcher, so torch.profiler records moekit::moe_mlp as before."""
     args, layer = layer_on(gen, "cpu", "mxfp4")
     x = layer.draw_x(gen, 3, H, dtype=torch.bfloat16, k=2)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], acc_events=True) as prof:
         moekit.moe_mlp(x, *args, experts_per_token=2)
     assert [e.name for e in prof.events() if e.name.startswith("moekit::")] == ["moekit::moe_mlp"]
