@@ -194,3 +194,21 @@ def test_the_profiler_sees_the_op(gen):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], acc_events=True) as prof:
         moekit.moe_mlp(x, *args, experts_per_token=2)
     assert [e.name for e in prof.events() if e.name.startswith("moekit::")] == ["moekit::moe_mlp"]
+
+
+def test_a_dispatch_mode_sees_the_op(gen):
+    """The call goes through the dispatcher, so a TorchDispatchMode sees the op as it did through torch.ops."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Recording(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    args, layer = layer_on(gen, "cpu", "mxfp4")
+    x = layer.draw_x(gen, 3, H, dtype=torch.bfloat16, k=2)
+    with Recording():
+        y = _eager.moe_mlp(x, *args, 2, 1.702, 7.0, False)
+    assert "moekit.moe_mlp.default" in seen and torch.equal(y, op_result(x, args))
