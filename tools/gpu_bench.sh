@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: issue 22's measurements, each into $OUT (or ./gpu_bench): the
+# build, the one-token call's host time with a profiler trace (bench/host_calls.py), the layer
+# beside triton_kernels in its default and batch-invariant modes (bench/moe_layer.py; the peer
+# from .peers/, carried), and the config sweep (bench/matmul_ogs_sweep.py). Carry build/wheels
+# (`make gpu-wheels`) and .peers. Each step has its own time limit, so one that overruns leaves
+# the others' results.
+#   bash tools/gpu_bench.sh COMMIT [host] [layer] [sweep]      (default: all three)
+set -uo pipefail
+OUT=${OUT:-gpu_bench}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+commit=${1:?the commit measured: the GPU machine has no .git}
+shift
+steps=${*:-host layer sweep}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+$PY -c "import moekit" 2>/dev/null || OUT=$OUT bash tools/gpu_build.sh || exit 1
+
+step() {  # name, time limit (s), command...
+  local name=$1 limit=$2 start=$SECONDS
+  shift 2
+  timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+  echo "== $name: exit $?, $((SECONDS - start)) s"
+  tail -${TAIL:-20} "$OUT/$name.txt"
+}
+for s in $steps; do
+  case $s in
+    host) step host 120 $PY bench/host_calls.py --device cuda --calls 3000 --commit "$commit" --trace "$OUT/traces" \
+            --out "$OUT/host_calls.json" ;;
+    layer) TAIL=45 step layer 300 $PY bench/moe_layer.py --commit "$commit" --repacked --batch-invariant \
+             --out "$OUT/moe_layer.json" ;;
+    sweep) step sweep 300 $PY bench/matmul_ogs_sweep.py --commit "$commit" --out "$OUT/matmul_ogs_configs.json" ;;
+    *) echo "tools/gpu_bench.sh: unknown step '$s' (host, layer, sweep)"; exit 2 ;;
+  esac
+done
