@@ -4,8 +4,8 @@ enters the op's Python autograd kernel, torch.library.register_autograd, even wh
 requires grad: the wrappers skip it then), in one process, grad mode on.
 
 On the CPU (the default) each runs on empty inputs (no tokens): the time is Python, the
-dispatcher and the C++ checks. With --device cuda the MoE layer also runs at gpt-oss's shapes
-(H = I = 2880, k = 4, MXFP4 experts, --experts E) on one token, the decode step's call: each
+dispatcher and the C++ checks. With --device cuda bench/moe_layer.py's layer also runs (gpt-oss's
+shapes, repacked MXFP4 experts, --experts E) on one token, the decode step's call: each
 call's host time alone (the time until the call returns, its kernels queued, never waited
 for), beside the op called below the Autograd key as the wrapper calls it, so that the
 difference is the wrapper's Python. --trace DIR also writes, per E, a torch.profiler trace (Chrome
@@ -27,6 +27,7 @@ import torch
 
 import moekit
 from common import commit_of
+from moe_layer import ALPHA, H, K, LIMIT, make_layer
 
 
 def cpu_model() -> str:
@@ -110,33 +111,32 @@ def write_trace(path, eager, dev: torch.device) -> None:
 
 
 def decode_step_rows(experts: list, calls: int, dev: torch.device, trace_dir) -> list:
-    H = I = 2880
-    k = 4
+    """The one-token layer of bench/moe_layer.py (its make_layer, repacked experts), and the
+    empty call beside it."""
     out = []
     print(f"{'E':>4s} {'T':>2s} {'wrapper us':>11s} {'op below Autograd us':>21s}")
+    op = torch.ops.moekit.moe_mlp.default
     for E in experts:
         gen = torch.Generator(device=dev).manual_seed(E)
-        mx = lambda n, kk: moekit.quantize_mxfp4(torch.randn(E, n, kk, device=dev, generator=gen) / kk ** 0.5)  # noqa: E731
-        w1, w2 = mx(2 * I, H), mx(H, I)
-        w1, w2 = w1 + moekit.repack_mxfp4(*w1), w2 + moekit.repack_mxfp4(*w2)
-        gate_w = torch.randn(E, H, device=dev, generator=gen).bfloat16()
-        gate_b, b1, b2 = (torch.randn(n, device=dev, generator=gen) for n in (E, (E, 2 * I), (E, H)))
+        layer = make_layer(E, dev, gen, repacked=True)
+        w1, w2 = layer["mlp1_weight"], layer["mlp2_weight"]
         for T in (0, 1):
             x = torch.randn(T, H, device=dev, generator=gen).bfloat16()
-            args = (x, gate_w, gate_b, *w1[:2], b1, *w2[:2], b2, k, 1.702, 7.0, *w1[2:], *w2[2:], False)
-            op = torch.ops.moekit.moe_mlp.default
+            args = (x, layer["gate_weight"], layer["gate_bias"], *w1[:2], layer["mlp1_bias"], *w2[:2],
+                    layer["mlp2_bias"], K, ALPHA, LIMIT, *w1[2:], *w2[2:], False)
+
+            def wrapper():
+                return moekit.moe_mlp(x, **layer, experts_per_token=K)
 
             def below():
                 with torch._C._AutoDispatchBelowAutograd():
                     return op(*args)
-            w_us = host_us(lambda: moekit.moe_mlp(x, gate_w, gate_b, w1, b1, w2, b2, experts_per_token=k), calls, dev)
-            op_us = host_us(below, calls, dev)
+            w_us, op_us = host_us(wrapper, calls, dev), host_us(below, calls, dev)
             out.append(dict(op="moe_mlp", E=E, T=T, wrapper_us=w_us, torch_ops_below_autograd_us=op_us))
             print(f"{E:4d} {T:2d} {w_us:11.2f} {op_us:21.2f}")
             if trace_dir is not None and T == 1:
                 trace_dir.mkdir(parents=True, exist_ok=True)
-                write_trace(trace_dir / f"moe_mlp_E{E}_T1.json",
-                            lambda: moekit.moe_mlp(x, gate_w, gate_b, w1, b1, w2, b2, experts_per_token=k), dev)
+                write_trace(trace_dir / f"moe_mlp_E{E}_T1.json", wrapper, dev)
     return out
 
 
