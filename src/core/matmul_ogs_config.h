@@ -240,6 +240,19 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
   return fits(MatmulOgsKernel::kTiled64) ? MatmulOgsKernel::kTiled64 : MatmulOgsKernel::kSimt;
 }
 
+// The most tokens moe_mlp's CUDA decode path (src/cuda/kernels/moe) takes for problem p on
+// `device`; past it the layer runs its four steps through matmul_ogs. With both mlps' weights
+// repacked, where the swap-AB loop runs (sm_90 with its shared memory), the loop is the faster
+// past the decode kernels' 8-row units (H100, the layer at 920bc68, tk / moekit with the decode
+// kernels against the loop: E = 32 T = 5..8 1.04-1.33 against 1.31-1.51, E = 128 0.98-1.09
+// against 1.22-1.33; at T = 4 1.57 / 1.59 and 1.54 / 1.51, at 1..3 the decode kernels 1.07-1.31x
+// ahead: bench/results/moe_layer_H100_decode_vs_loop.txt).
+inline int64_t moe_decode_max_tokens(const MoeMlpProblem& p, const DeviceInfo& device) {
+  const bool loop = p.slabs1 && p.slabs2 && device.major == 9 && device.minor == 0 &&
+                    device.max_smem_per_block_optin >= kSwapabSharedMemoryBytes;
+  return loop ? kMoeDecodeHalvesMaxTokens : kMoeDecodeMaxTokens;
+}
+
 // The kernel an override names; refused, listing the names, when none has it.
 MatmulOgsKernel matmul_ogs_kernel_named(const std::string& name);
 

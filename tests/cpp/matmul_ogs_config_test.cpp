@@ -325,4 +325,17 @@ TEST(MatmulOgsConfig, TheTableDescribesEachKernel) {
   EXPECT_EQ(moekit::matmul_ogs_config(MatmulOgsKernel::kStream8, false).tile_cols, 16);
 }
 
+TEST(MoeDecodeMaxTokens, FourTokensBesideRepackedWeightsWhereTheSwapAbLoopRuns) {
+  moekit::MoeMlpProblem p;
+  EXPECT_EQ(moekit::moe_decode_max_tokens(p, device(9)), 8) << "checkpoint layout: the decode kernels to 8";
+  p.slabs1 = true;
+  EXPECT_EQ(moekit::moe_decode_max_tokens(p, device(9)), 8) << "mlp2 not repacked";
+  p.slabs2 = true;
+  EXPECT_EQ(moekit::moe_decode_max_tokens(p, device(9)), 4) << "the loop faster from 5 tokens";
+  EXPECT_EQ(moekit::moe_decode_max_tokens(p, device(8)), 8) << "no swap-AB loop on sm_80";
+  moekit::DeviceInfo small = device(9);
+  small.max_smem_per_block_optin = moekit::kSwapabSharedMemoryBytes - 1;
+  EXPECT_EQ(moekit::moe_decode_max_tokens(p, small), 8) << "no room for the loop's ring";
+}
+
 }  // namespace

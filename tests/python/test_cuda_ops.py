@@ -161,14 +161,15 @@ def test_matmul_ogs_matches_cpu(T, E, k, mxfp4):
 
 
 @pytest.mark.parametrize("invariant", [False, True], ids=["default", "batch_invariant"])
-@pytest.mark.parametrize("T,E,decode_path", [(7, 32, True), (128, 32, False), (1000, 128, False)])
-def test_moe_mlp_with_repacked_weights_matches_cpu(T, E, decode_path, invariant):
+@pytest.mark.parametrize("T,E", [(4, 32), (7, 32), (128, 32), (1000, 128)])
+def test_moe_mlp_with_repacked_weights_matches_cpu(T, E, invariant):
     """The layer given each expert weight with its repack_mxfp4 output too (the operand of the
     swap-AB kernels), on the decode path and the matmul path, by default and batch-invariant (on
-    sm_90 the swap-AB kernels for mlp1 and mlp2 past the decode path, and with the flag always:
+    sm_90 the swap-AB kernels for mlp1 and mlp2 past 4 tokens, and with the flag always:
     K = 96 and 160, partial k steps; mlp2's N = 96, a partial slab): the CPU's result (which
     reads the checkpoint layout) within the layer's bound, bitwise stable."""
-    if invariant and torch.cuda.get_device_capability() != (9, 0):
+    sm90 = torch.cuda.get_device_capability() == (9, 0)
+    if invariant and not sm90:
         pytest.skip("the swap-AB kernels need sm_90")
     gen = generator("moe-slabs", T, E)
     x = torch.randn(T, H, generator=gen).bfloat16()
@@ -178,11 +179,13 @@ def test_moe_mlp_with_repacked_weights_matches_cpu(T, E, decode_path, invariant)
         L[name] = L[name] + moekit.repack_mxfp4(*L[name])
     got, ran = cuda_kernels_during(lambda: run3(lambda: moekit.moe_mlp(x.cuda(), **to_cuda(L), experts_per_token=4,
                                                                         batch_invariant=invariant)))
-    # The swap-AB kernels run where the choice takes them: always with the flag; by default on
-    # sm_90 off the decode path (here 16 and 32 rows per expert, which they take). Each case says
+    # Where the choice takes each path: the swap-AB kernels always with the flag; by default the
+    # decode kernels up to 4 tokens beside repacked weights on sm_90 (8 elsewhere), then on sm_90
+    # the swap-AB kernels (here 1, 16 and 32 rows per expert, which they take). Each case says
     # which path its T takes, so a change of the decode path's limit fails here, not silently.
-    takes_swapab = invariant or (not decode_path and torch.cuda.get_device_capability() == (9, 0))
-    assert any("swapab" in name for name in ran) == takes_swapab, ran
+    decode_path = not invariant and T <= (4 if sm90 else 8)
+    assert (sum("moe_decode" in name for name in ran) == 3) == decode_path, ran
+    assert any("swapab" in name for name in ran) == (sm90 and not decode_path), ran
     assert torch.isfinite(got).all()
     assert rel_err(got, want) < 5e-3
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "../../core/check.h"
+#include "../../core/matmul_ogs_config.h"
 #include "../kernels/moe/decode_experts.cuh"
 #include "../kernels/moe/decode_gate.cuh"
 #include "../runtime/device_guard.h"
@@ -45,7 +46,8 @@ bool moe_mlp_decode_fits(const MoeMlpProblem& p, const MoeMlpArgs& a) {
   const size_t smem = std::max(moe_decode_mlp1_bytes(p.T, p.H, ExpertsConfig::kWarps, halves),
                                moe_decode_x_bytes(p.T * p.k, p.I, halves)) +
                       sizeof(DecodeRoute);
-  return p.decode.fits && smem <= static_cast<size_t>(device.max_smem_per_block_optin) &&
+  return p.decode.fits && p.T <= moe_decode_max_tokens(p, device) &&
+         smem <= static_cast<size_t>(device.max_smem_per_block_optin) &&
          a.x.dtype == DType::kBFloat16 && a.mlp1.scales.present() && a.mlp2.scales.present() && p.H % 8 == 0 &&
          p.I % 8 == 0 && aligned16(a.x) && aligned16(a.gate_weight) && aligned16(a.mlp1.values) &&
          aligned16(a.mlp2.values) && aligned16(a.workspace) && device.major >= 8;
