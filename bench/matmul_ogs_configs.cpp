@@ -44,7 +44,7 @@ std::vector<std::string> split(const std::string& s) {
 
 int main(int argc, char** argv) {
   int E = 32, T = 512, mlp = 1;
-  std::string configs = "simt,stream8,stream16,stream32,tiled64,wgmma128,swapab16,swapab32,swapab64,swapab128";
+  std::string configs = "simt,stream8,stream16,stream32,tiled64,wgmma128,swapab16,swapab32,swapab80";
   if (!parse_layer_flags(argc, argv, E, T, mlp, {{"--configs", &configs}})) return 2;
   const MlpLayer l = make_mlp_layer(E, T, mlp);
 

@@ -211,7 +211,7 @@ def matmul_ogs(x: torch.Tensor, w: Weights, bias: Optional[torch.Tensor] = None,
     where ``expert_offsets[e] <= p < expert_offsets[e+1]``; ``h[p] = row @ w[e].T + bias[e]``
     with fp32 accumulation. ``w`` is float [E, N, K] or an MXFP4 pair ([E, N, K/32, 16],
     [E, N, K/32]), optionally with its :func:`repack_mxfp4` output as (blocks, scales, codes,
-    slab_scales), which the swap-AB kernels (``config="swapab64"``...) read.
+    slab_scales), which the swap-AB kernels (``config="swapab32"``...) read.
     ``swiglu=(alpha, limit)`` turns h's interleaved (glu, linear) column pairs into SwiGLU (N/2
     columns). With ``scatter_idx`` [T, k] the output row t is
     ``sum_j combine_weight[t, j] * h[scatter_idx[t, j]]``. The output has x's dtype, or

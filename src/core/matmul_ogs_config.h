@@ -52,17 +52,15 @@ enum class MatmulOgsKernel {
   kWmma64,        // bf16 weights: nvcuda::wmma on 64 x 64 tiles staged in shared memory
   kGemv,          // one dense bf16 weight, a few rows of x (sm_90): weights copied in before the wait
   kSwapab16,      // MXFP4 weights repacked (repack_mxfp4) on sm_90: swap-AB wgmma, the weights decoded in
-  kSwapab32,      //   registers as A (128 rows a work item), token tiles of 16 .. 128 rows as N, a
-  kSwapab64,      //   producer warp's bulk copies into an mbarrier ring, persistent
-  kSwapab80,      //   (80 rows: one tile for experts of 65 to 80, where 64-row tiles decode the weights twice)
-  kSwapab128,
+  kSwapab32,      //   registers as A (192 rows a work item), token tiles of 16, 32 or 80 rows as N, a
+  kSwapab80,      //   producer warp's bulk copies into an mbarrier ring, persistent (80 rows: one tile
+                  //   for experts of 65 to 80, where 64-row tiles would decode the weights twice)
 };
 constexpr MatmulOgsKernel kMatmulOgsKernels[] = {
     MatmulOgsKernel::kSimt,     MatmulOgsKernel::kStream8,  MatmulOgsKernel::kStream8Wide,
     MatmulOgsKernel::kStream16, MatmulOgsKernel::kStream32, MatmulOgsKernel::kTiled64,
     MatmulOgsKernel::kWgmma128, MatmulOgsKernel::kWmma64,   MatmulOgsKernel::kGemv,
-    MatmulOgsKernel::kSwapab16, MatmulOgsKernel::kSwapab32, MatmulOgsKernel::kSwapab64, MatmulOgsKernel::kSwapab80,
-    MatmulOgsKernel::kSwapab128};
+    MatmulOgsKernel::kSwapab16, MatmulOgsKernel::kSwapab32, MatmulOgsKernel::kSwapab80};
 
 // How a kernel's blocks cover the problem.
 enum class MatmulOgsSchedule {
@@ -99,9 +97,7 @@ inline const char* matmul_ogs_kernel_name(MatmulOgsKernel k) {
     case MatmulOgsKernel::kGemv: return "gemv";
     case MatmulOgsKernel::kSwapab16: return "swapab16";
     case MatmulOgsKernel::kSwapab32: return "swapab32";
-    case MatmulOgsKernel::kSwapab64: return "swapab64";
     case MatmulOgsKernel::kSwapab80: return "swapab80";
-    case MatmulOgsKernel::kSwapab128: return "swapab128";
   }
   return "?";
 }
@@ -120,13 +116,11 @@ constexpr MatmulOgsConfig matmul_ogs_config(MatmulOgsKernel kernel, bool mxfp4) 
     case MatmulOgsKernel::kWgmma128: return {kernel, 128, 128, 64, 3, 8, 1, 1, S::kTileGrid};
     case MatmulOgsKernel::kWmma64: return {kernel, 64, 64, 32, 1, 4, 1, 1, S::kTileGrid};
     case MatmulOgsKernel::kGemv: return {kernel, kGemvMaxRows, 0, 0, 1, kGemvWarps, 1, 1, S::kColumnShares};
-    // 16 warps: three consumer warpgroups (a 64-row slab each) and the producer's (12 and two at
-    // 128 rows); stages of 4 (2 at 128 rows) k steps.
+    // 16 warps: three consumer warpgroups (a 64-row slab each) and the producer's; stages of 4 k
+    // steps.
     case MatmulOgsKernel::kSwapab16: return {kernel, 16, 192, 64, 6, 16, 1, 1, S::kPersistent};
     case MatmulOgsKernel::kSwapab32: return {kernel, 32, 192, 64, 5, 16, 1, 1, S::kPersistent};
-    case MatmulOgsKernel::kSwapab64: return {kernel, 64, 192, 64, 3, 16, 1, 1, S::kPersistent};
     case MatmulOgsKernel::kSwapab80: return {kernel, 80, 192, 64, 3, 16, 1, 1, S::kPersistent};
-    case MatmulOgsKernel::kSwapab128: return {kernel, 128, 128, 64, 5, 12, 1, 1, S::kPersistent};
   }
   return {};
 }
@@ -175,9 +169,7 @@ inline const char* matmul_ogs_config_refusal(MatmulOgsKernel kernel, const Matmu
       return gemv_shared_rows(p, device, 1) > 0 ? nullptr : "a weight row and x in shared memory";
     case MatmulOgsKernel::kSwapab16:
     case MatmulOgsKernel::kSwapab32:
-    case MatmulOgsKernel::kSwapab64:
     case MatmulOgsKernel::kSwapab80:
-    case MatmulOgsKernel::kSwapab128:
       if (!p.mxfp4) return "MXFP4 weights";
       if (o.recompute) return "a forward call (its epilogue has no backward recompute)";
       if (!o.slabs) return "the weights repacked by repack_mxfp4 (slab codes and scales) and matmul_ogs's workspace";

@@ -187,14 +187,13 @@ TEST(MatmulOgsConfig, AForcedConfigRunsWhereItCanAndIsRefusedWhereItCannot) {
                                            "weight without expert offsets, gather, scatter or SwiGLU");
   EXPECT_EQ(refusal(p, device(9), "fast"), "moekit.matmul_ogs: 'config' expected one of simt, stream8, stream8_wide, "
                                            "stream16, stream32, tiled64, wgmma128, wmma64, gemv, swapab16, "
-                                           "swapab32, swapab64, swapab80, swapab128, got 'fast'");
+                                           "swapab32, swapab80, got 'fast'");
 }
 
 TEST(MatmulOgsConfig, TheSwapAbKernelsRunRepackedMxfp4OnSm90) {
   const moekit::MatmulOgsOperands slabs{true, false, true, true, true};
   const moekit::MatmulOgsOperands no_slabs{true, false, true, true, false};
-  for (MatmulOgsKernel k : {MatmulOgsKernel::kSwapab16, MatmulOgsKernel::kSwapab32, MatmulOgsKernel::kSwapab64,
-                            MatmulOgsKernel::kSwapab80, MatmulOgsKernel::kSwapab128}) {
+  for (MatmulOgsKernel k : {MatmulOgsKernel::kSwapab16, MatmulOgsKernel::kSwapab32, MatmulOgsKernel::kSwapab80}) {
     const std::string name = moekit::matmul_ogs_kernel_name(k);
     for (int64_t P : {16, 512, 2048, 32768}) {
       const moekit::MatmulOgsProblem p = problem(P, 32, 2880, true);
@@ -211,7 +210,7 @@ TEST(MatmulOgsConfig, TheSwapAbKernelsRunRepackedMxfp4OnSm90) {
                    "MXFP4 weights");
       const moekit::MatmulOgsConfig c = moekit::matmul_ogs_launch_config(p, slabs, device(9), name);
       EXPECT_EQ(c.kernel, k);
-      EXPECT_EQ(c.tile_cols, k == MatmulOgsKernel::kSwapab128 ? 128 : 192) << "64-row slabs, three a work item (two at 128 rows)";
+      EXPECT_EQ(c.tile_cols, 192) << "64-row slabs, three a work item";
       EXPECT_EQ(c.schedule, moekit::MatmulOgsSchedule::kPersistent);
     }
   }

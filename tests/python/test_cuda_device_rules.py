@@ -138,8 +138,7 @@ def test_swap_ab_kernels_on_a_side_stream_and_in_a_graph():
                                                  scatter_idx=r.scatter_idx, combine_weight=r.expert_weight,
                                                  config=config),
     }
-    for (name, step), config in itertools.product(calls.items(), ("swapab16", "swapab32", "swapab64", "swapab80",
-                                                                  "swapab128")):
+    for (name, step), config in itertools.product(calls.items(), ("swapab16", "swapab32", "swapab80")):
         call = lambda: step(config)  # noqa: E731
         device_before = torch.cuda.current_device()
         side = torch.cuda.Stream()

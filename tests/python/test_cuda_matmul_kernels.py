@@ -314,9 +314,7 @@ FORCED = {  # config -> (weight kinds it runs, the kernel's name as the profiler
     "wmma64": (["bfloat16"], "matmul_ogs_wmma_kernel"),
     "swapab16": (["slabs"], "matmul_ogs_swapab_kernel<moekit::cuda::swapab::Shape<16, "),
     "swapab32": (["slabs"], "matmul_ogs_swapab_kernel<moekit::cuda::swapab::Shape<32, "),
-    "swapab64": (["slabs"], "matmul_ogs_swapab_kernel<moekit::cuda::swapab::Shape<64, "),
     "swapab80": (["slabs"], "matmul_ogs_swapab_kernel<moekit::cuda::swapab::Shape<80, "),
-    "swapab128": (["slabs"], "matmul_ogs_swapab_kernel<moekit::cuda::swapab::Shape<128, "),
 }
 SWAPAB = [c for c in FORCED if c.startswith("swapab")]
 
@@ -452,7 +450,7 @@ def test_the_gemv_forced(gen):
     ("stream8_wide", "mxfp4", "it needs bf16 weights"),
     ("gemv", "mxfp4", "it needs one dense bf16 weight"),
     ("stream8", "float32", "it needs bf16 x"),
-    ("swapab64", "mxfp4", "it needs the weights repacked by repack_mxfp4"),
+    ("swapab80", "mxfp4", "it needs the weights repacked by repack_mxfp4"),
     ("swapab16", "bfloat16", "it needs MXFP4 weights"),
 ])
 def test_a_config_that_cannot_run_the_call_is_refused(gen, config, kind, why):

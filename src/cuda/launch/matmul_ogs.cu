@@ -53,9 +53,7 @@ constexpr bool swapab_config_is(MatmulOgsKernel k) {
 }
 static_assert(swapab_config_is<swapab::Swapab16>(MatmulOgsKernel::kSwapab16) &&
                   swapab_config_is<swapab::Swapab32>(MatmulOgsKernel::kSwapab32) &&
-                  swapab_config_is<swapab::Swapab64>(MatmulOgsKernel::kSwapab64) &&
-                  swapab_config_is<swapab::Swapab80>(MatmulOgsKernel::kSwapab80) &&
-                  swapab_config_is<swapab::Swapab128>(MatmulOgsKernel::kSwapab128), "swapab");
+                  swapab_config_is<swapab::Swapab80>(MatmulOgsKernel::kSwapab80), "swapab");
 
 // A block per (row tile, column tile) of the planned list.
 dim3 tile_grid(const MatmulOgsProblem& p, const MatmulOgsParams& params, const MatmulOgsConfig& c) {
@@ -209,9 +207,7 @@ void launch_matmul_ogs_rows(const MatmulOgsProblem& p, const MatmulOgsArgs& a, c
     case MatmulOgsKernel::kGemv: launch_gemv(p, params, stream); break;
     case MatmulOgsKernel::kSwapab16: launch_swapab<swapab::Swapab16>(p, params, stream, ctx); break;
     case MatmulOgsKernel::kSwapab32: launch_swapab<swapab::Swapab32>(p, params, stream, ctx); break;
-    case MatmulOgsKernel::kSwapab64: launch_swapab<swapab::Swapab64>(p, params, stream, ctx); break;
     case MatmulOgsKernel::kSwapab80: launch_swapab<swapab::Swapab80>(p, params, stream, ctx); break;
-    case MatmulOgsKernel::kSwapab128: launch_swapab<swapab::Swapab128>(p, params, stream, ctx); break;
     case MatmulOgsKernel::kSimt:
       if (a.x.dtype == DType::kBFloat16) launch_simt<bf16>(p, a, c, params, stream, ctx);
       else launch_simt<float>(p, a, c, params, stream, ctx);

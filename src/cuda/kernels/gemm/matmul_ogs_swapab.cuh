@@ -81,14 +81,11 @@ struct Shape {
   static_assert(kConsumerRegisters >= 24, "setmaxnreg's least");
 };
 
-// The library's configs (matmul_ogs_config.h), as many stages as fit: three consumer warpgroups
-// up to 80 rows (to 64 on an H200 10-12% faster than two: bench/results/swapab_variants_H200.txt),
-// two at 128 (not measured with three).
+// The library's configs (matmul_ogs_config.h), as many stages as fit, three consumer warpgroups
+// (to 64 rows on an H200 10-12% faster than two: bench/results/swapab_variants_H200.txt).
 using Swapab16 = Shape<16, 4, 6, 3>;
 using Swapab32 = Shape<32, 4, 5, 3>;
-using Swapab64 = Shape<64, 4, 3, 3>;
 using Swapab80 = Shape<80, 4, 3, 3>;
-using Swapab128 = Shape<128, 2, 5, 2>;
 }  // namespace swapab
 
 // Where staged x holds 16-byte piece c (0..7) of k step s of problem row r: rows of 128 bytes,
