@@ -184,7 +184,7 @@ def test_moe_mlp_with_repacked_weights_matches_cpu(T, E, invariant):
     # the swap-AB kernels (here 1, 16 and 32 rows per expert, which they take). Each case says
     # which path its T takes, so a change of the decode path's limit fails here, not silently.
     decode_path = not invariant and T <= (4 if sm90 else 8)
-    assert (sum("moe_decode" in name for name in ran) == 3) == decode_path, ran
+    assert any("moe_decode" in name for name in ran) == decode_path, ran
     assert any("swapab" in name for name in ran) == (sm90 and not decode_path), ran
     assert torch.isfinite(got).all()
     assert rel_err(got, want) < 5e-3
