@@ -75,10 +75,12 @@ run: install
 	@OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m moekit.generate \
 	  $(RUN_ARGS)
 
-# The wheels an offline GPU machine needs beyond its image (tools/gpu_build.sh installs them from
-# build/wheels): requirements-headers.txt's (CuTe's headers).
+# The wheels an offline GPU machine needs beyond its image, installed there from build/wheels:
+# requirements-headers.txt's (CuTe's headers; tools/gpu_build.sh) and pytest-xdist with execnet,
+# pinned in requirements.txt (tools/gpu_check.sh).
 gpu-wheels: setup
-	$(PY) -m pip download -q --no-deps -d build/wheels -r requirements-headers.txt
+	$(PY) -m pip download -q --no-deps -d build/wheels -r requirements-headers.txt \
+	  $$(grep -E '^(pytest-xdist|execnet)==' requirements.txt)
 
 clean:
 	rm -rf build $(VENV)

@@ -13,7 +13,16 @@ echo "== build"
 bash tools/gpu_build.sh || exit 1
 
 echo "== pytest (all)"
-$PY -m pytest -q -rs ${TESTS:-tests/python tests/multigpu} -p no:cacheprovider --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.log" | tail -15
+# In JOBS processes side by side (pytest-xdist, from the carried build/wheels): one after another
+# the tests take ~50 minutes on an H100, five times a call's limit.
+if ! $PY -c "import xdist" 2>/dev/null; then
+  $PY -m pip install -q --no-deps --no-index --find-links build/wheels $(grep -E '^(pytest-xdist|execnet)==' requirements.txt) || {
+    echo "moekit: pytest-xdist is not installed and build/wheels lacks it: run \`make gpu-wheels\` and carry build/wheels"
+    exit 1
+  }
+fi
+$PY -m pytest -q -rs -n "${JOBS:-8}" ${TESTS:-tests/python tests/multigpu} -p no:cacheprovider --junitxml="$OUT/pytest.xml" 2>&1 |
+  tee "$OUT/pytest.log" | tail -15
 
 if [ "${1:-}" != "quick" ]; then
   echo "== compute-sanitizer"
