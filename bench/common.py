@@ -38,24 +38,38 @@ def driver_version() -> str:
     return smi.stdout.strip().splitlines()[0] if smi.returncode == 0 and smi.stdout.strip() else "unknown"
 
 
+def call_ms(fn, flush=None, idle_start=False) -> float:
+    """The CUDA-event time of one fn() (ms), flush() before it. By default the host queues fn()
+    while the flush still runs, so the time is the GPU's alone (the host's launching hidden behind
+    the flush). idle_start waits for the GPU before the call instead: the time then counts the
+    host's launching too, what eager minus graph measures."""
+    if flush is not None:
+        flush()
+    if idle_start:
+        torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
 def median_ms(fn, reps, flush=None, idle_start=False):
-    """The median of reps CUDA-event times of fn() (ms), flush() before each. By default the host
-    queues fn() while the flush still runs, so a time is the GPU's alone (the host's launching
-    hidden behind the flush). idle_start waits for the GPU before each call instead: the time
-    then counts the host's launching too, what eager minus graph measures."""
-    times = []
-    for _ in range(reps):
-        if flush is not None:
-            flush()
-        if idle_start:
-            torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    """The median of reps times of fn() (call_ms)."""
+    return statistics.median(call_ms(fn, flush, idle_start) for _ in range(reps))
+
+
+def overhead_ms(eager, replay, reps, flush=None):
+    """eager()'s time over replay()'s (a CUDA graph of it), each call started on an idle GPU: the
+    median of reps paired differences, the two calls of a pair back to back (in turn which first),
+    so that a drift of the host's or the GPU's clocks over the run cancels."""
+    diffs = []
+    for i in range(reps):
+        pair = (eager, replay) if i % 2 == 0 else (replay, eager)
+        times = {fn: call_ms(fn, flush, idle_start=True) for fn in pair}
+        diffs.append(times[eager] - times[replay])
+    return statistics.median(diffs)
 
 
 def ceilings(dev):

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import moekit
-from common import ceilings, commit_of, driver_version, median_ms, sweep_arguments
+from common import ceilings, commit_of, driver_version, median_ms, overhead_ms, sweep_arguments
 
 H = I = 2880
 K = 4
@@ -85,22 +85,25 @@ def reference_f32(x, layer, w1, w2):
     return y, top.indices
 
 
+# Pairs of calls whose differences the eager overhead is the median of: two medians of 20 calls,
+# taken apart, read 6-18 us at T = 1 in five runs on an H100 (bench/results/moe_layer_H100_eager_T1.txt).
+OVERHEAD_PAIRS = 60
+
+
 def time_layer(run, dev, reps, flush):
     """run()'s median CUDA-graph time (ms; L2 flushed before each, the replay queued behind the
-    flush: the GPU's time), its eager overhead (eager minus graph, both started on an idle GPU, so
-    that the host's work counts: queued behind the flush, the eager call's launching would hide
-    there), and the graph with its output (kept together: the output lives in the graph's memory
+    flush: the GPU's time), its eager overhead (eager minus graph in pairs of calls, each started
+    on an idle GPU, so that the host's work counts: queued behind the flush, the eager call's
+    launching would hide there; common.overhead_ms), and the graph with its output (kept together: the output lives in the graph's memory
     pool) and the warm-up's eager output."""
     for _ in range(3):  # warm-ups, outside the timings: triton_kernels compiles its kernels on the
         eager_y = run()  # first; the host's caches and the allocator's pool settle on the next
     torch.cuda.synchronize(dev)
-    eager_ms = median_ms(run, reps, flush, idle_start=True)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         y = run()
     graph_ms = median_ms(graph.replay, reps, flush)
-    overhead_ms = eager_ms - median_ms(graph.replay, reps, flush, idle_start=True)
-    return graph_ms, overhead_ms, (graph, y, eager_y)
+    return graph_ms, overhead_ms(run, graph.replay, max(reps, OVERHEAD_PAIRS), flush), (graph, y, eager_y)
 
 
 def main():
