@@ -2,10 +2,12 @@
 # One call on the GPU machine: issue 22's measurements, each into $OUT (or ./gpu_bench): the
 # build, the one-token call's host time with a profiler trace (bench/host_calls.py), the layer
 # beside triton_kernels in its default and batch-invariant modes (bench/moe_layer.py; the peer
-# from .peers/, carried), and the config sweep (bench/matmul_ogs_sweep.py). Carry build/wheels
+# from .peers/, carried), the config sweep (bench/matmul_ogs_sweep.py), and at T = 1 .. 8 the
+# layer given repacked weights beside the layer given the checkpoint layout alone, whose T <= 8
+# calls take the decode kernels (where moe_decode_max_tokens ends them beside repacked weights). Carry build/wheels
 # (`make gpu-wheels`) and .peers. Each step has its own time limit, so one that overruns leaves
 # the others' results.
-#   bash tools/gpu_bench.sh COMMIT [host] [layer] [sweep]      (default: all three)
+#   bash tools/gpu_bench.sh COMMIT [host] [layer] [sweep] [decode]      (default: all four)
 set -uo pipefail
 OUT=${OUT:-gpu_bench}
 mkdir -p "$OUT"
@@ -13,7 +15,7 @@ export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 commit=${1:?the commit measured: the GPU machine has no .git}
 shift
-steps=${*:-host layer sweep}
+steps=${*:-host layer sweep decode}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 $PY -c "import moekit" 2>/dev/null || OUT=$OUT bash tools/gpu_build.sh || exit 1
 
@@ -31,6 +33,10 @@ for s in $steps; do
     layer) TAIL=45 step layer 300 $PY bench/moe_layer.py --commit "$commit" --repacked --batch-invariant \
              --out "$OUT/moe_layer.json" ;;
     sweep) step sweep 300 $PY bench/matmul_ogs_sweep.py --commit "$commit" --out "$OUT/matmul_ogs_configs.json" ;;
-    *) echo "tools/gpu_bench.sh: unknown step '$s' (host, layer, sweep)"; exit 2 ;;
+    decode) step decode_repacked 100 $PY bench/moe_layer.py --commit "$commit" --repacked --tokens 1 2 3 4 5 6 7 8 \
+              --out "$OUT/moe_layer_decode_repacked.json"
+            step decode_checkpoint 100 $PY bench/moe_layer.py --commit "$commit" --tokens 1 2 3 4 5 6 7 8 \
+              --out "$OUT/moe_layer_decode_checkpoint.json" ;;
+    *) echo "tools/gpu_bench.sh: unknown step '$s' (host, layer, sweep, decode)"; exit 2 ;;
   esac
 done
