@@ -188,6 +188,11 @@ def repack_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> Tuple[torch.Tens
 def route(logits: torch.Tensor, k: int) -> Routing:
     """Top-k routing of ``logits`` [T, E]; see :class:`Routing`. Differentiable: the expert
     weights' gradient reaches each token's k chosen logits (the others take none)."""
+    if not torch.compiler.is_compiling():
+        # The eager call of plain arguments, read in C (python/csrc/eager_calls.cpp), as moe_mlp's.
+        outputs = _eager.route(logits, k)
+        if outputs is not NotImplemented:
+            return Routing(*outputs)
     _require_int("route", "k", k)
     try:
         return Routing(*_call(torch.ops.moekit.route.default, (logits, k), _requires_grad((logits,))))
@@ -302,6 +307,11 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor,
     (float32 arithmetic, rounded to x's dtype). ``x`` and ``residual`` are [T, H] of one dtype
     (float32 or bfloat16), ``scale`` float32 [H].
     """
+    if not torch.compiler.is_compiling():
+        # The eager call of plain arguments, read in C (python/csrc/eager_calls.cpp), as moe_mlp's.
+        outputs = _eager.add_rms_norm(x, residual, scale, eps)
+        if outputs is not NotImplemented:
+            return outputs
     args = (x, residual, scale, _require_float("add_rms_norm", "eps", eps))
     try:
         return _call(torch.ops.moekit.add_rms_norm.default, args, _requires_grad((x, residual, scale)))

@@ -1,7 +1,7 @@
-"""moekit._eager (python/csrc/eager_calls.cpp): the eager call of moekit.moe_mlp with its
-arguments read in C. A call of plain arguments runs the op there and gives the op's bits; any
-other call comes back NotImplemented, and moekit.moe_mlp's general path then gives what it
-always gave: the same result, the same error, autograd's record."""
+"""moekit._eager (python/csrc/eager_calls.cpp): the eager calls of moekit.moe_mlp, route and
+add_rms_norm with their arguments read in C. A call of plain arguments runs the op there and
+gives the op's bits; any other call comes back NotImplemented, and the wrapper's general path
+then gives what it always gave: the same result, the same error, autograd's record."""
 
 import pytest
 import torch
@@ -212,3 +212,139 @@ def test_a_dispatch_mode_sees_the_op(gen):
     with Recording():
         y = _eager.moe_mlp(x, *args, 2, 1.702, 7.0, False)
     assert "moekit.moe_mlp.default" in seen and torch.equal(y, op_result(x, args))
+
+
+# route and add_rms_norm: their entries, each call's plain arguments, and the op below the Autograd key.
+def route_call(gen, device):
+    logits = torch.randn(7, 8, generator=gen).to(device)
+    return (logits, 3)
+
+
+def add_rms_norm_call(gen, device):
+    x = torch.randn(5, H, generator=gen).bfloat16().to(device)
+    residual = torch.randn(5, H, generator=gen).bfloat16().to(device)
+    return (x, residual, torch.rand(H, generator=gen).to(device) + 0.5, 1e-5)
+
+
+SMALL_OPS = {  # name -> (arguments, wrapper, entry, op)
+    "route": (route_call, moekit.route, _eager.route, torch.ops.moekit.route.default),
+    "add_rms_norm": (add_rms_norm_call, moekit.add_rms_norm, _eager.add_rms_norm,
+                     torch.ops.moekit.add_rms_norm.default),
+}
+
+
+def below_autograd(op, args):
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
+def same_outputs(got, want):
+    return len(got) == len(want) and all(type(g) is torch.Tensor and torch.equal(g, w) for g, w in zip(got, want))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(SMALL_OPS))
+def test_plain_call_of_route_and_add_rms_norm_runs_the_op(gen, device, name):
+    make, wrapper, entry, op = SMALL_OPS[name]
+    args = make(gen, device)
+    want = below_autograd(op, args)
+    got = entry(*args)
+    assert type(got) is tuple and same_outputs(got, want)
+    result = wrapper(*args)
+    assert type(result) is (moekit.Routing if name == "route" else tuple) and same_outputs(tuple(result), want)
+    if name == "add_rms_norm":  # an int eps, as the wrapper takes it
+        assert same_outputs(entry(*args[:3], 1), below_autograd(op, (*args[:3], 1.0)))
+
+
+@pytest.mark.parametrize("name,case", [(name, case) for name in SMALL_OPS
+                                       for case in ("subclass", "bool scalar", "float k" if name == "route" else
+                                                    "string eps", "huge int scalar", "requires grad", "function mode")])
+def test_other_calls_of_route_and_add_rms_norm_take_the_general_path(gen, name, case):
+    make, wrapper, entry, op = SMALL_OPS[name]
+    args = list(make(gen, "cpu"))
+    want = below_autograd(op, args)
+    error = None
+    if case == "subclass":
+        args[0] = args[0].as_subclass(Marked)
+    elif case == "bool scalar":
+        args[-1] = True
+        error = TypeError
+    elif case in ("float k", "string eps"):
+        args[-1] = float(args[-1]) if name == "route" else "1e-5"
+        error = TypeError
+    elif case == "huge int scalar":
+        args[-1] = 10 ** 400
+        error = ValueError
+    elif case == "requires grad":
+        args[0] = args[0].float().requires_grad_() if name == "route" else args[0]
+        if name == "add_rms_norm":
+            args[2] = args[2].clone().requires_grad_()
+        want = below_autograd(op, [a.detach() if isinstance(a, torch.Tensor) else a for a in args])
+    if case == "function mode":
+        class Counting(TorchFunctionMode):
+            calls = 0
+
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                Counting.calls += 1
+                return func(*args, **(kwargs or {}))
+        with Counting():
+            assert entry(*args) is NotImplemented
+            got = wrapper(*args)
+        assert Counting.calls > 0 and same_outputs(tuple(got), want)
+        return
+    assert entry(*args) is NotImplemented
+    if error is not None:
+        with pytest.raises(error, match=f"moekit.{name}: '(k|eps)'"):
+            wrapper(*args)
+        return
+    got = tuple(wrapper(*args))
+    assert all(torch.equal(g.detach().as_subclass(torch.Tensor), w) for g, w in zip(got, want))
+    if case == "requires grad":
+        floats = [g for g in got if g.is_floating_point()]
+        assert all(g.grad_fn is not None for g in floats)
+        sum(g.float().sum() for g in floats).backward()
+        leaf = args[0] if name == "route" else args[2]
+        assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+
+
+@pytest.mark.parametrize("name", list(SMALL_OPS))
+def test_errors_of_route_and_add_rms_norm_are_the_ops(gen, name):
+    make, wrapper, entry, op = SMALL_OPS[name]
+    args = list(make(gen, "cpu"))
+    if name == "route":
+        args[1] = 9  # k past E = 8
+    else:
+        args[1] = args[1][:, :-1]  # residual's shape
+    with pytest.raises(Exception) as eager_error:
+        entry(*args)
+    with pytest.raises(Exception) as op_error:
+        below_autograd(op, args)
+    assert type(eager_error.value) is type(op_error.value) and str(eager_error.value) == str(op_error.value)
+    assert str(eager_error.value).startswith(f"moekit.{name}: ")
+
+
+@pytest.mark.parametrize("name,count", [("route", 2), ("add_rms_norm", 4)])
+def test_arity_of_route_and_add_rms_norm_is_checked(name, count):
+    with pytest.raises(TypeError, match=f"moekit._eager.{name}: expected {count} arguments, got 1"):
+        getattr(_eager, name)(torch.zeros(1, 1))
+
+
+@pytest.mark.parametrize("name", list(SMALL_OPS))
+def test_the_profiler_and_a_dispatch_mode_see_route_and_add_rms_norm(gen, name):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    make, wrapper, entry, op = SMALL_OPS[name]
+    args = make(gen, "cpu")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], acc_events=True) as prof:
+        wrapper(*args)
+    assert [e.name for e in prof.events() if e.name.startswith("moekit::")] == [f"moekit::{name}"]
+    seen = []
+
+    class Recording(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Recording():
+        entry(*args)
+    assert f"moekit.{name}.default" in seen
