@@ -52,6 +52,18 @@ class Marked(torch.Tensor):
     """A tensor subclass: its __torch_function__ is the subclass's to run."""
 
 
+class Counting(TorchFunctionMode):
+    """A torch function mode that counts the calls it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.mark.parametrize("case", ["subclass", "x 3-d", "x 1-d", "bool k", "float k", "three weight parts",
                                   "int batch_invariant", "string alpha", "huge int alpha", "requires grad",
                                   "function mode"])
@@ -87,16 +99,10 @@ def test_other_calls_take_the_general_path(gen, case):
         return moekit.moe_mlp(x, *args, **scalars)
 
     if case == "function mode":
-        class Counting(TorchFunctionMode):
-            calls = 0
-
-            def __torch_function__(self, func, types, args=(), kwargs=None):
-                Counting.calls += 1
-                return func(*args, **(kwargs or {}))
-        with Counting():
+        with Counting() as mode:
             assert _eager.moe_mlp(x, *args, *scalars.values()) is NotImplemented
             y = moekit.moe_mlp(x, *args, **scalars)
-        assert Counting.calls > 0 and torch.equal(y, want)
+        assert mode.calls > 0 and torch.equal(y, want)
         return
     assert _eager.moe_mlp(x, *args, *scalars.values()) is NotImplemented
     if case in ("bool k", "float k", "int batch_invariant", "string alpha"):
@@ -281,16 +287,10 @@ def test_other_calls_of_route_and_add_rms_norm_take_the_general_path(gen, name, 
             args[2] = args[2].clone().requires_grad_()
         want = below_autograd(op, [a.detach() if isinstance(a, torch.Tensor) else a for a in args])
     if case == "function mode":
-        class Counting(TorchFunctionMode):
-            calls = 0
-
-            def __torch_function__(self, func, types, args=(), kwargs=None):
-                Counting.calls += 1
-                return func(*args, **(kwargs or {}))
-        with Counting():
+        with Counting() as mode:
             assert entry(*args) is NotImplemented
             got = wrapper(*args)
-        assert Counting.calls > 0 and same_outputs(tuple(got), want)
+        assert mode.calls > 0 and same_outputs(tuple(got), want)
         return
     assert entry(*args) is NotImplemented
     if error is not None:
