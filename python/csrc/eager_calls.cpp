@@ -108,11 +108,10 @@ PyObject* not_implemented() {
   Py_RETURN_NOTIMPLEMENTED;
 }
 
-// The op `name` of signature Sig, looked up once.
+// The op `name`, of signature Sig (each entry looks its op up once).
 template <class Sig>
-const c10::TypedOperatorHandle<Sig>& op_named(const char* name) {
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "").template typed<Sig>();
-  return op;
+c10::TypedOperatorHandle<Sig> op_named(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").template typed<Sig>();
 }
 
 // op(args...) through the dispatcher below the Autograd key with the GIL released, as the
@@ -165,9 +164,9 @@ PyObject* moe_mlp(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs)
     return not_implemented();
   }
   const bool batch_invariant = args[10] == Py_True;
-  return THPVariable_Wrap(call_below_autograd(op_named<MoeMlpOp>("moekit::moe_mlp"), *x, *gate_weight, gate_bias,
-                                              *w1[0], w1[1], mlp1_bias, *w2[0], w2[1], mlp2_bias, k, alpha, limit,
-                                              w1[2], w1[3], w2[2], w2[3], batch_invariant));
+  static const auto op = op_named<MoeMlpOp>("moekit::moe_mlp");
+  return THPVariable_Wrap(call_below_autograd(op, *x, *gate_weight, gate_bias, *w1[0], w1[1], mlp1_bias, *w2[0], w2[1],
+                                              mlp2_bias, k, alpha, limit, w1[2], w1[3], w2[2], w2[3], batch_invariant));
   END_HANDLE_TH_ERRORS
 }
 
@@ -180,7 +179,8 @@ PyObject* route(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
   OptTensor logits;
   int64_t k = 0;
   if (general_path(read_tensor(args[0], false, logits) && read_int(args[1], k), {&logits})) return not_implemented();
-  return wrap_tuple(call_below_autograd(op_named<RouteOp>("moekit::route"), *logits, k));
+  static const auto op = op_named<RouteOp>("moekit::route");
+  return wrap_tuple(call_below_autograd(op, *logits, k));
   END_HANDLE_TH_ERRORS
 }
 
@@ -195,7 +195,8 @@ PyObject* add_rms_norm(PyObject* /*module*/, PyObject* const* args, Py_ssize_t n
   const bool plain = read_tensor(args[0], false, x) && read_tensor(args[1], false, residual) &&
                      read_tensor(args[2], false, scale) && read_float(args[3], eps);
   if (general_path(plain, {&x, &residual, &scale})) return not_implemented();
-  return wrap_tuple(call_below_autograd(op_named<AddRmsNormOp>("moekit::add_rms_norm"), *x, *residual, *scale, eps));
+  static const auto op = op_named<AddRmsNormOp>("moekit::add_rms_norm");
+  return wrap_tuple(call_below_autograd(op, *x, *residual, *scale, eps));
   END_HANDLE_TH_ERRORS
 }
 
