@@ -94,8 +94,8 @@ def time_layer(run, dev, reps, flush):
     """run()'s median CUDA-graph time (ms; L2 flushed before each, the replay queued behind the
     flush: the GPU's time), its eager overhead (eager minus graph in pairs of calls, each started
     on an idle GPU, so that the host's work counts: queued behind the flush, the eager call's
-    launching would hide there; common.overhead_ms), and the graph with its output (kept together: the output lives in the graph's memory
-    pool) and the warm-up's eager output."""
+    launching would hide there; common.overhead_ms), and the graph with its output (kept
+    together: the output lives in the graph's memory pool) and the warm-up's eager output."""
     for _ in range(3):  # warm-ups, outside the timings: triton_kernels compiles its kernels on the
         eager_y = run()  # first; the host's caches and the allocator's pool settle on the next
     torch.cuda.synchronize(dev)

@@ -135,6 +135,12 @@ struct MatmulOgsOperands {
   bool recompute = false;       // matmul_ogs_backward's recompute of h (MatmulOgsParams::grad_a): no invariance asked
 };
 
+// Why the swap-AB kernels cannot run on `device`, or nullptr when they can (their operands aside).
+inline const char* swapab_device_refusal(const DeviceInfo& device) {
+  if (device.major != 9 || device.minor != 0) return "sm_90 (wgmma)";
+  return device.max_smem_per_block_optin < kSwapabSharedMemoryBytes ? "211 KB of shared memory a block" : nullptr;
+}
+
 // Why `kernel` cannot run problem p on `device`, or nullptr when it can: a forced config is
 // refused with this, and every automatic choice passes it (tests/cpp/matmul_ogs_config_test.cpp).
 inline const char* matmul_ogs_config_refusal(MatmulOgsKernel kernel, const MatmulOgsProblem& p,
@@ -173,8 +179,7 @@ inline const char* matmul_ogs_config_refusal(MatmulOgsKernel kernel, const Matmu
       if (!p.mxfp4) return "MXFP4 weights";
       if (o.recompute) return "a forward call (its epilogue has no backward recompute)";
       if (!o.slabs) return "the weights repacked by repack_mxfp4 (slab codes and scales) and matmul_ogs's workspace";
-      if (!sm90) return "sm_90 (wgmma)";
-      return device.max_smem_per_block_optin < kSwapabSharedMemoryBytes ? "211 KB of shared memory a block" : nullptr;
+      return swapab_device_refusal(device);
     default:
       return nullptr;
   }
@@ -240,8 +245,7 @@ inline MatmulOgsKernel choose_matmul_ogs_kernel(const MatmulOgsProblem& p, const
 // against 1.22-1.33; at T = 4 1.57 / 1.59 and 1.54 / 1.51, at 1..3 the decode kernels 1.07-1.31x
 // ahead: bench/results/moe_layer_H100_decode_vs_loop.txt).
 inline int64_t moe_decode_max_tokens(const MoeMlpProblem& p, const DeviceInfo& device) {
-  const bool loop = p.slabs1 && p.slabs2 && device.major == 9 && device.minor == 0 &&
-                    device.max_smem_per_block_optin >= kSwapabSharedMemoryBytes;
+  const bool loop = p.slabs1 && p.slabs2 && swapab_device_refusal(device) == nullptr;
   return loop ? kMoeDecodeHalvesMaxTokens : kMoeDecodeMaxTokens;
 }
 
