@@ -22,7 +22,7 @@ RUN_ARGS = $(if $(PROMPT),--prompt "$(PROMPT)") $(if $(DEVICE),--device $(DEVICE
 
 .PHONY: setup install test test-cpp test-install test-python test-sanitize run clean gpu-wheels
 
-$(VENV)/.installed: requirements.txt requirements-headers.txt
+$(VENV)/.installed: requirements.txt requirements-parallel-tests.txt requirements-headers.txt
 	@bash tools/install_deps.sh
 	@echo "== moekit: creating $(VENV) with the pinned packages of requirements.txt (the first time this downloads" \
 	      "PyTorch, a 4.8 GB CUDA build: PyPI has no CPU-only one)"
@@ -76,11 +76,11 @@ run: install
 	  $(RUN_ARGS)
 
 # The wheels an offline GPU machine needs beyond its image, installed there from build/wheels:
-# requirements-headers.txt's (CuTe's headers; tools/gpu_build.sh) and pytest-xdist with execnet,
-# pinned in requirements.txt (tools/gpu_check.sh).
+# requirements-headers.txt's (CuTe's headers; tools/gpu_build.sh) and requirements-parallel-tests.txt's
+# (tools/gpu_check.sh).
 gpu-wheels: setup
 	$(PY) -m pip download -q --no-deps -d build/wheels -r requirements-headers.txt \
-	  $$(grep -E '^(pytest-xdist|execnet)==' requirements.txt)
+	  -r requirements-parallel-tests.txt
 
 clean:
 	rm -rf build $(VENV)

@@ -16,7 +16,7 @@ echo "== pytest (all)"
 # In JOBS processes side by side (pytest-xdist, from the carried build/wheels): one after another
 # the tests take ~50 minutes on an H100, five times a call's limit.
 if ! $PY -c "import xdist" 2>/dev/null; then
-  $PY -m pip install -q --no-deps --no-index --find-links build/wheels $(grep -E '^(pytest-xdist|execnet)==' requirements.txt) || {
+  $PY -m pip install -q --no-deps --no-index --find-links build/wheels -r requirements-parallel-tests.txt || {
     echo "moekit: pytest-xdist is not installed and build/wheels lacks it: run \`make gpu-wheels\` and carry build/wheels"
     exit 1
   }
