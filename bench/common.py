@@ -4,8 +4,10 @@ ceilings measured in the same run, and event timing."""
 import argparse
 import statistics
 import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -38,18 +40,22 @@ def driver_version() -> str:
     return smi.stdout.strip().splitlines()[0] if smi.returncode == 0 and smi.stdout.strip() else "unknown"
 
 
-def call_ms(fn, flush=None, idle_start=False) -> float:
+def call_ms(fn, flush=None, idle_start=False, host_ms=None) -> float:
     """The CUDA-event time of one fn() (ms), flush() before it. By default the host queues fn()
     while the flush still runs, so the time is the GPU's alone (the host's launching hidden behind
     the flush). idle_start waits for the GPU before the call instead: the time then counts the
-    host's launching too, what eager minus graph measures."""
+    host's launching too, what eager minus graph measures. host_ms, a list, gets the host's time
+    until fn() returned (its kernels queued, not waited for)."""
     if flush is not None:
         flush()
     if idle_start:
         torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
+    began = time.perf_counter()
     fn()
+    if host_ms is not None:
+        host_ms.append((time.perf_counter() - began) * 1e3)
     end.record()
     end.synchronize()
     return start.elapsed_time(end)
@@ -60,16 +66,26 @@ def median_ms(fn, reps, flush=None, idle_start=False):
     return statistics.median(call_ms(fn, flush, idle_start) for _ in range(reps))
 
 
-def overhead_ms(eager, replay, reps, flush=None):
+@dataclass
+class Overhead:
+    """eager()'s time over its graph's (ms): the median of the paired differences, their quartiles,
+    and the median host time of the eager call (until it returned)."""
+    ms: float
+    quartiles_ms: Tuple[float, float]
+    eager_host_ms: float
+
+
+def overhead_ms(eager, replay, reps, flush=None) -> Overhead:
     """eager()'s time over replay()'s (a CUDA graph of it), each call started on an idle GPU: the
     median of reps paired differences, the two calls of a pair back to back (in turn which first),
     so that a drift of the host's or the GPU's clocks over the run cancels."""
-    diffs = []
+    diffs, host = [], []
     for i in range(reps):
         pair = (eager, replay) if i % 2 == 0 else (replay, eager)
-        times = {fn: call_ms(fn, flush, idle_start=True) for fn in pair}
+        times = {fn: call_ms(fn, flush, idle_start=True, host_ms=host if fn is eager else None) for fn in pair}
         diffs.append(times[eager] - times[replay])
-    return statistics.median(diffs)
+    q1, _, q3 = statistics.quantiles(diffs, n=4)
+    return Overhead(statistics.median(diffs), (q1, q3), statistics.median(host))
 
 
 def ceilings(dev):

@@ -86,15 +86,17 @@ def reference_f32(x, layer, w1, w2):
 
 
 # Pairs of calls whose differences the eager overhead is the median of: two medians of 20 calls,
-# taken apart, read 6-18 us at T = 1 in five runs on an H100 (bench/results/moe_layer_H100_eager_T1.txt).
+# taken apart, read 6-18 us at T = 1 in five runs on an H100 (bench/results/moe_layer_H100_eager_T1.txt);
+# 60 pairs read 13-15 us (E = 32) and 18-35 us (E = 128) in three runs on another (2e10832), whence
+# the rows also keep the differences' quartiles and the eager call's host time.
 OVERHEAD_PAIRS = 60
 
 
 def time_layer(run, dev, reps, flush):
     """run()'s median CUDA-graph time (ms; L2 flushed before each, the replay queued behind the
-    flush: the GPU's time), its eager overhead (eager minus graph in pairs of calls, each started
-    on an idle GPU, so that the host's work counts: queued behind the flush, the eager call's
-    launching would hide there; common.overhead_ms), and the graph with its output (kept
+    flush: the GPU's time), its eager overhead (a common.Overhead: eager minus graph in pairs of
+    calls, each started on an idle GPU, so that the host's work counts: queued behind the flush,
+    the eager call's launching would hide there), and the graph with its output (kept
     together: the output lives in the graph's memory pool) and the warm-up's eager output."""
     for _ in range(3):  # warm-ups, outside the timings: triton_kernels compiles its kernels on the
         eager_y = run()  # first; the host's caches and the allocator's pool settle on the next
@@ -136,7 +138,7 @@ def main():
         for T in args.tokens:
             x = torch.randn(T, H, device=dev, generator=gen).bfloat16()
             reps = args.reps if T <= 512 else max(3, args.reps // 4)
-            graph_ms, overhead_ms, (graph, y_graph, _) = time_layer(
+            graph_ms, overhead, (graph, y_graph, _) = time_layer(
                 lambda: moekit.moe_mlp(x, **layer, experts_per_token=K), dev, reps, flush)
             peer_y, _ = grouped_mm_layer(x, layer, w1t, w2t)
             peer_ms = median_ms(lambda: grouped_mm_layer(x, layer, w1t, w2t), reps, flush)
@@ -144,17 +146,17 @@ def main():
             err = float((y_graph.float() - ref).norm() / ref.norm())
             inv_row = {}
             if args.batch_invariant:
-                inv_graph_ms, inv_overhead_ms, (inv_graph, inv_y, _) = time_layer(
+                inv_graph_ms, inv_overhead, (inv_graph, inv_y, _) = time_layer(
                     lambda: moekit.moe_mlp(x, **layer, experts_per_token=K, batch_invariant=True), dev, reps, flush)
-                inv_row = dict(invariant_graph_us=inv_graph_ms * 1e3, invariant_eager_overhead_us=inv_overhead_ms * 1e3,
+                inv_row = dict(invariant_graph_us=inv_graph_ms * 1e3, invariant_eager_overhead_us=inv_overhead.ms * 1e3,
                                invariant_cost=inv_graph_ms / graph_ms,
                                invariant_rel_err=float((inv_y.float() - ref).norm() / ref.norm()))
                 del inv_graph, inv_y
             peer_err = float((peer_y.float() - ref).norm() / ref.norm())
             tk_row = {}
             if tk is not None:
-                tk_graph_ms, tk_overhead_ms, (tk_graph, tk_y, tk_eager_y) = time_layer(lambda: tk(x), dev, reps, flush)
-                tk_row = dict(tk_graph_us=tk_graph_ms * 1e3, tk_eager_overhead_us=tk_overhead_ms * 1e3,
+                tk_graph_ms, tk_overhead, (tk_graph, tk_y, tk_eager_y) = time_layer(lambda: tk(x), dev, reps, flush)
+                tk_row = dict(tk_graph_us=tk_graph_ms * 1e3, tk_eager_overhead_us=tk_overhead.ms * 1e3,
                               tk_over_moekit=tk_graph_ms / graph_ms,
                               tk_rel_err=float((tk_eager_y.float() - ref).norm() / ref.norm()),
                               tk_graph_equals_eager=bool(torch.equal(tk_y, tk_eager_y)))
@@ -164,7 +166,9 @@ def main():
             flops = 2 * T * K * (H * 2 * I + I * H)
             floor_us = max(bytes_ / (ceil["copy_GBps"] * 1e3), flops / (ceil["bf16_gemm_TFLOPs"] * 1e6))
             row = dict(E=E, T=T, experts_hit=hit, floor_us=floor_us, moekit_graph_us=graph_ms * 1e3,
-                       moekit_eager_overhead_us=overhead_ms * 1e3, grouped_mm_eager_us=peer_ms * 1e3,
+                       moekit_eager_overhead_us=overhead.ms * 1e3,
+                       moekit_eager_overhead_quartiles_us=[q * 1e3 for q in overhead.quartiles_ms],
+                       moekit_eager_host_us=overhead.eager_host_ms * 1e3, grouped_mm_eager_us=peer_ms * 1e3,
                        floor_over_time=floor_us / (graph_ms * 1e3), rel_err=err, grouped_mm_rel_err=peer_err,
                        **tk_row, **inv_row)
             if tk_row:
@@ -174,7 +178,8 @@ def main():
                        f"err {tk_row['tk_rel_err']:.2e}, graph==eager {tk_row['tk_graph_equals_eager']})"
                        if tk_row else "")
             print(f"E={E:4d} T={T:5d} floor {floor_us:9.1f} us  moekit graph {graph_ms * 1e3:10.1f} us "
-                  f"eager +{overhead_ms * 1e3:7.1f} us  floor/time {row['floor_over_time']:.3f}  err {err:.2e}"
+                  f"eager +{overhead.ms * 1e3:7.1f} us (quartiles {overhead.quartiles_ms[0] * 1e3:.1f}, "
+                  f"{overhead.quartiles_ms[1] * 1e3:.1f}; host {overhead.eager_host_ms * 1e3:.1f})  floor/time {row['floor_over_time']:.3f}  err {err:.2e}"
                   f"{tk_text}  grouped_mm {peer_ms * 1e3:9.1f} us"
                   + (f"  invariant {inv_row['invariant_graph_us']:9.1f} us (x{inv_row['invariant_cost']:.3f})"
                      if inv_row else ""), flush=True)
