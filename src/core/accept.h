@@ -32,6 +32,17 @@ void run_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& args, const 
 MatmulOgsProblem accept_matmul_ogs_backward(const MatmulOgsBackwardArgs& args);
 void run_matmul_ogs_backward(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs& args, const ExecContext& ctx);
 
+// moe_mlp's four steps (gate, route, mlp1, mlp2) as the calls of the ops they are, their
+// intermediates in a's workspace, each accepted (a refusal is the layer's, naming its argument).
+struct MoeMlpSteps {
+  TensorView logits;
+  RouteOutputs route;
+  MatmulOgsArgs gate, mlp1, mlp2;
+  MatmulOgsProblem gate_p, mlp1_p, mlp2_p;
+  RouteProblem route_p;
+};
+// For T >= 1, after check_moe_mlp_outputs.
+MoeMlpSteps accept_moe_mlp_steps(const MoeMlpProblem& p, const MoeMlpArgs& a);
 // moe_mlp whose inputs check_moe_mlp_inputs accepted as p (the torch binding sized y and the
 // workspace from p): the rest of moekit::moe_mlp, its outputs' checks and its four steps'.
 void run_moe_mlp(const MoeMlpProblem& p, const MoeMlpArgs& a, const ExecContext& ctx);

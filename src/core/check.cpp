@@ -62,9 +62,11 @@ std::string format_number(double value) {
 }
 
 void dtype(const char* op, const char* arg, const TensorView& t, std::initializer_list<DType> allowed) {
-  std::string names;
   for (DType d : allowed) {
     if (t.dtype == d) return;
+  }
+  std::string names;  // only for the message: an accepted call builds no string
+  for (DType d : allowed) {
     const std::string name = dtype_name(d);
     if (names.find(name) == std::string::npos) names += (names.empty() ? "" : " or ") + name;
   }
@@ -78,13 +80,13 @@ void ndim(const char* op, const char* arg, const TensorView& t, int n) {
   }
 }
 
-std::string shape_str(const std::vector<int64_t>& shape) {
+std::string shape_str(Span<int64_t> shape) {
   std::string s = "[";
   for (size_t d = 0; d < shape.size(); ++d) s += (d ? ", " : "") + (shape[d] < 0 ? "*" : std::to_string(shape[d]));
   return s + "]";
 }
 
-void shape(const char* op, const char* arg, const TensorView& t, const std::vector<int64_t>& expected) {
+void shape(const char* op, const char* arg, const TensorView& t, Span<int64_t> expected) {
   bool ok = t.ndim == static_cast<int>(expected.size());
   for (int d = 0; ok && d < t.ndim; ++d) ok = expected[d] < 0 || expected[d] == t.shape[d];
   if (!ok) fail(Error::Kind::kValue, op, arg, "shape " + shape_str(expected), t.shape_str());
@@ -104,7 +106,7 @@ void workspace(const char* op, const TensorView& t, size_t bytes) {
   }
 }
 
-Device same_device(const char* op, const std::vector<std::pair<const char*, const TensorView*>>& tensors) {
+Device same_device(const char* op, NamedTensors tensors) {
   const char* first_name = nullptr;
   Device dev;
   for (const auto& [name, t] : tensors) {

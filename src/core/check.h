@@ -12,6 +12,24 @@
 
 namespace moekit::check {
 
+// The elements a check reads, owned by the caller (a braced list, a vector): a check's argument
+// only, so that checking a call allocates nothing.
+template <class T>
+class Span {
+ public:
+  Span(std::initializer_list<T> list) : data_(list.begin()), size_(list.size()) {}
+  Span(const std::vector<T>& v) : data_(v.data()), size_(v.size()) {}  // NOLINT: implicit, as the list's
+  const T* begin() const { return data_; }
+  const T* end() const { return data_ + size_; }
+  size_t size() const { return size_; }
+  const T& operator[](size_t i) const { return data_[i]; }
+
+ private:
+  const T* data_;
+  size_t size_;
+};
+using NamedTensors = Span<std::pair<const char*, const TensorView*>>;
+
 [[noreturn]] void fail(Error::Kind kind, const char* op, const char* arg, const std::string& expected,
                        const std::string& got);
 
@@ -20,15 +38,15 @@ void present(const char* op, const char* arg, const TensorView& t);
 void dtype(const char* op, const char* arg, const TensorView& t, std::initializer_list<DType> allowed);
 void ndim(const char* op, const char* arg, const TensorView& t, int n);
 // Exact shape; -1 in `expected` matches any size.
-void shape(const char* op, const char* arg, const TensorView& t, const std::vector<int64_t>& expected);
+void shape(const char* op, const char* arg, const TensorView& t, Span<int64_t> expected);
 void contiguous(const char* op, const char* arg, const TensorView& t);
 // All present tensors on one device; returns it. The first tensor sets the device.
-Device same_device(const char* op, const std::vector<std::pair<const char*, const TensorView*>>& tensors);
+Device same_device(const char* op, NamedTensors tensors);
 
 // `t` must be on `device`, the device of argument `reference`.
 void on_device(const char* op, const char* arg, const TensorView& t, const Device& device, const char* reference);
 
-std::string shape_str(const std::vector<int64_t>& shape);
+std::string shape_str(Span<int64_t> shape);
 
 // A workspace: a contiguous 1-D uint8 buffer of at least `bytes` bytes.
 void workspace(const char* op, const TensorView& t, size_t bytes);

@@ -25,7 +25,7 @@ std::vector<int64_t> concat(std::vector<int64_t> a, std::initializer_list<int64_
 }
 
 void check_tensor(const char* op, const char* arg, const TensorView& t, std::initializer_list<DType> types,
-                  const std::vector<int64_t>& shape) {
+                  check::Span<int64_t> shape) {
   check::present(op, arg, t);
   check::dtype(op, arg, t, types);
   check::shape(op, arg, t, shape);
@@ -33,7 +33,7 @@ void check_tensor(const char* op, const char* arg, const TensorView& t, std::ini
 }
 
 void check_optional(const char* op, const char* arg, const TensorView& t, std::initializer_list<DType> types,
-                    const std::vector<int64_t>& shape) {
+                    check::Span<int64_t> shape) {
   if (t.present()) check_tensor(op, arg, t, types, shape);
 }
 
