@@ -15,7 +15,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_example(out: Path, nproc: int, steps: int, sentences: int = 4, device: str = "cpu") -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)), PYTHONUNBUFFERED="1")
+    # Each process its share of the cores this test has: all of them, or what OMP_NUM_THREADS
+    # gives it (tools/gpu_check.sh runs the tests in several processes side by side).
+    cores = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores // nproc)), PYTHONUNBUFFERED="1")
     launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
     proc = subprocess.run([sys.executable, *launcher, str(ROOT / "examples" / "train_soft_prompt.py"),
                            "--steps", str(steps), "--sentences", str(sentences), "--output-json", str(out),
