@@ -1,0 +1,233 @@
+// Whether the decode path's gate could live inside mlp1's launch (docs/kernels.md, issue 22's
+// eager overhead): a probe of the gate computed by thread block clusters, against the gate
+// kernel the layer launches today (moe_decode_gate_kernel). In the probe a cluster of C blocks
+// (mlp1's shape: one block an SM, 22 warps) computes all E logits together: block r's warps take
+// experts r, r + C, ... (a warp an expert: its lanes split H, a shuffle adds them), the block's
+// x rows staged in shared memory first; after the cluster's barrier every block reads the
+// others' logits over distributed shared memory, as mlp1's routing would, and a second barrier
+// keeps each block's logits until its peers have read them. The grid: C x the device's active
+// clusters of that shape (cudaOccupancyMaxActiveClusters). No zeroed counter is needed, which a
+// grid-wide barrier would need before the launch.
+//
+// Each row: E, T, the gate kernel's time and the probe's at C = 4, 8 and 16, each per call in a
+// CUDA graph with the L2 flushed before each call (the graph of flushes alone subtracted), and
+// the largest difference of the probe's logits from the gate kernel's (float sums in other
+// orders: ~1e-6 of their size). Arguments: pairs E T (default 32 1 128 1 128 8).
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench bench/cluster_gate.cu \
+//        -o build/cluster_gate && build/cluster_gate
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "cuda/kernels/moe/decode_gate.cuh"
+#include "cuda/launch/launch_kernel.h"
+#include "graph_timing.h"
+
+using namespace moekit::cuda;
+namespace cg = cooperative_groups;
+
+namespace {
+
+constexpr int64_t kH = 2880;
+constexpr int kWarps = 22, kMaxE = 128, kMaxT = moe_decode::kMaxTokens;
+// Dynamic shared memory a block asks for: its x rows and more, so that one block takes an SM, as
+// mlp1's blocks do (its registers alone would let two in).
+constexpr size_t kBlockSmem = size_t{120} << 10;
+
+struct ProbeParams {
+  const __nv_bfloat16* x;  // [T, H]
+  const __nv_bfloat16* w;  // [E, H]
+  const __nv_bfloat16* bias;  // [E]
+  int T, E;
+  float* logits;  // [T, E]: block 0's copy, for the check
+};
+
+template <int kC>
+__global__ void __launch_bounds__(32 * kWarps, 1) cluster_gate_kernel(const ProbeParams p) {
+  cg::cluster_group cluster = cg::this_cluster();
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  constexpr int64_t kWords = kH / 8;
+  extern __shared__ uint4 xs[];  // [T][H / 8]
+  __shared__ float mine[(kMaxE + kC - 1) / kC][kMaxT];  // this block's experts' logits
+  __shared__ float all[kMaxT][kMaxE];                  // every expert's, gathered
+  // A warp's first expert's first words (4 a lane: 128 of the row's 360 at H = 2880; 6 spill
+  // at mlp1's 80 registers) are asked for before anything else, as the gate kernel asks
+  // for its row before its wait: those loads are the probe's latency.
+  constexpr int kEarly = 4;
+  auto row_of = [&](int j) { return reinterpret_cast<const uint4*>(p.w + static_cast<int64_t>(rank + kC * j) * kH); };
+  uint4 early[kEarly];
+  if (rank + kC * warp < p.E) {
+#pragma unroll
+    for (int i = 0; i < kEarly; ++i) {
+      const int64_t c = lane + 32 * i;
+      if (c < kWords) early[i] = __ldg(row_of(warp) + c);
+    }
+  }
+  const uint4* x = reinterpret_cast<const uint4*>(p.x);
+  for (int64_t c = threadIdx.x; c < p.T * kWords; c += blockDim.x) xs[c] = __ldg(x + c);
+  __syncthreads();
+  auto accumulate = [&](const uint4& word, int64_t c, float (&acc)[kMaxT]) {
+    float w[8];
+    bf16x8_to_floats(word, w);
+#pragma unroll
+    for (int t = 0; t < kMaxT; ++t) {
+      if (t >= p.T) break;
+      float v[8];
+      bf16x8_to_floats(xs[t * kWords + c], v);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[t] = fmaf(w[i], v[i], acc[t]);
+    }
+  };
+  for (int j = warp; rank + kC * j < p.E; j += kWarps) {
+    const int e = rank + kC * j;
+    float acc[kMaxT] = {};
+    int64_t c = lane;
+    if (j == warp) {
+#pragma unroll
+      for (int i = 0; i < kEarly; ++i, c += 32) {
+        if (c < kWords) accumulate(early[i], c, acc);
+      }
+    }
+#pragma unroll 4
+    for (; c < kWords; c += 32) accumulate(__ldg(row_of(j) + c), c, acc);
+#pragma unroll
+    for (int t = 0; t < kMaxT; ++t) {
+      float v = acc[t];
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+      if (lane == 0 && t < p.T) mine[j][t] = v + __bfloat162float(p.bias[e]);
+    }
+  }
+  cluster.sync();
+  for (int i = threadIdx.x; i < p.T * p.E; i += blockDim.x) {
+    const int t = i / p.E, e = i % p.E;
+    all[t][e] = *cluster.map_shared_rank(&mine[e / kC][t], e % kC);
+  }
+  cluster.sync();  // the peers have read this block's logits; `all` is whole after it
+  if (blockIdx.x == 0) {
+    for (int i = threadIdx.x; i < p.T * p.E; i += blockDim.x) p.logits[i] = all[i / p.E][i % p.E];
+  }
+}
+
+// The grid of the probe at cluster size kC: kC x the active clusters of its shape.
+template <int kC>
+unsigned probe_grid() {
+  if (kC > 8) CHECK(cudaFuncSetAttribute(cluster_gate_kernel<kC>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  CHECK(cudaFuncSetAttribute(cluster_gate_kernel<kC>, cudaFuncAttributeMaxDynamicSharedMemorySize, kBlockSmem));
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(kC);
+  config.blockDim = dim3(32 * kWarps);
+  config.dynamicSmemBytes = kBlockSmem;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = kC;
+  attribute.val.clusterDim.y = attribute.val.clusterDim.z = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  int clusters = 0;
+  CHECK(cudaOccupancyMaxActiveClusters(&clusters, cluster_gate_kernel<kC>, &config));
+  return static_cast<unsigned>(clusters * kC);
+}
+
+std::vector<float> download(const float* dev, size_t n) {
+  std::vector<float> host(n);
+  CHECK(cudaMemcpy(host.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost));
+  return host;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int> pairs;
+  for (int i = 1; i < argc; ++i) pairs.push_back(std::atoi(argv[i]));
+  if (pairs.empty()) pairs = {32, 1, 128, 1, 128, 8};
+  cudaStream_t stream;
+  CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  uint8_t* flush_buffer = device_buffer<uint8_t>(size_t{256} << 20);
+  auto flush = [&] { CHECK(cudaMemsetAsync(flush_buffer, 0, size_t{256} << 20, stream)); };
+  constexpr int kCalls = 20;
+  const float flush_us = graph_us_per_call(stream, kCalls, [&](int) { flush(); });
+  std::printf("%4s %2s %14s %14s %14s %14s   (grids %u / %u / %u; largest |probe - gate| / max |logit|)\n", "E", "T",
+              "gate kernel us", "C = 4 us", "C = 8 us", "C = 16 us", probe_grid<4>(), probe_grid<8>(), probe_grid<16>());
+  std::mt19937 rng(0);
+  std::normal_distribution<float> normal;
+  for (size_t i = 0; i + 1 < pairs.size(); i += 2) {
+    const int E = pairs[i], T = pairs[i + 1];
+    if (E > kMaxE || T > kMaxT) {
+      std::printf("E <= %d and T <= %d\n", kMaxE, kMaxT);
+      return 1;
+    }
+    auto bf16s = [&](size_t n, float scale) {
+      std::vector<__nv_bfloat16> v(n);
+      for (auto& b : v) b = __float2bfloat16(normal(rng) * scale);
+      return v;
+    };
+    const __nv_bfloat16* x = upload(bf16s(T * kH, 1.0f));
+    const __nv_bfloat16* w = upload(bf16s(E * kH, 1.0f / std::sqrt(float(kH))));
+    const __nv_bfloat16* bias = upload(bf16s(E, 0.1f));
+    float* logits = device_buffer<float>(T * E);
+    uint4* x_paired = device_buffer<uint4>(T * kH / 8);
+    int* counters = device_buffer<int>(256);
+
+    MoeDecodeGateParams g{};
+    g.x = x;
+    g.T = T;
+    g.H = kH;
+    g.w = w;
+    g.w_bf16 = true;
+    g.bias = bias;
+    g.bias_bf16 = true;
+    g.E = E;
+    g.logits = logits;
+    g.x_paired = x_paired;
+    g.counters = counters;
+    g.n_counters = 256;
+    auto gate = [&] { launch_kernel(moe_decode_gate_kernel, E, 32 * moe_decode::kGateWarps, 0, stream, true, g); };
+    gate();
+    const std::vector<float> want = download(logits, T * E);
+    const float gate_us = graph_us_per_call(stream, kCalls, [&](int) { flush(); gate(); }) - flush_us;
+
+    const ProbeParams p{x, w, bias, T, E, logits};
+    float probe_us[3];
+    float worst = 0, scale = 0;
+    auto probe = [&](auto cluster_size, int which) {
+      constexpr int kC = decltype(cluster_size)::value;
+      const unsigned grid = probe_grid<kC>();
+      if (grid == 0) {  // no cluster of this size fits the device
+        probe_us[which] = NAN;
+        return;
+      }
+      auto launch = [&] {
+        launch_kernel_in_clusters(cluster_gate_kernel<kC>, dim3(grid), dim3(kC), 32 * kWarps, kBlockSmem, stream, true, p);
+      };
+      CHECK(cudaMemsetAsync(logits, 0xff, T * E * sizeof(float), stream));  // NaN where nothing is written
+      launch();
+      const std::vector<float> got = download(logits, T * E);
+      for (size_t j = 0; j < got.size(); ++j) {
+        const float d = std::fabs(got[j] - want[j]);
+        worst = std::isfinite(d) ? std::max(worst, d) : INFINITY;
+        scale = std::max(scale, std::fabs(want[j]));
+      }
+      probe_us[which] = graph_us_per_call(stream, kCalls, [&](int) { flush(); launch(); }) - flush_us;
+    };
+    probe(std::integral_constant<int, 4>(), 0);
+    probe(std::integral_constant<int, 8>(), 1);
+    probe(std::integral_constant<int, 16>(), 2);
+    std::printf("%4d %2d %14.2f %14.2f %14.2f %14.2f   %.2e\n", E, T, gate_us, probe_us[0], probe_us[1], probe_us[2],
+                worst / scale);
+    for (const void* ptr : {static_cast<const void*>(x), static_cast<const void*>(w), static_cast<const void*>(bias),
+                            static_cast<const void*>(logits), static_cast<const void*>(x_paired),
+                            static_cast<const void*>(counters)}) {
+      CHECK(cudaFree(const_cast<void*>(ptr)));
+    }
+  }
+  CHECK(cudaFree(flush_buffer));
+  CHECK(cudaStreamDestroy(stream));
+  return 0;
+}

@@ -1,0 +1,105 @@
+// What one launch costs the host, and what an idle GPU waits for, as moe_mlp's decode path
+// launches (src/cuda/launch/launch_kernel.h): eager minus graph at T = 1 reads as the host's
+// time up to mlp1's launch (docs/kernels.md), of which the gate's launch is one part. Timed on
+// a kernel that does nothing, with a parameter block of the decode kernels' size:
+// - the host's time per launch (the median over calls, the queue drained every 64 launches so a
+//   launch never waits for room): <<<>>>, cudaLaunchKernelEx bare, chained (programmatic
+//   dependent launch), chained and checked (cudaGetLastError after it, as MOEKIT_CHECK_LAUNCH),
+//   and in clusters of 8 (the grid 128 blocks);
+// - from an idle GPU, event to event: one launch, and three chained ones (the decode path's
+//   count), each the median of 200 calls.
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench bench/launch_cost.cu \
+//        -o build/launch_cost && build/launch_cost
+#include <chrono>
+#include <cstdio>
+#include <vector>
+
+#include "cuda/launch/launch_kernel.h"
+#include "graph_timing.h"
+
+namespace {
+
+struct Params {  // about MoeDecodeExpertsParams' size
+  const void* pointers[12];
+  long long sizes[6];
+  float values[4];
+};
+
+__global__ void empty_kernel(const Params p) {
+  if (p.values[0] == 1.0f && threadIdx.x == 1024) printf("never\n");  // keeps p alive
+}
+
+constexpr int kCalls = 20000;
+
+// The median host time (us) of one launch(), the stream drained every 64 launches.
+template <class Launch>
+double host_us(cudaStream_t stream, Launch&& launch) {
+  std::vector<double> times;
+  for (int i = 0; i < kCalls + 200; ++i) {
+    if (i % 64 == 0) CHECK(cudaStreamSynchronize(stream));
+    const auto start = std::chrono::steady_clock::now();
+    launch();
+    const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+    if (i >= 200) times.push_back(us);
+  }
+  CHECK(cudaStreamSynchronize(stream));
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+// The median GPU time (us, event to event) of calls() started on an idle GPU.
+template <class Calls>
+float idle_start_us(cudaStream_t stream, Calls&& calls) {
+  cudaEvent_t start, stop;
+  CHECK(cudaEventCreate(&start));
+  CHECK(cudaEventCreate(&stop));
+  std::vector<float> times;
+  for (int i = 0; i < 220; ++i) {
+    CHECK(cudaStreamSynchronize(stream));
+    CHECK(cudaEventRecord(start, stream));
+    calls();
+    CHECK(cudaEventRecord(stop, stream));
+    CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    CHECK(cudaEventElapsedTime(&ms, start, stop));
+    if (i >= 20) times.push_back(1000.0f * ms);
+  }
+  CHECK(cudaEventDestroy(start));
+  CHECK(cudaEventDestroy(stop));
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+}  // namespace
+
+int main() {
+  using moekit::cuda::launch_kernel;
+  using moekit::cuda::launch_kernel_in_clusters;
+  cudaStream_t stream;
+  CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  Params p{};
+  const unsigned grid = 132, threads = 704;
+  empty_kernel<<<grid, threads, 0, stream>>>(p);
+  CHECK(cudaStreamSynchronize(stream));
+
+  const double chevrons = host_us(stream, [&] { empty_kernel<<<grid, threads, 0, stream>>>(p); });
+  const double bare = host_us(stream, [&] { launch_kernel(empty_kernel, grid, threads, 0, stream, false, p); });
+  const double chained = host_us(stream, [&] { launch_kernel(empty_kernel, grid, threads, 0, stream, true, p); });
+  const double checked = host_us(stream, [&] {
+    launch_kernel(empty_kernel, grid, threads, 0, stream, true, p);
+    CHECK(cudaGetLastError());
+  });
+  const double clusters = host_us(stream, [&] {
+    launch_kernel_in_clusters(empty_kernel, dim3(128), dim3(8), threads, 0, stream, true, p);
+  });
+  std::printf("host us a launch: <<<>>> %.2f, cudaLaunchKernelEx %.2f, chained %.2f, chained + cudaGetLastError %.2f, "
+              "chained in clusters of 8 %.2f\n", chevrons, bare, chained, checked, clusters);
+
+  const float one = idle_start_us(stream, [&] { launch_kernel(empty_kernel, grid, threads, 0, stream, true, p); });
+  const float three = idle_start_us(stream, [&] {
+    for (int i = 0; i < 3; ++i) launch_kernel(empty_kernel, grid, threads, 0, stream, true, p);
+  });
+  std::printf("from an idle GPU, event to event: one chained launch %.2f us, three %.2f us\n", one, three);
+  CHECK(cudaStreamDestroy(stream));
+  return 0;
+}
