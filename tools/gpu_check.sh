@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# One call on the GPU machine: build the CUDA extension, run every test (CPU and GPU), the
-# sanitizers on the GPU tests, and the main job on the GPU. Logs go to $OUT (or ./gpu_logs).
-#   bash tools/gpu_check.sh [quick]        (TESTS="paths..." narrows the pytest run)
+# On the GPU machine: build the CUDA extension, run every test (CPU and GPU), the sanitizers on
+# the GPU tests, and the main job on the GPU. Logs go to $OUT (or ./gpu_logs). Each half fills
+# most of a ten-minute call on an H100, so each can run alone: `tests` (the build and every test)
+# or `sanitizers` (the build, the sanitizers and the main job).
+#   bash tools/gpu_check.sh [tests | sanitizers]        (TESTS="paths..." narrows the pytest run)
 set -uo pipefail
 OUT=${OUT:-gpu_logs}
 mkdir -p "$OUT"
@@ -9,31 +11,39 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/tests/python"
 PY=${PY:-python3}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 
+mode=${1:-all}
+case $mode in
+  all | tests | sanitizers) ;;
+  *) echo "tools/gpu_check.sh: '$mode' is not tests or sanitizers"; exit 2 ;;
+esac
+
 echo "== build"
 bash tools/gpu_build.sh || exit 1
 
-echo "== pytest (all)"
-# In JOBS processes side by side (pytest-xdist, from the carried build/wheels): one after another
-# the tests take ~50 minutes on an H100, five times a call's limit.
-if ! $PY -c "import xdist" 2>/dev/null; then
-  $PY -m pip install -q --no-deps --no-index --find-links build/wheels -r requirements-parallel-tests.txt || {
-    echo "moekit: pytest-xdist is not installed and build/wheels lacks it: run \`make gpu-wheels\` and carry build/wheels"
-    exit 1
-  }
+if [ "$mode" != sanitizers ]; then
+  echo "== pytest (all)"
+  # In JOBS processes side by side (pytest-xdist, from the carried build/wheels): one after another
+  # the tests take ~50 minutes on an H100, five times a call's limit.
+  if ! $PY -c "import xdist" 2>/dev/null; then
+    $PY -m pip install -q --no-deps --no-index --find-links build/wheels -r requirements-parallel-tests.txt || {
+      echo "moekit: pytest-xdist is not installed and build/wheels lacks it: run \`make gpu-wheels\` and carry build/wheels"
+      exit 1
+    }
+  fi
+  # Each process gets its share of the cores for torch's CPU pool: twelve processes of sixteen
+  # threads each on sixteen cores left an H100 run at 95% after ten minutes. Work stealing keeps the
+  # slow tests (the training example's, ~2 minutes each) from queueing behind one process.
+  JOBS=${JOBS:-8}
+  OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))} \
+    $PY -m pytest -q -rs -n "$JOBS" --dist worksteal ${TESTS:-tests/python tests/multigpu} -p no:cacheprovider \
+    --junitxml="$OUT/pytest.xml" 2>&1 |
+    tee "$OUT/pytest.log" | tail -15
 fi
-# Each process gets its share of the cores for torch's CPU pool: twelve processes of sixteen
-# threads each on sixteen cores left an H100 run at 95% after ten minutes. Work stealing keeps the
-# slow tests (the training example's, ~2 minutes each) from queueing behind one process.
-JOBS=${JOBS:-8}
-OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))} \
-  $PY -m pytest -q -rs -n "$JOBS" --dist worksteal ${TESTS:-tests/python tests/multigpu} -p no:cacheprovider \
-  --junitxml="$OUT/pytest.xml" 2>&1 |
-  tee "$OUT/pytest.log" | tail -15
 
-if [ "${1:-}" != "quick" ]; then
+if [ "$mode" != tests ]; then
   echo "== compute-sanitizer"
   SUB=(tests/python/test_cuda_ops.py tests/python/test_cuda_matmul_kernels.py
-       -k "mxfp4_roundtrip or plain or 7-32-4 or 128-32-4 or 1000-1-1 or ties or extreme or bad_gather or (scatter and mxfp4) or swapab_edges")
+       -k "mxfp4_roundtrip or plain or 7-32-4 or 128-32-4 or 1000-1-1 or ties or extreme or bad_gather or (scatter and mxfp4) or swapab_edges or every_config_forced or repacked")
   # The decode step's kernels, the MoE layer's decode path among them.
   DECODE=(tests/python/test_decode_ops.py tests/python/test_cuda_moe_decode.py -k "gpu or gpt_oss_shapes or scales or dtypes")
   # Under the sanitizers the profiler (CUPTI) does not start: tests that assert which kernels ran
