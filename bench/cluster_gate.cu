@@ -3,9 +3,10 @@
 // kernel the layer launches today (moe_decode_gate_kernel). In the probe a cluster of C blocks
 // (mlp1's shape: one block an SM, 22 warps) computes all E logits together: block r's warps take
 // experts r, r + C, ... (a warp an expert: its lanes split H, a shuffle adds them), the block's
-// x rows staged in shared memory first; after the cluster's barrier every block reads the
-// others' logits over distributed shared memory, as mlp1's routing would, and a second barrier
-// keeps each block's logits until its peers have read them. The grid: C x the device's active
+// x rows staged in shared memory first, and store each logit into every block's copy
+// (distributed shared memory: each block arrives at the cluster's barrier as it starts, and
+// waits for the others before its first store); one barrier more and every block holds every
+// logit, as mlp1's routing would read them. The grid: C x the device's active
 // clusters of that shape (cudaOccupancyMaxActiveClusters). No zeroed counter is needed, which a
 // grid-wide barrier would need before the launch.
 //
@@ -15,7 +16,6 @@
 // orders: ~1e-6 of their size). Arguments: pairs E T (default 32 1 128 1 128 8).
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench bench/cluster_gate.cu \
 //        -o build/cluster_gate && build/cluster_gate
-#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -24,12 +24,12 @@
 #include <random>
 #include <vector>
 
+#include "cuda/kernels/cluster.cuh"
 #include "cuda/kernels/moe/decode_gate.cuh"
 #include "cuda/launch/launch_kernel.h"
 #include "graph_timing.h"
 
 using namespace moekit::cuda;
-namespace cg = cooperative_groups;
 
 namespace {
 
@@ -49,13 +49,13 @@ struct ProbeParams {
 
 template <int kC>
 __global__ void __launch_bounds__(32 * kWarps, 1) cluster_gate_kernel(const ProbeParams p) {
-  cg::cluster_group cluster = cg::this_cluster();
-  const int rank = static_cast<int>(cluster.block_rank());
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // clusters
+  cluster_arrive_relaxed();
+  const int rank = cluster_block_rank();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   constexpr int64_t kWords = kH / 8;
   extern __shared__ uint4 xs[];  // [T][H / 8]
-  __shared__ float mine[(kMaxE + kC - 1) / kC][kMaxT];  // this block's experts' logits
-  __shared__ float all[kMaxT][kMaxE];                  // every expert's, gathered
+  __shared__ float all[kMaxT][kMaxE];  // every expert's logits, stored by the cluster's blocks
   // A warp's first expert's first words (4 a lane: 128 of the row's 360 at H = 2880; 6 spill
   // at mlp1's 80 registers) are asked for before anything else, as the gate kernel asks
   // for its row before its wait: those loads are the probe's latency.
@@ -72,6 +72,7 @@ __global__ void __launch_bounds__(32 * kWarps, 1) cluster_gate_kernel(const Prob
   const uint4* x = reinterpret_cast<const uint4*>(p.x);
   for (int64_t c = threadIdx.x; c < p.T * kWords; c += blockDim.x) xs[c] = __ldg(x + c);
   __syncthreads();
+  cluster_wait();  // every block of the cluster has started: its shared memory takes stores
   auto accumulate = [&](const uint4& word, int64_t c, float (&acc)[kMaxT]) {
     float w[8];
     bf16x8_to_floats(word, w);
@@ -101,18 +102,14 @@ __global__ void __launch_bounds__(32 * kWarps, 1) cluster_gate_kernel(const Prob
       float v = acc[t];
 #pragma unroll
       for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-      if (lane == 0 && t < p.T) mine[j][t] = v + __bfloat162float(p.bias[e]);
+      if (lane < kC && t < p.T) store_to_cluster_block(&all[t][e], lane, v + __bfloat162float(p.bias[e]));
     }
   }
-  cluster.sync();
-  for (int i = threadIdx.x; i < p.T * p.E; i += blockDim.x) {
-    const int t = i / p.E, e = i % p.E;
-    all[t][e] = *cluster.map_shared_rank(&mine[e / kC][t], e % kC);
-  }
-  cluster.sync();  // the peers have read this block's logits; `all` is whole after it
+  cluster_sync();  // `all` is whole; no block leaves while a peer may still store into it
   if (blockIdx.x == 0) {
     for (int i = threadIdx.x; i < p.T * p.E; i += blockDim.x) p.logits[i] = all[i / p.E][i % p.E];
   }
+#endif
 }
 
 // The grid of the probe at cluster size kC: kC x the active clusters of its shape.
