@@ -33,9 +33,10 @@ if [ "$mode" != sanitizers ]; then
   # Each process gets its share of the cores for torch's CPU pool: twelve processes of sixteen
   # threads each on sixteen cores left an H100 run at 95% after ten minutes. Work stealing keeps the
   # slow tests (the training example's, ~2 minutes each) from queueing behind one process.
+  # -v: the log names each test as it ends, so a run the call's limit cuts short still says which ran.
   JOBS=${JOBS:-8}
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))} \
-    $PY -m pytest -q -rs -n "$JOBS" --dist worksteal ${TESTS:-tests/python tests/multigpu} -p no:cacheprovider \
+    $PY -m pytest -v -rs -n "$JOBS" --dist worksteal ${TESTS:-tests/python tests/multigpu} -p no:cacheprovider \
     --junitxml="$OUT/pytest.xml" 2>&1 |
     tee "$OUT/pytest.log" | tail -15
 fi
