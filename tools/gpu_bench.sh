@@ -5,11 +5,12 @@
 # from .peers/, carried), the config sweep (bench/matmul_ogs_sweep.py), and at T = 1 .. 8 the
 # layer given repacked weights beside the layer given the checkpoint layout alone, whose T <= 8
 # calls take the decode kernels (where moe_decode_max_tokens ends them beside repacked weights),
-# and the probes of the eager overhead at T = 1 (bench/launch_cost.cu: what a launch costs the
-# host; bench/cluster_gate.cu: the gate by thread block clusters against the gate kernel). Carry
+# the one-token layer's eager overhead in three processes of its own (no peer timed beside it),
+# and the probes of that overhead (bench/launch_cost.cu: what a launch costs the host;
+# bench/cluster_gate.cu: the gate by thread block clusters against the gate kernel). Carry
 # build/wheels (`make gpu-wheels`) and .peers. Each step has its own time limit, so one that
-# overruns leaves the others' results.
-#   bash tools/gpu_bench.sh COMMIT [host] [layer] [sweep] [decode] [probes]      (default: all five)
+# overruns leaves the others' results. PACK=1 leaves them in one tar file.
+#   bash tools/gpu_bench.sh COMMIT [host] [layer] [sweep] [decode] [eager] [probes]      (default: all six)
 set -uo pipefail
 OUT=${OUT:-gpu_bench}
 mkdir -p "$OUT"
@@ -17,7 +18,7 @@ export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 commit=${1:?the commit measured: the GPU machine has no .git}
 shift
-steps=${*:-host layer sweep decode probes}
+steps=${*:-host layer sweep decode eager probes}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 $PY -c "import moekit" 2>/dev/null || OUT=$OUT bash tools/gpu_build.sh || exit 1
 
@@ -39,12 +40,17 @@ for s in $steps; do
               --out "$OUT/moe_layer_decode_repacked.json"
             step decode_checkpoint 100 $PY bench/moe_layer.py --commit "$commit" --tokens 1 2 3 4 5 6 7 8 \
               --out "$OUT/moe_layer_decode_checkpoint.json" ;;
+    eager) for run in 1 2 3; do  # the one-token layer alone in a process: no peer's state beside it
+             TAIL=2 step "eager_T1_$run" 100 $PY bench/moe_layer.py --commit "$commit" --repacked --tokens 1 \
+               --peer-dir /nonexistent --out "$OUT/moe_layer_eager_T1_$run.json"
+           done ;;
     probes) mkdir -p build
             for probe in launch_cost cluster_gate; do
               nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench \
                 "bench/$probe.cu" -o "build/$probe" || exit 1
               step "$probe" 60 "build/$probe"
             done ;;
-    *) echo "tools/gpu_bench.sh: unknown step '$s' (host, layer, sweep, decode, probes)"; exit 2 ;;
+    *) echo "tools/gpu_bench.sh: unknown step '$s' (host, layer, sweep, decode, eager, probes)"; exit 2 ;;
   esac
 done
+bash tools/pack_out.sh "$OUT" gpu_bench

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine: build the CUDA extension, run every test (CPU and GPU), the sanitizers on
-# the GPU tests, and the main job on the GPU. Logs go to $OUT (or ./gpu_logs). Each half fills
+# the GPU tests, and the main job on the GPU. Logs go to $OUT (or ./gpu_logs; PACK=1: as one tar
+# file there, tools/pack_out.sh). Each half fills
 # most of a ten-minute call on an H100, so each can run alone: `tests` (the build and every test)
 # or `sanitizers` (the build, the sanitizers and the main job).
 #   bash tools/gpu_check.sh [tests | sanitizers]        (TESTS="paths..." narrows the pytest run)
@@ -66,3 +67,4 @@ if [ "$mode" != tests ]; then
   echo "== main job on the GPU"
   $PY -m moekit.demo --device cuda 2>&1 | tee "$OUT/demo.log"
 fi
+bash tools/pack_out.sh "$OUT" gpu_check
