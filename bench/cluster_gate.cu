@@ -1,16 +1,17 @@
 // Whether the decode path's gate could live inside mlp1's launch (docs/kernels.md, issue 22's
 // eager overhead): a probe of the gate computed by thread block clusters, against the gate
-// kernel the layer launches today (moe_decode_gate_kernel). In the probe a cluster of C blocks
-// (mlp1's shape: one block an SM, 22 warps) computes all E logits together: block r's warps take
-// experts r, r + C, ... (a warp an expert: its lanes split H, a shuffle adds them), the block's
-// x rows staged in shared memory first, and store each logit into every block's copy
+// kernel the layer launches today (moe_decode_gate_kernel), as the branch gate-in-mlp1 computes
+// it. A cluster of C blocks (mlp1's shape: one block an SM, 22 warps) computes all E logits
+// together: block r takes experts r, r + C, ..., whose rows one thread asks the copy engine for
+// before anything else; a warp an expert (its lanes split H, a shuffle adds them, x's rows
+// staged in shared memory beside the rows) stores each logit into every block's copy
 // (distributed shared memory: each block arrives at the cluster's barrier as it starts, and
 // waits for the others before its first store); one barrier more and every block holds every
-// logit, as mlp1's routing would read them. The grid: C x the device's active
-// clusters of that shape (cudaOccupancyMaxActiveClusters). No zeroed counter is needed, which a
-// grid-wide barrier would need before the launch.
+// logit, as mlp1's routing would read them. The grid: C x the device's active clusters of that
+// shape (cudaOccupancyMaxActiveClusters). No zeroed counter is needed, which a grid-wide
+// barrier would need before the launch.
 //
-// Each row: E, T, the gate kernel's time and the probe's at C = 4, 8 and 16, each per call in a
+// Each row: E, T, the gate kernel's time and the probe's at C = 8 and 16, each per call in a
 // CUDA graph with the L2 flushed before each call (the graph of flushes alone subtracted), and
 // the largest difference of the probe's logits from the gate kernel's (float sums in other
 // orders: ~1e-6 of their size). Arguments: pairs E T (default 32 1 128 1 128 8).
@@ -24,6 +25,7 @@
 #include <random>
 #include <vector>
 
+#include "cuda/kernels/bulk_copy.cuh"
 #include "cuda/kernels/cluster.cuh"
 #include "cuda/kernels/moe/decode_gate.cuh"
 #include "cuda/launch/launch_kernel.h"
@@ -35,9 +37,13 @@ namespace {
 
 constexpr int64_t kH = 2880;
 constexpr int kWarps = 22, kMaxE = 128, kMaxT = moe_decode::kMaxTokens;
-// Dynamic shared memory a block asks for: its x rows and more, so that one block takes an SM, as
-// mlp1's blocks do (its registers alone would let two in).
-constexpr size_t kBlockSmem = size_t{120} << 10;
+// Dynamic shared memory a block asks for: x's rows at the most tokens, then its gate rows (16 at
+// E = 128, C = 8), and at least enough that one block takes an SM, as mlp1's blocks do.
+template <int kC>
+constexpr size_t block_smem() {
+  const size_t bytes = size_t{kMaxT * kH * 2} + size_t{(kMaxE + kC - 1) / kC * kH * 2};
+  return bytes > (size_t{120} << 10) ? bytes : size_t{120} << 10;
+}
 
 struct ProbeParams {
   const __nv_bfloat16* x;  // [T, H]
@@ -49,54 +55,44 @@ struct ProbeParams {
 
 template <int kC>
 __global__ void __launch_bounds__(32 * kWarps, 1) cluster_gate_kernel(const ProbeParams p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // clusters
+#if MOEKIT_BULK_COPY  // clusters and the copy engine: sm_90
   cluster_arrive_relaxed();
   const int rank = cluster_block_rank();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   constexpr int64_t kWords = kH / 8;
-  extern __shared__ uint4 xs[];  // [T][H / 8]
+  extern __shared__ uint4 xs[];  // [T][H / 8], then the block's gate rows
   __shared__ float all[kMaxT][kMaxE];  // every expert's logits, stored by the cluster's blocks
-  // A warp's first expert's first words (4 a lane: 128 of the row's 360 at H = 2880; 6 spill
-  // at mlp1's 80 registers) are asked for before anything else, as the gate kernel asks
-  // for its row before its wait: those loads are the probe's latency.
-  constexpr int kEarly = 4;
-  auto row_of = [&](int j) { return reinterpret_cast<const uint4*>(p.w + static_cast<int64_t>(rank + kC * j) * kH); };
-  uint4 early[kEarly];
-  if (rank + kC * warp < p.E) {
-#pragma unroll
-    for (int i = 0; i < kEarly; ++i) {
-      const int64_t c = lane + 32 * i;
-      if (c < kWords) early[i] = __ldg(row_of(warp) + c);
-    }
+  __shared__ uint64_t rows_landed;
+  uint4* rows = xs + kMaxT * kWords;
+  // The block's gate rows (experts rank, rank + C, ...), asked of the copy engine by one thread
+  // before anything else, as mlp1 would before its wait: those copies are the probe's latency.
+  const int n = (p.E - rank + kC - 1) / kC;
+  if (threadIdx.x == 0) {
+    barrier_init(&rows_landed, 1);
+    barrier_init_fence();
+    barrier_arrive_expect(&rows_landed, static_cast<uint32_t>(n * kH * 2));
+    for (int j = 0; j < n; ++j) bulk_copy<true>(rows + j * kWords, p.w + (rank + kC * j) * kH, kH * 2, &rows_landed);
   }
   const uint4* x = reinterpret_cast<const uint4*>(p.x);
   for (int64_t c = threadIdx.x; c < p.T * kWords; c += blockDim.x) xs[c] = __ldg(x + c);
   __syncthreads();
   cluster_wait();  // every block of the cluster has started: its shared memory takes stores
-  auto accumulate = [&](const uint4& word, int64_t c, float (&acc)[kMaxT]) {
-    float w[8];
-    bf16x8_to_floats(word, w);
-#pragma unroll
-    for (int t = 0; t < kMaxT; ++t) {
-      if (t >= p.T) break;
-      float v[8];
-      bf16x8_to_floats(xs[t * kWords + c], v);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) acc[t] = fmaf(w[i], v[i], acc[t]);
-    }
-  };
-  for (int j = warp; rank + kC * j < p.E; j += kWarps) {
+  barrier_wait(&rows_landed, 0);
+  for (int j = warp; j < n; j += kWarps) {
     const int e = rank + kC * j;
     float acc[kMaxT] = {};
-    int64_t c = lane;
-    if (j == warp) {
+    for (int64_t c = lane; c < kWords; c += 32) {
+      float w[8];
+      bf16x8_to_floats(rows[j * kWords + c], w);
 #pragma unroll
-      for (int i = 0; i < kEarly; ++i, c += 32) {
-        if (c < kWords) accumulate(early[i], c, acc);
+      for (int t = 0; t < kMaxT; ++t) {
+        if (t >= p.T) break;
+        float v[8];
+        bf16x8_to_floats(xs[t * kWords + c], v);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[t] = fmaf(w[i], v[i], acc[t]);
       }
     }
-#pragma unroll 4
-    for (; c < kWords; c += 32) accumulate(__ldg(row_of(j) + c), c, acc);
 #pragma unroll
     for (int t = 0; t < kMaxT; ++t) {
       float v = acc[t];
@@ -116,11 +112,11 @@ __global__ void __launch_bounds__(32 * kWarps, 1) cluster_gate_kernel(const Prob
 template <int kC>
 unsigned probe_grid() {
   if (kC > 8) CHECK(cudaFuncSetAttribute(cluster_gate_kernel<kC>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-  CHECK(cudaFuncSetAttribute(cluster_gate_kernel<kC>, cudaFuncAttributeMaxDynamicSharedMemorySize, kBlockSmem));
+  CHECK(cudaFuncSetAttribute(cluster_gate_kernel<kC>, cudaFuncAttributeMaxDynamicSharedMemorySize, block_smem<kC>()));
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(kC);
   config.blockDim = dim3(32 * kWarps);
-  config.dynamicSmemBytes = kBlockSmem;
+  config.dynamicSmemBytes = block_smem<kC>();
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeClusterDimension;
   attribute.val.clusterDim.x = kC;
@@ -150,8 +146,8 @@ int main(int argc, char** argv) {
   auto flush = [&] { CHECK(cudaMemsetAsync(flush_buffer, 0, size_t{256} << 20, stream)); };
   constexpr int kCalls = 20;
   const float flush_us = graph_us_per_call(stream, kCalls, [&](int) { flush(); });
-  std::printf("%4s %2s %14s %14s %14s %14s   (grids %u / %u / %u; largest |probe - gate| / max |logit|)\n", "E", "T",
-              "gate kernel us", "C = 4 us", "C = 8 us", "C = 16 us", probe_grid<4>(), probe_grid<8>(), probe_grid<16>());
+  std::printf("%4s %2s %14s %14s %14s   (grids %u / %u; largest |probe - gate| / max |logit|)\n", "E", "T",
+              "gate kernel us", "C = 8 us", "C = 16 us", probe_grid<8>(), probe_grid<16>());
   std::mt19937 rng(0);
   std::normal_distribution<float> normal;
   for (size_t i = 0; i + 1 < pairs.size(); i += 2) {
@@ -191,7 +187,7 @@ int main(int argc, char** argv) {
     const float gate_us = graph_us_per_call(stream, kCalls, [&](int) { flush(); gate(); }) - flush_us;
 
     const ProbeParams p{x, w, bias, T, E, logits};
-    float probe_us[3];
+    float probe_us[2];
     float worst = 0, scale = 0;
     auto probe = [&](auto cluster_size, int which) {
       constexpr int kC = decltype(cluster_size)::value;
@@ -201,7 +197,8 @@ int main(int argc, char** argv) {
         return;
       }
       auto launch = [&] {
-        launch_kernel_in_clusters(cluster_gate_kernel<kC>, dim3(grid), dim3(kC), 32 * kWarps, kBlockSmem, stream, true, p);
+        launch_kernel_in_clusters(cluster_gate_kernel<kC>, dim3(grid), dim3(kC), 32 * kWarps, block_smem<kC>(), stream,
+                                  true, p);
       };
       CHECK(cudaMemsetAsync(logits, 0xff, T * E * sizeof(float), stream));  // NaN where nothing is written
       launch();
@@ -213,10 +210,9 @@ int main(int argc, char** argv) {
       }
       probe_us[which] = graph_us_per_call(stream, kCalls, [&](int) { flush(); launch(); }) - flush_us;
     };
-    probe(std::integral_constant<int, 4>(), 0);
-    probe(std::integral_constant<int, 8>(), 1);
-    probe(std::integral_constant<int, 16>(), 2);
-    std::printf("%4d %2d %14.2f %14.2f %14.2f %14.2f   %.2e\n", E, T, gate_us, probe_us[0], probe_us[1], probe_us[2],
+    probe(std::integral_constant<int, 8>(), 0);
+    probe(std::integral_constant<int, 16>(), 1);
+    std::printf("%4d %2d %14.2f %14.2f %14.2f   %.2e\n", E, T, gate_us, probe_us[0], probe_us[1],
                 worst / scale);
     for (const void* ptr : {static_cast<const void*>(x), static_cast<const void*>(w), static_cast<const void*>(bias),
                             static_cast<const void*>(logits), static_cast<const void*>(x_paired),
