@@ -61,9 +61,9 @@ def call_ms(fn, flush=None, idle_start=False, host_ms=None) -> float:
     return start.elapsed_time(end)
 
 
-def median_ms(fn, reps, flush=None, idle_start=False):
-    """The median of reps times of fn() (call_ms)."""
-    return statistics.median(call_ms(fn, flush, idle_start) for _ in range(reps))
+def median_ms(fn, reps, flush=None):
+    """The median of reps GPU times of fn() (call_ms)."""
+    return statistics.median(call_ms(fn, flush) for _ in range(reps))
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Overhead:
     eager_host_ms: float
 
 
-def overhead_ms(eager, replay, reps, flush=None) -> Overhead:
+def eager_overhead(eager, replay, reps, flush=None) -> Overhead:
     """eager()'s time over replay()'s (a CUDA graph of it), each call started on an idle GPU: the
     median of reps paired differences, the two calls of a pair back to back (in turn which first),
     so that a drift of the host's or the GPU's clocks over the run cancels."""

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import moekit
-from common import ceilings, commit_of, driver_version, median_ms, overhead_ms, sweep_arguments
+from common import ceilings, commit_of, driver_version, median_ms, eager_overhead, sweep_arguments
 
 H = I = 2880
 K = 4
@@ -105,7 +105,7 @@ def time_layer(run, dev, reps, flush):
     with torch.cuda.graph(graph):
         y = run()
     graph_ms = median_ms(graph.replay, reps, flush)
-    return graph_ms, overhead_ms(run, graph.replay, max(reps, OVERHEAD_PAIRS), flush), (graph, y, eager_y)
+    return graph_ms, eager_overhead(run, graph.replay, max(reps, OVERHEAD_PAIRS), flush), (graph, y, eager_y)
 
 
 def main():
