@@ -34,12 +34,32 @@ if [ "$mode" != sanitizers ]; then
   # Each process gets its share of the cores for torch's CPU pool: twelve processes of sixteen
   # threads each on sixteen cores left an H100 run at 95% after ten minutes. Work stealing keeps the
   # slow tests (the training example's, ~2 minutes each) from queueing behind one process.
+  # The files whose module-scoped fixtures are dear (the bad-input matrix runs every case in a
+  # process of its own, per device; the generate tests build a model) run in one process of their
+  # own beside the others: under xdist each worker that drew one of their tests built them again.
   # -v: the log names each test as it ends, so a run the call's limit cuts short still says which ran.
   JOBS=${JOBS:-8}
-  OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))} \
-    $PY -m pytest -v -rs -n "$JOBS" --dist worksteal ${TESTS:-tests/python tests/multigpu} -p no:cacheprovider \
-    --junitxml="$OUT/pytest.xml" 2>&1 |
-    tee "$OUT/pytest.log" | tail -15
+  threads=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))
+  if [ -n "${TESTS:-}" ]; then
+    ONE=() REST=($TESTS)
+  else
+    ONE=(tests/python/test_bad_input_matrix.py tests/python/test_gpt_oss.py tests/python/test_cuda_generate.py
+         tests/python/test_generate_torchrun.py)
+    REST=(tests/python tests/multigpu); for f in "${ONE[@]}"; do REST+=(--ignore "$f"); done
+  fi
+  if [ ${#ONE[@]} -gt 0 ]; then
+    OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads} $PY -m pytest -v -rs --durations=20 "${ONE[@]}" -p no:cacheprovider \
+      --junitxml="$OUT/pytest_one.xml" > "$OUT/pytest_one.log" 2>&1 &
+    one=$!
+  fi
+  OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads} \
+    $PY -m pytest -v -rs --durations=40 -n "$(( ${#ONE[@]} > 0 ? JOBS - 1 : JOBS ))" --dist worksteal "${REST[@]}" \
+    -p no:cacheprovider --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.log" | tail -15
+  if [ ${#ONE[@]} -gt 0 ]; then
+    wait $one
+    echo "== pytest (${ONE[*]##*/}, one process)"
+    tail -5 "$OUT/pytest_one.log"
+  fi
 fi
 
 if [ "$mode" != tests ]; then
