@@ -16,14 +16,10 @@ repack_mxfp4 output (the swap-AB kernels' operand), and with --batch-invariant (
 its default, the cost the ratio of the two graphs. Numerics against a float32 reference on those
 weights; prints a table, then each layer's distance to issue 22's goals and the counts of rows
 meeting them (acceptance()), and writes the rows and counts as JSON and a PNG of floor/time per row.
-The JSON names the CPUs the process may run on: tools/gpu_bench.sh pins it to one (taskset), since
-on the lent machines an unpinned process's host times wander between runs of the same code
-(docs/kernels.md, issue 22's eager overhead).
 """
 
 import datetime
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -193,7 +189,7 @@ def main():
     goals = acceptance(rows)
     print_acceptance(rows, goals)
     result = dict(gpu=props.name, driver=driver_version(), commit=commit, date=datetime.date.today().isoformat(),
-                  torch=torch.__version__, cpu_affinity=sorted(os.sched_getaffinity(0)), ceilings=ceil, H=H, I=I, k=K, repacked=args.repacked,
+                  torch=torch.__version__, ceilings=ceil, H=H, I=I, k=K, repacked=args.repacked,
                   batch_invariant=args.batch_invariant, rows=rows, acceptance=goals)
     out = args.out or Path("bench/results") / f"moe_layer_{props.name.replace(' ', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,12 +5,9 @@
 # from .peers/, carried), the config sweep (bench/matmul_ogs_sweep.py), and at T = 1 .. 8 the
 # layer given repacked weights beside the layer given the checkpoint layout alone, whose T <= 8
 # calls take the decode kernels (where moe_decode_max_tokens ends them beside repacked weights),
-# the one-token layer's eager overhead in processes of its own (no peer timed beside it), and the
-# probes of that overhead (bench/launch_cost.cu: what a launch costs the host;
-# bench/cluster_gate.cu: the gate by thread block clusters against the gate kernel). The Python
-# steps run pinned to one CPU (PIN, default 5; taskset): unpinned, the same call's host time
-# wandered 20-50 us between processes on an H100 machine, torch's own ops' alike, and pinned it
-# held (docs/kernels.md); the eager step also runs once unpinned, to show the spread. Carry
+# the one-token layer's eager overhead in three processes of its own (no peer timed beside it),
+# and the probes of that overhead (bench/launch_cost.cu: what a launch costs the host;
+# bench/cluster_gate.cu: the gate by thread block clusters against the gate kernel). Carry
 # build/wheels (`make gpu-wheels`) and .peers. Each step has its own time limit, so one that
 # overruns leaves the others' results. PACK=1 leaves them in one tar file.
 #   bash tools/gpu_bench.sh COMMIT [host] [layer] [sweep] [decode] [eager] [probes]      (default: all six)
@@ -19,8 +16,6 @@ OUT=${OUT:-gpu_bench}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
-PIN=${PIN:-5}
-PINNED="taskset -c $PIN $PY"
 commit=${1:?the commit measured: the GPU machine has no .git}
 shift
 steps=${*:-host layer sweep decode eager probes}
@@ -36,21 +31,18 @@ step() {  # name, time limit (s), command...
 }
 for s in $steps; do
   case $s in
-    host) step host 120 $PINNED bench/host_calls.py --device cuda --calls 3000 --commit "$commit" --trace "$OUT/traces" \
+    host) step host 120 $PY bench/host_calls.py --device cuda --calls 3000 --commit "$commit" --trace "$OUT/traces" \
             --out "$OUT/host_calls.json" ;;
-    layer) TAIL=45 step layer 420 $PINNED bench/moe_layer.py --commit "$commit" --repacked --batch-invariant \
+    layer) TAIL=45 step layer 300 $PY bench/moe_layer.py --commit "$commit" --repacked --batch-invariant \
              --out "$OUT/moe_layer.json" ;;
-    sweep) step sweep 300 $PINNED bench/matmul_ogs_sweep.py --commit "$commit" --out "$OUT/matmul_ogs_configs.json" ;;
-    decode) step decode_repacked 100 $PINNED bench/moe_layer.py --commit "$commit" --repacked --tokens 1 2 3 4 5 6 7 8 \
+    sweep) step sweep 300 $PY bench/matmul_ogs_sweep.py --commit "$commit" --out "$OUT/matmul_ogs_configs.json" ;;
+    decode) step decode_repacked 100 $PY bench/moe_layer.py --commit "$commit" --repacked --tokens 1 2 3 4 5 6 7 8 \
               --out "$OUT/moe_layer_decode_repacked.json"
-            step decode_checkpoint 100 $PINNED bench/moe_layer.py --commit "$commit" --tokens 1 2 3 4 5 6 7 8 \
+            step decode_checkpoint 100 $PY bench/moe_layer.py --commit "$commit" --tokens 1 2 3 4 5 6 7 8 \
               --out "$OUT/moe_layer_decode_checkpoint.json" ;;
-    eager) # the one-token layer alone in a process (no peer's state beside it), pinned to three
-           # CPUs in turn, then unpinned
-           for cpu in 2 7 12 all; do
-             run=(taskset -c "$cpu" $PY); [ "$cpu" = all ] && run=($PY)
-             TAIL=2 step "eager_T1_cpu$cpu" 100 "${run[@]}" bench/moe_layer.py --commit "$commit" --repacked \
-               --tokens 1 --peer-dir /nonexistent --out "$OUT/moe_layer_eager_T1_cpu$cpu.json"
+    eager) for run in 1 2 3; do  # the one-token layer alone in a process: no peer's state beside it
+             TAIL=2 step "eager_T1_$run" 100 $PY bench/moe_layer.py --commit "$commit" --repacked --tokens 1 \
+               --peer-dir /nonexistent --out "$OUT/moe_layer_eager_T1_$run.json"
            done ;;
     probes) mkdir -p build
             for probe in launch_cost cluster_gate; do
