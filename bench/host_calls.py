@@ -8,7 +8,9 @@ dispatcher and the C++ checks. With --device cuda bench/moe_layer.py's layer als
 shapes, repacked MXFP4 experts, --experts E) on one token, the decode step's call: each
 call's host time alone (the time until the call returns, its kernels queued, never waited
 for), beside the op called below the Autograd key as the wrapper calls it, so that the
-difference is the wrapper's Python. --trace DIR also writes, per E, a torch.profiler trace (Chrome
+difference is the wrapper's Python, and a control: one torch op's call (an in-place add on the
+GPU, one launch), whose host time says how fast the process's host is (on the lent machines it
+wandered 1.5x between processes, moekit's calls with it: bench/results/eager_overhead_H100_processes.txt). --trace DIR also writes, per E, a torch.profiler trace (Chrome
 JSON) of ten one-token calls each started on an idle GPU, eager and then as a CUDA graph's
 replay: where eager minus graph goes (the host's spans, the launches, the kernels).
 
@@ -114,6 +116,10 @@ def decode_step_rows(experts: list, calls: int, dev: torch.device, trace_dir) ->
     """The one-token layer of bench/moe_layer.py (its make_layer, repacked experts), and the
     empty call beside it."""
     out = []
+    small = torch.zeros(16, device=dev)
+    torch_us = host_us(lambda: small.add_(1), calls, dev)
+    out.append(dict(op="torch add_ (control)", torch_us=torch_us))
+    print(f"one torch op (add_, one launch): {torch_us:.2f} us")
     print(f"{'E':>4s} {'T':>2s} {'wrapper us':>11s} {'op below Autograd us':>21s}")
     op = torch.ops.moekit.moe_mlp.default
     for E in experts:

@@ -6,8 +6,7 @@
 # layer given repacked weights beside the layer given the checkpoint layout alone, whose T <= 8
 # calls take the decode kernels (where moe_decode_max_tokens ends them beside repacked weights),
 # the one-token layer's eager overhead in three processes of its own (no peer timed beside it),
-# and the probes of that overhead (bench/launch_cost.cu: what a launch costs the host;
-# bench/cluster_gate.cu: the gate by thread block clusters against the gate kernel). Carry
+# and the probe of that overhead (bench/launch_cost.cu: what a launch costs the host). Carry
 # build/wheels (`make gpu-wheels`) and .peers. Each step has its own time limit, so one that
 # overruns leaves the others' results. PACK=1 leaves them in one tar file.
 #   bash tools/gpu_bench.sh COMMIT [host] [layer] [sweep] [decode] [eager] [probes]      (default: all six)
@@ -45,7 +44,7 @@ for s in $steps; do
                --peer-dir /nonexistent --out "$OUT/moe_layer_eager_T1_$run.json"
            done ;;
     probes) mkdir -p build
-            for probe in launch_cost cluster_gate; do
+            for probe in launch_cost; do
               nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench \
                 "bench/$probe.cu" -o "build/$probe" || exit 1
               step "$probe" 60 "build/$probe"

@@ -22,13 +22,6 @@ __device__ __forceinline__ void cluster_arrive_relaxed() {
 }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); }
 
-// This block's rank in its cluster.
-__device__ __forceinline__ int cluster_block_rank() {
-  uint32_t rank;
-  asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
-  return static_cast<int>(rank);
-}
-
 // Stores v at `local`'s offset in the shared memory of the cluster's block `rank`.
 __device__ __forceinline__ void store_to_cluster_block(float* local, int rank, float v) {
   uint32_t remote;
