@@ -10,9 +10,11 @@ call's host time alone (the time until the call returns, its kernels queued, nev
 for), beside the op called below the Autograd key as the wrapper calls it, so that the
 difference is the wrapper's Python, and a control: one torch op's call (an in-place add on the
 GPU, one launch), whose host time says how fast the process's host is (on the lent machines it
-wandered 1.5x between processes, moekit's calls with it: bench/results/eager_overhead_H100_processes.txt). --trace DIR also writes, per E, a torch.profiler trace (Chrome
-JSON) of ten one-token calls each started on an idle GPU, eager and then as a CUDA graph's
-replay: where eager minus graph goes (the host's spans, the launches, the kernels).
+wandered 1.5x between processes, moekit's calls with it:
+bench/results/eager_overhead_H100_processes.txt). --trace DIR also writes, per E, a
+torch.profiler trace (Chrome JSON) of ten one-token calls each started on an idle GPU, eager and
+then as a CUDA graph's replay: where eager minus graph goes (the host's spans, the launches, the
+kernels).
 
     python3 bench/host_calls.py [--device cpu|cuda] [--experts 32 128] [--calls 20000] [--trace DIR]
         [--out bench/results/host_calls_<CPU or GPU>.json]

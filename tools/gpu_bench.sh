@@ -44,11 +44,9 @@ for s in $steps; do
                --peer-dir /nonexistent --out "$OUT/moe_layer_eager_T1_$run.json"
            done ;;
     probes) mkdir -p build
-            for probe in launch_cost; do
-              nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench \
-                "bench/$probe.cu" -o "build/$probe" || exit 1
-              step "$probe" 60 "build/$probe"
-            done ;;
+            nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench \
+              bench/launch_cost.cu -o build/launch_cost || exit 1
+            step launch_cost 60 build/launch_cost ;;
     *) echo "tools/gpu_bench.sh: unknown step '$s' (host, layer, sweep, decode, eager, probes)"; exit 2 ;;
   esac
 done

@@ -39,7 +39,12 @@ if [ "$mode" != sanitizers ]; then
   # own beside the others: under xdist each worker that drew one of their tests built them again.
   # -v: the log names each test as it ends, so a run the call's limit cuts short still says which ran.
   JOBS=${JOBS:-8}
-  threads=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}
+  run_pytest() {  # log name, pytest arguments...
+    local name=$1
+    shift
+    $PY -m pytest -v -rs -p no:cacheprovider --junitxml="$OUT/$name.xml" "$@" > "$OUT/$name.log" 2>&1
+  }
   if [ -n "${TESTS:-}" ]; then
     ONE=() REST=($TESTS)
   else
@@ -47,16 +52,11 @@ if [ "$mode" != sanitizers ]; then
          tests/python/test_generate_torchrun.py)
     REST=(tests/python tests/multigpu); for f in "${ONE[@]}"; do REST+=(--ignore "$f"); done
   fi
+  [ ${#ONE[@]} -gt 0 ] && { run_pytest pytest_one --durations=20 "${ONE[@]}" & }
+  run_pytest pytest --durations=40 -n "$(( ${#ONE[@]} > 0 ? JOBS - 1 : JOBS ))" --dist worksteal "${REST[@]}"
+  tail -15 "$OUT/pytest.log"
   if [ ${#ONE[@]} -gt 0 ]; then
-    OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads} $PY -m pytest -v -rs --durations=20 "${ONE[@]}" -p no:cacheprovider \
-      --junitxml="$OUT/pytest_one.xml" > "$OUT/pytest_one.log" 2>&1 &
-    one=$!
-  fi
-  OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads} \
-    $PY -m pytest -v -rs --durations=40 -n "$(( ${#ONE[@]} > 0 ? JOBS - 1 : JOBS ))" --dist worksteal "${REST[@]}" \
-    -p no:cacheprovider --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.log" | tail -15
-  if [ ${#ONE[@]} -gt 0 ]; then
-    wait $one
+    wait
     echo "== pytest (${ONE[*]##*/}, one process)"
     tail -5 "$OUT/pytest_one.log"
   fi
