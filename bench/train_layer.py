@@ -5,6 +5,8 @@ peer layer), in the same process, on the same weights and inputs.
 
     python bench/train_layer.py [--experts 32 128] [--tokens 2048 8192] [--out bench/results/NAME.json]
         [--kernels]   (also prints the kernels of one moekit step, by time, from torch's profiler)
+        [--repacked]  (moekit also with its experts in both layouts, repack_mxfp4's beside the
+                       checkpoint's, as from_pretrained(..., repack_experts=True) holds them)
 
 x requires grad, the weights are frozen (as when training modules around the model). moekit is
 timed both ways it trains: moekit.moe_mlp in grad mode (its activations kept by autograd, mlp1's h
@@ -88,6 +90,8 @@ def main():
     p = sweep_arguments(__doc__.splitlines()[0])
     p.set_defaults(tokens=[2048, 8192], reps=10)
     p.add_argument("--kernels", action="store_true")
+    p.add_argument("--repacked", action="store_true",
+                   help="moekit also timed with its experts in both layouts (repack_mxfp4's beside the checkpoint's)")
     args = p.parse_args()
     dev = torch.device("cuda")
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -100,6 +104,8 @@ def main():
         w1t, w2t = w1.transpose(1, 2), w2.transpose(1, 2)  # [E, K, N] views for torch._grouped_mm
         mx_bytes = sum(t.numel() * t.element_size() for t in (*layer["mlp1_weight"], *layer["mlp2_weight"]))
         bf16_bytes = (w1.numel() + w2.numel()) * 2
+        repacked = ({**layer, **{w: layer[w] + moekit.repack_mxfp4(*layer[w]) for w in ("mlp1_weight", "mlp2_weight")}}
+                    if args.repacked else None)
         for T in args.tokens:
             x = torch.randn(T, H, device=dev, generator=gen).bfloat16().requires_grad_()
             grad_y = torch.randn(T, H, device=dev, generator=gen).bfloat16()
@@ -107,6 +113,9 @@ def main():
             m_grad = x.grad.clone()
             if args.kernels:
                 print_kernels(lambda x: moekit_layer(x, layer), x, grad_y)
+            if repacked is not None:
+                p_fwd, p_bwd, _, _ = time_training(lambda x: moekit_layer(x, repacked), x, grad_y, args.reps)
+                p_grad = x.grad.clone()
             r_fwd, r_bwd, r_peak, r_kept = time_training(lambda x: moekit_op(x, layer), x, grad_y, args.reps)
             b_fwd, b_bwd, b_peak, b_kept = time_training(lambda x: grouped_mm_layer(x, layer, w1t, w2t)[0], x, grad_y, args.reps)
             b_grad = x.grad.clone()
@@ -120,15 +129,19 @@ def main():
                    "bf16_expert_weight_GB": bf16_bytes / 1e9,
                    "step_speedup": (b_fwd + b_bwd) / (m_fwd + m_bwd), "weight_memory_ratio": mx_bytes / bf16_bytes,
                    "moekit_grad_x_rel_err": rel_err(m_grad, want), "bf16_grad_x_rel_err": rel_err(b_grad, want)}
+            if repacked is not None:
+                row.update(moekit_repacked_forward_ms=p_fwd, moekit_repacked_backward_ms=p_bwd,
+                           moekit_repacked_grad_x_rel_err=rel_err(p_grad, want))
             result["rows"].append(row)
             print(f"E={E:4d} T={T:5d}  moekit fwd {m_fwd:7.3f} bwd {m_bwd:7.3f} ms (bwd/fwd {m_bwd / m_fwd:4.2f}, "
                   f"peak {m_peak / 1e9:5.2f} GB, kept {m_kept / 1e9:5.2f} GB, err {row['moekit_grad_x_rel_err']:.1e})  bf16 fwd {b_fwd:7.3f} "
                   f"bwd {b_bwd:7.3f} ms (peak {b_peak / 1e9:5.2f} GB, kept {b_kept / 1e9:5.2f} GB, err {row['bf16_grad_x_rel_err']:.1e})  "
                   f"step x{row['step_speedup']:4.2f}  weights {mx_bytes / 1e9:.2f} vs {bf16_bytes / 1e9:.2f} GB  "
                   f"(the op, recomputing: fwd {r_fwd:7.3f} bwd {r_bwd:7.3f} ms, peak {r_peak / 1e9:5.2f} GB, kept {r_kept / 1e9:5.2f} GB)",
-                  flush=True)
+                  + (f"  repacked: fwd {p_fwd:7.3f} bwd {p_bwd:7.3f} ms, err {row['moekit_repacked_grad_x_rel_err']:.1e}"
+                     if repacked is not None else ""), flush=True)
             del x, grad_y, m_grad, b_grad, want
-        del layer, w1, w2, w1t, w2t
+        del layer, repacked, w1, w2, w1t, w2t
         torch.cuda.empty_cache()
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -2,7 +2,7 @@
 
     python -m moekit.generate [--checkpoint DIR] [--prompt TEXT] [--max-new-tokens N]
         [--device cpu|cuda|cuda:N] [--backend nccl|gloo] [--temperature T] [--top-p P] [--seed S]
-        [--eager] [--no-set-device] [--dist-timeout SECONDS] [--preflight NPROC] [--chat]
+        [--eager] [--repack-experts] [--no-set-device] [--dist-timeout SECONDS] [--preflight NPROC] [--chat]
     torchrun --nproc-per-node N -m moekit.generate ...
 
 Every rank loads its shard (see moekit.models.TensorParallel) and generates; rank 0 prints its
@@ -62,6 +62,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (the same on every rank), in [0, 2^64)")
     p.add_argument("--eager", action="store_true",
                    help="run each decode step eagerly instead of replaying it from a CUDA graph (the same tokens)")
+    p.add_argument("--repack-experts", action="store_true",
+                   help="also hold the experts in the layout of moekit's Hopper main loop, which the prompt's "
+                        "prefill then runs on (sm_90): twice the experts' memory")
     p.add_argument("--no-set-device", action="store_true",
                    help="do not call torch.cuda.set_device (the model never relies on it)")
     p.add_argument("--no-progress", action="store_true", help="no loading progress bar")
@@ -266,7 +269,7 @@ def _generate(args: argparse.Namespace, tokenizer, prompt_ids: List[int], stop_i
     world, rank = env.world, env.rank
     try:
         model = load_model(args.checkpoint, device, rank=rank, world_size=world, progress=not args.no_progress,
-                           dtype=DTYPES[args.dtype])
+                           dtype=DTYPES[args.dtype], repack_experts=args.repack_experts)
     except (CheckpointError, FileNotFoundError) as e:
         _fail(str(e))
 

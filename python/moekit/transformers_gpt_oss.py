@@ -31,6 +31,7 @@ from torch import nn
 import moekit
 from moekit.models import GptOssConfig, layouts, read_config
 from moekit.models.checkpoint import CheckpointError, CheckpointTensors, find_beside
+from moekit.models.gpt_oss import RepackableMXFP4
 
 try:
     from transformers import GenerationConfig
@@ -43,9 +44,13 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 MXFP4_BLOCK = 32
 
 
-class MoekitGptOssExperts(nn.Module):
+class MoekitGptOssExperts(RepackableMXFP4):
     """The experts of one layer as the checkpoint stores them: MXFP4 blocks and scales (uint8) and
-    float biases, as buffers named like the checkpoint's tensors."""
+    float biases, as buffers named like the checkpoint's tensors; :meth:`repack` adds the MXFP4
+    weights' layout for moekit's Hopper main loop (outside the state_dict)."""
+
+    mxfp4_weights = (("gate_up_proj_blocks", "gate_up_proj_scales", "gate_up_proj_"),
+                     ("down_proj_blocks", "down_proj_scales", "down_proj_"))
 
     def __init__(self, config: HfGptOssConfig):
         super().__init__()
@@ -73,9 +78,8 @@ class MoekitGptOssMLP(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor):
         e = self.experts
-        y = moekit.moe_mlp(hidden_states, self.router.weight, self.router.bias,
-                           (e.gate_up_proj_blocks, e.gate_up_proj_scales), e.gate_up_proj_bias,
-                           (e.down_proj_blocks, e.down_proj_scales), e.down_proj_bias,
+        y = moekit.moe_mlp(hidden_states, self.router.weight, self.router.bias, e.mxfp4_operand(0), e.gate_up_proj_bias,
+                           e.mxfp4_operand(1), e.down_proj_bias,
                            experts_per_token=self.experts_per_token, swiglu_limit=e.limit)
         return y, None
 
@@ -105,14 +109,16 @@ def hf_config(ours: GptOssConfig) -> HfGptOssConfig:
 
 @torch.no_grad()
 def from_pretrained(path: Union[str, Path], device: Union[str, torch.device] = "cpu",
-                    dtype: torch.dtype = torch.bfloat16, attn_implementation: Optional[str] = "eager"
-                    ) -> GptOssForCausalLM:
+                    dtype: torch.dtype = torch.bfloat16, attn_implementation: Optional[str] = "eager",
+                    repack_experts: bool = False) -> GptOssForCausalLM:
     """transformers' GptOssForCausalLM from checkpoint ``path`` on ``device``, its MoE layers run by
     moekit on the checkpoint's MXFP4 weights; everything else in ``dtype``. Every tensor of the
     model comes from the checkpoint (checked: a missing or misshapen one is a CheckpointError).
     Its generation settings (the end-of-sequence ids above all) are the checkpoint's
     generation_config.json, read by transformers as its own from_pretrained reads it (beside an
-    ``original/`` folder for that layout)."""
+    ``original/`` folder for that layout). ``repack_experts``: every layer's experts also in the
+    layout of moekit's Hopper main loop (:meth:`MoekitGptOssExperts.repack`), which moe_mlp reads
+    on sm_90 past 4 tokens a call (prefill, training), at twice the experts' memory."""
     path, device = Path(path), torch.device(device)
     ours = read_config(path)
     config = hf_config(ours)
@@ -142,6 +148,10 @@ def from_pretrained(path: Union[str, Path], device: Union[str, torch.device] = "
         raise RuntimeError(f"moekit.transformers_gpt_oss: tensors the checkpoint did not fill: {left[:6]}")
     model.generation_config = generation_config(path)
     model.eval()
+    if repack_experts:
+        for module in model.modules():
+            if isinstance(module, MoekitGptOssExperts):
+                module.repack()
     return model
 
 

@@ -464,14 +464,16 @@ def _check_tensors(path: Path, config: GptOssConfig, index: _Index, specs: Dict[
 
 def load_model(path: PathLike, device: Union[str, torch.device], *, rank: Optional[int] = None,
                world_size: Optional[int] = None, progress: bool = True, dtype: torch.dtype = torch.bfloat16,
-               group=None) -> GptOss:
+               group=None, repack_experts: bool = False) -> GptOss:
     """Loads the checkpoint directory ``path`` as a :class:`GptOss` on ``device``.
 
     ``rank``/``world_size`` default to torch.distributed's when it is initialised (else 0 and 1);
     with world_size > 1 only this rank's shard of each tensor is read (safetensors slices), as
     :class:`TensorParallel` describes. ``dtype`` is the dense weights' and activations' dtype
     (bfloat16 as stored, or float32). A progress bar goes to stderr on rank 0 if ``progress``.
-    Tensors are read on the CPU and copied to ``device`` one at a time.
+    Tensors are read on the CPU and copied to ``device`` one at a time. ``repack_experts``: the
+    experts also in the layout of moekit's Hopper main loop (:meth:`GptOss.repack_experts`), which
+    the prefill then runs on (sm_90), at twice the experts' memory.
     """
     import torch.distributed as dist
     from tqdm import tqdm
@@ -515,4 +517,6 @@ def load_model(path: PathLike, device: Union[str, torch.device], *, rank: Option
             print(f"loaded {path.name}: {total / 1e6:.1f} MB in {time.perf_counter() - start:.2f} s", file=sys.stderr,
                   flush=True)
     model.eval()
+    if repack_experts:
+        model.repack_experts()
     return model

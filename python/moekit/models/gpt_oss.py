@@ -321,17 +321,71 @@ class Linear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
-class MXFP4Weight(nn.Module):
+class RepackableMXFP4(nn.Module):
+    """A module holding MXFP4 expert weights as the checkpoint stores them, in uint8 buffers named
+    by ``mxfp4_weights``: (blocks, scales, stem) triples. :meth:`repack` adds each one's
+    :func:`moekit.repack_mxfp4` layout, the operand of moekit's Hopper main loop, as buffers
+    ``<stem>codes`` and ``<stem>slab_scales`` outside the state_dict (whose names stay the
+    checkpoint's); :meth:`mxfp4_operand` hands a weight to moekit.moe_mlp with it."""
+
+    mxfp4_weights: Tuple[Tuple[str, str, str], ...] = ()
+
+    def __init__(self):
+        super().__init__()
+        self._repacked_from = None  # the versions of the weights the repacked layout was made from
+
+    def repack(self) -> int:
+        """Adds the repacked layout of the weights as they are now; returns its bytes (as many as
+        the weights hold)."""
+        added = 0
+        for blocks, scales, stem in self.mxfp4_weights:
+            with torch.no_grad():
+                codes, slab_scales = moekit.repack_mxfp4(getattr(self, blocks), getattr(self, scales))
+            self.register_buffer(stem + "codes", codes, persistent=False)
+            self.register_buffer(stem + "slab_scales", slab_scales, persistent=False)
+            added += codes.nbytes + slab_scales.nbytes
+        self._repacked_from = self._versions()
+        return added
+
+    def _versions(self) -> tuple:
+        # Inference tensors keep no version (and are written in place only under inference mode).
+        tensors = [getattr(self, name) for blocks, scales, _ in self.mxfp4_weights for name in (blocks, scales)]
+        return tuple(None if t.is_inference() else t._version for t in tensors)
+
+    def _apply(self, fn, recurse=True):
+        # .to(), .cuda() and the like make new tensors of both layouts alike: they still agree.
+        super()._apply(fn, recurse)
+        if self._repacked_from is not None:
+            self._repacked_from = self._versions()
+        return self
+
+    def mxfp4_operand(self, i: int) -> Tuple[torch.Tensor, ...]:
+        """Weight i as moekit.moe_mlp takes it: (blocks, scales), and (codes, slab_scales) after
+        them once repacked. Refuses a repacked layout older than the weights (written in place
+        since, e.g. by load_state_dict), which would compute with other weights."""
+        blocks, scales, stem = self.mxfp4_weights[i]
+        pair = getattr(self, blocks), getattr(self, scales)
+        if self._repacked_from is None:
+            return pair
+        if not torch.compiler.is_compiling() and self._repacked_from != self._versions():
+            raise RuntimeError(f"{type(self).__name__}: its MXFP4 weights were written after repack(); call repack() "
+                               "again so that the repacked layout holds the same weights")
+        return pair + (getattr(self, stem + "codes"), getattr(self, stem + "slab_scales"))
+
+
+class MXFP4Weight(RepackableMXFP4):
     """Experts' weights [E, N, K] as the checkpoint stores them: ``blocks`` [E, N, K/32, 16] and
-    ``scales`` [E, N, K/32], both uint8."""
+    ``scales`` [E, N, K/32], both uint8 (and once repacked, ``codes`` and ``slab_scales``)."""
+
+    mxfp4_weights = (("blocks", "scales", ""),)
 
     def __init__(self, experts: int, rows: int, cols: int, device):
         super().__init__()
         self.register_buffer("blocks", _empty((experts, rows, cols // MXFP4_BLOCK, 16), device, torch.uint8))
         self.register_buffer("scales", _empty((experts, rows, cols // MXFP4_BLOCK), device, torch.uint8))
 
-    def pair(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.blocks, self.scales
+    def operand(self) -> Tuple[torch.Tensor, ...]:
+        return self.mxfp4_operand(0)
 
 
 class Rotary(nn.Module):
@@ -499,8 +553,8 @@ class MLPBlock(nn.Module):
         """The MoE output (summed over the ranks) of the normed input ``h``."""
         if self.reduce:
             refuse_gradients_across_ranks(self, h)
-        y = moekit.moe_mlp(h, self.gate.weight, self.gate.bias, self.mlp1_weight.pair(), self.mlp1_bias,
-                           self.mlp2_weight.pair(), self.mlp2_bias, experts_per_token=self.k,
+        y = moekit.moe_mlp(h, self.gate.weight, self.gate.bias, self.mlp1_weight.operand(), self.mlp1_bias,
+                           self.mlp2_weight.operand(), self.mlp2_bias, experts_per_token=self.k,
                            swiglu_alpha=SWIGLU_ALPHA, swiglu_limit=self.swiglu_limit)
         if self.reduce:
             dist.all_reduce(y, op=dist.ReduceOp.SUM, group=self.group)
@@ -555,6 +609,14 @@ class GptOss(nn.Module):
         self.rotary = Rotary(config, device)
         self.attn_local_kv_heads = self.block[0].attn.n_kv if config.num_hidden_layers else 0
         self._decoder = None  # generate()'s decode state, kept while its capacity and sampling fit
+
+    def repack_experts(self) -> int:
+        """Adds to every layer's experts the layout of moekit's Hopper main loop
+        (:func:`moekit.repack_mxfp4`), which moe_mlp then reads on sm_90 past 4 tokens a call (the
+        prefill; the one-token decode step keeps its kernels): as many bytes again as the experts'
+        MXFP4 weights, returned. The checkpoint layout stays (the other kernels and the backward
+        read it). Load new weights after it and call it again."""
+        return sum(w.repack() for block in self.block for w in (block.mlp.mlp1_weight, block.mlp.mlp2_weight))
 
     # ----------------------------------------------------------------------------- forward
     def _check_distributed(self) -> None:
