@@ -137,7 +137,7 @@ def main():
                   f"peak {m_peak / 1e9:5.2f} GB, kept {m_kept / 1e9:5.2f} GB, err {row['moekit_grad_x_rel_err']:.1e})  bf16 fwd {b_fwd:7.3f} "
                   f"bwd {b_bwd:7.3f} ms (peak {b_peak / 1e9:5.2f} GB, kept {b_kept / 1e9:5.2f} GB, err {row['bf16_grad_x_rel_err']:.1e})  "
                   f"step x{row['step_speedup']:4.2f}  weights {mx_bytes / 1e9:.2f} vs {bf16_bytes / 1e9:.2f} GB  "
-                  f"(the op, recomputing: fwd {r_fwd:7.3f} bwd {r_bwd:7.3f} ms, peak {r_peak / 1e9:5.2f} GB, kept {r_kept / 1e9:5.2f} GB)",
+                  f"(the op, recomputing: fwd {r_fwd:7.3f} bwd {r_bwd:7.3f} ms, peak {r_peak / 1e9:5.2f} GB, kept {r_kept / 1e9:5.2f} GB)"
                   + (f"  repacked: fwd {p_fwd:7.3f} bwd {p_bwd:7.3f} ms, err {row['moekit_repacked_grad_x_rel_err']:.1e}"
                      if repacked is not None else ""), flush=True)
             del x, grad_y, m_grad, b_grad, want

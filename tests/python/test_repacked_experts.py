@@ -115,18 +115,23 @@ def test_a_repacked_models_prefill_runs_the_main_loop_and_agrees_with_the_checkp
 @needs_cuda
 def test_the_drop_in_trains_through_repacked_experts_on_a_gpu():
     """x's gradient through the drop-in (bf16, frozen) with the repacked layout: the swap-AB loop
-    in the forward, the gradient the checkpoint layout's."""
+    in the forward, and a gradient as near the float32 model's as the checkpoint layout's."""
+    exact = from_pretrained(DEFAULT_CHECKPOINT, "cuda:0", dtype=torch.float32).requires_grad_(False)
     plain = from_pretrained(DEFAULT_CHECKPOINT, "cuda:0").requires_grad_(False)
     # Repacked on the CPU and moved: both layouts move together.
     repacked = from_pretrained(DEFAULT_CHECKPOINT, "cpu", repack_experts=True).to("cuda:0").requires_grad_(False)
-    embeds = plain.get_input_embeddings()(torch.arange(100, 164, device="cuda:0")[None]).detach()
+    embeds = exact.get_input_embeddings()(torch.arange(100, 164, device="cuda:0")[None]).detach()
 
-    def grad_of(model):
-        x = embeds.clone().requires_grad_(True)
+    def grad_of(model, dtype=torch.bfloat16):
+        x = embeds.to(dtype).requires_grad_(True)
         model(inputs_embeds=x).logits.float().square().mean().backward()
         return x.grad
 
-    want = grad_of(plain)
+    want = grad_of(exact, torch.float32)
+    got_plain = grad_of(plain)
     got, ran = cuda_kernels_during(lambda: grad_of(repacked))
     assert any("swapab" in name for name in ran), ran
-    assert rel_err(got, want) < 2e-2, rel_err(got, want)
+    # bf16 activations over six layers (and the routing choices they flip) put both bf16
+    # gradients some way from the float32 one; the repacked layout may not add measurably to it.
+    err, err_plain = rel_err(got, want), rel_err(got_plain, want)
+    assert err < 1.5 * err_plain + 1e-2, (err, err_plain)
