@@ -114,24 +114,25 @@ def test_a_repacked_models_prefill_runs_the_main_loop_and_agrees_with_the_checkp
 
 @needs_cuda
 def test_the_drop_in_trains_through_repacked_experts_on_a_gpu():
-    """x's gradient through the drop-in (bf16, frozen) with the repacked layout: the swap-AB loop
-    in the forward, and a gradient as near the float32 model's as the checkpoint layout's."""
-    exact = from_pretrained(DEFAULT_CHECKPOINT, "cuda:0", dtype=torch.float32).requires_grad_(False)
+    """x's gradient through one of the drop-in's MoE layers (bf16, frozen) with the repacked
+    layout: the swap-AB loop in the forward, and the checkpoint layout's output and gradient up
+    to the order of mlp1's and mlp2's sums (the gate and the routing are the same kernels on the
+    same x, so every token meets the same experts; through a whole bf16 model they need not: the
+    H200 measured its two input gradients 6.8% apart)."""
     plain = from_pretrained(DEFAULT_CHECKPOINT, "cuda:0").requires_grad_(False)
     # Repacked on the CPU and moved: both layouts move together.
     repacked = from_pretrained(DEFAULT_CHECKPOINT, "cpu", repack_experts=True).to("cuda:0").requires_grad_(False)
-    embeds = exact.get_input_embeddings()(torch.arange(100, 164, device="cuda:0")[None]).detach()
+    hidden = plain.config.hidden_size
+    x0 = torch.randn(1, 64, hidden, generator=torch.Generator().manual_seed(12)).bfloat16().cuda()
 
-    def grad_of(model, dtype=torch.bfloat16):
-        x = embeds.to(dtype).requires_grad_(True)
-        model(inputs_embeds=x).logits.float().square().mean().backward()
-        return x.grad
+    def step(model):
+        x = x0.clone().requires_grad_(True)
+        y, _ = model.model.layers[1].mlp(x)
+        y.float().square().mean().backward()
+        return y.detach(), x.grad
 
-    want = grad_of(exact, torch.float32)
-    got_plain = grad_of(plain)
-    got, ran = cuda_kernels_during(lambda: grad_of(repacked))
+    want_y, want = step(plain)
+    (got_y, got), ran = cuda_kernels_during(lambda: step(repacked))
     assert any("swapab" in name for name in ran), ran
-    # bf16 activations over six layers (and the routing choices they flip) put both bf16
-    # gradients some way from the float32 one; the repacked layout may not add measurably to it.
-    err, err_plain = rel_err(got, want), rel_err(got_plain, want)
-    assert err < 1.5 * err_plain + 1e-2, (err, err_plain)
+    assert rel_err(got_y, want_y) < 2e-2, rel_err(got_y, want_y)
+    assert rel_err(got, want) < 2e-2, rel_err(got, want)
