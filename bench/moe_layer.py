@@ -166,7 +166,8 @@ def main():
             if T == 1:  # the floor of any one-launch call in this process: torch's own op, timed alike
                 small = torch.zeros(16, device=dev)
                 _, control, (control_graph, *_) = time_layer(lambda: small.add_(1), dev, reps, flush)
-                control_row = dict(control_eager_overhead_us=control.ms * 1e3, control_eager_host_us=control.eager_host_ms * 1e3)
+                control_row = dict(control_eager_overhead_us=control.ms * 1e3,
+                                   control_eager_host_us=control.eager_host_ms * 1e3)
                 del control_graph
             hit = int(torch.unique(top).numel())
             bytes_ = hit * (H * 2 * I + I * H) * (0.5 + 1 / 32)

@@ -118,7 +118,8 @@ def from_pretrained(path: Union[str, Path], device: Union[str, torch.device] = "
     generation_config.json, read by transformers as its own from_pretrained reads it (beside an
     ``original/`` folder for that layout). ``repack_experts``: every layer's experts also in the
     layout of moekit's Hopper main loop (:meth:`MoekitGptOssExperts.repack`), which moe_mlp reads
-    on sm_90 past 4 tokens a call (prefill, training), at twice the experts' memory."""
+    on sm_90 wherever it is the faster (bf16 activations: prefill, training; docs/kernels.md), at
+    twice the experts' memory."""
     path, device = Path(path), torch.device(device)
     ours = read_config(path)
     config = hf_config(ours)

@@ -89,7 +89,8 @@ def test_the_runner_repacks_each_ranks_shard(ckpt, tmp_path):
     """Two tensor-parallel ranks, each repacking its own shard (mlp2's K halved): the tokens of
     the model in one process."""
     _, two = run_generate(ckpt, tmp_path / "two.json", "--dtype", "float32", "--repack-experts", nproc=2)
-    want = load_model(ckpt, "cpu", dtype=torch.float32, progress=False).generate(two["prompt_ids"], len(two["ranks"][0]))
+    model = load_model(ckpt, "cpu", dtype=torch.float32, progress=False)
+    want = model.generate(two["prompt_ids"], len(two["ranks"][0]))
     assert two["ranks"] == [want, want]
 
 

@@ -612,10 +612,11 @@ class GptOss(nn.Module):
 
     def repack_experts(self) -> int:
         """Adds to every layer's experts the layout of moekit's Hopper main loop
-        (:func:`moekit.repack_mxfp4`), which moe_mlp then reads on sm_90 past 4 tokens a call (the
-        prefill; the one-token decode step keeps its kernels): as many bytes again as the experts'
-        MXFP4 weights, returned. The checkpoint layout stays (the other kernels and the backward
-        read it). Load new weights after it and call it again."""
+        (:func:`moekit.repack_mxfp4`), which moe_mlp then reads on sm_90 wherever it is the faster
+        (bf16 activations past 4 tokens a call: the prefill; the one-token decode step keeps its
+        kernels): as many bytes again as the experts' MXFP4 weights, returned. The checkpoint
+        layout stays (the other kernels and the backward read it). Load new weights after it and
+        call it again."""
         return sum(w.repack() for block in self.block for w in (block.mlp.mlp1_weight, block.mlp.mlp2_weight))
 
     # ----------------------------------------------------------------------------- forward
