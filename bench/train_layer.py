@@ -99,13 +99,14 @@ def main():
               "date": datetime.date.today().isoformat(), "torch": torch.__version__,
               "ceilings": ceilings(dev), "rows": []}
     for E in args.experts:
-        layer = make_layer(E, dev, gen)
+        full = make_layer(E, dev, gen, args.repacked)
+        # moekit's experts in the checkpoint layout alone, and (--repacked) beside repack_mxfp4's
+        layer = {**full, **{w: full[w][:2] for w in ("mlp1_weight", "mlp2_weight")}}
+        repacked = full if args.repacked else None
         w1, w2 = dequantized(layer)
         w1t, w2t = w1.transpose(1, 2), w2.transpose(1, 2)  # [E, K, N] views for torch._grouped_mm
         mx_bytes = sum(t.numel() * t.element_size() for t in (*layer["mlp1_weight"], *layer["mlp2_weight"]))
         bf16_bytes = (w1.numel() + w2.numel()) * 2
-        repacked = ({**layer, **{w: layer[w] + moekit.repack_mxfp4(*layer[w]) for w in ("mlp1_weight", "mlp2_weight")}}
-                    if args.repacked else None)
         for T in args.tokens:
             x = torch.randn(T, H, device=dev, generator=gen).bfloat16().requires_grad_()
             grad_y = torch.randn(T, H, device=dev, generator=gen).bfloat16()
@@ -141,7 +142,7 @@ def main():
                   + (f"  repacked: fwd {p_fwd:7.3f} bwd {p_bwd:7.3f} ms, err {row['moekit_repacked_grad_x_rel_err']:.1e}"
                      if repacked is not None else ""), flush=True)
             del x, grad_y, m_grad, b_grad, want
-        del layer, repacked, w1, w2, w1t, w2t
+        del full, layer, repacked, w1, w2, w1t, w2t
         torch.cuda.empty_cache()
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

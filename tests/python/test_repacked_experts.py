@@ -13,6 +13,7 @@ from gpt_oss_fixtures import make_checkpoint
 from moekit.generate import DEFAULT_CHECKPOINT
 from moekit.models import ReferenceGptOss, load_model
 from moekit.transformers_gpt_oss import MoekitGptOssExperts, from_pretrained
+from reference import rel_err
 from test_generate_torchrun import run_generate
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -29,10 +30,6 @@ def expert_weights(model):
     return [w for block in model.block for w in (block.mlp.mlp1_weight, block.mlp.mlp2_weight)]
 
 
-def rel_err(got, want):
-    return float((got.double() - want.double()).norm() / want.double().norm())
-
-
 def test_a_repacked_model_keeps_its_state_dict_and_its_logits_on_the_cpu(ckpt):
     plain = load_model(ckpt, "cpu", dtype=torch.float32, progress=False)
     repacked = load_model(ckpt, "cpu", dtype=torch.float32, progress=False, repack_experts=True)
@@ -40,8 +37,8 @@ def test_a_repacked_model_keeps_its_state_dict_and_its_logits_on_the_cpu(ckpt):
     for w in expert_weights(repacked):
         codes, slab_scales = moekit.repack_mxfp4(w.blocks, w.scales)
         assert torch.equal(w.codes, codes) and torch.equal(w.slab_scales, slab_scales)
-        assert len(w.operand()) == 4
-    assert all(len(w.operand()) == 2 for w in expert_weights(plain))
+        assert len(w.mxfp4_operand(0)) == 4
+    assert all(len(w.mxfp4_operand(0)) == 2 for w in expert_weights(plain))
     added = repacked.repack_experts()  # again: the same layout, its size returned
     assert added == sum(w.blocks.nbytes + w.scales.nbytes for w in expert_weights(repacked))
     tokens = torch.randint(0, 97, (21,), generator=torch.Generator().manual_seed(5))

@@ -384,9 +384,6 @@ class MXFP4Weight(RepackableMXFP4):
         self.register_buffer("blocks", _empty((experts, rows, cols // MXFP4_BLOCK, 16), device, torch.uint8))
         self.register_buffer("scales", _empty((experts, rows, cols // MXFP4_BLOCK), device, torch.uint8))
 
-    def operand(self) -> Tuple[torch.Tensor, ...]:
-        return self.mxfp4_operand(0)
-
 
 class Rotary(nn.Module):
     """YaRN rotary embedding exactly as gpt-oss's reference computes it (float32): concentration
@@ -553,8 +550,8 @@ class MLPBlock(nn.Module):
         """The MoE output (summed over the ranks) of the normed input ``h``."""
         if self.reduce:
             refuse_gradients_across_ranks(self, h)
-        y = moekit.moe_mlp(h, self.gate.weight, self.gate.bias, self.mlp1_weight.operand(), self.mlp1_bias,
-                           self.mlp2_weight.operand(), self.mlp2_bias, experts_per_token=self.k,
+        y = moekit.moe_mlp(h, self.gate.weight, self.gate.bias, self.mlp1_weight.mxfp4_operand(0),
+                           self.mlp1_bias, self.mlp2_weight.mxfp4_operand(0), self.mlp2_bias, experts_per_token=self.k,
                            swiglu_alpha=SWIGLU_ALPHA, swiglu_limit=self.swiglu_limit)
         if self.reduce:
             dist.all_reduce(y, op=dist.ReduceOp.SUM, group=self.group)
