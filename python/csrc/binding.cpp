@@ -11,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
+#include <c10/core/CPUAllocator.h>
 #include <c10/core/GradMode.h>
 #include <torch/library.h>
 
@@ -21,6 +22,7 @@
 #include <tuple>
 
 #if defined(MOEKIT_WITH_CUDA)
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -161,6 +163,28 @@ class OnDevice {
   moekit::ExecContext ctx_;
 };
 
+// An op's workspace on the op's device (current under OnDevice), freed when the call returns:
+// the memory an at::empty of its bytes would hold (on CUDA torch's caching allocator, on the
+// current stream, inside a capture's pool), without a tensor made around it, which costs the
+// host ~1 us of the eager decode step's layer (bench/host_calls.py).
+class Workspace {
+ public:
+  Workspace(const moekit::Device& device, size_t bytes)
+      : data_(allocator(device)->allocate(bytes)),
+        view_(data_.get(), DType::kUInt8, {static_cast<int64_t>(bytes)}, device) {}
+  const TensorView& view() const { return view_; }
+
+ private:
+  static c10::Allocator* allocator(const moekit::Device& device) {
+#if defined(MOEKIT_WITH_CUDA)
+    if (device.type == moekit::DeviceType::kCUDA) return c10::cuda::CUDACachingAllocator::get();
+#endif
+    return c10::GetCPUAllocator();
+  }
+  c10::DataPtr data_;
+  TensorView view_;
+};
+
 std::vector<int64_t> with(std::vector<int64_t> lead, std::initializer_list<int64_t> tail) {
   lead.insert(lead.end(), tail);
   return lead;
@@ -271,11 +295,8 @@ Tensor matmul_ogs(const Tensor& x, const Tensor& w, const OptTensor& w_scales, c
     Tensor out = at::empty({p.out_rows, p.out_cols}, options(p.device, dtype));
     if (shapes_only(p.device)) return out;
     a.out = view(op, "out", out);
-    Tensor workspace;  // only the CUDA backend needs one
-    if (p.device.type == moekit::DeviceType::kCUDA) {
-      workspace = at::empty({static_cast<int64_t>(p.workspace.total)}, options(p.device, at::kByte));
-      a.workspace = view(op, "workspace", workspace);
-    }
+    std::optional<Workspace> workspace;  // only the CUDA backend needs one
+    if (p.device.type == moekit::DeviceType::kCUDA) a.workspace = workspace.emplace(p.device, p.workspace.total).view();
     moekit::ExecContext ctx = on.ctx();
     ctx.matmul_ogs_config = config.value_or("");
     ctx.batch_invariant = batch_invariant;
@@ -312,11 +333,9 @@ std::tuple<Tensor, Tensor, Tensor> matmul_ogs_backward(const Tensor& grad_out, c
     if (want_bias) b.grad_bias = view(op, "grad_bias", grad_bias);
     if (want_cw) b.grad_combine_weight = view(op, "grad_combine_weight", grad_combine_weight);
     if (shapes_only(p.device)) return std::make_tuple(grad_x, grad_bias, grad_combine_weight);
-    Tensor workspace;  // only the CUDA backend needs one
+    std::optional<Workspace> workspace;  // only the CUDA backend needs one
     if (p.device.type == moekit::DeviceType::kCUDA) {
-      const int64_t bytes = static_cast<int64_t>(moekit::matmul_ogs_backward_workspace_size(b));
-      workspace = at::empty({bytes}, options(p.device, at::kByte));
-      b.workspace = view(op, "workspace", workspace);
+      b.workspace = workspace.emplace(p.device, moekit::matmul_ogs_backward_workspace_size(b)).view();
     }
     moekit::matmul_ogs_backward(b, on.ctx());
     return std::make_tuple(grad_x, grad_bias, grad_combine_weight);
@@ -348,9 +367,9 @@ Tensor moe_mlp(const Tensor& x, const Tensor& gate_weight, const OptTensor& gate
     const OnDevice on(p.device);
     Tensor y = at::empty({p.T, p.H}, options(p.device, x.scalar_type()));
     if (shapes_only(p.device)) return y;
-    Tensor workspace = at::empty({static_cast<int64_t>(p.workspace.total)}, options(p.device, at::kByte));
+    const Workspace workspace(p.device, p.workspace.total);
     a.y = view(op, "y", y);
-    a.workspace = view(op, "workspace", workspace);
+    a.workspace = workspace.view();
     moekit::ExecContext ctx = on.ctx();
     ctx.batch_invariant = batch_invariant;
     moekit::run_moe_mlp(p, a, ctx);  // p: its inputs checked above
@@ -392,10 +411,9 @@ Tensor attention_decode(const Tensor& qkv, const Tensor& k_cache, const Tensor& 
     Tensor out = at::empty({p.T, p.Hq * p.D}, options(p.device, qkv.scalar_type()));
     if (shapes_only(p.device)) return out;
     a.out = view(op, "out", out);
-    Tensor workspace;  // the CUDA backend's partials when it splits the keys
+    std::optional<Workspace> workspace;  // the CUDA backend's partials when it splits the keys
     if (p.workspace > 0 && p.device.type == moekit::DeviceType::kCUDA) {
-      workspace = at::empty({static_cast<int64_t>(p.workspace)}, options(p.device, at::kByte));
-      a.workspace = view(op, "workspace", workspace);
+      a.workspace = workspace.emplace(p.device, p.workspace).view();
     }
     moekit::attention_decode(a, on.ctx());
     return out;

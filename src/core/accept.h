@@ -24,16 +24,21 @@ void run_repack_mxfp4(const MxSlabsProblem& p, const TensorView& blocks, const T
                       const TensorView& codes, const TensorView& slab_scales, const ExecContext& ctx);
 
 RouteProblem accept_route(const TensorView& logits, int64_t k, const RouteOutputs& out);
+// The last part of accept_route: the backend's limits on a call whose arguments are checked.
+void accept_route_on_backend(const RouteProblem& p);
 void run_route(const RouteProblem& p, const TensorView& logits, const RouteOutputs& out, const ExecContext& ctx);
 
 MatmulOgsProblem accept_matmul_ogs(const MatmulOgsArgs& args);
+// The last part of accept_matmul_ogs: the backend's limits on a call whose arguments are checked.
+void accept_matmul_ogs_on_backend(const MatmulOgsProblem& p, const MatmulOgsArgs& args);
 void run_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& args, const ExecContext& ctx);
 
 MatmulOgsProblem accept_matmul_ogs_backward(const MatmulOgsBackwardArgs& args);
 void run_matmul_ogs_backward(const MatmulOgsProblem& p, const MatmulOgsBackwardArgs& args, const ExecContext& ctx);
 
 // moe_mlp's four steps (gate, route, mlp1, mlp2) as the calls of the ops they are, their
-// intermediates in a's workspace, each accepted (a refusal is the layer's, naming its argument).
+// intermediates in a's workspace, each accepted (a refusal is the layer's, naming its argument):
+// their problems are moe_mlp_step_problems', so what is left to accept is each backend's limits.
 struct MoeMlpSteps {
   TensorView logits;
   RouteOutputs route;

@@ -71,10 +71,18 @@ MoeMlpSteps accept_moe_mlp_steps(const MoeMlpProblem& p, const MoeMlpArgs& a) {
   s.mlp2.out = a.y;
   s.mlp2.workspace = matmul_ws;
 
-  s.gate_p = accept_step("gate", "gate_weight", [&] { return accept_matmul_ogs(s.gate); });
-  s.route_p = accept_step("route", "gate_weight", [&] { return accept_route(s.logits, p.k, s.route); });
-  s.mlp1_p = accept_step("mlp1", "mlp1_weight", [&] { return accept_matmul_ogs(s.mlp1); });
-  s.mlp2_p = accept_step("mlp2", "mlp2_weight", [&] { return accept_matmul_ogs(s.mlp2); });
+  // The steps' arguments are the layer's, which check_moe_mlp_inputs accepted, and views of the
+  // workspace of the shapes their problems name: checking them again as each op's would find
+  // nothing (tests/cpp/moe_mlp_steps_test.cpp) and cost the decode step ~1 us of host time.
+  const MoeMlpStepProblems q = moe_mlp_step_problems(p);
+  s.gate_p = q.gate;
+  s.route_p = q.route;
+  s.mlp1_p = q.mlp1;
+  s.mlp2_p = q.mlp2;
+  accept_step("gate", "gate_weight", [&] { accept_matmul_ogs_on_backend(s.gate_p, s.gate); });
+  accept_step("route", "gate_weight", [&] { accept_route_on_backend(s.route_p); });
+  accept_step("mlp1", "mlp1_weight", [&] { accept_matmul_ogs_on_backend(s.mlp1_p, s.mlp1); });
+  accept_step("mlp2", "mlp2_weight", [&] { accept_matmul_ogs_on_backend(s.mlp2_p, s.mlp2); });
   return s;
 }
 

@@ -92,9 +92,13 @@ void run_repack_mxfp4(const MxSlabsProblem& p, const TensorView& blocks, const T
 RouteProblem accept_route(const TensorView& logits, int64_t k, const RouteOutputs& out) {
   const RouteProblem p = check_route_inputs(logits, k);
   check_route_outputs(p, out);
+  accept_route_on_backend(p);
+  return p;
+}
+
+void accept_route_on_backend(const RouteProblem& p) {
   check_backend("route", p.device);
   MOEKIT_ON_BACKEND(p.device, (void)0, cuda::can_implement_route(p));
-  return p;
 }
 
 void run_route(const RouteProblem& p, const TensorView& logits, const RouteOutputs& out, const ExecContext& ctx) {
@@ -105,9 +109,13 @@ void run_route(const RouteProblem& p, const TensorView& logits, const RouteOutpu
 MatmulOgsProblem accept_matmul_ogs(const MatmulOgsArgs& args) {
   const MatmulOgsProblem p = check_matmul_ogs_inputs(args);
   check_matmul_ogs_outputs(p, args);
+  accept_matmul_ogs_on_backend(p, args);
+  return p;
+}
+
+void accept_matmul_ogs_on_backend(const MatmulOgsProblem& p, const MatmulOgsArgs& args) {
   check_backend("matmul_ogs", p.device);
   MOEKIT_ON_BACKEND(p.device, (void)0, cuda::can_implement_matmul_ogs(p, args));
-  return p;
 }
 
 void run_matmul_ogs(const MatmulOgsProblem& p, const MatmulOgsArgs& args, const ExecContext& ctx) {

@@ -300,6 +300,42 @@ void check_matmul_ogs_backward_outputs(const MatmulOgsProblem& p, const MatmulOg
 
 // -------------------------------------------------------------------------------------- moe_mlp
 
+MoeMlpStepProblems moe_mlp_step_problems(const MoeMlpProblem& p) {
+  const int64_t slots = p.T * p.k;  // checked by check_moe_mlp_inputs
+  MoeMlpStepProblems s;
+  MatmulOgsProblem& gate = s.gate;
+  gate.M = gate.P = gate.out_rows = p.T;
+  gate.K = p.H;
+  gate.N = gate.out_cols = p.E;
+  gate.E = 1;
+  s.route = {p.T, p.E, p.k, p.device};
+  MatmulOgsProblem& mlp1 = s.mlp1;
+  mlp1.M = p.T;
+  mlp1.P = mlp1.out_rows = slots;
+  mlp1.K = p.H;
+  mlp1.N = 2 * p.I;
+  mlp1.E = p.E;
+  mlp1.mxfp4 = p.mxfp4_1;
+  mlp1.gather = mlp1.swiglu = true;
+  mlp1.slabs = p.slabs1;
+  mlp1.out_cols = p.I;
+  MatmulOgsProblem& mlp2 = s.mlp2;
+  mlp2.M = mlp2.P = slots;
+  mlp2.K = p.I;
+  mlp2.N = mlp2.out_cols = p.H;
+  mlp2.E = p.E;
+  mlp2.mxfp4 = p.mxfp4_2;
+  mlp2.slabs = p.slabs2;
+  mlp2.scatter = true;
+  mlp2.T = mlp2.out_rows = p.T;
+  mlp2.k = p.k;
+  for (MatmulOgsProblem* m : {&gate, &mlp1, &mlp2}) {
+    m->device = p.device;
+    m->workspace = matmul_ogs_workspace_layout(*m);
+  }
+  return s;
+}
+
 namespace {
 
 // Where the layer's intermediates go; throws if a size does not fit in int64.
@@ -316,32 +352,12 @@ MoeMlpWorkspace moe_mlp_workspace_layout(const MoeMlpProblem& p, DType x_dtype) 
   w.gather_idx = layout.take("x", slots, 4);
   w.scatter_idx = layout.take("x", slots, 4);
   w.act = layout.take("mlp1_weight", check::mul(op, "mlp1_weight", slots, p.I), dtype_size(x_dtype));
-  // The three matmuls of the layer run one after another on one stream: one region serves all.
-  MatmulOgsProblem gate, mlp1, mlp2;
-  gate.M = gate.P = gate.out_rows = p.T;
-  gate.K = p.H;
-  gate.N = gate.out_cols = p.E;
-  gate.E = 1;
-  mlp1.M = p.T;
-  mlp1.P = mlp1.out_rows = slots;
-  mlp1.K = p.H;
-  mlp1.N = 2 * p.I;
-  mlp1.E = p.E;
-  mlp1.gather = mlp1.swiglu = true;
-  mlp1.slabs = p.slabs1;
-  mlp2.slabs = p.slabs2;
-  mlp1.out_cols = p.I;
-  mlp2.M = mlp2.P = slots;
-  mlp2.K = p.I;
-  mlp2.N = mlp2.out_cols = p.H;
-  mlp2.E = p.E;
-  mlp2.scatter = true;
-  mlp2.T = mlp2.out_rows = p.T;
-  mlp2.k = p.k;
   check::mul(op, "mlp2_weight", check::mul(op, "mlp2_weight", slots, p.H), sizeof(float));  // mlp2's combine rows
+  // The three matmuls of the layer run one after another on one stream: one region serves all.
+  const MoeMlpStepProblems steps = moe_mlp_step_problems(p);
   int64_t matmul = 0;
-  for (const MatmulOgsProblem* m : {&gate, &mlp1, &mlp2}) {
-    const int64_t bytes = static_cast<int64_t>(matmul_ogs_workspace_layout(*m).total);
+  for (const MatmulOgsProblem* m : {&steps.gate, &steps.mlp1, &steps.mlp2}) {
+    const int64_t bytes = static_cast<int64_t>(m->workspace.total);
     matmul = bytes > matmul ? bytes : matmul;
   }
   w.matmul = layout.take("x", matmul, 1);
@@ -411,6 +427,8 @@ MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a) {
          std::to_string(p.I) + "] (E, H, I)", a.mlp2.values.shape_str());
   }
   check_optional(op, "mlp2_bias", a.mlp2_bias, kFloatTypes, {p.E, p.H});
+  p.mxfp4_1 = a.mlp1.is_mxfp4();
+  p.mxfp4_2 = a.mlp2.is_mxfp4();
   p.slabs1 = check_weight_slabs(op, "mlp1_codes", "mlp1_slab_scales", a.mlp1, w1);
   p.slabs2 = check_weight_slabs(op, "mlp2_codes", "mlp2_slab_scales", a.mlp2, w2);
   check::at_most(op, "gate_weight", "experts", p.E, kMaxIndex - 1, "int32 expert offsets");

@@ -145,7 +145,8 @@ struct MoeMlpWorkspace {
 struct MoeMlpProblem {
   int64_t T = 0, H = 0, E = 0, I = 0;
   int k = 0;
-  bool slabs1 = false, slabs2 = false;  // mlp1's, mlp2's MXFP4 weights repacked too (repack_mxfp4)
+  bool mxfp4_1 = false, mxfp4_2 = false;  // mlp1's, mlp2's weights MXFP4
+  bool slabs1 = false, slabs2 = false;    // mlp1's, mlp2's MXFP4 weights repacked too (repack_mxfp4)
   Device device;
   MoeDecodePlan decode;       // from moe_decode_plan
   MoeMlpWorkspace workspace;  // laid out by check_moe_mlp_inputs (sizes checked)
@@ -155,6 +156,15 @@ MoeDecodePlan moe_decode_plan(const MoeMlpProblem& p);
 MoeMlpProblem check_moe_mlp_inputs(const MoeMlpArgs& a);
 // y and the workspace (at least p.workspace.total bytes).
 void check_moe_mlp_outputs(const MoeMlpProblem& p, const MoeMlpArgs& a);
+// The layer's four steps as the problems of the ops they are (gate: a one-expert matmul_ogs into
+// float32 logits; route; mlp1 with gather and SwiGLU; mlp2 with the weighted scatter-combine),
+// made from the layer's checked problem: each is what the op's own checks make of the step's
+// arguments (tests/cpp/moe_mlp_steps_test.cpp), so the layer need not check them again.
+struct MoeMlpStepProblems {
+  MatmulOgsProblem gate, mlp1, mlp2;
+  RouteProblem route;
+};
+MoeMlpStepProblems moe_mlp_step_problems(const MoeMlpProblem& p);
 
 struct AddRmsNormProblem {
   int64_t T = 0, H = 0;
