@@ -43,12 +43,16 @@ def test_tensors_on_cuda1_while_current_is_0():
     torch.cuda.set_device(0)
     layer1, x1 = on(layer, "cuda:1"), x.to("cuda:1")
     torch.cuda.synchronize(0)
-    allocated0 = torch.cuda.memory_allocated(0)
+    allocated0, allocated1 = torch.cuda.memory_allocated(0), torch.cuda.memory_allocated(1)
+    for d in (0, 1):
+        torch.cuda.reset_peak_memory_stats(d)
     y = moekit.moe_mlp(x1, **layer1, experts_per_token=K)
     r = moekit.route(torch.randn(5, E, device="cuda:1"), K)
     assert y.device == torch.device("cuda:1") and r.expert_idx.device == torch.device("cuda:1")
     assert torch.cuda.current_device() == 0
-    assert torch.cuda.memory_allocated(0) == allocated0, "something was allocated on cuda:0"
+    # Never anything on cuda:0, not even for the call's time; the layer's workspace on cuda:1.
+    assert torch.cuda.max_memory_allocated(0) == allocated0, "something was allocated on cuda:0"
+    assert torch.cuda.max_memory_allocated(1) - allocated1 > y.untyped_storage().nbytes()
     assert rel_err(y, want) < 5e-3
 
 

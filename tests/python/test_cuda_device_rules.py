@@ -1,6 +1,7 @@
 """The device rules of docs/semantics.md on one GPU: current device and stream untouched, the caller's
-stream honoured, threads with their own streams, CUDA-graph capture, torch.compile, and two
-torchrun processes sharing the GPU. Skips without a CUDA GPU."""
+stream honoured, threads with their own streams, CUDA-graph capture, the ops' workspaces from
+torch's allocator, torch.compile, and two torchrun processes sharing the GPU. Skips without a CUDA
+GPU."""
 
 import itertools
 import json
@@ -156,6 +157,51 @@ def test_swap_ab_kernels_on_a_side_stream_and_in_a_graph():
         torch.cuda.synchronize()
         assert torch.isfinite(eager).all() and eager.float().abs().sum() > 0, (name, config)
         assert torch.equal(replayed, eager), (name, config)
+
+
+def allocated_bytes(t: torch.Tensor) -> int:
+    """What torch's caching allocator holds for t's storage: its bytes rounded up to 512."""
+    return -(-t.untyped_storage().nbytes() // 512) * 512
+
+
+def test_workspaces_come_from_torchs_allocator_and_go_back():
+    """Each op's workspace (the binding's Workspace) is memory of torch's caching allocator on the
+    tensors' device, taken during the call (the peak passes the outputs) and given back when the
+    call returns: then only the outputs are held, and once they go, nothing."""
+    layer = make_layer(6)
+    r = moekit.route(torch.randn(40, E, device="cuda"), K)
+    act = torch.randn(40 * K, I, device="cuda").bfloat16()
+    grad = torch.randn(40, H, device="cuda").bfloat16()
+    w2, s2 = layer["mlp2_weight"]
+    L, Hq, Hkv, D = 4096, 8, 2, 64  # a cache long enough that the keys are split (a workspace of partials)
+    qkv = torch.randn(1, (Hq + 2 * Hkv) * D, device="cuda").bfloat16()
+    k_cache, v_cache = (torch.randn(L, Hkv, D, device="cuda").bfloat16() for _ in range(2))
+    sinks, inv_freq = torch.randn(Hq, device="cuda"), torch.rand(D // 2, device="cuda")
+    position = torch.tensor([L - 1], dtype=torch.int32, device="cuda")
+    x5, x40 = (torch.randn(T, H, device="cuda").bfloat16() for T in (5, 40))
+    calls = {
+        "moe_mlp, decode path": lambda: (moe(x5, layer),),
+        "moe_mlp, general path": lambda: (moe(x40, layer),),
+        "matmul_ogs, scatter": lambda: (moekit.matmul_ogs(act, layer["mlp2_weight"], layer["mlp2_bias"],
+                                                          expert_offsets=r.expert_offsets, scatter_idx=r.scatter_idx,
+                                                          combine_weight=r.expert_weight),),
+        "matmul_ogs_backward": lambda: torch.ops.moekit.matmul_ogs_backward(
+            grad, act, w2, s2, layer["mlp2_bias"], r.expert_offsets, None, r.scatter_idx, r.expert_weight, False,
+            1.702, 7.0),
+        "attention_decode": lambda: (moekit.attention_decode(qkv, k_cache, v_cache, sinks, position, inv_freq,
+                                                             rope_scale=1.0, sm_scale=D ** -0.5),),
+    }
+    for name, call in calls.items():
+        call()  # the first call's lazy state (kernel attributes, the allocator's pools) outside the count
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        outputs = [t for t in call() if t.numel()]
+        outputs_bytes = sum(allocated_bytes(t) for t in outputs)
+        assert torch.cuda.memory_allocated() - base == outputs_bytes, name
+        assert torch.cuda.max_memory_allocated() - base > outputs_bytes, name
+        del outputs
+        assert torch.cuda.memory_allocated() == base, name
 
 
 def test_torch_compile_on_cuda():
