@@ -6,7 +6,8 @@
 # layer given repacked weights beside the layer given the checkpoint layout alone, whose T <= 8
 # calls take the decode kernels (where moe_decode_max_tokens ends them beside repacked weights),
 # the one-token layer's eager overhead in three processes of its own (no peer timed beside it),
-# and the probe of that overhead (bench/launch_cost.cu: what a launch costs the host). Carry
+# and the probes of that overhead (bench/launch_cost.cu: what a launch costs the host;
+# bench/host_checks.cpp: the layer's C++ before and with its launches). Carry
 # build/wheels (`make gpu-wheels`) and .peers. Each step has its own time limit, so one that
 # overruns leaves the others' results. PACK=1 leaves them in one tar file.
 #   bash tools/gpu_bench.sh COMMIT [host] [layer] [sweep] [decode] [eager] [probes]      (default: all six)
@@ -46,7 +47,11 @@ for s in $steps; do
     probes) mkdir -p build
             nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench \
               bench/launch_cost.cu -o build/launch_cost || exit 1
-            step launch_cost 60 build/launch_cost ;;
+            step launch_cost 60 build/launch_cost
+            g++ -O2 -std=c++17 -DMOEKIT_WITH_CUDA=1 -I include -I src -I /usr/local/cuda/include bench/host_checks.cpp \
+              build/python/libmoekit.a -o build/host_checks -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread \
+              || exit 1
+            step host_checks 120 build/host_checks ;;
     *) echo "tools/gpu_bench.sh: unknown step '$s' (host, layer, sweep, decode, eager, probes)"; exit 2 ;;
   esac
 done
