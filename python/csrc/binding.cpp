@@ -165,8 +165,8 @@ class OnDevice {
 
 // An op's workspace on the op's device (current under OnDevice), freed when the call returns:
 // the memory an at::empty of its bytes would hold (on CUDA torch's caching allocator, on the
-// current stream, inside a capture's pool), without a tensor made around it, which costs the
-// host ~1 us of the eager decode step's layer (bench/host_calls.py).
+// current stream, inside a capture's pool), without the dispatch, storage and tensor at::empty
+// makes around it: host time on the eager decode step's path to its first launch.
 class Workspace {
  public:
   Workspace(const moekit::Device& device, size_t bytes)
