@@ -78,8 +78,11 @@ def empty_inputs_rows(calls: int) -> list:
     (w1, s1), b1, (w2, s2), b2 = mx(2 * I, H), torch.randn(E, 2 * I).bfloat16(), mx(H, I), torch.randn(E, H).bfloat16()
     logits, scale = torch.randn(0, E), torch.ones(H)
     layer_args = (x, gate_w, gate_b, w1, s1, b1, w2, s2, b2, k, 1.702, 7.0, None, None, None, None, False)
+    x3 = x.reshape(1, 0, H)  # transformers' layers pass [batch, tokens, H]
     rows = [
         ("moe_mlp", lambda: moekit.moe_mlp(x, gate_w, gate_b, (w1, s1), b1, (w2, s2), b2, experts_per_token=k),
+         lambda: torch.ops.moekit.moe_mlp.default(*layer_args)),
+        ("moe_mlp 3-d x", lambda: moekit.moe_mlp(x3, gate_w, gate_b, (w1, s1), b1, (w2, s2), b2, experts_per_token=k),
          lambda: torch.ops.moekit.moe_mlp.default(*layer_args)),
         ("route", lambda: moekit.route(logits, k), lambda: torch.ops.moekit.route.default(logits, k)),
         ("add_rms_norm", lambda: moekit.add_rms_norm(x, x, scale),

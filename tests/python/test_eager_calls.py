@@ -3,6 +3,8 @@ add_rms_norm with their arguments read in C. A call of plain arguments runs the 
 gives the op's bits; any other call comes back NotImplemented, and the wrapper's general path
 then gives what it always gave: the same result, the same error, autograd's record."""
 
+import math
+
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
@@ -64,7 +66,27 @@ class Counting(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("case", ["subclass", "x 3-d", "x 1-d", "bool k", "float k", "three weight parts",
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("lead", [(2, 3), (3, 1, 2), (), (0, 4), "strided"],
+                         ids=["3-d", "4-d", "1-d", "no tokens", "3-d strided"])
+def test_x_of_any_rank_runs_in_c(gen, device, lead):
+    """x [..., H] (transformers' layers pass [batch, tokens, H]): its leading dimensions flattened for
+    the op and restored on y, as the wrapper's general path reshapes them (a copy where x's leading
+    dimensions do not flatten in place)."""
+    args, layer = layer_on(gen, device, "mxfp4")
+    if lead == "strided":
+        lead, x = (3, 2), layer.draw_x(gen, 2, 3, H, dtype=torch.bfloat16, k=2).to(device).transpose(0, 1)
+        assert not x.is_contiguous()
+    else:
+        x = layer.draw_x(gen, *lead, H, dtype=torch.bfloat16, k=2).to(device)
+    want = op_result(x.reshape(math.prod(lead), H), args).reshape(x.shape)
+    y = _eager.moe_mlp(x, *args, 2, 1.702, 7.0, False)
+    assert isinstance(y, torch.Tensor) and y.shape == x.shape and y.is_contiguous()
+    assert torch.equal(y, want)
+    assert torch.equal(moekit.moe_mlp(x, *args, experts_per_token=2), want)
+
+
+@pytest.mark.parametrize("case", ["subclass", "x 0-d", "bool k", "float k", "three weight parts",
                                   "int batch_invariant", "string alpha", "huge int alpha", "requires grad",
                                   "function mode"])
 def test_other_calls_take_the_general_path(gen, case):
@@ -74,11 +96,8 @@ def test_other_calls_take_the_general_path(gen, case):
     want = op_result(x, args)
     if case == "subclass":
         x = x.as_subclass(Marked)
-    elif case == "x 3-d":
-        x = x.reshape(2, 3, H)
-        want = want.reshape(2, 3, H)
-    elif case == "x 1-d":
-        x, want = x[0], want[0]
+    elif case == "x 0-d":
+        x = x[0, 0]
     elif case == "bool k":
         scalars["experts_per_token"] = True
     elif case == "float k":
@@ -110,6 +129,9 @@ def test_other_calls_take_the_general_path(gen, case):
             general_path()
     elif case == "huge int alpha":
         with pytest.raises(ValueError, match="an int too large"):
+            general_path()
+    elif case == "x 0-d":
+        with pytest.raises(ValueError, match="moekit.moe_mlp: 'x' expected shape \\[..., H\\], got a 0-d tensor"):
             general_path()
     elif case == "three weight parts":
         with pytest.raises(ValueError, match="a sequence of 3"):
