@@ -332,7 +332,7 @@ class RepackableMXFP4(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self._repacked_from = None  # the versions of the weights the repacked layout was made from
+        self._repacked_from = None  # per weight, the versions of the tensors its repacked layout was made from
 
     def repack(self) -> int:
         """Adds the repacked layout of the weights as they are now; returns its bytes (as many as
@@ -340,17 +340,27 @@ class RepackableMXFP4(nn.Module):
         added = 0
         for blocks, scales, stem in self.mxfp4_weights:
             with torch.no_grad():
-                codes, slab_scales = moekit.repack_mxfp4(getattr(self, blocks), getattr(self, scales))
+                codes, slab_scales = moekit.repack_mxfp4(self._tensor(blocks), self._tensor(scales))
             self.register_buffer(stem + "codes", codes, persistent=False)
             self.register_buffer(stem + "slab_scales", slab_scales, persistent=False)
             added += codes.nbytes + slab_scales.nbytes
         self._repacked_from = self._versions()
         return added
 
-    def _versions(self) -> tuple:
+    def _tensor(self, name: str) -> torch.Tensor:
+        # The weights are buffers: their dict, not nn.Module.__getattr__ (~1 us a name, twice a
+        # weight a decode step), unless one was made something else since.
+        t = self._buffers.get(name)
+        return t if t is not None else getattr(self, name)
+
+    @staticmethod
+    def _versions_of(tensors) -> tuple:
         # Inference tensors keep no version (and are written in place only under inference mode).
-        tensors = [getattr(self, name) for blocks, scales, _ in self.mxfp4_weights for name in (blocks, scales)]
         return tuple(None if t.is_inference() else t._version for t in tensors)
+
+    def _versions(self) -> tuple:
+        return tuple(self._versions_of((self._tensor(blocks), self._tensor(scales)))
+                     for blocks, scales, _ in self.mxfp4_weights)
 
     def _apply(self, fn, recurse=True):
         # .to(), .cuda() and the like make new tensors of both layouts alike: they still agree.
@@ -364,13 +374,13 @@ class RepackableMXFP4(nn.Module):
         them once repacked. Refuses a repacked layout older than the weights (written in place
         since, e.g. by load_state_dict), which would compute with other weights."""
         blocks, scales, stem = self.mxfp4_weights[i]
-        pair = getattr(self, blocks), getattr(self, scales)
+        pair = self._tensor(blocks), self._tensor(scales)
         if self._repacked_from is None:
             return pair
-        if not torch.compiler.is_compiling() and self._repacked_from != self._versions():
+        if not torch.compiler.is_compiling() and self._repacked_from[i] != self._versions_of(pair):
             raise RuntimeError(f"{type(self).__name__}: its MXFP4 weights were written after repack(); call repack() "
                                "again so that the repacked layout holds the same weights")
-        return pair + (getattr(self, stem + "codes"), getattr(self, stem + "slab_scales"))
+        return pair + (self._tensor(stem + "codes"), self._tensor(stem + "slab_scales"))
 
 
 class MXFP4Weight(RepackableMXFP4):
