@@ -1,11 +1,12 @@
 // What the C++ micro-benchmarks in bench/ share: a CUDA error check that ends the program, new
-// device buffers (empty, or a copy of a host vector), and the time per call of a CUDA graph that replays a
-// number of calls.
+// device buffers (empty, or a copy of a host vector), the time per call of a CUDA graph that replays a
+// number of calls, and the host's time of one call.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
@@ -63,5 +64,23 @@ float graph_us_per_call(cudaStream_t stream, int calls, Capture&& capture) {
   CHECK(cudaGraphDestroy(graph));
   CHECK(cudaEventDestroy(start));
   CHECK(cudaEventDestroy(stop));
+  return times[times.size() / 2];
+}
+
+// The median host time (us) of one call(), over 20000 after 200 to warm up, the stream drained
+// every 64 calls so that a launch never waits for room in its queue.
+template <class Call>
+double host_us(cudaStream_t stream, Call&& call) {
+  constexpr int kWarm = 200, kCalls = 20000;
+  std::vector<double> times;
+  for (int i = 0; i < kWarm + kCalls; ++i) {
+    if (i % 64 == 0) CHECK(cudaStreamSynchronize(stream));
+    const auto start = std::chrono::steady_clock::now();
+    call();
+    const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+    if (i >= kWarm) times.push_back(us);
+  }
+  CHECK(cudaStreamSynchronize(stream));
+  std::sort(times.begin(), times.end());
   return times[times.size() / 2];
 }

@@ -13,14 +13,14 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
+#include <functional>
 #include <vector>
 
 #include "core/accept.h"
 #include "core/mxfp4_slabs.h"
 #include "moekit/ops.h"
 #if defined(MOEKIT_WITH_CUDA)
-#include <cuda_runtime_api.h>
+#include "graph_timing.h"
 #endif
 
 using namespace moekit;
@@ -41,21 +41,11 @@ double us_per_call(Fn&& fn) {
 
 constexpr int64_t H = 2880, I = 2880, T = 1;
 
-// Where each tensor of the layer lies: one buffer (views only) or one allocation each.
-struct Memory {
-  virtual ~Memory() = default;
-  virtual void* take(size_t bytes) = 0;
-};
-
-struct OneBuffer : Memory {
-  std::vector<uint8_t> bytes = std::vector<uint8_t>(64 << 20);
-  void* take(size_t) override { return bytes.data(); }
-};
-
-MoeMlpArgs layer_args(Memory& m, int64_t E, Device d) {
+// The layer's arguments on device d, each tensor's data from take(bytes).
+MoeMlpArgs layer_args(const std::function<void*(size_t)>& take, int64_t E, Device d) {
   const auto t = [&](DType dtype, std::initializer_list<int64_t> shape) {
     TensorView v(nullptr, dtype, shape, d);
-    v.data = m.take(static_cast<size_t>(v.numel() * dtype_size(dtype)));
+    v.data = take(static_cast<size_t>(v.numel() * dtype_size(dtype)));
     return v;
   };
   const auto experts = [&](int64_t N, int64_t K) {
@@ -78,88 +68,51 @@ MoeMlpArgs layer_args(Memory& m, int64_t E, Device d) {
   return a;
 }
 
-#if defined(MOEKIT_WITH_CUDA)
-#define CHECK(expr)                                                                      \
-  do {                                                                                   \
-    if (const cudaError_t e = (expr); e != cudaSuccess) {                               \
-      std::printf("%s: %s\n", #expr, cudaGetErrorString(e));                            \
-      std::exit(1);                                                                      \
-    }                                                                                    \
-  } while (0)
-
-struct DeviceMemory : Memory {
-  std::vector<void*> taken;
-  ~DeviceMemory() override {
-    for (void* p : taken) cudaFree(p);
-  }
-  void* take(size_t bytes) override {  // zeros: the kernels run on them (every logit ties)
-    void* p = nullptr;
-    CHECK(cudaMalloc(&p, std::max<size_t>(bytes, 1)));
-    CHECK(cudaMemset(p, 0, std::max<size_t>(bytes, 1)));
-    taken.push_back(p);
-    return p;
-  }
-};
-
-// The median host time (us) of one fn(), the stream drained every 64 calls.
-template <class Fn>
-double host_us(cudaStream_t stream, Fn&& fn) {
-  std::vector<double> times;
-  for (int i = 0; i < 20200; ++i) {
-    if (i % 64 == 0) CHECK(cudaStreamSynchronize(stream));
-    const auto start = std::chrono::steady_clock::now();
-    fn();
-    const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
-    if (i >= 200) times.push_back(us);
-  }
-  CHECK(cudaStreamSynchronize(stream));
-  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
-  return times[times.size() / 2];
-}
-
 bool has_gpu() {
+#if defined(MOEKIT_WITH_CUDA)
   int n = 0;
   return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
+#else
+  return false;
 #endif
+}
 
 }  // namespace
 
 int main() {
-  bool cuda = false;
-#if defined(MOEKIT_WITH_CUDA)
-  cuda = has_gpu();
-#endif
+  const bool cuda = has_gpu();
   std::printf("%4s %30s %22s%s\n", "E", "check_moe_mlp_inputs us", "accept_moe_mlp_steps us",
               cuda ? "   run_moe_mlp us (host, one token)" : "");
+  std::vector<uint8_t> buffer(64 << 20);  // without a GPU, every view's data: nothing is read
   for (const int64_t E : {32, 128}) {
-    volatile size_t sink = 0;
-    MoeMlpArgs a;
-    MoeMlpProblem p;
-    const auto time_checks = [&] {
-      const double inputs = us_per_call([&] { sink = sink + check_moe_mlp_inputs(a).workspace.total; });
-      const double steps = us_per_call([&] { sink = sink + accept_moe_mlp_steps(p, a).mlp2_p.N; });
-      std::printf("%4lld %30.3f %22.3f", static_cast<long long>(E), inputs, steps);
+    std::vector<void*> taken;  // with one, zeros on it: the kernels run on them (every logit ties)
+    const auto take = [&](size_t bytes) -> void* {
+#if defined(MOEKIT_WITH_CUDA)
+      if (cuda) {
+        uint8_t* p = device_buffer<uint8_t>(std::max<size_t>(bytes, 1));
+        CHECK(cudaMemset(p, 0, std::max<size_t>(bytes, 1)));
+        taken.push_back(p);
+        return p;
+      }
+#endif
+      (void)bytes;
+      return buffer.data();
     };
-    if (!cuda) {
-      OneBuffer m;
-      a = layer_args(m, E, Device{});
-      p = check_moe_mlp_inputs(a);
-      check_moe_mlp_outputs(p, a);
-      time_checks();
-    }
+    const MoeMlpArgs a = layer_args(take, E, cuda ? Device{DeviceType::kCUDA, 0} : Device{});
+    const MoeMlpProblem p = check_moe_mlp_inputs(a);
+    check_moe_mlp_outputs(p, a);
+    volatile size_t sink = 0;
+    const double inputs = us_per_call([&] { sink = sink + check_moe_mlp_inputs(a).workspace.total; });
+    const double steps = us_per_call([&] { sink = sink + accept_moe_mlp_steps(p, a).mlp2_p.N; });
+    std::printf("%4lld %30.3f %22.3f", static_cast<long long>(E), inputs, steps);
 #if defined(MOEKIT_WITH_CUDA)
     if (cuda) {
-      DeviceMemory m;
-      a = layer_args(m, E, Device{DeviceType::kCUDA, 0});
-      p = check_moe_mlp_inputs(a);
-      check_moe_mlp_outputs(p, a);
-      time_checks();
       cudaStream_t stream;
       CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
       const ExecContext ctx = ExecContext::on_stream(stream);
       std::printf(" %34.3f", host_us(stream, [&] { run_moe_mlp(p, a, ctx); }));
       CHECK(cudaStreamDestroy(stream));
+      for (void* q : taken) CHECK(cudaFree(q));
     }
 #endif
     std::printf("\n");

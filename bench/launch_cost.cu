@@ -13,7 +13,6 @@
 //   cudaGraphLaunch), and one cooperative launch (whether the driver takes it chained too).
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I src -I include -I bench bench/launch_cost.cu \
 //        -o build/launch_cost && build/launch_cost
-#include <chrono>
 #include <cstdio>
 #include <vector>
 
@@ -30,24 +29,6 @@ struct Params {  // about MoeDecodeExpertsParams' size
 
 __global__ void empty_kernel(const Params p) {
   if (p.values[0] == 1.0f && threadIdx.x == 1024) printf("never\n");  // keeps p alive
-}
-
-constexpr int kCalls = 20000;
-
-// The median host time (us) of one launch(), the stream drained every 64 launches.
-template <class Launch>
-double host_us(cudaStream_t stream, Launch&& launch) {
-  std::vector<double> times;
-  for (int i = 0; i < kCalls + 200; ++i) {
-    if (i % 64 == 0) CHECK(cudaStreamSynchronize(stream));
-    const auto start = std::chrono::steady_clock::now();
-    launch();
-    const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
-    if (i >= 200) times.push_back(us);
-  }
-  CHECK(cudaStreamSynchronize(stream));
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
 }
 
 // The median GPU time (us, event to event) of calls() started on an idle GPU.
