@@ -16,6 +16,7 @@ import struct
 from pathlib import Path
 from typing import Dict, Tuple
 
+import pytest
 import torch
 
 from moekit.models import GptOssConfig, float_tensor_shapes, save_checkpoint
@@ -87,6 +88,17 @@ def make_checkpoint(path: Path, seed: int = 0, *, tokenizer: bool = True,
     if tok is not None:
         tok.unlink()
     return config, state
+
+
+def checkpoint_fixture(name: str, seed: int, **overrides):
+    """A module-scoped pytest fixture called ``name``: the folder of a tiny checkpoint that
+    make_checkpoint writes once per test module."""
+    @pytest.fixture(scope="module", name=name)
+    def fixture(tmp_path_factory) -> Path:
+        path = tmp_path_factory.mktemp(name)
+        make_checkpoint(path, seed=seed, **overrides)
+        return path
+    return fixture
 
 
 def safetensors_header(file: Path) -> Tuple[dict, int]:

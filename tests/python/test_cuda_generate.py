@@ -7,18 +7,14 @@ import pytest
 import torch
 
 from conftest import cuda_kernels_during, randn
-from gpt_oss_fixtures import make_checkpoint
+from gpt_oss_fixtures import checkpoint_fixture
 from moekit.models import ReferenceGptOss, load_model
 from test_generate_torchrun import run_generate
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gpu_ckpt")
-    make_checkpoint(path, seed=31, num_hidden_layers=4)
-    return path
+ckpt = checkpoint_fixture("ckpt", seed=31, num_hidden_layers=4)
 
 
 def test_gpu_model_greedy_32_tokens_and_logits_match_reference(ckpt):

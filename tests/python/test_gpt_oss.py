@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gpt_oss_fixtures import make_checkpoint, safetensors_header, tiny_config
+from gpt_oss_fixtures import checkpoint_fixture, make_checkpoint, safetensors_header, tiny_config
 from moekit.models import (CheckpointError, CheckpointNotFoundError, GptOssConfig, KVCache, ReferenceGptOss,
                            load_model, sample_next, save_checkpoint)
 
@@ -39,19 +39,9 @@ def gen(request):
     return torch.Generator().manual_seed(seed_of(request))
 
 
-@pytest.fixture(scope="module")
-def ckpt4(tmp_path_factory):
-    """4 layers: sliding window (8) on layers 0 and 2, full attention on 1 and 3."""
-    path = tmp_path_factory.mktemp("ckpt4")
-    make_checkpoint(path, seed=4, num_hidden_layers=4)
-    return path
-
-
-@pytest.fixture(scope="module")
-def ckpt2(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt2")
-    make_checkpoint(path, seed=2)
-    return path
+# 4 layers: sliding window (8) on layers 0 and 2, full attention on 1 and 3.
+ckpt4 = checkpoint_fixture("ckpt4", seed=4, num_hidden_layers=4)
+ckpt2 = checkpoint_fixture("ckpt2", seed=2)
 
 
 @pytest.fixture(scope="module")

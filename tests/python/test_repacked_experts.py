@@ -9,7 +9,7 @@ import torch
 
 import moekit
 from conftest import cuda_kernels_during
-from gpt_oss_fixtures import make_checkpoint
+from gpt_oss_fixtures import checkpoint_fixture
 from moekit.generate import DEFAULT_CHECKPOINT
 from moekit.models import ReferenceGptOss, load_model
 from moekit.transformers_gpt_oss import MoekitGptOssExperts, from_pretrained
@@ -19,11 +19,7 @@ from test_generate_torchrun import run_generate
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("repack_ckpt")
-    make_checkpoint(path, seed=17, num_hidden_layers=3)
-    return path
+ckpt = checkpoint_fixture("ckpt", seed=17, num_hidden_layers=3)
 
 
 def expert_weights(model):
